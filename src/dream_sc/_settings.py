@@ -1,0 +1,77 @@
+"""Package-wide settings: verbosity, seed, device, progress bars, plotting."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+logger = logging.getLogger("dream_sc")
+
+_VERBOSITY_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
+
+
+class DreamSettings:
+    """Global defaults read by every ``dream_sc`` function.
+
+    Attributes
+    ----------
+    verbosity
+        0 = errors, 1 = warnings, 2 = info (default), 3 = debug (per-step ELBO).
+    seed
+        Default seed used when a function is called with ``seed=None``. ``None`` draws a
+        fresh random seed, which is always recorded in the run record.
+    device
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    progress_bar
+        Show tqdm progress bars around SVI loops.
+    autoshow
+        Plot functions call :func:`matplotlib.pyplot.show` when ``show=None``.
+    n_samples
+        Default number of posterior samples kept per fit.
+    max_memory_gb
+        Memory budget for the planner; ``None`` reads it from cgroups/SLURM/psutil.
+
+    Examples
+    --------
+    >>> import dream_sc as ds
+    >>> ds.settings.verbosity = 1
+    >>> ds.settings.seed = 0
+    """
+
+    def __init__(self) -> None:
+        self._verbosity = 2
+        self.seed: int | None = None
+        self.device: Literal["auto", "cpu", "cuda"] = "auto"
+        self.progress_bar: bool = True
+        self.autoshow: bool = True
+        self.n_samples: int = 100
+        self.max_memory_gb: float | None = None
+        self._apply_verbosity()
+
+    @property
+    def verbosity(self) -> int:
+        """Logging verbosity of the ``dream_sc`` logger (0-3)."""
+        return self._verbosity
+
+    @verbosity.setter
+    def verbosity(self, value: int) -> None:
+        if value not in _VERBOSITY_LEVELS:
+            raise ValueError(f"verbosity must be one of 0, 1, 2, 3; got {value!r}.")
+        self._verbosity = value
+        self._apply_verbosity()
+
+    def _apply_verbosity(self) -> None:
+        logger.setLevel(_VERBOSITY_LEVELS[self._verbosity])
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+            logger.addHandler(handler)
+        logger.propagate = False
+
+    def __repr__(self) -> str:
+        fields = ["verbosity", "seed", "device", "progress_bar", "autoshow", "n_samples", "max_memory_gb"]
+        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in fields)
+        return f"DreamSettings({inner})"
+
+
+settings = DreamSettings()

@@ -1,0 +1,172 @@
+"""Input checks shared by every public function.
+
+Every check raises before any work is done, with a message that names the problem and the fix.
+None of these functions modify their inputs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from mudata import MuData
+from scipy import sparse
+
+
+def _suggest(name: str, choices: Iterable[str]) -> str:
+    choices = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(name), choices, n=3, cutoff=0.6)
+    lowered = [c for c in choices if c.lower() == str(name).lower() and c not in close]
+    close = lowered + close
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def check_mudata(mdata: object) -> None:
+    """Require a MuData with unique obs_names."""
+    if not isinstance(mdata, MuData):
+        raise TypeError(
+            f"Expected a mudata.MuData, got {type(mdata).__name__}. Wrap an AnnData with "
+            "`mudata.MuData({'rna': adata})`."
+        )
+    if not mdata.obs_names.is_unique:
+        dup = mdata.obs_names[mdata.obs_names.duplicated()][:3].tolist()
+        raise ValueError(
+            f"mdata.obs_names are not unique (e.g. {dup}); run `mdata.obs_names_make_unique()`."
+        )
+
+
+def check_modality(mdata: MuData, modality: str) -> None:
+    """Require that ``modality`` exists, is non-empty and has unique names."""
+    if modality not in mdata.mod:
+        raise KeyError(
+            f"Modality {modality!r} not found in mdata; available: {list(mdata.mod)}."
+            + _suggest(modality, mdata.mod)
+        )
+    adata = mdata[modality]
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(
+            f"Modality {modality!r} is empty ({adata.n_obs} cells x {adata.n_vars} features)."
+        )
+    if not adata.var_names.is_unique:
+        dup = adata.var_names[adata.var_names.duplicated()][:3].tolist()
+        raise ValueError(
+            f"var_names of modality {modality!r} are not unique (e.g. {dup}); run "
+            f"`mdata[{modality!r}].var_names_make_unique()`."
+        )
+    if not adata.obs_names.is_unique:
+        raise ValueError(f"obs_names of modality {modality!r} are not unique.")
+
+
+def check_obs_column(obs: pd.DataFrame, column: str, argument: str) -> None:
+    """Require ``column`` in ``obs`` (suggesting near misses)."""
+    if column not in obs.columns:
+        raise KeyError(
+            f"Column {column!r} (argument `{argument}`) not found in mdata.obs."
+            + _suggest(column, obs.columns)
+            + f" Pass `{argument}=` with the right column name."
+        )
+    if obs[column].isna().all():
+        raise ValueError(f"Column {column!r} (argument `{argument}`) holds only missing values.")
+
+
+def check_control(obs: pd.DataFrame, target_key: str, control_label: str) -> np.ndarray:
+    """Return the control mask; raise if no control cells exist."""
+    targets = obs[target_key].astype(str)
+    mask = (targets == control_label).to_numpy()
+    if not mask.any():
+        labels = pd.unique(targets)
+        hint = _suggest(control_label, labels)
+        raise ValueError(
+            f"No control cells: no cell has {target_key!r} == {control_label!r}."
+            + (hint if hint else f" Labels present: {list(labels[:10])}.")
+            + " Pass `control_label=` with the label of non-targeting controls."
+        )
+    return mask
+
+
+def technical_labels(obs: pd.DataFrame, technical_key: str | Sequence[str] | None) -> pd.Series:
+    """Combine one or several technical columns into one categorical label per cell."""
+    if technical_key is None:
+        return pd.Series(pd.Categorical(["all"] * len(obs)), index=obs.index)
+    keys = [technical_key] if isinstance(technical_key, str) else list(technical_key)
+    for key in keys:
+        check_obs_column(obs, key, "technical_key")
+    if len(keys) == 1:
+        col = obs[keys[0]]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            return col.cat.remove_unused_categories()
+        return col.astype(str).astype(pd.CategoricalDtype(sorted(col.astype(str).unique())))
+    joined = obs[keys].astype(str).agg("_".join, axis=1)
+    return joined.astype(pd.CategoricalDtype(sorted(joined.unique())))
+
+
+def check_technical_groups(labels: pd.Series, control_mask: np.ndarray, technical_key) -> None:
+    """Every technical group must contain control cells."""
+    if labels.isna().any():
+        raise ValueError(
+            f"Technical column {technical_key!r} has missing values in "
+            f"{int(labels.isna().sum())} cells; fill or drop them first."
+        )
+    present = set(labels[control_mask].astype(str))
+    missing = [g for g in labels.cat.categories if g not in present]
+    if missing:
+        raise ValueError(
+            f"Technical group(s) {missing} of {technical_key!r} have no control cells, so their "
+            "effects cannot be learned. Add control cells in those groups, merge the groups, or "
+            "drop their cells."
+        )
+
+
+def check_sum_factors(values: np.ndarray, key: str) -> None:
+    """Size factors must be finite and positive."""
+    bad = ~np.isfinite(values) | (values <= 0)
+    if bad.any():
+        raise ValueError(
+            f"Size factors in mdata.obs[{key!r}] must be positive and finite; {int(bad.sum())} "
+            "cells are not. Recompute them with `ds.pp.sum_factors(mdata)` or drop those cells."
+        )
+
+
+def _values(matrix) -> np.ndarray:
+    return matrix.data if sparse.issparse(matrix) else np.asarray(matrix).ravel()
+
+
+def check_counts(matrix, what: str) -> None:
+    """Raw counts: finite, non-negative integers."""
+    values = _values(matrix)
+    if values.size == 0:
+        return
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{what} contains NaN or infinite values; counts must be finite.")
+    if values.min() < 0:
+        raise ValueError(f"{what} contains negative values; negbinom needs raw counts >= 0.")
+    if not np.all(np.floor(values) == values):
+        raise ValueError(
+            f"{what} contains non-integer values; negbinom needs raw integer counts (not "
+            "normalised or log-transformed data). Pass `layer=` with the raw counts, or register "
+            "the modality as 'normal'."
+        )
+
+
+def check_binomial(successes, trials, what: str) -> None:
+    """Binomial data: counts with successes <= trials."""
+    check_counts(successes, f"{what} successes")
+    check_counts(trials, f"{what} trials")
+    diff = trials - successes
+    values = _values(diff) if sparse.issparse(diff) else np.asarray(diff)
+    if values.size and values.min() < 0:
+        raise ValueError(
+            f"{what}: successes exceed trials in {int((values < 0).sum())} entries; X must hold "
+            "successes and the `total_layer` the trials (successes + failures)."
+        )
+
+
+def check_continuous(matrix, what: str) -> None:
+    """Continuous data: finite or NaN (missing), never infinite."""
+    values = _values(matrix)
+    if np.isinf(values).any():
+        raise ValueError(f"{what} contains infinite values; use NaN for missing values.")
+    if values.size and np.isnan(values).all():
+        raise ValueError(f"{what} holds only missing values.")

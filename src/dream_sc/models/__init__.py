@@ -1,0 +1,1 @@
+"""Pure Pyro/torch model code: likelihoods, technical, cis and trans models, inference."""

@@ -1,0 +1,177 @@
+"""A mean-field Normal guide whose noise can be made per-feature reproducible.
+
+Every latent site of dream_sc's models lives on the real line (scales are modelled on the log
+scale), so the variational family is simply ``Normal(loc, exp(log_scale))`` per element.
+
+Why not :class:`pyro.infer.autoguide.AutoNormal`? Two reasons. (1) Features are conditionally
+independent given the dosage, so fitting them in chunks must give the same answer as fitting
+them together (MODEL.md). With one global random stream the noise a feature sees would depend
+on which chunk it sits in. Here feature-level noise comes from a stream seeded by the feature's
+global index (:class:`FeatureNoise`), while cell-level randomness comes from a stream seeded
+only by the run's seed. (2) Summaries need the unconstrained ``loc``/``scale`` per site, which
+this class exposes directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+
+
+@dataclass(frozen=True)
+class Site:
+    """A latent site of the guide.
+
+    Attributes
+    ----------
+    name
+        Pyro sample site name (must match the model).
+    shape
+        Full shape of the site's value (e.g. ``(T,)`` or ``(T, C)``).
+    feature_dim
+        ``0`` when the first axis indexes features (per-feature noise streams), ``None`` for
+        global sites, ``"cells"`` handled via ``cell_dim``.
+    cell_dim
+        ``True`` for per-cell local sites indexed by a subsampled cell plate.
+    init_loc
+        Initial location (broadcast to ``shape``).
+    init_scale
+        Initial posterior scale.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    init_loc: np.ndarray | float = 0.0
+    init_scale: float = 0.05
+    per_feature: bool = True
+    cell_local: bool = False
+
+
+class FeatureNoise:
+    """Standard-normal noise for feature-level sites, reproducible per feature.
+
+    Feature ``t`` (global index ``offset + t``) always receives the same noise sequence for a
+    given ``seed``, whichever chunk it is fitted in.
+
+    Parameters
+    ----------
+    seed
+        Run seed.
+    feature_ids
+        Global indices of the features of this chunk.
+    width
+        Number of scalar latent values per feature.
+    n_steps
+        Number of optimisation steps (one noise vector per step).
+    """
+
+    def __init__(self, seed: int, feature_ids: Sequence[int], width: int, n_steps: int) -> None:
+        pool = np.empty((len(feature_ids), n_steps, width), dtype=np.float32)
+        for row, fid in enumerate(feature_ids):
+            rng = np.random.Generator(np.random.PCG64([int(seed), int(fid)]))
+            pool[row] = rng.standard_normal((n_steps, width), dtype=np.float32)
+        self.pool = torch.from_numpy(pool)
+        self.step = 0
+
+    def next(self) -> torch.Tensor:
+        """Noise of the current step, shape ``[T, width]``; advances the step counter."""
+        eps = self.pool[:, self.step % self.pool.shape[1]]
+        self.step += 1
+        return eps
+
+
+class _FixedNoiseNormal(dist.Normal):
+    """Normal distribution whose reparameterised sample uses externally supplied noise."""
+
+    def __init__(self, loc, scale, eps, validate_args=None):
+        super().__init__(loc, scale, validate_args=validate_args)
+        self._eps = eps
+
+    def rsample(self, sample_shape=torch.Size()):  # noqa: B008 - torch idiom
+        return self.loc + self.scale * self._eps
+
+
+class MeanFieldGuide:
+    """Callable Pyro guide over real-valued sites.
+
+    Parameters
+    ----------
+    sites
+        The latent sites.
+    prefix
+        Prefix of the Pyro param names (keeps several guides apart in the param store).
+    device
+        Torch device of the parameters.
+    noise
+        Per-feature noise for sites with ``per_feature=True``; ``None`` uses Pyro's RNG.
+    """
+
+    def __init__(
+        self,
+        sites: Sequence[Site],
+        *,
+        prefix: str,
+        device: torch.device,
+        noise: FeatureNoise | None = None,
+    ) -> None:
+        self.sites = list(sites)
+        self.prefix = prefix
+        self.device = device
+        self.noise = noise
+        self._width = {s.name: int(np.prod(s.shape[1:])) if s.per_feature else 0 for s in sites}
+        self.locs: dict[str, torch.nn.Parameter] = {}
+        self.log_scales: dict[str, torch.nn.Parameter] = {}
+        for site in self.sites:
+            loc = torch.as_tensor(np.broadcast_to(site.init_loc, site.shape).copy(), dtype=torch.float32)
+            loc = pyro.param(f"{prefix}.{site.name}.loc", loc.to(device))
+            log_scale = torch.full(site.shape, float(np.log(site.init_scale)), device=device)
+            log_scale = pyro.param(f"{prefix}.{site.name}.log_scale", log_scale)
+            self.locs[site.name] = loc
+            self.log_scales[site.name] = log_scale
+
+    @property
+    def noise_width(self) -> int:
+        """Scalar latent values per feature (for sizing :class:`FeatureNoise`)."""
+        return sum(self._width.values())
+
+    def parameters(self) -> list[torch.Tensor]:
+        """All variational parameters (leaf tensors to optimise)."""
+        names = (f"{self.prefix}.{s.name}.{k}" for s in self.sites for k in ("loc", "log_scale"))
+        return [pyro.param(name).unconstrained() for name in names]
+
+    def __call__(self, batch: dict) -> dict:
+        """Sample every site; ``batch`` is the model's argument (``cell_index``, ``n_cells``)."""
+        eps_all = self.noise.next().to(self.device) if self.noise is not None else None
+        offset = 0
+        values = {}
+        for site in self.sites:
+            loc = pyro.param(f"{self.prefix}.{site.name}.loc")
+            scale = pyro.param(f"{self.prefix}.{site.name}.log_scale").exp()
+            if site.cell_local:
+                index = batch.get("cell_index")
+                with pyro.plate("cells", batch["n_cells"], subsample=index, dim=-1) as idx:
+                    values[site.name] = pyro.sample(site.name, dist.Normal(loc[idx], scale[idx]))
+                continue
+            if site.per_feature and eps_all is not None:
+                width = self._width[site.name]
+                eps = eps_all[:, offset : offset + width].reshape(site.shape)
+                offset += width
+                d = _FixedNoiseNormal(loc, scale, eps)
+            else:
+                d = dist.Normal(loc, scale)
+            values[site.name] = pyro.sample(site.name, d.to_event(len(site.shape)))
+        return values
+
+    def summary(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Posterior ``(loc, scale)`` of every site as numpy arrays."""
+        out = {}
+        for site in self.sites:
+            loc = pyro.param(f"{self.prefix}.{site.name}.loc").detach().cpu().numpy()
+            scale = pyro.param(f"{self.prefix}.{site.name}.log_scale").detach().exp().cpu().numpy()
+            out[site.name] = (loc, scale)
+        return out

@@ -1,0 +1,223 @@
+"""Memory planning: how much memory is there, and which batch/chunk sizes fit in it.
+
+Peak memory of an SVI step is dominated by the dense ``[cells, features]`` intermediates of the
+likelihood and their gradients (about ``BYTES_PER_ENTRY`` bytes per entry), plus the data
+(~16 bytes per stored non-zero) and the per-feature noise pool. Posterior summaries evaluate
+``[samples, grid, features]`` blocks in feature chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+logger = logging.getLogger("dream_sc")
+
+#: Bytes per (cell, feature) entry of one SVI step, measured with ``benchmarks/bench_pipeline.py``
+#: (float32 forward intermediates + autograd buffers of the fused likelihoods).
+BYTES_PER_ENTRY = 48
+#: Bytes per stored non-zero of a CSR matrix on the device (int64 column, float32 value, row id).
+BYTES_PER_NONZERO = 20
+#: Default upper bound on the minibatch size: beyond it, more steps beat bigger batches on CPU.
+DEFAULT_MAX_BATCH = 4096
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    if not text or text == "max":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if value < 1 << 60 else None  # v1 reports "unlimited" as a huge number
+
+
+def _slurm_limit() -> int | None:
+    per_node = os.environ.get("SLURM_MEM_PER_NODE")
+    if per_node and per_node.isdigit():
+        return int(per_node) * 1024**2
+    per_cpu = os.environ.get("SLURM_MEM_PER_CPU")
+    cpus = os.environ.get("SLURM_CPUS_ON_NODE") or os.environ.get("SLURM_CPUS_PER_TASK")
+    if per_cpu and per_cpu.isdigit():
+        return int(per_cpu) * int(cpus or 1) * 1024**2
+    return None
+
+
+def available_memory(max_memory_gb: float | None = None) -> tuple[int, str]:
+    """Bytes this process may use, and where the number came from.
+
+    The smallest of: the explicit budget, the cgroup v2 ``memory.max`` (minus current usage),
+    the cgroup v1 limit, the SLURM allocation, and psutil's available memory.
+
+    Parameters
+    ----------
+    max_memory_gb
+        Explicit budget in GB (overrides everything else when given).
+
+    Returns
+    -------
+    ``(bytes, source)``.
+    """
+    if max_memory_gb is not None:
+        return int(max_memory_gb * 1024**3), "user budget"
+    candidates: list[tuple[int, str]] = [(psutil.virtual_memory().available, "psutil")]
+    v2 = _read_int("/sys/fs/cgroup/memory.max")
+    if v2 is not None:
+        used = _read_int("/sys/fs/cgroup/memory.current") or 0
+        candidates.append((max(v2 - used, 0), "cgroup v2 memory.max"))
+    v1 = _read_int("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+    if v1 is not None:
+        used = _read_int("/sys/fs/cgroup/memory/memory.usage_in_bytes") or 0
+        candidates.append((max(v1 - used, 0), "cgroup v1 memory.limit_in_bytes"))
+    slurm = _slurm_limit()
+    if slurm is not None:
+        rss = psutil.Process().memory_info().rss
+        candidates.append((max(slurm - rss, 0), "SLURM allocation"))
+    return min(candidates, key=lambda c: c[0])
+
+
+@dataclass
+class Plan:
+    """Chosen sizes for one fit."""
+
+    batch_size: int
+    feature_chunk: int
+    estimated_peak_bytes: int
+    available_bytes: int
+    source: str
+
+    def as_dict(self) -> dict:
+        """h5-serialisable record."""
+        return {
+            "batch_size": self.batch_size,
+            "feature_chunk": self.feature_chunk,
+            "estimated_peak_gb": round(self.estimated_peak_bytes / 1024**3, 4),
+            "available_gb": round(self.available_bytes / 1024**3, 4),
+            "memory_source": self.source,
+        }
+
+
+def estimate_peak_bytes(
+    n_cells: int, batch: int, chunk: int, *, density: float, n_samples: int, noise_width: int,
+    n_steps: int, grid: int = 50,
+) -> int:
+    """Estimated peak bytes of fitting one feature chunk."""
+    step = batch * chunk * BYTES_PER_ENTRY
+    data = int(n_cells * chunk * max(density, 1e-3) * BYTES_PER_NONZERO)
+    noise = chunk * noise_width * n_steps * 4
+    summaries = n_samples * grid * min(chunk, 1024) * 4 * 4
+    return step + data + noise + summaries
+
+
+def plan_fit(
+    n_cells: int,
+    n_features: int,
+    *,
+    density: float = 1.0,
+    n_samples: int = 100,
+    noise_width: int = 8,
+    n_steps: int = 500,
+    batch_size: int | None = None,
+    feature_chunk: int | None = None,
+    max_memory_gb: float | None = None,
+    fraction: float = 0.5,
+) -> Plan:
+    """Pick a cell minibatch size and feature chunk size that fit in memory.
+
+    Full batches are kept up to ``DEFAULT_MAX_BATCH`` cells; features are fitted in one chunk
+    when they fit, else in the largest chunk that does. User values are kept as given (a warning
+    is logged when they are predicted not to fit).
+
+    Parameters
+    ----------
+    n_cells, n_features
+        Problem size.
+    density
+        Fraction of non-zero entries of the data.
+    n_samples, noise_width, n_steps
+        Posterior samples, latent values per feature, optimisation steps.
+    batch_size, feature_chunk
+        User overrides.
+    max_memory_gb
+        Memory budget (default: what :func:`available_memory` finds).
+    fraction
+        Share of the available memory the plan may use.
+
+    Returns
+    -------
+    :class:`Plan`.
+    """
+    avail, source = available_memory(max_memory_gb)
+    budget = int(avail * fraction)
+    batch = batch_size or min(n_cells, DEFAULT_MAX_BATCH)
+    chunk = feature_chunk or n_features
+
+    def peak(b: int, c: int) -> int:
+        return estimate_peak_bytes(
+            n_cells, b, c, density=density, n_samples=n_samples, noise_width=noise_width,
+            n_steps=n_steps,
+        )
+
+    if feature_chunk is None:
+        while chunk > 64 and peak(batch, chunk) > budget:
+            chunk = int(np.ceil(chunk / 2))
+    if batch_size is None:
+        while batch > 256 and peak(batch, chunk) > budget:
+            batch = int(np.ceil(batch / 2))
+    plan = Plan(batch, chunk, peak(batch, chunk), avail, source)
+    if plan.estimated_peak_bytes > budget:
+        logger.warning(
+            "memory plan: estimated peak %.2f GB exceeds the budget %.2f GB (%s); pass a smaller "
+            "batch_size/feature_chunk or raise settings.max_memory_gb",
+            plan.estimated_peak_bytes / 1024**3, budget / 1024**3, source,
+        )
+    logger.info(
+        "memory plan: batch_size=%d feature_chunk=%d, est. peak %.2f GB of %.2f GB available (%s)",
+        plan.batch_size, plan.feature_chunk, plan.estimated_peak_bytes / 1024**3,
+        avail / 1024**3, source,
+    )
+    return plan
+
+
+def feature_chunks(
+    n_features: int, chunk_size: int, group_index: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """Split features into chunks; multinomial groups are never split across chunks.
+
+    Parameters
+    ----------
+    n_features
+        Number of features.
+    chunk_size
+        Target chunk size.
+    group_index
+        Group of every feature (multinomial), or ``None``.
+
+    Returns
+    -------
+    List of index arrays (each sorted; a group's features stay together).
+    """
+    if group_index is None:
+        return [np.arange(s, min(s + chunk_size, n_features)) for s in range(0, n_features, chunk_size)]
+    order = np.argsort(group_index, kind="stable")
+    sorted_groups = group_index[order]
+    boundaries = np.flatnonzero(np.diff(sorted_groups)) + 1
+    groups = np.split(order, boundaries)
+    chunks, current = [], []
+    for members in groups:
+        if current and sum(map(len, current)) + len(members) > chunk_size:
+            chunks.append(np.sort(np.concatenate(current)))
+            current = []
+        current.append(members)
+    if current:
+        chunks.append(np.sort(np.concatenate(current)))
+    return chunks

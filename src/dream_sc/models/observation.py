@@ -1,0 +1,110 @@
+"""Observed data of one feature chunk on the device, and its log-likelihood.
+
+Counts stay sparse (device-resident CSR, rows gathered per minibatch); continuous data are
+dense with NaN for missing values. The log-likelihood of every distribution is evaluated from a
+linear predictor ``[B, T]`` on the distribution's link scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import sparse
+
+from . import likelihoods as L
+from .sparse import CSRMatrix, paired_csr
+
+
+@dataclass
+class ObservationData:
+    """Observations of ``n_cells`` cells x ``n_features`` features for one fit.
+
+    Attributes
+    ----------
+    distribution
+        Likelihood name.
+    y
+        Counts/successes (CSR) or continuous values (dense tensor, NaN = missing).
+    total
+        Binomial trials (CSR sharing ``y``'s pattern).
+    group_index
+        Multinomial: group of every feature (0..n_groups-1, chunk-local).
+    n_groups
+        Multinomial: number of groups.
+    """
+
+    distribution: str
+    y: CSRMatrix | torch.Tensor
+    total: CSRMatrix | None
+    group_index: torch.Tensor | None
+    n_groups: int
+    n_cells: int
+    n_features: int
+
+    @classmethod
+    def build(
+        cls,
+        distribution: str,
+        X,
+        *,
+        total=None,
+        group_index: np.ndarray | None = None,
+        device: torch.device | str = "cpu",
+    ) -> ObservationData:
+        """Move a chunk's matrices to the device in the layout its likelihood wants."""
+        n_cells, n_features = X.shape
+        total_t = gi = None
+        n_groups = 0
+        if distribution in ("normal", "studentt"):
+            dense = X.toarray() if sparse.issparse(X) else np.asarray(X)
+            y = torch.as_tensor(dense, dtype=torch.float32, device=device)
+        elif distribution == "binomial":
+            y, total_t = paired_csr(X, total, device=device)
+        else:
+            y = CSRMatrix.from_scipy(sparse.csr_matrix(X), device=device)
+        if distribution == "multinomial":
+            codes, gi_np = np.unique(np.asarray(group_index), return_inverse=True)
+            gi = torch.as_tensor(gi_np, dtype=torch.long, device=device)
+            n_groups = len(codes)
+        return cls(distribution, y, total_t, gi, n_groups, n_cells, n_features)
+
+    def log_likelihood(
+        self,
+        eta: torch.Tensor,
+        rows: torch.Tensor,
+        *,
+        log_r: torch.Tensor | None = None,
+        log_sigma: torch.Tensor | None = None,
+        log_nu: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Summed log-likelihood of the cells ``rows`` given the linear predictor ``eta``.
+
+        Parameters
+        ----------
+        eta
+            ``[len(rows), n_features]`` on the link scale (log mean, logit, category logit,
+            mean).
+        rows
+            Cell indices of the minibatch.
+        log_r
+            negbinom: log inverse dispersion ``[T]``.
+        log_sigma
+            normal/studentt: log noise scale ``[T]``.
+        log_nu
+            studentt: log degrees of freedom ``[T]``.
+        """
+        d = self.distribution
+        if d == "negbinom":
+            return L.negbinom_log_prob(eta, log_r, self.y.take_rows(rows)).sum()
+        if d == "binomial":
+            k, n = self.y.take_rows(rows), self.total.take_rows(rows)
+            return L.binomial_log_prob(eta, k, n).sum()
+        if d == "multinomial":
+            y = self.y.take_rows(rows)
+            return L.multinomial_log_prob(eta, y, self.group_index, self.n_groups).sum()
+        y = self.y[rows]
+        if d == "normal":
+            return L.normal_log_prob(eta, log_sigma, y).sum()
+        return L.studentt_log_prob(eta, log_sigma, log_nu, y).sum()

@@ -1,0 +1,109 @@
+"""Plumbing shared by the ``tl`` functions: seeds, devices, run records, summaries."""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .._settings import settings
+
+logger = logging.getLogger("dream_sc")
+
+Z90 = 1.6448536269514722  # standard normal 95th percentile: 90% intervals
+
+
+def resolve_seed(seed: int | None) -> int:
+    """``seed`` -> ``settings.seed`` -> a fresh random seed (always returned, to be recorded)."""
+    if seed is None:
+        seed = settings.seed
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**31 - 1))
+    return int(seed)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``"auto"`` picks CUDA when available; ``"cuda"`` without CUDA is an error."""
+    device = device or settings.device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda'; got {device!r}.")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but CUDA is not available; use 'cpu'.")
+    return torch.device(device)
+
+
+def resolve_progress(progress: bool | None) -> bool:
+    """``None`` follows ``settings.progress_bar``."""
+    return settings.progress_bar if progress is None else bool(progress)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that determine a result."""
+    out = {}
+    for pkg in ("dream_sc", "torch", "pyro-ppl", "numpy", "anndata", "mudata"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:  # pragma: no cover
+            out[pkg] = "unknown"
+    return out
+
+
+def clean_params(params: dict) -> dict:
+    """Make a parameter dict h5-serialisable (None -> "", sequences -> lists of str)."""
+    out = {}
+    for key, value in params.items():
+        if value is None:
+            out[key] = ""
+        elif isinstance(value, bool | int | float | str | np.integer | np.floating):
+            out[key] = value
+        elif isinstance(value, list | tuple):
+            out[key] = [str(v) for v in value]
+        elif isinstance(value, dict):
+            out[key] = clean_params(value)
+        else:
+            out[key] = str(value)
+    return out
+
+
+def normal_summary(
+    name: str, loc: np.ndarray, scale: np.ndarray, *, log_scale: bool = False
+) -> dict[str, np.ndarray]:
+    """Mean, sd and 5/50/95% quantiles of a Normal (or log-Normal) posterior.
+
+    Parameters
+    ----------
+    name
+        Parameter name (column prefix).
+    loc, scale
+        Posterior location and scale on the unconstrained scale.
+    log_scale
+        The parameter is ``exp`` of the Normal variable (report on the natural scale).
+    """
+    loc = np.asarray(loc, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.float64)
+    q05, q50, q95 = loc - Z90 * scale, loc, loc + Z90 * scale
+    if log_scale:
+        mean = np.exp(loc + scale**2 / 2)
+        sd = mean * np.sqrt(np.expm1(scale**2))
+        q05, q50, q95 = np.exp(q05), np.exp(q50), np.exp(q95)
+    else:
+        mean, sd = loc, scale
+    return {
+        f"{name}_mean": mean, f"{name}_sd": sd, f"{name}_q05": q05, f"{name}_q50": q50,
+        f"{name}_q95": q95,
+    }
+
+
+def frame(columns: dict[str, np.ndarray], index: pd.Index) -> pd.DataFrame:
+    """A float DataFrame indexed by ``index``."""
+    return pd.DataFrame({k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}, index=index)
+
+
+def log_done(step: str, seconds: float, converged: bool) -> None:
+    """INFO line at the end of a step; a warning when SVI did not converge."""
+    logger.info("%s finished in %.1fs (converged=%s)", step, seconds, converged)

@@ -1,0 +1,285 @@
+"""``tl.fit_technical``: step 1 of the model."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from mudata import MuData
+
+from .. import _validation as V
+from .._data import modality_data
+from ..models.chunked import fit_chunks
+from ..models.memory import feature_chunks, plan_fit
+from ..models.observation import ObservationData
+from ..models.technical import LOG_PHI_PRIOR, moment_init, technical_problem
+from ._cells import sum_factor_values, technical_groups
+from ._common import (
+    clean_params, frame, normal_summary, resolve_device, resolve_progress, resolve_seed, versions,
+)
+
+logger = logging.getLogger("dream_sc")
+
+
+def fit_technical(
+    mdata: MuData,
+    *,
+    modality: str = "rna",
+    technical_key: str | Sequence[str] | None = "cell_line",
+    guide_key: str = "guide",
+    target_key: str = "target",
+    control_label: str = "ntc",
+    sum_factor_key: str = "sum_factor",
+    layer: str | None = None,
+    reference_group: str | None = None,
+    use_all_cells: bool = False,
+    n_steps: int = 400,
+    lr: float = 0.05,
+    batch_size: int | None = None,
+    feature_chunk: int | None = None,
+    n_samples: int | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+    progress: bool | None = None,
+    key_added: str = "dream_technical",
+    copy: bool = False,
+) -> MuData | None:
+    """Fit per-feature technical-group effects and noise on control cells (step 1).
+
+    For every feature of ``modality`` a reference-group baseline, an effect for every other
+    technical group (multiplicative for counts, logit shift for binomial, centred log-probability
+    shift for multinomial, additive for continuous data) and the noise (NB dispersion, Normal /
+    Student-t scale) are learned by SVI from the non-targeting control cells (all cells with
+    ``use_all_cells=True``, e.g. for high-MOI screens). Moment estimates initialise the fit and
+    centre the priors; the group-effect prior scale is set from the spread of the moment
+    estimates. One technical fit serves every cis gene of the screen.
+
+    Parameters
+    ----------
+    mdata
+        The screen.
+    modality
+        Modality to fit.
+    technical_key
+        obs column(s) with technical covariates (batch, cell line, lane), ``None`` for none.
+    guide_key, target_key
+        obs columns with guide and target labels.
+    control_label
+        Target label of non-targeting controls.
+    sum_factor_key
+        obs column with size factors (negbinom).
+    layer
+        Layer with the observations (default: the registration's, else ``X``).
+    reference_group
+        Technical reference group (default: first category of the technical column).
+    use_all_cells
+        Fit on every cell instead of control cells only (high MOI).
+    n_steps, lr
+        SVI steps and peak learning rate.
+    batch_size, feature_chunk
+        Cells per step and features per chunk (default: memory planner).
+    n_samples
+        Unused here (summaries are analytic); accepted for a uniform interface.
+    seed
+        Random seed (default ``settings.seed``, else fresh; recorded).
+    device
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    progress
+        Progress bar (default ``settings.progress_bar``).
+    key_added
+        Where results go.
+    copy
+        Return a fitted copy instead of writing in place.
+
+    Returns
+    -------
+    ``None`` (or the fitted copy). Writes
+
+    - ``mdata[modality].varm[key_added]``: DataFrame with ``baseline_<stat>`` (link scale),
+      ``effect_<group>_<stat>`` per non-reference group (link scale), ``dispersion_<stat>``
+      (negbinom), ``sigma_<stat>`` / ``nu_<stat>`` (continuous); stats ``mean``, ``sd``,
+      ``q05``, ``q50``, ``q95``.
+    - ``mdata[modality].var[f"{key_added}_informative"]``: False for features without
+      information in the fitted cells (they get neutral effects).
+    - ``mdata[modality].uns[key_added]``: ``params`` (arguments, seed, device), ``groups``,
+      ``priors``, ``loss``, ``converged``, ``chunk_converged``, ``plan``, ``seconds``,
+      ``versions``.
+
+    Examples
+    --------
+    >>> import dream_sc as ds
+    >>> mdata = ds.datasets.simulate_screen(n_cells=300, n_genes=20, seed=0)
+    >>> ds.tl.fit_technical(mdata, modality="rna", n_steps=50, progress=False)
+    >>> "baseline_mean" in mdata["rna"].varm["dream_technical"]
+    True
+    """
+    params = {k: v for k, v in locals().items() if k != "mdata"}
+    V.check_mudata(mdata)
+    V.check_modality(mdata, modality)
+    obs = mdata.obs
+    V.check_obs_column(obs, target_key, "target_key")
+    control = V.check_control(obs, target_key, control_label)
+    groups = technical_groups(obs, technical_key, reference_group)
+    if not use_all_cells:
+        V.check_technical_groups(groups.labels, control, technical_key)
+    use = np.ones(len(obs), bool) if use_all_cells else control
+    cells = obs.index[use]
+    data = modality_data(mdata, modality, cells, layer=layer)
+    present = np.flatnonzero(use)[data.present]
+    codes = groups.codes[present]
+    if len(np.unique(codes)) < groups.n_groups:
+        missing = sorted(set(groups.names) - {groups.names[c] for c in np.unique(codes)})
+        raise ValueError(
+            f"Technical group(s) {missing} have no fitted cells present in modality "
+            f"{modality!r}; merge or drop them."
+        )
+    sf = None
+    if data.distribution == "negbinom":
+        sf = sum_factor_values(mdata, sum_factor_key)[present]
+        V.check_sum_factors(sf, sum_factor_key)
+    seed = resolve_seed(seed)
+    dev = resolve_device(device)
+    n_cells, n_features = data.X.shape
+
+    start = time.perf_counter()
+    init = moment_init(
+        data.distribution, data.X, group=codes, n_groups=groups.n_groups, sum_factor=sf,
+        total=data.total, group_index=data.group_index,
+    )
+    density = data.X.nnz / max(n_cells * n_features, 1) if hasattr(data.X, "nnz") else 1.0
+    plan = plan_fit(
+        n_cells, n_features, density=density, n_samples=0, noise_width=groups.n_groups + 2,
+        n_steps=n_steps, batch_size=batch_size, feature_chunk=feature_chunk,
+    )
+    chunks = feature_chunks(n_features, plan.feature_chunk, data.group_index)
+    group_t = torch.as_tensor(codes, device=dev)
+    log_sf = torch.as_tensor(np.log(sf), dtype=torch.float32, device=dev) if sf is not None else None
+
+    def build(features: np.ndarray):
+        obs_chunk = ObservationData.build(
+            data.distribution, data.X[:, features],
+            total=None if data.total is None else data.total[:, features],
+            group_index=None if data.group_index is None else data.group_index[features],
+            device=dev,
+        )
+        return technical_problem(
+            obs_chunk, init, features, group=group_t, n_groups=groups.n_groups, log_sf=log_sf,
+            batch_size=plan.batch_size, seed=seed,
+        )
+
+    logger.info(
+        "fit_technical: %s (%s), %d cells x %d features, %d groups",
+        modality, data.distribution, n_cells, n_features, groups.n_groups,
+    )
+    fit = fit_chunks(
+        build, chunks, n_features, seed=seed, n_steps=n_steps, lr=lr, device=dev,
+        progress=resolve_progress(progress), description=f"technical {modality}",
+        prefix=key_added,
+    )
+    table = _summarise(fit, init, groups.names, data.distribution, data.var_names)
+    seconds = time.perf_counter() - start
+    if not fit.converged:
+        warnings.warn(
+            f"fit_technical on {modality!r} did not converge in {n_steps} steps; increase "
+            "`n_steps` (see ds.pl.loss).",
+            stacklevel=2,
+        )
+    n_uninformative = int((~init.informative).sum())
+    if n_uninformative:
+        logger.info("%d features carry no information in the fitted cells", n_uninformative)
+    params.update(seed=seed, device=str(dev))
+    record = {
+        "params": clean_params(params),
+        "distribution": data.distribution,
+        "groups": list(groups.names),
+        "reference_group": groups.names[0],
+        "n_cells": int(n_cells),
+        "priors": _priors(init, data.distribution),
+        "loss": fit.loss.astype(np.float64),
+        "converged": bool(fit.converged),
+        "chunk_converged": np.asarray(fit.chunk_converged, dtype=bool),
+        "plan": plan.as_dict(),
+        "seconds": float(seconds),
+        "versions": versions(),
+    }
+    target = mdata.copy() if copy else mdata
+    adata = target[modality]
+    adata.varm[key_added] = table
+    adata.var[f"{key_added}_informative"] = init.informative
+    adata.uns[key_added] = record
+    logger.info("fit_technical finished in %.1fs (converged=%s)", seconds, fit.converged)
+    return target if copy else None
+
+
+def _summarise(fit, init, group_names, distribution, var_names) -> pd.DataFrame:
+    cols = normal_summary("baseline", fit.loc["baseline"], fit.scale["baseline"])
+    for k, name in enumerate(group_names[1:]):
+        summary = normal_summary(f"effect_{name}", fit.loc["delta"][:, k], fit.scale["delta"][:, k])
+        for col, values in summary.items():
+            summary[col] = np.where(init.informative, values, 0.0)
+        cols.update(summary)
+    if distribution == "negbinom":
+        cols.update(normal_summary("dispersion", fit.loc["log_phi"], fit.scale["log_phi"], log_scale=True))
+    if distribution in ("normal", "studentt"):
+        cols.update(normal_summary("sigma", fit.loc["log_sigma"], fit.scale["log_sigma"], log_scale=True))
+    if distribution == "studentt":
+        cols.update(normal_summary("nu", fit.loc["log_nu"], fit.scale["log_nu"], log_scale=True))
+    return frame(cols, var_names)
+
+
+def _priors(init, distribution: str) -> dict:
+    priors = {
+        "baseline": {"dist": "normal", "loc": init.baseline.astype(np.float64), "scale": init.baseline_scale.astype(np.float64)},
+        "effect": {"dist": "normal", "loc": 0.0, "scale": float(init.delta_scale)},
+    }
+    if distribution == "negbinom":
+        priors["dispersion"] = {"dist": "lognormal", "loc": float(LOG_PHI_PRIOR[0]), "scale": float(LOG_PHI_PRIOR[1])}
+    if distribution in ("normal", "studentt"):
+        priors["sigma"] = {"dist": "lognormal", "loc": init.log_sigma.astype(np.float64), "scale": 1.0}
+    if distribution == "studentt":
+        priors["nu"] = {"dist": "lognormal", "loc": float(np.log(10.0)), "scale": 1.0}
+    return priors
+
+
+@dataclass
+class TechnicalFit:
+    """Technical results of a modality as later steps need them (link scale)."""
+
+    groups: list[str]
+    baseline: np.ndarray  # [T]
+    effects: np.ndarray  # [T, C] (reference column = 0)
+    log_phi: np.ndarray | None
+    log_sigma: np.ndarray | None
+    log_nu: np.ndarray | None
+    distribution: str
+    technical_key: object
+
+
+def load_technical(mdata: MuData, modality: str, key: str) -> TechnicalFit:
+    """Read a stored technical fit (raises with the call to run when it is missing)."""
+    V.check_modality(mdata, modality)
+    adata = mdata[modality]
+    if key not in adata.uns or key not in adata.varm:
+        raise KeyError(
+            f"No technical fit {key!r} in modality {modality!r}; run "
+            f"`ds.tl.fit_technical(mdata, modality={modality!r}, key_added={key!r})` first."
+        )
+    record, table = adata.uns[key], adata.varm[key]
+    groups = [str(g) for g in record["groups"]]
+    effects = np.zeros((adata.n_vars, len(groups)))
+    for k, name in enumerate(groups[1:], start=1):
+        effects[:, k] = table[f"effect_{name}_mean"].to_numpy()
+    get = lambda col: np.log(table[col].to_numpy()) if col in table else None  # noqa: E731
+    tech_key = record["params"].get("technical_key", "cell_line")
+    if isinstance(tech_key, np.ndarray):
+        tech_key = [str(k) for k in tech_key]
+    return TechnicalFit(
+        groups, table["baseline_mean"].to_numpy(), effects, get("dispersion_q50"),
+        get("sigma_q50"), get("nu_q50"), str(record["distribution"]), tech_key or None,
+    )
