@@ -1,0 +1,415 @@
+"""Ground-truth simulator of a CRISPRi/CRISPRa single-cell screen (see ``MODEL.md``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from mudata import MuData
+from scipy.special import expit
+
+from .._registration import get_registration
+from ._curves import PARAM_NAMES, HillCurves
+from ._design import (
+    Design,
+    assign_high_moi,
+    assign_low_moi,
+    cell_names,
+    draw_cell_lines,
+    draw_sum_factors,
+    draw_x_ntc,
+    finish_design,
+    make_guides,
+    target_names,
+)
+from ._modalities import (
+    build_isoform,
+    build_rna,
+    build_score,
+    build_splicing,
+    feature_names,
+    softmax_groups,
+)
+
+logger = logging.getLogger("dream_sc")
+
+_MOI = ("low", "high")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+
+
+def _check_float(name: str, value: Any, lo: float, hi: float, *, open_lo: bool = False) -> None:
+    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    ok = ok and np.isfinite(value) and (value > lo if open_lo else value >= lo) and value <= hi
+    if not ok:
+        bound = f"{'(' if open_lo else '['}{lo}, {hi}]"
+        raise ValueError(f"{name} must be a number in {bound}; got {value!r}.")
+
+
+def _validate(args: dict[str, Any]) -> None:
+    """Check the arguments of :func:`simulate_screen`; raise ``ValueError`` naming the fix."""
+    _check_int("n_cells", args["n_cells"], 1)
+    _check_int("n_targets", args["n_targets"], 1)
+    _check_int("n_genes", args["n_genes"], args["n_targets"] if _is_int(args["n_targets"]) else 1)
+    _check_int("n_junctions", args["n_junctions"], 0)
+    _check_int("n_isoform_genes", args["n_isoform_genes"], 0)
+    _check_int("n_scores", args["n_scores"], 1)
+    _check_int("guides_per_target", args["guides_per_target"], 1)
+    _check_int("n_ntc_guides", args["n_ntc_guides"], 1)
+    _check_int("seed", args["seed"], 0)
+    if args["moi"] not in _MOI:
+        raise ValueError(f"moi must be one of 'low', 'high'; got {args['moi']!r}.")
+    _check_float("ntc_fraction", args["ntc_fraction"], 0.0, 1.0, open_lo=True)
+    if args["ntc_fraction"] >= 1.0:
+        raise ValueError(f"ntc_fraction must be < 1; got {args['ntc_fraction']!r}.")
+    _check_float("dose_noise", args["dose_noise"], 0.0, 10.0)
+    _check_float("frac_responsive", args["frac_responsive"], 0.0, 1.0)
+    _check_float("depth", args["depth"], 0.0, 1e6, open_lo=True)
+    _check_float("technical_sd", args["technical_sd"], 0.0, 10.0)
+    _check_float("guides_per_cell", args["guides_per_cell"], 0.0, 1e3, open_lo=True)
+    rng_ = args["guide_log2_range"]
+    if (
+        not isinstance(rng_, Sequence)
+        or len(rng_) != 2
+        or not all(np.isfinite(v) for v in rng_)
+        or rng_[0] > rng_[1]
+    ):
+        raise ValueError(
+            f"guide_log2_range must be a pair (low, high) of finite numbers with low <= high; "
+            f"got {rng_!r}."
+        )
+    lines = args["cell_lines"]
+    if (
+        isinstance(lines, str)
+        or not isinstance(lines, Sequence)
+        or len(lines) == 0
+        or not all(isinstance(c, str) and c for c in lines)
+        or len(set(lines)) != len(lines)
+    ):
+        raise ValueError(
+            f"cell_lines must be a non-empty sequence of distinct non-empty strings, the first "
+            f"being the reference; got {lines!r}."
+        )
+    label = args["control_label"]
+    if not isinstance(label, str) or not label or label in target_names(args["n_targets"]):
+        raise ValueError(
+            f"control_label must be a non-empty string that is not a target name; got {label!r}."
+        )
+
+
+def simulate_screen(
+    n_cells: int = 2000,
+    n_genes: int = 200,
+    n_junctions: int = 100,
+    n_isoform_genes: int = 30,
+    *,
+    seed: int = 0,
+    n_targets: int = 1,
+    guides_per_target: int = 10,
+    n_ntc_guides: int = 5,
+    ntc_fraction: float = 0.25,
+    cell_lines: Sequence[str] = ("K562", "HEK293T"),
+    guide_log2_range: tuple[float, float] = (-3.0, 1.0),
+    dose_noise: float = 0.3,
+    frac_responsive: float = 0.3,
+    depth: float = 1.0,
+    technical_sd: float = 0.3,
+    continuous: bool = False,
+    n_scores: int = 20,
+    moi: Literal["low", "high"] = "low",
+    guides_per_cell: float = 3.0,
+    control_label: str = "ntc",
+) -> MuData:
+    """Simulate a single-cell CRISPR screen with known dose-response curves.
+
+    Cells get guides; each guide shifts the dosage of its target gene on the log2 scale; every
+    feature of every modality responds to the dosage ``x`` of the primary cis gene (the first
+    target) through a Hill-type curve on its link scale (flat for most features)::
+
+        eta(x) = a + v1 * H(x; K1, n1) + v2 * H(x; K2, n2),  H(x; K, n) = x^n / (K^n + x^n)
+
+    plus a technical effect per non-reference cell line. Dosage is on the scale "expected
+    counts of the cis gene per unit size factor in the reference cell line".
+
+    Parameters
+    ----------
+    n_cells
+        Number of cells (``cell_00001``, ...).
+    n_genes
+        Number of ``rna`` features including the target genes, which come first
+        (``GFI1B``, ``GEMIN5``, ``DDX6``, ``TGT4``, ...), then ``gene_0001``, ...
+    n_junctions
+        Number of junctions in the binomial ``splicing`` modality (0: no such modality).
+    n_isoform_genes
+        Number of genes with 2-4 transcripts in the multinomial ``isoform`` modality
+        (0: no such modality).
+    seed
+        Seed of the :class:`numpy.random.Generator`; same seed, same screen.
+    n_targets
+        Number of targeted genes; the first is the primary cis gene.
+    guides_per_target
+        Guides per target (``<TARGET>_1``, ...); their log2 effects are evenly spread over
+        ``guide_log2_range`` with a small jitter, in random order.
+    n_ntc_guides
+        Non-targeting guides ``NTC_1``, ... (log2 effect 0).
+    ntc_fraction
+        Fraction of cells with an NTC guide (low MOI).
+    cell_lines
+        Cell lines (technical groups), assigned uniformly at random; the first is the reference.
+    guide_log2_range
+        ``(low, high)`` range of guide log2 dosage effects (negative = knock-down).
+    dose_noise
+        Cell-to-cell sd of the log2 dosage around its guide's value.
+    frac_responsive
+        Fraction of responsive features per modality (of genes for ``isoform``); rounded to a
+        count. Responsive curves are single-Hill increasing or decreasing, or non-monotonic.
+    depth
+        Multiplies every expected count (dosage, baselines, trials and totals).
+    technical_sd
+        Sd of the technical effects (link scale) of the non-reference cell lines.
+    continuous
+        Add a ``score`` modality (``normal``) of ``n_scores`` features with 10% missing values.
+    n_scores
+        Number of ``score`` features when ``continuous=True``.
+    moi
+        ``"low"``: one guide per cell. ``"high"``: ``max(1, Poisson(guides_per_cell))`` guides
+        per cell drawn from all guides (``ntc_fraction`` is then unused); their log2 effects add.
+    guides_per_cell
+        Mean number of guides per cell at high MOI.
+    control_label
+        Target label of NTC cells.
+
+    Returns
+    -------
+    MuData with modalities ``rna`` (negbinom), ``splicing`` (binomial, trials in
+    ``layers["total"]``, ``var["gene"]``), ``isoform`` (multinomial, ``var["group"]``) and, if
+    ``continuous``, ``score`` (normal); counts as float32 CSR. Truth:
+
+    - ``obs``: ``guide``, ``target``, ``cell_line`` (categorical, reference first),
+      ``sum_factor``, ``true_dose``, ``true_log2_dose`` (primary cis gene);
+      ``obsm["true_target_dose"]`` (dosage of every target gene);
+      ``obsm["guide_assignment"]`` (high MOI, cells × guides 0/1).
+    - ``uns["truth"]``: ``guides`` (DataFrame: ``target``, ``log2_effect``, ``dose`` =
+      ``x_ntc * 2**log2_effect`` of its own target, of the primary cis gene for NTC guides),
+      ``x_ntc``, ``cis_feature``, ``targets``, ``reference_group``, ``dose_noise``,
+      ``control_label``, ``guide_targets``, ``dose_range`` (5th-95th percentile of the primary
+      dosage over its cis-fit cells, where responses are measured), ``moi``, ``seed``.
+    - every modality's ``var``: ``true_responsive``, ``true_function``
+      (``flat``/``single_hill``/``additive_hill``; ``cis`` for target genes), ``true_shape``
+      (natural scale over ``dose_range``), ``true_a``, ``true_v1``, ``true_K1``, ``true_n1``,
+      ``true_v2``, ``true_K2``, ``true_n2`` (link scale), plus ``true_dispersion`` (rna),
+      ``true_sigma`` (score), ``true_group_responsive`` (isoform), and
+      ``varm["true_technical"]`` (one column per cell line, link scale).
+
+    Examples
+    --------
+    >>> import dream_sc as ds
+    >>> mdata = ds.datasets.simulate_screen(n_cells=500, n_genes=50, seed=1)
+    >>> sorted(mdata.mod)
+    ['isoform', 'rna', 'splicing']
+    >>> mdata.uns["truth"]["cis_feature"]
+    'GFI1B'
+    """
+    args = dict(locals())
+    _validate(args)
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    targets = target_names(n_targets)
+    guides = make_guides(
+        rng,
+        targets,
+        guides_per_target=guides_per_target,
+        n_ntc_guides=n_ntc_guides,
+        log2_range=(float(guide_log2_range[0]), float(guide_log2_range[1])),
+        control_label=control_label,
+    )
+    x_ntc = draw_x_ntc(rng, targets, depth)
+    if moi == "low":
+        assignment = assign_low_moi(rng, guides, n_cells, ntc_fraction, control_label)
+    else:
+        assignment = assign_high_moi(rng, len(guides), n_cells, guides_per_cell)
+    design = finish_design(
+        rng,
+        obs_names=cell_names(n_cells),
+        assignment=assignment,
+        guides=guides,
+        targets=targets,
+        x_ntc=x_ntc,
+        sum_factor=draw_sum_factors(rng, n_cells),
+        cell_line=draw_cell_lines(rng, n_cells, tuple(cell_lines)),
+        dose_noise=dose_noise,
+        depth=depth,
+        control_label=control_label,
+        moi=moi,
+    )
+    mdata = build_screen(
+        design,
+        rng,
+        n_genes=n_genes,
+        n_junctions=n_junctions,
+        n_isoform_genes=n_isoform_genes,
+        frac_responsive=frac_responsive,
+        technical_sd=technical_sd,
+        n_scores=n_scores if continuous else 0,
+        seed=seed,
+    )
+    logger.info("Simulated a screen of %d cells in %.2f s.", n_cells, time.perf_counter() - start)
+    return mdata
+
+
+def build_screen(
+    design: Design,
+    rng: np.random.Generator,
+    *,
+    n_genes: int,
+    n_junctions: int,
+    n_isoform_genes: int,
+    frac_responsive: float,
+    technical_sd: float,
+    n_scores: int,
+    seed: int,
+) -> MuData:
+    """Sample every modality on a design and assemble the MuData with its truth."""
+    window = design.window()
+    common = {"frac_responsive": frac_responsive, "technical_sd": technical_sd}
+    mods: dict[str, AnnData] = {"rna": build_rna(rng, design, window, n_genes=n_genes, **common)}
+    if n_junctions > 0:
+        genes = feature_names("gene_", n_genes - len(design.targets), 4)
+        if len(genes) == 0:
+            genes = pd.Index(design.targets)
+        mods["splicing"] = build_splicing(
+            rng, design, window, n_junctions=n_junctions, genes=genes, **common
+        )
+    if n_isoform_genes > 0:
+        mods["isoform"] = build_isoform(rng, design, window, n_groups=n_isoform_genes, **common)
+    if n_scores > 0:
+        mods["score"] = build_score(rng, design, window, n_scores=n_scores, **common)
+    with warnings.catch_warnings():
+        # mudata 0.3 announces a change of its update() default; irrelevant here
+        warnings.simplefilter("ignore", FutureWarning)
+        mdata = MuData(mods)
+    _write_obs(mdata, design)
+    mdata.uns["truth"] = _truth_uns(design, window.lo, window.hi, seed)
+    return mdata
+
+
+def _write_obs(mdata: MuData, design: Design) -> None:
+    dose = design.primary_dose
+    if design.moi == "low":
+        used = set(np.unique(design.guide))
+        guide_categories = [g for g in design.guides.index if g in used]
+    else:
+        guide_categories = sorted(set(design.guide))
+    present = set(design.target)
+    target_categories = [t for t in [design.control_label, *design.targets] if t in present]
+    mdata.obs["guide"] = pd.Categorical(design.guide, categories=guide_categories)
+    mdata.obs["target"] = pd.Categorical(design.target, categories=target_categories)
+    mdata.obs["cell_line"] = design.cell_line
+    mdata.obs["sum_factor"] = design.sum_factor
+    mdata.obs["true_dose"] = dose
+    mdata.obs["true_log2_dose"] = np.log2(dose)
+    mdata.obsm["true_target_dose"] = pd.DataFrame(
+        design.doses, index=mdata.obs_names.copy(), columns=pd.Index(design.targets)
+    )
+    if design.assignment is not None:
+        mdata.obsm["guide_assignment"] = design.assignment
+
+
+def _truth_uns(design: Design, lo: float, hi: float, seed: int) -> dict[str, Any]:
+    guides = design.guides.copy()
+    guides["target"] = guides["target"].astype(str)
+    return {
+        "guides": guides,
+        "x_ntc": {k: float(v) for k, v in design.x_ntc.items()},
+        "cis_feature": design.cis_feature,
+        "targets": list(design.targets),
+        "reference_group": str(design.cell_line.categories[0]),
+        "dose_noise": float(design.dose_noise),
+        "control_label": design.control_label,
+        "guide_targets": {str(g): str(t) for g, t in guides["target"].items()},
+        "dose_range": np.array([lo, hi]),
+        "moi": design.moi,
+        "seed": int(seed),
+    }
+
+
+def true_curve(mdata: MuData, modality: str, dose: Any) -> pd.DataFrame:
+    """True mean curve of every feature of a simulated modality, in the reference group.
+
+    Natural scale, per unit size factor: expected count for ``negbinom`` (``exp(eta)``),
+    probability for ``binomial`` (``sigmoid(eta)``), category proportion within its group for
+    ``multinomial`` (softmax), mean for ``normal`` (``eta``). The primary cis gene's curve is
+    the dose itself; other target genes stay at their baseline.
+
+    Parameters
+    ----------
+    mdata
+        A MuData made by :func:`simulate_screen` or :func:`example`.
+    modality
+        Name of the modality.
+    dose
+        Positive dose value(s) of the primary cis gene (dosage scale of ``true_dose``).
+
+    Returns
+    -------
+    DataFrame, features (``var_names``) × doses (columns named ``dose``).
+
+    Examples
+    --------
+    >>> import dream_sc as ds
+    >>> mdata = ds.datasets.simulate_screen(n_cells=300, n_genes=20, seed=0)
+    >>> curves = ds.datasets.true_curve(mdata, "rna", [1.0, 10.0])
+    >>> curves.shape
+    (20, 2)
+    """
+    if modality not in mdata.mod:
+        raise KeyError(
+            f"Modality {modality!r} is not in the MuData; available: {', '.join(mdata.mod)}."
+        )
+    adata = mdata.mod[modality]
+    needed = ["true_function"] + [f"true_{p}" for p in PARAM_NAMES]
+    if "truth" not in mdata.uns or any(c not in adata.var.columns for c in needed):
+        raise KeyError(
+            f"Modality {modality!r} carries no ground truth; true_curve needs a MuData made by "
+            "dream_sc.datasets.simulate_screen or dream_sc.datasets.example."
+        )
+    x = np.atleast_1d(np.asarray(dose, dtype=np.float64))
+    if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)) or np.any(x <= 0):
+        raise ValueError(f"dose must be positive finite number(s); got {dose!r}.")
+    var = adata.var
+    params = {p: var[f"true_{p}"].to_numpy(dtype=np.float64) for p in PARAM_NAMES}
+    curves = HillCurves(**params, function=var["true_function"].astype(str).to_numpy())
+    eta = curves.link(x)
+    reg = get_registration(adata, modality)
+    kind = reg["distribution"]
+    if kind == "negbinom":
+        cis = np.flatnonzero(_cis_mask(adata, str(mdata.uns["truth"]["cis_feature"])))
+        eta[:, cis] = np.log(x)[:, None]
+        values = np.exp(eta)
+    elif kind == "binomial":
+        values = expit(eta)
+    elif kind == "multinomial":
+        codes, uniques = pd.factorize(var[reg["group_key"]].astype(str))
+        values = softmax_groups(eta, codes, len(uniques))
+    else:
+        values = eta
+    return pd.DataFrame(values.T, index=adata.var_names.copy(), columns=pd.Index(x, name="dose"))
+
+
+def _cis_mask(adata: AnnData, name: str) -> np.ndarray:
+    """Boolean mask of the cis-gene row (a ``cis`` feature named ``name``)."""
+    is_cis = adata.var["true_function"].astype(str).to_numpy() == "cis"
+    return is_cis & (adata.var_names.to_numpy() == name)
