@@ -1,0 +1,303 @@
+"""``tl.fit_cis``: step 2 of the model."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+from mudata import MuData
+from scipy import sparse
+
+from .. import _validation as V
+from .._data import modality_data
+from ..models.cis import LN2, CisData, fit_cis_model, sample_guide_effects
+from ._cells import check_guide_columns, sum_factor_values, technical_groups
+from ._common import Z90, clean_params, resolve_device, resolve_progress, resolve_seed, versions
+from ._technical import load_technical
+
+logger = logging.getLogger("dream_sc")
+
+
+def _low_moi_assignment(guides: pd.Series) -> tuple[np.ndarray, list[str]]:
+    names = sorted(pd.unique(guides.astype(str)))
+    codes = pd.Categorical(guides.astype(str), categories=names).codes
+    A = np.zeros((len(guides), len(names)), dtype=np.float32)
+    A[np.arange(len(guides)), codes] = 1.0
+    return A, names
+
+
+def _cis_cells_low_moi(obs, guide_key, target_key, control_label, cis_target):
+    targets = obs[target_key].astype(str)
+    use = (targets == cis_target) | (targets == control_label)
+    if not (targets == cis_target).any():
+        raise ValueError(
+            f"No cells target {cis_target!r} in mdata.obs[{target_key!r}]."
+            + V._suggest(cis_target, pd.unique(targets))
+            + " Pass `cis_target=` with the target label of the cis gene."
+        )
+    n_guides = obs.loc[(targets == cis_target).to_numpy(), guide_key].nunique()
+    if n_guides < 2:
+        raise ValueError(
+            f"The cis target {cis_target!r} has {n_guides} guide; at least 2 guides are needed "
+            "to separate guide effects from the dose-response (add guides or analyse this "
+            "target with a guide-level test)."
+        )
+    return use.to_numpy()
+
+
+def _cis_cells_high_moi(mdata, obs, assignment_key, guide_targets, control_label, cis_target):
+    if assignment_key not in mdata.obsm:
+        raise KeyError(
+            f"High-MOI fit needs mdata.obsm[{assignment_key!r}] (cells x guides); pass "
+            "`guide_assignment_key=`."
+        )
+    table = mdata.obsm[assignment_key]
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError(f"mdata.obsm[{assignment_key!r}] must be a DataFrame with guide names as columns.")
+    mapping = pd.Series(guide_targets) if isinstance(guide_targets, Mapping) else pd.Series(guide_targets)
+    unknown = [g for g in table.columns if str(g) not in mapping.index.astype(str)]
+    if unknown:
+        raise ValueError(
+            f"Guides {unknown[:5]} of mdata.obsm[{assignment_key!r}] have no entry in "
+            "`guide_targets`; give every guide its target (control label for NTC guides)."
+        )
+    mapping.index = mapping.index.astype(str)
+    targets = mapping.loc[[str(g) for g in table.columns]].astype(str).to_numpy()
+    if (targets == cis_target).sum() < 2:
+        raise ValueError(f"The cis target {cis_target!r} has fewer than 2 guides in `guide_targets`.")
+    A = np.asarray(table.to_numpy(), dtype=np.float32)
+    if (A < 0).any() or not np.isfinite(A).all():
+        raise ValueError(f"mdata.obsm[{assignment_key!r}] must hold non-negative finite values.")
+    A = (A > 0).astype(np.float32)
+    use = A.sum(1) > 0
+    return use, A, [str(g) for g in table.columns], targets == cis_target
+
+
+def fit_cis(
+    mdata: MuData,
+    *,
+    cis_feature: str,
+    modality: str = "rna",
+    cis_target: str | None = None,
+    technical_key_added: str = "dream_technical",
+    guide_key: str = "guide",
+    target_key: str = "target",
+    control_label: str = "ntc",
+    sum_factor_key: str = "sum_factor",
+    layer: str | None = None,
+    guide_assignment_key: str = "guide_assignment",
+    guide_targets: Mapping[str, str] | pd.Series | None = None,
+    n_steps: int = 1500,
+    lr: float = 0.05,
+    batch_size: int | None = None,
+    n_samples: int | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+    progress: bool | None = None,
+    key_added: str = "dream_cis",
+    copy: bool = False,
+) -> MuData | None:
+    """Estimate each guide's effect on the cis gene and each cell's dosage (step 2).
+
+    Uses the control cells plus the cells whose guides target the cis gene (other cells are
+    ignored for this fit and hold NaN). The cis gene's technical fit (baseline, group effects,
+    dispersion) comes from step 1. Dosage is on the fixed scale "expected cis counts per unit
+    size factor in the reference technical group". High MOI (``guide_targets`` given): every cell
+    with any guide is used and guide effects add on the log2 scale.
+
+    Parameters
+    ----------
+    mdata
+        The screen.
+    cis_feature
+        var name of the targeted gene in ``modality``.
+    modality
+        Count modality holding the cis gene (negbinom).
+    cis_target
+        Target label of the cis gene in ``obs[target_key]`` / ``guide_targets`` (default
+        ``cis_feature``).
+    technical_key_added
+        Key of the technical fit of ``modality``.
+    guide_key, target_key, control_label
+        Guide and target columns and the control label (low MOI).
+    sum_factor_key
+        Size-factor column.
+    layer
+        Layer with raw counts.
+    guide_assignment_key, guide_targets
+        High MOI: ``obsm`` cells x guides table and the guide -> target mapping.
+    n_steps, lr, batch_size
+        SVI settings.
+    n_samples
+        Posterior dosage samples kept per cell (default ``settings.n_samples``).
+    seed, device, progress
+        As everywhere.
+    key_added
+        Prefix of the results.
+    copy
+        Return a fitted copy.
+
+    Returns
+    -------
+    ``None`` (or the fitted copy). Writes ``mdata.obs[f"{key_added}_dose_mean"]``, ``_dose_sd``,
+    ``_dose_q05``, ``_dose_q95``; ``mdata.obsm[f"{key_added}_dose_samples"]`` (cells x
+    ``n_samples``); ``mdata.uns[key_added]`` with ``guides`` (DataFrame: ``target``,
+    ``n_cells``, ``dose_mean``/``_q05``/``_q95``, ``log2_effect_mean``/``_sd``/``_q05``/``_q95``,
+    ``sigma_mean``, ``is_control``, ``control_active``), ``x_ntc``, ``dose_range``,
+    ``cis_feature``, ``modality``, ``params``, ``priors``, ``loss``, ``converged``,
+    ``versions``.
+
+    Examples
+    --------
+    >>> import dream_sc as ds
+    >>> mdata = ds.datasets.simulate_screen(n_cells=300, n_genes=20, seed=0)
+    >>> ds.tl.fit_technical(mdata, n_steps=50, progress=False)
+    >>> ds.tl.fit_cis(mdata, cis_feature="GFI1B", n_steps=100, progress=False)
+    >>> mdata.uns["dream_cis"]["guides"].columns[:3].tolist()
+    ['target', 'n_cells', 'dose_mean']
+    """
+    from .._settings import settings
+
+    params = {k: v for k, v in locals().items() if k not in ("mdata", "settings")}
+    params["guide_targets"] = None if guide_targets is None else "given"
+    V.check_mudata(mdata)
+    V.check_modality(mdata, modality)
+    obs = mdata.obs
+    cis_target = cis_target or cis_feature
+    adata = mdata[modality]
+    if cis_feature not in adata.var_names:
+        raise KeyError(
+            f"cis_feature {cis_feature!r} is not a feature of modality {modality!r}."
+            + V._suggest(cis_feature, adata.var_names)
+        )
+    tech = load_technical(mdata, modality, technical_key_added)
+    if tech.distribution != "negbinom":
+        raise ValueError(f"The cis gene must come from a count (negbinom) modality; {modality!r} is {tech.distribution}.")
+    high_moi = guide_targets is not None
+    if high_moi:
+        use, A_all, guide_names, is_cis = _cis_cells_high_moi(
+            mdata, obs, guide_assignment_key, guide_targets, control_label, cis_target
+        )
+    else:
+        check_guide_columns(mdata, guide_key, target_key)
+        V.check_control(obs, target_key, control_label)
+        use = _cis_cells_low_moi(obs, guide_key, target_key, control_label, cis_target)
+    groups = technical_groups(obs, tech.technical_key, known=tech.groups)
+    cells = obs.index[use]
+    data = modality_data(mdata, modality, cells, layer=layer)
+    col = adata.var_names.get_loc(cis_feature)
+    y = data.X[:, col]
+    y = np.asarray(y.toarray() if sparse.issparse(y) else y).ravel()
+    if y.sum() == 0:
+        raise ValueError(f"cis_feature {cis_feature!r} has zero counts in every fitted cell.")
+    rows = np.flatnonzero(use)[data.present]
+    sf = sum_factor_values(mdata, sum_factor_key)[rows]
+    V.check_sum_factors(sf, sum_factor_key)
+    if high_moi:
+        A = A_all[rows]
+        keep = A.sum(0) > 0
+        A, guide_names, is_cis = A[:, keep], [g for g, k in zip(guide_names, keep, strict=True) if k], is_cis[keep]
+        guide_target = np.where(is_cis, cis_target, "other")
+    else:
+        A, guide_names = _low_moi_assignment(obs[guide_key].iloc[rows])
+        gt = obs.iloc[rows].groupby(obs[guide_key].iloc[rows].astype(str), observed=True)[target_key].first()
+        guide_target = gt.loc[guide_names].astype(str).to_numpy()
+        is_cis = guide_target == cis_target
+    n_samples = int(n_samples or settings.n_samples)
+    seed = resolve_seed(seed)
+    dev = resolve_device(device)
+    codes = groups.codes[rows]
+    cis_data = CisData(
+        y=y.astype(np.float64), log_sf=np.log(sf), tech_offset=tech.effects[col][codes],
+        assignment=A, is_cis_guide=is_cis, log_r=float(-tech.log_phi[col]),
+        log2_x_ntc_prior=float(tech.baseline[col] / LN2),
+    )
+    batch = batch_size or min(len(rows), 50_000)
+    start = time.perf_counter()
+    logger.info("fit_cis: %s, %d cells, %d guides", cis_feature, len(rows), len(guide_names))
+    post = fit_cis_model(
+        cis_data, n_steps=n_steps, lr=lr, batch_size=batch, seed=seed, device=dev,
+        progress=resolve_progress(progress),
+    )
+    seconds = time.perf_counter() - start
+    if not post.fit.converged:
+        warnings.warn(
+            f"fit_cis for {cis_feature!r} did not converge in {n_steps} steps; increase `n_steps`.",
+            stacklevel=2,
+        )
+    # per-cell dosage
+    loc, scale = post.loc["log2_x"], post.scale["log2_x"]
+    rng = np.random.Generator(np.random.PCG64([seed, 11]))
+    samples = np.exp2(loc[:, None] + scale[:, None] * rng.standard_normal((len(loc), n_samples)))
+    ln_loc, ln_scale = LN2 * loc, LN2 * scale
+    mean = np.exp(ln_loc + ln_scale**2 / 2)
+    sd = mean * np.sqrt(np.expm1(ln_scale**2))
+    # per guide
+    x_ntc_draws, b_draws = sample_guide_effects(post, is_cis, 2000, seed)
+    dose_draws = np.exp2(x_ntc_draws[:, None] + b_draws)
+    n_cells_g = A.sum(0).astype(int)
+    sigma = np.exp(post.loc["guide_log_sigma"])
+    b_mean, b_sd = b_draws.mean(0), b_draws.std(0)
+    q05, q95 = np.quantile(b_draws, [0.05, 0.95], axis=0)
+    active = (~is_cis) & ((q05 > 0) | (q95 < 0)) & (np.abs(b_mean) > 0.2)
+    guides = pd.DataFrame(
+        {
+            "target": guide_target.astype(str),
+            "n_cells": n_cells_g,
+            "dose_mean": dose_draws.mean(0),
+            "dose_q05": np.quantile(dose_draws, 0.05, axis=0),
+            "dose_q95": np.quantile(dose_draws, 0.95, axis=0),
+            "log2_effect_mean": b_mean,
+            "log2_effect_sd": b_sd,
+            "log2_effect_q05": q05,
+            "log2_effect_q95": q95,
+            "sigma_mean": sigma,
+            "is_control": ~is_cis,
+            "control_active": active,
+        },
+        index=pd.Index(guide_names, name="guide"),
+    )
+    if active.any():
+        warnings.warn(
+            f"Control guide(s) {list(np.asarray(guide_names)[active])} shift the cis gene "
+            f"{cis_feature!r} clearly (see mdata.uns[{key_added!r}]['guides']['control_active']); "
+            "check them or exclude their cells.",
+            stacklevel=2,
+        )
+    dose_lo = float(guides["dose_mean"].min())
+    dose_hi = float(guides["dose_mean"].max())
+    params.update(seed=seed, device=str(dev), n_samples=n_samples, high_moi=high_moi)
+    record = {
+        "guides": guides,
+        "cis_feature": cis_feature,
+        "cis_target": cis_target,
+        "modality": modality,
+        "technical_key_added": technical_key_added,
+        "x_ntc": float(np.exp2(x_ntc_draws).mean()),
+        "log2_x_ntc_mean": float(x_ntc_draws.mean()),
+        "log2_x_ntc_sd": float(x_ntc_draws.std()),
+        "dose_range": np.array([dose_lo, dose_hi]),
+        "n_cells": int(len(rows)),
+        "params": clean_params(params),
+        "priors": post.priors,
+        "loss": post.fit.loss.astype(np.float64),
+        "converged": bool(post.fit.converged),
+        "seconds": float(seconds),
+        "versions": versions(),
+    }
+    target = mdata.copy() if copy else mdata
+    n = target.n_obs
+    for name, values in (("mean", mean), ("sd", sd), ("q05", np.exp2(loc - Z90 * scale)), ("q95", np.exp2(loc + Z90 * scale))):
+        column = np.full(n, np.nan)
+        column[rows] = values
+        target.obs[f"{key_added}_dose_{name}"] = column
+    full = np.full((n, n_samples), np.nan, dtype=np.float32)
+    full[rows] = samples
+    target.obsm[f"{key_added}_dose_samples"] = full
+    target.uns[key_added] = record
+    logger.info("fit_cis finished in %.1fs (converged=%s)", seconds, post.fit.converged)
+    return target if copy else None
