@@ -104,8 +104,12 @@ class HillCurves:
         out = np.repeat(self.a[None, :], x.size, axis=0)
         cols = np.flatnonzero(self.moving)
         if cols.size:
-            out[:, cols] += self.v1[cols] * hill(x, self.K1[cols], self.n1[cols])
-            out[:, cols] += self.v2[cols] * hill(x, self.K2[cols], self.n2[cols])
+            moving = self.v1[cols] * hill(x, self.K1[cols], self.n1[cols])
+            second = cols[self.v2[cols] != 0]
+            moving += self.a[cols]
+            out[:, cols] = moving
+            if second.size:
+                out[:, second] += self.v2[second] * hill(x, self.K2[second], self.n2[second])
         return out
 
     def set_baseline(self, baseline_link: np.ndarray, x_ntc: float) -> None:

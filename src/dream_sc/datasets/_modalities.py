@@ -8,7 +8,9 @@ cells and features) and returns a registered :class:`~anndata.AnnData` with the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,7 @@ from ._curves import DoseWindow, HillCurves, classify_shape, draw_hill_curves, e
 from ._design import Design
 
 _CHUNK = 2048
+_MAX_WORKERS = 4
 _MISSING_FRACTION = 0.1
 #: Multinomial categories whose proportion moves by less than this are called flat.
 MULTINOMIAL_MIN_CHANGE = 0.02
@@ -59,35 +62,57 @@ def _technical_frame(delta: np.ndarray, var_names: pd.Index, design: Design) -> 
     return pd.DataFrame(delta.T.copy(), index=var_names, columns=columns)
 
 
-def _csr_parts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row-major nonzeros of a dense block: float32 data, int32 columns, row counts."""
-    rows, cols = np.nonzero(values)
-    counts = np.bincount(rows, minlength=values.shape[0])
-    return values[rows, cols].astype(np.float32), cols.astype(np.int32), counts
+def _csr_parts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Row-major nonzeros of a dense block: float32 data, int32 columns, row counts, width."""
+    mask = values != 0
+    flat = np.flatnonzero(mask)
+    cols = (flat % max(values.shape[1], 1)).astype(np.int32)
+    data = values.ravel()[flat].astype(np.float32)
+    return data, cols, mask.sum(axis=1), values.shape[1]
+
+
+def _n_workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(_MAX_WORKERS, cores))
 
 
 def _by_chunks(
-    n_cells: int, block: Callable[[slice], tuple[np.ndarray, ...]]
+    rng: np.random.Generator,
+    n_cells: int,
+    block: Callable[[slice, np.random.Generator], tuple[np.ndarray, ...]],
 ) -> list[sparse.csr_matrix]:
-    """Run ``block`` on chunks of cells; stack each returned matrix as one float32 CSR."""
-    parts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
-    n_cols: list[int] = []
-    for start in range(0, n_cells, _CHUNK):
-        out = block(slice(start, min(start + _CHUNK, n_cells)))
-        if not parts:
-            parts = [[] for _ in out]
-            n_cols = [mat.shape[1] for mat in out]
-        for store, mat in zip(parts, out, strict=True):
-            store.append(_csr_parts(mat))
+    """Run ``block`` on chunks of cells; stack each returned matrix as one float32 CSR.
+
+    Every chunk gets its own generator spawned from ``rng``, so chunks can run in threads
+    (numpy releases the GIL while sampling) and the result does not depend on their number.
+    """
+    starts = list(range(0, n_cells, _CHUNK))
+    seeds = np.random.SeedSequence(rng.integers(0, 2**32, size=4)).spawn(len(starts))
+
+    def run(i: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+        rows = slice(starts[i], min(starts[i] + _CHUNK, n_cells))
+        return [_csr_parts(m) for m in block(rows, np.random.default_rng(seeds[i]))]
+
+    workers = min(_n_workers(), len(starts))
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            chunks = list(pool.map(run, range(len(starts))))
+    else:
+        chunks = [run(i) for i in range(len(starts))]
     result = []
-    for store, width in zip(parts, n_cols, strict=True):
+    for j in range(len(chunks[0])):
+        store = [chunk[j] for chunk in chunks]
         indptr = np.zeros(n_cells + 1, dtype=np.int64)
-        np.cumsum(np.concatenate([c for _, _, c in store]), out=indptr[1:])
+        np.cumsum(np.concatenate([part[2] for part in store]), out=indptr[1:])
         if indptr[-1] < np.iinfo(np.int32).max:
             indptr = indptr.astype(np.int32)
-        data = np.concatenate([d for d, _, _ in store])
-        indices = np.concatenate([i for _, i, _ in store]).astype(indptr.dtype, copy=False)
-        result.append(sparse.csr_matrix((data, indices, indptr), shape=(n_cells, width)))
+        data = np.concatenate([part[0] for part in store])
+        indices = np.concatenate([part[1] for part in store]).astype(indptr.dtype, copy=False)
+        shape = (n_cells, store[0][3])
+        result.append(sparse.csr_matrix((data, indices, indptr), shape=shape))
     return result
 
 
@@ -135,12 +160,13 @@ def build_rna(
     log_sf = np.log(design.sum_factor)
     codes = design.line_codes
 
-    def block(rows: slice) -> tuple[np.ndarray]:
+    def block(rows: slice, gen: np.random.Generator) -> tuple[np.ndarray]:
         eta = np.concatenate([log_dose[rows], trans.link(design.primary_dose[rows])], axis=1)
-        mean = np.exp(eta + delta[codes[rows]] + log_sf[rows, None])
-        return (gamma_poisson(rng, mean, dispersion),)
+        eta += delta[codes[rows]]
+        eta += log_sf[rows, None]
+        return (gamma_poisson(gen, np.exp(eta, out=eta), dispersion),)
 
-    (x,) = _by_chunks(design.n_cells, block)
+    (x,) = _by_chunks(rng, design.n_cells, block)
     cis = HillCurves.flat(np.log([design.x_ntc[t] for t in design.targets]))
     cis.function[:] = "cis"
     names = pd.Index(list(design.targets)).append(feature_names("gene_", n_trans, 4))
@@ -195,12 +221,12 @@ def build_splicing(
     delta = _technical(rng, len(design.cell_line.categories), n_junctions, technical_sd)
     codes = design.line_codes
 
-    def block(rows: slice) -> tuple[np.ndarray, np.ndarray]:
-        total = gamma_poisson(rng, design.sum_factor[rows, None] * total_mean, total_dispersion)
+    def block(rows: slice, gen: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        total = gamma_poisson(gen, design.sum_factor[rows, None] * total_mean, total_dispersion)
         p = expit(curves.link(design.primary_dose[rows]) + delta[codes[rows]])
-        return rng.binomial(total, p), total
+        return gen.binomial(total, p), total
 
-    successes, total = _by_chunks(design.n_cells, block)
+    successes, total = _by_chunks(rng, design.n_cells, block)
     names = feature_names("sj_", n_junctions, 4)
     shape = classify_shape(curves.link(window.grid()), abs_tol=1e-9)
     var = _truth_var(curves, names, shape, curves.moving)
@@ -314,12 +340,12 @@ def build_isoform(
     total_dispersion = rng.uniform(0.1, 0.6, size=n_groups)
     line = design.line_codes
 
-    def block(rows: slice) -> tuple[np.ndarray]:
-        totals = gamma_poisson(rng, design.sum_factor[rows, None] * total_mean, total_dispersion)
+    def block(rows: slice, gen: np.random.Generator) -> tuple[np.ndarray]:
+        totals = gamma_poisson(gen, design.sum_factor[rows, None] * total_mean, total_dispersion)
         eta = curves.link(design.primary_dose[rows]) + delta[line[rows]]
-        return (_multinomial_groups(rng, totals, softmax_groups(eta, codes, n_groups), codes),)
+        return (_multinomial_groups(gen, totals, softmax_groups(eta, codes, n_groups), codes),)
 
-    (x,) = _by_chunks(design.n_cells, block)
+    (x,) = _by_chunks(rng, design.n_cells, block)
     natural = softmax_groups(curves.link(window.grid()), codes, n_groups)
     shape = classify_shape(natural, abs_tol=MULTINOMIAL_MIN_CHANGE)
     names = feature_names("tx_", codes.size, 4)
