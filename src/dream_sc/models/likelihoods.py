@@ -542,7 +542,7 @@ def normal_log_prob(
     zero = torch.zeros((), dtype=z.dtype, device=z.device)
     ll = torch.where(mask, -0.5 * z * z, zero).sum(0) - _sum_observed(log_sigma, mask)
     if include_constant:
-        ll = ll - _HALF_LOG_2PI * mask.sum(0)
+        ll = ll - _HALF_LOG_2PI * mask.sum(0).to(ll.dtype)
     return ll
 
 
@@ -604,7 +604,7 @@ def studentt_log_prob(
         - _sum_observed(log_sigma, mask)
     )
     if include_constant:
-        ll = ll - _HALF_LOG_PI * mask.sum(0)
+        ll = ll - _HALF_LOG_PI * mask.sum(0).to(ll.dtype)
     return ll
 
 

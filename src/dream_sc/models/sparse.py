@@ -405,6 +405,12 @@ class CSRMatrix:
         )
 
 
+def _flat_keys(csr: sp.csr_matrix) -> np.ndarray:
+    """Row-major flat positions of the stored entries of a canonical CSR matrix (sorted)."""
+    rows = np.repeat(np.arange(csr.shape[0], dtype=np.int64), np.diff(csr.indptr))
+    return rows * csr.shape[1] + csr.indices.astype(np.int64)
+
+
 def _aligned_values(k_matrix: Any, n_matrix: Any) -> tuple[sp.csr_matrix, np.ndarray]:
     """``n`` without zeros, and the values of ``k`` at ``n``'s stored positions (checked)."""
     n_csr = _as_csr(n_matrix)
@@ -414,14 +420,19 @@ def _aligned_values(k_matrix: Any, n_matrix: Any) -> tuple[sp.csr_matrix, np.nda
         raise ValueError(
             f"Successes and trials must have the same shape, got {k_csr.shape} and {n_csr.shape}."
         )
-    rows = np.repeat(np.arange(n_csr.shape[0]), np.diff(n_csr.indptr))
-    k_vals = np.asarray(k_csr[rows, n_csr.indices], dtype=np.float64).ravel()
     k_csr.eliminate_zeros()
-    if np.count_nonzero(k_vals) != k_csr.nnz:
+    n_keys = _flat_keys(n_csr)
+    k_keys = _flat_keys(k_csr)
+    pos = np.searchsorted(n_keys, k_keys)
+    found = pos < n_keys.size
+    found[found] = n_keys[pos[found]] == k_keys[found]
+    if not found.all():
         raise ValueError(
             "Successes are non-zero where trials are zero: every success count needs trials > 0 "
             "at the same entry."
         )
+    k_vals = np.zeros(n_csr.nnz, dtype=np.float64)
+    k_vals[pos] = k_csr.data
     if np.any(k_vals < 0):
         raise ValueError("Successes must be non-negative.")
     if np.any(k_vals > n_csr.data):
