@@ -113,6 +113,18 @@ def right_multiply(counts: Matrix, operator: sparse.spmatrix) -> Matrix:
     return np.asarray((operator.T @ counts.T).T)
 
 
+def group_totals(counts: Matrix, groups: pd.Series) -> Matrix:
+    """Per cell and feature, the summed counts of all features in its group.
+
+    Features with a missing group get 0. Computed as ``(counts @ G) @ G.T`` with the
+    features × groups membership matrix ``G``: two products with one non-zero per feature,
+    never the features × features matrix.
+    """
+    codes, uniques = pd.factorize(groups)
+    members = indicator(codes, len(uniques), counts.dtype)
+    return right_multiply(right_multiply(counts, members), members.T)
+
+
 def columns(counts: Matrix, positions: np.ndarray) -> Matrix:
     """Columns ``positions`` of ``counts`` (CSR stays CSR)."""
     if sparse.issparse(counts):
@@ -123,12 +135,14 @@ def columns(counts: Matrix, positions: np.ndarray) -> Matrix:
 def coverage(matrix: Matrix) -> tuple[np.ndarray, np.ndarray]:
     """Per column: number of cells with a positive value and the column sum."""
     if sparse.issparse(matrix):
-        covered = np.asarray((matrix > 0).sum(axis=0)).ravel()
+        matrix = sparse.csr_matrix(matrix)
+        positive = matrix.indices[matrix.data > 0]
+        covered = np.bincount(positive, minlength=matrix.shape[1])
         total = np.asarray(matrix.sum(axis=0)).ravel()
     else:
         covered = (matrix > 0).sum(axis=0)
         total = matrix.sum(axis=0)
-    return covered.astype(np.int64), np.asarray(total, dtype=float)
+    return np.asarray(covered, dtype=np.int64), np.asarray(total, dtype=float)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,12 +22,11 @@ from ._feature_counts import (
     columns,
     coverage,
     coverage_mask,
-    indicator,
+    group_totals,
     install_modalities,
     multi_member_mask,
     new_modality,
     read_counts,
-    right_multiply,
 )
 from ._junction_sites import find_cassette_exons, group_sizes, junction_table, site_ids
 
@@ -251,18 +250,17 @@ def _build_sj(
     donor, acceptor = site_ids(table, "donor"), site_ids(table, "acceptor")
     if options.sj_trials == "gene":
         annotated = table["gene"].notna().to_numpy()
-        codes, uniques = pd.factorize(table["gene"])
-        members = indicator(codes, len(uniques), counts.dtype)
-        operator = members @ members.T
         gene_size = table["gene"].map(table["gene"].value_counts()).fillna(0).to_numpy()
         has_alternative = gene_size >= 2
         report.dropped["without a gene annotation"] = int((~annotated).sum())
         report.dropped["alone in their gene"] = int((annotated & ~has_alternative).sum())
+        trials = group_totals(counts, table["gene"])
     else:
-        operator = _site_operator(donor, acceptor, counts.dtype)
         has_alternative = (group_sizes(donor) >= 2) | (group_sizes(acceptor) >= 2)
         report.dropped["sharing no splice site"] = int((~has_alternative).sum())
-    trials = right_multiply(counts, operator)
+        # two distinct junctions never share both sites, so |donor ∪ acceptor| = D + A - self
+        trials = group_totals(counts, donor) + group_totals(counts, acceptor) - counts
+        trials = sparse.csr_matrix(trials) if sparse.issparse(trials) else trials
     covered, total = coverage(trials)
     keep = coverage_mask(
         covered,
@@ -286,19 +284,6 @@ def _build_sj(
     )
     set_registration(adata, distribution="binomial", total_layer="total")
     return adata, report
-
-
-def _site_operator(donor: pd.Series, acceptor: pd.Series, dtype: np.dtype) -> sparse.csr_matrix:
-    """J × J 0/1 matrix: 1 where two junctions share a donor or an acceptor site (or are equal)."""
-    shared = None
-    for groups in (donor, acceptor):
-        codes, uniques = pd.factorize(groups)
-        members = indicator(codes, len(uniques), dtype)
-        block = members @ members.T
-        shared = block if shared is None else shared + block
-    shared = sparse.csr_matrix(shared)
-    shared.data[:] = 1
-    return shared
 
 
 def _build_sites(
