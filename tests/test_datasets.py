@@ -69,6 +69,19 @@ def test_same_seed_same_screen(small):
     assert small.uns["truth"]["x_ntc"] == again.uns["truth"]["x_ntc"]
 
 
+def test_threads_do_not_change_the_result(monkeypatch):
+    from dream_sc.datasets import _modalities
+
+    kw = {"n_cells": 4500, "n_genes": 12, "n_junctions": 4, "n_isoform_genes": 3, "seed": 9}
+    monkeypatch.setattr(_modalities, "_MAX_WORKERS", 1)
+    serial = simulate_screen(**kw)
+    monkeypatch.setattr(_modalities, "_MAX_WORKERS", 3)
+    monkeypatch.setattr(_modalities, "_n_workers", lambda: 3)
+    threaded = simulate_screen(**kw)
+    for mod in serial.mod:
+        np.testing.assert_array_equal(_dense(serial[mod].X), _dense(threaded[mod].X))
+
+
 def test_other_seed_other_screen(small):
     other = simulate_screen(**SMALL, seed=8, continuous=True)
     assert (_dense(small["rna"].X) != _dense(other["rna"].X)).mean() > 0.3
@@ -181,7 +194,7 @@ def test_cis_counts_match_guide_dose(big):
     rna, obs = big["rna"], big.obs
     delta = rna.varm["true_technical"].loc["GFI1B"]
     scale = obs["sum_factor"].to_numpy() * np.exp(delta[obs["cell_line"].astype(str)].to_numpy())
-    norm = pd.Series(_dense(rna[:, "GFI1B"].X).ravel() / scale, index=obs_names(big))
+    norm = pd.Series(_dense(rna[:, "GFI1B"].X).ravel() / scale, index=big.obs_names)
     per_guide = norm.groupby(obs["guide"].astype(str).to_numpy()).agg(["mean", "size"])
     truth = big.uns["truth"]["guides"]["dose"]
     per_guide = per_guide[per_guide["size"] >= 50]
@@ -190,10 +203,6 @@ def test_cis_counts_match_guide_dose(big):
     assert rel.abs().max() < 0.15, rel
     # the cis dosage really varies with the guide: knock-down guides well below NTC
     assert truth.min() < 0.2 * big.uns["truth"]["x_ntc"]["GFI1B"]
-
-
-def obs_names(mdata):
-    return mdata.obs_names
 
 
 def test_ntc_dose_centres_on_baseline(big):
@@ -401,6 +410,7 @@ def test_true_curve_errors(small):
         ({"n_ntc_guides": 0}, r"n_ntc_guides must be an integer >= 1"),
         ({"seed": -1}, r"seed must be an integer >= 0"),
         ({"guides_per_cell": 0.0}, r"guides_per_cell must be a number"),
+        ({"continuous": "yes"}, r"continuous must be True or False; got 'yes'"),
     ],
 )
 def test_argument_validation(kwargs, match):

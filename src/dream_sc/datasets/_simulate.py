@@ -70,6 +70,8 @@ def _validate(args: dict[str, Any]) -> None:
     _check_int("guides_per_target", args["guides_per_target"], 1)
     _check_int("n_ntc_guides", args["n_ntc_guides"], 1)
     _check_int("seed", args["seed"], 0)
+    if not isinstance(args["continuous"], bool | np.bool_):
+        raise ValueError(f"continuous must be True or False; got {args['continuous']!r}.")
     if args["moi"] not in _MOI:
         raise ValueError(f"moi must be one of 'low', 'high'; got {args['moi']!r}.")
     _check_float("ntc_fraction", args["ntc_fraction"], 0.0, 1.0, open_lo=True)
