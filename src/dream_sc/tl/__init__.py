@@ -2,5 +2,6 @@
 
 from ._cis import fit_cis
 from ._technical import fit_technical
+from ._trans import fit_trans
 
-__all__ = ["fit_cis", "fit_technical"]
+__all__ = ["fit_cis", "fit_technical", "fit_trans"]

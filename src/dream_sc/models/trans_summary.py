@@ -1,0 +1,199 @@
+"""Posterior summaries of trans fits, computed in feature chunks from posterior samples.
+
+Never materialises samples x cells x features: curves are evaluated on a dosage grid
+(``[samples, grid, features]`` per chunk). Samples of feature ``t`` come from a stream seeded by
+``(seed, t)``, so summaries do not depend on chunking either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .curves import evaluate_curve
+from .trans import TransPriors, natural_params
+
+LN2 = float(np.log(2.0))
+
+
+@dataclass
+class Grid:
+    """Dosage grid and the part of it inside the observed dosage range."""
+
+    dose: np.ndarray  # [G]
+    in_range: np.ndarray  # [G] bool
+    lo: float
+    hi: float
+
+
+def make_grid(lo: float, hi: float, n: int = 60, extend: float = 1.5) -> Grid:
+    """Log-spaced grid over the observed range ``[lo, hi]`` extended by a factor each side."""
+    inner = np.geomspace(lo, hi, n - 10)
+    outer_lo = np.geomspace(lo / extend, lo, 6)[:-1]
+    outer_hi = np.geomspace(hi, hi * extend, 6)[1:]
+    dose = np.concatenate([outer_lo, inner, outer_hi])
+    return Grid(dose, (dose >= lo * (1 - 1e-9)) & (dose <= hi * (1 + 1e-9)), lo, hi)
+
+
+def draw_latent(loc: dict, scale: dict, features: np.ndarray, n_samples: int, seed: int) -> dict[str, torch.Tensor]:
+    """Posterior draws ``[S, T, ...]`` of every site, seeded per feature."""
+    names = sorted(loc)
+    widths = [int(np.prod(loc[n].shape[1:])) for n in names]
+    total = sum(widths)
+    eps = np.empty((len(features), n_samples, total), dtype=np.float32)
+    for row, fid in enumerate(features):
+        rng = np.random.Generator(np.random.PCG64([int(seed), int(fid), 99]))
+        eps[row] = rng.standard_normal((n_samples, total), dtype=np.float32)
+    out, offset = {}, 0
+    for name, width in zip(names, widths, strict=True):
+        shape = loc[name].shape[1:]
+        e = eps[:, :, offset : offset + width].reshape(len(features), n_samples, *shape)
+        value = loc[name][features][:, None] + scale[name][features][:, None] * e  # [T, S, ...]
+        out[name] = torch.from_numpy(np.moveaxis(value, 0, 1).astype(np.float32))  # [S, T, ...]
+        offset += width
+    return out
+
+
+def _segment_softmax(eta: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Softmax over the last axis within groups of features."""
+    index = group.expand_as(eta)
+    gmax = torch.full((*eta.shape[:-1], n_groups), -torch.inf).scatter_reduce(-1, index, eta, "amax")
+    expd = torch.exp(eta - gmax.gather(-1, index))
+    denom = torch.zeros((*eta.shape[:-1], n_groups)).scatter_add(-1, index, expd)
+    return expd / denom.gather(-1, index)
+
+
+def natural_scale(distribution: str, eta: torch.Tensor, group: torch.Tensor | None, n_groups: int) -> torch.Tensor:
+    """Curve on the natural scale (reference group, unit size factor)."""
+    if distribution == "negbinom":
+        return eta.exp()
+    if distribution == "binomial":
+        return torch.sigmoid(eta)
+    if distribution == "multinomial":
+        return _segment_softmax(eta, group, n_groups)
+    return eta
+
+
+def response_scale(distribution: str, eta: torch.Tensor, natural: torch.Tensor) -> torch.Tensor:
+    """Scale on which responses are reported: log2 for counts, natural otherwise."""
+    return eta / LN2 if distribution == "negbinom" else natural
+
+
+def signed_range(values: torch.Tensor, dose_axis: int = -2) -> torch.Tensor:
+    """``max - min`` over doses, positive when the maximum lies at the higher dose."""
+    vmax, imax = values.max(dim=dose_axis)
+    vmin, imin = values.min(dim=dose_axis)
+    sign = torch.where(imax >= imin, 1.0, -1.0)
+    return sign * (vmax - vmin)
+
+
+def non_monotonic_amplitude(values: torch.Tensor) -> torch.Tensor:
+    """``min(largest rise, largest fall)`` along increasing dose (0 for monotone curves)."""
+    run_min = torch.cummin(values, dim=-2).values
+    run_max = torch.cummax(values, dim=-2).values
+    rise = (values - run_min).max(dim=-2).values
+    fall = (run_max - values).max(dim=-2).values
+    return torch.minimum(rise, fall)
+
+
+def _stats(name: str, x: torch.Tensor) -> dict[str, np.ndarray]:
+    q = torch.quantile(x, torch.tensor([0.05, 0.95]), dim=0)
+    return {f"{name}_mean": x.mean(0).numpy(), f"{name}_q05": q[0].numpy(), f"{name}_q95": q[1].numpy()}
+
+
+def summarise_chunk(
+    distribution: str,
+    function: str,
+    latent: dict[str, torch.Tensor],
+    amplitude_scale: np.ndarray,
+    priors: TransPriors,
+    grid: Grid,
+    *,
+    min_effect: np.ndarray,
+    group_index: np.ndarray | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per-feature summaries and grid curves of one chunk.
+
+    Returns
+    -------
+    ``(columns, curves)``: columns are arrays ``[T]``; curves hold ``mean``, ``q05``, ``q95``
+    arrays ``[T, G]`` on the natural scale.
+    """
+    scale = torch.as_tensor(amplitude_scale, dtype=torch.float32)
+    params = natural_params(function, latent, scale, priors)
+    log_x = torch.as_tensor(np.log(grid.dose), dtype=torch.float32)
+    eta = evaluate_curve(function, params, log_x, priors.log_x_ref, priors.half_range)  # [S,G,T]
+    group = n_groups = None
+    if group_index is not None:
+        codes, inverse = np.unique(group_index, return_inverse=True)
+        group, n_groups = torch.as_tensor(inverse), len(codes)
+    natural = natural_scale(distribution, eta, group, n_groups or 0)
+    q = torch.quantile(natural, torch.tensor([0.05, 0.95]), dim=0)
+    curves = {"mean": natural.mean(0).T.numpy(), "q05": q[0].T.numpy(), "q95": q[1].T.numpy()}
+    inside = torch.as_tensor(grid.in_range)
+    values = response_scale(distribution, eta, natural)[:, inside]  # [S, G_in, T]
+    response = signed_range(values)
+    nm = non_monotonic_amplitude(values)
+    min_eff = torch.as_tensor(min_effect, dtype=torch.float32)
+    cols: dict[str, np.ndarray] = {}
+    cols.update(_stats("response", response))
+    cols["response_sd"] = response.std(0).numpy()
+    cols["prob_dose_dependent"] = (response.abs() > min_eff).float().mean(0).numpy()
+    cols["lfsr"] = torch.minimum((response >= 0).float().mean(0), (response <= 0).float().mean(0)).numpy()
+    cols["score"] = (response.mean(0).abs() / (response.std(0) + 1e-8)).numpy()
+    cols["non_monotonic_mean"] = nm.mean(0).numpy()
+    cols["prob_non_monotonic"] = (nm > min_eff).float().mean(0).numpy()
+    cols["non_monotonic_score"] = (nm.mean(0) / (nm.std(0) + 1e-8)).numpy()
+    cols.update(_parameter_columns(function, params))
+    cols.update(_ec50_columns(function, params, grid))
+    return cols, curves
+
+
+def _parameter_columns(function: str, params: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    cols = _stats("eta_ref", params["eta_ref"])
+    if function == "polynomial":
+        for d in range(params["coef"].shape[-1]):
+            cols.update(_stats(f"coef{d + 1}", params["coef"][..., d]))
+        return cols
+    comps = ("1", "2") if function == "additive_hill" else ("1",)
+    for c in comps:
+        cols.update(_stats(f"v{c}", params[f"v{c}"]))
+        cols.update(_stats(f"K{c}", params[f"log_k{c}"].exp()))
+        cols.update(_stats(f"n{c}", params[f"n{c}"]))
+    return cols
+
+
+def _ec50_columns(function: str, params: dict[str, torch.Tensor], grid: Grid) -> dict[str, np.ndarray]:
+    n_feat = params["eta_ref"].shape[-1]
+    nan = np.full(n_feat, np.nan)
+    if function == "polynomial":
+        return {"ec50_mean": nan, "ec50_q05": nan, "ec50_q95": nan, "ec50_in_range": np.zeros(n_feat, bool), "inflection_mean": nan}
+    comps = ("1", "2") if function == "additive_hill" else ("1",)
+    cols: dict[str, np.ndarray] = {}
+    for c in comps:
+        k = params[f"log_k{c}"].exp()
+        q = torch.quantile(k, torch.tensor([0.05, 0.95]), dim=0)
+        cols[f"ec50_{c}_mean"], cols[f"ec50_{c}_q05"], cols[f"ec50_{c}_q95"] = k.mean(0).numpy(), q[0].numpy(), q[1].numpy()
+    if function == "additive_hill":
+        dominant = (params["v2"].abs().mean(0) > params["v1"].abs().mean(0)).numpy()
+    else:
+        dominant = np.zeros(n_feat, bool)
+    pick = lambda stat: np.where(dominant, cols.get(f"ec50_2_{stat}", nan), cols[f"ec50_1_{stat}"])  # noqa: E731
+    cols["ec50_mean"], cols["ec50_q05"], cols["ec50_q95"] = pick("mean"), pick("q05"), pick("q95")
+    cols["ec50_in_range"] = (cols["ec50_mean"] >= grid.lo) & (cols["ec50_mean"] <= grid.hi)
+    comp = np.where(dominant, 2, 1)
+    inflection = np.full(n_feat, np.nan)
+    for c in comps:
+        n = params[f"n{c}"]
+        k = params[f"log_k{c}"].exp()
+        with torch.no_grad():
+            ratio = torch.clamp((n - 1) / (n + 1), min=0.0)
+            value = torch.where(n > 1, k * ratio ** (1 / n), torch.zeros_like(k)).mean(0).numpy()
+        inflection = np.where(comp == int(c), value, inflection)
+    cols["inflection_mean"] = inflection
+    if function == "single_hill":
+        for stat in ("mean", "q05", "q95"):
+            cols.pop(f"ec50_1_{stat}")
+    return cols

@@ -1,0 +1,236 @@
+"""``tl.fit_trans``: step 3 of the model."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+from mudata import MuData
+from scipy import sparse
+
+from .. import _validation as V
+from .._settings import settings
+from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
+from ._significance import null_fits, significance_columns
+from ._trans_job import TransJob, posterior_frame, prepare_trans_job
+
+logger = logging.getLogger("dream_sc")
+
+
+def _cells_with_data(job: TransJob) -> np.ndarray:
+    data, cols = job.data, np.flatnonzero(job.fitted)
+    if data.distribution == "negbinom":
+        return np.full(len(cols), len(job.rows))
+    if data.distribution == "binomial":
+        n = data.total[:, cols]
+        return np.asarray((n > 0).sum(0)).ravel()
+    if data.distribution == "multinomial":
+        X = sparse.csc_matrix(data.X[:, cols])
+        gi = data.group_index[cols]
+        out = np.zeros(len(cols), int)
+        for g in np.unique(gi):
+            members = gi == g
+            out[members] = int((np.asarray(X[:, members].sum(1)).ravel() > 0).sum())
+        return out
+    dense = data.X[:, cols].toarray() if sparse.issparse(data.X) else np.asarray(data.X)[:, cols]
+    return np.isfinite(dense).sum(0)
+
+
+def fit_trans(
+    mdata: MuData,
+    *,
+    modality: str = "rna",
+    function: str = "additive_hill",
+    cis_key: str = "dream_cis",
+    technical_key_added: str = "dream_technical",
+    sum_factor_key: str = "sum_factor",
+    layer: str | None = None,
+    use_dose_mean: bool = False,
+    min_effect: float | None = None,
+    degree: int = 3,
+    include_cis_feature: bool = False,
+    test: bool = True,
+    n_permutations: int = 1,
+    alpha: float = 0.1,
+    n_steps: int = 600,
+    lr: float = 0.03,
+    batch_size: int | None = None,
+    feature_chunk: int | None = None,
+    n_samples: int | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+    progress: bool | None = None,
+    key_added: str = "dream_trans",
+    copy: bool = False,
+) -> MuData | None:
+    """Fit a dose-response curve for every feature of a modality (step 3).
+
+    The cells of the cis fit ``cis_key`` are used; at every SVI step each cell's dosage is
+    drawn from its posterior samples (``use_dose_mean=True`` uses the posterior mean instead),
+    so dosage uncertainty widens the curves. Technical effects and noise come from step 1. Curves
+    live on the link scale of the modality (log / logit / softmax / identity) so means stay in
+    their domain. Priors are data-driven (see :mod:`dream_sc.models.trans`). With ``test=True``
+    the calibrated significance of :func:`dream_sc.tl.test_trans` is computed as well.
+
+    Parameters
+    ----------
+    mdata
+        The screen.
+    modality
+        Modality whose features are fitted.
+    function
+        ``"single_hill"``, ``"additive_hill"`` (two Hill components: non-monotone shapes) or
+        ``"polynomial"`` (degree ``degree`` in log2 dosage).
+    cis_key, technical_key_added
+        Keys of the cis fit and of the technical fit of ``modality``.
+    sum_factor_key, layer
+        Size factors and data layer.
+    use_dose_mean
+        Fast path: plug in the posterior mean dosage instead of propagating its uncertainty.
+    min_effect
+        Minimal effect for ``prob_dose_dependent`` (default: 0.2 log2 fold change for counts,
+        0.03 for probabilities / proportions, 0.1 noise sd for continuous data).
+    degree
+        Polynomial degree.
+    include_cis_feature
+        Also fit the cis gene itself (excluded by default: its response is the dosage).
+    test, n_permutations, alpha
+        Compute calibrated q-values from ``n_permutations`` permutation refits (see
+        :func:`dream_sc.tl.test_trans`) and call features with ``qvalue < alpha`` significant.
+    n_steps, lr, batch_size, feature_chunk
+        SVI settings (batch/chunk default: memory planner).
+    n_samples
+        Posterior samples for summaries (default ``settings.n_samples``).
+    seed, device, progress
+        As everywhere.
+    key_added
+        Prefix of the results.
+    copy
+        Return a fitted copy.
+
+    Returns
+    -------
+    ``None`` (or the fitted copy). Writes
+
+    - ``mdata[modality].varm[key_added]``: per-feature DataFrame with ``distribution``,
+      ``function``, ``response_mean/_sd/_q05/_q95``, ``ec50_mean/_q05/_q95``, ``ec50_in_range``,
+      ``inflection_mean``, curve parameters (``eta_ref``, ``v1``, ``K1``, ``n1``, ... with
+      ``_mean/_q05/_q95``), ``prob_dose_dependent``, ``lfsr``, ``score``, ``prob_non_monotonic``,
+      ``qvalue``, ``qvalue_non_monotonic``, ``significant``, ``shape``, ``n_cells``,
+      ``converged``; NaN for features not fitted.
+    - ``varm[f"{key_added}_curve_mean"]``, ``_curve_q05``, ``_curve_q95``: features x grid.
+    - ``varm[f"{key_added}_posterior"]``: variational loc/scale of every latent site.
+    - ``mdata[modality].uns[key_added]``: ``dose_grid``, ``dose_in_range``, ``dose_range``,
+      ``x_ref``, ``params``, ``priors``, ``loss``, ``converged``, ``chunk_converged``,
+      ``cis_key``, ``plan``, ``null_scores`` (when tested), ``versions``.
+
+    Examples
+    --------
+    >>> import dream_sc as ds
+    >>> mdata = ds.datasets.simulate_screen(n_cells=300, n_genes=20, seed=0)
+    >>> ds.tl.fit_technical(mdata, n_steps=50, progress=False)
+    >>> ds.tl.fit_cis(mdata, cis_feature="GFI1B", n_steps=100, progress=False)
+    >>> ds.tl.fit_trans(mdata, function="single_hill", n_steps=50, progress=False)
+    >>> "response_mean" in mdata["rna"].varm["dream_trans"]
+    True
+    """
+    params = {k: v for k, v in locals().items() if k != "mdata"}
+    V.check_mudata(mdata)
+    V.check_modality(mdata, modality)
+    if n_permutations < 1 and test:
+        raise ValueError("n_permutations must be >= 1 when test=True.")
+    seed = resolve_seed(seed)
+    dev = resolve_device(device)
+    n_samples = int(n_samples or settings.n_samples)
+    job = prepare_trans_job(
+        mdata, modality=modality, function=function, cis_key=cis_key,
+        technical_key_added=technical_key_added, sum_factor_key=sum_factor_key, layer=layer,
+        use_dose_mean=use_dose_mean, min_effect=min_effect, degree=degree,
+        include_cis_feature=include_cis_feature, seed=seed, n_steps=n_steps, lr=lr,
+        batch_size=batch_size, feature_chunk=feature_chunk, n_samples=n_samples, device=dev,
+        progress=resolve_progress(progress),
+    )
+    start = time.perf_counter()
+    logger.info(
+        "fit_trans: %s (%s, %s), %d cells x %d features", modality, job.data.distribution,
+        function, len(job.rows), job.n_features,
+    )
+    fit = job.fit()
+    columns, curves = job.summarise(fit.loc, fit.scale)
+    null = null_fits(job, n_permutations) if test else None
+    sig = significance_columns(columns, null, alpha=alpha, n_permutations=n_permutations if test else 0)
+    seconds = time.perf_counter() - start
+    if not fit.converged:
+        warnings.warn(
+            f"fit_trans on {modality!r} did not converge in {n_steps} steps for "
+            f"{int((~fit.feature_converged).sum())} features; increase `n_steps` (see ds.pl.loss).",
+            stacklevel=2,
+        )
+    table = _results_table(job, columns, sig, fit.feature_converged)
+    params.update(seed=seed, device=str(dev), n_samples=n_samples)
+    record = {
+        "params": clean_params(params),
+        "distribution": job.data.distribution,
+        "function": function,
+        "dose_grid": job.grid.dose,
+        "dose_in_range": job.grid.in_range,
+        "dose_range": np.array([job.grid.lo, job.grid.hi]),
+        "x_ref": float(np.exp(job.priors.log_x_ref)),
+        "min_effect": job.min_effect.astype(np.float64),
+        "priors": job.priors.as_dict(),
+        "loss": fit.loss.astype(np.float64),
+        "converged": bool(fit.converged),
+        "chunk_converged": np.asarray(fit.chunk_converged, dtype=bool),
+        "cis_key": cis_key,
+        "technical_key_added": technical_key_added,
+        "n_cells": int(len(job.rows)),
+        "plan": job.plan,
+        "seconds": float(seconds),
+        "versions": versions(),
+    }
+    if null is not None:
+        record["null_scores"] = null["score"]
+        record["null_non_monotonic_scores"] = null["non_monotonic_score"]
+        record["null_loss"] = null["loss"]
+    target = mdata.copy() if copy else mdata
+    adata = target[modality]
+    adata.varm[key_added] = table
+    for stat in ("mean", "q05", "q95"):
+        full = np.full((adata.n_vars, len(job.grid.dose)), np.nan, dtype=np.float32)
+        full[job.fitted] = curves[stat]
+        adata.varm[f"{key_added}_curve_{stat}"] = full
+    adata.varm[f"{key_added}_posterior"] = posterior_frame(fit, adata.var_names, job.fitted)
+    adata.uns[key_added] = record
+    logger.info("fit_trans finished in %.1fs (converged=%s)", seconds, fit.converged)
+    return target if copy else None
+
+
+def _results_table(job: TransJob, columns: dict, sig: dict, converged: np.ndarray) -> pd.DataFrame:
+    var_names = job.data.var_names
+    fitted = job.fitted
+    out = pd.DataFrame(index=var_names)
+    out["distribution"] = job.data.distribution
+    out["function"] = job.function
+    merged = {**columns, **sig}
+    for name, values in merged.items():
+        values = np.asarray(values)
+        if values.dtype == bool:
+            full = np.zeros(len(var_names), bool)
+        elif values.dtype.kind in "OUS":
+            full = np.full(len(var_names), "not_fitted", dtype=object)
+        else:
+            full = np.full(len(var_names), np.nan)
+        full[fitted] = values
+        out[name] = full
+    n_cells = np.zeros(len(var_names), int)
+    n_cells[fitted] = _cells_with_data(job)
+    out["n_cells"] = n_cells
+    conv = np.zeros(len(var_names), bool)
+    conv[fitted] = converged
+    out["converged"] = conv
+    out["fitted"] = fitted
+    out["shape"] = out["shape"].astype(str)
+    return out
