@@ -62,7 +62,7 @@ def junction_var(plus: object = "+", minus: object = "-") -> pd.DataFrame:
             "chrom": ["chr1"] * 9 + ["chr2"],
             "start": [100, 300, 100, 300, 100, 1000, 1200, 1000, 900, 50],
             "end": [200, 400, 400, 500, 150, 1100, 1300, 1300, 1100, 80],
-            "strand": np.array(strand, dtype=object),
+            "strand": np.array(strand),
             "gene": ["P", "P", "P", "P", None, "M", "M", "M", "M", "S"],
         },
         index=IDS,
@@ -258,8 +258,13 @@ def test_cassette_search_needs_exon_between_and_same_strand():
     # (a, b): a ends at 30 >= b's start 20 -> overlapping introns, no exon between them;
     # (overlap=10-25, b=20-40): 25 >= 20 too. other_strand pairs with nothing on "-".
     assert len(events) == 0
-    var.loc["b", "start"] = 31
     var.loc["skip", "end"] = 40
+    var.loc["b", "start"] = 30  # touches a's end (30): no exon between a and b
+    events = find_cassette_exons(junction_table(var, "gene"))
+    assert events[["skip", "inclusion1", "inclusion2"]].values.tolist() == [
+        ["skip", "overlap", "b"]
+    ]
+    var.loc["b", "start"] = 31
     events = find_cassette_exons(junction_table(var, "gene"))
     assert events[["skip", "inclusion1", "inclusion2"]].values.tolist() == [
         ["skip", "a", "b"],
@@ -311,7 +316,10 @@ def test_exon_skip_filters(caplog):
         "P:chr1:100-400:exon_200-300",
         "M:chr1:1000-1300:exon_1100-1200",
     ]
-    with caplog.at_level(logging.INFO, logger="dream_sc"):
+    with (
+        caplog.at_level(logging.INFO, logger="dream_sc"),
+        pytest.warns(UserWarning, match="Replacing the existing modality 'exon_skip'"),
+    ):
         splicing_from_junctions(mdata, kinds=("exon_skip",), min_total_reads=0, min_cells_covered=4)
     # cells with trials: 3, 3, 4
     assert mdata["exon_skip"].var_names.tolist() == ["M:chr1:1000-1300:exon_1100-1200"]
@@ -592,6 +600,7 @@ def test_real_sj_site_trials_match_loop(real_junctions, real_mdata):
     assert n_checked == sj.n_vars >= 20
 
 
+@pytest.mark.filterwarnings("ignore:Cannot join columns with the same name")
 def test_round_trip_keeps_modalities_and_registrations(real_mdata, tmp_path):
     path = tmp_path / "splicing.h5mu"
     real_mdata.write(path)
@@ -611,6 +620,24 @@ def test_round_trip_keeps_modalities_and_registrations(real_mdata, tmp_path):
     )
     assert get_registration(back["sj"], "sj")["total_layer"] == "total"
     assert get_registration(back["acceptor"], "acceptor")["group_key"] == "group"
+
+
+@pytest.mark.filterwarnings("ignore:Cannot join columns with the same name")
+def test_round_trip_hand_made_with_unannotated_junction(tmp_path):
+    mdata = make_mdata("sparse", "star_int")
+    splicing_from_junctions(mdata, sj_trials="site", **NO_FILTER)
+    mdata.write(tmp_path / "hand.h5mu")
+    back = md.read_h5mu(tmp_path / "hand.h5mu")
+    assert pd.isna(back["sj"].var.loc["u1", "gene"])
+    assert back["sj"].var.loc["pA", "gene"] == "P"
+    assert column(back, "sj", "pC", "total") == [11, 6, 5, 1]
+    assert column(back, "exon_skip", "M:chr1:1000-1300:exon_1100-1200") == [4, 0, 0, 2]
+    assert back["exon_skip"].var.loc["P:chr1:100-400:exon_150-300", "inclusion1"] == "u1"
+    assert back["donor"].var["group"].astype(str).tolist() == (
+        mdata["donor"].var["group"].astype(str).tolist()
+    )
+    for kind in ("sj", "donor", "acceptor", "exon_skip"):
+        assert back[kind].uns["dream_sc"] == mdata[kind].uns["dream_sc"]
 
 
 # --------------------------------------------------------------------------------------------
