@@ -1,0 +1,243 @@
+"""Tidy tables of stored results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from mudata import MuData
+
+from .. import _validation as V
+from ..models.curves import evaluate_curve
+from ..models.trans import TransPriors, natural_params
+from ..models.trans_summary import draw_latent, natural_scale
+from ..tl._trans_job import posterior_from_frame
+
+GUIDE_COLUMNS = [
+    "target", "n_cells", "dose_mean", "dose_q05", "dose_q95", "log2_effect_mean",
+    "log2_effect_q05", "log2_effect_q95",
+]
+
+
+def _cis_record(mdata: MuData, key: str) -> dict:
+    if key not in mdata.uns:
+        raise KeyError(
+            f"No cis fit {key!r} in mdata.uns; run `ds.tl.fit_cis(mdata, cis_feature=..., "
+            f"key_added={key!r})` first or pass `key=`."
+        )
+    return mdata.uns[key]
+
+
+def cis_dosage(mdata: MuData, *, level: str = "guide", key: str = "dream_cis") -> pd.DataFrame:
+    """Per-guide or per-cell cis dosage.
+
+    Parameters
+    ----------
+    mdata
+        A screen fitted with :func:`dream_sc.tl.fit_cis`.
+    level
+        ``"guide"`` or ``"cell"``.
+    key
+        ``key_added`` of the cis fit.
+
+    Returns
+    -------
+    ``level="guide"``: index = guide; ``target``, ``n_cells``, ``dose_mean``, ``dose_q05``,
+    ``dose_q95``, ``log2_effect_mean``, ``log2_effect_q05``, ``log2_effect_q95`` (plus
+    ``log2_effect_sd``, ``sigma_mean``, ``is_control``, ``control_active``).
+    ``level="cell"``: index = ``mdata.obs_names`` (NaN for cells outside the fit);
+    ``dose_mean``, ``dose_sd``, ``dose_q05``, ``dose_q95``, ``guide``.
+
+    Examples
+    --------
+    >>> import dream_sc as ds
+    >>> mdata = ds.datasets.simulate_screen(n_cells=300, n_genes=20, seed=0)
+    >>> ds.tl.fit_technical(mdata, n_steps=50, progress=False)
+    >>> ds.tl.fit_cis(mdata, cis_feature="GFI1B", n_steps=100, progress=False)
+    >>> ds.get.cis_dosage(mdata).columns[:3].tolist()
+    ['target', 'n_cells', 'dose_mean']
+    """
+    record = _cis_record(mdata, key)
+    if level == "guide":
+        guides = record["guides"].copy()
+        rest = [c for c in guides.columns if c not in GUIDE_COLUMNS]
+        return guides[GUIDE_COLUMNS + rest]
+    if level == "cell":
+        cols = {s: mdata.obs[f"{key}_dose_{s}"] for s in ("mean", "sd", "q05", "q95")}
+        out = pd.DataFrame({f"dose_{s}": v.to_numpy() for s, v in cols.items()}, index=mdata.obs_names)
+        guide_key = str(record["params"].get("guide_key", "guide"))
+        if guide_key in mdata.obs.columns:
+            out["guide"] = mdata.obs[guide_key].astype(str).to_numpy()
+        return out
+    raise ValueError(f"level must be 'guide' or 'cell'; got {level!r}.")
+
+
+def _trans_record(mdata: MuData, modality: str, key: str):
+    V.check_modality(mdata, modality)
+    adata = mdata[modality]
+    if key not in adata.uns or key not in adata.varm:
+        raise KeyError(
+            f"No trans fit {key!r} in modality {modality!r}; run "
+            f"`ds.tl.fit_trans(mdata, modality={modality!r}, key_added={key!r})` first or pass `key=`."
+        )
+    return adata, adata.uns[key]
+
+
+def trans_results(mdata: MuData, *, modality: str = "rna", key: str = "dream_trans") -> pd.DataFrame:
+    """Per-feature dose-response results of a modality.
+
+    Parameters
+    ----------
+    mdata
+        A screen fitted with :func:`dream_sc.tl.fit_trans`.
+    modality
+        Fitted modality.
+    key
+        ``key_added`` of the trans fit.
+
+    Returns
+    -------
+    DataFrame indexed by var_names with ``distribution``, ``function``, ``response_mean``
+    (log2 fold change over the observed dosage range for counts; difference for others),
+    ``response_q05``, ``response_q95``, ``ec50_mean``, ``ec50_q05``, ``ec50_q95``,
+    ``ec50_in_range``, ``shape``, ``prob_dose_dependent``, ``lfsr``, ``qvalue``,
+    ``significant``, ``n_cells``, ``converged`` and the curve parameters. Features that were
+    not fitted (e.g. the cis gene) have ``fitted = False`` and NaN results.
+
+    Examples
+    --------
+    >>> import dream_sc as ds
+    >>> mdata = ds.datasets.simulate_screen(n_cells=300, n_genes=20, seed=0)
+    >>> ds.tl.fit_technical(mdata, n_steps=50, progress=False)
+    >>> ds.tl.fit_cis(mdata, cis_feature="GFI1B", n_steps=100, progress=False)
+    >>> ds.tl.fit_trans(mdata, function="single_hill", n_steps=50, test=False, progress=False)
+    >>> ds.get.trans_results(mdata)["shape"].isin(["flat", "increasing", "decreasing", "non_monotonic", "not_fitted"]).all()
+    True
+    """
+    adata, _ = _trans_record(mdata, modality, key)
+    return adata.varm[key].copy()
+
+
+def _quantile_name(q: float) -> str:
+    return f"q{round(q * 100):02d}"
+
+
+def trans_curves(
+    mdata: MuData,
+    *,
+    modality: str = "rna",
+    dose: Sequence[float] | np.ndarray | None = None,
+    features: Sequence[str] | None = None,
+    quantiles: tuple[float, float] = (0.05, 0.95),
+    key: str = "dream_trans",
+) -> pd.DataFrame:
+    """Fitted curves on the natural scale as a tidy table.
+
+    Values are in the reference technical group per unit size factor: expected count
+    (negbinom), probability (binomial), category proportion (multinomial), mean (continuous).
+
+    Parameters
+    ----------
+    mdata
+        A screen fitted with :func:`dream_sc.tl.fit_trans`.
+    modality
+        Fitted modality.
+    dose
+        Dosages (cis dose scale) to evaluate; default: the stored grid.
+    features
+        Features to return (default: all fitted).
+    quantiles
+        Lower and upper quantile of the band.
+    key
+        ``key_added`` of the trans fit.
+
+    Returns
+    -------
+    Long DataFrame with ``feature``, ``dose``, ``mean`` and one column per quantile (``q05``,
+    ``q95`` by default).
+
+    Examples
+    --------
+    >>> import dream_sc as ds
+    >>> mdata = ds.datasets.simulate_screen(n_cells=300, n_genes=20, seed=0)
+    >>> ds.tl.fit_technical(mdata, n_steps=50, progress=False)
+    >>> ds.tl.fit_cis(mdata, cis_feature="GFI1B", n_steps=100, progress=False)
+    >>> ds.tl.fit_trans(mdata, function="single_hill", n_steps=50, test=False, progress=False)
+    >>> ds.get.trans_curves(mdata, dose=[1.0, 5.0], features=["gene_0001"]).shape
+    (2, 5)
+    """
+    adata, record = _trans_record(mdata, modality, key)
+    table = adata.varm[key]
+    fitted = table["fitted"].to_numpy(dtype=bool)
+    names = adata.var_names[fitted]
+    if features is None:
+        wanted = list(names)
+    else:
+        wanted = [features] if isinstance(features, str) else list(features)
+        missing = [f for f in wanted if f not in names]
+        if missing:
+            raise KeyError(f"Features {missing[:5]} were not fitted in {modality!r} (or do not exist).")
+    lo_q, hi_q = quantiles
+    if not 0 <= lo_q < hi_q <= 1:
+        raise ValueError(f"quantiles must satisfy 0 <= low < high <= 1; got {quantiles}.")
+    if dose is None and tuple(quantiles) == (0.05, 0.95):
+        grid = np.asarray(record["dose_grid"])
+        pos = [adata.var_names.get_loc(f) for f in wanted]
+        means = adata.varm[f"{key}_curve_mean"][pos]
+        lows = adata.varm[f"{key}_curve_q05"][pos]
+        highs = adata.varm[f"{key}_curve_q95"][pos]
+    else:
+        grid = np.asarray(record["dose_grid"] if dose is None else dose, dtype=np.float64).ravel()
+        if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
+            raise ValueError("dose must hold positive finite dosages (cis dose scale).")
+        means, lows, highs = _evaluate(adata, record, table, fitted, names, wanted, grid, lo_q, hi_q, key)
+    n_dose = len(grid)
+    return pd.DataFrame(
+        {
+            "feature": np.repeat(np.asarray(wanted, dtype=object), n_dose),
+            "dose": np.tile(grid, len(wanted)),
+            "mean": np.asarray(means).ravel(),
+            _quantile_name(lo_q): np.asarray(lows).ravel(),
+            _quantile_name(hi_q): np.asarray(highs).ravel(),
+        }
+    )
+
+
+def _evaluate(adata, record, table, fitted, names, wanted, grid, lo_q, hi_q, key):
+    dist = str(record["distribution"])
+    function = str(record["function"])
+    pri = record["priors"]
+    priors = TransPriors(
+        eta_ref_loc=np.asarray(pri["eta_ref"]["loc"]),
+        amplitude_scale=np.asarray(pri["amplitude"]["scale"], dtype=np.float32),
+        log_k_loc=float(pri["log_k"]["loc"]), log_k_scale=float(pri["log_k"]["scale"]),
+        log_gap_loc=float(pri["log_gap"]["loc"]), log_x_ref=float(pri["log_x_ref"]),
+        half_range=float(pri["half_range_log2"]), degree=int(pri["degree"]),
+    )
+    loc, scale = posterior_from_frame(adata.varm[f"{key}_posterior"], fitted)
+    local = np.arange(len(names))
+    group_index = None
+    wanted_pos = pd.Index(names).get_indexer(wanted)
+    if dist == "multinomial":
+        reg = adata.uns.get("dream_sc", {})
+        gkey = (reg.get("group_key") or "group") if hasattr(reg, "get") else "group"
+        groups = adata.var[gkey].astype(str).to_numpy()[fitted]
+        keep = np.isin(groups, groups[wanted_pos])
+        local = np.flatnonzero(keep)
+        group_index = pd.factorize(groups[local])[0]
+        wanted_pos = pd.Index(local).get_indexer(wanted_pos)
+    n_samples = int(record["params"]["n_samples"])
+    seed = int(record["params"]["seed"])
+    latent = draw_latent(loc, scale, local, n_samples, seed)
+    params = natural_params(function, latent, torch.as_tensor(priors.amplitude_scale[local]), priors)
+    log_x = torch.as_tensor(np.log(grid), dtype=torch.float32)
+    eta = evaluate_curve(function, params, log_x, priors.log_x_ref, priors.half_range)
+    gi = None if group_index is None else torch.as_tensor(group_index)
+    natural = natural_scale(dist, eta, gi, 0 if group_index is None else int(group_index.max()) + 1)
+    q = torch.quantile(natural, torch.tensor([lo_q, hi_q]), dim=0)
+    sel = torch.as_tensor(wanted_pos)
+    return (
+        natural.mean(0).T[sel].numpy(), q[0].T[sel].numpy(), q[1].T[sel].numpy(),
+    )
