@@ -177,6 +177,7 @@ def test_validation_errors_leave_mdata_unchanged(edit, kwargs, error, match, mat
     assert mdata["isoform"].n_vars == 7  # the earlier result is untouched
 
 
+@pytest.mark.filterwarnings("ignore:Cannot join columns with the same name")
 def test_round_trip(tmp_path):
     mdata = make_mdata("sparse")
     isoform_usage(mdata, **NO_FILTER)

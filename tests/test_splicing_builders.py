@@ -463,7 +463,7 @@ ERROR_CASES = [
     ("nan start", _set_var("start", np.nan), {}, ValueError, r"var\['start'\] must hold integer"),
     ("duplicate", _set_var("end", 400, row="pA"), {}, ValueError, "share the same coordinates"),
     ("kind", None, {"kinds": ("sj", "introns")}, ValueError, r"got unknown \['introns'\]"),
-    ("no kinds", None, {"kinds": ()}, ValueError, "non-empty selection"),
+    ("no kinds", None, {"kinds": ()}, ValueError, "non-empty selection.*got an empty selection"),
     ("sj_trials", None, {"sj_trials": "cell"}, ValueError, "`sj_trials` must be one of"),
     ("inclusion", None, {"exon_skip_inclusion": "max"}, ValueError, "`exon_skip_inclusion`"),
     ("min cells", None, {"min_cells_covered": -1}, ValueError, "`min_cells_covered` must be"),

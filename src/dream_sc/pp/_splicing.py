@@ -213,10 +213,8 @@ def _check_kinds(kinds: Sequence[str] | str, junctions: str) -> list[str]:
     requested = [kinds] if isinstance(kinds, str) else list(kinds)
     unknown = [k for k in requested if k not in KINDS]
     if unknown or not requested:
-        raise ValueError(
-            f"`kinds` must be a non-empty selection of {list(KINDS)}; got unknown "
-            f"{unknown or requested}."
-        )
+        got = f"unknown {unknown}" if unknown else "an empty selection"
+        raise ValueError(f"`kinds` must be a non-empty selection of {list(KINDS)}; got {got}.")
     for kind in requested:
         check_output_name(kind, junctions, "kinds")
     return list(dict.fromkeys(requested))
