@@ -132,7 +132,8 @@ def run_svi(
     params = parameters()
     optimizer = torch.optim.Adam(params, lr=lr)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=max(n_steps, 2), pct_start=0.1, div_factor=10.0,
+        optimizer, max_lr=lr, total_steps=max(n_steps, 4), pct_start=max(0.1, 2.0 / max(n_steps, 4)),
+        div_factor=10.0,
         final_div_factor=100.0, cycle_momentum=False,
     )
     losses = np.empty(n_steps)

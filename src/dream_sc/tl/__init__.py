@@ -2,6 +2,7 @@
 
 from ._cis import fit_cis
 from ._technical import fit_technical
+from ._test_trans import test_trans
 from ._trans import fit_trans
 
-__all__ = ["fit_cis", "fit_technical", "fit_trans"]
+__all__ = ["fit_cis", "fit_technical", "fit_trans", "test_trans"]
