@@ -32,7 +32,7 @@ def _write_tables(mdata, out: Path) -> list[Path]:
 
     written = []
     for key, record in mdata.uns.items():
-        if isinstance(record, dict) and "guides" in record and "cis_feature" in record:
+        if f"{key}_dose_samples" in mdata.obsm and isinstance(record, dict):
             path = out / f"{key}_guides.csv"
             ds.get.cis_dosage(mdata, key=key).to_csv(path)
             written.append(path)

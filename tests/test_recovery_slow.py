@@ -1,0 +1,136 @@
+"""Parameter recovery on simulated screens with known truth (``pytest -m slow``)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+import dream_sc as ds
+
+pytestmark = pytest.mark.slow
+
+
+def _fit_all(mdata, modalities=("rna",), function="additive_hill", seed=0):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for mod in modalities:
+            ds.tl.fit_technical(mdata, modality=mod, seed=seed)
+        ds.tl.fit_cis(mdata, cis_feature=mdata.uns["truth"]["cis_feature"], seed=seed)
+        for mod in modalities:
+            fn = function if mod == "rna" else "single_hill"
+            ds.tl.fit_trans(mdata, modality=mod, function=fn, seed=seed)
+    return mdata
+
+
+@pytest.fixture(scope="module")
+def screen():
+    mdata = ds.datasets.simulate_screen(n_cells=3000, n_genes=300, continuous=True, seed=0)
+    return _fit_all(mdata, modalities=("rna", "splicing", "isoform", "score"))
+
+
+def _curve_error(mdata, modality, relative):
+    res = ds.get.trans_results(mdata, modality=modality)
+    var = mdata[modality].var
+    responsive = res.index[res["fitted"] & var["true_responsive"].reindex(res.index).to_numpy(bool)]
+    doses = ds.get.cis_dosage(mdata)["dose_mean"].to_numpy()
+    fit = ds.get.trans_curves(mdata, modality=modality, dose=doses, features=list(responsive))
+    true = ds.datasets.true_curve(mdata, modality, doses).loc[responsive]
+    fitted = fit.pivot(index="feature", columns="dose", values="mean").loc[responsive].to_numpy()
+    truth = true.to_numpy()
+    err = np.abs(fitted - truth) / (np.abs(truth) if relative else 1.0)
+    return float(np.median(err))
+
+
+def test_cis_dosage_recovery(screen):
+    guides = ds.get.cis_dosage(screen)
+    truth = screen.uns["truth"]["guides"].loc[guides.index, "dose"]
+    rho = stats.spearmanr(guides["dose_mean"], truth).statistic
+    assert rho >= 0.95, rho
+
+
+def test_technical_recovery(screen):
+    for mod in ("rna", "splicing"):
+        est = screen[mod].varm["dream_technical"]["effect_HEK293T_mean"]
+        true = screen[mod].varm["true_technical"]["HEK293T"]
+        r = np.corrcoef(est, true)[0, 1]
+        assert r >= 0.9, (mod, r)
+
+
+def test_rna_curves_track_truth(screen):
+    assert _curve_error(screen, "rna", relative=True) <= 0.15
+
+
+def test_rna_flat_genes_have_near_zero_response(screen):
+    res = ds.get.trans_results(screen)
+    var = screen["rna"].var
+    flat = res["fitted"] & ~var["true_responsive"].to_numpy(bool)
+    assert np.median(np.abs(res.loc[flat, "response_mean"])) < 0.1
+    assert (res.loc[flat, "shape"] == "flat").mean() >= 0.9
+
+
+def test_rna_detection_and_fdr(screen):
+    res = ds.get.trans_results(screen)
+    fitted = res["fitted"]
+    truth = screen["rna"].var["true_responsive"][fitted].to_numpy(bool)
+    auroc = roc_auc_score(truth, res.loc[fitted, "prob_dose_dependent"])
+    assert auroc >= 0.95, auroc
+    sig = res.loc[fitted, "qvalue"].to_numpy() < 0.1
+    fdr = (sig & ~truth).sum() / max(sig.sum(), 1)
+    assert sig.sum() >= 0.5 * truth.sum()
+    assert fdr <= 0.15, fdr
+
+
+@pytest.mark.parametrize("modality", ["splicing", "isoform"])
+def test_binomial_multinomial_recovery(screen, modality):
+    res = ds.get.trans_results(screen, modality=modality)
+    truth = screen[modality].var["true_responsive"].to_numpy(bool)
+    auroc = roc_auc_score(truth, res["prob_dose_dependent"])
+    assert auroc >= 0.9, auroc
+    assert _curve_error(screen, modality, relative=False) <= 0.05
+
+
+def test_continuous_recovery(screen):
+    res = ds.get.trans_results(screen, modality="score")
+    truth = screen["score"].var["true_responsive"].to_numpy(bool)
+    assert roc_auc_score(truth, res["prob_dose_dependent"]) >= 0.9
+    sigma = screen["score"].var["true_sigma"].to_numpy()
+    doses = ds.get.cis_dosage(screen)["dose_mean"].to_numpy()
+    names = list(res.index[truth])
+    fit = ds.get.trans_curves(screen, modality="score", dose=doses, features=names)
+    fitted = fit.pivot(index="feature", columns="dose", values="mean").loc[names].to_numpy()
+    true = ds.datasets.true_curve(screen, "score", doses).loc[names].to_numpy()
+    assert np.median(np.abs(fitted - true) / sigma[truth][:, None]) <= 0.25
+
+
+def test_ec50_intervals_cover_truth():
+    mdata = ds.datasets.simulate_screen(n_cells=3000, n_genes=300, seed=2)
+    _fit_all(mdata, function="single_hill", seed=2)
+    res = ds.get.trans_results(mdata)
+    var = mdata["rna"].var
+    lo, hi = mdata.uns["dream_cis"]["dose_range"]
+    clear = (
+        res["fitted"] & (var["true_function"] == "single_hill") & res["significant"]
+        & var["true_K1"].between(lo, hi)
+    )
+    assert clear.sum() >= 10
+    inside = (res.loc[clear, "ec50_q05"] <= var.loc[clear, "true_K1"]) & (
+        var.loc[clear, "true_K1"] <= res.loc[clear, "ec50_q95"]
+    )
+    assert inside.mean() >= 0.8, inside.mean()
+
+
+def test_null_screens_are_calibrated():
+    """No responsive feature: at most 2 discoveries per screen, rarely any at all."""
+    any_discovery = []
+    for seed in range(5):
+        mdata = ds.datasets.simulate_screen(n_cells=3000, n_genes=300, frac_responsive=0.0, seed=100 + seed)
+        _fit_all(mdata, seed=seed)
+        q = ds.get.trans_results(mdata)["qvalue"].dropna()
+        assert (q < 0.1).sum() <= 2
+        any_discovery.append(bool((q < 0.1).any()))
+    assert np.mean(any_discovery) <= 0.2
