@@ -30,6 +30,8 @@ class DreamSettings:
         Default number of posterior samples kept per fit.
     max_memory_gb
         Memory budget for the planner; ``None`` reads it from cgroups/SLURM/psutil.
+    checkpoint_every
+        SVI steps between checkpoints of fits run with ``checkpoint=``.
 
     Examples
     --------
@@ -46,6 +48,7 @@ class DreamSettings:
         self.autoshow: bool = True
         self.n_samples: int = 100
         self.max_memory_gb: float | None = None
+        self.checkpoint_every: int = 100
         self._apply_verbosity()
 
     @property
@@ -69,7 +72,8 @@ class DreamSettings:
         logger.propagate = False
 
     def __repr__(self) -> str:
-        fields = ["verbosity", "seed", "device", "progress_bar", "autoshow", "n_samples", "max_memory_gb"]
+        fields = ["verbosity", "seed", "device", "progress_bar", "autoshow", "n_samples", "max_memory_gb",
+                  "checkpoint_every"]
         inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in fields)
         return f"DreamSettings({inner})"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -76,6 +77,8 @@ def fit_chunks(
     progress: bool,
     description: str,
     prefix: str,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int | None = None,
 ) -> ChunkedFit:
     """Fit every chunk and stitch the per-feature posteriors together.
 
@@ -93,6 +96,12 @@ def fit_chunks(
         Progress label.
     prefix
         Param-store prefix.
+    checkpoint
+        Path prefix for checkpoints: every finished chunk is saved, the running chunk every
+        ``checkpoint_every`` steps; a rerun with the same path skips finished chunks and
+        resumes the interrupted one. Removed when all chunks are done.
+    checkpoint_every
+        Steps between checkpoints of the running chunk.
 
     Returns
     -------
@@ -103,28 +112,47 @@ def fit_chunks(
     losses, conv = [], []
     feature_conv = np.zeros(n_features, dtype=bool)
     seconds = 0.0
+    done_files = []
     for number, features in enumerate(chunks):
-        pyro.clear_param_store()
-        problem = build(features)
-        guide = MeanFieldGuide(problem.sites, prefix=prefix, device=device)
-        guide.noise = FeatureNoise(seed, features, guide.noise_width, n_steps)
-        context = f" in feature chunk {number + 1}/{len(chunks)} (features {features[0]}..{features[-1]})"
-        result = run_svi(
-            problem.model, guide, guide.parameters, problem.make_batch, n_steps=n_steps, lr=lr,
-            progress=progress, description=f"{description} [{number + 1}/{len(chunks)}]",
-            loss_scale=problem.loss_scale, context=context,
-        )
-        summary = guide.summary()
+        done_file = Path(f"{checkpoint}.chunk{number}.done.pt") if checkpoint else None
+        running = Path(f"{checkpoint}.chunk{number}.pt") if checkpoint else None
+        if done_file is not None:
+            done_files.append(done_file)
+        if done_file is not None and done_file.exists():
+            saved = torch.load(done_file, weights_only=False)
+            if not np.array_equal(saved["features"], features):
+                raise ValueError(
+                    f"Checkpoint {str(done_file)!r} was written for other features; delete the "
+                    "checkpoint files or pass another `checkpoint=` path."
+                )
+            summary, loss, converged, secs = saved["summary"], saved["loss"], saved["converged"], 0.0
+        else:
+            pyro.clear_param_store()
+            problem = build(features)
+            guide = MeanFieldGuide(problem.sites, prefix=prefix, device=device)
+            guide.noise = FeatureNoise(seed, features, guide.noise_width, n_steps)
+            context = f" in feature chunk {number + 1}/{len(chunks)} (features {features[0]}..{features[-1]})"
+            result = run_svi(
+                problem.model, guide, guide.parameters, problem.make_batch, n_steps=n_steps, lr=lr,
+                progress=progress, description=f"{description} [{number + 1}/{len(chunks)}]",
+                loss_scale=problem.loss_scale, context=context, checkpoint=running,
+                checkpoint_every=checkpoint_every,
+            )
+            summary, loss, converged, secs = guide.summary(), result.loss, result.converged, result.seconds
+            if done_file is not None:
+                torch.save({"features": features, "summary": summary, "loss": loss, "converged": converged}, done_file)
         for name, (site_loc, site_scale) in summary.items():
             if name not in loc:
                 loc[name] = np.zeros((n_features, *site_loc.shape[1:]), dtype=np.float32)
                 scale[name] = np.zeros_like(loc[name])
             loc[name][features] = site_loc
             scale[name][features] = site_scale
-        losses.append(result.loss)
-        conv.append(result.converged)
-        feature_conv[features] = result.converged
-        seconds += result.seconds
-        logger.debug("%s chunk %d: %.1fs, converged=%s", description, number, result.seconds, result.converged)
+        losses.append(loss)
+        conv.append(converged)
+        feature_conv[features] = converged
+        seconds += secs
+        logger.debug("%s chunk %d: %.1fs, converged=%s", description, number, secs, converged)
+    for f in done_files:
+        f.unlink(missing_ok=True)
     pyro.clear_param_store()
     return ChunkedFit(loc, scale, np.sum(losses, axis=0), conv, feature_conv, seconds, list(chunks))

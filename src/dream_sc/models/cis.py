@@ -73,6 +73,7 @@ def fit_cis_model(
     seed: int,
     device: torch.device,
     progress: bool,
+    checkpoint: str | None = None,
 ) -> CisPosterior:
     """Fit the cis model by SVI and return the mean-field posterior of every site."""
     pyro.clear_param_store()
@@ -141,6 +142,7 @@ def fit_cis_model(
     fit = run_svi(
         model, guide, guide.parameters, make_batch, n_steps=n_steps, lr=lr, progress=progress,
         description="cis", loss_scale=float(n_cells), context=" in the cis fit",
+        checkpoint=None if checkpoint is None else f"{checkpoint}.cis.pt",
     )
     summary = guide.summary()
     pyro.clear_param_store()

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -38,6 +39,50 @@ class FitResult:
     loss: np.ndarray
     converged: bool
     seconds: float
+
+
+def _after_step(step: int) -> None:
+    """Hook called after every step (tests use it to simulate an interrupted run)."""
+
+
+def _save_checkpoint(path, step, params, optimizer, scheduler, losses, n_steps, lr) -> None:
+    state = {
+        "step": step,
+        "n_steps": n_steps,
+        "lr": lr,
+        "params": [p.detach().cpu().clone() for p in params],
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "losses": losses[:step].copy(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    tmp = Path(f"{path}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a crash while saving never leaves a broken checkpoint
+
+
+def _load_checkpoint(path, params, optimizer, scheduler, losses, n_steps, lr) -> int:
+    path = Path(path)
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=False)
+    shapes_match = len(state["params"]) == len(params) and all(
+        a.shape == b.shape for a, b in zip(state["params"], params, strict=True)
+    )
+    if state["n_steps"] != n_steps or state["lr"] != lr or not shapes_match:
+        raise ValueError(
+            f"Checkpoint {str(path)!r} belongs to a different fit (n_steps, lr or parameter "
+            "shapes differ); delete it or pass another `checkpoint=` path."
+        )
+    with torch.no_grad():
+        for p, saved in zip(params, state["params"], strict=True):
+            p.copy_(saved.to(p.device))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    losses[: state["step"]] = state["losses"]
+    torch.set_rng_state(state["torch_rng"])
+    logger.info("resuming from checkpoint %s at step %d", path, state["step"])
+    return int(state["step"])
 
 
 def smoothed_converged(loss: np.ndarray, *, window_frac: float = 0.1, rtol: float = 1e-3) -> bool:
@@ -83,6 +128,8 @@ def run_svi(
     loss_scale: float = 1.0,
     rtol: float = 1e-3,
     context: str = "",
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int | None = None,
 ) -> FitResult:
     """Optimise the ELBO of ``model`` with ``guide``.
 
@@ -114,6 +161,12 @@ def run_svi(
         Tolerance of :func:`smoothed_converged`.
     context
         Added to error messages (e.g. which feature chunk).
+    checkpoint
+        File to save the optimisation state to every ``checkpoint_every`` steps; when it
+        exists (same ``n_steps``/``lr``/parameter shapes) the run resumes from it and ends
+        exactly as an uninterrupted run would. Deleted when the run finishes.
+    checkpoint_every
+        Steps between checkpoints (default ``settings.checkpoint_every``).
 
     Returns
     -------
@@ -124,23 +177,29 @@ def run_svi(
     NonFiniteLossError
         When the loss becomes NaN or infinite.
     """
+    from .._settings import settings
+
+    checkpoint_every = checkpoint_every or settings.checkpoint_every
     elbo = pyro.infer.Trace_ELBO()
     start = time.perf_counter()
-    batch0 = make_batch(0)
-    with torch.no_grad():
-        guide(batch0)  # create the parameters
     params = parameters()
     optimizer = torch.optim.Adam(params, lr=lr)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=max(n_steps, 4), pct_start=max(0.1, 2.0 / max(n_steps, 4)),
-        div_factor=10.0,
-        final_div_factor=100.0, cycle_momentum=False,
+        optimizer, max_lr=lr, total_steps=max(n_steps, 4),
+        pct_start=max(0.1, 2.0 / max(n_steps, 4)), div_factor=10.0, final_div_factor=100.0,
+        cycle_momentum=False,
     )
     losses = np.empty(n_steps)
+    first = 0
+    if checkpoint is not None:
+        first = _load_checkpoint(checkpoint, params, optimizer, scheduler, losses, n_steps, lr)
     show = progress and sys.stderr.isatty()
-    bar = tqdm(range(n_steps), desc=description, disable=not show, leave=False)
+    bar = tqdm(range(first, n_steps), desc=description, disable=not show, leave=False)
+    noise = getattr(guide, "noise", None)
     for step in bar:
-        batch = batch0 if step == 0 else make_batch(step)
+        if noise is not None:
+            noise.step = step
+        batch = make_batch(step)
         optimizer.zero_grad(set_to_none=True)
         loss = elbo.differentiable_loss(model, guide, batch) / loss_scale
         if not torch.isfinite(loss):
@@ -160,6 +219,12 @@ def run_svi(
             bar.set_postfix(loss=f"{losses[step]:.4g}")
         if logger.isEnabledFor(logging.DEBUG) and step % 50 == 0:
             logger.debug("%s step %d loss %.6g", description, step, losses[step])
+        done = step + 1
+        if checkpoint is not None and (done % checkpoint_every == 0) and done < n_steps:
+            _save_checkpoint(checkpoint, done, params, optimizer, scheduler, losses, n_steps, lr)
+        _after_step(step)
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
     converged = smoothed_converged(losses, rtol=rtol)
     seconds = time.perf_counter() - start
     if not math.isfinite(seconds):  # pragma: no cover

@@ -100,6 +100,7 @@ def fit_cis(
     progress: bool | None = None,
     key_added: str = "dream_cis",
     copy: bool = False,
+    checkpoint: str | None = None,
 ) -> MuData | None:
     """Estimate each guide's effect on the cis gene and each cell's dosage (step 2).
 
@@ -140,6 +141,10 @@ def fit_cis(
         Prefix of the results.
     copy
         Return a fitted copy.
+    checkpoint
+        Path prefix for checkpoint files: the optimisation state is saved regularly and a
+        rerun with the same arguments and path resumes where an interrupted run stopped,
+        ending with results identical to an uninterrupted run. Files are removed on success.
 
     Returns
     -------
@@ -221,7 +226,7 @@ def fit_cis(
     logger.info("fit_cis: %s, %d cells, %d guides", cis_feature, len(rows), len(guide_names))
     post = fit_cis_model(
         cis_data, n_steps=n_steps, lr=lr, batch_size=batch, seed=seed, device=dev,
-        progress=resolve_progress(progress),
+        progress=resolve_progress(progress), checkpoint=checkpoint,
     )
     seconds = time.perf_counter() - start
     if not post.fit.converged:

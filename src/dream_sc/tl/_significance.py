@@ -31,7 +31,7 @@ def null_fits(job: TransJob, n_permutations: int, start: int = 0) -> dict[str, n
     scores, nm_scores, losses = [], [], []
     for number in range(start, start + n_permutations):
         perm = permute_within_groups(job.inputs.group, job.seed, number)
-        fit = job.fit(permutation=perm, description=f"null {number + 1}")
+        fit = job.fit(permutation=perm, description=f"null {number + 1}", tag=f"null{number}")
         cols, _ = job.summarise(fit.loc, fit.scale)
         scores.append(cols["score"])
         nm_scores.append(cols["non_monotonic_score"])

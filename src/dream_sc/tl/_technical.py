@@ -49,6 +49,7 @@ def fit_technical(
     progress: bool | None = None,
     key_added: str = "dream_technical",
     copy: bool = False,
+    checkpoint: str | None = None,
 ) -> MuData | None:
     """Fit per-feature technical-group effects and noise on control cells (step 1).
 
@@ -96,6 +97,10 @@ def fit_technical(
         Where results go.
     copy
         Return a fitted copy instead of writing in place.
+    checkpoint
+        Path prefix for checkpoint files: the optimisation state is saved regularly and a
+        rerun with the same arguments and path resumes where an interrupted run stopped,
+        ending with results identical to an uninterrupted run. Files are removed on success.
 
     Returns
     -------
@@ -180,7 +185,7 @@ def fit_technical(
     fit = fit_chunks(
         build, chunks, n_features, seed=seed, n_steps=n_steps, lr=lr, device=dev,
         progress=resolve_progress(progress), description=f"technical {modality}",
-        prefix=key_added,
+        prefix=key_added, checkpoint=checkpoint,
     )
     table = _summarise(fit, init, groups.names, data.distribution, data.var_names)
     seconds = time.perf_counter() - start

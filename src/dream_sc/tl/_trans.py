@@ -65,6 +65,7 @@ def fit_trans(
     progress: bool | None = None,
     key_added: str = "dream_trans",
     copy: bool = False,
+    checkpoint: str | None = None,
 ) -> MuData | None:
     """Fit a dose-response curve for every feature of a modality (step 3).
 
@@ -110,6 +111,10 @@ def fit_trans(
         Prefix of the results.
     copy
         Return a fitted copy.
+    checkpoint
+        Path prefix for checkpoint files: the optimisation state is saved regularly and a
+        rerun with the same arguments and path resumes where an interrupted run stopped,
+        ending with results identical to an uninterrupted run. Files are removed on success.
 
     Returns
     -------
@@ -153,6 +158,7 @@ def fit_trans(
         batch_size=batch_size, feature_chunk=feature_chunk, n_samples=n_samples, device=dev,
         progress=resolve_progress(progress),
     )
+    job.checkpoint = checkpoint
     start = time.perf_counter()
     logger.info(
         "fit_trans: %s (%s, %s), %d cells x %d features", modality, job.data.distribution,

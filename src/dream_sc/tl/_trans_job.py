@@ -71,6 +71,7 @@ class TransJob:
     device: torch.device
     progress: bool
     plan: dict
+    checkpoint: str | None = None
 
     @property
     def n_features(self) -> int:
@@ -93,7 +94,9 @@ class TransJob:
             out["log_nu"] = tech.log_nu[glob]
         return out
 
-    def fit(self, permutation: np.ndarray | None = None, description: str = "trans") -> ChunkedFit:
+    def fit(
+        self, permutation: np.ndarray | None = None, description: str = "trans", tag: str = "real"
+    ) -> ChunkedFit:
         """Fit every chunk; ``permutation`` reorders the cells' dosage draws (null fits)."""
         inputs = self.inputs
         if permutation is not None:
@@ -123,6 +126,7 @@ class TransJob:
             build, self.chunks(), self.n_features, seed=self.seed, n_steps=self.n_steps,
             lr=self.lr, device=self.device, progress=self.progress,
             description=f"{description} {self.modality}", prefix="trans",
+            checkpoint=None if self.checkpoint is None else f"{self.checkpoint}.{tag}",
         )
 
     def summarise(self, loc: dict, scale: dict, min_effect: np.ndarray | None = None):
