@@ -121,7 +121,17 @@ def run(config_path: Path) -> Path:
 
     The file holds ``input`` (an h5mu path), ``output`` (h5mu path), optional ``tables`` (a
     folder for CSV tables) and ``steps``: a list of one-key mappings ``{function: {arguments}}``
-    run in order, where ``function`` is one of :data:`STEP_FUNCTIONS`.
+    run in order, where ``function`` is one of :data:`STEP_FUNCTIONS`. Paths are relative to
+    the configuration file. The output is written after every step, so the results of finished
+    steps survive a failure in a later one. Example::
+
+        input: screen.h5mu
+        output: results.h5mu
+        tables: tables
+        steps:
+          - fit_technical: {modality: rna, technical_key: cell_line}
+          - fit_cis: {cis_feature: GFI1B}
+          - fit_trans: {modality: rna, function: additive_hill}
 
     Parameters
     ----------
@@ -154,15 +164,16 @@ def run(config_path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         mdata = mudata.read_h5mu(base / config["input"])
+    output = base / config["output"]
+    output.parent.mkdir(parents=True, exist_ok=True)
     for name, kwargs in steps:
         namespace, func = STEP_FUNCTIONS[name]
         logger.info("run: %s(%s)", name, ", ".join(f"{k}={v!r}" for k, v in kwargs.items()))
         getattr(getattr(ds, namespace), func)(mdata, **kwargs)
-    output = base / config["output"]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        mdata.write(output)
+        # results of finished steps survive a crash in a later step
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            mdata.write(output)
     if config.get("tables"):
         folder = base / config["tables"]
         folder.mkdir(parents=True, exist_ok=True)
