@@ -116,6 +116,12 @@ def modality_data(
                 f"Multinomial modality {modality!r} needs var[{group_key!r}] naming each "
                 "feature's group; register it with `group_key=`."
             )
+        if adata.var[group_key].isna().any():
+            raise ValueError(
+                f"var[{group_key!r}] of multinomial modality {modality!r} has "
+                f"{int(adata.var[group_key].isna().sum())} missing values; every feature needs "
+                "its group (drop features without one)."
+            )
         codes, uniques = pd.factorize(adata.var[group_key].astype(str), sort=False)
         group_index, group_names = codes.astype(np.int64), np.asarray(uniques, dtype=object)
     else:

@@ -15,6 +15,14 @@ from mudata import MuData
 from scipy import sparse
 
 
+class InputTypeError(TypeError, ValueError):
+    """An argument of the wrong type (e.g. an AnnData where a MuData is needed).
+
+    Both a :class:`TypeError` (Python convention) and a :class:`ValueError` (the package's
+    promise that bad input raises ``ValueError``/``KeyError``), so either ``except`` catches it.
+    """
+
+
 def _suggest(name: str, choices: Iterable[str]) -> str:
     choices = [str(c) for c in choices]
     close = difflib.get_close_matches(str(name), choices, n=3, cutoff=0.6)
@@ -26,7 +34,7 @@ def _suggest(name: str, choices: Iterable[str]) -> str:
 def check_mudata(mdata: object) -> None:
     """Require a MuData with unique obs_names."""
     if not isinstance(mdata, MuData):
-        raise TypeError(
+        raise InputTypeError(
             f"Expected a mudata.MuData, got {type(mdata).__name__}. Wrap an AnnData with "
             "`mudata.MuData({'rna': adata})`."
         )
@@ -59,13 +67,13 @@ def check_modality(mdata: MuData, modality: str) -> None:
         raise ValueError(f"obs_names of modality {modality!r} are not unique.")
 
 
-def check_obs_column(obs: pd.DataFrame, column: str, argument: str) -> None:
-    """Require ``column`` in ``obs`` (suggesting near misses)."""
+def check_obs_column(obs: pd.DataFrame, column: str, argument: str, hint: str = "") -> None:
+    """Require ``column`` in ``obs`` (suggesting near misses; ``hint`` is appended)."""
     if column not in obs.columns:
         raise KeyError(
             f"Column {column!r} (argument `{argument}`) not found in mdata.obs."
             + _suggest(column, obs.columns)
-            + f" Pass `{argument}=` with the right column name."
+            + f" Pass `{argument}=` with the right column name{hint}."
         )
     if obs[column].isna().all():
         raise ValueError(f"Column {column!r} (argument `{argument}`) holds only missing values.")
@@ -91,8 +99,16 @@ def technical_labels(obs: pd.DataFrame, technical_key: str | Sequence[str] | Non
     if technical_key is None:
         return pd.Series(pd.Categorical(["all"] * len(obs)), index=obs.index)
     keys = [technical_key] if isinstance(technical_key, str) else list(technical_key)
+    if not keys:
+        raise ValueError("`technical_key` is an empty list; pass None for no technical covariates.")
     for key in keys:
-        check_obs_column(obs, key, "technical_key")
+        check_obs_column(obs, key, "technical_key", " (None if there are no technical covariates)")
+        n_missing = int(obs[key].isna().sum())
+        if n_missing:
+            raise ValueError(
+                f"Technical column {key!r} has missing values in {n_missing} cells; fill them "
+                "(e.g. with 'unknown') or drop those cells first."
+            )
     if len(keys) == 1:
         col = obs[keys[0]]
         if isinstance(col.dtype, pd.CategoricalDtype):
@@ -117,6 +133,39 @@ def check_technical_groups(labels: pd.Series, control_mask: np.ndarray, technica
             "effects cannot be learned. Add control cells in those groups, merge the groups, or "
             "drop their cells."
         )
+
+
+def check_fit_settings(
+    *,
+    n_steps: object = 1,
+    lr: object = 1.0,
+    batch_size: object = None,
+    feature_chunk: object = None,
+    n_samples: object = None,
+) -> None:
+    """Optimisation settings: positive integers (``None`` = automatic) and a positive ``lr``."""
+
+    def is_int(value: object) -> bool:
+        return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+    if not is_int(n_steps) or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive integer; got {n_steps!r}.")
+    if (
+        isinstance(lr, bool)
+        or not isinstance(lr, int | float | np.number)
+        or not lr > 0
+        or not np.isfinite(lr)
+    ):
+        raise ValueError(f"lr must be a positive finite number; got {lr!r}.")
+    for name, value in (
+        ("batch_size", batch_size),
+        ("feature_chunk", feature_chunk),
+        ("n_samples", n_samples),
+    ):
+        if value is not None and (not is_int(value) or value < 1):
+            raise ValueError(
+                f"{name} must be a positive integer or None (automatic); got {value!r}."
+            )
 
 
 def check_sum_factors(values: np.ndarray, key: str) -> None:

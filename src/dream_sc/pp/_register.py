@@ -57,6 +57,7 @@ def register_modality(
     if distribution not in DISTRIBUTIONS:
         raise ValueError(
             f"distribution must be one of {', '.join(DISTRIBUTIONS)}; got {distribution!r}."
+            + V._suggest(distribution, DISTRIBUTIONS)
         )
     if total_layer is not None and distribution != "binomial":
         raise ValueError("`total_layer` only applies to distribution='binomial'.")

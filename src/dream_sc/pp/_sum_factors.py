@@ -9,7 +9,7 @@ from mudata import MuData
 from scipy import sparse
 
 from .. import _validation as V
-from .._data import positions_in
+from .._data import _matrix, positions_in
 
 logger = logging.getLogger("dream_sc")
 
@@ -55,7 +55,7 @@ def sum_factors(
     V.check_mudata(mdata)
     V.check_modality(mdata, modality)
     adata = mdata[modality]
-    X = adata.X if layer is None else adata.layers[layer]
+    X = _matrix(adata, layer, modality)
     V.check_counts(X, f"Modality {modality!r}")
     totals = np.asarray(X.sum(axis=1)).ravel() if sparse.issparse(X) else np.asarray(X).sum(1)
     if (totals <= 0).any():

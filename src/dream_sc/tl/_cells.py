@@ -60,7 +60,7 @@ def technical_groups(
         if reference_group not in names:
             raise ValueError(
                 f"reference_group {reference_group!r} is not a group of {technical_key!r}; "
-                f"groups: {names}."
+                f"groups: {names}." + V._suggest(reference_group, names)
             )
         names = [reference_group] + [n for n in names if n != reference_group]
     labels = labels.astype(str).astype(pd.CategoricalDtype(names))
@@ -83,7 +83,15 @@ def sum_factor_values(mdata: MuData, key: str) -> np.ndarray:
     """Size factors, validated (positive, finite)."""
     if key not in mdata.obs.columns:
         raise KeyError(
-            f"Size factors {key!r} not found in mdata.obs. Compute them with "
-            f"`ds.pp.sum_factors(mdata, key_added={key!r})` or pass `sum_factor_key=`."
+            f"Size factors {key!r} not found in mdata.obs."
+            + V._suggest(key, mdata.obs.columns)
+            + f" Compute them with `ds.pp.sum_factors(mdata, key_added={key!r})` or pass "
+            "`sum_factor_key=` naming the size-factor column."
         )
-    return mdata.obs[key].to_numpy(dtype=np.float64)
+    column = mdata.obs[key]
+    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        raise ValueError(
+            f"Size factors in mdata.obs[{key!r}] must be numbers; the column has dtype "
+            f"{column.dtype}. Pass `sum_factor_key=` naming the size-factor column."
+        )
+    return column.to_numpy(dtype=np.float64, na_value=np.nan)
