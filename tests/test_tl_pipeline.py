@@ -191,3 +191,18 @@ def test_other_modalities_fit_end_to_end(fitted, modality):
         groups = fitted["isoform"].var["group"]
         sums = curves.assign(group=groups.loc[curves.feature].to_numpy()).groupby(["group", "dose"])["mean"].sum()
         np.testing.assert_allclose(sums, 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("distribution", ["normal", "studentt"])
+def test_continuous_modality_fits_end_to_end(fitted, distribution):
+    scores = ds.datasets.simulate_screen(n_cells=400, n_genes=30, n_junctions=0, n_isoform_genes=0, continuous=True, n_scores=6, seed=1)
+    fitted.mod["score"] = scores["score"].copy()
+    fitted.update()
+    ds.pp.register_modality(fitted, "score", distribution=distribution)
+    ds.tl.fit_technical(fitted, modality="score", n_steps=30, seed=0)
+    tech = fitted["score"].varm["dream_technical"]
+    assert {"sigma_mean", "baseline_mean"} <= set(tech.columns)
+    assert ("nu_mean" in tech) == (distribution == "studentt")
+    ds.tl.fit_trans(fitted, modality="score", function="single_hill", n_steps=30, seed=0, test=False)
+    res = ds.get.trans_results(fitted, modality="score")
+    assert res["fitted"].all() and np.isfinite(res["response_mean"]).all()

@@ -140,7 +140,7 @@ def moment_init(
         with np.errstate(all="ignore"):
             sd = np.nanstd(resid, axis=0)
         counts = np.sum(np.isfinite(dense), axis=0)
-        informative = (counts >= 2) & np.nan_to_num(sd) > 0
+        informative = (counts >= 2) & (np.nan_to_num(sd) > 0)
         median_sd = np.median(sd[informative]) if informative.any() else 1.0
         log_sigma = np.log(np.where(informative, np.maximum(np.nan_to_num(sd), 1e-3), median_sd))
     baseline = link[0]
