@@ -1,0 +1,181 @@
+"""Metric helpers shared by the benchmark scripts (accuracy against the simulator's truth).
+
+Plain numpy/scipy so they can be tested on hand-made inputs (``tests/test_benchmark_helpers.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import psutil
+from scipy.stats import rankdata, spearmanr
+
+
+# ----------------------------------------------------------------------------- accuracy
+def spearman(estimate: Sequence[float], truth: Sequence[float]) -> float:
+    """Spearman correlation over the pairs where both values are finite (NaN if < 3 pairs)."""
+    est = np.asarray(estimate, dtype=np.float64)
+    tru = np.asarray(truth, dtype=np.float64)
+    ok = np.isfinite(est) & np.isfinite(tru)
+    if ok.sum() < 3:
+        return float("nan")
+    return float(spearmanr(est[ok], tru[ok]).statistic)
+
+
+def median_abs_log2_error(estimate: Sequence[float], truth: Sequence[float]) -> float:
+    """Median of ``|log2(estimate) - log2(truth)|`` over positive finite pairs.
+
+    Non-positive estimates (e.g. a naive per-cell dosage from zero counts without pseudocount)
+    have an infinite log error and are counted as such, not dropped.
+    """
+    est = np.asarray(estimate, dtype=np.float64)
+    tru = np.asarray(truth, dtype=np.float64)
+    ok = np.isfinite(est) & np.isfinite(tru) & (tru > 0)
+    if not ok.any():
+        return float("nan")
+    est, tru = est[ok], tru[ok]
+    with np.errstate(divide="ignore"):
+        err = np.where(est > 0, np.abs(np.log2(np.where(est > 0, est, 1.0)) - np.log2(tru)), np.inf)
+    return float(np.median(err))
+
+
+def median_relative_error(fitted: np.ndarray, truth: np.ndarray, *, axis: int | None = None):
+    """Median of ``|fitted - truth| / truth`` (over ``axis``; all entries when ``None``)."""
+    fit = np.asarray(fitted, dtype=np.float64)
+    tru = np.asarray(truth, dtype=np.float64)
+    rel = np.abs(fit - tru) / np.abs(tru)
+    return np.nanmedian(rel, axis=axis)
+
+
+# ----------------------------------------------------------------------------- detection
+def auroc(labels: Sequence[bool], scores: Sequence[float]) -> float:
+    """Area under the ROC curve (Mann-Whitney form, ties count one half).
+
+    NaN scores are treated as the lowest score (a feature a method cannot score is not
+    detected). NaN when only one class is present.
+    """
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    s = np.where(np.isfinite(s), s, -np.inf)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(s)  # average ranks: ties share
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def discoveries(
+    qvalues: Sequence[float], labels: Sequence[bool] | None = None, *, alpha: float = 0.1
+):
+    """Number of discoveries ``q < alpha`` and the realised false discovery proportion.
+
+    Returns ``(n_discoveries, n_false, fdp)``; ``fdp`` is 0 with no discoveries and NaN when no
+    ``labels`` (truth: True = responsive) are given.
+    """
+    q = np.asarray(qvalues, dtype=np.float64)
+    hit = np.isfinite(q) & (q < alpha)
+    n = int(hit.sum())
+    if labels is None:
+        return n, -1, float("nan")
+    y = np.asarray(labels, dtype=bool)
+    false = int((hit & ~y).sum())
+    return n, false, (false / n if n else 0.0)
+
+
+def power(qvalues: Sequence[float], labels: Sequence[bool], *, alpha: float = 0.1) -> float:
+    """Fraction of true positives (``labels``) with ``q < alpha``."""
+    q = np.asarray(qvalues, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    if not y.any():
+        return float("nan")
+    return float((np.isfinite(q) & (q < alpha) & y).sum() / y.sum())
+
+
+# ----------------------------------------------------------------------------- resources
+class PeakRSS:
+    """Context manager sampling this process's RSS in a background thread.
+
+    ``peak_gb`` is the largest RSS seen while inside (sampled every ``interval`` seconds plus at
+    entry and exit), ``start_gb`` the RSS at entry, ``seconds`` the wall time,
+    ``cpu_seconds`` the CPU time of this process (user + system, all threads) and ``load`` the
+    1-minute load average at entry and exit. Other processes on a shared machine inflate wall
+    times (record the load next to every number); CPU time is much less affected.
+
+    Examples
+    --------
+    >>> with PeakRSS() as mem:
+    ...     x = bytearray(50_000_000)
+    >>> mem.peak_gb >= mem.start_gb
+    True
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self._proc = psutil.Process()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.peak = 0
+        self.start = 0
+        self.seconds = float("nan")
+        self.cpu_seconds = float("nan")
+        self.load: tuple[float, float] = (float("nan"), float("nan"))
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __enter__(self) -> PeakRSS:
+        self.start = self.peak = self._proc.memory_info().rss
+        self._load0 = os.getloadavg()[0]
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        self._cpu0 = self._cpu()
+        self._t0 = time.perf_counter()
+        return self
+
+    def _cpu(self) -> float:
+        times = self._proc.cpu_times()
+        return times.user + times.system
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self._t0
+        self.cpu_seconds = self._cpu() - self._cpu0
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+        self.load = (self._load0, os.getloadavg()[0])
+
+    @property
+    def peak_gb(self) -> float:
+        """Peak RSS in GB."""
+        return self.peak / 1e9
+
+    @property
+    def start_gb(self) -> float:
+        """RSS at entry in GB."""
+        return self.start / 1e9
+
+
+# ----------------------------------------------------------------------------- tables
+def markdown_table(frame: pd.DataFrame, *, floatfmt: str = ".3g") -> str:
+    """A DataFrame as a GitHub markdown table (index as first column), without ``tabulate``."""
+
+    def fmt(v) -> str:
+        if isinstance(v, float | np.floating):
+            return "nan" if not np.isfinite(v) else format(float(v), floatfmt)
+        return str(v)
+
+    head = [str(frame.index.name or "")] + [str(c) for c in frame.columns]
+    rows = [
+        [str(i)] + [fmt(v) for v in row]
+        for i, row in zip(frame.index, frame.to_numpy(), strict=True)
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
