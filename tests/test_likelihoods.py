@@ -203,6 +203,37 @@ def test_negbinom_gradcheck():
     assert torch.autograd.gradcheck(lambda e, lr: lk.negbinom_log_prob(e, lr, y), (eta, log_r))
 
 
+@pytest.mark.parametrize("log_r_shape", [(), (7,), (1, 7), (30, 7), (30, 1)])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_negbinom_gradients_match_torch_distributions(log_r_shape, sparse):
+    rng = np.random.default_rng(11)
+    eta_np = rng.normal(0, 2, size=(30, 7))
+    log_r_np = rng.normal(0, 2, size=log_r_shape)
+    y = rng.poisson(np.exp(eta_np)) * (rng.random((30, 7)) < 0.5)
+    eta, log_r = leaf(eta_np), leaf(log_r_np)
+    y_in = SparseCounts.from_scipy(y, dtype=F64) if sparse else t(y)
+    got = lk.negbinom_log_prob(eta, log_r, y_in, include_constant=True)
+    weights = t(rng.normal(size=7))  # a non-trivial upstream gradient
+    got_grads = torch.autograd.grad((got * weights).sum(), (eta, log_r))
+    eta2, log_r2 = leaf(eta_np), leaf(log_r_np)
+    dist = torch.distributions.NegativeBinomial(log_r2.exp(), logits=eta2 - log_r2)
+    expected = torch.broadcast_to(dist.log_prob(t(y)), (30, 7)).sum(0)
+    ref_grads = torch.autograd.grad((expected * weights).sum(), (eta2, log_r2))
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-9)
+    for g, ref in zip(got_grads, ref_grads, strict=True):
+        assert g.shape == ref.shape
+        torch.testing.assert_close(g, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_negbinom_gradcheck_per_cell_dispersion():
+    rng = np.random.default_rng(12)
+    y = SparseCounts.from_scipy(rng.poisson(2.0, size=(4, 3)) * (rng.random((4, 3)) < 0.6))
+    y = y.to(dtype=F64)
+    eta = leaf(rng.normal(size=(4, 3)))
+    log_r = leaf(rng.normal(size=(4, 3)) + [[0.0, 3.0, 25.0]])
+    assert torch.autograd.gradcheck(lambda e, lr: lk.negbinom_log_prob(e, lr, y), (eta, log_r))
+
+
 def test_negbinom_minibatch_from_csr_equals_dense_rows():
     rng = np.random.default_rng(5)
     y = rng.poisson(1.0, size=(40, 8)) * (rng.random((40, 8)) < 0.3)

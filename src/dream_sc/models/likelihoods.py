@@ -57,16 +57,33 @@ def _stirling_tail(x: torch.Tensor) -> torch.Tensor:
     return u * (1.0 / 12.0 - u2 * (1.0 / 360.0 - u2 / 1260.0))
 
 
-def _lgamma_ratio(a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _all_false(mask: torch.Tensor) -> bool:
+    """True when ``mask`` is certainly all False; only checked on CPU (no device sync)."""
+    return mask.device.type == "cpu" and not bool(mask.any())
+
+
+def _stirling_tail_grad(x: torch.Tensor) -> torch.Tensor:
+    """Derivative of :func:`_stirling_tail`."""
+    u2 = x.reciprocal().square()
+    return -u2 * (1.0 / 12.0 - u2 * (1.0 / 120.0 - u2 / 252.0))
+
+
+def _lgamma_ratio_value(
+    a: torch.Tensor, y: torch.Tensor, lgamma_a: torch.Tensor | None = None
+) -> torch.Tensor:
     """``lgamma(a + y) - lgamma(a)`` for ``a > 0``, ``y >= 0``, accurate for huge ``a``.
 
     For ``a >= 10`` the difference of Stirling series is used,
     ``(a - 1/2) log1p(y/a) + y (log(a + y) - 1) + c(a + y) - c(a)`` (truncation error below
-    1e-10); below it, the direct ``lgamma`` difference. Exactly 0 when ``y = 0``.
+    1e-10); below it, the direct ``lgamma`` difference (``lgamma_a`` may be passed when it was
+    computed once per feature). Exactly 0 when ``y = 0``. Not meant for autograd; see
+    :func:`_lgamma_ratio`.
     """
     big = a >= _STIRLING_MIN
-    direct = torch.lgamma(a + y) - torch.lgamma(a)
-    a_s = torch.where(big, a, torch.full_like(a, _STIRLING_MIN))
+    direct = torch.lgamma(a + y) - (torch.lgamma(a) if lgamma_a is None else lgamma_a)
+    if _all_false(big):
+        return direct
+    a_s = a.clamp_min(_STIRLING_MIN)
     b_s = a_s + y
     stirling = (
         (a_s - 0.5) * torch.log1p(y / a_s)
@@ -74,6 +91,46 @@ def _lgamma_ratio(a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         + (_stirling_tail(b_s) - _stirling_tail(a_s))
     )
     return torch.where(big, stirling, direct)
+
+
+def _lgamma_ratio_grad(
+    a: torch.Tensor, y: torch.Tensor, digamma_a: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``d/da [lgamma(a + y) - lgamma(a)] = digamma(a + y) - digamma(a)``, stable for huge ``a``.
+
+    Stirling branch: ``log1p(y/a) + y / (2 a (a + y)) + c'(a + y) - c'(a)``.
+    """
+    big = a >= _STIRLING_MIN
+    direct = torch.digamma(a + y) - (torch.digamma(a) if digamma_a is None else digamma_a)
+    if _all_false(big):
+        return direct
+    a_s = a.clamp_min(_STIRLING_MIN)
+    b_s = a_s + y
+    stirling = (
+        torch.log1p(y / a_s)
+        + 0.5 * y / (a_s * b_s)
+        + (_stirling_tail_grad(b_s) - _stirling_tail_grad(a_s))
+    )
+    return torch.where(big, stirling, direct)
+
+
+class _LgammaRatio(torch.autograd.Function):
+    """Autograd wrapper of :func:`_lgamma_ratio_value` (gradient w.r.t. ``a`` only)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(a, y)
+        return _lgamma_ratio_value(a, y)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:  # noqa: D102
+        a, y = ctx.saved_tensors
+        return (grad * _lgamma_ratio_grad(a, y) if ctx.needs_input_grad[0] else None), None
+
+
+def _lgamma_ratio(a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Differentiable (in ``a``; ``y`` is data) ``lgamma(a + y) - lgamma(a)``."""
+    return _LgammaRatio.apply(a, y)
 
 
 def _as_param(p: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
@@ -192,24 +249,82 @@ def negbinom_log_prob(
     tensor([-2.7726], dtype=torch.float64)
     """
     _check_matrix(eta, "eta", y)
-    log_r = _as_param(log_r, eta)
     ys = _sparse(y, eta)
-    n_features = eta.shape[1]
-    # bulk term of every entry: -r * softplus(eta - log_r)
-    sp_all = F.softplus(eta - log_r)
-    if log_r.dim() <= 1:
-        ll = -(log_r.exp() * sp_all.sum(0))
-    else:
-        ll = -(log_r.exp() * sp_all).sum(0)
-    ll = ll.expand(n_features) if ll.dim() == 0 else ll
-    # non-zero entries
-    flat = ys.flat_index()
-    lr_nz = _at(log_r, ys, flat)
-    x_nz = eta.reshape(-1).index_select(0, flat) - lr_nz
-    extra = ys.val * (x_nz - F.softplus(x_nz)) + _lgamma_ratio(lr_nz.exp(), ys.val)
-    if include_constant:
-        extra = extra - torch.lgamma(ys.val + 1.0)
-    return ll + _per_feature(extra, ys.col, n_features)
+    log_r = _negbinom_log_r(_as_param(log_r, eta), eta.shape)
+    return _NegBinom.apply(eta, log_r, ys.col, ys.flat_index(), ys.val, include_constant)
+
+
+def _negbinom_log_r(log_r: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Bring ``log_r`` to ``[T]`` (per feature) or ``[B, T]`` (autograd handles the expand)."""
+    n_cells, n_features = shape
+    if log_r.dim() == 0:
+        return log_r.expand(n_features)
+    if log_r.dim() == 1 or (log_r.dim() == 2 and log_r.shape[0] == 1):
+        return log_r.reshape(-1).expand(n_features)
+    if log_r.dim() == 2:
+        return log_r.expand(n_cells, n_features)
+    raise ValueError(f"`log_r` must be a scalar, [T] or [B, T], got shape {tuple(log_r.shape)}.")
+
+
+class _NegBinom(torch.autograd.Function):
+    """Fused NB log-likelihood with a hand-written backward.
+
+    Per entry ``ll = -r sp(x)`` plus, at non-zeros, ``y (x - sp(x)) + R(r, y)`` with
+    ``x = eta - log r``, ``sp = softplus``, ``R(r, y) = lgamma(r + y) - lgamma(r)``.
+    Gradients: ``d/deta = -r σ(x) + y σ(-x)`` and
+    ``d/dlog r = r (σ(x) - sp(x)) + r R'(r, y) - y σ(-x)`` (non-zero terms only where y > 0).
+    Only two dense ``[B, T]`` buffers are alive at any time; ``lgamma``/``digamma`` of ``r``
+    are evaluated once per feature when ``log_r`` is ``[T]``.
+    """
+
+    @staticmethod
+    def _nonzero_terms(eta, log_r, col, flat):
+        if log_r.dim() == 1:
+            lr_nz = log_r.index_select(0, col)
+        else:
+            lr_nz = log_r.reshape(-1).index_select(0, flat)
+        x_nz = eta.reshape(-1).index_select(0, flat) - lr_nz
+        return x_nz, lr_nz.exp()
+
+    @staticmethod
+    def forward(ctx, eta, log_r, col, flat, val, include_constant):  # noqa: D102
+        per_feature = log_r.dim() == 1
+        r = log_r.exp()
+        sp = F.softplus(eta - log_r)
+        sp_sum = sp.sum(0) if per_feature else None
+        ll = -(r * sp_sum) if per_feature else -(r * sp).sum(0)
+        del sp
+        x_nz, r_nz = _NegBinom._nonzero_terms(eta, log_r, col, flat)
+        lgamma_r = torch.lgamma(r).index_select(0, col) if per_feature else None
+        extra = val * (x_nz - F.softplus(x_nz)) + _lgamma_ratio_value(r_nz, val, lgamma_r)
+        if include_constant:
+            extra = extra - torch.lgamma(val + 1.0)
+        ctx.save_for_backward(eta, log_r, col, flat, val, sp_sum)
+        return ll.index_add(0, col, extra)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        eta, log_r, col, flat, val, sp_sum = ctx.saved_tensors
+        need_eta, need_log_r = ctx.needs_input_grad[:2]
+        per_feature = log_r.dim() == 1
+        r = log_r.exp()
+        sig = torch.sigmoid(eta - log_r)
+        x_nz, r_nz = _NegBinom._nonzero_terms(eta, log_r, col, flat)
+        grad_nz = grad.index_select(0, col)
+        y_sig_neg = val * torch.sigmoid(-x_nz)
+        grad_eta = grad_log_r = None
+        if need_log_r:
+            digamma_r = torch.digamma(r).index_select(0, col) if per_feature else None
+            nz_term = grad_nz * (r_nz * _lgamma_ratio_grad(r_nz, val, digamma_r) - y_sig_neg)
+            if per_feature:
+                grad_log_r = (grad * r * (sig.sum(0) - sp_sum)).index_add(0, col, nz_term)
+            else:
+                grad_log_r = (sig - F.softplus(eta - log_r)).mul_(r * grad)
+                grad_log_r.view(-1).index_add_(0, flat, nz_term)
+        if need_eta:
+            grad_eta = sig.mul_(-(r * grad))  # sig is no longer needed: reuse its buffer
+            grad_eta.view(-1).index_add_(0, flat, grad_nz * y_sig_neg)
+        return grad_eta, grad_log_r, None, None, None, None
 
 
 def binomial_log_prob(
