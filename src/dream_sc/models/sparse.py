@@ -135,8 +135,12 @@ class SparseCounts:
         """
         if y.ndim != 2:
             raise ValueError(f"Expected a 2-D tensor, got shape {tuple(y.shape)}.")
-        row, col = torch.nonzero(y, as_tuple=True)
-        return cls(row=row, col=col, val=y[row, col], n_rows=y.shape[0], n_cols=y.shape[1])
+        n_rows, n_cols = y.shape
+        flat_y = y.reshape(-1)
+        flat = torch.nonzero(flat_y).squeeze(1)
+        row = torch.div(flat, n_cols, rounding_mode="floor")
+        col = flat - row * n_cols
+        return cls(row=row, col=col, val=flat_y.index_select(0, flat), n_rows=n_rows, n_cols=n_cols)
 
     @property
     def shape(self) -> tuple[int, int]:
