@@ -185,27 +185,18 @@ def _draw_curves(ax: Axes, curves: pd.DataFrame, table: pd.DataFrame, features: 
             )
 
 
-def _legend(ax: Axes, data: PanelData, technical_groups: bool, summary: pd.DataFrame) -> None:
+def _legend(ax: Axes, data: PanelData, technical_groups: bool, has_control: bool) -> None:
+    """Categories (multinomial), technical groups, control guides and EC50, as drawn."""
     k = len(data.features)
     handles = [h for h in ax.get_lines() if h.get_gid() == "curve"] if k > 1 else []
-    if k > 1 and technical_groups and len(data.group_names) > 1:
-        handles += [
-            Line2D(
-                [],
-                [],
-                color="0.3",
-                marker=GROUP_MARKERS[i % len(GROUP_MARKERS)],
-                linestyle="",
-                label=name,
-            )
-            for i, name in enumerate(data.group_names)
-        ]
-    elif k == 1 and technical_groups and len(data.group_names) > 1:
-        handles += [
-            Line2D([], [], color=color(i), marker="o", linestyle="", label=name)
-            for i, name in enumerate(data.group_names)
-        ]
-    if not summary.empty:
+    if technical_groups and len(data.group_names) > 1:
+        for i, name in enumerate(data.group_names):
+            if k > 1:
+                marker, c = GROUP_MARKERS[i % len(GROUP_MARKERS)], "0.3"
+            else:
+                marker, c = "o", color(i)
+            handles.append(Line2D([], [], color=c, marker=marker, linestyle="", label=name))
+    if has_control:
         handles.append(
             Line2D(
                 [],
@@ -217,6 +208,7 @@ def _legend(ax: Axes, data: PanelData, technical_groups: bool, summary: pd.DataF
                 label="control guide",
             )
         )
+    if any(line.get_gid() == "ec50" for line in ax.get_lines()):
         handles.append(Line2D([], [], color="0.3", linestyle="--", linewidth=1.0, label="EC50"))
     if handles:
         ax.legend(handles=handles, fontsize="x-small", frameon=False, loc="best")
@@ -267,7 +259,7 @@ def draw_panel(
     ax.set_ylabel(VALUE_LABEL[data.distribution])
     ax.set_title(_title(table, title, features), fontsize="medium")
     if legend or len(features) > 1:
-        _legend(ax, data, technical_groups, summary)
+        _legend(ax, data, technical_groups, bool(summary["unit"].isin(control).any()))
 
 
 def dose_response(
