@@ -213,3 +213,22 @@ def test_compare_naive_quick_arguments():
     )
     assert args.screens == ["a", "b", "c"] and args.seeds == [0, 1]
     assert C.parse_args([]).cells == 3000
+
+
+@pytest.mark.slow
+def test_compare_naive_end_to_end_on_a_tiny_screen():
+    import compare_naive as C
+
+    args = C.parse_args(
+        ["--cells", "400", "--genes", "20", "--steps-technical", "40", "--steps-cis", "100"]
+        + ["--steps-trans", "40", "--screens", "a"]
+    )
+    frame, info = C.one_screen("a", 0, args)
+    table = C.summarise(frame)["a"]
+    assert list(table.columns) == list(C.METHODS)
+    for m in ("dream_sc", "naive_true_tech", "naive_dream_tech"):
+        assert 0.0 <= table.loc["auroc", m] <= 1.0
+        assert table.loc["guide_dose_spearman", m] > 0.8
+        assert np.isfinite(table.loc["curve_rel_err_est", m])
+    assert table.loc["n_genes", "dream_sc"] == 19
+    assert info["dream_peak_rss_gb"] > 0 and info["converged"].count("/") == 2
