@@ -246,6 +246,7 @@ def test_dose_response_multinomial_one_curve_per_category(multi):
     assert len(by_gid(ax2, "curve", Line2D)) == 3
     axes = ds.pl.dose_response(multi, ["tx_0001", "tx_0002"], modality="isoform", show=False)
     assert len(axes) == 1
+    np.testing.assert_allclose(axes[0].figure.get_size_inches(), [4.6 + 1.8, 3.9])
 
 
 def test_dose_response_binomial_label(multi):

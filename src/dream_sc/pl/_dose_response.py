@@ -31,6 +31,8 @@ from ._utils import (
 MAX_CELLS = 5000
 #: Markers of technical groups when colour encodes categories (multinomial).
 GROUP_MARKERS = ["o", "^", "s", "D", "v", "P", "X", "*"]
+#: Extra width (inches) of axes with a legend beside them (multinomial categories).
+LEGEND_WIDTH = 1.8
 #: Horizontal dodge between technical groups at one guide (fraction of a log-dose unit).
 DODGE = 0.025
 
@@ -68,6 +70,14 @@ def resolve_panels(
             )
         panels.setdefault(title, members)
     return list(panels.items())
+
+
+def panel_width(
+    panel_size: tuple[float, float], panels: list[tuple[str, list[str]]]
+) -> tuple[float, float]:
+    """Axes size of a new figure: wider when a multinomial legend sits beside the axes."""
+    extra = LEGEND_WIDTH if any(len(members) > 1 for _, members in panels) else 0.0
+    return (panel_size[0] + extra, panel_size[1])
 
 
 def _density_alpha(
@@ -210,7 +220,15 @@ def _legend(ax: Axes, data: PanelData, technical_groups: bool, has_control: bool
         )
     if any(line.get_gid() == "ec50" for line in ax.get_lines()):
         handles.append(Line2D([], [], color="0.3", linestyle="--", linewidth=1.0, label="EC50"))
-    if handles:
+    if handles and k > 1:  # many entries: beside the axes so no data are hidden
+        ax.legend(
+            handles=handles,
+            fontsize="x-small",
+            frameon=False,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+        )
+    elif handles:
         ax.legend(handles=handles, fontsize="x-small", frameon=False, loc="best")
 
 
@@ -358,7 +376,9 @@ def dose_response(
         )
     if max_cells < 0:
         raise ValueError(f"max_cells must be >= 0; got {max_cells}.")
-    fig, axes, created = grid_axes(len(panels), ax, ncols=ncols, panel=panel_size)
+    fig, axes, created = grid_axes(
+        len(panels), ax, ncols=ncols, panel=panel_width(panel_size, panels)
+    )
     for i, (title, members) in enumerate(panels):
         draw_panel(
             axes[i],

@@ -8,7 +8,7 @@ from mudata import MuData
 
 from .. import _validation as V
 from ..get._tables import _trans_record
-from ._dose_response import draw_panel, resolve_panels
+from ._dose_response import draw_panel, panel_width, resolve_panels
 from ._utils import finish, grid_axes
 
 
@@ -115,7 +115,8 @@ def gene_splicing_panel(
         if len(panels) - 1 >= max_junctions:
             break
         panels.append((splicing_modality, splicing_key, t, m))
-    fig, axes, _ = grid_axes(len(panels), None, ncols=len(panels), panel=panel_size)
+    size = panel_width(panel_size, [(p[2], p[3]) for p in panels])
+    fig, axes, _ = grid_axes(len(panels), None, ncols=len(panels), panel=size)
     for i, (ax, (modality, k, t, m)) in enumerate(zip(axes, panels, strict=True)):
         _, record = _trans_record(mdata, modality, k)
         draw_panel(
