@@ -502,7 +502,7 @@ CASES = [
         "screen",
         technical_fit,
         ValueError,
-        r"Modality 'rna' contains NaN or infinite values; counts must be finite",
+        r"Modality 'rna' contains NaN or infinite values.*; counts must be finite",
         prepare=lambda m: set_count(m, np.nan),
     ),
     Case(

@@ -213,6 +213,8 @@ def _corrupt(mdata, target: str, feature: int) -> None:
     mdata["rna"].X = X
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:Encountered \\+inf:UserWarning")
 @pytest.mark.parametrize(
     ("step", "target", "feature", "where"),
     [
@@ -267,3 +269,15 @@ def test_diverging_learning_rate_raises_non_finite_loss(small, step):
             calls[step]()
     finally:
         assert snapshot(mdata) == before
+
+
+def test_count_beyond_float32_is_rejected_before_fitting(small):
+    """1e39 overflows the float32 data path to inf: validation must catch it, not the ELBO."""
+    mdata = small.copy()
+    X = mdata["rna"].X.toarray().astype(np.float64)
+    X[np.flatnonzero((mdata.obs["target"] == "ntc").to_numpy())[0], 7] = 1e39
+    mdata["rna"].X = X
+    before = snapshot(mdata)
+    with pytest.raises(ValueError, match="Modality 'rna' contains NaN or infinite values"):
+        ds.tl.fit_technical(mdata, n_steps=10, seed=0)
+    assert snapshot(mdata) == before

@@ -64,9 +64,11 @@ def _matrix(adata: AnnData, layer: str | None, modality: str):
 
 
 def _take_rows(matrix, rows: np.ndarray):
-    if sparse.issparse(matrix):
-        return sparse.csr_matrix(matrix)[rows].astype(np.float32)
-    return np.asarray(matrix)[rows].astype(np.float32)
+    # values beyond the float32 range become inf here and are rejected by the checks
+    with np.errstate(over="ignore"):
+        if sparse.issparse(matrix):
+            return sparse.csr_matrix(matrix)[rows].astype(np.float32)
+        return np.asarray(matrix)[rows].astype(np.float32)
 
 
 def resolve_layer(adata: AnnData, modality: str, layer: str | None) -> str | None:

@@ -188,7 +188,10 @@ def check_counts(matrix, what: str) -> None:
     if values.size == 0:
         return
     if not np.all(np.isfinite(values)):
-        raise ValueError(f"{what} contains NaN or infinite values; counts must be finite.")
+        raise ValueError(
+            f"{what} contains NaN or infinite values (or values beyond the float32 range, "
+            "~3.4e38); counts must be finite."
+        )
     if values.min() < 0:
         raise ValueError(f"{what} contains negative values; negbinom needs raw counts >= 0.")
     if not np.all(np.floor(values) == values):
