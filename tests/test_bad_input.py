@@ -860,12 +860,6 @@ CASES = [
         lambda m: technical_fit(m, n_steps=0),
         ValueError,
         r"n_steps must be a positive integer; got 0",
-        marks=(
-            pytest.mark.xfail(
-                reason=NEEDS_SETTINGS_CHECK.format(func="fit_technical", file="tl/_technical.py"),
-                strict=True,
-            ),
-        ),
     ),
     Case(
         "technical-negative-batch-size",
@@ -873,12 +867,6 @@ CASES = [
         lambda m: technical_fit(m, batch_size=-5),
         ValueError,
         r"batch_size must be a positive integer or None \(automatic\); got -5",
-        marks=(
-            pytest.mark.xfail(
-                reason=NEEDS_SETTINGS_CHECK.format(func="fit_technical", file="tl/_technical.py"),
-                strict=True,
-            ),
-        ),
     ),
     Case(
         "technical-negative-feature-chunk",
@@ -886,12 +874,6 @@ CASES = [
         lambda m: technical_fit(m, feature_chunk=-1),
         ValueError,
         r"feature_chunk must be a positive integer or None \(automatic\); got -1",
-        marks=(
-            pytest.mark.xfail(
-                reason=NEEDS_SETTINGS_CHECK.format(func="fit_technical", file="tl/_technical.py"),
-                strict=True,
-            ),
-        ),
     ),
     Case(
         "cis-zero-steps",
@@ -899,11 +881,6 @@ CASES = [
         lambda m: cis_fit(m, n_steps=0),
         ValueError,
         r"n_steps must be a positive integer; got 0",
-        marks=(
-            pytest.mark.xfail(
-                reason=NEEDS_SETTINGS_CHECK.format(func="fit_cis", file="tl/_cis.py"), strict=True
-            ),
-        ),
     ),
     Case(
         "trans-zero-steps",
@@ -911,12 +888,6 @@ CASES = [
         lambda m: trans_fit(m, n_steps=0),
         ValueError,
         r"n_steps must be a positive integer; got 0",
-        marks=(
-            pytest.mark.xfail(
-                reason=NEEDS_SETTINGS_CHECK.format(func="fit_trans", file="tl/_trans.py"),
-                strict=True,
-            ),
-        ),
     ),
     Case(
         "cis-high-moi-one-guide-with-cells",
@@ -925,14 +896,6 @@ CASES = [
         ValueError,
         r"The cis target 'GFI1B' has fewer than 2 guides",
         prepare=lambda m: _one_cis_guide_with_cells(m),
-        marks=(
-            pytest.mark.xfail(
-                reason="needs tl/_cis.py fit_cis (high MOI) to re-check `is_cis.sum() >= 2` after "
-                "dropping guides without cells (`keep = A.sum(0) > 0`), raising the same 'has fewer "
-                "than 2 guides' ValueError; today it fits with a single cis guide",
-                strict=True,
-            ),
-        ),
     ),
 ]
 
@@ -1104,11 +1067,6 @@ def test_high_moi_guide_without_cells_is_ignored(high_moi):
     assert (guides["n_cells"] > 0).all()
 
 
-@pytest.mark.xfail(
-    reason="needs tl/_cis.py fit_cis to log (logger.info) the guides it drops because no fitted "
-    "cell carries them, e.g. 'ignoring 1 guide(s) without cells: GFI1B_3'",
-    strict=True,
-)
 def test_high_moi_guide_without_cells_is_logged(high_moi, caplog):
     mdata = high_moi.copy()
     table = mdata.obsm["guide_assignment"].copy()

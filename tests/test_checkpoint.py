@@ -49,7 +49,9 @@ def test_trans_resume_is_exact(fitted, tmp_path, monkeypatch, every_ten):
     ds.tl.fit_trans(fitted, key_added="resumed", checkpoint=ckpt, **kw)
     a, b = fitted["rna"].varm["resumed"], reference["rna"].varm["ref"]
     pd.testing.assert_frame_equal(a, b)
-    np.testing.assert_array_equal(fitted["rna"].uns["resumed"]["loss"], reference["rna"].uns["ref"]["loss"])
+    np.testing.assert_array_equal(
+        fitted["rna"].uns["resumed"]["loss"], reference["rna"].uns["ref"]["loss"]
+    )
     assert not list(tmp_path.iterdir())  # checkpoint files removed after success
 
 
@@ -66,8 +68,12 @@ def test_cis_resume_is_exact(tiny_screen, tmp_path, monkeypatch, every_ten):
     assert "dream_cis" not in resumed.uns
     monkeypatch.setattr(inference, "_after_step", lambda step: None)
     ds.tl.fit_cis(resumed, checkpoint=ckpt, **kw)
-    np.testing.assert_array_equal(resumed.obsm["dream_cis_dose_samples"], reference.obsm["dream_cis_dose_samples"])
-    pd.testing.assert_frame_equal(resumed.uns["dream_cis"]["guides"], reference.uns["dream_cis"]["guides"])
+    np.testing.assert_array_equal(
+        resumed.obsm["dream_cis_dose_samples"], reference.obsm["dream_cis_dose_samples"]
+    )
+    pd.testing.assert_frame_equal(
+        resumed.uns["dream_cis"]["guides"], reference.uns["dream_cis"]["guides"]
+    )
 
 
 def test_checkpoint_of_another_fit_is_refused(fitted, tmp_path, monkeypatch, every_ten):

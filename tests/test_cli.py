@@ -20,7 +20,12 @@ def screen_file(tiny_screen, tmp_path):
 
 
 def _config(tmp_path, steps):
-    cfg = {"input": "screen.h5mu", "output": "out/results.h5mu", "tables": "out/tables", "steps": steps}
+    cfg = {
+        "input": "screen.h5mu",
+        "output": "out/results.h5mu",
+        "tables": "out/tables",
+        "steps": steps,
+    }
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

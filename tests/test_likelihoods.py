@@ -67,6 +67,23 @@ def test_lgamma_ratio_matches_high_precision(a, y):
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-9)
 
 
+def test_lgamma_ratio_where_and_subset_paths_agree():
+    a = t([[0.5, 9.99, 10.0], [1e3, 3.0, 1e9]])
+    y = t([[3.0, 0.0, 7.0], [2.0, 40.0, 1.0]])
+    direct = torch.lgamma(a + y) - torch.lgamma(a)
+    subset = lk._patch_large(direct, a, y, lk._stirling_ratio, use_where=False)
+    where = lk._patch_large(direct, a, y, lk._stirling_ratio, use_where=True)
+    torch.testing.assert_close(subset, where, rtol=0, atol=0)
+    small = a < 10
+    assert torch.equal(subset[small], direct[small])
+    torch.testing.assert_close(subset, direct, rtol=1e-12, atol=1e-6)  # float64: both fine
+    d_direct = torch.digamma(a + y) - torch.digamma(a)
+    g_sub = lk._patch_large(d_direct, a, y, lk._stirling_ratio_grad, use_where=False)
+    g_where = lk._patch_large(d_direct, a, y, lk._stirling_ratio_grad, use_where=True)
+    torch.testing.assert_close(g_sub, g_where, rtol=0, atol=0)
+    torch.testing.assert_close(g_sub, d_direct, rtol=1e-12, atol=1e-12)
+
+
 def test_lgamma_ratio_float32_stable_for_huge_a():
     a = torch.tensor([1e8, 1e8, 5e7], dtype=torch.float32)
     y = torch.tensor([0.0, 3.0, 40.0], dtype=torch.float32)

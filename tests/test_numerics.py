@@ -242,15 +242,6 @@ def test_non_finite_elbo_names_the_chunk(small, step, target, feature, where):
         calls[step]()
 
 
-@pytest.mark.xfail(
-    reason="needs models/inference.py run_svi to turn the ValueError Pyro raises when a "
-    "distribution gets non-finite parameters (validate_args, e.g. 'Expected parameter scale ... "
-    "found invalid values') into NonFiniteLossError with the chunk context: wrap "
-    "`elbo.differentiable_loss(...)` in `try/except ValueError` and re-raise as "
-    "NonFiniteLossError(... + context) from the error when any parameter or the message shows "
-    "non-finite values",
-    strict=True,
-)
 @pytest.mark.parametrize("step", ["technical", "cis", "trans"])
 def test_diverging_learning_rate_raises_non_finite_loss(small, step):
     mdata = small.copy()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
@@ -114,7 +113,9 @@ def test_ec50_intervals_cover_truth():
     var = mdata["rna"].var
     lo, hi = mdata.uns["dream_cis"]["dose_range"]
     clear = (
-        res["fitted"] & (var["true_function"] == "single_hill") & res["significant"]
+        res["fitted"]
+        & (var["true_function"] == "single_hill")
+        & res["significant"]
         & var["true_K1"].between(lo, hi)
     )
     assert clear.sum() >= 10
@@ -128,7 +129,9 @@ def test_null_screens_are_calibrated():
     """No responsive feature: at most 2 discoveries per screen, rarely any at all."""
     any_discovery = []
     for seed in range(5):
-        mdata = ds.datasets.simulate_screen(n_cells=3000, n_genes=300, frac_responsive=0.0, seed=100 + seed)
+        mdata = ds.datasets.simulate_screen(
+            n_cells=3000, n_genes=300, frac_responsive=0.0, seed=100 + seed
+        )
         _fit_all(mdata, seed=seed)
         q = ds.get.trans_results(mdata)["qvalue"].dropna()
         assert (q < 0.1).sum() <= 2

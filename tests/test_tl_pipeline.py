@@ -8,14 +8,27 @@ import mudata
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FAST
 
 import dream_sc as ds
+from conftest import FAST
 
 CONTRACT_TRANS_COLUMNS = [
-    "distribution", "function", "response_mean", "response_q05", "response_q95", "ec50_mean",
-    "ec50_q05", "ec50_q95", "ec50_in_range", "shape", "prob_dose_dependent", "lfsr", "qvalue",
-    "significant", "n_cells", "converged",
+    "distribution",
+    "function",
+    "response_mean",
+    "response_q05",
+    "response_q95",
+    "ec50_mean",
+    "ec50_q05",
+    "ec50_q95",
+    "ec50_in_range",
+    "shape",
+    "prob_dose_dependent",
+    "lfsr",
+    "qvalue",
+    "significant",
+    "n_cells",
+    "converged",
 ]
 
 
@@ -49,13 +62,20 @@ def test_cis_storage(fitted_screen):
     assert (q05 < q95).all()
     guides = ds.get.cis_dosage(fitted_screen)
     assert list(guides.columns[:8]) == [
-        "target", "n_cells", "dose_mean", "dose_q05", "dose_q95", "log2_effect_mean",
-        "log2_effect_q05", "log2_effect_q95",
+        "target",
+        "n_cells",
+        "dose_mean",
+        "dose_q05",
+        "dose_q95",
+        "log2_effect_mean",
+        "log2_effect_q05",
+        "log2_effect_q95",
     ]
     counts = obs.loc[used, "guide"].value_counts()
     assert guides["n_cells"].to_dict() == counts.loc[guides.index].to_dict()
     np.testing.assert_allclose(
-        guides["dose_mean"], fitted_screen.uns["dream_cis"]["x_ntc"] * 2 ** guides["log2_effect_mean"],
+        guides["dose_mean"],
+        fitted_screen.uns["dream_cis"]["x_ntc"] * 2 ** guides["log2_effect_mean"],
         rtol=0.15,
     )
 
@@ -64,7 +84,9 @@ def test_cis_guides_ranked_like_truth(fitted_screen):
     guides = ds.get.cis_dosage(fitted_screen)
     truth = fitted_screen.uns["truth"]["guides"].loc[guides.index]
     targeting = guides["target"] == "GFI1B"
-    rho = pd.Series(guides.loc[targeting, "dose_mean"]).corr(truth.loc[targeting, "dose"], method="spearman")
+    rho = pd.Series(guides.loc[targeting, "dose_mean"]).corr(
+        truth.loc[targeting, "dose"], method="spearman"
+    )
     assert rho > 0.9
 
 
@@ -84,7 +106,10 @@ def test_trans_storage(fitted_screen):
     grid = rna.uns["dream_trans"]["dose_grid"]
     assert rna.varm["dream_trans_curve_mean"].shape == (rna.n_vars, len(grid))
     assert np.isnan(rna.varm["dream_trans_curve_mean"][rna.var_names.get_loc("GFI1B")]).all()
-    assert rna.uns["dream_trans"]["null_scores"].shape == (5, rna.n_vars - 1)  # 29 features -> 5 null sets
+    assert rna.uns["dream_trans"]["null_scores"].shape == (
+        5,
+        rna.n_vars - 1,
+    )  # 29 features -> 5 null sets
     assert rna.uns["dream_trans"]["params"]["n_permutations"] == 5
 
 
@@ -101,7 +126,9 @@ def test_trans_curves_table_matches_storage(fitted_screen):
     # recomputing from the stored posterior at the grid gives the stored bands exactly
     again = ds.get.trans_curves(fitted_screen, features=["gene_0002"], dose=grid)
     np.testing.assert_allclose(again["q95"], rna.varm["dream_trans_curve_q95"][pos], rtol=1e-5)
-    wide = ds.get.trans_curves(fitted_screen, features="gene_0002", dose=[2.0], quantiles=(0.025, 0.975))
+    wide = ds.get.trans_curves(
+        fitted_screen, features="gene_0002", dose=[2.0], quantiles=(0.025, 0.975)
+    )
     assert list(wide.columns) == ["feature", "dose", "mean", "q02", "q98"] or "q03" in wide
 
 
@@ -114,8 +141,12 @@ def test_same_seed_same_result(tiny_screen):
         ds.tl.fit_trans(m, function="single_hill", n_steps=20, seed=3, test=False)
         runs.append(m)
     a, b = runs
-    pd.testing.assert_frame_equal(a["rna"].varm["dream_technical"], b["rna"].varm["dream_technical"])
-    np.testing.assert_array_equal(a.obsm["dream_cis_dose_samples"], b.obsm["dream_cis_dose_samples"])
+    pd.testing.assert_frame_equal(
+        a["rna"].varm["dream_technical"], b["rna"].varm["dream_technical"]
+    )
+    np.testing.assert_array_equal(
+        a.obsm["dream_cis_dose_samples"], b.obsm["dream_cis_dose_samples"]
+    )
     pd.testing.assert_frame_equal(a["rna"].varm["dream_trans"], b["rna"].varm["dream_trans"])
 
 
@@ -140,7 +171,15 @@ def test_copy_returns_new_object_and_leaves_input(tiny_screen):
 
 
 def test_use_dose_mean_and_polynomial(fitted):
-    ds.tl.fit_trans(fitted, function="polynomial", n_steps=20, seed=0, test=False, use_dose_mean=True, key_added="poly")
+    ds.tl.fit_trans(
+        fitted,
+        function="polynomial",
+        n_steps=20,
+        seed=0,
+        test=False,
+        use_dose_mean=True,
+        key_added="poly",
+    )
     res = ds.get.trans_results(fitted, key="poly")
     assert (res.loc[res.fitted, "function"] == "polynomial").all()
     assert res.loc[res.fitted, "ec50_mean"].isna().all()  # a polynomial has no Hill EC50
@@ -154,7 +193,9 @@ def test_test_trans_rescoring_is_exact(fitted):
     np.testing.assert_allclose(after["qvalue"], before["qvalue"], equal_nan=True)
     ds.tl.test_trans(fitted, alpha=0.5)
     loose = ds.get.trans_results(fitted)
-    np.testing.assert_array_equal(loose.loc[loose.fitted, "significant"], loose.loc[loose.fitted, "qvalue"] < 0.5)
+    np.testing.assert_array_equal(
+        loose.loc[loose.fitted, "significant"], loose.loc[loose.fitted, "qvalue"] < 0.5
+    )
     assert fitted["rna"].uns["dream_trans"]["params"]["alpha"] == 0.5
 
 
@@ -164,7 +205,9 @@ def test_h5mu_round_trip_keeps_results(fitted, tmp_path):
         warnings.simplefilter("ignore")
         fitted.write(path)
         back = mudata.read_h5mu(path)
-    pd.testing.assert_frame_equal(ds.get.cis_dosage(back), ds.get.cis_dosage(fitted), check_dtype=False)
+    pd.testing.assert_frame_equal(
+        ds.get.cis_dosage(back), ds.get.cis_dosage(fitted), check_dtype=False
+    )
     a, b = ds.get.trans_results(back), ds.get.trans_results(fitted)
     num = a.select_dtypes("number").columns
     np.testing.assert_allclose(a[num].to_numpy(float), b[num].to_numpy(float), equal_nan=True)
@@ -190,13 +233,25 @@ def test_other_modalities_fit_end_to_end(fitted, modality):
     assert curves["mean"].between(0, 1).all()
     if modality == "isoform":
         groups = fitted["isoform"].var["group"]
-        sums = curves.assign(group=groups.loc[curves.feature].to_numpy()).groupby(["group", "dose"])["mean"].sum()
+        sums = (
+            curves.assign(group=groups.loc[curves.feature].to_numpy())
+            .groupby(["group", "dose"])["mean"]
+            .sum()
+        )
         np.testing.assert_allclose(sums, 1.0, rtol=1e-5)
 
 
 @pytest.mark.parametrize("distribution", ["normal", "studentt"])
 def test_continuous_modality_fits_end_to_end(fitted, distribution):
-    scores = ds.datasets.simulate_screen(n_cells=400, n_genes=30, n_junctions=0, n_isoform_genes=0, continuous=True, n_scores=6, seed=1)
+    scores = ds.datasets.simulate_screen(
+        n_cells=400,
+        n_genes=30,
+        n_junctions=0,
+        n_isoform_genes=0,
+        continuous=True,
+        n_scores=6,
+        seed=1,
+    )
     fitted.mod["score"] = scores["score"].copy()
     fitted.update()
     ds.pp.register_modality(fitted, "score", distribution=distribution)
@@ -204,6 +259,8 @@ def test_continuous_modality_fits_end_to_end(fitted, distribution):
     tech = fitted["score"].varm["dream_technical"]
     assert {"sigma_mean", "baseline_mean"} <= set(tech.columns)
     assert ("nu_mean" in tech) == (distribution == "studentt")
-    ds.tl.fit_trans(fitted, modality="score", function="single_hill", n_steps=30, seed=0, test=False)
+    ds.tl.fit_trans(
+        fitted, modality="score", function="single_hill", n_steps=30, seed=0, test=False
+    )
     res = ds.get.trans_results(fitted, modality="score")
     assert res["fitted"].all() and np.isfinite(res["response_mean"]).all()

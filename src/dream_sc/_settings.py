@@ -72,8 +72,16 @@ class DreamSettings:
         logger.propagate = False
 
     def __repr__(self) -> str:
-        fields = ["verbosity", "seed", "device", "progress_bar", "autoshow", "n_samples", "max_memory_gb",
-                  "checkpoint_every"]
+        fields = [
+            "verbosity",
+            "seed",
+            "device",
+            "progress_bar",
+            "autoshow",
+            "n_samples",
+            "max_memory_gb",
+            "checkpoint_every",
+        ]
         inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in fields)
         return f"DreamSettings({inner})"
 

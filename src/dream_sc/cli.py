@@ -66,9 +66,18 @@ def _write_figures(mdata, out: Path, modalities: Sequence[str]) -> list[Path]:
     for mod in modalities:
         results = ds.get.trans_results(mdata, modality=mod)
         top = results[results["fitted"]].sort_values("score", ascending=False).index[:6].tolist()
-        save(ds.pl.dose_response(mdata, top, modality=mod, show=False, return_fig=True), f"dose_response_{mod}")
-        save(ds.pl.trans_summary(mdata, modality=mod, show=False, return_fig=True), f"trans_summary_{mod}")
-        save(ds.pl.calibration(mdata, modality=mod, show=False, return_fig=True), f"calibration_{mod}")
+        save(
+            ds.pl.dose_response(mdata, top, modality=mod, show=False, return_fig=True),
+            f"dose_response_{mod}",
+        )
+        save(
+            ds.pl.trans_summary(mdata, modality=mod, show=False, return_fig=True),
+            f"trans_summary_{mod}",
+        )
+        save(
+            ds.pl.calibration(mdata, modality=mod, show=False, return_fig=True),
+            f"calibration_{mod}",
+        )
     return written
 
 
@@ -111,7 +120,11 @@ def demo(out: Path, *, n_steps_scale: float = 1.0, seed: int = 0, figures: bool 
     figs = _write_figures(mdata, out, modalities) if figures else []
     logger.warning(
         "demo finished in %.0fs: %s, %d tables, %d figures in %s",
-        time.perf_counter() - start, path.name, len(tables), len(figs), out,
+        time.perf_counter() - start,
+        path.name,
+        len(tables),
+        len(figs),
+        out,
     )
     return path
 
@@ -156,10 +169,14 @@ def run(config_path: Path) -> Path:
     steps = []
     for number, step in enumerate(config["steps"], start=1):
         if not isinstance(step, dict) or len(step) != 1:
-            raise ValueError(f"{config_path}: step {number} must be a one-key mapping {{function: {{arguments}}}}.")
-        (name, kwargs), = step.items()
+            raise ValueError(
+                f"{config_path}: step {number} must be a one-key mapping {{function: {{arguments}}}}."
+            )
+        ((name, kwargs),) = step.items()
         if name not in STEP_FUNCTIONS:
-            raise ValueError(f"{config_path}: unknown step {name!r} (step {number}); choose from {sorted(STEP_FUNCTIONS)}.")
+            raise ValueError(
+                f"{config_path}: unknown step {name!r} (step {number}); choose from {sorted(STEP_FUNCTIONS)}."
+            )
         steps.append((name, kwargs or {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -191,7 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo.add_argument("--quick", action="store_true", help="5x fewer SVI steps (a quick look)")
     p_demo.add_argument("--seed", type=int, default=0)
     p_demo.add_argument("--no-figures", action="store_true")
-    p_run = sub.add_parser("run", help="run the steps of a YAML configuration", description=run.__doc__)
+    p_run = sub.add_parser(
+        "run", help="run the steps of a YAML configuration", description=run.__doc__
+    )
     p_run.add_argument("config", type=Path)
     args = parser.parse_args(argv)
     import dream_sc as ds
@@ -199,7 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ds.settings.verbosity = 3 if args.verbose else 2
     ds.settings.progress_bar = sys.stderr.isatty()
     if args.command == "demo":
-        demo(args.out, n_steps_scale=0.2 if args.quick else 1.0, seed=args.seed, figures=not args.no_figures)
+        demo(
+            args.out,
+            n_steps_scale=0.2 if args.quick else 1.0,
+            seed=args.seed,
+            figures=not args.no_figures,
+        )
     else:
         run(args.config)
     return 0

@@ -16,8 +16,14 @@ from ..models.trans_summary import draw_latent, natural_scale
 from ..tl._trans_job import posterior_from_frame
 
 GUIDE_COLUMNS = [
-    "target", "n_cells", "dose_mean", "dose_q05", "dose_q95", "log2_effect_mean",
-    "log2_effect_q05", "log2_effect_q95",
+    "target",
+    "n_cells",
+    "dose_mean",
+    "dose_q05",
+    "dose_q95",
+    "log2_effect_mean",
+    "log2_effect_q05",
+    "log2_effect_q95",
 ]
 
 
@@ -66,7 +72,9 @@ def cis_dosage(mdata: MuData, *, level: str = "guide", key: str = "dream_cis") -
         return guides[GUIDE_COLUMNS + rest]
     if level == "cell":
         cols = {s: mdata.obs[f"{key}_dose_{s}"] for s in ("mean", "sd", "q05", "q95")}
-        out = pd.DataFrame({f"dose_{s}": v.to_numpy() for s, v in cols.items()}, index=mdata.obs_names)
+        out = pd.DataFrame(
+            {f"dose_{s}": v.to_numpy() for s, v in cols.items()}, index=mdata.obs_names
+        )
         guide_key = str(record["params"].get("guide_key", "guide"))
         if guide_key in mdata.obs.columns:
             out["guide"] = mdata.obs[guide_key].astype(str).to_numpy()
@@ -85,7 +93,9 @@ def _trans_record(mdata: MuData, modality: str, key: str):
     return adata, adata.uns[key]
 
 
-def trans_results(mdata: MuData, *, modality: str = "rna", key: str = "dream_trans") -> pd.DataFrame:
+def trans_results(
+    mdata: MuData, *, modality: str = "rna", key: str = "dream_trans"
+) -> pd.DataFrame:
     """Per-feature dose-response results of a modality.
 
     Parameters
@@ -178,7 +188,9 @@ def trans_curves(
         wanted = [features] if isinstance(features, str) else list(features)
         missing = [f for f in wanted if f not in names]
         if missing:
-            raise KeyError(f"Features {missing[:5]} were not fitted in {modality!r} (or do not exist).")
+            raise KeyError(
+                f"Features {missing[:5]} were not fitted in {modality!r} (or do not exist)."
+            )
     lo_q, hi_q = quantiles
     if not 0 <= lo_q < hi_q <= 1:
         raise ValueError(f"quantiles must satisfy 0 <= low < high <= 1; got {quantiles}.")
@@ -192,7 +204,9 @@ def trans_curves(
         grid = np.asarray(record["dose_grid"] if dose is None else dose, dtype=np.float64).ravel()
         if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
             raise ValueError("dose must hold positive finite dosages (cis dose scale).")
-        means, lows, highs = _evaluate(adata, record, table, fitted, names, wanted, grid, lo_q, hi_q, key)
+        means, lows, highs = _evaluate(
+            adata, record, table, fitted, names, wanted, grid, lo_q, hi_q, key
+        )
     n_dose = len(grid)
     return pd.DataFrame(
         {
@@ -212,9 +226,12 @@ def _evaluate(adata, record, table, fitted, names, wanted, grid, lo_q, hi_q, key
     priors = TransPriors(
         eta_ref_loc=np.asarray(pri["eta_ref"]["loc"]),
         amplitude_scale=np.asarray(pri["amplitude"]["scale"], dtype=np.float32),
-        log_k_loc=float(pri["log_k"]["loc"]), log_k_scale=float(pri["log_k"]["scale"]),
-        log_gap_loc=float(pri["log_gap"]["loc"]), log_x_ref=float(pri["log_x_ref"]),
-        half_range=float(pri["half_range_log2"]), degree=int(pri["degree"]),
+        log_k_loc=float(pri["log_k"]["loc"]),
+        log_k_scale=float(pri["log_k"]["scale"]),
+        log_gap_loc=float(pri["log_gap"]["loc"]),
+        log_x_ref=float(pri["log_x_ref"]),
+        half_range=float(pri["half_range_log2"]),
+        degree=int(pri["degree"]),
     )
     loc, scale = posterior_from_frame(adata.varm[f"{key}_posterior"], fitted)
     local = np.arange(len(names))
@@ -231,7 +248,9 @@ def _evaluate(adata, record, table, fitted, names, wanted, grid, lo_q, hi_q, key
     n_samples = int(record["params"]["n_samples"])
     seed = int(record["params"]["seed"])
     latent = draw_latent(loc, scale, local, n_samples, seed)
-    params = natural_params(function, latent, torch.as_tensor(priors.amplitude_scale[local]), priors)
+    params = natural_params(
+        function, latent, torch.as_tensor(priors.amplitude_scale[local]), priors
+    )
     log_x = torch.as_tensor(np.log(grid), dtype=torch.float32)
     eta = evaluate_curve(function, params, log_x, priors.log_x_ref, priors.half_range)
     gi = None if group_index is None else torch.as_tensor(group_index)
@@ -239,5 +258,7 @@ def _evaluate(adata, record, table, fitted, names, wanted, grid, lo_q, hi_q, key
     q = torch.quantile(natural, torch.tensor([lo_q, hi_q]), dim=0)
     sel = torch.as_tensor(wanted_pos)
     return (
-        natural.mean(0).T[sel].numpy(), q[0].T[sel].numpy(), q[1].T[sel].numpy(),
+        natural.mean(0).T[sel].numpy(),
+        q[0].T[sel].numpy(),
+        q[1].T[sel].numpy(),
     )

@@ -125,7 +125,12 @@ def fit_chunks(
                     f"Checkpoint {str(done_file)!r} was written for other features; delete the "
                     "checkpoint files or pass another `checkpoint=` path."
                 )
-            summary, loss, converged, secs = saved["summary"], saved["loss"], saved["converged"], 0.0
+            summary, loss, converged, secs = (
+                saved["summary"],
+                saved["loss"],
+                saved["converged"],
+                0.0,
+            )
         else:
             pyro.clear_param_store()
             problem = build(features)
@@ -133,14 +138,35 @@ def fit_chunks(
             guide.noise = FeatureNoise(seed, features, guide.noise_width, n_steps)
             context = f" in feature chunk {number + 1}/{len(chunks)} (features {features[0]}..{features[-1]})"
             result = run_svi(
-                problem.model, guide, guide.parameters, problem.make_batch, n_steps=n_steps, lr=lr,
-                progress=progress, description=f"{description} [{number + 1}/{len(chunks)}]",
-                loss_scale=problem.loss_scale, context=context, checkpoint=running,
+                problem.model,
+                guide,
+                guide.parameters,
+                problem.make_batch,
+                n_steps=n_steps,
+                lr=lr,
+                progress=progress,
+                description=f"{description} [{number + 1}/{len(chunks)}]",
+                loss_scale=problem.loss_scale,
+                context=context,
+                checkpoint=running,
                 checkpoint_every=checkpoint_every,
             )
-            summary, loss, converged, secs = guide.summary(), result.loss, result.converged, result.seconds
+            summary, loss, converged, secs = (
+                guide.summary(),
+                result.loss,
+                result.converged,
+                result.seconds,
+            )
             if done_file is not None:
-                torch.save({"features": features, "summary": summary, "loss": loss, "converged": converged}, done_file)
+                torch.save(
+                    {
+                        "features": features,
+                        "summary": summary,
+                        "loss": loss,
+                        "converged": converged,
+                    },
+                    done_file,
+                )
         for name, (site_loc, site_scale) in summary.items():
             if name not in loc:
                 loc[name] = np.zeros((n_features, *site_loc.shape[1:]), dtype=np.float32)

@@ -117,13 +117,23 @@ def fit_cis_model(
         x_ntc = pyro.sample("log2_x_ntc", dist.Normal(x0, X_NTC_PRIOR_SD))
         m = pyro.sample("target_mean", dist.Normal(0.0, 2.0))
         log_tau = pyro.sample("log_target_scale", dist.Normal(0.0, 0.75))
-        z = pyro.sample("guide_z", dist.StudentT(3.0, 0.0, 1.0).expand([n_cis]).to_event(1)) if n_cis else None
+        z = (
+            pyro.sample("guide_z", dist.StudentT(3.0, 0.0, 1.0).expand([n_cis]).to_event(1))
+            if n_cis
+            else None
+        )
         ref = (
-            pyro.sample("ref_effect", dist.StudentT(3.0, 0.0, REFERENCE_EFFECT_SCALE).expand([n_ref]).to_event(1))
-            if n_ref else None
+            pyro.sample(
+                "ref_effect",
+                dist.StudentT(3.0, 0.0, REFERENCE_EFFECT_SCALE).expand([n_ref]).to_event(1),
+            )
+            if n_ref
+            else None
         )
         s_loc = pyro.sample("log_sigma_loc", dist.Normal(*SIGMA_PRIOR))
-        log_sigma = pyro.sample("guide_log_sigma", dist.Normal(s_loc, 0.5).expand([n_guides]).to_event(1))
+        log_sigma = pyro.sample(
+            "guide_log_sigma", dist.Normal(s_loc, 0.5).expand([n_guides]).to_event(1)
+        )
         b = effects(m, log_tau, z, ref)
         with pyro.plate("cells", n_cells, subsample=batch["cell_index"], dim=-1) as idx:
             a = A[idx]
@@ -140,8 +150,16 @@ def fit_cis_model(
 
     guide = MeanFieldGuide(sites, prefix="cis", device=device)
     fit = run_svi(
-        model, guide, guide.parameters, make_batch, n_steps=n_steps, lr=lr, progress=progress,
-        description="cis", loss_scale=float(n_cells), context=" in the cis fit",
+        model,
+        guide,
+        guide.parameters,
+        make_batch,
+        n_steps=n_steps,
+        lr=lr,
+        progress=progress,
+        description="cis",
+        loss_scale=float(n_cells),
+        context=" in the cis fit",
         checkpoint=None if checkpoint is None else f"{checkpoint}.cis.pt",
     )
     summary = guide.summary()
@@ -151,8 +169,17 @@ def fit_cis_model(
         "target_mean": {"dist": "normal", "loc": 0.0, "scale": 2.0},
         "target_scale": {"dist": "lognormal", "loc": 0.0, "scale": 0.75},
         "guide_z": {"dist": "studentt", "df": 3.0, "loc": 0.0, "scale": 1.0},
-        "reference_effect": {"dist": "studentt", "df": 3.0, "loc": 0.0, "scale": REFERENCE_EFFECT_SCALE},
-        "sigma_loc": {"dist": "lognormal", "loc": float(SIGMA_PRIOR[0]), "scale": float(SIGMA_PRIOR[1])},
+        "reference_effect": {
+            "dist": "studentt",
+            "df": 3.0,
+            "loc": 0.0,
+            "scale": REFERENCE_EFFECT_SCALE,
+        },
+        "sigma_loc": {
+            "dist": "lognormal",
+            "loc": float(SIGMA_PRIOR[0]),
+            "scale": float(SIGMA_PRIOR[1]),
+        },
         "guide_sigma": {"dist": "lognormal", "loc": "sigma_loc", "scale": 0.5},
     }
     return CisPosterior(
@@ -160,7 +187,9 @@ def fit_cis_model(
     )
 
 
-def sample_guide_effects(post: CisPosterior, is_cis_guide: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def sample_guide_effects(
+    post: CisPosterior, is_cis_guide: np.ndarray, n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Posterior draws of ``log2 x_ntc`` ``[n]`` and guide effects ``b`` ``[n, G]``."""
     rng = np.random.Generator(np.random.PCG64([seed, 7]))
 

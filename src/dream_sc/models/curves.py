@@ -71,12 +71,18 @@ def evaluate_curve(
         powers = torch.stack([u**d for d in range(1, coef.shape[-1] + 1)], dim=-1)  # [..., B, 1, D]
         return eta_ref + (powers * coef.unsqueeze(-3)).sum(-1)
     out = eta_ref + hill_terms(
-        lx, log_x_ref, params["v1"].unsqueeze(-2), params["log_k1"].unsqueeze(-2),
+        lx,
+        log_x_ref,
+        params["v1"].unsqueeze(-2),
+        params["log_k1"].unsqueeze(-2),
         params["n1"].unsqueeze(-2),
     )
     if function == "additive_hill":
         out = out + hill_terms(
-            lx, log_x_ref, params["v2"].unsqueeze(-2), params["log_k2"].unsqueeze(-2),
+            lx,
+            log_x_ref,
+            params["v2"].unsqueeze(-2),
+            params["log_k2"].unsqueeze(-2),
             params["n2"].unsqueeze(-2),
         )
     return out

@@ -127,7 +127,9 @@ class MeanFieldGuide:
         self.locs: dict[str, torch.nn.Parameter] = {}
         self.log_scales: dict[str, torch.nn.Parameter] = {}
         for site in self.sites:
-            loc = torch.as_tensor(np.broadcast_to(site.init_loc, site.shape).copy(), dtype=torch.float32)
+            loc = torch.as_tensor(
+                np.broadcast_to(site.init_loc, site.shape).copy(), dtype=torch.float32
+            )
             loc = pyro.param(f"{prefix}.{site.name}.loc", loc.to(device))
             log_scale = torch.full(site.shape, float(np.log(site.init_scale)), device=device)
             log_scale = pyro.param(f"{prefix}.{site.name}.log_scale", log_scale)

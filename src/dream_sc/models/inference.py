@@ -41,6 +41,14 @@ class FitResult:
     seconds: float
 
 
+def _diverged(what: str, context: str) -> str:
+    return (
+        f"{what}{context}. Typical causes: extreme values in the data (check for outliers / "
+        "wrong layer), or a learning rate too high for this data; try a smaller `lr`, more "
+        "`n_steps`, or drop the feature(s)."
+    )
+
+
 def _after_step(step: int) -> None:
     """Hook called after every step (tests use it to simulate an interrupted run)."""
 
@@ -185,8 +193,12 @@ def run_svi(
     params = parameters()
     optimizer = torch.optim.Adam(params, lr=lr)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=max(n_steps, 4),
-        pct_start=max(0.1, 2.0 / max(n_steps, 4)), div_factor=10.0, final_div_factor=100.0,
+        optimizer,
+        max_lr=lr,
+        total_steps=max(n_steps, 4),
+        pct_start=max(0.1, 2.0 / max(n_steps, 4)),
+        div_factor=10.0,
+        final_div_factor=100.0,
         cycle_momentum=False,
     )
     losses = np.empty(n_steps)
@@ -201,12 +213,17 @@ def run_svi(
             noise.step = step
         batch = make_batch(step)
         optimizer.zero_grad(set_to_none=True)
-        loss = elbo.differentiable_loss(model, guide, batch) / loss_scale
+        try:
+            loss = elbo.differentiable_loss(model, guide, batch) / loss_scale
+        except ValueError as err:  # a distribution saw NaN parameters: the fit diverged
+            if "invalid values" not in str(err) and "nan" not in str(err).lower():
+                raise
+            raise NonFiniteLossError(
+                _diverged(f"non-finite parameters at step {step}", context)
+            ) from err
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
-                f"The ELBO became {loss.item()} at step {step}{context}. Typical causes: extreme "
-                "values in the data (check for outliers / wrong layer), or a learning rate too "
-                "high for this data; try a smaller `lr`, more `n_steps`, or drop the feature(s)."
+                _diverged(f"The ELBO became {loss.item()} at step {step}", context)
             )
         loss.backward()
         for p in params:

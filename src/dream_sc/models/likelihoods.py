@@ -59,15 +59,54 @@ def _stirling_tail(x: torch.Tensor) -> torch.Tensor:
     return u * (1.0 / 12.0 - u2 * (1.0 / 360.0 - u2 / 1260.0))
 
 
-def _all_false(mask: torch.Tensor) -> bool:
-    """True when ``mask`` is certainly all False; only checked on CPU (no device sync)."""
-    return mask.device.type == "cpu" and not bool(mask.any())
-
-
 def _stirling_tail_grad(x: torch.Tensor) -> torch.Tensor:
     """Derivative of :func:`_stirling_tail`."""
     u2 = x.reciprocal().square()
     return -u2 * (1.0 / 12.0 - u2 * (1.0 / 120.0 - u2 / 252.0))
+
+
+def _stirling_ratio(a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Stirling-series ``lgamma(a + y) - lgamma(a)`` for ``a >= 10``."""
+    b = a + y
+    return (
+        (a - 0.5) * torch.log1p(y / a)
+        + y * (torch.log(b) - 1.0)
+        + (_stirling_tail(b) - _stirling_tail(a))
+    )
+
+
+def _stirling_ratio_grad(a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Stirling-series ``digamma(a + y) - digamma(a)`` for ``a >= 10``."""
+    b = a + y
+    return (
+        torch.log1p(y / a) + 0.5 * y / (a * b) + (_stirling_tail_grad(b) - _stirling_tail_grad(a))
+    )
+
+
+def _patch_large(
+    direct: torch.Tensor,
+    a: torch.Tensor,
+    y: torch.Tensor,
+    stirling: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    use_where: bool | None = None,
+) -> torch.Tensor:
+    """Replace ``direct`` by ``stirling(a, y)`` where ``a >= 10``.
+
+    On CPU only the large entries are evaluated (usually a minority); on accelerators
+    (``use_where=None`` resolves to ``True`` there) both forms are computed and selected with
+    ``where``, avoiding a device synchronisation.
+    """
+    big = a >= _STIRLING_MIN
+    if use_where is None:
+        use_where = a.device.type != "cpu"
+    if use_where:
+        return torch.where(big, stirling(a.clamp_min(_STIRLING_MIN), y), direct)
+    idx = big.reshape(-1).nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return direct
+    patch = stirling(a.reshape(-1).index_select(0, idx), y.reshape(-1).index_select(0, idx))
+    return direct.reshape(-1).index_copy(0, idx, patch).reshape(direct.shape)
 
 
 def _lgamma_ratio_value(
@@ -81,18 +120,9 @@ def _lgamma_ratio_value(
     computed once per feature). Exactly 0 when ``y = 0``. Not meant for autograd; see
     :func:`_lgamma_ratio`.
     """
-    big = a >= _STIRLING_MIN
+    a, y = torch.broadcast_tensors(a, y)
     direct = torch.lgamma(a + y) - (torch.lgamma(a) if lgamma_a is None else lgamma_a)
-    if _all_false(big):
-        return direct
-    a_s = a.clamp_min(_STIRLING_MIN)
-    b_s = a_s + y
-    stirling = (
-        (a_s - 0.5) * torch.log1p(y / a_s)
-        + y * (torch.log(b_s) - 1.0)
-        + (_stirling_tail(b_s) - _stirling_tail(a_s))
-    )
-    return torch.where(big, stirling, direct)
+    return _patch_large(direct, a, y, _stirling_ratio)
 
 
 def _lgamma_ratio_grad(
@@ -102,18 +132,9 @@ def _lgamma_ratio_grad(
 
     Stirling branch: ``log1p(y/a) + y / (2 a (a + y)) + c'(a + y) - c'(a)``.
     """
-    big = a >= _STIRLING_MIN
+    a, y = torch.broadcast_tensors(a, y)
     direct = torch.digamma(a + y) - (torch.digamma(a) if digamma_a is None else digamma_a)
-    if _all_false(big):
-        return direct
-    a_s = a.clamp_min(_STIRLING_MIN)
-    b_s = a_s + y
-    stirling = (
-        torch.log1p(y / a_s)
-        + 0.5 * y / (a_s * b_s)
-        + (_stirling_tail_grad(b_s) - _stirling_tail_grad(a_s))
-    )
-    return torch.where(big, stirling, direct)
+    return _patch_large(direct, a, y, _stirling_ratio_grad)
 
 
 class _LgammaRatio(torch.autograd.Function):

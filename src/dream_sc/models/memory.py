@@ -107,8 +107,15 @@ class Plan:
 
 
 def estimate_peak_bytes(
-    n_cells: int, batch: int, chunk: int, *, density: float, n_samples: int, noise_width: int,
-    n_steps: int, grid: int = 50,
+    n_cells: int,
+    batch: int,
+    chunk: int,
+    *,
+    density: float,
+    n_samples: int,
+    noise_width: int,
+    n_steps: int,
+    grid: int = 50,
 ) -> int:
     """Estimated peak bytes of fitting one feature chunk."""
     step = batch * chunk * BYTES_PER_ENTRY
@@ -163,7 +170,12 @@ def plan_fit(
 
     def peak(b: int, c: int) -> int:
         return estimate_peak_bytes(
-            n_cells, b, c, density=density, n_samples=n_samples, noise_width=noise_width,
+            n_cells,
+            b,
+            c,
+            density=density,
+            n_samples=n_samples,
+            noise_width=noise_width,
             n_steps=n_steps,
         )
 
@@ -178,12 +190,17 @@ def plan_fit(
         logger.warning(
             "memory plan: estimated peak %.2f GB exceeds the budget %.2f GB (%s); pass a smaller "
             "batch_size/feature_chunk or raise settings.max_memory_gb",
-            plan.estimated_peak_bytes / 1024**3, budget / 1024**3, source,
+            plan.estimated_peak_bytes / 1024**3,
+            budget / 1024**3,
+            source,
         )
     logger.info(
         "memory plan: batch_size=%d feature_chunk=%d, est. peak %.2f GB of %.2f GB available (%s)",
-        plan.batch_size, plan.feature_chunk, plan.estimated_peak_bytes / 1024**3,
-        avail / 1024**3, source,
+        plan.batch_size,
+        plan.feature_chunk,
+        plan.estimated_peak_bytes / 1024**3,
+        avail / 1024**3,
+        source,
     )
     return plan
 
@@ -207,7 +224,9 @@ def feature_chunks(
     List of index arrays (each sorted; a group's features stay together).
     """
     if group_index is None:
-        return [np.arange(s, min(s + chunk_size, n_features)) for s in range(0, n_features, chunk_size)]
+        return [
+            np.arange(s, min(s + chunk_size, n_features)) for s in range(0, n_features, chunk_size)
+        ]
     order = np.argsort(group_index, kind="stable")
     sorted_groups = group_index[order]
     boundaries = np.flatnonzero(np.diff(sorted_groups)) + 1

@@ -326,15 +326,15 @@ class CSRMatrix:
         if idx.numel() and (bool((idx < -n_rows).any()) or bool((idx >= n_rows).any())):
             raise IndexError(f"Row index out of range for a matrix with {n_rows} rows.")
         idx = torch.where(idx < 0, idx + n_rows, idx)
-        starts = self.crow[idx]
-        counts = self.crow[idx + 1] - starts
+        starts = self.crow.index_select(0, idx)
+        counts = self.crow.index_select(0, idx + 1) - starts
         total = int(counts.sum())
         local_row = torch.repeat_interleave(
             torch.arange(idx.numel(), device=self.device), counts, output_size=total
         )
         # position k of the output maps to storage starts[row] + (k - out_start[row])
         shift = starts - (torch.cumsum(counts, 0) - counts)
-        pos = torch.arange(total, device=self.device) + shift[local_row]
+        pos = torch.arange(total, device=self.device) + shift.index_select(0, local_row)
         return pos, local_row, int(idx.numel())
 
     def take_rows(self, idx: torch.Tensor) -> SparseCounts:
@@ -362,8 +362,8 @@ class CSRMatrix:
         pos, local_row, n_taken = self._gather_positions(idx)
         return SparseCounts(
             row=local_row,
-            col=self.col[pos],
-            val=self.val[pos],
+            col=self.col.index_select(0, pos),
+            val=self.val.index_select(0, pos),
             n_rows=n_taken,
             n_cols=self.shape[1],
         )

@@ -154,10 +154,13 @@ def moment_init(
         delta_scale = _robust_scale(delta[informative].ravel())
         baseline_scale = np.full(n_features, BASELINE_PRIOR_SD)
     return TechnicalInit(
-        baseline.astype(np.float32), delta.astype(np.float32),
+        baseline.astype(np.float32),
+        delta.astype(np.float32),
         None if log_phi is None else log_phi.astype(np.float32),
         None if log_sigma is None else log_sigma.astype(np.float32),
-        informative, delta_scale, baseline_scale.astype(np.float32),
+        informative,
+        delta_scale,
+        baseline_scale.astype(np.float32),
     )
 
 
@@ -220,7 +223,8 @@ def technical_problem(
             delta = pyro.sample(
                 "delta",
                 dist.Normal(torch.zeros(n_feat, n_groups - 1, device=device), delta_scale)
-                .expand([n_feat, n_groups - 1]).to_event(2),
+                .expand([n_feat, n_groups - 1])
+                .to_event(2),
             )
             full = torch.cat([torch.zeros(n_feat, 1, device=device), delta], dim=1)  # [T, C]
             eta = eta + full.T[group[rows]]
@@ -232,9 +236,7 @@ def technical_problem(
             )
             kwargs["log_r"] = -log_phi
         if dist_name in ("normal", "studentt"):
-            kwargs["log_sigma"] = pyro.sample(
-                "log_sigma", dist.Normal(sigma_loc, 1.0).to_event(1)
-            )
+            kwargs["log_sigma"] = pyro.sample("log_sigma", dist.Normal(sigma_loc, 1.0).to_event(1))
         if dist_name == "studentt":
             kwargs["log_nu"] = pyro.sample(
                 "log_nu", dist.Normal(np.log(10.0), 1.0).expand([n_feat]).to_event(1)

@@ -56,7 +56,11 @@ class TransPriors:
     def as_dict(self) -> dict:
         """h5-serialisable record of the priors actually used."""
         return {
-            "eta_ref": {"dist": "normal", "loc": self.eta_ref_loc.astype(np.float64), "scale": ETA_REF_PRIOR_SD},
+            "eta_ref": {
+                "dist": "normal",
+                "loc": self.eta_ref_loc.astype(np.float64),
+                "scale": ETA_REF_PRIOR_SD,
+            },
             "amplitude": {"dist": "horseshoe", "scale": self.amplitude_scale.astype(np.float64)},
             "log_k": {"dist": "normal", "loc": self.log_k_loc, "scale": self.log_k_scale},
             "log_gap": {"dist": "normal", "loc": self.log_gap_loc, "scale": 0.75},
@@ -125,11 +129,17 @@ def natural_params(function: str, latent: dict, scale: torch.Tensor, priors: Tra
     return out
 
 
-def sample_prior_sites(function: str, n: int, priors: TransPriors, features: np.ndarray, device) -> dict:
+def sample_prior_sites(
+    function: str, n: int, priors: TransPriors, features: np.ndarray, device
+) -> dict:
     """Sample every latent site from its prior (used inside the Pyro model)."""
     t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
     normal = lambda loc, sd, shape: dist.Normal(t(loc), sd).expand(shape).to_event(len(shape))  # noqa: E731
-    latent = {"eta_ref": pyro.sample("eta_ref", normal(priors.eta_ref_loc[features], ETA_REF_PRIOR_SD, [n]))}
+    latent = {
+        "eta_ref": pyro.sample(
+            "eta_ref", normal(priors.eta_ref_loc[features], ETA_REF_PRIOR_SD, [n])
+        )
+    }
     lhc = log_half_cauchy()
     if function == "polynomial":
         latent["coef_z"] = pyro.sample("coef_z", normal(0.0, 1.0, [n, priors.degree]))
@@ -220,4 +230,6 @@ def trans_problem(
             log_x = draws[rows, cols]
         return {"rows": torch.as_tensor(rows, device=device), "log_x": t(log_x), "n_cells": n_cells}
 
-    return ChunkProblem(model, site_list(function, n_feat, priors, features), make_batch, float(n_cells))
+    return ChunkProblem(
+        model, site_list(function, n_feat, priors, features), make_batch, float(n_cells)
+    )

@@ -37,7 +37,9 @@ def make_grid(lo: float, hi: float, n: int = 60, extend: float = 1.5) -> Grid:
     return Grid(dose, (dose >= lo * (1 - 1e-9)) & (dose <= hi * (1 + 1e-9)), lo, hi)
 
 
-def draw_latent(loc: dict, scale: dict, features: np.ndarray, n_samples: int, seed: int) -> dict[str, torch.Tensor]:
+def draw_latent(
+    loc: dict, scale: dict, features: np.ndarray, n_samples: int, seed: int
+) -> dict[str, torch.Tensor]:
     """Posterior draws ``[S, T, ...]`` of every site, seeded per feature."""
     names = sorted(loc)
     widths = [int(np.prod(loc[n].shape[1:])) for n in names]
@@ -59,13 +61,17 @@ def draw_latent(loc: dict, scale: dict, features: np.ndarray, n_samples: int, se
 def _segment_softmax(eta: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
     """Softmax over the last axis within groups of features."""
     index = group.expand_as(eta)
-    gmax = torch.full((*eta.shape[:-1], n_groups), -torch.inf).scatter_reduce(-1, index, eta, "amax")
+    gmax = torch.full((*eta.shape[:-1], n_groups), -torch.inf).scatter_reduce(
+        -1, index, eta, "amax"
+    )
     expd = torch.exp(eta - gmax.gather(-1, index))
     denom = torch.zeros((*eta.shape[:-1], n_groups)).scatter_add(-1, index, expd)
     return expd / denom.gather(-1, index)
 
 
-def natural_scale(distribution: str, eta: torch.Tensor, group: torch.Tensor | None, n_groups: int) -> torch.Tensor:
+def natural_scale(
+    distribution: str, eta: torch.Tensor, group: torch.Tensor | None, n_groups: int
+) -> torch.Tensor:
     """Curve on the natural scale (reference group, unit size factor)."""
     if distribution == "negbinom":
         return eta.exp()
@@ -100,7 +106,11 @@ def non_monotonic_amplitude(values: torch.Tensor) -> torch.Tensor:
 
 def _stats(name: str, x: torch.Tensor) -> dict[str, np.ndarray]:
     q = torch.quantile(x, torch.tensor([0.05, 0.95]), dim=0)
-    return {f"{name}_mean": x.mean(0).numpy(), f"{name}_q05": q[0].numpy(), f"{name}_q95": q[1].numpy()}
+    return {
+        f"{name}_mean": x.mean(0).numpy(),
+        f"{name}_q05": q[0].numpy(),
+        f"{name}_q95": q[1].numpy(),
+    }
 
 
 def summarise_chunk(
@@ -141,7 +151,9 @@ def summarise_chunk(
     cols.update(_stats("response", response))
     cols["response_sd"] = response.std(0).numpy()
     cols["prob_dose_dependent"] = (response.abs() > min_eff).float().mean(0).numpy()
-    cols["lfsr"] = torch.minimum((response >= 0).float().mean(0), (response <= 0).float().mean(0)).numpy()
+    cols["lfsr"] = torch.minimum(
+        (response >= 0).float().mean(0), (response <= 0).float().mean(0)
+    ).numpy()
     cols["score"] = (response.mean(0).abs() / (response.std(0) + 1e-8)).numpy()
     cols["non_monotonic_mean"] = nm.mean(0).numpy()
     cols["prob_non_monotonic"] = (nm > min_eff).float().mean(0).numpy()
@@ -165,17 +177,29 @@ def _parameter_columns(function: str, params: dict[str, torch.Tensor]) -> dict[s
     return cols
 
 
-def _ec50_columns(function: str, params: dict[str, torch.Tensor], grid: Grid) -> dict[str, np.ndarray]:
+def _ec50_columns(
+    function: str, params: dict[str, torch.Tensor], grid: Grid
+) -> dict[str, np.ndarray]:
     n_feat = params["eta_ref"].shape[-1]
     nan = np.full(n_feat, np.nan)
     if function == "polynomial":
-        return {"ec50_mean": nan, "ec50_q05": nan, "ec50_q95": nan, "ec50_in_range": np.zeros(n_feat, bool), "inflection_mean": nan}
+        return {
+            "ec50_mean": nan,
+            "ec50_q05": nan,
+            "ec50_q95": nan,
+            "ec50_in_range": np.zeros(n_feat, bool),
+            "inflection_mean": nan,
+        }
     comps = ("1", "2") if function == "additive_hill" else ("1",)
     cols: dict[str, np.ndarray] = {}
     for c in comps:
         k = params[f"log_k{c}"].exp()
         q = torch.quantile(k, torch.tensor([0.05, 0.95]), dim=0)
-        cols[f"ec50_{c}_mean"], cols[f"ec50_{c}_q05"], cols[f"ec50_{c}_q95"] = k.mean(0).numpy(), q[0].numpy(), q[1].numpy()
+        cols[f"ec50_{c}_mean"], cols[f"ec50_{c}_q05"], cols[f"ec50_{c}_q95"] = (
+            k.mean(0).numpy(),
+            q[0].numpy(),
+            q[1].numpy(),
+        )
     if function == "additive_hill":
         dominant = (params["v2"].abs().mean(0) > params["v1"].abs().mean(0)).numpy()
     else:

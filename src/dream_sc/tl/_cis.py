@@ -57,8 +57,12 @@ def _cis_cells_high_moi(mdata, obs, assignment_key, guide_targets, control_label
         )
     table = mdata.obsm[assignment_key]
     if not isinstance(table, pd.DataFrame):
-        raise ValueError(f"mdata.obsm[{assignment_key!r}] must be a DataFrame with guide names as columns.")
-    mapping = pd.Series(guide_targets) if isinstance(guide_targets, Mapping) else pd.Series(guide_targets)
+        raise ValueError(
+            f"mdata.obsm[{assignment_key!r}] must be a DataFrame with guide names as columns."
+        )
+    mapping = (
+        pd.Series(guide_targets) if isinstance(guide_targets, Mapping) else pd.Series(guide_targets)
+    )
     unknown = [g for g in table.columns if str(g) not in mapping.index.astype(str)]
     if unknown:
         raise ValueError(
@@ -68,7 +72,9 @@ def _cis_cells_high_moi(mdata, obs, assignment_key, guide_targets, control_label
     mapping.index = mapping.index.astype(str)
     targets = mapping.loc[[str(g) for g in table.columns]].astype(str).to_numpy()
     if (targets == cis_target).sum() < 2:
-        raise ValueError(f"The cis target {cis_target!r} has fewer than 2 guides in `guide_targets`.")
+        raise ValueError(
+            f"The cis target {cis_target!r} has fewer than 2 guides in `guide_targets`."
+        )
     A = np.asarray(table.to_numpy(), dtype=np.float32)
     if (A < 0).any() or not np.isfinite(A).all():
         raise ValueError(f"mdata.obsm[{assignment_key!r}] must hold non-negative finite values.")
@@ -170,6 +176,7 @@ def fit_cis(
     params = {k: v for k, v in locals().items() if k not in ("mdata", "settings")}
     params["guide_targets"] = None if guide_targets is None else "given"
     V.check_mudata(mdata)
+    V.check_fit_settings(n_steps=n_steps, lr=lr, batch_size=batch_size, n_samples=n_samples)
     V.check_modality(mdata, modality)
     obs = mdata.obs
     cis_target = cis_target or cis_feature
@@ -181,7 +188,9 @@ def fit_cis(
         )
     tech = load_technical(mdata, modality, technical_key_added)
     if tech.distribution != "negbinom":
-        raise ValueError(f"The cis gene must come from a count (negbinom) modality; {modality!r} is {tech.distribution}.")
+        raise ValueError(
+            f"The cis gene must come from a count (negbinom) modality; {modality!r} is {tech.distribution}."
+        )
     high_moi = guide_targets is not None
     if high_moi:
         use, A_all, guide_names, is_cis = _cis_cells_high_moi(
@@ -205,11 +214,30 @@ def fit_cis(
     if high_moi:
         A = A_all[rows]
         keep = A.sum(0) > 0
-        A, guide_names, is_cis = A[:, keep], [g for g, k in zip(guide_names, keep, strict=True) if k], is_cis[keep]
+        if (~keep).any():
+            dropped = [g for g, k in zip(guide_names, keep, strict=True) if not k]
+            logger.info(
+                "fit_cis: %d guide(s) without cells ignored: %s", len(dropped), dropped[:10]
+            )
+        A, guide_names, is_cis = (
+            A[:, keep],
+            [g for g, k in zip(guide_names, keep, strict=True) if k],
+            is_cis[keep],
+        )
+        if is_cis.sum() < 2:
+            raise ValueError(
+                f"The cis target {cis_target!r} has fewer than 2 guides with cells "
+                f"({int(is_cis.sum())}); at least 2 guides are needed to separate guide effects "
+                "from the dose-response."
+            )
         guide_target = np.where(is_cis, cis_target, "other")
     else:
         A, guide_names = _low_moi_assignment(obs[guide_key].iloc[rows])
-        gt = obs.iloc[rows].groupby(obs[guide_key].iloc[rows].astype(str), observed=True)[target_key].first()
+        gt = (
+            obs.iloc[rows]
+            .groupby(obs[guide_key].iloc[rows].astype(str), observed=True)[target_key]
+            .first()
+        )
         guide_target = gt.loc[guide_names].astype(str).to_numpy()
         is_cis = guide_target == cis_target
     n_samples = int(n_samples or settings.n_samples)
@@ -217,16 +245,26 @@ def fit_cis(
     dev = resolve_device(device)
     codes = groups.codes[rows]
     cis_data = CisData(
-        y=y.astype(np.float64), log_sf=np.log(sf), tech_offset=tech.effects[col][codes],
-        assignment=A, is_cis_guide=is_cis, log_r=float(-tech.log_phi[col]),
+        y=y.astype(np.float64),
+        log_sf=np.log(sf),
+        tech_offset=tech.effects[col][codes],
+        assignment=A,
+        is_cis_guide=is_cis,
+        log_r=float(-tech.log_phi[col]),
         log2_x_ntc_prior=float(tech.baseline[col] / LN2),
     )
     batch = batch_size or min(len(rows), 50_000)
     start = time.perf_counter()
     logger.info("fit_cis: %s, %d cells, %d guides", cis_feature, len(rows), len(guide_names))
     post = fit_cis_model(
-        cis_data, n_steps=n_steps, lr=lr, batch_size=batch, seed=seed, device=dev,
-        progress=resolve_progress(progress), checkpoint=checkpoint,
+        cis_data,
+        n_steps=n_steps,
+        lr=lr,
+        batch_size=batch,
+        seed=seed,
+        device=dev,
+        progress=resolve_progress(progress),
+        checkpoint=checkpoint,
     )
     seconds = time.perf_counter() - start
     if not post.fit.converged:
@@ -296,7 +334,12 @@ def fit_cis(
     }
     target = mdata.copy() if copy else mdata
     n = target.n_obs
-    for name, values in (("mean", mean), ("sd", sd), ("q05", np.exp2(loc - Z90 * scale)), ("q95", np.exp2(loc + Z90 * scale))):
+    for name, values in (
+        ("mean", mean),
+        ("sd", sd),
+        ("q05", np.exp2(loc - Z90 * scale)),
+        ("q95", np.exp2(loc + Z90 * scale)),
+    ):
         column = np.full(n, np.nan)
         column[rows] = values
         target.obs[f"{key_added}_dose_{name}"] = column

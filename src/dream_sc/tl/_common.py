@@ -94,14 +94,19 @@ def normal_summary(
     else:
         mean, sd = loc, scale
     return {
-        f"{name}_mean": mean, f"{name}_sd": sd, f"{name}_q05": q05, f"{name}_q50": q50,
+        f"{name}_mean": mean,
+        f"{name}_sd": sd,
+        f"{name}_q05": q05,
+        f"{name}_q50": q50,
         f"{name}_q95": q95,
     }
 
 
 def frame(columns: dict[str, np.ndarray], index: pd.Index) -> pd.DataFrame:
     """A float DataFrame indexed by ``index``."""
-    return pd.DataFrame({k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}, index=index)
+    return pd.DataFrame(
+        {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}, index=index
+    )
 
 
 def log_done(step: str, seconds: float, converged: bool) -> None:

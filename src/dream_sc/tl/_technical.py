@@ -21,7 +21,13 @@ from ..models.observation import ObservationData
 from ..models.technical import LOG_PHI_PRIOR, moment_init, technical_problem
 from ._cells import sum_factor_values, technical_groups
 from ._common import (
-    clean_params, frame, normal_summary, resolve_device, resolve_progress, resolve_seed, versions,
+    clean_params,
+    frame,
+    normal_summary,
+    resolve_device,
+    resolve_progress,
+    resolve_seed,
+    versions,
 )
 
 logger = logging.getLogger("dream_sc")
@@ -126,6 +132,13 @@ def fit_technical(
     """
     params = {k: v for k, v in locals().items() if k != "mdata"}
     V.check_mudata(mdata)
+    V.check_fit_settings(
+        n_steps=n_steps,
+        lr=lr,
+        batch_size=batch_size,
+        feature_chunk=feature_chunk,
+        n_samples=n_samples,
+    )
     V.check_modality(mdata, modality)
     obs = mdata.obs
     V.check_obs_column(obs, target_key, "target_key")
@@ -154,38 +167,70 @@ def fit_technical(
 
     start = time.perf_counter()
     init = moment_init(
-        data.distribution, data.X, group=codes, n_groups=groups.n_groups, sum_factor=sf,
-        total=data.total, group_index=data.group_index,
+        data.distribution,
+        data.X,
+        group=codes,
+        n_groups=groups.n_groups,
+        sum_factor=sf,
+        total=data.total,
+        group_index=data.group_index,
     )
     density = data.X.nnz / max(n_cells * n_features, 1) if hasattr(data.X, "nnz") else 1.0
     plan = plan_fit(
-        n_cells, n_features, density=density, n_samples=0, noise_width=groups.n_groups + 2,
-        n_steps=n_steps, batch_size=batch_size, feature_chunk=feature_chunk,
+        n_cells,
+        n_features,
+        density=density,
+        n_samples=0,
+        noise_width=groups.n_groups + 2,
+        n_steps=n_steps,
+        batch_size=batch_size,
+        feature_chunk=feature_chunk,
     )
     chunks = feature_chunks(n_features, plan.feature_chunk, data.group_index)
     group_t = torch.as_tensor(codes, device=dev)
-    log_sf = torch.as_tensor(np.log(sf), dtype=torch.float32, device=dev) if sf is not None else None
+    log_sf = (
+        torch.as_tensor(np.log(sf), dtype=torch.float32, device=dev) if sf is not None else None
+    )
 
     def build(features: np.ndarray):
         obs_chunk = ObservationData.build(
-            data.distribution, data.X[:, features],
+            data.distribution,
+            data.X[:, features],
             total=None if data.total is None else data.total[:, features],
             group_index=None if data.group_index is None else data.group_index[features],
             device=dev,
         )
         return technical_problem(
-            obs_chunk, init, features, group=group_t, n_groups=groups.n_groups, log_sf=log_sf,
-            batch_size=plan.batch_size, seed=seed,
+            obs_chunk,
+            init,
+            features,
+            group=group_t,
+            n_groups=groups.n_groups,
+            log_sf=log_sf,
+            batch_size=plan.batch_size,
+            seed=seed,
         )
 
     logger.info(
         "fit_technical: %s (%s), %d cells x %d features, %d groups",
-        modality, data.distribution, n_cells, n_features, groups.n_groups,
+        modality,
+        data.distribution,
+        n_cells,
+        n_features,
+        groups.n_groups,
     )
     fit = fit_chunks(
-        build, chunks, n_features, seed=seed, n_steps=n_steps, lr=lr, device=dev,
-        progress=resolve_progress(progress), description=f"technical {modality}",
-        prefix=key_added, checkpoint=checkpoint,
+        build,
+        chunks,
+        n_features,
+        seed=seed,
+        n_steps=n_steps,
+        lr=lr,
+        device=dev,
+        progress=resolve_progress(progress),
+        description=f"technical {modality}",
+        prefix=key_added,
+        checkpoint=checkpoint,
     )
     table = _summarise(fit, init, groups.names, data.distribution, data.var_names)
     seconds = time.perf_counter() - start
@@ -230,9 +275,13 @@ def _summarise(fit, init, group_names, distribution, var_names) -> pd.DataFrame:
             summary[col] = np.where(init.informative, values, 0.0)
         cols.update(summary)
     if distribution == "negbinom":
-        cols.update(normal_summary("dispersion", fit.loc["log_phi"], fit.scale["log_phi"], log_scale=True))
+        cols.update(
+            normal_summary("dispersion", fit.loc["log_phi"], fit.scale["log_phi"], log_scale=True)
+        )
     if distribution in ("normal", "studentt"):
-        cols.update(normal_summary("sigma", fit.loc["log_sigma"], fit.scale["log_sigma"], log_scale=True))
+        cols.update(
+            normal_summary("sigma", fit.loc["log_sigma"], fit.scale["log_sigma"], log_scale=True)
+        )
     if distribution == "studentt":
         cols.update(normal_summary("nu", fit.loc["log_nu"], fit.scale["log_nu"], log_scale=True))
     return frame(cols, var_names)
@@ -240,13 +289,25 @@ def _summarise(fit, init, group_names, distribution, var_names) -> pd.DataFrame:
 
 def _priors(init, distribution: str) -> dict:
     priors = {
-        "baseline": {"dist": "normal", "loc": init.baseline.astype(np.float64), "scale": init.baseline_scale.astype(np.float64)},
+        "baseline": {
+            "dist": "normal",
+            "loc": init.baseline.astype(np.float64),
+            "scale": init.baseline_scale.astype(np.float64),
+        },
         "effect": {"dist": "normal", "loc": 0.0, "scale": float(init.delta_scale)},
     }
     if distribution == "negbinom":
-        priors["dispersion"] = {"dist": "lognormal", "loc": float(LOG_PHI_PRIOR[0]), "scale": float(LOG_PHI_PRIOR[1])}
+        priors["dispersion"] = {
+            "dist": "lognormal",
+            "loc": float(LOG_PHI_PRIOR[0]),
+            "scale": float(LOG_PHI_PRIOR[1]),
+        }
     if distribution in ("normal", "studentt"):
-        priors["sigma"] = {"dist": "lognormal", "loc": init.log_sigma.astype(np.float64), "scale": 1.0}
+        priors["sigma"] = {
+            "dist": "lognormal",
+            "loc": init.log_sigma.astype(np.float64),
+            "scale": 1.0,
+        }
     if distribution == "studentt":
         priors["nu"] = {"dist": "lognormal", "loc": float(np.log(10.0)), "scale": 1.0}
     return priors
@@ -285,6 +346,12 @@ def load_technical(mdata: MuData, modality: str, key: str) -> TechnicalFit:
     if isinstance(tech_key, np.ndarray):
         tech_key = [str(k) for k in tech_key]
     return TechnicalFit(
-        groups, table["baseline_mean"].to_numpy(), effects, get("dispersion_q50"),
-        get("sigma_q50"), get("nu_q50"), str(record["distribution"]), tech_key or None,
+        groups,
+        table["baseline_mean"].to_numpy(),
+        effects,
+        get("dispersion_q50"),
+        get("sigma_q50"),
+        get("nu_q50"),
+        str(record["distribution"]),
+        tech_key or None,
     )

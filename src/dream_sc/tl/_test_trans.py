@@ -106,23 +106,38 @@ def test_trans(
         raise ValueError("n_permutations must be >= 1.")
     opt = lambda name: None if p.get(name, "") == "" else p[name]  # noqa: E731
     job = prepare_trans_job(
-        mdata, modality=modality, function=str(p["function"]), cis_key=str(p["cis_key"]),
-        technical_key_added=str(p["technical_key_added"]), sum_factor_key=str(p["sum_factor_key"]),
-        layer=opt("layer"), use_dose_mean=bool(p["use_dose_mean"]),
+        mdata,
+        modality=modality,
+        function=str(p["function"]),
+        cis_key=str(p["cis_key"]),
+        technical_key_added=str(p["technical_key_added"]),
+        sum_factor_key=str(p["sum_factor_key"]),
+        layer=opt("layer"),
+        use_dose_mean=bool(p["use_dose_mean"]),
         min_effect=min_effect if min_effect is not None else opt("min_effect"),
-        degree=int(p["degree"]), include_cis_feature=bool(p["include_cis_feature"]),
-        seed=int(p["seed"]), n_steps=int(p["n_steps"]), lr=float(p["lr"]),
-        batch_size=opt("batch_size"), feature_chunk=opt("feature_chunk"),
-        n_samples=int(p["n_samples"]), device=resolve_device(device),
+        degree=int(p["degree"]),
+        include_cis_feature=bool(p["include_cis_feature"]),
+        seed=int(p["seed"]),
+        n_steps=int(p["n_steps"]),
+        lr=float(p["lr"]),
+        batch_size=opt("batch_size"),
+        feature_chunk=opt("feature_chunk"),
+        n_samples=int(p["n_samples"]),
+        device=resolve_device(device),
         progress=resolve_progress(progress),
     )
     loc, scale = posterior_from_frame(adata.varm[f"{key}_posterior"], job.fitted)
     columns, _ = job.summarise(loc, scale)
     if wanted > have:
         extra = null_fits(job, wanted - have, start=have)
-        null = extra if null_old is None else {
-            k: np.concatenate([null_old[k], extra[k]]) for k in ("score", "non_monotonic_score", "loss")
-        }
+        null = (
+            extra
+            if null_old is None
+            else {
+                k: np.concatenate([null_old[k], extra[k]])
+                for k in ("score", "non_monotonic_score", "loss")
+            }
+        )
     else:
         null = {k: v[:wanted] for k, v in null_old.items()}
     sig = significance_columns(columns, null, alpha=alpha, n_permutations=wanted)
@@ -153,5 +168,7 @@ def test_trans(
         params["min_effect"] = float(min_effect)
     rec["params"] = params
     adata.uns[key] = rec
-    logger.info("test_trans: %d significant features at alpha=%g", int(sig["significant"].sum()), alpha)
+    logger.info(
+        "test_trans: %d significant features at alpha=%g", int(sig["significant"].sum()), alpha
+    )
     return target if copy else None

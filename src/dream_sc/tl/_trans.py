@@ -147,6 +147,13 @@ def fit_trans(
     """
     params = {k: v for k, v in locals().items() if k != "mdata"}
     V.check_mudata(mdata)
+    V.check_fit_settings(
+        n_steps=n_steps,
+        lr=lr,
+        batch_size=batch_size,
+        feature_chunk=feature_chunk,
+        n_samples=n_samples,
+    )
     V.check_modality(mdata, modality)
     if n_permutations is not None and n_permutations < 1 and test:
         raise ValueError("n_permutations must be >= 1 when test=True.")
@@ -154,18 +161,35 @@ def fit_trans(
     dev = resolve_device(device)
     n_samples = int(n_samples or settings.n_samples)
     job = prepare_trans_job(
-        mdata, modality=modality, function=function, cis_key=cis_key,
-        technical_key_added=technical_key_added, sum_factor_key=sum_factor_key, layer=layer,
-        use_dose_mean=use_dose_mean, min_effect=min_effect, degree=degree,
-        include_cis_feature=include_cis_feature, seed=seed, n_steps=n_steps, lr=lr,
-        batch_size=batch_size, feature_chunk=feature_chunk, n_samples=n_samples, device=dev,
+        mdata,
+        modality=modality,
+        function=function,
+        cis_key=cis_key,
+        technical_key_added=technical_key_added,
+        sum_factor_key=sum_factor_key,
+        layer=layer,
+        use_dose_mean=use_dose_mean,
+        min_effect=min_effect,
+        degree=degree,
+        include_cis_feature=include_cis_feature,
+        seed=seed,
+        n_steps=n_steps,
+        lr=lr,
+        batch_size=batch_size,
+        feature_chunk=feature_chunk,
+        n_samples=n_samples,
+        device=dev,
         progress=resolve_progress(progress),
     )
     job.checkpoint = checkpoint
     start = time.perf_counter()
     logger.info(
-        "fit_trans: %s (%s, %s), %d cells x %d features", modality, job.data.distribution,
-        function, len(job.rows), job.n_features,
+        "fit_trans: %s (%s, %s), %d cells x %d features",
+        modality,
+        job.data.distribution,
+        function,
+        len(job.rows),
+        job.n_features,
     )
     fit = job.fit()
     columns, curves = job.summarise(fit.loc, fit.scale)
@@ -173,7 +197,9 @@ def fit_trans(
         n_permutations = default_permutations(job.n_features)
     params["n_permutations"] = n_permutations
     null = null_fits(job, n_permutations) if test else None
-    sig = significance_columns(columns, null, alpha=alpha, n_permutations=n_permutations if test else 0)
+    sig = significance_columns(
+        columns, null, alpha=alpha, n_permutations=n_permutations if test else 0
+    )
     seconds = time.perf_counter() - start
     if not fit.converged:
         warnings.warn(

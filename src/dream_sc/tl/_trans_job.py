@@ -28,7 +28,13 @@ logger = logging.getLogger("dream_sc")
 
 #: Default minimal effect per distribution (log2 fold change for counts, probability /
 #: proportion difference, multiples of the noise sd for continuous data).
-DEFAULT_MIN_EFFECT = {"negbinom": 0.2, "binomial": 0.03, "multinomial": 0.03, "normal": 0.1, "studentt": 0.1}
+DEFAULT_MIN_EFFECT = {
+    "negbinom": 0.2,
+    "binomial": 0.03,
+    "multinomial": 0.03,
+    "normal": 0.1,
+    "studentt": 0.1,
+}
 #: Floor of the amplitude prior scale on the link scale.
 AMPLITUDE_FLOOR = 0.1
 #: Guides (or dosage bins) need this many cells to enter the amplitude prior.
@@ -101,7 +107,9 @@ class TransJob:
         inputs = self.inputs
         if permutation is not None:
             inputs = TransInputs(
-                inputs.log_dose_samples[permutation], inputs.group, inputs.log_sf,
+                inputs.log_dose_samples[permutation],
+                inputs.group,
+                inputs.log_sf,
                 inputs.use_dose_mean,
             )
         cols = np.flatnonzero(self.fitted)
@@ -112,20 +120,36 @@ class TransJob:
 
         def build(idx: np.ndarray):
             obs = ObservationData.build(
-                self.data.distribution, X[:, idx],
+                self.data.distribution,
+                X[:, idx],
                 total=None if total is None else total[:, idx],
-                group_index=None if gi is None else gi[idx], device=self.device,
+                group_index=None if gi is None else gi[idx],
+                device=self.device,
             )
             return trans_problem(
-                obs, self.function, self.priors, idx, inputs, effects=effects[idx],
-                noise=self._noise(idx), batch_size=self.batch_size, seed=self.seed,
+                obs,
+                self.function,
+                self.priors,
+                idx,
+                inputs,
+                effects=effects[idx],
+                noise=self._noise(idx),
+                batch_size=self.batch_size,
+                seed=self.seed,
                 device=self.device,
             )
 
         return fit_chunks(
-            build, self.chunks(), self.n_features, seed=self.seed, n_steps=self.n_steps,
-            lr=self.lr, device=self.device, progress=self.progress,
-            description=f"{description} {self.modality}", prefix="trans",
+            build,
+            self.chunks(),
+            self.n_features,
+            seed=self.seed,
+            n_steps=self.n_steps,
+            lr=self.lr,
+            device=self.device,
+            progress=self.progress,
+            description=f"{description} {self.modality}",
+            prefix="trans",
             checkpoint=None if self.checkpoint is None else f"{self.checkpoint}.{tag}",
         )
 
@@ -134,14 +158,22 @@ class TransJob:
         min_effect = self.min_effect if min_effect is None else min_effect
         gi = self.data.group_index[self.fitted] if self.data.group_index is not None else None
         columns: dict[str, np.ndarray] = {}
-        curves = {k: np.zeros((self.n_features, len(self.grid.dose)), np.float32) for k in ("mean", "q05", "q95")}
+        curves = {
+            k: np.zeros((self.n_features, len(self.grid.dose)), np.float32)
+            for k in ("mean", "q05", "q95")
+        }
         summary_chunks = feature_chunks(self.n_features, 1024, gi)
         for idx in summary_chunks:
             latent = draw_latent(loc, scale, idx, self.n_samples, self.seed)
             cols, crv = summarise_chunk(
-                self.data.distribution, self.function, latent,
-                self.priors.amplitude_scale[idx], self.priors, self.grid,
-                min_effect=min_effect[idx], group_index=None if gi is None else gi[idx],
+                self.data.distribution,
+                self.function,
+                latent,
+                self.priors.amplitude_scale[idx],
+                self.priors,
+                self.grid,
+                min_effect=min_effect[idx],
+                group_index=None if gi is None else gi[idx],
             )
             for name, values in cols.items():
                 if name not in columns:
@@ -167,7 +199,9 @@ def _guide_level_link_means(data: ModalityData, fitted, labels, group, sf, effec
     """Technically corrected per-guide means on the link scale ``[guides, T]`` (NaN if empty)."""
     names, codes = np.unique(labels, return_inverse=True)
     n_groups = effects.shape[1]
-    ind = sparse.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(names), len(codes)))
+    ind = sparse.csr_matrix(
+        (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(names), len(codes))
+    )
     counts = np.asarray(ind.sum(1)).ravel()
     X = data.X[:, fitted]
     eff = effects[fitted]
@@ -198,7 +232,14 @@ def _guide_level_link_means(data: ModalityData, fitted, labels, group, sf, effec
             out = np.where(tot[:, gi] > 0, np.log(share) - mean_delta, np.nan)
         else:
             dense = X.toarray() if sparse.issparse(X) else np.asarray(X, dtype=np.float64)
-            out = np.vstack([np.nanmean(dense[codes == g], axis=0) if (codes == g).any() else np.full(dense.shape[1], np.nan) for g in range(len(names))])
+            out = np.vstack(
+                [
+                    np.nanmean(dense[codes == g], axis=0)
+                    if (codes == g).any()
+                    else np.full(dense.shape[1], np.nan)
+                    for g in range(len(names))
+                ]
+            )
             out = out - mean_delta
     out[counts < MIN_CELLS_PER_GUIDE] = np.nan
     return out
@@ -260,7 +301,11 @@ def prepare_trans_job(
     log_samples = np.log(samples.astype(np.float64))
     fitted = np.ones(data.X.shape[1], bool)
     cis_feature = str(cis["cis_feature"])
-    if not include_cis_feature and modality == str(cis["modality"]) and cis_feature in data.var_names:
+    if (
+        not include_cis_feature
+        and modality == str(cis["modality"])
+        and cis_feature in data.var_names
+    ):
         fitted[data.var_names.get_loc(cis_feature)] = False
     guides = cis["guides"]
     lo, hi = float(np.min(guides["dose_mean"])), float(np.max(guides["dose_mean"]))
@@ -269,27 +314,61 @@ def prepare_trans_job(
     dp = dose_priors(np.log(lo), np.log(hi), np.log(x_ref))
     labels = _guide_labels(mdata, cis, rows, dose_mean_all[rows])
     gm = _guide_level_link_means(data, fitted, labels, group, sf, tech.effects)
-    sigma = np.exp(tech.log_sigma[fitted]) if tech.log_sigma is not None else np.ones(int(fitted.sum()))
+    sigma = (
+        np.exp(tech.log_sigma[fitted]) if tech.log_sigma is not None else np.ones(int(fitted.sum()))
+    )
     floor = AMPLITUDE_FLOOR * (sigma if data.distribution in ("normal", "studentt") else 1.0)
     amp, n_fallback = amplitude_scale(gm, floor)
     if n_fallback:
-        logger.info("amplitude prior: %d features without guide-level statistics use the median spread", n_fallback)
+        logger.info(
+            "amplitude prior: %d features without guide-level statistics use the median spread",
+            n_fallback,
+        )
     priors = TransPriors(
-        eta_ref_loc=tech.baseline[fitted].astype(np.float32), amplitude_scale=amp.astype(np.float32),
-        log_k_loc=dp["log_k_loc"], log_k_scale=dp["log_k_scale"], log_gap_loc=dp["log_gap_loc"],
-        log_x_ref=dp["log_x_ref"], half_range=dp["half_range"], degree=degree,
+        eta_ref_loc=tech.baseline[fitted].astype(np.float32),
+        amplitude_scale=amp.astype(np.float32),
+        log_k_loc=dp["log_k_loc"],
+        log_k_scale=dp["log_k_scale"],
+        log_gap_loc=dp["log_gap_loc"],
+        log_x_ref=dp["log_x_ref"],
+        half_range=dp["half_range"],
+        degree=degree,
     )
     eff = DEFAULT_MIN_EFFECT[data.distribution] if min_effect is None else float(min_effect)
-    min_eff = np.full(int(fitted.sum()), eff) * (sigma if data.distribution in ("normal", "studentt") else 1.0)
+    min_eff = np.full(int(fitted.sum()), eff) * (
+        sigma if data.distribution in ("normal", "studentt") else 1.0
+    )
     density = data.X.nnz / max(np.prod(data.X.shape), 1) if sparse.issparse(data.X) else 1.0
     plan = plan_fit(
-        len(rows), int(fitted.sum()), density=density, n_samples=n_samples, noise_width=9,
-        n_steps=n_steps, batch_size=batch_size, feature_chunk=feature_chunk,
+        len(rows),
+        int(fitted.sum()),
+        density=density,
+        n_samples=n_samples,
+        noise_width=9,
+        n_steps=n_steps,
+        batch_size=batch_size,
+        feature_chunk=feature_chunk,
     )
     inputs = TransInputs(log_samples, group, None if sf is None else np.log(sf), use_dose_mean)
     return TransJob(
-        modality, function, data, fitted, tech, inputs, priors, grid, min_eff, rows, seed,
-        n_steps, lr, plan.batch_size, plan.feature_chunk, n_samples, device, progress,
+        modality,
+        function,
+        data,
+        fitted,
+        tech,
+        inputs,
+        priors,
+        grid,
+        min_eff,
+        rows,
+        seed,
+        n_steps,
+        lr,
+        plan.batch_size,
+        plan.feature_chunk,
+        n_samples,
+        device,
+        progress,
         plan.as_dict(),
     )
 
@@ -316,12 +395,21 @@ def posterior_from_frame(frame: pd.DataFrame, fitted: np.ndarray) -> tuple[dict,
     """Inverse of :func:`posterior_frame` (rows of fitted features only)."""
     loc, scale = {}, {}
     names = sorted({c.rsplit("_", 1)[0] for c in frame.columns})
-    bases = sorted({n.rsplit("_", 1)[0] if n.rsplit("_", 1)[-1].isdigit() and n.startswith("coef_z") else n for n in names})
+    bases = sorted(
+        {
+            n.rsplit("_", 1)[0] if n.rsplit("_", 1)[-1].isdigit() and n.startswith("coef_z") else n
+            for n in names
+        }
+    )
     for base in bases:
         if base == "coef_z":
             d = sorted(int(n.rsplit("_", 1)[1]) for n in names if n.startswith("coef_z_"))
-            loc[base] = np.stack([frame[f"coef_z_{i}_loc"].to_numpy()[fitted] for i in d], axis=1).astype(np.float32)
-            scale[base] = np.stack([frame[f"coef_z_{i}_scale"].to_numpy()[fitted] for i in d], axis=1).astype(np.float32)
+            loc[base] = np.stack(
+                [frame[f"coef_z_{i}_loc"].to_numpy()[fitted] for i in d], axis=1
+            ).astype(np.float32)
+            scale[base] = np.stack(
+                [frame[f"coef_z_{i}_scale"].to_numpy()[fitted] for i in d], axis=1
+            ).astype(np.float32)
         else:
             loc[base] = frame[f"{base}_loc"].to_numpy()[fitted].astype(np.float32)
             scale[base] = frame[f"{base}_scale"].to_numpy()[fitted].astype(np.float32)
