@@ -81,7 +81,7 @@ def test_lgamma_ratio_where_and_subset_paths_agree():
     g_sub = lk._patch_large(d_direct, a, y, lk._stirling_ratio_grad, use_where=False)
     g_where = lk._patch_large(d_direct, a, y, lk._stirling_ratio_grad, use_where=True)
     torch.testing.assert_close(g_sub, g_where, rtol=0, atol=0)
-    torch.testing.assert_close(g_sub, d_direct, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_sub, d_direct, rtol=1e-9, atol=1e-12)  # series truncation
 
 
 def test_lgamma_ratio_float32_stable_for_huge_a():
