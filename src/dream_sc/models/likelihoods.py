@@ -474,7 +474,7 @@ def _group_logsumexp(eta: torch.Tensor, group: torch.Tensor, n_groups: int) -> t
     shift = shift.scatter_reduce(1, idx, eta.detach(), reduce="amax", include_self=True)
     empty = torch.isinf(shift)
     shift = shift.masked_fill(empty, 0.0)
-    total = torch.zeros_like(shift).index_add(1, group, (eta - shift[:, group]).exp())
+    total = torch.zeros_like(shift).index_add(1, group, (eta - shift.index_select(1, group)).exp())
     return shift + (total + empty.to(eta.dtype)).log()
 
 

@@ -306,7 +306,14 @@ class CSRMatrix:
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> CSRMatrix:
-        """Move to ``device`` and/or cast ``val`` to ``dtype``."""
+        """Move to ``device`` and/or cast ``val`` to ``dtype``.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> CSRMatrix.from_scipy(np.eye(2)).to("cpu", torch.float64).val.dtype
+        torch.float64
+        """
         return CSRMatrix(
             crow=self.crow.to(device),
             col=self.col.to(device),
@@ -315,7 +322,14 @@ class CSRMatrix:
         )
 
     def row_sums(self) -> torch.Tensor:
-        """Sum of each row, ``[n_rows]``."""
+        """Sum of each row, ``[n_rows]`` (e.g. library sizes).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> CSRMatrix.from_scipy(np.array([[1, 2], [0, 0]])).row_sums()
+        tensor([3., 0.])
+        """
         out = torch.zeros(self.shape[0], dtype=self.val.dtype, device=self.device)
         return out.index_add_(0, _csr_row_ids(self.crow, self.nnz), self.val)
 
@@ -402,7 +416,14 @@ class CSRMatrix:
         )
 
     def to_scipy(self) -> sp.csr_matrix:
-        """Copy back to a :class:`scipy.sparse.csr_matrix` on the CPU."""
+        """Copy back to a :class:`scipy.sparse.csr_matrix` on the CPU.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> CSRMatrix.from_scipy(np.array([[0, 3]])).to_scipy().toarray()
+        array([[0., 3.]], dtype=float32)
+        """
         return sp.csr_matrix(
             (self.val.cpu().numpy(), self.col.cpu().numpy(), self.crow.cpu().numpy()),
             shape=self.shape,
