@@ -267,6 +267,10 @@ def test_negbinom_shape_errors():
         lk.negbinom_log_prob(torch.zeros(2, 3), 0.0, torch.zeros(3, 2))
     with pytest.raises(ValueError, match=r"`eta` must be a \[cells, features\] matrix"):
         lk.negbinom_log_prob(torch.zeros(3), 0.0, torch.zeros(3))
+    with pytest.raises(ValueError, match=r"`log_r` must be a scalar.*got shape \(2,\)"):
+        lk.negbinom_log_prob(torch.zeros(2, 3), torch.zeros(2), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"B, T = 2, 3; got shape \(3, 3\)"):
+        lk.negbinom_log_prob(torch.zeros(2, 3), torch.zeros(3, 3), torch.zeros(2, 3))
 
 
 # ----------------------------------------------------------------------------- binomial

@@ -280,13 +280,15 @@ def negbinom_log_prob(
 def _negbinom_log_r(log_r: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Bring ``log_r`` to ``[T]`` (per feature) or ``[B, T]`` (autograd handles the expand)."""
     n_cells, n_features = shape
-    if log_r.dim() == 0:
-        return log_r.expand(n_features)
-    if log_r.dim() == 1 or (log_r.dim() == 2 and log_r.shape[0] == 1):
-        return log_r.reshape(-1).expand(n_features)
-    if log_r.dim() == 2:
+    if log_r.dim() <= 1 or (log_r.dim() == 2 and log_r.shape[0] == 1):
+        if log_r.numel() in (1, n_features):
+            return log_r.reshape(-1).expand(n_features)
+    elif log_r.dim() == 2 and log_r.shape[0] == n_cells and log_r.shape[1] in (1, n_features):
         return log_r.expand(n_cells, n_features)
-    raise ValueError(f"`log_r` must be a scalar, [T] or [B, T], got shape {tuple(log_r.shape)}.")
+    raise ValueError(
+        f"`log_r` must be a scalar, [T], [1, T], [B, 1] or [B, T] with B, T = {n_cells}, "
+        f"{n_features}; got shape {tuple(log_r.shape)}."
+    )
 
 
 class _NegBinom(torch.autograd.Function):
