@@ -15,11 +15,6 @@ logger = logging.getLogger("dream_sc")
 POSTERIOR_CALL = {"prob_dose_dependent": 0.95, "lfsr": 0.05}
 
 
-def default_permutations(n_features: int, target: int = 500, cap: int = 5) -> int:
-    """Permutations giving about ``target`` null scores (at least 1, at most ``cap``)."""
-    return int(min(cap, max(1, -(-target // max(n_features, 1)))))
-
-
 def null_fits(job: TransJob, n_permutations: int, start: int = 0) -> dict[str, np.ndarray]:
     """Refit the trans model on dosages permuted among cells of the same technical group.
 

@@ -38,7 +38,7 @@ def test_trans(
        the same technical group (same priors, settings and seed), ``n_permutations`` times.
        This keeps technical structure, per-cell noise and the dosage distribution and breaks
        only the dose-observation link.
-    3. FDR: target-decoy estimate ``(1 + #null >= s) / (n_permutations * #observed >= s)``,
+    3. FDR: target-decoy estimate ``(0.5 + #null >= s) / (n_permutations * #observed >= s)``,
        turned into monotone q-values; ``significant = qvalue < alpha``.
     4. Non-monotonicity: the same procedure on the non-monotonic amplitude
        ``min(largest rise, largest fall)`` of the curve gives ``qvalue_non_monotonic``; a

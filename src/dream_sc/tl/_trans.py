@@ -14,7 +14,7 @@ from scipy import sparse
 from .. import _validation as V
 from .._settings import settings
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
-from ._significance import default_permutations, null_fits, significance_columns
+from ._significance import null_fits, significance_columns
 from ._trans_job import TransJob, posterior_frame, prepare_trans_job
 
 logger = logging.getLogger("dream_sc")
@@ -53,7 +53,7 @@ def fit_trans(
     degree: int = 3,
     include_cis_feature: bool = False,
     test: bool = True,
-    n_permutations: int | None = None,
+    n_permutations: int = 1,
     alpha: float = 0.1,
     n_steps: int = 600,
     lr: float = 0.03,
@@ -101,9 +101,8 @@ def fit_trans(
     test, n_permutations, alpha
         Compute calibrated q-values from ``n_permutations`` permutation refits (see
         :func:`dream_sc.tl.test_trans`) and call features with ``qvalue < alpha`` significant.
-        By default enough permutations for about 500 null scores (1 for >= 500 features, at
-        most 5): with the conservative ``+1`` of the FDR estimate, a modality with few features
-        needs several null sets to reach small q-values.
+        More permutations give smoother q-values for modalities with few features, at the cost
+        of one refit each.
     n_steps, lr, batch_size, feature_chunk
         SVI settings (batch/chunk default: memory planner).
     n_samples
@@ -155,7 +154,7 @@ def fit_trans(
         n_samples=n_samples,
     )
     V.check_modality(mdata, modality)
-    if n_permutations is not None and n_permutations < 1 and test:
+    if n_permutations < 1 and test:
         raise ValueError("n_permutations must be >= 1 when test=True.")
     seed = resolve_seed(seed)
     dev = resolve_device(device)
@@ -193,9 +192,6 @@ def fit_trans(
     )
     fit = job.fit()
     columns, curves = job.summarise(fit.loc, fit.scale)
-    if n_permutations is None:
-        n_permutations = default_permutations(job.n_features)
-    params["n_permutations"] = n_permutations
     null = null_fits(job, n_permutations) if test else None
     sig = significance_columns(
         columns, null, alpha=alpha, n_permutations=n_permutations if test else 0

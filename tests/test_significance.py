@@ -1,0 +1,42 @@
+import numpy as np
+
+from dream_sc.models.significance import decoy_qvalues, permute_within_groups
+
+
+def test_decoy_qvalues_by_hand():
+    scores = np.array([10.0, 9.0, 8.0, 0.1, np.nan])
+    null = np.array([8.5, 0.2, 0.3, 0.05])
+    # thresholds: 10 -> (0.5+0)/1, 9 -> (0.5+0)/2, 8 -> (0.5+1)/3, 0.1 -> (0.5+3)/4
+    q = decoy_qvalues(scores, null, 1)
+    np.testing.assert_allclose(q, [0.25, 0.25, 0.5, 0.875, 1.0])
+    q2 = decoy_qvalues(scores, np.concatenate([null, null]), 2)
+    np.testing.assert_allclose(q2, [0.125, 0.125, 2.5 / 6, (0.5 + 6) / 8, 1.0])
+    np.testing.assert_allclose(decoy_qvalues(scores, null, 1, pseudocount=1.0)[:2], [0.5, 0.5])
+
+
+def test_decoy_qvalues_ties_and_monotone():
+    scores = np.array([5.0, 5.0, 1.0])
+    q = decoy_qvalues(scores, np.array([0.0]), 1)
+    np.testing.assert_allclose(q, [0.5 / 3] * 3)  # the lowest threshold still has no null above it
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=200)
+    q = decoy_qvalues(s, rng.normal(size=200), 1)
+    order = np.argsort(-s)
+    assert np.all(np.diff(q[order]) >= -1e-12)
+
+
+def test_null_screens_rarely_discover():
+    rng = np.random.default_rng(1)
+    hits = [
+        (decoy_qvalues(rng.normal(size=300), rng.normal(size=300), 1) < 0.1).any()
+        for _ in range(400)
+    ]
+    assert np.mean(hits) < 0.1
+
+
+def test_permutation_stays_within_groups():
+    groups = np.array([0, 0, 1, 1, 1, 0, 1])
+    perm = permute_within_groups(groups, seed=3, number=0)
+    assert sorted(perm) == list(range(7))
+    np.testing.assert_array_equal(groups[perm], groups)
+    assert not np.array_equal(perm, permute_within_groups(groups, seed=3, number=1))
