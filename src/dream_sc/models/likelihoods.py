@@ -468,16 +468,40 @@ def betabinomial_log_prob(
     return _per_feature(ll, ns.col, logits.shape[1])
 
 
+class _GroupLogSumExp(torch.autograd.Function):
+    """Segmented logsumexp over the columns of each group, with a two-buffer backward.
+
+    Forward: ``lse[c, g] = m + log Σ_{j∈g} exp(η_cj - m)`` with ``m`` the segment maximum
+    (``scatter_reduce('amax')``); empty groups get 0. Backward:
+    ``∂/∂η_cj = softmax_g(η_c)_j · grad[c, g(j)]``.
+    """
+
+    @staticmethod
+    def forward(ctx, eta, group, n_groups):  # noqa: D102
+        n_cells = eta.shape[0]
+        shift = torch.full((n_cells, n_groups), -math.inf, dtype=eta.dtype, device=eta.device)
+        shift = shift.scatter_reduce(
+            1, group.expand(n_cells, -1), eta, reduce="amax", include_self=True
+        )
+        empty = torch.isinf(shift)
+        shift = shift.masked_fill_(empty, 0.0)
+        terms = torch.sub(eta, shift.index_select(1, group)).exp_()
+        total = torch.zeros_like(shift).index_add_(1, group, terms)
+        del terms
+        lse = total.add_(empty.to(eta.dtype)).log_().add_(shift)
+        ctx.save_for_backward(eta, group, lse)
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        eta, group, lse = ctx.saved_tensors
+        out = torch.sub(eta, lse.index_select(1, group)).exp_()
+        return out.mul_(grad.index_select(1, group)), None, None
+
+
 def _group_logsumexp(eta: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
     """``[B, G]`` logsumexp of ``eta``'s columns within each group (0 for empty groups)."""
-    n_cells = eta.shape[0]
-    idx = group.expand(n_cells, -1)
-    shift = torch.full((n_cells, n_groups), -math.inf, dtype=eta.dtype, device=eta.device)
-    shift = shift.scatter_reduce(1, idx, eta.detach(), reduce="amax", include_self=True)
-    empty = torch.isinf(shift)
-    shift = shift.masked_fill(empty, 0.0)
-    total = torch.zeros_like(shift).index_add(1, group, (eta - shift.index_select(1, group)).exp())
-    return shift + (total + empty.to(eta.dtype)).log()
+    return _GroupLogSumExp.apply(eta, group, n_groups)
 
 
 def _check_groups(eta: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
