@@ -40,3 +40,35 @@ def test_permutation_stays_within_groups():
     assert sorted(perm) == list(range(7))
     np.testing.assert_array_equal(groups[perm], groups)
     assert not np.array_equal(perm, permute_within_groups(groups, seed=3, number=1))
+
+
+def test_calibration_check_on_fitted_screen(fitted):
+    import dream_sc as ds
+
+    table = ds.tl.calibration_check(fitted, n_null_screens=1)
+    assert list(table.columns) == [
+        "n_features",
+        "n_false_discoveries",
+        "min_qvalue",
+        "ks_statistic",
+        "ks_pvalue",
+    ]
+    assert table.loc[0, "n_features"] == fitted["rna"].n_vars - 1
+    assert table.loc[0, "n_false_discoveries"] <= 2
+    stored = fitted["rna"].uns["dream_trans"]["calibration"]
+    assert stored["scores"].shape == (1, fitted["rna"].n_vars - 1)
+    assert stored["alpha"] == 0.1
+
+
+def test_calibration_check_needs_a_null(fitted):
+    import pytest
+
+    import dream_sc as ds
+
+    ds.tl.fit_trans(
+        fitted, function="single_hill", n_steps=10, seed=0, test=False, key_added="untested"
+    )
+    with pytest.raises(
+        KeyError, match=r"No permutation null for trans fit 'untested'.*ds.tl.test_trans"
+    ):
+        ds.tl.calibration_check(fitted, key="untested")

@@ -1,8 +1,9 @@
-"""Tools: the three fitting steps and significance testing."""
+"""Tools: the three fitting steps, significance testing and calibration checks."""
 
+from ._calibration import calibration_check
 from ._cis import fit_cis
 from ._technical import fit_technical
 from ._test_trans import test_trans
 from ._trans import fit_trans
 
-__all__ = ["fit_cis", "fit_technical", "fit_trans", "test_trans"]
+__all__ = ["calibration_check", "fit_cis", "fit_technical", "fit_trans", "test_trans"]
