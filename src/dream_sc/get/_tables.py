@@ -10,6 +10,7 @@ import torch
 from mudata import MuData
 
 from .. import _validation as V
+from ..models.chunked import stable_keys
 from ..models.curves import evaluate_curve
 from ..models.trans import TransPriors, natural_params
 from ..models.trans_summary import draw_latent, natural_scale
@@ -247,7 +248,7 @@ def _evaluate(adata, record, table, fitted, names, wanted, grid, lo_q, hi_q, key
         wanted_pos = pd.Index(local).get_indexer(wanted_pos)
     n_samples = int(record["params"]["n_samples"])
     seed = int(record["params"]["seed"])
-    latent = draw_latent(loc, scale, local, n_samples, seed)
+    latent = draw_latent(loc, scale, local, n_samples, seed, stable_keys(names))
     params = natural_params(
         function, latent, torch.as_tensor(priors.amplitude_scale[local]), priors
     )

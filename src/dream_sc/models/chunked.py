@@ -10,6 +10,7 @@ chunked fit equal a joint fit, feature by feature.
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,12 +58,28 @@ def step_rng(seed: int, step: int, tag: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64([int(seed), int(step), int(tag)]))
 
 
-def minibatch_rows(seed: int, step: int, n_cells: int, batch_size: int) -> np.ndarray:
-    """Cells of step ``step`` (all cells, in order, when the batch covers them)."""
+def stable_keys(names) -> np.ndarray:
+    """A stable integer per name (CRC32): seeds per-feature noise independently of order."""
+    return np.array([zlib.crc32(str(n).encode()) for n in names], dtype=np.int64)
+
+
+def name_order(names) -> np.ndarray:
+    """Positions of the cells sorted by name (makes cell-level draws order-independent)."""
+    return np.argsort(np.asarray(names, dtype=str), kind="stable")
+
+
+def minibatch_rows(
+    seed: int, step: int, n_cells: int, batch_size: int, order: np.ndarray | None = None
+) -> np.ndarray:
+    """Cells of step ``step`` (all cells, in order, when the batch covers them).
+
+    With ``order`` (see :func:`name_order`) the cells are drawn by name rank, so the same
+    cells are chosen whatever the row order of the data.
+    """
     if batch_size >= n_cells:
         return np.arange(n_cells)
-    rows = step_rng(seed, step, 1).choice(n_cells, size=batch_size, replace=False)
-    return np.sort(rows)
+    chosen = step_rng(seed, step, 1).choice(n_cells, size=batch_size, replace=False)
+    return np.sort(chosen if order is None else order[chosen])
 
 
 def fit_chunks(
@@ -79,6 +96,7 @@ def fit_chunks(
     prefix: str,
     checkpoint: str | Path | None = None,
     checkpoint_every: int | None = None,
+    feature_keys: np.ndarray | None = None,
 ) -> ChunkedFit:
     """Fit every chunk and stitch the per-feature posteriors together.
 
@@ -102,6 +120,9 @@ def fit_chunks(
         resumes the interrupted one. Removed when all chunks are done.
     checkpoint_every
         Steps between checkpoints of the running chunk.
+    feature_keys
+        Stable key of every feature (:func:`stable_keys` of the names) seeding its noise, so
+        results do not depend on feature order either; default: the feature index.
 
     Returns
     -------
@@ -135,7 +156,8 @@ def fit_chunks(
             pyro.clear_param_store()
             problem = build(features)
             guide = MeanFieldGuide(problem.sites, prefix=prefix, device=device)
-            guide.noise = FeatureNoise(seed, features, guide.noise_width, n_steps)
+            ids = features if feature_keys is None else feature_keys[features]
+            guide.noise = FeatureNoise(seed, ids, guide.noise_width, n_steps)
             context = f" in feature chunk {number + 1}/{len(chunks)} (features {features[0]}..{features[-1]})"
             result = run_svi(
                 problem.model,

@@ -174,6 +174,7 @@ def technical_problem(
     log_sf: torch.Tensor | None,
     batch_size: int,
     seed: int,
+    order: np.ndarray | None = None,
 ) -> ChunkProblem:
     """The Pyro model and latent sites of the technical fit for one feature chunk.
 
@@ -245,7 +246,7 @@ def technical_problem(
         pyro.factor("obs", ll * (n_cells / len(rows)))
 
     def make_batch(step: int) -> dict:
-        rows = minibatch_rows(seed, step, n_cells, batch_size)
+        rows = minibatch_rows(seed, step, n_cells, batch_size, order)
         return {"rows": torch.as_tensor(rows, device=device), "n_cells": n_cells}
 
     return ChunkProblem(model, sites, make_batch, loss_scale=float(n_cells))

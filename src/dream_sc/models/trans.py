@@ -164,6 +164,7 @@ class TransInputs:
     group: np.ndarray  # [N] technical group
     log_sf: np.ndarray | None  # [N] negbinom
     use_dose_mean: bool
+    order: np.ndarray | None = None  # cell positions sorted by name (order-independent draws)
 
 
 def trans_problem(
@@ -208,6 +209,9 @@ def trans_problem(
     scale = t(priors.amplitude_scale[features])
     noise_t = {k: t(v) for k, v in noise.items()}
     draws = inputs.log_dose_samples
+    order = inputs.order if inputs.order is not None else np.arange(n_cells)
+    rank = np.empty(n_cells, dtype=np.int64)
+    rank[order] = np.arange(n_cells)
     mean_log_dose = np.log(np.mean(np.exp(draws), axis=1))
 
     def model(batch: dict) -> None:
@@ -222,12 +226,12 @@ def trans_problem(
         pyro.factor("obs", ll * (n_cells / len(rows)))
 
     def make_batch(step: int) -> dict:
-        rows = minibatch_rows(seed, step, n_cells, batch_size)
+        rows = minibatch_rows(seed, step, n_cells, batch_size, inputs.order)
         if inputs.use_dose_mean:
             log_x = mean_log_dose[rows]
         else:
-            cols = step_rng(seed, step, 2).integers(draws.shape[1], size=len(rows))
-            log_x = draws[rows, cols]
+            cols = step_rng(seed, step, 2).integers(draws.shape[1], size=n_cells)
+            log_x = draws[rows, cols[rank[rows]]]
         return {"rows": torch.as_tensor(rows, device=device), "log_x": t(log_x), "n_cells": n_cells}
 
     return ChunkProblem(

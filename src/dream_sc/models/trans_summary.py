@@ -38,14 +38,20 @@ def make_grid(lo: float, hi: float, n: int = 60, extend: float = 1.5) -> Grid:
 
 
 def draw_latent(
-    loc: dict, scale: dict, features: np.ndarray, n_samples: int, seed: int
+    loc: dict,
+    scale: dict,
+    features: np.ndarray,
+    n_samples: int,
+    seed: int,
+    keys: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Posterior draws ``[S, T, ...]`` of every site, seeded per feature."""
+    """Posterior draws ``[S, T, ...]`` of every site, seeded per feature (by ``keys`` if given)."""
     names = sorted(loc)
     widths = [int(np.prod(loc[n].shape[1:])) for n in names]
     total = sum(widths)
     eps = np.empty((len(features), n_samples, total), dtype=np.float32)
-    for row, fid in enumerate(features):
+    ids = features if keys is None else keys[features]
+    for row, fid in enumerate(ids):
         rng = np.random.Generator(np.random.PCG64([int(seed), int(fid), 99]))
         eps[row] = rng.standard_normal((n_samples, total), dtype=np.float32)
     out, offset = {}, 0

@@ -15,7 +15,7 @@ from mudata import MuData
 
 from .. import _validation as V
 from .._data import modality_data
-from ..models.chunked import fit_chunks
+from ..models.chunked import fit_chunks, name_order, stable_keys
 from ..models.memory import feature_chunks, plan_fit
 from ..models.observation import ObservationData
 from ..models.technical import LOG_PHI_PRIOR, moment_init, technical_problem
@@ -187,6 +187,7 @@ def fit_technical(
         feature_chunk=feature_chunk,
     )
     chunks = feature_chunks(n_features, plan.feature_chunk, data.group_index)
+    order = name_order(obs.index[present])
     group_t = torch.as_tensor(codes, device=dev)
     log_sf = (
         torch.as_tensor(np.log(sf), dtype=torch.float32, device=dev) if sf is not None else None
@@ -209,6 +210,7 @@ def fit_technical(
             log_sf=log_sf,
             batch_size=plan.batch_size,
             seed=seed,
+            order=order,
         )
 
     logger.info(
@@ -231,6 +233,7 @@ def fit_technical(
         description=f"technical {modality}",
         prefix=key_added,
         checkpoint=checkpoint,
+        feature_keys=stable_keys(data.var_names),
     )
     table = _summarise(fit, init, groups.names, data.distribution, data.var_names)
     seconds = time.perf_counter() - start

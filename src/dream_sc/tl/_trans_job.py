@@ -16,7 +16,7 @@ from mudata import MuData
 from scipy import sparse
 
 from .._data import ModalityData, modality_data
-from ..models.chunked import ChunkedFit, fit_chunks
+from ..models.chunked import ChunkedFit, fit_chunks, name_order, stable_keys
 from ..models.memory import feature_chunks, plan_fit
 from ..models.observation import ObservationData
 from ..models.trans import TransInputs, TransPriors, dose_priors, trans_problem
@@ -80,6 +80,11 @@ class TransJob:
     checkpoint: str | None = None
 
     @property
+    def keys(self) -> np.ndarray:
+        """Stable per-feature keys of the fitted features (order-independent seeding)."""
+        return stable_keys(self.data.var_names[self.fitted])
+
+    @property
     def n_features(self) -> int:
         """Number of fitted features."""
         return int(self.fitted.sum())
@@ -111,6 +116,7 @@ class TransJob:
                 inputs.group,
                 inputs.log_sf,
                 inputs.use_dose_mean,
+                inputs.order,
             )
         cols = np.flatnonzero(self.fitted)
         X = self.data.X[:, cols]
@@ -151,6 +157,7 @@ class TransJob:
             description=f"{description} {self.modality}",
             prefix="trans",
             checkpoint=None if self.checkpoint is None else f"{self.checkpoint}.{tag}",
+            feature_keys=self.keys,
         )
 
     def summarise(self, loc: dict, scale: dict, min_effect: np.ndarray | None = None):
@@ -164,7 +171,7 @@ class TransJob:
         }
         summary_chunks = feature_chunks(self.n_features, 1024, gi)
         for idx in summary_chunks:
-            latent = draw_latent(loc, scale, idx, self.n_samples, self.seed)
+            latent = draw_latent(loc, scale, idx, self.n_samples, self.seed, self.keys)
             cols, crv = summarise_chunk(
                 self.data.distribution,
                 self.function,
@@ -349,7 +356,13 @@ def prepare_trans_job(
         batch_size=batch_size,
         feature_chunk=feature_chunk,
     )
-    inputs = TransInputs(log_samples, group, None if sf is None else np.log(sf), use_dose_mean)
+    inputs = TransInputs(
+        log_samples,
+        group,
+        None if sf is None else np.log(sf),
+        use_dose_mean,
+        name_order(mdata.obs_names[rows]),
+    )
     return TransJob(
         modality,
         function,
