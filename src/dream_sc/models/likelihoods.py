@@ -321,7 +321,8 @@ class _NegBinom(torch.autograd.Function):
         del sp
         x_nz, r_nz = _NegBinom._nonzero_terms(eta, log_r, col, flat)
         lgamma_r = torch.lgamma(r).index_select(0, col) if per_feature else None
-        extra = val * (x_nz - F.softplus(x_nz)) + _lgamma_ratio_value(r_nz, val, lgamma_r)
+        # y * log(mu / (r + mu)) = y * logsigmoid(x), plus lgamma(y + r) - lgamma(r)
+        extra = torch.addcmul(_lgamma_ratio_value(r_nz, val, lgamma_r), val, F.logsigmoid(x_nz))
         if include_constant:
             extra = extra - torch.lgamma(val + 1.0)
         ctx.save_for_backward(eta, log_r, col, flat, val, sp_sum)
