@@ -28,7 +28,9 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 # sphinx-autodoc-typehints 3.x calls an API that Sphinx 9 deprecates; not ours to fix.
-warnings.filterwarnings("ignore", message=".*set_application.*is deprecated", module="sphinx_autodoc_typehints.*")
+warnings.filterwarnings(
+    "ignore", message=".*set_application.*is deprecated", module="sphinx_autodoc_typehints.*"
+)
 
 # -- project -------------------------------------------------------------------------------
 
@@ -43,7 +45,9 @@ version = release
 
 # -- extensions ----------------------------------------------------------------------------
 
-ONLINE = os.environ.get("DREAM_SC_DOCS_ONLINE", "0") == "1" or os.environ.get("READTHEDOCS") == "True"
+ONLINE = (
+    os.environ.get("DREAM_SC_DOCS_ONLINE", "0") == "1" or os.environ.get("READTHEDOCS") == "True"
+)
 
 extensions = [
     "myst_nb",
@@ -154,7 +158,9 @@ def check_api_coverage(app) -> None:
                 log.warning(
                     "dream_sc.%s.%s is public (in __all__) but not listed in docs/api.md; add it "
                     "to the autosummary of dream_sc.%s.",
-                    module, name, module,
+                    module,
+                    name,
+                    module,
                 )
 
 
