@@ -53,12 +53,15 @@ def _group_sums(matrix, group: np.ndarray, n_groups: int) -> np.ndarray:
 
 
 def _robust_scale(values: np.ndarray, floor: float = 0.05, cap: float = 2.0) -> float:
-    """1.5 x the MAD-based sd of moment estimates: the prior scale of group effects."""
+    """Prior scale of group effects: ``sqrt(median^2 + (1.5 MAD-sd)^2)`` of the moment estimates."""
     values = values[np.isfinite(values)]
     if values.size < 3:
         return 0.5
-    mad = 1.4826 * np.median(np.abs(values - np.median(values)))
-    return float(np.clip(1.5 * mad, floor, cap))
+    median = np.median(values)
+    mad = 1.4826 * np.median(np.abs(values - median))
+    # a shift shared by all features (e.g. a deeper cell line) must not be shrunk: the width
+    # covers the common shift as well as the spread around it
+    return float(np.clip(np.sqrt(median**2 + (1.5 * mad) ** 2), floor, cap))
 
 
 def moment_init(
