@@ -323,7 +323,16 @@ def main(argv: list[str] | None = None) -> None:
             parts.append(frame)
             infos.append(info)
             print(pd.Series(info).to_string(), flush=True)
-    long = pd.concat(parts, ignore_index=True)
+            md = report(args, pd.concat(parts, ignore_index=True), infos)
+            if args.out:  # rewritten after every screen: a killed run keeps what it finished
+                Path(args.out).write_text(md)
+                pd.concat(parts).to_csv(Path(args.out).with_suffix(".csv"), index=False)
+    print()
+    print(md)
+
+
+def report(args: argparse.Namespace, long: pd.DataFrame, infos: list[dict]) -> str:
+    """Markdown report of the screens finished so far."""
     tables = summarise(long)
     lines = [
         "# dream_sc vs naive guide-level fit",
@@ -345,12 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         markdown_table(run_info),
         "",
     ]
-    md = "\n".join(lines)
-    print()
-    print(md)
-    if args.out:
-        Path(args.out).write_text(md)
-        long.to_csv(Path(args.out).with_suffix(".csv"), index=False)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
