@@ -12,7 +12,7 @@ from scipy import stats
 from .. import _validation as V
 from ..models.significance import decoy_qvalues, permute_within_groups
 from ._common import resolve_device, resolve_progress
-from ._trans_job import prepare_trans_job
+from ._trans_job import job_from_record
 
 logger = logging.getLogger("dream_sc")
 
@@ -88,28 +88,8 @@ def calibration_check(
             f"No permutation null for trans fit {key!r} of {modality!r}; run "
             f"`ds.tl.test_trans(mdata, modality={modality!r}, key={key!r})` first."
         )
-    p = record["params"]
-    opt = lambda name: None if p.get(name, "") == "" else p[name]  # noqa: E731
-    job = prepare_trans_job(
-        mdata,
-        modality=modality,
-        function=str(p["function"]),
-        cis_key=str(p["cis_key"]),
-        technical_key_added=str(p["technical_key_added"]),
-        sum_factor_key=str(p["sum_factor_key"]),
-        layer=opt("layer"),
-        use_dose_mean=bool(p["use_dose_mean"]),
-        min_effect=opt("min_effect"),
-        degree=int(p["degree"]),
-        include_cis_feature=bool(p["include_cis_feature"]),
-        seed=int(p["seed"]),
-        n_steps=int(p["n_steps"]),
-        lr=float(p["lr"]),
-        batch_size=opt("batch_size"),
-        feature_chunk=opt("feature_chunk"),
-        n_samples=int(p["n_samples"]),
-        device=resolve_device(device),
-        progress=resolve_progress(progress),
+    job = job_from_record(
+        mdata, modality, record, device=resolve_device(device), progress=resolve_progress(progress)
     )
     null = np.asarray(record["null_scores"])
     rows, scores = [], []

@@ -10,7 +10,7 @@ from mudata import MuData
 from .. import _validation as V
 from ._common import resolve_device, resolve_progress
 from ._significance import null_fits, significance_columns
-from ._trans_job import posterior_from_frame, prepare_trans_job
+from ._trans_job import job_from_record, posterior_from_frame
 
 logger = logging.getLogger("dream_sc")
 
@@ -92,7 +92,6 @@ def test_trans(
             f"modality={modality!r}, key_added={key!r})` first."
         )
     record = adata.uns[key]
-    p = record["params"]
     null_old = None
     if "null_scores" in record:
         null_old = {
@@ -104,27 +103,13 @@ def test_trans(
     wanted = max(have, 1) if n_permutations is None else int(n_permutations)
     if wanted < 1:
         raise ValueError("n_permutations must be >= 1.")
-    opt = lambda name: None if p.get(name, "") == "" else p[name]  # noqa: E731
-    job = prepare_trans_job(
+    job = job_from_record(
         mdata,
-        modality=modality,
-        function=str(p["function"]),
-        cis_key=str(p["cis_key"]),
-        technical_key_added=str(p["technical_key_added"]),
-        sum_factor_key=str(p["sum_factor_key"]),
-        layer=opt("layer"),
-        use_dose_mean=bool(p["use_dose_mean"]),
-        min_effect=min_effect if min_effect is not None else opt("min_effect"),
-        degree=int(p["degree"]),
-        include_cis_feature=bool(p["include_cis_feature"]),
-        seed=int(p["seed"]),
-        n_steps=int(p["n_steps"]),
-        lr=float(p["lr"]),
-        batch_size=opt("batch_size"),
-        feature_chunk=opt("feature_chunk"),
-        n_samples=int(p["n_samples"]),
+        modality,
+        record,
         device=resolve_device(device),
         progress=resolve_progress(progress),
+        min_effect=min_effect,
     )
     loc, scale = posterior_from_frame(adata.varm[f"{key}_posterior"], job.fitted)
     columns, _ = job.summarise(loc, scale)

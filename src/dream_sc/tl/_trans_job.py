@@ -427,3 +427,45 @@ def posterior_from_frame(frame: pd.DataFrame, fitted: np.ndarray) -> tuple[dict,
             loc[base] = frame[f"{base}_loc"].to_numpy()[fitted].astype(np.float32)
             scale[base] = frame[f"{base}_scale"].to_numpy()[fitted].astype(np.float32)
     return loc, scale
+
+
+def job_from_record(
+    mdata: MuData,
+    modality: str,
+    record: dict,
+    *,
+    device: torch.device,
+    progress: bool,
+    min_effect: float | None = None,
+) -> TransJob:
+    """Rebuild the :class:`TransJob` of a stored trans fit from its run record.
+
+    Used by ``test_trans`` and ``calibration_check`` so their refits use exactly the data,
+    priors and settings of the original fit (``min_effect`` may be overridden).
+    """
+    p = record["params"]
+
+    def opt(name: str):
+        return None if p.get(name, "") == "" else p[name]
+
+    return prepare_trans_job(
+        mdata,
+        modality=modality,
+        function=str(p["function"]),
+        cis_key=str(p["cis_key"]),
+        technical_key_added=str(p["technical_key_added"]),
+        sum_factor_key=str(p["sum_factor_key"]),
+        layer=opt("layer"),
+        use_dose_mean=bool(p["use_dose_mean"]),
+        min_effect=min_effect if min_effect is not None else opt("min_effect"),
+        degree=int(p["degree"]),
+        include_cis_feature=bool(p["include_cis_feature"]),
+        seed=int(p["seed"]),
+        n_steps=int(p["n_steps"]),
+        lr=float(p["lr"]),
+        batch_size=opt("batch_size"),
+        feature_chunk=opt("feature_chunk"),
+        n_samples=int(p["n_samples"]),
+        device=device,
+        progress=progress,
+    )
