@@ -158,9 +158,10 @@ def fit_cis(
     ``_dose_q05``, ``_dose_q95``; ``mdata.obsm[f"{key_added}_dose_samples"]`` (cells x
     ``n_samples``); ``mdata.uns[key_added]`` with ``guides`` (DataFrame: ``target``,
     ``n_cells``, ``dose_mean``/``_q05``/``_q95``, ``log2_effect_mean``/``_sd``/``_q05``/``_q95``,
-    ``sigma_mean``, ``is_control``, ``control_active``), ``x_ntc``, ``dose_range``,
-    ``cis_feature``, ``modality``, ``params``, ``priors``, ``loss``, ``converged``,
-    ``versions``.
+    ``sigma_mean``, ``is_control``, ``control_active``), ``x_ntc``, ``log2_x_ntc_mean``,
+    ``log2_x_ntc_sd``, ``dose_range``, ``n_cells``, ``cis_feature``, ``cis_target``,
+    ``modality``, ``technical_key_added``, ``params``, ``priors``, ``loss``, ``converged``,
+    ``seconds``, ``versions``.
 
     Examples
     --------

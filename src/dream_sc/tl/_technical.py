@@ -118,9 +118,9 @@ def fit_technical(
       ``q05``, ``q50``, ``q95``.
     - ``mdata[modality].var[f"{key_added}_informative"]``: False for features without
       information in the fitted cells (they get neutral effects).
-    - ``mdata[modality].uns[key_added]``: ``params`` (arguments, seed, device), ``groups``,
-      ``priors``, ``loss``, ``converged``, ``chunk_converged``, ``plan``, ``seconds``,
-      ``versions``.
+    - ``mdata[modality].uns[key_added]``: ``params`` (arguments, seed, device),
+      ``distribution``, ``groups``, ``reference_group``, ``n_cells``, ``priors``, ``loss``,
+      ``converged``, ``chunk_converged``, ``plan``, ``seconds``, ``versions``.
 
     Examples
     --------

@@ -67,10 +67,12 @@ def test_trans(
 
     Returns
     -------
-    ``None`` (or the updated copy). Updates ``prob_dose_dependent``, ``lfsr``, ``qvalue``,
-    ``qvalue_non_monotonic``, ``significant`` and ``shape`` in
-    ``mdata[modality].varm[key]`` and ``null_scores``, ``null_non_monotonic_scores``,
-    ``params["alpha"]``, ``params["n_permutations"]`` in ``mdata[modality].uns[key]``.
+    ``None`` (or the updated copy). Updates ``prob_dose_dependent``, ``lfsr``, ``score``,
+    ``prob_non_monotonic``, ``qvalue``, ``qvalue_non_monotonic``, ``significant`` and
+    ``shape`` in ``mdata[modality].varm[key]`` and ``null_scores``,
+    ``null_non_monotonic_scores``, ``null_loss``, ``min_effect``, ``params["alpha"]``,
+    ``params["n_permutations"]``, ``params["test"]`` (and ``params["min_effect"]`` when given)
+    in ``mdata[modality].uns[key]``.
 
     Examples
     --------

@@ -125,14 +125,18 @@ def fit_trans(
     - ``mdata[modality].varm[key_added]``: per-feature DataFrame with ``distribution``,
       ``function``, ``response_mean/_sd/_q05/_q95``, ``ec50_mean/_q05/_q95``, ``ec50_in_range``,
       ``inflection_mean``, curve parameters (``eta_ref``, ``v1``, ``K1``, ``n1``, ... with
-      ``_mean/_q05/_q95``), ``prob_dose_dependent``, ``lfsr``, ``score``, ``prob_non_monotonic``,
-      ``qvalue``, ``qvalue_non_monotonic``, ``significant``, ``shape``, ``n_cells``,
-      ``converged``; NaN for features not fitted.
+      ``_mean/_q05/_q95``), ``ec50_1_*`` / ``ec50_2_*`` per component (additive Hill),
+      ``prob_dose_dependent``, ``lfsr``, ``score``, ``non_monotonic_mean``,
+      ``prob_non_monotonic``, ``non_monotonic_score``, ``qvalue``, ``qvalue_non_monotonic``,
+      ``significant``, ``shape``, ``n_cells``, ``converged``, ``fitted``; NaN for features not
+      fitted.
     - ``varm[f"{key_added}_curve_mean"]``, ``_curve_q05``, ``_curve_q95``: features x grid.
     - ``varm[f"{key_added}_posterior"]``: variational loc/scale of every latent site.
     - ``mdata[modality].uns[key_added]``: ``dose_grid``, ``dose_in_range``, ``dose_range``,
-      ``x_ref``, ``params``, ``priors``, ``loss``, ``converged``, ``chunk_converged``,
-      ``cis_key``, ``plan``, ``null_scores`` (when tested), ``versions``.
+      ``x_ref``, ``min_effect``, ``params``, ``priors``, ``loss``, ``converged``,
+      ``chunk_converged``, ``cis_key``, ``technical_key_added``, ``n_cells``, ``plan``,
+      ``seconds``, ``null_scores`` / ``null_non_monotonic_scores`` / ``null_loss`` (when
+      tested), ``versions``.
 
     Examples
     --------
