@@ -33,6 +33,7 @@ Usage::
 
     python benchmarks/compare_naive.py --seeds 0 --out benchmarks/compare_naive_results.md
     python benchmarks/compare_naive.py --quick --seeds 0 1
+    python benchmarks/compare_naive.py --merge run1.csv run2.csv --out merged.md
 """
 
 from __future__ import annotations
@@ -92,6 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smaller screens and fewer SVI steps")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="write the markdown report here")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="CSV",
+        help="only summarise the metric CSVs of earlier runs (written next to --out)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.cells = args.cells or 1500
@@ -299,13 +307,26 @@ METRIC_ORDER = [
 ]
 
 
-def summarise(long: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """One metrics x methods table per screen (mean over seeds)."""
+def summarise(long: pd.DataFrame, *, spread: bool = False) -> dict[str, pd.DataFrame]:
+    """One metrics x methods table per screen: mean over seeds (``spread``: "mean [min, max]")."""
     tables = {}
     for name, sub in long.groupby("screen", sort=False):
         wide = sub.pivot_table(index="metric", columns="method", values="value", aggfunc="mean")
         order = [m for m in METRIC_ORDER if m in wide.index]
-        wide = wide.reindex(index=order, columns=[m for m in METHODS if m in wide.columns])
+        cols = [m for m in METHODS if m in wide.columns]
+        wide = wide.reindex(index=order, columns=cols)
+        if spread and sub["seed"].nunique() > 1:
+            lo = sub.pivot_table(index="metric", columns="method", values="value", aggfunc="min")
+            hi = sub.pivot_table(index="metric", columns="method", values="value", aggfunc="max")
+            lo, hi = lo.reindex(index=order, columns=cols), hi.reindex(index=order, columns=cols)
+            wide = wide.astype(object)
+            for r in order:
+                for c in cols:
+                    m, a, b = wide.loc[r, c], lo.loc[r, c], hi.loc[r, c]
+                    if np.isfinite(m):
+                        wide.loc[r, c] = f"{m:.3g} [{a:.3g}, {b:.3g}]" if a != b else f"{m:.3g}"
+                    else:
+                        wide.loc[r, c] = "nan"
         wide.index.name = "metric"
         tables[name] = wide
     return tables
@@ -315,6 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     ds.settings.progress_bar = False
+    if args.merge:
+        merged(args)
+        return
     parts, infos = [], []
     for name in args.screens:
         for seed in args.seeds:
@@ -326,9 +350,34 @@ def main(argv: list[str] | None = None) -> None:
             md = report(args, pd.concat(parts, ignore_index=True), infos)
             if args.out:  # rewritten after every screen: a killed run keeps what it finished
                 Path(args.out).write_text(md)
-                pd.concat(parts).to_csv(Path(args.out).with_suffix(".csv"), index=False)
+                out = Path(args.out)
+                pd.concat(parts).to_csv(out.with_suffix(".csv"), index=False)
+                pd.DataFrame(infos).to_csv(out.with_name(out.stem + "_runs.csv"), index=False)
     print()
     print(md)
+
+
+def merged(args: argparse.Namespace) -> None:
+    """Summarise metric CSVs of several runs (e.g. screens run in parallel processes)."""
+    long = pd.concat([pd.read_csv(f) for f in args.merge], ignore_index=True)
+    long = long.drop_duplicates(["screen", "seed", "method", "metric"], keep="last")
+    order = {k: i for i, k in enumerate(sorted(SCREENS))}
+    long = long.sort_values("screen", key=lambda s: s.map(order), kind="stable")
+    seeds = sorted(long["seed"].unique())
+    lines = [
+        "# dream_sc vs naive guide-level fit (merged runs)",
+        "",
+        f"Seeds {seeds}; mean over seeds, [min, max] when they differ. `mdae` = median |log2 "
+        "error|.",
+        "",
+    ]
+    for name, table in summarise(long, spread=True).items():
+        n = long.loc[long["screen"] == name, "seed"].nunique()
+        lines += [f"## Screen {SCREENS[name]['label']} ({n} seeds)", "", markdown_table(table), ""]
+    md = "\n".join(lines)
+    print(md)
+    if args.out:
+        Path(args.out).write_text(md)
 
 
 def report(args: argparse.Namespace, long: pd.DataFrame, infos: list[dict]) -> str:
