@@ -90,6 +90,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps-trans", type=int, default=None)
     p.add_argument("--n-permutations", type=int, default=None, help="default: package default")
     p.add_argument("--alpha", type=float, default=0.1)
+    p.add_argument(
+        "--use-dose-mean",
+        action="store_true",
+        help="fit_trans(use_dose_mean=True): plug in the posterior mean dosage",
+    )
     p.add_argument("--quick", action="store_true", help="smaller screens and fewer SVI steps")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="write the markdown report here")
@@ -124,6 +129,8 @@ def run_dream(mdata, args: argparse.Namespace, seed: int) -> dict:
     trans_kw = _steps(args.steps_trans)
     if args.n_permutations is not None:
         trans_kw["n_permutations"] = args.n_permutations
+    if args.use_dose_mean:
+        trans_kw["use_dose_mean"] = True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         with PeakRSS() as mem:
@@ -388,7 +395,8 @@ def report(args: argparse.Namespace, long: pd.DataFrame, infos: list[dict]) -> s
         "",
         f"{args.cells} cells x {args.genes} genes; seeds {args.seeds}; steps technical/cis/trans "
         f"{args.steps_technical or 'default'}/{args.steps_cis or 'default'}/"
-        f"{args.steps_trans or 'default'}; alpha {args.alpha}; torch threads "
+        f"{args.steps_trans or 'default'}; use_dose_mean {args.use_dose_mean}; alpha "
+        f"{args.alpha}; torch threads "
         f"{torch.get_num_threads()}. Values are means over seeds. `mdae` = median |log2 error|.",
         "",
     ]
