@@ -32,15 +32,25 @@ def screen():
     return _fit_all(mdata, modalities=("rna", "splicing", "isoform", "score"))
 
 
+def _fitted_and_true(mdata, modality, features):
+    """Fitted and true mean curves ``[features, guides]`` at the guides' estimated dosages.
+
+    Doses are sorted once and used for both tables, so columns line up (``trans_curves`` is
+    long format and pivots to sorted doses).
+    """
+    doses = np.unique(ds.get.cis_dosage(mdata)["dose_mean"].to_numpy())
+    fit = ds.get.trans_curves(mdata, modality=modality, dose=doses, features=list(features))
+    fitted = fit.pivot(index="feature", columns="dose", values="mean").loc[list(features)]
+    assert np.allclose(fitted.columns.to_numpy(dtype=float), doses, rtol=1e-5)
+    true = ds.datasets.true_curve(mdata, modality, doses).loc[list(features)]
+    return fitted.to_numpy(), true.to_numpy()
+
+
 def _curve_error(mdata, modality, relative):
     res = ds.get.trans_results(mdata, modality=modality)
     var = mdata[modality].var
     responsive = res.index[res["fitted"] & var["true_responsive"].reindex(res.index).to_numpy(bool)]
-    doses = ds.get.cis_dosage(mdata)["dose_mean"].to_numpy()
-    fit = ds.get.trans_curves(mdata, modality=modality, dose=doses, features=list(responsive))
-    true = ds.datasets.true_curve(mdata, modality, doses).loc[responsive]
-    fitted = fit.pivot(index="feature", columns="dose", values="mean").loc[responsive].to_numpy()
-    truth = true.to_numpy()
+    fitted, truth = _fitted_and_true(mdata, modality, responsive)
     err = np.abs(fitted - truth) / (np.abs(truth) if relative else 1.0)
     return float(np.median(err))
 
@@ -134,11 +144,7 @@ def test_continuous_recovery(screen):
     truth = screen["score"].var["true_responsive"].to_numpy(bool)
     assert roc_auc_score(truth, res["prob_dose_dependent"]) >= 0.9
     sigma = screen["score"].var["true_sigma"].to_numpy()
-    doses = ds.get.cis_dosage(screen)["dose_mean"].to_numpy()
-    names = list(res.index[truth])
-    fit = ds.get.trans_curves(screen, modality="score", dose=doses, features=names)
-    fitted = fit.pivot(index="feature", columns="dose", values="mean").loc[names].to_numpy()
-    true = ds.datasets.true_curve(screen, "score", doses).loc[names].to_numpy()
+    fitted, true = _fitted_and_true(screen, "score", res.index[truth])
     assert np.median(np.abs(fitted - true) / sigma[truth][:, None]) <= 0.25
 
 
