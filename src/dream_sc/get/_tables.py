@@ -234,7 +234,7 @@ def _evaluate(adata, record, table, fitted, names, wanted, grid, lo_q, hi_q, key
         half_range=float(pri["half_range_log2"]),
         degree=int(pri["degree"]),
     )
-    loc, scale = posterior_from_frame(adata.varm[f"{key}_posterior"], fitted)
+    loc, scale, corr = posterior_from_frame(adata.varm[f"{key}_posterior"], fitted)
     local = np.arange(len(names))
     group_index = None
     wanted_pos = pd.Index(names).get_indexer(wanted)
@@ -248,7 +248,7 @@ def _evaluate(adata, record, table, fitted, names, wanted, grid, lo_q, hi_q, key
         wanted_pos = pd.Index(local).get_indexer(wanted_pos)
     n_samples = int(record["params"]["n_samples"])
     seed = int(record["params"]["seed"])
-    latent = draw_latent(loc, scale, local, n_samples, seed, stable_keys(names))
+    latent = draw_latent(loc, scale, local, n_samples, seed, stable_keys(names), corr)
     params = natural_params(
         function, latent, torch.as_tensor(priors.amplitude_scale[local]), priors
     )

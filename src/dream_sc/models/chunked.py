@@ -33,6 +33,7 @@ class ChunkProblem:
     sites: Sequence[Site]
     make_batch: Callable[[int], dict]
     loss_scale: float
+    correlated: bool = False  # full correlation among each feature's latent values
 
 
 @dataclass
@@ -46,6 +47,7 @@ class ChunkedFit:
     feature_converged: np.ndarray
     seconds: float
     chunks: list[np.ndarray] = field(default_factory=list)
+    corr: np.ndarray | None = None  # [T, D, D] correlation Cholesky (sites sorted by name)
 
     @property
     def converged(self) -> bool:
@@ -132,6 +134,7 @@ def fit_chunks(
     scale: dict[str, np.ndarray] = {}
     losses, conv = [], []
     feature_conv = np.zeros(n_features, dtype=bool)
+    corr: np.ndarray | None = None
     seconds = 0.0
     done_files = []
     for number, features in enumerate(chunks):
@@ -152,10 +155,13 @@ def fit_chunks(
                 saved["converged"],
                 0.0,
             )
+            chunk_corr = saved.get("corr")
         else:
             pyro.clear_param_store()
             problem = build(features)
-            guide = MeanFieldGuide(problem.sites, prefix=prefix, device=device)
+            guide = MeanFieldGuide(
+                problem.sites, prefix=prefix, device=device, correlated=problem.correlated
+            )
             ids = features if feature_keys is None else feature_keys[features]
             guide.noise = FeatureNoise(seed, ids, guide.noise_width, n_steps)
             context = f" in feature chunk {number + 1}/{len(chunks)} (features {features[0]}..{features[-1]})"
@@ -179,6 +185,7 @@ def fit_chunks(
                 result.converged,
                 result.seconds,
             )
+            chunk_corr = guide.correlation()
             if done_file is not None:
                 torch.save(
                     {
@@ -186,6 +193,7 @@ def fit_chunks(
                         "summary": summary,
                         "loss": loss,
                         "converged": converged,
+                        "corr": chunk_corr,
                     },
                     done_file,
                 )
@@ -195,6 +203,10 @@ def fit_chunks(
                 scale[name] = np.zeros_like(loc[name])
             loc[name][features] = site_loc
             scale[name][features] = site_scale
+        if chunk_corr is not None:
+            if corr is None:
+                corr = np.zeros((n_features, *chunk_corr.shape[1:]), dtype=np.float32)
+            corr[features] = chunk_corr
         losses.append(loss)
         conv.append(converged)
         feature_conv[features] = converged
@@ -203,4 +215,6 @@ def fit_chunks(
     for f in done_files:
         f.unlink(missing_ok=True)
     pyro.clear_param_store()
-    return ChunkedFit(loc, scale, np.sum(losses, axis=0), conv, feature_conv, seconds, list(chunks))
+    return ChunkedFit(
+        loc, scale, np.sum(losses, axis=0), conv, feature_conv, seconds, list(chunks), corr
+    )

@@ -3,8 +3,9 @@
 For feature ``t`` and cell ``i`` the linear predictor is
 ``eta_it = [log s_i] + delta_{c(i), t} + f_t(x_i)`` with the technical effects ``delta`` and
 the noise (NB dispersion, Normal/Student-t scale) fixed from step 1 and ``f_t`` one of the
-curves of :mod:`dream_sc.models.curves`. Each step draws one dosage per cell from the stored
-posterior samples of step 2, so the dosage uncertainty is propagated into the curves.
+curves of :mod:`dream_sc.models.curves`. The dosage uncertainty of step 2 is propagated by
+marginalising the curve over each cell's log-dosage posterior (mean and variance of its stored
+samples; see :func:`~dream_sc.models.curves.evaluate_curve`).
 
 Priors (all data-driven, computed once from the real data and reused unchanged for permutation
 nulls, so null fits are not shrunk differently from the real fit):
@@ -23,7 +24,7 @@ nulls, so null fits are not shrunk differently from the real fit):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyro
@@ -31,7 +32,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions.transforms import ExpTransform
 
-from .chunked import ChunkProblem, minibatch_rows, step_rng
+from .chunked import ChunkProblem, minibatch_rows
 from .curves import evaluate_curve
 from .guide import Site
 from .observation import ObservationData
@@ -158,13 +159,45 @@ def sample_prior_sites(
 
 @dataclass
 class TransInputs:
-    """Cell-level inputs of the trans fit (shared by all chunks)."""
+    """Cell-level inputs of the trans fit (shared by all chunks).
 
-    log_dose_samples: np.ndarray  # [N, S] natural-log dosage draws per cell
+    A cell's natural-log dosage is summarised by the mean and variance of its posterior samples
+    from step 2; the curve is marginalised over ``Normal(mean, var)`` (variance 0 with
+    ``use_dose_mean``, where the mean is the log of the posterior mean dosage).
+    """
+
+    log_dose_mean: np.ndarray  # [N]
+    log_dose_var: np.ndarray  # [N]
     group: np.ndarray  # [N] technical group
     log_sf: np.ndarray | None  # [N] negbinom
     use_dose_mean: bool
-    order: np.ndarray | None = None  # cell positions sorted by name (order-independent draws)
+    order: np.ndarray | None = None  # cell positions sorted by name (order-independent batches)
+
+    @classmethod
+    def from_samples(
+        cls,
+        log_dose_samples: np.ndarray,
+        group: np.ndarray,
+        log_sf: np.ndarray | None,
+        use_dose_mean: bool,
+        order: np.ndarray | None = None,
+    ) -> TransInputs:
+        """Summarise posterior samples ``[N, S]`` of the natural-log dosage."""
+        samples = np.asarray(log_dose_samples, dtype=np.float64)
+        if use_dose_mean:
+            mean = np.log(np.mean(np.exp(samples), axis=1))
+            var = np.zeros(len(samples))
+        else:
+            mean, var = samples.mean(axis=1), samples.var(axis=1)
+        return cls(mean, var, group, log_sf, use_dose_mean, order)
+
+    def permuted(self, permutation: np.ndarray) -> TransInputs:
+        """Inputs whose cell ``i`` has the dosage of cell ``permutation[i]`` (null fits)."""
+        return replace(
+            self,
+            log_dose_mean=self.log_dose_mean[permutation],
+            log_dose_var=self.log_dose_var[permutation],
+        )
 
 
 def trans_problem(
@@ -208,17 +241,21 @@ def trans_problem(
     log_sf = t(inputs.log_sf) if inputs.log_sf is not None else None
     scale = t(priors.amplitude_scale[features])
     noise_t = {k: t(v) for k, v in noise.items()}
-    draws = inputs.log_dose_samples
-    order = inputs.order if inputs.order is not None else np.arange(n_cells)
-    rank = np.empty(n_cells, dtype=np.int64)
-    rank[order] = np.arange(n_cells)
-    mean_log_dose = np.log(np.mean(np.exp(draws), axis=1))
+    log_x_all = t(inputs.log_dose_mean)
+    log_x_var_all = None if inputs.use_dose_mean else t(inputs.log_dose_var)
 
     def model(batch: dict) -> None:
         rows = batch["rows"]
         latent = sample_prior_sites(function, n_feat, priors, features, device)
         params = natural_params(function, latent, scale, priors)
-        eta = evaluate_curve(function, params, batch["log_x"], priors.log_x_ref, priors.half_range)
+        eta = evaluate_curve(
+            function,
+            params,
+            log_x_all[rows],
+            priors.log_x_ref,
+            priors.half_range,
+            None if log_x_var_all is None else log_x_var_all[rows],
+        )
         eta = eta + delta[group[rows]]
         if log_sf is not None:
             eta = eta + log_sf[rows, None]
@@ -227,13 +264,12 @@ def trans_problem(
 
     def make_batch(step: int) -> dict:
         rows = minibatch_rows(seed, step, n_cells, batch_size, inputs.order)
-        if inputs.use_dose_mean:
-            log_x = mean_log_dose[rows]
-        else:
-            cols = step_rng(seed, step, 2).integers(draws.shape[1], size=n_cells)
-            log_x = draws[rows, cols[rank[rows]]]
-        return {"rows": torch.as_tensor(rows, device=device), "log_x": t(log_x), "n_cells": n_cells}
+        return {"rows": torch.as_tensor(rows, device=device), "n_cells": n_cells}
 
     return ChunkProblem(
-        model, site_list(function, n_feat, priors, features), make_batch, float(n_cells)
+        model,
+        site_list(function, n_feat, priors, features),
+        make_batch,
+        float(n_cells),
+        correlated=True,
     )

@@ -44,8 +44,13 @@ def draw_latent(
     n_samples: int,
     seed: int,
     keys: np.ndarray | None = None,
+    corr: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Posterior draws ``[S, T, ...]`` of every site, seeded per feature (by ``keys`` if given)."""
+    """Posterior draws ``[S, T, ...]`` of every site, seeded per feature (by ``keys`` if given).
+
+    ``corr`` (``[T, D, D]``, sites sorted by name) correlates the values of each feature:
+    ``value = loc + scale * (R @ eps)``.
+    """
     names = sorted(loc)
     widths = [int(np.prod(loc[n].shape[1:])) for n in names]
     total = sum(widths)
@@ -54,6 +59,8 @@ def draw_latent(
     for row, fid in enumerate(ids):
         rng = np.random.Generator(np.random.PCG64([int(seed), int(fid), 99]))
         eps[row] = rng.standard_normal((n_samples, total), dtype=np.float32)
+    if corr is not None:
+        eps = np.einsum("tij,tsj->tsi", corr[features], eps).astype(np.float32)
     out, offset = {}, 0
     for name, width in zip(names, widths, strict=True):
         shape = loc[name].shape[1:]

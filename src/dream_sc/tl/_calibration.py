@@ -98,7 +98,7 @@ def calibration_check(
         fit = job.fit(
             permutation=perm, description=f"calibration {number + 1}", tag=f"check{number}"
         )
-        cols, _ = job.summarise(fit.loc, fit.scale)
+        cols, _ = job.summarise(fit.loc, fit.scale, permutation=perm, corr=fit.corr)
         q = decoy_qvalues(cols["score"], null.ravel(), null.shape[0])
         ks = stats.ks_2samp(cols["score"], null.ravel())
         rows.append(

@@ -113,8 +113,8 @@ def test_trans(
         progress=resolve_progress(progress),
         min_effect=min_effect,
     )
-    loc, scale = posterior_from_frame(adata.varm[f"{key}_posterior"], job.fitted)
-    columns, _ = job.summarise(loc, scale)
+    loc, scale, corr = posterior_from_frame(adata.varm[f"{key}_posterior"], job.fitted)
+    columns, _ = job.summarise(loc, scale, corr=corr)
     if wanted > have:
         extra = null_fits(job, wanted - have, start=have)
         null = (

@@ -195,7 +195,7 @@ def fit_trans(
         job.n_features,
     )
     fit = job.fit()
-    columns, curves = job.summarise(fit.loc, fit.scale)
+    columns, curves = job.summarise(fit.loc, fit.scale, corr=fit.corr)
     null = null_fits(job, n_permutations) if test else None
     sig = significance_columns(
         columns, null, alpha=alpha, n_permutations=n_permutations if test else 0

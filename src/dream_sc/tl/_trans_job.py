@@ -7,7 +7,7 @@ same priors and settings.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,7 @@ from scipy import sparse
 
 from .._data import ModalityData, modality_data
 from ..models.chunked import ChunkedFit, fit_chunks, name_order, stable_keys
+from ..models.guide import cholesky_from_lower
 from ..models.memory import feature_chunks, plan_fit
 from ..models.observation import ObservationData
 from ..models.trans import TransInputs, TransPriors, dose_priors, trans_problem
@@ -41,6 +42,8 @@ AMPLITUDE_FLOOR = 0.1
 MIN_CELLS_PER_GUIDE = 5
 
 CURVE_FUNCTIONS = ("single_hill", "additive_hill", "polynomial")
+#: Column prefix of the per-feature correlation factor in ``varm[f"{key}_posterior"]``.
+CORR_PREFIX = "corr_chol_"
 
 
 def load_cis(mdata: MuData, cis_key: str) -> dict:
@@ -77,6 +80,8 @@ class TransJob:
     device: torch.device
     progress: bool
     plan: dict
+    guide_labels: np.ndarray  # [N] guide (or dosage bin) of every fitted cell
+    amplitude_floor: np.ndarray  # [T] floor of the amplitude prior scale
     checkpoint: str | None = None
 
     @property
@@ -105,19 +110,37 @@ class TransJob:
             out["log_nu"] = tech.log_nu[glob]
         return out
 
+    def priors_for(self, permutation: np.ndarray | None = None) -> TransPriors:
+        """Priors of the real fit, or of a null fit whose cells got the dosage of ``permutation``.
+
+        The amplitude prior is computed from the guide-level means, so a null fit recomputes it
+        from the permuted guide labels (cell ``i`` belongs to the guide of cell
+        ``permutation[i]``). Reusing the real fit's amplitude prior would hand the real fit a
+        prior tuned to its own guide-level fluctuations and make real and null scores
+        non-exchangeable (real null screens then show too many high scores).
+        """
+        if permutation is None:
+            return self.priors
+        sf = None if self.inputs.log_sf is None else np.exp(self.inputs.log_sf)
+        gm = _guide_level_link_means(
+            self.data,
+            self.fitted,
+            self.guide_labels[permutation],
+            self.inputs.group,
+            sf,
+            self.tech.effects,
+        )
+        amp, _ = amplitude_scale(gm, self.amplitude_floor)
+        return replace(self.priors, amplitude_scale=amp.astype(np.float32))
+
     def fit(
         self, permutation: np.ndarray | None = None, description: str = "trans", tag: str = "real"
     ) -> ChunkedFit:
         """Fit every chunk; ``permutation`` reorders the cells' dosage draws (null fits)."""
         inputs = self.inputs
+        priors = self.priors_for(permutation)
         if permutation is not None:
-            inputs = TransInputs(
-                inputs.log_dose_samples[permutation],
-                inputs.group,
-                inputs.log_sf,
-                inputs.use_dose_mean,
-                inputs.order,
-            )
+            inputs = inputs.permuted(permutation)
         cols = np.flatnonzero(self.fitted)
         X = self.data.X[:, cols]
         total = None if self.data.total is None else self.data.total[:, cols]
@@ -135,7 +158,7 @@ class TransJob:
             return trans_problem(
                 obs,
                 self.function,
-                self.priors,
+                priors,
                 idx,
                 inputs,
                 effects=effects[idx],
@@ -160,9 +183,21 @@ class TransJob:
             feature_keys=self.keys,
         )
 
-    def summarise(self, loc: dict, scale: dict, min_effect: np.ndarray | None = None):
-        """Summaries (columns over fitted features) and grid curves, chunk by chunk."""
+    def summarise(
+        self,
+        loc: dict,
+        scale: dict,
+        min_effect: np.ndarray | None = None,
+        permutation: np.ndarray | None = None,
+        corr: np.ndarray | None = None,
+    ):
+        """Summaries (columns over fitted features) and grid curves, chunk by chunk.
+
+        ``permutation`` must be the one the posterior was fitted with (null fits); ``corr`` is
+        the per-feature correlation factor of the fit (:attr:`ChunkedFit.corr`).
+        """
         min_effect = self.min_effect if min_effect is None else min_effect
+        priors = self.priors_for(permutation)
         gi = self.data.group_index[self.fitted] if self.data.group_index is not None else None
         columns: dict[str, np.ndarray] = {}
         curves = {
@@ -171,13 +206,13 @@ class TransJob:
         }
         summary_chunks = feature_chunks(self.n_features, 1024, gi)
         for idx in summary_chunks:
-            latent = draw_latent(loc, scale, idx, self.n_samples, self.seed, self.keys)
+            latent = draw_latent(loc, scale, idx, self.n_samples, self.seed, self.keys, corr)
             cols, crv = summarise_chunk(
                 self.data.distribution,
                 self.function,
                 latent,
-                self.priors.amplitude_scale[idx],
-                self.priors,
+                priors.amplitude_scale[idx],
+                priors,
                 self.grid,
                 min_effect=min_effect[idx],
                 group_index=None if gi is None else gi[idx],
@@ -324,7 +359,9 @@ def prepare_trans_job(
     sigma = (
         np.exp(tech.log_sigma[fitted]) if tech.log_sigma is not None else np.ones(int(fitted.sum()))
     )
-    floor = AMPLITUDE_FLOOR * (sigma if data.distribution in ("normal", "studentt") else 1.0)
+    floor = AMPLITUDE_FLOOR * (
+        sigma if data.distribution in ("normal", "studentt") else np.ones(int(fitted.sum()))
+    )
     amp, n_fallback = amplitude_scale(gm, floor)
     if n_fallback:
         logger.info(
@@ -356,7 +393,7 @@ def prepare_trans_job(
         batch_size=batch_size,
         feature_chunk=feature_chunk,
     )
-    inputs = TransInputs(
+    inputs = TransInputs.from_samples(
         log_samples,
         group,
         None if sf is None else np.log(sf),
@@ -383,6 +420,8 @@ def prepare_trans_job(
         device,
         progress,
         plan.as_dict(),
+        labels,
+        floor,
     )
 
 
@@ -401,12 +440,29 @@ def posterior_frame(fit: ChunkedFit, var_names: pd.Index, fitted: np.ndarray) ->
                 full = np.full(len(var_names), np.nan)
                 full[fitted] = values
                 cols[f"{name}{suffix}_{stat}"] = full
+    if fit.corr is not None:
+        for i, j in zip(*np.tril_indices(fit.corr.shape[1], k=-1), strict=True):
+            full = np.full(len(var_names), np.nan)
+            full[fitted] = fit.corr[:, i, j]
+            cols[f"{CORR_PREFIX}{i}_{j}"] = full
     return pd.DataFrame(cols, index=var_names)
 
 
-def posterior_from_frame(frame: pd.DataFrame, fitted: np.ndarray) -> tuple[dict, dict]:
-    """Inverse of :func:`posterior_frame` (rows of fitted features only)."""
+def posterior_from_frame(
+    frame: pd.DataFrame, fitted: np.ndarray
+) -> tuple[dict, dict, np.ndarray | None]:
+    """Inverse of :func:`posterior_frame` (rows of fitted features only): loc, scale, corr."""
     loc, scale = {}, {}
+    corr_cols = [c for c in frame.columns if c.startswith(CORR_PREFIX)]
+    corr = None
+    if corr_cols:
+        pairs = [tuple(int(v) for v in c[len(CORR_PREFIX) :].split("_")) for c in corr_cols]
+        width = max(i for i, _ in pairs) + 1
+        lower = np.zeros((int(fitted.sum()), width, width))
+        for (i, j), col in zip(pairs, corr_cols, strict=True):
+            lower[:, i, j] = frame[col].to_numpy()[fitted]
+        corr = cholesky_from_lower(lower)
+        frame = frame.drop(columns=corr_cols)
     names = sorted({c.rsplit("_", 1)[0] for c in frame.columns})
     bases = sorted(
         {
@@ -426,7 +482,7 @@ def posterior_from_frame(frame: pd.DataFrame, fitted: np.ndarray) -> tuple[dict,
         else:
             loc[base] = frame[f"{base}_loc"].to_numpy()[fitted].astype(np.float32)
             scale[base] = frame[f"{base}_scale"].to_numpy()[fitted].astype(np.float32)
-    return loc, scale
+    return loc, scale, corr
 
 
 def job_from_record(
