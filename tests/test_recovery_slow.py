@@ -83,11 +83,6 @@ def test_technical_recovery(screen, mod):
     assert r >= 0.9, (mod, r)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap (issue 3): median relative error of fitted vs true rna curves at the "
-    "guides' estimated dosages is 0.28 on the 3000 x 300 screen; target 0.15",
-)
 def test_rna_curves_track_truth(screen):
     assert _curve_error(screen, "rna", relative=True) <= 0.15
 
@@ -115,14 +110,7 @@ def test_rna_detection_and_fdr(screen):
 @pytest.mark.parametrize(
     "modality",
     [
-        pytest.param(
-            "splicing",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="borderline (issue 4): AUROC passes but the PSI curve error is 0.054 on "
-                "the 3000-cell screen against a 0.05 target",
-            ),
-        ),
+        "splicing",
         "isoform",
     ],
 )
@@ -134,11 +122,6 @@ def test_binomial_multinomial_recovery(screen, modality):
     assert _curve_error(screen, modality, relative=False) <= 0.05
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap (issue 4): detection of responsive scores passes (AUROC >= 0.9) but the "
-    "fitted normal curves deviate from the truth by a median 0.64 noise sd; target 0.25",
-)
 def test_continuous_recovery(screen):
     res = ds.get.trans_results(screen, modality="score")
     truth = screen["score"].var["true_responsive"].to_numpy(bool)

@@ -69,9 +69,11 @@ def fit_trans(
 ) -> MuData | None:
     """Fit a dose-response curve for every feature of a modality (step 3).
 
-    The cells of the cis fit ``cis_key`` are used; at every SVI step each cell's dosage is
-    drawn from its posterior samples (``use_dose_mean=True`` uses the posterior mean instead),
-    so dosage uncertainty widens the curves. Technical effects and noise come from step 1. Curves
+    The cells of the cis fit ``cis_key`` are used; the curve is marginalised over each cell's
+    log-dosage posterior (mean and variance of its samples from step 2; see
+    :func:`dream_sc.models.curves.evaluate_curve`), so an uncertain dosage smooths the cell's
+    expected response instead of sharpening the curve (``use_dose_mean=True`` plugs in the
+    posterior mean instead). Technical effects and noise come from step 1. Curves
     live on the link scale of the modality (log / logit / softmax / identity) so means stay in
     their domain. Priors are data-driven (see :mod:`dream_sc.models.trans`). With ``test=True``
     the calibrated significance of :func:`dream_sc.tl.test_trans` is computed as well.
@@ -90,7 +92,7 @@ def fit_trans(
     sum_factor_key, layer
         Size factors and data layer.
     use_dose_mean
-        Fast path: plug in the posterior mean dosage instead of propagating its uncertainty.
+        Plug in the posterior mean dosage instead of marginalising over its uncertainty.
     min_effect
         Minimal effect for ``prob_dose_dependent`` (default: 0.2 log2 fold change for counts,
         0.03 for probabilities / proportions, 0.1 noise sd for continuous data).
