@@ -6,18 +6,21 @@ from dream_sc.models.significance import decoy_qvalues, permute_within_groups
 def test_decoy_qvalues_by_hand():
     scores = np.array([10.0, 9.0, 8.0, 0.1, np.nan])
     null = np.array([8.5, 0.2, 0.3, 0.05])
-    # thresholds: 10 -> (0.5+0)/1, 9 -> (0.5+0)/2, 8 -> (0.5+1)/3, 0.1 -> (0.5+3)/4
-    q = decoy_qvalues(scores, null, 1)
+    # c = 0.5, thresholds: 10 -> (0.5+0)/1, 9 -> (0.5+0)/2, 8 -> (0.5+1)/3, 0.1 -> (0.5+3)/4
+    q = decoy_qvalues(scores, null, 1, pseudocount=0.5)
     np.testing.assert_allclose(q, [0.25, 0.25, 0.5, 0.875, 1.0])
-    q2 = decoy_qvalues(scores, np.concatenate([null, null]), 2)
+    q2 = decoy_qvalues(scores, np.concatenate([null, null]), 2, pseudocount=0.5)
     np.testing.assert_allclose(q2, [0.125, 0.125, 2.5 / 6, (0.5 + 6) / 8, 1.0])
-    np.testing.assert_allclose(decoy_qvalues(scores, null, 1, pseudocount=1.0)[:2], [0.5, 0.5])
+    # default c = 1 (knockoff+): 10 -> 1/1, 9 -> 1/2, 8 -> 2/3, 0.1 -> 4/4
+    np.testing.assert_allclose(decoy_qvalues(scores, null, 1), [0.5, 0.5, 2 / 3, 1.0, 1.0])
+    q3 = decoy_qvalues(scores, np.concatenate([null, null]), 2)
+    np.testing.assert_allclose(q3, [0.25, 0.25, 3 / 6, 7 / 8, 1.0])
 
 
 def test_decoy_qvalues_ties_and_monotone():
     scores = np.array([5.0, 5.0, 1.0])
     q = decoy_qvalues(scores, np.array([0.0]), 1)
-    np.testing.assert_allclose(q, [0.5 / 3] * 3)  # the lowest threshold still has no null above it
+    np.testing.assert_allclose(q, [1 / 3] * 3)  # the lowest threshold still has no null above it
     rng = np.random.default_rng(0)
     s = rng.normal(size=200)
     q = decoy_qvalues(s, rng.normal(size=200), 1)
@@ -26,12 +29,24 @@ def test_decoy_qvalues_ties_and_monotone():
 
 
 def test_null_screens_rarely_discover():
+    """Exchangeable scores, 300 features: P(any discovery at q < 0.1) for the default
+    (c = 1, two null sets) is ~0.1%, for c = 0.5 with one null set ~1.4%."""
     rng = np.random.default_rng(1)
-    hits = [
-        (decoy_qvalues(rng.normal(size=300), rng.normal(size=300), 1) < 0.1).any()
-        for _ in range(400)
-    ]
-    assert np.mean(hits) < 0.1
+    default, half = [], []
+    for _ in range(1000):
+        s, null = rng.normal(size=300), rng.normal(size=600)
+        default.append((decoy_qvalues(s, null, 2) < 0.1).any())
+        half.append((decoy_qvalues(s, null[:300], 1, pseudocount=0.5) < 0.1).any())
+    assert np.mean(default) <= 0.005
+    assert 0.005 <= np.mean(half) <= 0.03
+
+
+def test_default_needs_six_features_above_both_null_sets():
+    null = np.zeros(600)
+    for k, expected in ((5, 0.1), (6, 1 / 12)):
+        scores = np.r_[np.full(k, 5.0), np.full(294, -1.0)]
+        q = decoy_qvalues(scores, null, 2)
+        np.testing.assert_allclose(q[:k], expected)
 
 
 def test_permutation_stays_within_groups():

@@ -8,6 +8,7 @@ import numpy as np
 from mudata import MuData
 
 from .. import _validation as V
+from ..models.significance import DEFAULT_N_PERMUTATIONS
 from ._common import resolve_device, resolve_progress
 from ._significance import null_fits, significance_columns
 from ._trans_job import job_from_record, posterior_from_frame
@@ -34,12 +35,13 @@ def test_trans(
     1. Score: ``|posterior mean response| / posterior sd`` of the response over the observed
        dosage range; ``prob_dose_dependent = P(|response| > min_effect)`` and ``lfsr`` come
        from the same posterior samples.
-    2. Null: the trans model is refitted with the cells' dosage draws permuted among cells of
-       the same technical group (same priors, settings and seed), ``n_permutations`` times.
-       This keeps technical structure, per-cell noise and the dosage distribution and breaks
-       only the dose-observation link.
-    3. FDR: target-decoy estimate ``(0.5 + #null >= s) / (n_permutations * #observed >= s)``,
-       turned into monotone q-values; ``significant = qvalue < alpha``.
+    2. Null: the trans model is refitted with the cells' dosage posteriors permuted among cells
+       of the same technical group (same settings and seed; the amplitude prior recomputed from
+       the permuted guide labels), ``n_permutations`` times. This keeps technical structure,
+       per-cell noise and the dosage distribution and breaks only the dose-observation link.
+    3. FDR: target-decoy (knockoff+) estimate
+       ``(1 + #null >= s) / (n_permutations * #observed >= s)``, turned into monotone q-values;
+       ``significant = qvalue < alpha``.
     4. Non-monotonicity: the same procedure on the non-monotonic amplitude
        ``min(largest rise, largest fall)`` of the curve gives ``qvalue_non_monotonic``; a
        significant feature whose non-monotonic evidence is significant too is called
@@ -55,7 +57,7 @@ def test_trans(
     modality, key
         Which trans fit.
     n_permutations
-        Total number of permutation nulls wanted (default: those stored, at least 1).
+        Total number of permutation nulls wanted (default: those stored, at least 2).
     alpha
         FDR level of ``significant``.
     min_effect
@@ -102,7 +104,7 @@ def test_trans(
             "loss": np.asarray(record.get("null_loss", [])),
         }
     have = 0 if null_old is None else null_old["score"].shape[0]
-    wanted = max(have, 1) if n_permutations is None else int(n_permutations)
+    wanted = max(have, DEFAULT_N_PERMUTATIONS) if n_permutations is None else int(n_permutations)
     if wanted < 1:
         raise ValueError("n_permutations must be >= 1.")
     job = job_from_record(

@@ -13,6 +13,7 @@ from scipy import sparse
 
 from .. import _validation as V
 from .._settings import settings
+from ..models.significance import DEFAULT_N_PERMUTATIONS
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
 from ._significance import null_fits, significance_columns
 from ._trans_job import TransJob, posterior_frame, prepare_trans_job
@@ -53,7 +54,7 @@ def fit_trans(
     degree: int = 3,
     include_cis_feature: bool = False,
     test: bool = True,
-    n_permutations: int = 1,
+    n_permutations: int = DEFAULT_N_PERMUTATIONS,
     alpha: float = 0.1,
     n_steps: int = 600,
     lr: float = 0.03,
@@ -103,8 +104,9 @@ def fit_trans(
     test, n_permutations, alpha
         Compute calibrated q-values from ``n_permutations`` permutation refits (see
         :func:`dream_sc.tl.test_trans`) and call features with ``qvalue < alpha`` significant.
-        More permutations give smoother q-values for modalities with few features, at the cost
-        of one refit each.
+        The default (2) pairs with the knockoff+ pseudo-count of the FDR estimate (see
+        :func:`dream_sc.models.significance.decoy_qvalues`); more permutations give smoother
+        q-values for modalities with few features, at the cost of one refit each.
     n_steps, lr, batch_size, feature_chunk
         SVI settings (batch/chunk default: memory planner).
     n_samples
