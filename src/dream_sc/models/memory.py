@@ -23,8 +23,11 @@ logger = logging.getLogger("dream_sc")
 BYTES_PER_ENTRY = 48
 #: Bytes per stored non-zero of a CSR matrix on the device (int64 column, float32 value, row id).
 BYTES_PER_NONZERO = 20
-#: Default upper bound on the minibatch size: beyond it, more steps beat bigger batches on CPU.
-DEFAULT_MAX_BATCH = 4096
+#: Default upper bound on the minibatch size. Per-feature parameters see every cell many times
+#: over the default number of steps anyway: on a 3000-cell screen, batches of 1000 cells gave the
+#: same EC50s, curves and AUROC as full batches at 2.4x the speed (batches of 500 too, but with
+#: a loss too noisy for the convergence check).
+DEFAULT_MAX_BATCH = 1024
 
 
 def _read_int(path: str) -> int | None:

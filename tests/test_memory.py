@@ -1,0 +1,137 @@
+"""Memory planner: where the budget comes from and which sizes it picks."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from dream_sc.models import memory
+from dream_sc.models.memory import (
+    DEFAULT_MAX_BATCH,
+    available_memory,
+    estimate_peak_bytes,
+    feature_chunks,
+    plan_fit,
+)
+
+GB = 1024**3
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A fake machine: cgroup files, SLURM variables and psutil numbers set per test."""
+    files: dict[str, int] = {}
+    state = SimpleNamespace(files=files, available=64 * GB, rss=1 * GB)
+    monkeypatch.setattr(memory, "_read_int", lambda path: files.get(path))
+    monkeypatch.setattr(
+        memory.psutil, "virtual_memory", lambda: SimpleNamespace(available=state.available)
+    )
+    monkeypatch.setattr(
+        memory.psutil,
+        "Process",
+        lambda: SimpleNamespace(memory_info=lambda: SimpleNamespace(rss=state.rss)),
+    )
+    for var in ("SLURM_MEM_PER_NODE", "SLURM_MEM_PER_CPU", "SLURM_CPUS_ON_NODE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    return state
+
+
+def test_read_int_parses_cgroup_files(tmp_path):
+    cases = {"limit": ("1073741824\n", 1073741824), "max": ("max\n", None), "empty": ("", None)}
+    cases["v1_unlimited"] = (str(9223372036854771712), None)
+    cases["garbage"] = ("lots", None)
+    for name, (text, expected) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        assert memory._read_int(str(path)) == expected, name
+    assert memory._read_int(str(tmp_path / "missing")) is None
+
+
+def test_explicit_budget_wins(machine):
+    machine.files["/sys/fs/cgroup/memory.max"] = 1 * GB
+    assert available_memory(3.5) == (int(3.5 * GB), "user budget")
+
+
+def test_psutil_when_nothing_else(machine):
+    assert available_memory() == (64 * GB, "psutil")
+
+
+def test_cgroup_v2_limit_minus_usage(machine):
+    machine.files["/sys/fs/cgroup/memory.max"] = 8 * GB
+    machine.files["/sys/fs/cgroup/memory.current"] = 3 * GB
+    assert available_memory() == (5 * GB, "cgroup v2 memory.max")
+
+
+def test_cgroup_v1_limit_minus_usage(machine):
+    machine.files["/sys/fs/cgroup/memory/memory.limit_in_bytes"] = 6 * GB
+    machine.files["/sys/fs/cgroup/memory/memory.usage_in_bytes"] = 2 * GB
+    assert available_memory() == (4 * GB, "cgroup v1 memory.limit_in_bytes")
+
+
+def test_slurm_per_node_and_per_cpu(machine, monkeypatch):
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "4096")  # MB
+    assert available_memory() == (3 * GB, "SLURM allocation")  # minus the 1 GB RSS
+    monkeypatch.delenv("SLURM_MEM_PER_NODE")
+    monkeypatch.setenv("SLURM_MEM_PER_CPU", "2048")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "4")
+    assert available_memory() == (7 * GB, "SLURM allocation")
+
+
+def test_smallest_limit_wins(machine, monkeypatch):
+    machine.available = 10 * GB
+    machine.files["/sys/fs/cgroup/memory.max"] = 12 * GB
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", str(3 * 1024))
+    assert available_memory() == (2 * GB, "SLURM allocation")
+
+
+def test_peak_estimate_adds_up():
+    peak = estimate_peak_bytes(
+        10_000, 1000, 200, density=0.1, n_samples=100, noise_width=9, n_steps=600
+    )
+    step = 1000 * 200 * memory.BYTES_PER_ENTRY
+    data = 10_000 * 200 * 0.1 * memory.BYTES_PER_NONZERO
+    assert peak >= step + data
+    bigger = estimate_peak_bytes(
+        10_000, 2000, 200, density=0.1, n_samples=100, noise_width=9, n_steps=600
+    )
+    assert bigger - peak == 1000 * 200 * memory.BYTES_PER_ENTRY
+
+
+def test_plan_keeps_full_problem_when_it_fits(machine):
+    plan = plan_fit(500, 300, density=0.1, max_memory_gb=8)
+    assert (plan.batch_size, plan.feature_chunk) == (500, 300)
+    plan = plan_fit(50_000, 300, density=0.1, max_memory_gb=8)
+    assert plan.batch_size == DEFAULT_MAX_BATCH
+    assert plan.as_dict()["memory_source"] == "user budget"
+    assert plan.as_dict()["available_gb"] == 8.0
+
+
+def test_plan_halves_chunk_then_batch_to_fit(machine):
+    kw = {"density": 1.0, "n_samples": 100, "noise_width": 9, "n_steps": 600}
+    plan = plan_fit(20_000, 5_000, max_memory_gb=0.5, **kw)
+    assert plan.feature_chunk < 5_000
+    assert plan.estimated_peak_bytes <= 0.25 * GB  # half of the budget
+    # the chunk is halved first (down to 64 features), only then the batch
+    tiny = plan_fit(20_000, 5_000, max_memory_gb=0.02, **kw)
+    assert tiny.feature_chunk == 40  # 5000 -> 2500 -> ... -> 79 -> 40 (first size <= 64)
+    assert tiny.batch_size < DEFAULT_MAX_BATCH
+
+
+def test_plan_keeps_user_sizes_and_warns(machine, caplog):
+    with caplog.at_level(logging.WARNING, logger="dream_sc"):
+        plan = plan_fit(
+            100_000, 20_000, density=1.0, batch_size=50_000, feature_chunk=20_000, max_memory_gb=1
+        )
+    assert (plan.batch_size, plan.feature_chunk) == (50_000, 20_000)
+    assert "exceeds the budget" in caplog.text
+
+
+def test_feature_chunks_keep_groups_together():
+    groups = np.array([2, 0, 0, 1, 1, 1, 2, 3])
+    chunks = feature_chunks(8, 3, groups)
+    assert [c.tolist() for c in chunks] == [[1, 2], [3, 4, 5], [0, 6, 7]]
+    assert [c.tolist() for c in feature_chunks(5, 2)] == [[0, 1], [2, 3], [4]]
