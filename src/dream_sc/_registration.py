@@ -15,6 +15,8 @@ from scipy import sparse
 Distribution = Literal["negbinom", "binomial", "multinomial", "normal", "studentt"]
 DISTRIBUTIONS: tuple[str, ...] = get_args(Distribution)
 REGISTRATION_KEY = "dream_sc"
+#: Distributions that accept ``overdispersed=True`` (beta-binomial / Dirichlet-multinomial).
+OVERDISPERSIBLE: tuple[str, ...] = ("binomial", "multinomial")
 
 
 def make_registration(
@@ -23,14 +25,22 @@ def make_registration(
     layer: str | None = None,
     total_layer: str | None = None,
     group_key: str | None = None,
+    overdispersed: bool = False,
 ) -> dict[str, Any]:
-    """Build a registration dict (empty strings stand for ``None`` so it is h5-serialisable)."""
-    return {
+    """Build a registration dict (empty strings stand for ``None`` so it is h5-serialisable).
+
+    ``overdispersed`` is only written when true; a registration without the key (also one
+    written by an older version) means a plain binomial / multinomial.
+    """
+    reg: dict[str, Any] = {
         "distribution": distribution,
         "layer": layer or "",
         "total_layer": total_layer or "",
         "group_key": group_key or "",
     }
+    if overdispersed:
+        reg["overdispersed"] = True
+    return reg
 
 
 def set_registration(
@@ -40,10 +50,15 @@ def set_registration(
     layer: str | None = None,
     total_layer: str | None = None,
     group_key: str | None = None,
+    overdispersed: bool = False,
 ) -> None:
     """Write a registration into ``adata.uns["dream_sc"]`` (no validation, see ``pp``)."""
     adata.uns[REGISTRATION_KEY] = make_registration(
-        distribution, layer=layer, total_layer=total_layer, group_key=group_key
+        distribution,
+        layer=layer,
+        total_layer=total_layer,
+        group_key=group_key,
+        overdispersed=overdispersed,
     )
 
 
@@ -59,7 +74,8 @@ def _is_nonnegative_integer(matrix: Any) -> bool:
 def get_registration(adata: AnnData, modality: str) -> dict[str, Any]:
     """Return the registration of a modality, defaulting integer counts to ``negbinom``.
 
-    Returned values use ``None`` for absent layers/keys.
+    Returned values use ``None`` for absent layers/keys and ``overdispersed`` is always a
+    ``bool`` (``False`` when the key is absent).
 
     Raises
     ------
@@ -75,9 +91,22 @@ def get_registration(adata: AnnData, modality: str) -> dict[str, Any]:
                 f"`ds.pp.register_modality(mdata, {modality!r}, distribution='normal')` "
                 f"(one of {', '.join(DISTRIBUTIONS)})."
             )
-        return {"distribution": "negbinom", "layer": None, "total_layer": None, "group_key": None}
+        return {
+            "distribution": "negbinom",
+            "layer": None,
+            "total_layer": None,
+            "group_key": None,
+            "overdispersed": False,
+        }
     out = {k: (v if (not isinstance(v, str) or v != "") else None) for k, v in dict(reg).items()}
     out.setdefault("layer", None)
     out.setdefault("total_layer", None)
     out.setdefault("group_key", None)
+    out["overdispersed"] = bool(out.get("overdispersed", False))
     return out
+
+
+def is_overdispersed(adata: AnnData) -> bool:
+    """Whether a modality is registered with ``overdispersed=True`` (absent key: ``False``)."""
+    reg = adata.uns.get(REGISTRATION_KEY)
+    return reg is not None and bool(dict(reg).get("overdispersed", False))

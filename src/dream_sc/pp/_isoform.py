@@ -32,6 +32,7 @@ def isoform_usage(
     min_total_reads: int = 20,
     key_added: str = "isoform",
     layer: str | None = None,
+    overdispersed: bool = False,
     copy: bool = False,
 ) -> MuData | None:
     """Build a multinomial isoform-usage modality from transcript counts.
@@ -66,6 +67,10 @@ def isoform_usage(
         Name of the new modality (an existing one is replaced, with a warning).
     layer
         Layer of ``transcripts`` with the raw counts (default ``X``).
+    overdispersed
+        Register the modality with ``overdispersed=True``: a Dirichlet-multinomial likelihood
+        whose concentration per gene is fitted by ``tl.fit_technical`` (see
+        :func:`~dream_sc.pp.register_modality`).
     copy
         Return a modified copy instead of writing into ``mdata``.
 
@@ -74,7 +79,8 @@ def isoform_usage(
     ``None`` (``copy=False``) or the new MuData (``copy=True``). Writes modality ``key_added``:
     ``X`` = transcript counts (CSR if the input is sparse), same obs_names as ``transcripts``;
     ``var`` columns ``group`` (= gene), ``gene``, ``n_cells_covered``, ``total_reads``;
-    ``uns["dream_sc"]`` = multinomial registration with ``group_key="group"``.
+    ``uns["dream_sc"]`` = multinomial registration with ``group_key="group"`` (and
+    ``overdispersed=True`` when requested).
 
     Raises
     ------
@@ -96,6 +102,8 @@ def isoform_usage(
     (['A-201', 'A-202'], ['A', 'A'])
     """
     key_added = check_output_name(key_added, transcripts, "key_added")
+    if overdispersed not in (True, False):
+        raise ValueError(f"`overdispersed` must be True or False; got {overdispersed!r}.")
     min_cells_covered = check_threshold(min_cells_covered, "min_cells_covered")
     min_total_reads = check_threshold(min_total_reads, "min_total_reads")
     counts = read_counts(
@@ -147,7 +155,9 @@ def isoform_usage(
     adata = new_modality(
         mdata.mod[transcripts].obs_names, var, columns(counts, np.flatnonzero(keep))
     )
-    set_registration(adata, distribution="multinomial", group_key="group")
+    set_registration(
+        adata, distribution="multinomial", group_key="group", overdispersed=bool(overdispersed)
+    )
     target = mdata.copy() if copy else mdata
     install_modalities(target, {key_added: adata}, stacklevel=3)
     return target if copy else None

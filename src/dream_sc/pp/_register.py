@@ -6,7 +6,7 @@ from mudata import MuData
 
 from .. import _validation as V
 from .._data import modality_data
-from .._registration import DISTRIBUTIONS, REGISTRATION_KEY, make_registration
+from .._registration import DISTRIBUTIONS, OVERDISPERSIBLE, REGISTRATION_KEY, make_registration
 
 
 def register_modality(
@@ -17,6 +17,7 @@ def register_modality(
     layer: str | None = None,
     total_layer: str | None = None,
     group_key: str | None = None,
+    overdispersed: bool = False,
 ) -> None:
     """Declare how a modality is modelled.
 
@@ -38,11 +39,20 @@ def register_modality(
         Binomial only: layer with the trials (default ``"total"``).
     group_key
         Multinomial only: var column naming each feature's group (default ``"group"``).
+    overdispersed
+        Binomial and multinomial only: model extra-binomial / extra-multinomial variation
+        between cells with a beta-binomial (binomial) or Dirichlet-multinomial (multinomial)
+        likelihood. The mean model is unchanged; ``tl.fit_technical`` then also fits a
+        concentration per feature (per group for multinomial) and ``tl.fit_trans`` uses it as
+        fixed noise, like the negative binomial dispersion. Use it when cells with the same
+        guide differ in their ratios by more than read sampling explains (typical for junction
+        and isoform ratios with many reads per cell); the plain likelihoods are then
+        over-confident.
 
     Returns
     -------
     None. Writes ``mdata[modality].uns["dream_sc"]`` (``distribution``, ``layer``,
-    ``total_layer``, ``group_key``).
+    ``total_layer``, ``group_key`` and, when true, ``overdispersed``).
 
     Examples
     --------
@@ -63,6 +73,15 @@ def register_modality(
         raise ValueError("`total_layer` only applies to distribution='binomial'.")
     if group_key is not None and distribution != "multinomial":
         raise ValueError("`group_key` only applies to distribution='multinomial'.")
+    if overdispersed not in (True, False):
+        raise ValueError(f"`overdispersed` must be True or False; got {overdispersed!r}.")
+    if overdispersed and distribution not in OVERDISPERSIBLE:
+        raise ValueError(
+            f"`overdispersed=True` only applies to distribution='binomial' (beta-binomial) or "
+            f"'multinomial' (Dirichlet-multinomial), not {distribution!r}; for counts use "
+            "'negbinom' (already over-dispersed), for continuous values 'studentt', or drop "
+            "`overdispersed=True`."
+        )
     if distribution == "binomial":
         total_layer = total_layer or "total"
         if total_layer not in mdata[modality].layers:
@@ -74,7 +93,11 @@ def register_modality(
         group_key = group_key or "group"
     adata = mdata[modality]
     registration = make_registration(
-        distribution, layer=layer, total_layer=total_layer, group_key=group_key
+        distribution,
+        layer=layer,
+        total_layer=total_layer,
+        group_key=group_key,
+        overdispersed=bool(overdispersed),
     )
     previous = adata.uns.get(REGISTRATION_KEY)
     adata.uns[REGISTRATION_KEY] = registration

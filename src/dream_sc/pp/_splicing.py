@@ -43,6 +43,7 @@ class _Options:
     exon_skip_inclusion: str
     min_cells_covered: int
     min_total_reads: int
+    overdispersed: bool = False
 
 
 def splicing_from_junctions(
@@ -56,6 +57,7 @@ def splicing_from_junctions(
     min_cells_covered: int = 10,
     min_total_reads: int = 20,
     layer: str | None = None,
+    overdispersed: bool = False,
     copy: bool = False,
 ) -> MuData | None:
     """Build splicing modalities from raw splice-junction counts.
@@ -138,6 +140,11 @@ def splicing_from_junctions(
         features whose ratio rests on a handful of reads; use 0 to disable.
     layer
         Layer of ``junctions`` with the raw counts (default ``X``).
+    overdispersed
+        Register every built modality with ``overdispersed=True``: beta-binomial (``sj``,
+        ``exon_skip``) and Dirichlet-multinomial (``donor``, ``acceptor``) likelihoods with a
+        concentration fitted by ``tl.fit_technical`` (see
+        :func:`~dream_sc.pp.register_modality`).
     copy
         Return a modified copy instead of writing into ``mdata``.
 
@@ -147,7 +154,7 @@ def splicing_from_junctions(
     ``kinds`` (an existing one of that name is replaced, with a warning). Binomial kinds hold
     successes in ``X`` and trials in ``layers["total"]`` and are registered with
     ``uns["dream_sc"]`` = binomial/``total_layer="total"``; multinomial kinds are registered
-    with ``group_key="group"``. Sparse input gives CSR output, dense input dense output.
+    with ``group_key="group"``; both with ``overdispersed=True`` when requested. Sparse input gives CSR output, dense input dense output.
 
     Raises
     ------
@@ -183,7 +190,9 @@ def splicing_from_junctions(
     ['chr1:100:+:donor', 'chr1:100:+:donor']
     """
     kinds = _check_kinds(kinds, junctions)
-    options = _check_options(sj_trials, exon_skip_inclusion, min_cells_covered, min_total_reads)
+    options = _check_options(
+        sj_trials, exon_skip_inclusion, min_cells_covered, min_total_reads, overdispersed
+    )
     counts = read_counts(mdata, junctions, layer, f"Junction counts of modality {junctions!r}")
     table = junction_table(mdata.mod[junctions].var, gene_key)
     obs_names = mdata.mod[junctions].obs_names
@@ -221,7 +230,11 @@ def _check_kinds(kinds: Sequence[str] | str, junctions: str) -> list[str]:
 
 
 def _check_options(
-    sj_trials: str, exon_skip_inclusion: str, min_cells_covered: int, min_total_reads: int
+    sj_trials: str,
+    exon_skip_inclusion: str,
+    min_cells_covered: int,
+    min_total_reads: int,
+    overdispersed: bool = False,
 ) -> _Options:
     if sj_trials not in SJ_TRIALS:
         raise ValueError(f"`sj_trials` must be one of {list(SJ_TRIALS)}; got {sj_trials!r}.")
@@ -230,11 +243,14 @@ def _check_options(
             f"`exon_skip_inclusion` must be one of {list(INCLUSION_RULES)}; got "
             f"{exon_skip_inclusion!r}."
         )
+    if overdispersed not in (True, False):
+        raise ValueError(f"`overdispersed` must be True or False; got {overdispersed!r}.")
     return _Options(
         sj_trials=sj_trials,
         exon_skip_inclusion=exon_skip_inclusion,
         min_cells_covered=check_threshold(min_cells_covered, "min_cells_covered"),
         min_total_reads=check_threshold(min_total_reads, "min_total_reads"),
+        overdispersed=bool(overdispersed),
     )
 
 
@@ -280,7 +296,12 @@ def _build_sj(
     adata = new_modality(
         obs_names, var, columns(counts, positions), {"total": columns(trials, positions)}
     )
-    set_registration(adata, distribution="binomial", total_layer="total")
+    set_registration(
+        adata,
+        distribution="binomial",
+        total_layer="total",
+        overdispersed=options.overdispersed,
+    )
     return adata, report
 
 
@@ -309,7 +330,12 @@ def _build_sites(
         total_reads=total[keep],
     )
     adata = new_modality(obs_names, var, columns(counts, np.flatnonzero(keep)))
-    set_registration(adata, distribution="multinomial", group_key="group")
+    set_registration(
+        adata,
+        distribution="multinomial",
+        group_key="group",
+        overdispersed=options.overdispersed,
+    )
     return adata, report
 
 
@@ -343,7 +369,12 @@ def _build_exon_skip(
     adata = new_modality(
         obs_names, var, columns(inclusion, positions), {"total": columns(trials, positions)}
     )
-    set_registration(adata, distribution="binomial", total_layer="total")
+    set_registration(
+        adata,
+        distribution="binomial",
+        total_layer="total",
+        overdispersed=options.overdispersed,
+    )
     return adata, report
 
 
