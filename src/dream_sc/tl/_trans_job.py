@@ -104,6 +104,8 @@ class TransJob:
         if d == "negbinom":
             return {"log_r": -tech.log_phi[glob]}
         out = {}
+        if tech.log_conc is not None:  # over-dispersed binomial / multinomial
+            out["log_conc"] = tech.log_conc[glob]
         if d in ("normal", "studentt"):
             out["log_sigma"] = tech.log_sigma[glob]
         if d == "studentt":
