@@ -93,12 +93,19 @@ def _load_checkpoint(path, params, optimizer, scheduler, losses, n_steps, lr) ->
     return int(state["step"])
 
 
-def smoothed_converged(loss: np.ndarray, *, window_frac: float = 0.1, rtol: float = 1e-3) -> bool:
+def smoothed_converged(
+    loss: np.ndarray, *, window_frac: float = 0.1, rtol: float = 1e-3, n_se: float = 2.0
+) -> bool:
     """Convergence check on the smoothed loss.
 
-    Compares the mean loss of the last ``window_frac`` of steps with the window before it; the
-    fit counts as converged when the improvement is below ``rtol`` relative to the loss scale
-    (and the loss is not still dropping steeply).
+    Compares the mean loss of the last ``window_frac`` of steps with the window before it. The
+    fit counts as converged when the improvement is below ``rtol`` relative to the loss scale,
+    or below ``n_se`` standard errors of the difference of the two window means. The noise
+    is estimated from step-to-step differences (``sd(diff) / sqrt(2)``), which a downward
+    trend does not inflate: a loss that is still falling steadily is not converged, while
+    minibatch noise alone does not raise a false alarm. (At 20,000 cells in minibatches of
+    1,024, a 600-step fit whose last window was 1.5 standard errors below the previous one
+    gave the same curves as a 1,200-step fit.)
 
     Parameters
     ----------
@@ -108,18 +115,33 @@ def smoothed_converged(loss: np.ndarray, *, window_frac: float = 0.1, rtol: floa
         Fraction of the trace in each window.
     rtol
         Relative tolerance.
+    n_se
+        Tolerance in standard errors of the difference of window means.
 
     Returns
     -------
     True when converged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> smoothed_converged(np.linspace(100.0, 0.0, 200))  # still falling
+    False
+    >>> noise = np.random.default_rng(0).normal(0.0, 5.0, 200)
+    >>> smoothed_converged(1000.0 + noise)
+    True
     """
+    loss = np.asarray(loss, dtype=np.float64)
     n = len(loss)
     w = max(5, int(n * window_frac))
-    if n < 2 * w:
+    if n < 2 * w or not np.all(np.isfinite(loss[-2 * w :])):
         return False
     last, prev = np.mean(loss[-w:]), np.mean(loss[-2 * w : -w])
-    scale = max(abs(last), np.std(loss[-w:]), 1e-8)
-    return bool((prev - last) / scale < rtol)
+    improvement = prev - last
+    scale = max(abs(last), 1e-8)
+    noise_sd = np.std(np.diff(loss[-2 * w :])) / np.sqrt(2.0)
+    se = noise_sd * np.sqrt(2.0 / w)
+    return bool(improvement < max(rtol * scale, n_se * se))
 
 
 def run_svi(
