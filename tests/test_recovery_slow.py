@@ -146,8 +146,10 @@ def test_continuous_recovery(screen):
 
 @pytest.mark.xfail(
     strict=False,
-    reason="known gap (issue 5): the mean-field posterior gives EC50 90% intervals that cover "
-    "the true K for only 20% of clearly responsive single-Hill genes; target 80%",
+    reason="known gap (issue 5): EC50 90% intervals cover the true K for 45% of clearly "
+    "responsive single-Hill genes (20% before the dosage marginalisation and the correlated "
+    "guide); target 80%. Remaining: fitted K sit ~5% low because the cis dose scale is set "
+    "by the prior of the unidentified within-guide spread, and VI intervals are narrow",
 )
 def test_ec50_intervals_cover_truth():
     mdata = ds.datasets.simulate_screen(n_cells=3000, n_genes=300, seed=2)
@@ -168,11 +170,6 @@ def test_ec50_intervals_cover_truth():
     assert inside.mean() >= 0.8, inside.mean()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap (issue 5): passed with the earlier technical prior, but in the latest run "
-    "one of the five null screens had 6 features at q < 0.1 (target <= 2); under investigation",
-)
 def test_null_screens_are_calibrated():
     """No responsive feature: at most 2 discoveries per screen, rarely any at all."""
     any_discovery = []
@@ -182,6 +179,6 @@ def test_null_screens_are_calibrated():
         )
         _fit_all(mdata, seed=seed)
         q = ds.get.trans_results(mdata)["qvalue"].dropna()
-        assert (q < 0.1).sum() <= 2
+        assert (q < 0.1).sum() <= 2, (seed, int((q < 0.1).sum()))
         any_discovery.append(bool((q < 0.1).any()))
     assert np.mean(any_discovery) <= 0.2
