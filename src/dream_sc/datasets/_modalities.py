@@ -197,8 +197,14 @@ def build_splicing(
     frac_responsive: float,
     technical_sd: float,
     genes: pd.Index,
+    concentration: np.ndarray | None = None,
 ) -> AnnData:
-    """Junction usage: trials (NB, many zeros) in ``layers["total"]``, binomial successes."""
+    """Junction usage: trials (NB, many zeros) in ``layers["total"]``, binomial successes.
+
+    With ``concentration`` (one value per junction) each cell's success probability is drawn
+    from ``Beta(c p, c (1 - p))`` around the curve's ``p``: beta-binomial successes, stored
+    in ``var["true_concentration"]``.
+    """
     psi = rng.uniform(0.1, 0.9, size=n_junctions)
     curves = draw_hill_curves(
         rng,
@@ -224,6 +230,8 @@ def build_splicing(
     def block(rows: slice, gen: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         total = gamma_poisson(gen, design.sum_factor[rows, None] * total_mean, total_dispersion)
         p = expit(curves.link(design.primary_dose[rows]) + delta[codes[rows]])
+        if concentration is not None:
+            p = _beta_around(gen, p, concentration)
         return gen.binomial(total, p), total
 
     successes, total = _by_chunks(rng, design.n_cells, block)
@@ -232,10 +240,35 @@ def build_splicing(
     var = _truth_var(curves, names, shape, curves.moving)
     var.insert(0, "gene", np.asarray(gene).astype(str))
     var["true_total_mean"] = total_mean
+    if concentration is not None:
+        var["true_concentration"] = np.asarray(concentration, dtype=np.float64)
     adata = _anndata(design, successes, var, delta)
     adata.layers["total"] = total
     set_registration(adata, distribution="binomial", total_layer="total")
     return adata
+
+
+def _beta_around(gen: np.random.Generator, p: np.ndarray, concentration: np.ndarray) -> np.ndarray:
+    """Per-entry ``Beta(c p, c (1 - p))`` draws (mean ``p``; ``c`` broadcast over features)."""
+    c = np.broadcast_to(concentration, p.shape)
+    tiny = np.finfo(np.float64).tiny
+    return gen.beta(np.maximum(c * p, tiny), np.maximum(c * (1.0 - p), tiny))
+
+
+def _dirichlet_around(
+    gen: np.random.Generator, p: np.ndarray, concentration: np.ndarray, codes: np.ndarray
+) -> np.ndarray:
+    """Per (cell, group) ``Dirichlet(c_g p)`` proportions as normalised gamma draws.
+
+    ``concentration`` holds one value per group; groups whose draws all underflow to 0 keep
+    ``p``.
+    """
+    g = gen.standard_gamma(np.maximum(concentration[codes] * p, np.finfo(np.float64).tiny))
+    n_groups = int(codes.max()) + 1 if codes.size else 0
+    sums = np.zeros((p.shape[0], n_groups))
+    np.add.at(sums.T, codes, g.T)
+    denom = sums[:, codes]
+    return np.where(denom > 0, g / np.where(denom > 0, denom, 1.0), p)
 
 
 def softmax_groups(eta: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
@@ -328,8 +361,14 @@ def build_isoform(
     n_groups: int,
     frac_responsive: float,
     technical_sd: float,
+    concentration: np.ndarray | None = None,
 ) -> AnnData:
-    """Transcript counts: NB totals per gene split by a multinomial over its 2-4 transcripts."""
+    """Transcript counts: NB totals per gene split by a multinomial over its 2-4 transcripts.
+
+    With ``concentration`` (one value per gene) each cell's transcript proportions are drawn
+    from ``Dirichlet(c π)`` around the curve's proportions ``π``: Dirichlet-multinomial counts,
+    the gene's value stored for each transcript in ``var["true_concentration"]``.
+    """
     sizes = _group_sizes(rng, n_groups)
     codes = np.repeat(np.arange(n_groups), sizes)
     curves, group_responsive = _isoform_curves(rng, sizes, codes, window, frac_responsive)
@@ -343,7 +382,10 @@ def build_isoform(
     def block(rows: slice, gen: np.random.Generator) -> tuple[np.ndarray]:
         totals = gamma_poisson(gen, design.sum_factor[rows, None] * total_mean, total_dispersion)
         eta = curves.link(design.primary_dose[rows]) + delta[line[rows]]
-        return (_multinomial_groups(gen, totals, softmax_groups(eta, codes, n_groups), codes),)
+        p = softmax_groups(eta, codes, n_groups)
+        if concentration is not None:
+            p = _dirichlet_around(gen, p, concentration, codes)
+        return (_multinomial_groups(gen, totals, p, codes),)
 
     (x,) = _by_chunks(rng, design.n_cells, block)
     natural = softmax_groups(curves.link(window.grid()), codes, n_groups)
@@ -353,6 +395,8 @@ def build_isoform(
     var.insert(0, "group", feature_names("iso_gene_", n_groups, 3)[codes].to_numpy())
     var["true_group_responsive"] = group_responsive[codes]
     var["true_total_mean"] = total_mean[codes]
+    if concentration is not None:
+        var["true_concentration"] = np.asarray(concentration, dtype=np.float64)[codes]
     adata = _anndata(design, x, var, delta)
     set_registration(adata, distribution="multinomial", group_key="group")
     return adata

@@ -105,6 +105,21 @@ def _validate(args: dict[str, Any]) -> None:
             f"cell_lines must be a non-empty sequence of distinct non-empty strings, the first "
             f"being the reference; got {lines!r}."
         )
+    conc = args["splicing_concentration"]
+    if conc is not None:
+        pair = conc if isinstance(conc, Sequence) and not isinstance(conc, str) else (conc, conc)
+        valid = len(pair) == 2 and all(
+            isinstance(v, int | float | np.integer | np.floating)
+            and not isinstance(v, bool)
+            and np.isfinite(v)
+            and v > 0
+            for v in pair
+        )
+        if not valid or pair[0] > pair[1]:
+            raise ValueError(
+                "splicing_concentration must be None, a positive number or a pair (low, high) of "
+                f"positive numbers with low <= high; got {conc!r}."
+            )
     label = args["control_label"]
     if not isinstance(label, str) or not label or label in target_names(args["n_targets"]):
         raise ValueError(
@@ -134,6 +149,7 @@ def simulate_screen(
     moi: Literal["low", "high"] = "low",
     guides_per_cell: float = 3.0,
     control_label: str = "ntc",
+    splicing_concentration: float | tuple[float, float] | None = None,
 ) -> MuData:
     """Simulate a single-cell CRISPR screen with known dose-response curves.
 
@@ -193,6 +209,15 @@ def simulate_screen(
         Mean number of guides per cell at high MOI.
     control_label
         Target label of NTC cells.
+    splicing_concentration
+        Over-dispersed junction and isoform counts. ``None`` (default): binomial successes and
+        multinomial isoform counts. A number ``c``: every cell's junction probability is drawn
+        from ``Beta(c p, c (1 - p))`` around its curve value ``p`` (beta-binomial successes)
+        and every cell's transcript proportions of a gene from ``Dirichlet(c π)``
+        (Dirichlet-multinomial counts); smaller ``c`` = more cell-to-cell variation. A pair
+        ``(low, high)``: a concentration per junction and per isoform gene, log-uniform in that
+        range. Drawn from a generator of its own, so curves, technical effects and designs are
+        those of the same ``seed`` without the option.
 
     Returns
     -------
@@ -213,8 +238,9 @@ def simulate_screen(
       (``flat``/``single_hill``/``additive_hill``; ``cis`` for target genes), ``true_shape``
       (natural scale over ``dose_range``), ``true_a``, ``true_v1``, ``true_K1``, ``true_n1``,
       ``true_v2``, ``true_K2``, ``true_n2`` (link scale), plus ``true_dispersion`` (rna),
-      ``true_sigma`` (score), ``true_group_responsive`` (isoform), and
-      ``varm["true_technical"]`` (one column per cell line, link scale).
+      ``true_sigma`` (score), ``true_group_responsive`` (isoform), ``true_concentration``
+      (splicing and isoform, with ``splicing_concentration``; the gene's value for every
+      transcript) and ``varm["true_technical"]`` (one column per cell line, link scale).
 
     Examples
     --------
@@ -267,6 +293,7 @@ def simulate_screen(
         technical_sd=technical_sd,
         n_scores=n_scores if continuous else 0,
         seed=seed,
+        splicing_concentration=splicing_concentration,
     )
     logger.info("Simulated a screen of %d cells in %.2f s.", n_cells, time.perf_counter() - start)
     return mdata
@@ -283,20 +310,34 @@ def build_screen(
     technical_sd: float,
     n_scores: int,
     seed: int,
+    splicing_concentration: float | tuple[float, float] | None = None,
 ) -> MuData:
     """Sample every modality on a design and assemble the MuData with its truth."""
     window = design.window()
     common = {"frac_responsive": frac_responsive, "technical_sd": technical_sd}
+    conc_splicing = conc_isoform = None
+    if splicing_concentration is not None:
+        conc_splicing, conc_isoform = _concentrations(
+            splicing_concentration, seed, n_junctions, n_isoform_genes
+        )
     mods: dict[str, AnnData] = {"rna": build_rna(rng, design, window, n_genes=n_genes, **common)}
     if n_junctions > 0:
         genes = feature_names("gene_", n_genes - len(design.targets), 4)
         if len(genes) == 0:
             genes = pd.Index(design.targets)
         mods["splicing"] = build_splicing(
-            rng, design, window, n_junctions=n_junctions, genes=genes, **common
+            rng,
+            design,
+            window,
+            n_junctions=n_junctions,
+            genes=genes,
+            concentration=conc_splicing,
+            **common,
         )
     if n_isoform_genes > 0:
-        mods["isoform"] = build_isoform(rng, design, window, n_groups=n_isoform_genes, **common)
+        mods["isoform"] = build_isoform(
+            rng, design, window, n_groups=n_isoform_genes, concentration=conc_isoform, **common
+        )
     if n_scores > 0:
         mods["score"] = build_score(rng, design, window, n_scores=n_scores, **common)
     with warnings.catch_warnings():
@@ -306,6 +347,19 @@ def build_screen(
     _write_obs(mdata, design)
     mdata.uns["truth"] = _truth_uns(design, window.lo, window.hi, seed)
     return mdata
+
+
+def _concentrations(
+    value: float | tuple[float, float], seed: int, n_junctions: int, n_isoform_genes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Concentration per junction and per isoform gene (constant, or log-uniform in a range).
+
+    Drawn from a generator seeded by ``(seed, 1)`` so the main random stream is untouched.
+    """
+    lo, hi = (value, value) if np.ndim(value) == 0 else value
+    gen = np.random.default_rng([int(seed), 1])
+    log_c = gen.uniform(np.log(lo), np.log(hi), size=n_junctions + n_isoform_genes)
+    return np.exp(log_c[:n_junctions]), np.exp(log_c[n_junctions:])
 
 
 def _write_obs(mdata: MuData, design: Design) -> None:

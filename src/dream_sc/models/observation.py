@@ -33,6 +33,10 @@ class ObservationData:
         Multinomial: group of every feature (0..n_groups-1, chunk-local).
     n_groups
         Multinomial: number of groups.
+    group_first
+        Multinomial: index of the first feature of every group (``[n_groups]``). A
+        Dirichlet-multinomial concentration passed per feature is read at these features, so
+        only they carry the gradient of their group's concentration.
     """
 
     distribution: str
@@ -42,6 +46,7 @@ class ObservationData:
     n_groups: int
     n_cells: int
     n_features: int
+    group_first: torch.Tensor | None = None
 
     @classmethod
     def build(
@@ -55,7 +60,7 @@ class ObservationData:
     ) -> ObservationData:
         """Move a chunk's matrices to the device in the layout its likelihood wants."""
         n_cells, n_features = X.shape
-        total_t = gi = None
+        total_t = gi = first = None
         n_groups = 0
         if distribution in ("normal", "studentt"):
             dense = X.toarray() if sparse.issparse(X) else np.asarray(X)
@@ -65,10 +70,13 @@ class ObservationData:
         else:
             y = CSRMatrix.from_scipy(sparse.csr_matrix(X), device=device)
         if distribution == "multinomial":
-            codes, gi_np = np.unique(np.asarray(group_index), return_inverse=True)
-            gi = torch.as_tensor(gi_np, dtype=torch.long, device=device)
+            codes, first_np, gi_np = np.unique(
+                np.asarray(group_index), return_index=True, return_inverse=True
+            )
+            gi = torch.as_tensor(gi_np.reshape(-1), dtype=torch.long, device=device)
+            first = torch.as_tensor(first_np, dtype=torch.long, device=device)
             n_groups = len(codes)
-        return cls(distribution, y, total_t, gi, n_groups, n_cells, n_features)
+        return cls(distribution, y, total_t, gi, n_groups, n_cells, n_features, first)
 
     def log_likelihood(
         self,
@@ -78,6 +86,7 @@ class ObservationData:
         log_r: torch.Tensor | None = None,
         log_sigma: torch.Tensor | None = None,
         log_nu: torch.Tensor | None = None,
+        log_conc: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Summed log-likelihood of the cells ``rows`` given the linear predictor ``eta``.
 
@@ -94,15 +103,28 @@ class ObservationData:
             normal/studentt: log noise scale ``[T]``.
         log_nu
             studentt: log degrees of freedom ``[T]``.
+        log_conc
+            binomial/multinomial: log concentration ``[T]``; when given, the beta-binomial
+            (concentration ``α + β`` per feature) or Dirichlet-multinomial likelihood (total
+            concentration per group, read at each group's first feature, see
+            ``group_first``) replaces the binomial / multinomial. ``None``: no
+            over-dispersion.
         """
         d = self.distribution
         if d == "negbinom":
             return L.negbinom_log_prob(eta, log_r, self.y.take_rows(rows)).sum()
         if d == "binomial":
             k, n = self.y.take_rows(rows), self.total.take_rows(rows)
+            if log_conc is not None:
+                return L.betabinomial_log_prob(eta, log_conc, k, n).sum()
             return L.binomial_log_prob(eta, k, n).sum()
         if d == "multinomial":
             y = self.y.take_rows(rows)
+            if log_conc is not None:
+                group_conc = log_conc.index_select(-1, self.group_first)
+                return L.dirichletmultinomial_log_prob(
+                    eta, group_conc, y, self.group_index, self.n_groups
+                ).sum()
             return L.multinomial_log_prob(eta, y, self.group_index, self.n_groups).sum()
         y = self.y[rows]
         if d == "normal":

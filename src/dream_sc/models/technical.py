@@ -28,6 +28,12 @@ from .observation import ObservationData
 LOG_PHI_PRIOR = (np.log(0.1), 2.0)
 #: Prior sd of the baseline around its moment estimate, on the link scale.
 BASELINE_PRIOR_SD = 2.0
+#: Range of the concentration (beta-binomial ``a + b``, Dirichlet total) of over-dispersed
+#: binomial / multinomial features: from strongly over-dispersed to practically binomial. The
+#: upper end is also the neutral value of features without information about it.
+CONCENTRATION_RANGE = (0.5, 1e4)
+#: Prior sd of the log concentration around its moment estimate.
+LOG_CONC_PRIOR_SD = 1.0
 
 
 @dataclass
@@ -41,6 +47,8 @@ class TechnicalInit:
     informative: np.ndarray  # [T] bool
     delta_scale: float
     baseline_scale: np.ndarray  # [T]
+    log_conc: np.ndarray | None = None  # [T] over-dispersed binomial / multinomial
+    conc_informative: np.ndarray | None = None  # [T] bool: moment estimate available
 
 
 def _group_sums(matrix, group: np.ndarray, n_groups: int) -> np.ndarray:
@@ -64,6 +72,93 @@ def _robust_scale(values: np.ndarray, floor: float = 0.05, cap: float = 2.0) -> 
     return float(np.clip(np.sqrt(median**2 + (1.5 * mad) ** 2), floor, cap))
 
 
+def _rho_to_log_conc(numerator: np.ndarray, denominator: np.ndarray) -> tuple:
+    """Log concentration ``log(1/rho - 1)`` from an intra-class correlation ``rho = num/den``.
+
+    Clipped to :data:`CONCENTRATION_RANGE`; where ``den`` is 0 (no cell with two or more
+    trials, or a proportion of exactly 0 or 1) the neutral upper end is used.
+    """
+    lo, hi = CONCENTRATION_RANGE
+    ok = denominator > 0
+    rho = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=ok)
+    rho = np.clip(rho, 1.0 / (1.0 + hi), 1.0 / (1.0 + lo))
+    return np.where(ok, np.log1p(-rho) - np.log(rho), np.log(hi)), ok
+
+
+def _rows_csr(matrix, rows: np.ndarray) -> sparse.csr_matrix:
+    return sparse.csr_matrix(matrix[rows] if sparse.issparse(matrix) else np.asarray(matrix)[rows])
+
+
+def betabinomial_moments(X, total, group: np.ndarray, n_groups: int) -> tuple:
+    """Moment estimate of the beta-binomial log concentration of every feature.
+
+    Within each technical group ``c`` with pooled proportion ``p``, the successes satisfy
+    ``Var(k_i) = n_i p (1 - p) (1 + (n_i - 1) rho)`` with ``rho = 1 / (1 + concentration)``;
+    pooling the squared residuals of all groups gives
+
+    ``rho = [Σ (k_i - n_i p)^2 - Σ n_i p (1 - p)] / Σ n_i (n_i - 1) p (1 - p)``.
+
+    Returns
+    -------
+    ``(log_conc [T], informative [T])``.
+    """
+    n_features = X.shape[1]
+    num, den = np.zeros(n_features), np.zeros(n_features)
+    for c in range(n_groups):
+        rows = np.flatnonzero(group == c)
+        k, n = _rows_csr(X, rows).astype(np.float64), _rows_csr(total, rows).astype(np.float64)
+        col_sum = lambda m: np.asarray(m.sum(0)).ravel()  # noqa: E731
+        k1, n1 = col_sum(k), col_sum(n)
+        k2, n2, kn = col_sum(k.multiply(k)), col_sum(n.multiply(n)), col_sum(k.multiply(n))
+        p = np.divide(k1, n1, out=np.zeros(n_features), where=n1 > 0)
+        pq = p * (1.0 - p)
+        num += k2 - 2.0 * p * kn + p * p * n2 - pq * n1
+        den += pq * (n2 - n1)
+    return _rho_to_log_conc(num, den)
+
+
+def dirichletmultinomial_moments(
+    X, group: np.ndarray, n_groups: int, group_index: np.ndarray
+) -> tuple:
+    """Moment estimate of the Dirichlet-multinomial log total concentration of every group.
+
+    With ``N_i`` the cell's group total and ``π`` the pooled proportions of the technical
+    group, ``Var(y_ij) = N_i π_j (1 - π_j) (1 + (N_i - 1) rho)``, ``rho = 1 / (1 + α0)``;
+    pooling all categories of the group and all technical groups:
+
+    ``rho = [Σ_ij (y_ij - N_i π_j)^2 - Σ_i N_i (1 - Σ_j π_j^2)]
+    / Σ_i N_i (N_i - 1) (1 - Σ_j π_j^2)``.
+
+    Returns
+    -------
+    ``(log_conc [T], informative [T])``, the group's value repeated for its categories.
+    """
+    n_features = X.shape[1]
+    n_cat_groups = int(group_index.max()) + 1
+    indicator = sparse.csr_matrix(
+        (np.ones(n_features), (np.arange(n_features), group_index)),
+        shape=(n_features, n_cat_groups),
+    )
+    num, den = np.zeros(n_cat_groups), np.zeros(n_cat_groups)
+    for c in range(n_groups):
+        y = _rows_csr(X, np.flatnonzero(group == c)).astype(np.float64).tocoo()
+        totals = np.asarray((y.tocsr() @ indicator).todense())  # [cells, G]
+        y1 = np.bincount(y.col, weights=y.data, minlength=n_features)
+        y2 = np.bincount(y.col, weights=y.data**2, minlength=n_features)
+        yn = np.bincount(
+            y.col, weights=y.data * totals[y.row, group_index[y.col]], minlength=n_features
+        )
+        t1, t2 = totals.sum(0), (totals**2).sum(0)
+        pi = np.divide(y1, t1[group_index], out=np.zeros(n_features), where=t1[group_index] > 0)
+        resid = y2 - 2.0 * pi * yn + pi * pi * t2[group_index]
+        het = 1.0 - np.bincount(group_index, weights=pi * pi, minlength=n_cat_groups)
+        het = np.where(t1 > 0, het, 0.0)
+        num += np.bincount(group_index, weights=resid, minlength=n_cat_groups) - het * t1
+        den += het * (t2 - t1)
+    log_conc, ok = _rho_to_log_conc(num, den)
+    return log_conc[group_index], ok[group_index]
+
+
 def moment_init(
     distribution: str,
     X,
@@ -73,6 +168,7 @@ def moment_init(
     sum_factor: np.ndarray | None = None,
     total=None,
     group_index: np.ndarray | None = None,
+    overdispersed: bool = False,
 ) -> TechnicalInit:
     """Closed-form estimates of baseline, group effects and noise for every feature.
 
@@ -92,6 +188,10 @@ def moment_init(
         Trials (binomial).
     group_index
         Category groups (multinomial).
+    overdispersed
+        Binomial / multinomial: also estimate the log concentration of the beta-binomial /
+        Dirichlet-multinomial (:func:`betabinomial_moments`,
+        :func:`dirichletmultinomial_moments`).
 
     Returns
     -------
@@ -156,6 +256,14 @@ def moment_init(
     else:
         delta_scale = _robust_scale(delta[informative].ravel())
         baseline_scale = np.full(n_features, BASELINE_PRIOR_SD)
+    log_conc = conc_ok = None
+    if overdispersed and distribution == "binomial":
+        log_conc, conc_ok = betabinomial_moments(X, total, group, n_groups)
+    elif overdispersed and distribution == "multinomial":
+        log_conc, conc_ok = dirichletmultinomial_moments(X, group, n_groups, group_index)
+    if log_conc is not None:
+        conc_ok = conc_ok & informative
+        log_conc = np.where(conc_ok, log_conc, np.log(CONCENTRATION_RANGE[1])).astype(np.float32)
     return TechnicalInit(
         baseline.astype(np.float32),
         delta.astype(np.float32),
@@ -164,6 +272,8 @@ def moment_init(
         informative,
         delta_scale,
         baseline_scale.astype(np.float32),
+        log_conc,
+        conc_ok,
     )
 
 
@@ -217,6 +327,10 @@ def technical_problem(
         sites.append(Site("log_sigma", (n_feat,), init.log_sigma[features], 0.05))
     if dist_name == "studentt":
         sites.append(Site("log_nu", (n_feat,), np.log(10.0), 0.1))
+    conc_loc = None
+    if init.log_conc is not None:
+        conc_loc = t(init.log_conc[features])
+        sites.append(Site("log_conc", (n_feat,), init.log_conc[features], 0.1))
     sigma_loc = t(init.log_sigma[features]) if init.log_sigma is not None else None
 
     def model(batch: dict) -> None:
@@ -244,6 +358,10 @@ def technical_problem(
         if dist_name == "studentt":
             kwargs["log_nu"] = pyro.sample(
                 "log_nu", dist.Normal(np.log(10.0), 1.0).expand([n_feat]).to_event(1)
+            )
+        if conc_loc is not None:
+            kwargs["log_conc"] = pyro.sample(
+                "log_conc", dist.Normal(conc_loc, LOG_CONC_PRIOR_SD).to_event(1)
             )
         ll = obs.log_likelihood(eta, rows, **kwargs)
         pyro.factor("obs", ll * (n_cells / len(rows)))

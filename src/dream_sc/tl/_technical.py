@@ -15,10 +15,17 @@ from mudata import MuData
 
 from .. import _validation as V
 from .._data import modality_data
+from .._registration import is_overdispersed
 from ..models.chunked import fit_chunks, name_order, stable_keys
 from ..models.memory import feature_chunks, plan_fit
 from ..models.observation import ObservationData
-from ..models.technical import LOG_PHI_PRIOR, moment_init, technical_problem
+from ..models.technical import (
+    CONCENTRATION_RANGE,
+    LOG_CONC_PRIOR_SD,
+    LOG_PHI_PRIOR,
+    moment_init,
+    technical_problem,
+)
 from ._cells import sum_factor_values, technical_groups
 from ._common import (
     clean_params,
@@ -67,6 +74,14 @@ def fit_technical(
     centre the priors; the group-effect prior scale is set from the spread of the moment
     estimates. One technical fit serves every cis gene of the screen.
 
+    A binomial or multinomial modality registered with ``overdispersed=True`` (see
+    :func:`~dream_sc.pp.register_modality`) is fitted with a beta-binomial or
+    Dirichlet-multinomial likelihood: the mean model is the same, plus a log concentration per
+    feature (beta-binomial ``a + b``) or per category group (Dirichlet total concentration,
+    repeated for every category of the group) with a Normal prior of sd 1 centred on its
+    method-of-moments estimate from the fitted cells, clipped to ``[0.5, 1e4]``. Features
+    without information get the neutral concentration 1e4 (practically binomial).
+
     Parameters
     ----------
     mdata
@@ -114,13 +129,15 @@ def fit_technical(
 
     - ``mdata[modality].varm[key_added]``: DataFrame with ``baseline_<stat>`` (link scale),
       ``effect_<group>_<stat>`` per non-reference group (link scale), ``dispersion_<stat>``
-      (negbinom), ``sigma_<stat>`` / ``nu_<stat>`` (continuous); stats ``mean``, ``sd``,
-      ``q05``, ``q50``, ``q95``.
+      (negbinom), ``concentration_<stat>`` (over-dispersed binomial / multinomial),
+      ``sigma_<stat>`` / ``nu_<stat>`` (continuous); stats ``mean``, ``sd``, ``q05``,
+      ``q50``, ``q95``.
     - ``mdata[modality].var[f"{key_added}_informative"]``: False for features without
       information in the fitted cells (they get neutral effects).
     - ``mdata[modality].uns[key_added]``: ``params`` (arguments, seed, device),
-      ``distribution``, ``groups``, ``reference_group``, ``n_cells``, ``priors``, ``loss``,
-      ``converged``, ``chunk_converged``, ``plan``, ``seconds``, ``versions``.
+      ``distribution``, ``overdispersed``, ``groups``, ``reference_group``, ``n_cells``,
+      ``priors`` (``concentration`` when over-dispersed), ``loss``, ``converged``,
+      ``chunk_converged``, ``plan``, ``seconds``, ``versions``.
 
     Examples
     --------
@@ -161,6 +178,9 @@ def fit_technical(
     if data.distribution == "negbinom":
         sf = sum_factor_values(mdata, sum_factor_key)[present]
         V.check_sum_factors(sf, sum_factor_key)
+    overdispersed = data.distribution in ("binomial", "multinomial") and is_overdispersed(
+        mdata[modality]
+    )
     seed = resolve_seed(seed)
     dev = resolve_device(device)
     n_cells, n_features = data.X.shape
@@ -174,6 +194,7 @@ def fit_technical(
         sum_factor=sf,
         total=data.total,
         group_index=data.group_index,
+        overdispersed=overdispersed,
     )
     density = data.X.nnz / max(n_cells * n_features, 1) if hasattr(data.X, "nnz") else 1.0
     plan = plan_fit(
@@ -181,7 +202,7 @@ def fit_technical(
         n_features,
         density=density,
         n_samples=0,
-        noise_width=groups.n_groups + 2,
+        noise_width=groups.n_groups + 2 + int(overdispersed),
         n_steps=n_steps,
         batch_size=batch_size,
         feature_chunk=feature_chunk,
@@ -235,7 +256,7 @@ def fit_technical(
         checkpoint=checkpoint,
         feature_keys=stable_keys(data.var_names),
     )
-    table = _summarise(fit, init, groups.names, data.distribution, data.var_names)
+    table = _summarise(fit, init, groups.names, data)
     seconds = time.perf_counter() - start
     if not fit.converged:
         warnings.warn(
@@ -250,6 +271,7 @@ def fit_technical(
     record = {
         "params": clean_params(params),
         "distribution": data.distribution,
+        "overdispersed": bool(overdispersed),
         "groups": list(groups.names),
         "reference_group": groups.names[0],
         "n_cells": int(n_cells),
@@ -270,7 +292,25 @@ def fit_technical(
     return target if copy else None
 
 
-def _summarise(fit, init, group_names, distribution, var_names) -> pd.DataFrame:
+def _concentration_summary(fit, init, group_index: np.ndarray | None) -> dict:
+    """``concentration_<stat>`` columns of an over-dispersed fit.
+
+    A multinomial group's value is read at its first category (the only one the likelihood
+    uses) and repeated for all its categories.
+    """
+    loc, scale = fit.loc["log_conc"].astype(np.float64), fit.scale["log_conc"].astype(np.float64)
+    if group_index is not None:
+        _, first, inverse = np.unique(group_index, return_index=True, return_inverse=True)
+        rep = first[inverse.reshape(-1)]
+        loc, scale = loc[rep], scale[rep]
+    # no trials at all in the fitted cells: the neutral (practically binomial) concentration
+    loc = np.where(init.informative, loc, np.log(CONCENTRATION_RANGE[1]))
+    scale = np.where(init.informative, scale, 0.0)
+    return normal_summary("concentration", loc, scale, log_scale=True)
+
+
+def _summarise(fit, init, group_names, data) -> pd.DataFrame:
+    distribution = data.distribution
     cols = normal_summary("baseline", fit.loc["baseline"], fit.scale["baseline"])
     for k, name in enumerate(group_names[1:]):
         summary = normal_summary(f"effect_{name}", fit.loc["delta"][:, k], fit.scale["delta"][:, k])
@@ -287,7 +327,9 @@ def _summarise(fit, init, group_names, distribution, var_names) -> pd.DataFrame:
         )
     if distribution == "studentt":
         cols.update(normal_summary("nu", fit.loc["log_nu"], fit.scale["log_nu"], log_scale=True))
-    return frame(cols, var_names)
+    if "log_conc" in fit.loc:
+        cols.update(_concentration_summary(fit, init, data.group_index))
+    return frame(cols, data.var_names)
 
 
 def _priors(init, distribution: str) -> dict:
@@ -313,6 +355,14 @@ def _priors(init, distribution: str) -> dict:
         }
     if distribution == "studentt":
         priors["nu"] = {"dist": "lognormal", "loc": float(np.log(10.0)), "scale": 1.0}
+    if init.log_conc is not None:
+        priors["concentration"] = {
+            "dist": "lognormal",
+            "loc": init.log_conc.astype(np.float64),
+            "scale": float(LOG_CONC_PRIOR_SD),
+            "range": np.asarray(CONCENTRATION_RANGE, dtype=np.float64),
+            "moment_estimate": np.asarray(init.conc_informative, dtype=bool),
+        }
     return priors
 
 
@@ -328,6 +378,7 @@ class TechnicalFit:
     log_nu: np.ndarray | None
     distribution: str
     technical_key: object
+    log_conc: np.ndarray | None = None  # [T] over-dispersed binomial / multinomial
 
 
 def load_technical(mdata: MuData, modality: str, key: str) -> TechnicalFit:
@@ -348,6 +399,16 @@ def load_technical(mdata: MuData, modality: str, key: str) -> TechnicalFit:
     tech_key = record["params"].get("technical_key", "cell_line")
     if isinstance(tech_key, np.ndarray):
         tech_key = [str(k) for k in tech_key]
+    fitted_od = bool(record.get("overdispersed", False))
+    wanted_od = str(record["distribution"]) in ("binomial", "multinomial") and is_overdispersed(
+        adata
+    )
+    if fitted_od != wanted_od:
+        raise ValueError(
+            f"Modality {modality!r} is registered with overdispersed={wanted_od} but its "
+            f"technical fit {key!r} was run with overdispersed={fitted_od}; rerun "
+            f"`ds.tl.fit_technical(mdata, modality={modality!r}, key_added={key!r})`."
+        )
     return TechnicalFit(
         groups,
         table["baseline_mean"].to_numpy(),
@@ -357,4 +418,5 @@ def load_technical(mdata: MuData, modality: str, key: str) -> TechnicalFit:
         get("nu_q50"),
         str(record["distribution"]),
         tech_key or None,
+        get("concentration_q50") if fitted_od else None,
     )
