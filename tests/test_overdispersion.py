@@ -271,6 +271,23 @@ def test_technical_fit_recovers_concentration(modality, min_corr, max_factor):
         assert (per_group == 1).all()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("modality", "min_corr", "max_factor"), [("splicing", 0.7, 1.25), ("isoform", 0.95, 1.15)]
+)
+def test_technical_fit_recovers_concentration_larger_screen(modality, min_corr, max_factor):
+    mdata = overdispersed_screen(seed=0, n_cells=3000, n_junctions=80, n_isoform_genes=30)
+    register_all(mdata, overdispersed=True)
+    ds.tl.fit_technical(mdata, modality=modality, n_steps=300, seed=0)
+    adata = mdata[modality]
+    est = one_per_group(adata, adata.varm["dream_technical"]["concentration_q50"].to_numpy())
+    truth = one_per_group(adata, adata.var["true_concentration"].to_numpy())
+    log_ratio = np.log(est / truth)
+    assert np.corrcoef(np.log(est), np.log(truth))[0, 1] > min_corr
+    assert 1 / max_factor < np.exp(np.median(log_ratio)) < max_factor
+    assert np.exp(np.median(np.abs(log_ratio))) < 1.3  # typical feature within 30%
+
+
 def test_uninformative_features_get_neutral_concentration(tiny_screen):
     mdata = tiny_screen.copy()
     sj = mdata["splicing"]
