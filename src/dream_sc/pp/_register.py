@@ -61,6 +61,9 @@ def register_modality(
     >>> ds.pp.register_modality(mdata, "splicing", distribution="binomial", total_layer="total")
     >>> mdata["splicing"].uns["dream_sc"]["distribution"]
     'binomial'
+    >>> ds.pp.register_modality(mdata, "isoform", distribution="multinomial", overdispersed=True)
+    >>> mdata["isoform"].uns["dream_sc"]["overdispersed"]
+    True
     """
     V.check_mudata(mdata)
     V.check_modality(mdata, modality)
