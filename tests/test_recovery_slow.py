@@ -182,3 +182,26 @@ def test_null_screens_are_calibrated():
         assert (q < 0.1).sum() <= 2, (seed, int((q < 0.1).sum()))
         any_discovery.append(bool((q < 0.1).any()))
     assert np.mean(any_discovery) <= 0.2
+
+
+def test_studentt_recovers_curves_despite_outliers(screen):
+    """Scores with 3% gross outliers (+-8 noise sd): a Student-t fit still tracks the truth."""
+    mdata = screen.copy()
+    score = mdata["score"]
+    rng = np.random.default_rng(0)
+    X = np.array(score.X, dtype=np.float64)
+    sigma = score.var["true_sigma"].to_numpy()
+    hit = rng.random(X.shape) < 0.03
+    X[hit] += rng.choice([-8.0, 8.0], size=hit.sum()) * np.broadcast_to(sigma, X.shape)[hit]
+    score.X = X
+    ds.pp.register_modality(mdata, "score", distribution="studentt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.tl.fit_technical(mdata, modality="score", seed=0)
+        ds.tl.fit_trans(mdata, modality="score", function="single_hill", seed=0)
+    res = ds.get.trans_results(mdata, modality="score")
+    truth = score.var["true_responsive"].to_numpy(bool)
+    assert (res["distribution"] == "studentt").all()
+    assert roc_auc_score(truth, res["prob_dose_dependent"]) >= 0.9
+    fitted, true = _fitted_and_true(mdata, "score", res.index[truth])
+    assert np.median(np.abs(fitted - true) / sigma[truth][:, None]) <= 0.25
