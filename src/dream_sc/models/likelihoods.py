@@ -315,7 +315,8 @@ class _NegBinom(torch.autograd.Function):
     def forward(ctx, eta, log_r, col, flat, val, include_constant):  # noqa: D102
         per_feature = log_r.dim() == 1
         r = log_r.exp()
-        sp = F.softplus(eta - log_r)
+        x = eta - log_r  # kept for the backward pass (saves recomputing it there)
+        sp = F.softplus(x)
         sp_sum = sp.sum(0) if per_feature else None
         ll = -(r * sp_sum) if per_feature else -(r * sp).sum(0)
         del sp
@@ -326,6 +327,7 @@ class _NegBinom(torch.autograd.Function):
         if include_constant:
             extra = extra - torch.lgamma(val + 1.0)
         ctx.save_for_backward(eta, log_r, col, flat, val, sp_sum)
+        ctx.x = x
         return ll.index_add(0, col, extra)
 
     @staticmethod
@@ -334,7 +336,8 @@ class _NegBinom(torch.autograd.Function):
         need_eta, need_log_r = ctx.needs_input_grad[:2]
         per_feature = log_r.dim() == 1
         r = log_r.exp()
-        sig = torch.sigmoid(eta - log_r)
+        x, ctx.x = ctx.x, None  # an internal buffer: turned into sigmoid(x) in place, once
+        sig = x.sigmoid_() if x is not None else torch.sigmoid(eta - log_r)
         x_nz, r_nz = _NegBinom._nonzero_terms(eta, log_r, col, flat)
         grad_nz = grad.index_select(0, col)
         y_sig_neg = val * torch.sigmoid(-x_nz)
