@@ -95,10 +95,14 @@ def calibration_check(
     rows, scores = [], []
     for number in range(int(n_null_screens)):
         perm = permute_within_groups(job.inputs.group, job.seed, CHECK_OFFSET + number)
+        priors = job.priors_for(perm)
         fit = job.fit(
-            permutation=perm, description=f"calibration {number + 1}", tag=f"check{number}"
+            permutation=perm,
+            description=f"calibration {number + 1}",
+            tag=f"check{number}",
+            priors=priors,
         )
-        cols, _ = job.summarise(fit.loc, fit.scale, permutation=perm, corr=fit.corr)
+        cols, _ = job.summarise(fit.loc, fit.scale, priors=priors, corr=fit.corr)
         q = decoy_qvalues(cols["score"], null.ravel(), null.shape[0])
         ks = stats.ks_2samp(cols["score"], null.ravel())
         rows.append(

@@ -31,8 +31,14 @@ def null_fits(job: TransJob, n_permutations: int, start: int = 0) -> dict[str, n
     scores, nm_scores, losses = [], [], []
     for number in range(start, start + n_permutations):
         perm = permute_within_groups(job.inputs.group, job.seed, number)
-        fit = job.fit(permutation=perm, description=f"null {number + 1}", tag=f"null{number}")
-        cols, _ = job.summarise(fit.loc, fit.scale, permutation=perm, corr=fit.corr)
+        priors = job.priors_for(perm)
+        fit = job.fit(
+            permutation=perm,
+            description=f"null {number + 1}",
+            tag=f"null{number}",
+            priors=priors,
+        )
+        cols, _ = job.summarise(fit.loc, fit.scale, priors=priors, corr=fit.corr)
         scores.append(cols["score"])
         nm_scores.append(cols["non_monotonic_score"])
         losses.append(fit.loss[-1])

@@ -124,23 +124,31 @@ class TransJob:
         if permutation is None:
             return self.priors
         sf = None if self.inputs.log_sf is None else np.exp(self.inputs.log_sf)
-        gm = _guide_level_link_means(
+        amp, _ = amplitude_prior(
             self.data,
             self.fitted,
             self.guide_labels[permutation],
             self.inputs.group,
             sf,
             self.tech.effects,
+            self.amplitude_floor,
         )
-        amp, _ = amplitude_scale(gm, self.amplitude_floor)
-        return replace(self.priors, amplitude_scale=amp.astype(np.float32))
+        return replace(self.priors, amplitude_scale=amp)
 
     def fit(
-        self, permutation: np.ndarray | None = None, description: str = "trans", tag: str = "real"
+        self,
+        permutation: np.ndarray | None = None,
+        description: str = "trans",
+        tag: str = "real",
+        priors: TransPriors | None = None,
     ) -> ChunkedFit:
-        """Fit every chunk; ``permutation`` reorders the cells' dosage draws (null fits)."""
+        """Fit every chunk.
+
+        ``permutation`` gives cell ``i`` the dosage posterior of cell ``permutation[i]`` (null
+        fits); pass ``priors=self.priors_for(permutation)`` with it (default: the real priors).
+        """
         inputs = self.inputs
-        priors = self.priors_for(permutation)
+        priors = self.priors if priors is None else priors
         if permutation is not None:
             inputs = inputs.permuted(permutation)
         cols = np.flatnonzero(self.fitted)
@@ -190,16 +198,17 @@ class TransJob:
         loc: dict,
         scale: dict,
         min_effect: np.ndarray | None = None,
-        permutation: np.ndarray | None = None,
+        priors: TransPriors | None = None,
         corr: np.ndarray | None = None,
     ):
         """Summaries (columns over fitted features) and grid curves, chunk by chunk.
 
-        ``permutation`` must be the one the posterior was fitted with (null fits); ``corr`` is
-        the per-feature correlation factor of the fit (:attr:`ChunkedFit.corr`).
+        ``priors`` must be those the posterior was fitted with (null fits: see
+        :meth:`priors_for`); ``corr`` is the per-feature correlation factor of the fit
+        (:attr:`ChunkedFit.corr`).
         """
         min_effect = self.min_effect if min_effect is None else min_effect
-        priors = self.priors_for(permutation)
+        priors = self.priors if priors is None else priors
         gi = self.data.group_index[self.fitted] if self.data.group_index is not None else None
         columns: dict[str, np.ndarray] = {}
         curves = {
@@ -304,6 +313,24 @@ def amplitude_scale(guide_means: np.ndarray, floor: np.ndarray) -> tuple[np.ndar
     return np.maximum(spread, floor), int((~valid).sum())
 
 
+def amplitude_prior(
+    data: ModalityData,
+    fitted: np.ndarray,
+    labels: np.ndarray,
+    group: np.ndarray,
+    sf: np.ndarray | None,
+    effects: np.ndarray,
+    floor: np.ndarray,
+) -> tuple[np.ndarray, int]:
+    """Amplitude prior scale of every fitted feature from the guide-level means of ``labels``.
+
+    Returns the float32 scales and the number of features that fell back to the median spread.
+    """
+    gm = _guide_level_link_means(data, fitted, labels, group, sf, effects)
+    amp, n_fallback = amplitude_scale(gm, floor)
+    return amp.astype(np.float32), n_fallback
+
+
 def prepare_trans_job(
     mdata: MuData,
     *,
@@ -357,14 +384,13 @@ def prepare_trans_job(
     grid = make_grid(lo, hi)
     dp = dose_priors(np.log(lo), np.log(hi), np.log(x_ref))
     labels = _guide_labels(mdata, cis, rows, dose_mean_all[rows])
-    gm = _guide_level_link_means(data, fitted, labels, group, sf, tech.effects)
     sigma = (
         np.exp(tech.log_sigma[fitted]) if tech.log_sigma is not None else np.ones(int(fitted.sum()))
     )
     floor = AMPLITUDE_FLOOR * (
         sigma if data.distribution in ("normal", "studentt") else np.ones(int(fitted.sum()))
     )
-    amp, n_fallback = amplitude_scale(gm, floor)
+    amp, n_fallback = amplitude_prior(data, fitted, labels, group, sf, tech.effects, floor)
     if n_fallback:
         logger.info(
             "amplitude prior: %d features without guide-level statistics use the median spread",
@@ -372,7 +398,7 @@ def prepare_trans_job(
         )
     priors = TransPriors(
         eta_ref_loc=tech.baseline[fitted].astype(np.float32),
-        amplitude_scale=amp.astype(np.float32),
+        amplitude_scale=amp,
         log_k_loc=dp["log_k_loc"],
         log_k_scale=dp["log_k_scale"],
         log_gap_loc=dp["log_gap_loc"],
