@@ -13,7 +13,7 @@ from .. import _validation as V
 from ..models.chunked import stable_keys
 from ..models.curves import evaluate_curve
 from ..models.trans import TransPriors, natural_params
-from ..models.trans_summary import draw_latent, natural_scale
+from ..models.trans_summary import DoseAxis, draw_latent, natural_scale
 from ..tl._trans_job import posterior_from_frame
 
 GUIDE_COLUMNS = [
@@ -252,6 +252,9 @@ def _evaluate(adata, record, table, fitted, names, wanted, grid, lo_q, hi_q, key
     params = natural_params(
         function, latent, torch.as_tensor(priors.amplitude_scale[local]), priors
     )
+    axis = DoseAxis.from_record(record)
+    if axis is not None:
+        params = axis.apply_to_params(function, params)
     log_x = torch.as_tensor(np.log(grid), dtype=torch.float32)
     eta = evaluate_curve(function, params, log_x, priors.log_x_ref, priors.half_range)
     gi = None if group_index is None else torch.as_tensor(group_index)

@@ -1,13 +1,33 @@
 """Step 2: guide effects and per-cell dosage of the cis gene (pure torch/Pyro).
 
 ``log2 x_i ~ Normal(log2 x_ntc + sum_g A_ig b_g, sigma_i)``,
-``y_i ~ NB(s_i exp(delta_c(i)) x_i, r_cis)``.
+``y_i ~ NB(s_i exp(delta_c(i)) x_i, r_within)``.
 
 Guides targeting the cis gene share a heavy-tailed hierarchical prior
 (``b_g = m + tau z_g``, ``z_g ~ StudentT(3)``), so a dead or very strong guide is not shrunk
 away. Reference guides (non-targeting, and in high-MOI screens guides of other genes) centre on
 0 with a tight heavy-tailed prior: a clearly active control guide escapes it and is reported.
 Low MOI is the special case where ``A`` has one 1 per row.
+
+Three choices make the guide-level posterior honest:
+
+- **Each cell's dosage is integrated out** of the likelihood by Gauss-Hermite quadrature
+  instead of being a variational parameter. A mean-field posterior over thousands of per-cell
+  dosages makes every guide's dosage look several times more certain than its cells allow and
+  inflates the fitted spread ``sigma``; with the cells integrated out only the few guide-level
+  values are fitted (by a full-rank Normal posterior), and each cell's dosage posterior is
+  computed exactly afterwards on a grid, one posterior draw of the guide-level values at a time.
+- **The spread is not counted twice.** The dispersion of the cis gene from step 1 was measured
+  on control cells whose dosage already varies from cell to cell, so it contains that spread.
+  Here the spread is modelled explicitly, and the negative binomial keeps only the remainder:
+  ``(1 + phi_step1) = (1 + phi_within) exp(s_ref^2)`` (``s_ref`` the natural-log spread of the
+  control cells), which keeps the total over-dispersion of control cells equal to what step 1
+  measured. How it splits between counting noise and real dosage spread is not identified by
+  the cis counts; the prior of ``sigma`` decides it and its uncertainty is carried on.
+- **The technical effects of the cis gene are updated** by every cell of the fit (a prior
+  centred on the step-1 estimate). An error in ``delta_c`` shifts the dosage of every cell of
+  group ``c``; on a few hundred control cells its sampling error is several percent, as large as
+  the dosage step between neighbouring guides.
 """
 
 from __future__ import annotations
@@ -18,11 +38,12 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
+from pyro.infer.autoguide import AutoMultivariateNormal, init_to_value
 
-from . import likelihoods as L
 from .chunked import minibatch_rows
-from .guide import MeanFieldGuide, Site
 from .inference import FitResult, run_svi
+from .likelihoods import _lgamma_ratio
 
 LN2 = float(np.log(2.0))
 #: Prior sd of log2 x_ntc around the technical baseline of the cis gene.
@@ -31,6 +52,14 @@ X_NTC_PRIOR_SD = 0.5
 REFERENCE_EFFECT_SCALE = 0.1
 #: Prior of the per-guide cell-to-cell spread (log of the log2-scale sd).
 SIGMA_PRIOR = (np.log(0.3), 0.5)
+#: Prior sd of the cis gene's technical effects (natural log) around their step-1 estimates.
+TECHNICAL_EFFECT_PRIOR_SD = 0.5
+#: Gauss-Hermite nodes integrating each cell's log-dosage out of the likelihood.
+N_QUADRATURE = 24
+#: Grid of the per-cell dosage posterior: points over +-GRID_HALF_WIDTH prior sds.
+GRID_POINTS, GRID_HALF_WIDTH = 121, 6.0
+#: Smallest within-cell NB dispersion (when the spread explains all of step 1's dispersion).
+MIN_DISPERSION = 1e-4
 
 
 @dataclass
@@ -39,29 +68,199 @@ class CisData:
 
     y: np.ndarray  # [N] cis counts
     log_sf: np.ndarray  # [N]
-    tech_offset: np.ndarray  # [N] technical effect of the cell's group (log scale)
+    group: np.ndarray  # [N] technical group code of each cell (0 = reference)
+    tech_effect_prior: np.ndarray  # [C] step-1 technical effects of the cis gene (log; [0] = 0)
     assignment: np.ndarray  # [N, G] guide assignment (0/1 or counts)
     is_cis_guide: np.ndarray  # [G] bool
-    log_r: float  # NB log inverse dispersion of the cis gene
+    log_r: float  # NB log inverse dispersion of the cis gene from step 1
     log2_x_ntc_prior: float  # technical baseline of the cis gene, log2
 
 
 @dataclass
 class CisPosterior:
-    """Posterior locations/scales of every site, and the run diagnostics."""
+    """Posterior draws of the guide-level values, the priors and the run diagnostics.
 
-    loc: dict[str, np.ndarray]
-    scale: dict[str, np.ndarray]
+    ``draws`` maps every site (and ``tech_effect_all`` ``[S, C]``, ``log_r_within`` ``[S]``) to
+    ``[S, ...]`` posterior draws; the same row of every array is one joint draw.
+    """
+
+    draws: dict[str, np.ndarray]
     fit: FitResult
     priors: dict
 
 
 def _initial_effects(data: CisData) -> np.ndarray:
     """Per-guide log2 effects from pooled normalised counts (ridge least squares)."""
-    norm = np.log2((data.y + 0.5) / np.exp(data.log_sf + data.tech_offset)) - data.log2_x_ntc_prior
+    offset = data.tech_effect_prior[data.group]
+    norm = np.log2((data.y + 0.5) / np.exp(data.log_sf + offset)) - data.log2_x_ntc_prior
     A = data.assignment
     gram = A.T @ A + 1.0 * np.eye(A.shape[1])
     return np.linalg.solve(gram, A.T @ norm)
+
+
+def nb_log_pmf(y: torch.Tensor, eta: torch.Tensor, log_r: torch.Tensor) -> torch.Tensor:
+    """Element-wise NB log-pmf without ``-log y!`` (mean ``exp(eta)``, inverse dispersion ``r``).
+
+    Unlike :func:`dream_sc.models.likelihoods.negbinom_log_prob` it keeps every term that
+    depends on ``r`` (which moves with the spread here) and does not sum over cells.
+    """
+    r = log_r.exp().expand_as(eta)
+    x = eta - log_r
+    sp = torch.nn.functional.softplus(x)
+    return _lgamma_ratio(r, y.expand_as(eta)) - r * sp + y * (x - sp)
+
+
+def within_cell_log_r(log_r_step1: float, ref_spread_ln: torch.Tensor) -> torch.Tensor:
+    """Log inverse dispersion left once the control cells' dosage spread is modelled.
+
+    ``1 + phi_step1 = (1 + phi) exp(s^2)``: a lognormal spread ``s`` (natural log) multiplies the
+    mean's second moment by ``exp(s^2)``, so ``phi`` keeps the total over-dispersion of step 1.
+    """
+    phi_total = float(np.exp(-log_r_step1))
+    phi = (1.0 + phi_total) * torch.exp(-(ref_spread_ln**2)) - 1.0
+    return -torch.log(phi.clamp_min(MIN_DISPERSION * max(phi_total, 1e-6)))
+
+
+class _CisModel:
+    """The Pyro model of one cis fit, with the tensors it needs."""
+
+    def __init__(self, data: CisData, device: torch.device) -> None:
+        t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
+        self.device = device
+        self.y, self.log_sf = t(data.y), t(data.log_sf)
+        self.group = torch.as_tensor(np.asarray(data.group, dtype=np.int64), device=device)
+        self.A = t(data.assignment)
+        self.n_cells, self.n_guides = data.assignment.shape
+        is_cis = np.asarray(data.is_cis_guide, dtype=bool)
+        self.cis_idx = torch.as_tensor(np.flatnonzero(is_cis), device=device)
+        self.ref_idx = torch.as_tensor(np.flatnonzero(~is_cis), device=device)
+        self.n_cis, self.n_ref = int(is_cis.sum()), int((~is_cis).sum())
+        # control cells measured step 1's dispersion: their guides set the spread it contains
+        counts = np.asarray(data.assignment.sum(0), dtype=np.float64)
+        weights = np.where(is_cis, 0.0, counts) if self.n_ref else counts
+        self.spread_weights = t(weights / max(weights.sum(), 1e-12))
+        self.effect_prior = t(data.tech_effect_prior)
+        self.n_effects = len(data.tech_effect_prior) - 1
+        self.x0 = float(data.log2_x_ntc_prior)
+        self.log_r_step1 = float(data.log_r)
+        nodes, weights_q = np.polynomial.hermite_e.hermegauss(N_QUADRATURE)
+        self.nodes = t(nodes)
+        self.log_w = t(np.log(weights_q / weights_q.sum()))
+
+    def globals_(self) -> dict[str, torch.Tensor]:
+        """Sample the guide-level sites from their priors."""
+        out = {
+            "log2_x_ntc": pyro.sample("log2_x_ntc", dist.Normal(self._f(self.x0), X_NTC_PRIOR_SD)),
+            "target_mean": pyro.sample("target_mean", dist.Normal(self._f(0.0), 2.0)),
+            "log_target_scale": pyro.sample("log_target_scale", dist.Normal(self._f(0.0), 0.75)),
+        }
+        if self.n_cis:
+            out["guide_z"] = pyro.sample(
+                "guide_z", dist.StudentT(3.0, self._f(0.0), 1.0).expand([self.n_cis]).to_event(1)
+            )
+        if self.n_ref:
+            prior = dist.StudentT(3.0, self._f(0.0), REFERENCE_EFFECT_SCALE)
+            out["ref_effect"] = pyro.sample("ref_effect", prior.expand([self.n_ref]).to_event(1))
+        s_loc = pyro.sample("log_sigma_loc", dist.Normal(self._f(SIGMA_PRIOR[0]), SIGMA_PRIOR[1]))
+        out["log_sigma_loc"] = s_loc
+        out["guide_log_sigma"] = pyro.sample(
+            "guide_log_sigma", dist.Normal(s_loc, 0.5).expand([self.n_guides]).to_event(1)
+        )
+        if self.n_effects:
+            prior = dist.Normal(self.effect_prior[1:], TECHNICAL_EFFECT_PRIOR_SD)
+            out["tech_effect"] = pyro.sample("tech_effect", prior.to_event(1))
+        return out
+
+    def _f(self, value: float) -> torch.Tensor:
+        return torch.tensor(value, dtype=torch.float32, device=self.device)
+
+    def derived(self, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Guide effects, technical effects and within-cell NB dispersion from site values.
+
+        Works on single values and on draws with a leading sample axis.
+        """
+        lead = v["log2_x_ntc"].shape
+        b = torch.zeros((*lead, self.n_guides), dtype=torch.float32, device=self.device)
+        if self.n_cis:
+            tau = v["log_target_scale"].exp()[..., None]
+            b[..., self.cis_idx] = v["target_mean"][..., None] + tau * v["guide_z"]
+        if self.n_ref:
+            b[..., self.ref_idx] = v["ref_effect"]
+        delta = torch.zeros((*lead, self.n_effects + 1), dtype=torch.float32, device=self.device)
+        if self.n_effects:
+            delta[..., 1:] = v["tech_effect"]
+        sigma2 = (2 * v["guide_log_sigma"]).exp()  # log2 scale, per guide
+        ref_spread = LN2 * (sigma2 * self.spread_weights).sum(-1).sqrt()
+        log_r = within_cell_log_r(self.log_r_step1, ref_spread)
+        return {"b": b, "delta": delta, "sigma2": sigma2, "log_r": log_r}
+
+    def cell_prior(self, v, d, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prior mean and sd (log2) of the dosage of cells ``idx``."""
+        a = self.A[idx]
+        weight = a.sum(-1).clamp(min=1.0)
+        mu = v["log2_x_ntc"][..., None] + d["b"] @ a.T
+        sigma = ((d["sigma2"] @ a.T) / weight).clamp_min(1e-12).sqrt()
+        return mu, sigma
+
+    def __call__(self, batch: dict) -> None:
+        v = self.globals_()
+        d = self.derived(v)
+        idx = batch["cell_index"]
+        mu, sigma = self.cell_prior(v, d, idx)
+        log2_x = mu[:, None] + sigma[:, None] * self.nodes  # [B, K]
+        eta = self.log_sf[idx, None] + d["delta"][self.group[idx], None] + LN2 * log2_x
+        ll = nb_log_pmf(self.y[idx, None], eta, d["log_r"])
+        cell_ll = torch.logsumexp(ll + self.log_w, dim=-1)
+        total = cell_ll.sum() * (self.n_cells / len(idx))
+        # an overflowing count gives inf - inf = nan: report it as a non-finite ELBO
+        pyro.factor("obs", torch.nan_to_num(total, nan=-torch.inf))
+
+
+def _initial_values(data: CisData, model: _CisModel) -> dict[str, torch.Tensor]:
+    b0 = _initial_effects(data)
+    is_cis = np.asarray(data.is_cis_guide, dtype=bool)
+    m0 = float(np.mean(b0[is_cis])) if model.n_cis else 0.0
+    tau0 = float(max(np.std(b0[is_cis]), 0.3)) if model.n_cis > 1 else 1.0
+    f = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32), device=model.device)  # noqa: E731
+    values = {
+        "log2_x_ntc": f(model.x0),
+        "target_mean": f(m0),
+        "log_target_scale": f(np.log(tau0)),
+        "log_sigma_loc": f(SIGMA_PRIOR[0]),
+        "guide_log_sigma": f(np.full(model.n_guides, SIGMA_PRIOR[0])),
+    }
+    if model.n_cis:
+        values["guide_z"] = f((b0[is_cis] - m0) / tau0)
+    if model.n_ref:
+        values["ref_effect"] = f(np.zeros(model.n_ref))
+    if model.n_effects:
+        values["tech_effect"] = f(data.tech_effect_prior[1:])
+    return values
+
+
+def _draw_sites(guide: AutoMultivariateNormal, model: _CisModel, batch: dict, n: int, seed: int):
+    """``n`` joint posterior draws of every guide-level site (numpy generator, reproducible)."""
+    posterior = guide.get_posterior()
+    loc = posterior.loc.detach().cpu().numpy()
+    tril = posterior.scale_tril.detach().cpu().numpy()
+    rng = np.random.Generator(np.random.PCG64([seed, 7]))
+    flat = loc + rng.standard_normal((n, len(loc))) @ tril.T
+    prototype = poutine.trace(poutine.block(model, hide=["obs"])).get_trace(batch)
+    draws, offset = {}, 0
+    median = guide.median()
+    for name, site in prototype.nodes.items():
+        if site["type"] != "sample" or name not in median:
+            continue
+        shape = tuple(site["value"].shape)
+        size = int(np.prod(shape))
+        draws[name] = flat[:, offset : offset + size].reshape((n, *shape))
+        # the latent vector is laid out in model order: check it against the guide's median
+        assert np.allclose(
+            loc[offset : offset + size].reshape(shape), median[name].detach().cpu().numpy()
+        ), f"unexpected latent layout at site {name!r}"
+        offset += size
+    assert offset == len(loc), "unexpected latent layout of the cis guide"
+    return draws
 
 
 def fit_cis_model(
@@ -73,86 +272,32 @@ def fit_cis_model(
     seed: int,
     device: torch.device,
     progress: bool,
+    n_draws: int = 2000,
     checkpoint: str | None = None,
 ) -> CisPosterior:
-    """Fit the cis model by SVI and return the mean-field posterior of every site."""
+    """Fit the guide-level cis model by SVI and return joint posterior draws of every site."""
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
-    n_cells, n_guides = data.assignment.shape
-    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
-    y, log_sf, offset = t(data.y)[:, None], t(data.log_sf), t(data.tech_offset)
-    A = t(data.assignment)
-    cis_idx = torch.as_tensor(np.flatnonzero(data.is_cis_guide), device=device)
-    ref_idx = torch.as_tensor(np.flatnonzero(~data.is_cis_guide), device=device)
-    n_cis, n_ref = len(cis_idx), len(ref_idx)
-    log_r = torch.tensor(data.log_r, device=device)
-    x0 = float(data.log2_x_ntc_prior)
-
-    b0 = _initial_effects(data)
-    m0 = float(np.mean(b0[data.is_cis_guide])) if n_cis else 0.0
-    tau0 = float(max(np.std(b0[data.is_cis_guide]), 0.3)) if n_cis > 1 else 1.0
-    z0 = (b0[data.is_cis_guide] - m0) / tau0
-    per_cell0 = x0 + data.assignment @ np.where(data.is_cis_guide, b0, 0.0)
-    sites = [
-        Site("log2_x_ntc", (), x0, 0.05, per_feature=False),
-        Site("target_mean", (), m0, 0.1, per_feature=False),
-        Site("log_target_scale", (), np.log(tau0), 0.1, per_feature=False),
-        Site("guide_z", (n_cis,), z0, 0.1, per_feature=False),
-        Site("ref_effect", (n_ref,), 0.0, 0.02, per_feature=False),
-        Site("log_sigma_loc", (), SIGMA_PRIOR[0], 0.1, per_feature=False),
-        Site("guide_log_sigma", (n_guides,), SIGMA_PRIOR[0], 0.1, per_feature=False),
-        Site("log2_x", (n_cells,), per_cell0, 0.2, per_feature=False, cell_local=True),
-    ]
-    sites = [s for s in sites if not (s.shape and s.shape[0] == 0)]
-
-    def effects(target_mean, log_tau, z, ref):
-        b = torch.zeros(n_guides, device=device)
-        if n_cis:
-            b = b.index_put((cis_idx,), target_mean + log_tau.exp() * z)
-        if n_ref:
-            b = b.index_put((ref_idx,), ref)
-        return b
-
-    def model(batch: dict) -> None:
-        x_ntc = pyro.sample("log2_x_ntc", dist.Normal(x0, X_NTC_PRIOR_SD))
-        m = pyro.sample("target_mean", dist.Normal(0.0, 2.0))
-        log_tau = pyro.sample("log_target_scale", dist.Normal(0.0, 0.75))
-        z = (
-            pyro.sample("guide_z", dist.StudentT(3.0, 0.0, 1.0).expand([n_cis]).to_event(1))
-            if n_cis
-            else None
-        )
-        ref = (
-            pyro.sample(
-                "ref_effect",
-                dist.StudentT(3.0, 0.0, REFERENCE_EFFECT_SCALE).expand([n_ref]).to_event(1),
-            )
-            if n_ref
-            else None
-        )
-        s_loc = pyro.sample("log_sigma_loc", dist.Normal(*SIGMA_PRIOR))
-        log_sigma = pyro.sample(
-            "guide_log_sigma", dist.Normal(s_loc, 0.5).expand([n_guides]).to_event(1)
-        )
-        b = effects(m, log_tau, z, ref)
-        with pyro.plate("cells", n_cells, subsample=batch["cell_index"], dim=-1) as idx:
-            a = A[idx]
-            weight = a.sum(-1).clamp(min=1.0)
-            sigma = ((a * (2 * log_sigma).exp()).sum(-1) / weight).sqrt()
-            log2_x = pyro.sample("log2_x", dist.Normal(x_ntc + a @ b, sigma))
-            eta = (log_sf[idx] + offset[idx] + LN2 * log2_x)[:, None]
-            ll = L.negbinom_log_prob(eta, log_r.reshape(1), y[idx], include_constant=False)
-        pyro.factor("obs", ll.sum() * (n_cells / len(idx)))
+    n_cells = data.assignment.shape[0]
+    model = _CisModel(data, device)
 
     def make_batch(step: int) -> dict:
         rows = minibatch_rows(seed, step, n_cells, batch_size)
         return {"cell_index": torch.as_tensor(rows, device=device), "n_cells": n_cells}
 
-    guide = MeanFieldGuide(sites, prefix="cis", device=device)
+    guide = AutoMultivariateNormal(
+        model, init_loc_fn=init_to_value(values=_initial_values(data, model)), init_scale=0.05
+    )
+    guide(make_batch(0))  # creates the variational parameters
+
+    def parameters() -> list[torch.Tensor]:
+        store = pyro.get_param_store()
+        return [store.get_param(name).unconstrained() for name in sorted(store.keys())]
+
     fit = run_svi(
         model,
         guide,
-        guide.parameters,
+        parameters,
         make_batch,
         n_steps=n_steps,
         lr=lr,
@@ -162,10 +307,15 @@ def fit_cis_model(
         context=" in the cis fit",
         checkpoint=None if checkpoint is None else f"{checkpoint}.cis.pt",
     )
-    summary = guide.summary()
+    with torch.no_grad():
+        draws = _draw_sites(guide, model, make_batch(0), n_draws, seed)
+        as_t = {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in draws.items()}
+        derived = model.derived(as_t)
+    draws["tech_effect_all"] = derived["delta"].cpu().numpy()
+    draws["log_r_within"] = derived["log_r"].cpu().numpy()
     pyro.clear_param_store()
     priors = {
-        "log2_x_ntc": {"dist": "normal", "loc": x0, "scale": X_NTC_PRIOR_SD},
+        "log2_x_ntc": {"dist": "normal", "loc": model.x0, "scale": X_NTC_PRIOR_SD},
         "target_mean": {"dist": "normal", "loc": 0.0, "scale": 2.0},
         "target_scale": {"dist": "lognormal", "loc": 0.0, "scale": 0.75},
         "guide_z": {"dist": "studentt", "df": 3.0, "loc": 0.0, "scale": 1.0},
@@ -181,30 +331,64 @@ def fit_cis_model(
             "scale": float(SIGMA_PRIOR[1]),
         },
         "guide_sigma": {"dist": "lognormal", "loc": "sigma_loc", "scale": 0.5},
+        "technical_effect": {
+            "dist": "normal",
+            "loc": "step-1 estimate",
+            "scale": TECHNICAL_EFFECT_PRIOR_SD,
+        },
     }
-    return CisPosterior(
-        {k: v[0] for k, v in summary.items()}, {k: v[1] for k, v in summary.items()}, fit, priors
-    )
+    return CisPosterior(draws, fit, priors)
 
 
-def sample_guide_effects(
-    post: CisPosterior, is_cis_guide: np.ndarray, n: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior draws of ``log2 x_ntc`` ``[n]`` and guide effects ``b`` ``[n, G]``."""
-    rng = np.random.Generator(np.random.PCG64([seed, 7]))
-
-    def draw(name: str, shape: tuple = ()) -> np.ndarray:
-        loc, scale = post.loc.get(name), post.scale.get(name)
-        if loc is None:
-            return np.zeros((n, *shape))
-        return loc + scale * rng.standard_normal((n, *np.shape(loc)))
-
-    x_ntc = draw("log2_x_ntc")
-    b = np.zeros((n, len(is_cis_guide)))
+def guide_effects(post: CisPosterior, is_cis_guide: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior draws of ``log2 x_ntc`` ``[S]`` and guide effects ``b`` ``[S, G]``."""
+    d = post.draws
+    x_ntc = d["log2_x_ntc"]
+    b = np.zeros((len(x_ntc), len(is_cis_guide)))
     if is_cis_guide.any():
-        m, log_tau = draw("target_mean"), draw("log_target_scale")
-        z = draw("guide_z")
-        b[:, is_cis_guide] = m[:, None] + np.exp(log_tau)[:, None] * z
+        tau = np.exp(d["log_target_scale"])[:, None]
+        b[:, is_cis_guide] = d["target_mean"][:, None] + tau * d["guide_z"]
     if (~is_cis_guide).any():
-        b[:, ~is_cis_guide] = draw("ref_effect")
+        b[:, ~is_cis_guide] = d["ref_effect"]
     return x_ntc, b
+
+
+def sample_cell_dosage(
+    data: CisData, post: CisPosterior, n_samples: int, seed: int, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior samples of every cell's log2 dosage ``[N, n_samples]`` and the draws used.
+
+    The second value holds the rows of ``post.draws`` behind the columns. Sample ``s`` uses joint draw ``s`` of the guide-level values, so one column is one coherent
+    posterior world (guides' shared uncertainty included); within it a cell's dosage is drawn
+    exactly from its grid posterior ``Normal(mu_i, sigma_i) x NB(y_i | ...)``.
+    """
+    model = _CisModel(data, device)
+    x_ntc, b = guide_effects(post, np.asarray(data.is_cis_guide, dtype=bool))
+    n_draws = len(x_ntc)
+    rng = np.random.Generator(np.random.PCG64([seed, 11]))
+    picks = rng.choice(n_draws, size=n_samples, replace=n_samples > n_draws)
+    u = torch.linspace(-GRID_HALF_WIDTH, GRID_HALF_WIDTH, GRID_POINTS, dtype=torch.float32)
+    h = float(u[1] - u[0])
+    u = u.to(device)
+    log_prior = -0.5 * u**2
+    out = np.empty((model.n_cells, n_samples))
+    sigma2 = np.exp(2 * post.draws["guide_log_sigma"])
+    idx = torch.arange(model.n_cells, device=device)
+    uniforms = rng.random((2, n_samples, model.n_cells))
+    t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
+    with torch.no_grad():
+        for j, s in enumerate(picks):
+            d = {"b": t(b[s]), "sigma2": t(sigma2[s])}
+            mu, sigma = model.cell_prior({"log2_x_ntc": t(x_ntc[s])}, d, idx)
+            delta = t(post.draws["tech_effect_all"][s])
+            log2_x = mu[:, None] + sigma[:, None] * u  # [N, P]
+            eta = model.log_sf[:, None] + delta[model.group, None] + LN2 * log2_x
+            log_r = t(post.draws["log_r_within"][s])
+            logw = log_prior + nb_log_pmf(model.y[:, None], eta, log_r)
+            w = torch.softmax(logw, dim=-1)
+            cdf = torch.cumsum(w, dim=-1)
+            k = torch.searchsorted(cdf, t(uniforms[0, j])[:, None]).squeeze(-1)
+            k = k.clamp(max=GRID_POINTS - 1)
+            jitter = (t(uniforms[1, j]) - 0.5) * h
+            out[:, j] = (mu + sigma * (u[k] + jitter)).cpu().numpy()
+    return out, picks

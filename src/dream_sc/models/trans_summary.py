@@ -28,6 +28,74 @@ class Grid:
     hi: float
 
 
+@dataclass
+class DoseAxis:
+    """Posterior uncertainty of the dosage axis itself, from the guide-level draws of step 2.
+
+    A trans fit places its curves on the posterior-mean dosage of every cell. The guides'
+    dosages are themselves uncertain, and that uncertainty is shared by all cells of a guide,
+    so a per-cell variance cannot carry it: if the guides around a feature's EC50 truly sit 5%
+    higher, the EC50 sits 5% higher too. Each posterior world ``w`` of step 2 (one joint draw of
+    all guide dosages) moves the axis by ``shift[w](log x)``, a kernel average (Gaussian in log
+    dosage, weighted by cells) of the guides' deviations from their posterior mean; draw ``s`` of
+    a curve's dose parameters (EC50s) is moved by world ``s mod W``. This is a first-order
+    errors-in-variables correction: it widens dose intervals by the dosage uncertainty of the
+    guides that locate them, without refitting the curves once per world.
+    """
+
+    grid: np.ndarray  # [P] natural-log dosage
+    shift: np.ndarray  # [W, P] deviation of the axis in each world (natural log)
+
+    @classmethod
+    def from_guides(
+        cls, log2_dose_draws: np.ndarray, n_cells: np.ndarray, n_grid: int = 200
+    ) -> DoseAxis:
+        """Build from guide dosage draws ``[G, W]`` (log2) and cells per guide ``[G]``."""
+        log_draws = LN2 * np.asarray(log2_dose_draws, dtype=np.float64)
+        centre = log_draws.mean(1)
+        deviation = log_draws - centre[:, None]  # [G, W]
+        distinct = np.unique(np.round(centre, 3))
+        gaps = np.diff(distinct)
+        bandwidth = max(float(np.median(gaps)) if len(gaps) else 0.1, 0.05)
+        pad = 3 * bandwidth
+        grid = np.linspace(centre.min() - pad, centre.max() + pad, n_grid)
+        logw = -0.5 * ((grid[:, None] - centre[None, :]) / bandwidth) ** 2  # [P, G]
+        logw += np.log(np.maximum(np.asarray(n_cells, dtype=np.float64), 1.0))[None, :]
+        w = np.exp(logw - logw.max(1, keepdims=True))
+        w /= w.sum(1, keepdims=True)
+        return cls(grid, (w @ deviation).T)
+
+    @classmethod
+    def from_record(cls, record) -> DoseAxis | None:
+        """Read from a trans run record (``None`` for fits stored without one)."""
+        if "dose_axis_grid" not in record:
+            return None
+        return cls(np.asarray(record["dose_axis_grid"]), np.asarray(record["dose_axis_shift"]))
+
+    def to_record(self) -> dict:
+        """Arrays to store in a run record."""
+        return {"dose_axis_grid": self.grid, "dose_axis_shift": self.shift}
+
+    def apply(self, log_dose: torch.Tensor) -> torch.Tensor:
+        """Move draws ``[S, ...]`` of a natural-log dosage by their world's axis shift."""
+        values = log_dose.detach().cpu().numpy()
+        out = np.empty_like(values)
+        for s in range(values.shape[0]):
+            world = self.shift[s % len(self.shift)]
+            out[s] = values[s] + np.interp(values[s], self.grid, world)
+        return torch.as_tensor(out, dtype=log_dose.dtype)
+
+    def apply_to_params(self, function: str, params: dict) -> dict:
+        """Curve parameters with every EC50 moved along the axis (polynomials: unchanged)."""
+        if function == "polynomial":
+            return params
+        out = dict(params)
+        for name in ("log_k1", "log_k2"):
+            if name in out:
+                out[name] = self.apply(out[name])
+        return out
+
+
 def make_grid(lo: float, hi: float, n: int = 60, extend: float = 1.5) -> Grid:
     """Log-spaced grid over the observed range ``[lo, hi]`` extended by a factor each side."""
     inner = np.geomspace(lo, hi, n - 10)
@@ -136,8 +204,12 @@ def summarise_chunk(
     *,
     min_effect: np.ndarray,
     group_index: np.ndarray | None = None,
+    dose_axis: DoseAxis | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per-feature summaries and grid curves of one chunk.
+
+    With ``dose_axis`` the EC50s carry the dosage uncertainty of the guides (see
+    :class:`DoseAxis`).
 
     Returns
     -------
@@ -146,6 +218,8 @@ def summarise_chunk(
     """
     scale = torch.as_tensor(amplitude_scale, dtype=torch.float32)
     params = natural_params(function, latent, scale, priors)
+    if dose_axis is not None:
+        params = dose_axis.apply_to_params(function, params)
     log_x = torch.as_tensor(np.log(grid.dose), dtype=torch.float32)
     eta = evaluate_curve(function, params, log_x, priors.log_x_ref, priors.half_range)  # [S,G,T]
     group = n_groups = None

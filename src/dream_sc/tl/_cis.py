@@ -14,9 +14,9 @@ from scipy import sparse
 
 from .. import _validation as V
 from .._data import modality_data
-from ..models.cis import LN2, CisData, fit_cis_model, sample_guide_effects
+from ..models.cis import LN2, CisData, fit_cis_model, guide_effects, sample_cell_dosage
 from ._cells import check_guide_columns, sum_factor_values, technical_groups
-from ._common import Z90, clean_params, resolve_device, resolve_progress, resolve_seed, versions
+from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
 from ._technical import load_technical
 
 logger = logging.getLogger("dream_sc")
@@ -248,7 +248,8 @@ def fit_cis(
     cis_data = CisData(
         y=y.astype(np.float64),
         log_sf=np.log(sf),
-        tech_offset=tech.effects[col][codes],
+        group=codes,
+        tech_effect_prior=np.asarray(tech.effects[col], dtype=np.float64),
         assignment=A,
         is_cis_guide=is_cis,
         log_r=float(-tech.log_phi[col]),
@@ -273,18 +274,16 @@ def fit_cis(
             f"fit_cis for {cis_feature!r} did not converge in {n_steps} steps; increase `n_steps`.",
             stacklevel=2,
         )
-    # per-cell dosage
-    loc, scale = post.loc["log2_x"], post.scale["log2_x"]
-    rng = np.random.Generator(np.random.PCG64([seed, 11]))
-    samples = np.exp2(loc[:, None] + scale[:, None] * rng.standard_normal((len(loc), n_samples)))
-    ln_loc, ln_scale = LN2 * loc, LN2 * scale
-    mean = np.exp(ln_loc + ln_scale**2 / 2)
-    sd = mean * np.sqrt(np.expm1(ln_scale**2))
+    # per-cell dosage: n_samples joint posterior worlds (column s = guide-level draw s)
+    log2_samples, picks = sample_cell_dosage(cis_data, post, n_samples, seed, dev)
+    samples = np.exp2(log2_samples)
+    mean, sd = samples.mean(1), samples.std(1)
+    cell_q05, cell_q95 = np.quantile(samples, [0.05, 0.95], axis=1)
     # per guide
-    x_ntc_draws, b_draws = sample_guide_effects(post, is_cis, 2000, seed)
+    x_ntc_draws, b_draws = guide_effects(post, is_cis)
     dose_draws = np.exp2(x_ntc_draws[:, None] + b_draws)
     n_cells_g = A.sum(0).astype(int)
-    sigma = np.exp(post.loc["guide_log_sigma"])
+    sigma = np.exp(post.draws["guide_log_sigma"]).mean(0)
     b_mean, b_sd = b_draws.mean(0), b_draws.std(0)
     q05, q95 = np.quantile(b_draws, [0.05, 0.95], axis=0)
     active = (~is_cis) & ((q05 > 0) | (q95 < 0)) & (np.abs(b_mean) > 0.2)
@@ -325,6 +324,18 @@ def fit_cis(
         "log2_x_ntc_mean": float(x_ntc_draws.mean()),
         "log2_x_ntc_sd": float(x_ntc_draws.std()),
         "dose_range": np.array([dose_lo, dose_hi]),
+        # guide log2 dosages of the posterior worlds behind the columns of the dose samples
+        "guide_dose_samples": (x_ntc_draws[picks, None] + b_draws[picks]).T,
+        "technical_effects": pd.DataFrame(
+            {
+                "step1": np.asarray(tech.effects[col], dtype=np.float64),
+                "mean": post.draws["tech_effect_all"].mean(0),
+                "sd": post.draws["tech_effect_all"].std(0),
+            },
+            index=pd.Index([str(g) for g in tech.groups], name="group"),
+        ),
+        "dispersion_step1": float(np.exp(tech.log_phi[col])),
+        "dispersion_within_cell": float(np.exp(-post.draws["log_r_within"]).mean()),
         "n_cells": int(len(rows)),
         "params": clean_params(params),
         "priors": post.priors,
@@ -338,8 +349,8 @@ def fit_cis(
     for name, values in (
         ("mean", mean),
         ("sd", sd),
-        ("q05", np.exp2(loc - Z90 * scale)),
-        ("q95", np.exp2(loc + Z90 * scale)),
+        ("q05", cell_q05),
+        ("q95", cell_q95),
     ):
         column = np.full(n, np.nan)
         column[rows] = values

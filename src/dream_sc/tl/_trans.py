@@ -233,6 +233,8 @@ def fit_trans(
         "seconds": float(seconds),
         "versions": versions(),
     }
+    if job.dose_axis is not None:
+        record.update(job.dose_axis.to_record())
     if null is not None:
         record["null_scores"] = null["score"]
         record["null_non_monotonic_scores"] = null["non_monotonic_score"]

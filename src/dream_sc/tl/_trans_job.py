@@ -21,7 +21,7 @@ from ..models.guide import cholesky_from_lower
 from ..models.memory import feature_chunks, plan_fit
 from ..models.observation import ObservationData
 from ..models.trans import TransInputs, TransPriors, dose_priors, trans_problem
-from ..models.trans_summary import Grid, draw_latent, make_grid, summarise_chunk
+from ..models.trans_summary import DoseAxis, Grid, draw_latent, make_grid, summarise_chunk
 from ._cells import sum_factor_values, technical_groups
 from ._technical import TechnicalFit, load_technical
 
@@ -83,6 +83,7 @@ class TransJob:
     guide_labels: np.ndarray  # [N] guide (or dosage bin) of every fitted cell
     amplitude_floor: np.ndarray  # [T] floor of the amplitude prior scale
     checkpoint: str | None = None
+    dose_axis: DoseAxis | None = None  # guide-level dosage uncertainty (EC50 intervals)
 
     @property
     def keys(self) -> np.ndarray:
@@ -227,6 +228,7 @@ class TransJob:
                 self.grid,
                 min_effect=min_effect[idx],
                 group_index=None if gi is None else gi[idx],
+                dose_axis=self.dose_axis,
             )
             for name, values in cols.items():
                 if name not in columns:
@@ -428,6 +430,11 @@ def prepare_trans_job(
         use_dose_mean,
         name_order(mdata.obs_names[rows]),
     )
+    axis = None
+    if "guide_dose_samples" in cis:
+        axis = DoseAxis.from_guides(
+            np.asarray(cis["guide_dose_samples"]), np.asarray(guides["n_cells"], dtype=float)
+        )
     return TransJob(
         modality,
         function,
@@ -450,6 +457,7 @@ def prepare_trans_job(
         plan.as_dict(),
         labels,
         floor,
+        dose_axis=axis,
     )
 
 
