@@ -351,7 +351,7 @@ def test_full_pipeline_with_overdispersion(od_fitted, modality, distribution, tm
 def test_trans_uses_the_concentration(od_fitted):
     """The fixed concentration changes the trans fit (a huge one gives the binomial fit)."""
     mdata = od_fitted.copy()
-    kw = {"modality": "splicing", "function": "single_hill", "n_steps": 200, "seed": 0}
+    kw = {"modality": "splicing", "function": "single_hill", "n_steps": 600, "seed": 0}
     ds.tl.fit_trans(mdata, key_added="od", test=False, **kw)
     table = mdata["splicing"].varm["dream_technical"]
     for stat in ("mean", "q05", "q50", "q95"):
@@ -366,8 +366,10 @@ def test_trans_uses_the_concentration(od_fitted):
         for key in ("od", "near_binomial", "binomial")
     }
     # over-dispersion widens the intervals; a huge concentration is the binomial again
-    assert (sd["od"] > sd["binomial"]).mean() > 0.8
-    assert np.median(sd["od"] / sd["binomial"]) > 1.05
+    # (single VI interval widths of 12 junctions are noisy: judge the bulk, not each one)
+    ratio = sd["od"] / sd["binomial"]
+    assert np.median(ratio) > 1.08, ratio.round(2).tolist()
+    assert (ratio > 1).mean() >= 2 / 3, ratio.round(2).tolist()
     np.testing.assert_allclose(sd["near_binomial"], sd["binomial"], rtol=0.2, atol=0.01)
 
 

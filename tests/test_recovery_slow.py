@@ -60,6 +60,20 @@ def test_cis_dosage_recovery(screen):
     truth = screen.uns["truth"]["guides"].loc[guides.index, "dose"]
     rho = stats.spearmanr(guides["dose_mean"], truth).statistic
     assert rho >= 0.95, rho
+    # no scale bias, and 90% intervals that cover the true guide dosage
+    bias = np.median(np.log2(guides["dose_mean"] / truth))
+    assert abs(bias) < 0.05, bias
+    covered = ((guides["dose_q05"] <= truth) & (truth <= guides["dose_q95"])).mean()
+    assert covered >= 0.75, covered
+
+
+def test_cis_technical_effect_is_updated_towards_the_truth(screen):
+    """All cells of the cis fit re-estimate the cis gene's technical effect."""
+    cis = screen.uns["truth"]["cis_feature"]
+    te = screen.uns["dream_cis"]["technical_effects"].loc["HEK293T"]
+    true = screen["rna"].varm["true_technical"].loc[cis, "HEK293T"]
+    assert abs(te["mean"] - true) <= abs(te["step1"] - true) + 0.01
+    assert abs(te["mean"] - true) < 3 * te["sd"] + 0.01
 
 
 def test_technical_recovery_rna(screen):

@@ -178,6 +178,7 @@ def fit_chunks(
                 context=context,
                 checkpoint=running,
                 checkpoint_every=checkpoint_every,
+                lr_scales=guide.lr_scales(),
             )
             summary, loss, converged, secs = (
                 guide.summary(),

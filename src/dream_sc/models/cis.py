@@ -58,6 +58,8 @@ TECHNICAL_EFFECT_PRIOR_SD = 0.5
 N_QUADRATURE = 24
 #: Grid of the per-cell dosage posterior: points over +-GRID_HALF_WIDTH prior sds.
 GRID_POINTS, GRID_HALF_WIDTH = 121, 6.0
+#: Cells per chunk when sampling the per-cell dosage posteriors.
+CELL_CHUNK = 65_536
 #: Smallest within-cell NB dispersion (when the spread explains all of step 1's dispersion).
 MIN_DISPERSION = 1e-4
 
@@ -110,6 +112,28 @@ def nb_log_pmf(y: torch.Tensor, eta: torch.Tensor, log_r: torch.Tensor) -> torch
     return _lgamma_ratio(r, y.expand_as(eta)) - r * sp + y * (x - sp)
 
 
+_NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(N_QUADRATURE)
+
+
+def cell_log_marginal(
+    y: torch.Tensor,
+    base_eta: torch.Tensor,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    log_r: torch.Tensor,
+) -> torch.Tensor:
+    """``log ∫ NB(y | exp(base_eta + ln2 · l), r) Normal(l; mu, sigma) dl`` per cell.
+
+    ``l`` is the cell's log2 dosage; Gauss-Hermite quadrature with :data:`N_QUADRATURE` nodes.
+    All arguments broadcast over cells ``[B]``.
+    """
+    nodes = torch.as_tensor(_NODES, dtype=mu.dtype, device=mu.device)
+    log_w = torch.as_tensor(np.log(_WEIGHTS / _WEIGHTS.sum()), dtype=mu.dtype, device=mu.device)
+    log2_x = mu[:, None] + sigma[:, None] * nodes  # [B, K]
+    ll = nb_log_pmf(y[:, None], base_eta[:, None] + LN2 * log2_x, log_r)
+    return torch.logsumexp(ll + log_w, dim=-1)
+
+
 def within_cell_log_r(log_r_step1: float, ref_spread_ln: torch.Tensor) -> torch.Tensor:
     """Log inverse dispersion left once the control cells' dosage spread is modelled.
 
@@ -143,9 +167,6 @@ class _CisModel:
         self.n_effects = len(data.tech_effect_prior) - 1
         self.x0 = float(data.log2_x_ntc_prior)
         self.log_r_step1 = float(data.log_r)
-        nodes, weights_q = np.polynomial.hermite_e.hermegauss(N_QUADRATURE)
-        self.nodes = t(nodes)
-        self.log_w = t(np.log(weights_q / weights_q.sum()))
 
     def globals_(self) -> dict[str, torch.Tensor]:
         """Sample the guide-level sites from their priors."""
@@ -207,10 +228,8 @@ class _CisModel:
         d = self.derived(v)
         idx = batch["cell_index"]
         mu, sigma = self.cell_prior(v, d, idx)
-        log2_x = mu[:, None] + sigma[:, None] * self.nodes  # [B, K]
-        eta = self.log_sf[idx, None] + d["delta"][self.group[idx], None] + LN2 * log2_x
-        ll = nb_log_pmf(self.y[idx, None], eta, d["log_r"])
-        cell_ll = torch.logsumexp(ll + self.log_w, dim=-1)
+        base_eta = self.log_sf[idx] + d["delta"][self.group[idx]]
+        cell_ll = cell_log_marginal(self.y[idx], base_eta, mu, sigma, d["log_r"])
         total = cell_ll.sum() * (self.n_cells / len(idx))
         # an overflowing count gives inf - inf = nan: report it as a non-finite ELBO
         pyro.factor("obs", torch.nan_to_num(total, nan=-torch.inf))
@@ -358,9 +377,11 @@ def sample_cell_dosage(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Posterior samples of every cell's log2 dosage ``[N, n_samples]`` and the draws used.
 
-    The second value holds the rows of ``post.draws`` behind the columns. Sample ``s`` uses joint draw ``s`` of the guide-level values, so one column is one coherent
-    posterior world (guides' shared uncertainty included); within it a cell's dosage is drawn
-    exactly from its grid posterior ``Normal(mu_i, sigma_i) x NB(y_i | ...)``.
+    The second value holds the rows of ``post.draws`` behind the columns. Sample ``s`` uses
+    joint draw ``s`` of the guide-level values, so one column is one coherent posterior world
+    (guides' shared uncertainty included); within it a cell's dosage is drawn exactly from its
+    grid posterior ``Normal(mu_i, sigma_i) x NB(y_i | ...)``. Cells are processed in chunks of
+    :data:`CELL_CHUNK` so memory stays bounded at atlas size.
     """
     model = _CisModel(data, device)
     x_ntc, b = guide_effects(post, np.asarray(data.is_cis_guide, dtype=bool))
@@ -371,24 +392,24 @@ def sample_cell_dosage(
     h = float(u[1] - u[0])
     u = u.to(device)
     log_prior = -0.5 * u**2
-    out = np.empty((model.n_cells, n_samples))
+    out = np.empty((model.n_cells, n_samples), dtype=np.float32)
     sigma2 = np.exp(2 * post.draws["guide_log_sigma"])
-    idx = torch.arange(model.n_cells, device=device)
-    uniforms = rng.random((2, n_samples, model.n_cells))
     t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
     with torch.no_grad():
         for j, s in enumerate(picks):
             d = {"b": t(b[s]), "sigma2": t(sigma2[s])}
-            mu, sigma = model.cell_prior({"log2_x_ntc": t(x_ntc[s])}, d, idx)
             delta = t(post.draws["tech_effect_all"][s])
-            log2_x = mu[:, None] + sigma[:, None] * u  # [N, P]
-            eta = model.log_sf[:, None] + delta[model.group, None] + LN2 * log2_x
             log_r = t(post.draws["log_r_within"][s])
-            logw = log_prior + nb_log_pmf(model.y[:, None], eta, log_r)
-            w = torch.softmax(logw, dim=-1)
-            cdf = torch.cumsum(w, dim=-1)
-            k = torch.searchsorted(cdf, t(uniforms[0, j])[:, None]).squeeze(-1)
-            k = k.clamp(max=GRID_POINTS - 1)
-            jitter = (t(uniforms[1, j]) - 0.5) * h
-            out[:, j] = (mu + sigma * (u[k] + jitter)).cpu().numpy()
+            uniforms = t(rng.random((2, model.n_cells)))
+            for lo in range(0, model.n_cells, CELL_CHUNK):
+                idx = torch.arange(lo, min(lo + CELL_CHUNK, model.n_cells), device=device)
+                mu, sigma = model.cell_prior({"log2_x_ntc": t(x_ntc[s])}, d, idx)
+                log2_x = mu[:, None] + sigma[:, None] * u  # [chunk, P]
+                eta = model.log_sf[idx, None] + delta[model.group[idx], None] + LN2 * log2_x
+                logw = log_prior + nb_log_pmf(model.y[idx, None], eta, log_r)
+                cdf = torch.cumsum(torch.softmax(logw, dim=-1), dim=-1)
+                k = torch.searchsorted(cdf, uniforms[0, idx, None]).squeeze(-1)
+                k = k.clamp(max=GRID_POINTS - 1)
+                value = mu + sigma * (u[k] + (uniforms[1, idx] - 0.5) * h)
+                out[lo : lo + len(idx), j] = value.cpu().numpy()
     return out, picks

@@ -6,7 +6,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,6 +160,7 @@ def run_svi(
     context: str = "",
     checkpoint: str | Path | None = None,
     checkpoint_every: int | None = None,
+    lr_scales: Sequence[float] | None = None,
 ) -> FitResult:
     """Optimise the ELBO of ``model`` with ``guide``.
 
@@ -197,6 +198,8 @@ def run_svi(
         exactly as an uninterrupted run would. Deleted when the run finishes.
     checkpoint_every
         Steps between checkpoints (default ``settings.checkpoint_every``).
+    lr_scales
+        Multiplier of ``lr`` for each parameter (same order as ``parameters()``); default 1.
 
     Returns
     -------
@@ -213,10 +216,15 @@ def run_svi(
     elbo = pyro.infer.Trace_ELBO()
     start = time.perf_counter()
     params = parameters()
-    optimizer = torch.optim.Adam(params, lr=lr)
+    scales = [1.0] * len(params) if lr_scales is None else [float(x) for x in lr_scales]
+    if len(scales) != len(params):
+        raise ValueError(f"lr_scales has {len(scales)} entries for {len(params)} parameters.")
+    optimizer = torch.optim.Adam(
+        [{"params": [p], "lr": lr * k} for p, k in zip(params, scales, strict=True)], lr=lr
+    )
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
-        max_lr=lr,
+        max_lr=[lr * k for k in scales],
         total_steps=max(n_steps, 4),
         pct_start=max(0.1, 2.0 / max(n_steps, 4)),
         div_factor=10.0,

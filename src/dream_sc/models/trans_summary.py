@@ -37,7 +37,8 @@ class DoseAxis:
     so a per-cell variance cannot carry it: if the guides around a feature's EC50 truly sit 5%
     higher, the EC50 sits 5% higher too. Each posterior world ``w`` of step 2 (one joint draw of
     all guide dosages) moves the axis by ``shift[w](log x)``, a kernel average (Gaussian in log
-    dosage, weighted by cells) of the guides' deviations from their posterior mean; draw ``s`` of
+    dosage with half the median gap between guides as bandwidth, weighted by cells) of the
+    guides' deviations from their posterior mean; draw ``s`` of
     a curve's dose parameters (EC50s) is moved by world ``s mod W``. This is a first-order
     errors-in-variables correction: it widens dose intervals by the dosage uncertainty of the
     guides that locate them, without refitting the curves once per world.
@@ -56,7 +57,8 @@ class DoseAxis:
         deviation = log_draws - centre[:, None]  # [G, W]
         distinct = np.unique(np.round(centre, 3))
         gaps = np.diff(distinct)
-        bandwidth = max(float(np.median(gaps)) if len(gaps) else 0.1, 0.05)
+        # half the typical gap: between two guides both count, at a guide mostly itself
+        bandwidth = max(0.5 * float(np.median(gaps)) if len(gaps) else 0.1, 0.03)
         pad = 3 * bandwidth
         grid = np.linspace(centre.min() - pad, centre.max() + pad, n_grid)
         logw = -0.5 * ((grid[:, None] - centre[None, :]) / bandwidth) ** 2  # [P, G]
