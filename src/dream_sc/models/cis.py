@@ -168,21 +168,28 @@ class _CisModel:
         self.x0 = float(data.log2_x_ntc_prior)
         self.log_r_step1 = float(data.log_r)
 
-    def globals_(self) -> dict[str, torch.Tensor]:
+    def sample_guide_level(self) -> dict[str, torch.Tensor]:
         """Sample the guide-level sites from their priors."""
         out = {
-            "log2_x_ntc": pyro.sample("log2_x_ntc", dist.Normal(self._f(self.x0), X_NTC_PRIOR_SD)),
-            "target_mean": pyro.sample("target_mean", dist.Normal(self._f(0.0), 2.0)),
-            "log_target_scale": pyro.sample("log_target_scale", dist.Normal(self._f(0.0), 0.75)),
+            "log2_x_ntc": pyro.sample(
+                "log2_x_ntc", dist.Normal(self._scalar(self.x0), X_NTC_PRIOR_SD)
+            ),
+            "target_mean": pyro.sample("target_mean", dist.Normal(self._scalar(0.0), 2.0)),
+            "log_target_scale": pyro.sample(
+                "log_target_scale", dist.Normal(self._scalar(0.0), 0.75)
+            ),
         }
         if self.n_cis:
             out["guide_z"] = pyro.sample(
-                "guide_z", dist.StudentT(3.0, self._f(0.0), 1.0).expand([self.n_cis]).to_event(1)
+                "guide_z",
+                dist.StudentT(3.0, self._scalar(0.0), 1.0).expand([self.n_cis]).to_event(1),
             )
         if self.n_ref:
-            prior = dist.StudentT(3.0, self._f(0.0), REFERENCE_EFFECT_SCALE)
+            prior = dist.StudentT(3.0, self._scalar(0.0), REFERENCE_EFFECT_SCALE)
             out["ref_effect"] = pyro.sample("ref_effect", prior.expand([self.n_ref]).to_event(1))
-        s_loc = pyro.sample("log_sigma_loc", dist.Normal(self._f(SIGMA_PRIOR[0]), SIGMA_PRIOR[1]))
+        s_loc = pyro.sample(
+            "log_sigma_loc", dist.Normal(self._scalar(SIGMA_PRIOR[0]), SIGMA_PRIOR[1])
+        )
         out["log_sigma_loc"] = s_loc
         out["guide_log_sigma"] = pyro.sample(
             "guide_log_sigma", dist.Normal(s_loc, 0.5).expand([self.n_guides]).to_event(1)
@@ -192,7 +199,7 @@ class _CisModel:
             out["tech_effect"] = pyro.sample("tech_effect", prior.to_event(1))
         return out
 
-    def _f(self, value: float) -> torch.Tensor:
+    def _scalar(self, value: float) -> torch.Tensor:
         return torch.tensor(value, dtype=torch.float32, device=self.device)
 
     def derived(self, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -224,7 +231,7 @@ class _CisModel:
         return mu, sigma
 
     def __call__(self, batch: dict) -> None:
-        v = self.globals_()
+        v = self.sample_guide_level()
         d = self.derived(v)
         idx = batch["cell_index"]
         mu, sigma = self.cell_prior(v, d, idx)
