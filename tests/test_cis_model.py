@@ -70,6 +70,7 @@ def _single_guide_posterior(log2_x_ntc: float, log_sigma: float, n_draws: int = 
         "target_mean": full(0.0),
         "log_target_scale": full(0.0),
         "ref_effect": full(0.0, 1),
+        "guide_effect_all": full(0.0, 1),
         "log_sigma_loc": full(log_sigma),
         "guide_log_sigma": full(log_sigma, 1),
         "tech_effect_all": full(0.0, 1),

@@ -82,7 +82,8 @@ class CisData:
 class CisPosterior:
     """Posterior draws of the guide-level values, the priors and the run diagnostics.
 
-    ``draws`` maps every site (and ``tech_effect_all`` ``[S, C]``, ``log_r_within`` ``[S]``) to
+    ``draws`` maps every site (and the derived ``guide_effect_all`` ``[S, G]`` log2 effects,
+    ``tech_effect_all`` ``[S, C]``, ``log_r_within`` ``[S]``) to
     ``[S, ...]`` posterior draws; the same row of every array is one joint draw.
     """
 
@@ -281,11 +282,12 @@ def _draw_sites(guide: AutoMultivariateNormal, model: _CisModel, batch: dict, n:
         size = int(np.prod(shape))
         draws[name] = flat[:, offset : offset + size].reshape((n, *shape))
         # the latent vector is laid out in model order: check it against the guide's median
-        assert np.allclose(
-            loc[offset : offset + size].reshape(shape), median[name].detach().cpu().numpy()
-        ), f"unexpected latent layout at site {name!r}"
+        expected = median[name].detach().cpu().numpy()
+        if not np.allclose(loc[offset : offset + size].reshape(shape), expected):
+            raise RuntimeError(f"Unexpected latent layout of the cis guide at site {name!r}.")
         offset += size
-    assert offset == len(loc), "unexpected latent layout of the cis guide"
+    if offset != len(loc):
+        raise RuntimeError("Unexpected latent layout of the cis guide.")
     return draws
 
 
@@ -337,6 +339,7 @@ def fit_cis_model(
         draws = _draw_sites(guide, model, make_batch(0), n_draws, seed)
         as_t = {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in draws.items()}
         derived = model.derived(as_t)
+    draws["guide_effect_all"] = derived["b"].cpu().numpy().astype(np.float64)
     draws["tech_effect_all"] = derived["delta"].cpu().numpy()
     draws["log_r_within"] = derived["log_r"].cpu().numpy()
     pyro.clear_param_store()
@@ -366,19 +369,6 @@ def fit_cis_model(
     return CisPosterior(draws, fit, priors)
 
 
-def guide_effects(post: CisPosterior, is_cis_guide: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior draws of ``log2 x_ntc`` ``[S]`` and guide effects ``b`` ``[S, G]``."""
-    d = post.draws
-    x_ntc = d["log2_x_ntc"]
-    b = np.zeros((len(x_ntc), len(is_cis_guide)))
-    if is_cis_guide.any():
-        tau = np.exp(d["log_target_scale"])[:, None]
-        b[:, is_cis_guide] = d["target_mean"][:, None] + tau * d["guide_z"]
-    if (~is_cis_guide).any():
-        b[:, ~is_cis_guide] = d["ref_effect"]
-    return x_ntc, b
-
-
 def sample_cell_dosage(
     data: CisData, post: CisPosterior, n_samples: int, seed: int, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -391,7 +381,7 @@ def sample_cell_dosage(
     :data:`CELL_CHUNK` so memory stays bounded at atlas size.
     """
     model = _CisModel(data, device)
-    x_ntc, b = guide_effects(post, np.asarray(data.is_cis_guide, dtype=bool))
+    x_ntc, b = post.draws["log2_x_ntc"], post.draws["guide_effect_all"]
     n_draws = len(x_ntc)
     rng = np.random.Generator(np.random.PCG64([seed, 11]))
     picks = rng.choice(n_draws, size=n_samples, replace=n_samples > n_draws)

@@ -14,7 +14,7 @@ from scipy import sparse
 
 from .. import _validation as V
 from .._data import modality_data
-from ..models.cis import LN2, CisData, fit_cis_model, guide_effects, sample_cell_dosage
+from ..models.cis import LN2, CisData, fit_cis_model, sample_cell_dosage
 from ._cells import check_guide_columns, sum_factor_values, technical_groups
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
 from ._technical import load_technical
@@ -280,7 +280,7 @@ def fit_cis(
     mean, sd = samples.mean(1), samples.std(1)
     cell_q05, cell_q95 = np.quantile(samples, [0.05, 0.95], axis=1)
     # per guide
-    x_ntc_draws, b_draws = guide_effects(post, is_cis)
+    x_ntc_draws, b_draws = post.draws["log2_x_ntc"], post.draws["guide_effect_all"]
     dose_draws = np.exp2(x_ntc_draws[:, None] + b_draws)
     n_cells_g = A.sum(0).astype(int)
     sigma = np.exp(post.draws["guide_log_sigma"]).mean(0)
