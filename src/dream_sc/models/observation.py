@@ -78,7 +78,11 @@ class ObservationData:
             n_groups = len(codes)
         return cls(distribution, y, total_t, gi, n_groups, n_cells, n_features, first)
 
-    def log_likelihood(
+    def log_likelihood(self, eta: torch.Tensor, rows: torch.Tensor, **noise) -> torch.Tensor:
+        """Summed log-likelihood of the cells ``rows`` (see :meth:`feature_log_likelihood`)."""
+        return self.feature_log_likelihood(eta, rows, **noise).sum()
+
+    def feature_log_likelihood(
         self,
         eta: torch.Tensor,
         rows: torch.Tensor,
@@ -88,7 +92,10 @@ class ObservationData:
         log_nu: torch.Tensor | None = None,
         log_conc: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Summed log-likelihood of the cells ``rows`` given the linear predictor ``eta``.
+        """Log-likelihood of the cells ``rows`` given the linear predictor ``eta``.
+
+        Returns ``[n_features]`` (summed over cells) for every distribution but the
+        multinomial, whose features are coupled and which returns one value per feature group.
 
         Parameters
         ----------
@@ -112,21 +119,21 @@ class ObservationData:
         """
         d = self.distribution
         if d == "negbinom":
-            return L.negbinom_log_prob(eta, log_r, self.y.take_rows(rows)).sum()
+            return L.negbinom_log_prob(eta, log_r, self.y.take_rows(rows))
         if d == "binomial":
             k, n = self.y.take_rows(rows), self.total.take_rows(rows)
             if log_conc is not None:
-                return L.betabinomial_log_prob(eta, log_conc, k, n).sum()
-            return L.binomial_log_prob(eta, k, n).sum()
+                return L.betabinomial_log_prob(eta, log_conc, k, n)
+            return L.binomial_log_prob(eta, k, n)
         if d == "multinomial":
             y = self.y.take_rows(rows)
             if log_conc is not None:
                 group_conc = log_conc.index_select(-1, self.group_first)
                 return L.dirichletmultinomial_log_prob(
                     eta, group_conc, y, self.group_index, self.n_groups
-                ).sum()
-            return L.multinomial_log_prob(eta, y, self.group_index, self.n_groups).sum()
+                )
+            return L.multinomial_log_prob(eta, y, self.group_index, self.n_groups)
         y = self.y[rows]
         if d == "normal":
-            return L.normal_log_prob(eta, log_sigma, y).sum()
-        return L.studentt_log_prob(eta, log_sigma, log_nu, y).sum()
+            return L.normal_log_prob(eta, log_sigma, y)
+        return L.studentt_log_prob(eta, log_sigma, log_nu, y)

@@ -247,9 +247,17 @@ def summarise_chunk(
     cols["non_monotonic_mean"] = nm.mean(0).numpy()
     cols["prob_non_monotonic"] = (nm > min_eff).float().mean(0).numpy()
     cols["non_monotonic_score"] = (nm.mean(0) / (nm.std(0) + 1e-8)).numpy()
-    cols.update(_parameter_columns(function, params))
-    cols.update(_ec50_columns(function, params, grid))
+    cols.update(parameter_summaries(function, params, grid))
     return cols, curves
+
+
+def parameter_summaries(function: str, params: dict[str, torch.Tensor], grid: Grid) -> dict:
+    """Posterior mean and 90% interval of every curve parameter, EC50 and inflection point.
+
+    ``params`` are draws ``[S, T]`` of the natural parameters (EC50s already moved along the
+    dosage axis where wanted).
+    """
+    return {**_parameter_columns(function, params), **_ec50_columns(function, params, grid)}
 
 
 def _parameter_columns(function: str, params: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

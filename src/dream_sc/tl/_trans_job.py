@@ -100,7 +100,8 @@ class TransJob:
         gi = self.data.group_index[self.fitted] if self.data.group_index is not None else None
         return feature_chunks(self.n_features, self.feature_chunk, gi)
 
-    def _noise(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+    def noise(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Noise parameters of step 1 for the fitted features ``idx`` (fixed in step 3)."""
         d, tech, glob = self.data.distribution, self.tech, np.flatnonzero(self.fitted)[idx]
         if d == "negbinom":
             return {"log_r": -tech.log_phi[glob]}
@@ -112,6 +113,22 @@ class TransJob:
         if d == "studentt":
             out["log_nu"] = tech.log_nu[glob]
         return out
+
+    def observations(self, idx: np.ndarray) -> ObservationData:
+        """Observations of the fitted features ``idx`` (local indices) on the device."""
+        cols = np.flatnonzero(self.fitted)[idx]
+        data = self.data
+        return ObservationData.build(
+            data.distribution,
+            data.X[:, cols],
+            total=None if data.total is None else data.total[:, cols],
+            group_index=None if data.group_index is None else data.group_index[cols],
+            device=self.device,
+        )
+
+    def effects(self, idx: np.ndarray) -> np.ndarray:
+        """Technical effects ``[len(idx), C]`` of the fitted features ``idx``."""
+        return self.tech.effects[np.flatnonzero(self.fitted)[idx]]
 
     def priors_for(self, permutation: np.ndarray | None = None) -> TransPriors:
         """Priors of the real fit, or of a null fit whose cells got the dosage of ``permutation``.
@@ -152,28 +169,16 @@ class TransJob:
         priors = self.priors if priors is None else priors
         if permutation is not None:
             inputs = inputs.permuted(permutation)
-        cols = np.flatnonzero(self.fitted)
-        X = self.data.X[:, cols]
-        total = None if self.data.total is None else self.data.total[:, cols]
-        gi = None if self.data.group_index is None else self.data.group_index[cols]
-        effects = self.tech.effects[cols]
 
         def build(idx: np.ndarray):
-            obs = ObservationData.build(
-                self.data.distribution,
-                X[:, idx],
-                total=None if total is None else total[:, idx],
-                group_index=None if gi is None else gi[idx],
-                device=self.device,
-            )
             return trans_problem(
-                obs,
+                self.observations(idx),
                 self.function,
                 priors,
                 idx,
                 inputs,
-                effects=effects[idx],
-                noise=self._noise(idx),
+                effects=self.effects(idx),
+                noise=self.noise(idx),
                 batch_size=self.batch_size,
                 seed=self.seed,
                 device=self.device,

@@ -1,0 +1,317 @@
+"""Importance-sampling refinement of the trans posterior of responsive features (pure numpy/torch).
+
+The variational posterior of step 3 is a Normal over the sampling coordinates of the model,
+where every amplitude is ``v = s * lambda * z`` (horseshoe, non-centred). Only the product
+``v`` is identified by the data, so for a responsive feature the exact posterior of
+``(z, log lambda)`` is a curved ridge a Normal cannot follow, and the Hill parameters
+``(K, n, v)`` of a shallow curve lie on a second curved ridge. Variational intervals of EC50s
+are then too narrow (measured: 77% of true EC50s inside their 90% interval).
+
+The refinement re-targets the *exact* posterior of each responsive feature in the curve's own
+coordinates ``theta = (eta_ref, v_k, log K_1, [log gap], log n_k)``, in which the horseshoe scale
+is integrated out (:func:`horseshoe_log_density`), by adaptive importance sampling:
+
+1. a Normal proposal per feature is moment-matched to draws of the variational posterior;
+2. each round draws from the proposal widened by ``inflate``, weights every draw by
+   ``p(y, theta) / q(theta)`` (full-data likelihood of the feature, all cells), and moves the
+   proposal to the weighted moments;
+3. the last round's weights are truncated at ``mean * sqrt(S)`` (truncated importance sampling,
+   Ionides 2008) and the draws resampled; the effective sample size is returned per feature.
+
+Features are independent given step 1 and step 2, so every feature is refined separately
+(vectorised over a chunk), with its own random stream: results do not depend on chunking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from .curves import evaluate_curve
+from .observation import ObservationData
+from .trans import ETA_REF_PRIOR_SD, LOG_N_PRIOR, TransInputs, TransPriors
+
+LogTarget = Callable[[torch.Tensor], torch.Tensor]
+
+#: Log-dosage gap prior sd of the additive Hill (see :func:`dream_sc.models.trans.site_list`).
+LOG_GAP_PRIOR_SD = 0.75
+
+
+def curve_coordinates(function: str) -> list[str]:
+    """Names of the refinement coordinates of a Hill family (in order)."""
+    if function == "single_hill":
+        return ["eta_ref", "v1", "log_k1", "log_n1"]
+    if function == "additive_hill":
+        return ["eta_ref", "v1", "v2", "log_k1", "log_gap", "log_n1", "log_n2"]
+    raise ValueError(f"No refinement coordinates for {function!r} (Hill families only).")
+
+
+@lru_cache(maxsize=1)
+def _horseshoe_table() -> tuple[np.ndarray, np.ndarray]:
+    """``log |u|`` grid and the log marginal density of the standard horseshoe on it."""
+    log_lam = np.linspace(-16.0, 16.0, 6401)
+    lam = np.exp(log_lam)
+    # density of log lambda for lambda ~ HalfCauchy(1): (2 / pi) lambda / (1 + lambda^2)
+    w_lam = (2.0 / np.pi) * lam / (1.0 + lam**2) * (log_lam[1] - log_lam[0])
+    log_u = np.linspace(np.log(1e-8), np.log(1e6), 3001)
+    u = np.exp(log_u)[:, None]
+    normal = np.exp(-0.5 * (u / lam) ** 2) / (np.sqrt(2.0 * np.pi) * lam)
+    return log_u, np.log(normal @ w_lam)
+
+
+def horseshoe_log_density(u: np.ndarray) -> np.ndarray:
+    """Log marginal density of ``u = lambda * z`` with ``z ~ N(0, 1)``, ``lambda ~ HalfCauchy(1)``.
+
+    Computed once by quadrature over ``log lambda`` and interpolated in ``log |u|``; the
+    density has no closed form (it lies between ``log(1 + 4/u²) / sqrt(2 pi³)`` and
+    ``2 log(1 + 2/u²) / sqrt(2 pi³)``). ``|u|`` is clamped to ``[1e-8, 1e6]``.
+    """
+    log_u, log_p = _horseshoe_table()
+    a = np.log(np.clip(np.abs(np.asarray(u, dtype=np.float64)), 1e-8, 1e6))
+    return np.interp(a, log_u, log_p)
+
+
+def to_curve_coordinates(
+    function: str, latent: dict[str, torch.Tensor], amplitude_scale: np.ndarray
+) -> np.ndarray:
+    """Variational draws ``[S, T]`` per site -> refinement coordinates ``[T, S, D]``."""
+    scale = np.asarray(amplitude_scale, dtype=np.float64)
+    columns = []
+    for name in curve_coordinates(function):
+        if name.startswith("v"):
+            c = name[1:]
+            lam = np.exp(latent[f"log_lambda{c}"].double().numpy())
+            columns.append(scale * lam * latent[f"z{c}"].double().numpy())
+        else:
+            columns.append(latent[name].double().numpy())
+    return np.moveaxis(np.stack(columns, axis=-1), 0, 1)
+
+
+def curve_params(function: str, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Natural curve parameters ``[..., T]`` from coordinates ``[..., T, D]``."""
+    at = {name: theta[..., i] for i, name in enumerate(curve_coordinates(function))}
+    out = {"eta_ref": at["eta_ref"], "v1": at["v1"], "log_k1": at["log_k1"]}
+    out["n1"] = at["log_n1"].exp()
+    if function == "additive_hill":
+        out["v2"] = at["v2"]
+        out["log_k2"] = at["log_k1"] + at["log_gap"].exp()
+        out["n2"] = at["log_n2"].exp()
+    return out
+
+
+def _normal_log_pdf(x: torch.Tensor, loc, sd: float) -> torch.Tensor:
+    return -0.5 * ((x - loc) / sd) ** 2 - float(np.log(sd) + 0.5 * np.log(2.0 * np.pi))
+
+
+def log_prior(
+    function: str, theta: torch.Tensor, priors: TransPriors, features: np.ndarray
+) -> torch.Tensor:
+    """Log prior density ``[S, T]`` of coordinates ``[S, T, D]`` (horseshoe scale integrated out)."""
+    names = curve_coordinates(function)
+    at = {name: theta[..., i] for i, name in enumerate(names)}
+    loc = torch.as_tensor(priors.eta_ref_loc[features], dtype=theta.dtype)
+    lp = _normal_log_pdf(at["eta_ref"], loc, ETA_REF_PRIOR_SD)
+    scale = np.asarray(priors.amplitude_scale[features], dtype=np.float64)
+    for name in names:
+        if name.startswith("v"):
+            u = at[name].double().numpy() / scale
+            dens = horseshoe_log_density(u) - np.log(scale)
+            lp = lp + torch.as_tensor(dens, dtype=theta.dtype)
+        elif name.startswith("log_n"):
+            lp = lp + _normal_log_pdf(at[name], LOG_N_PRIOR[0], LOG_N_PRIOR[1])
+    lp = lp + _normal_log_pdf(at["log_k1"], priors.log_k_loc, priors.log_k_scale)
+    if function == "additive_hill":
+        lp = lp + _normal_log_pdf(at["log_gap"], priors.log_gap_loc, LOG_GAP_PRIOR_SD)
+    return lp
+
+
+def trans_log_target(
+    obs: ObservationData,
+    function: str,
+    priors: TransPriors,
+    features: np.ndarray,
+    inputs: TransInputs,
+    *,
+    effects: np.ndarray,
+    noise: dict[str, np.ndarray],
+    device: torch.device,
+    cell_block: int = 32768,
+) -> LogTarget:
+    """Unnormalised log posterior ``[S, T]`` of coordinates ``[S, T, D]`` for one feature chunk.
+
+    Same model as :func:`dream_sc.models.trans.trans_problem`, summed over all cells (in blocks
+    of ``cell_block``) instead of a minibatch. Not for the multinomial (coupled features).
+    """
+    if obs.distribution == "multinomial":
+        raise ValueError("The multinomial likelihood couples features; it cannot be refined.")
+    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
+    delta = t(effects).T  # [C, T]
+    group = torch.as_tensor(inputs.group, device=device)
+    log_sf = t(inputs.log_sf) if inputs.log_sf is not None else None
+    noise_t = {k: t(v) for k, v in noise.items()}
+    log_x = t(inputs.log_dose_mean)
+    log_x_var = None if inputs.use_dose_mean else t(inputs.log_dose_var)
+    blocks = [
+        torch.arange(a, min(a + cell_block, obs.n_cells), device=device)
+        for a in range(0, obs.n_cells, cell_block)
+    ]
+
+    def log_target(theta: torch.Tensor) -> torch.Tensor:
+        theta32 = theta.to(device=device, dtype=torch.float32)
+        params = curve_params(function, theta32)
+        out = log_prior(function, theta.double().cpu(), priors, features)
+        with torch.no_grad():
+            for s in range(theta.shape[0]):
+                p_s = {k: v[s] for k, v in params.items()}
+                total = torch.zeros(theta.shape[1], dtype=torch.float64, device=device)
+                for rows in blocks:
+                    eta = evaluate_curve(
+                        function,
+                        p_s,
+                        log_x[rows],
+                        priors.log_x_ref,
+                        priors.half_range,
+                        None if log_x_var is None else log_x_var[rows],
+                    )
+                    eta = eta + delta[group[rows]]
+                    if log_sf is not None:
+                        eta = eta + log_sf[rows, None]
+                    total += obs.feature_log_likelihood(eta, rows, **noise_t).double()
+                out[s] += total.cpu()
+        return out
+
+    return log_target
+
+
+@dataclass
+class ImportanceDraws:
+    """Weighted draws of the refined posterior of a chunk of features."""
+
+    theta: np.ndarray  # [T, S, D]
+    weights: np.ndarray  # [T, S], rows sum to 1
+    ess: np.ndarray  # [T] effective sample size of the final round
+
+    def resample(self, n: int, keys: np.ndarray, seed: int) -> np.ndarray:
+        """``n`` unweighted draws ``[n, T, D]`` by systematic resampling (seeded per feature)."""
+        out = np.empty((n, *self.theta.shape[::2]), dtype=np.float64)
+        for row, key in enumerate(keys):
+            rng = np.random.Generator(np.random.PCG64([int(seed), int(key), 31]))
+            cum = np.cumsum(self.weights[row])
+            cum[-1] = 1.0
+            picks = np.searchsorted(cum, (rng.uniform() + np.arange(n)) / n)
+            out[:, row] = self.theta[row, rng.permutation(picks)]
+        return out
+
+
+def _moments(theta: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = np.einsum("ts,tsd->td", weights, theta)
+    centred = theta - mean[:, None]
+    cov = np.einsum("ts,tsi,tsj->tij", weights, centred, centred)
+    return mean, cov
+
+
+def _safe_cholesky(cov: np.ndarray) -> np.ndarray:
+    """Cholesky factors of ``[T, D, D]`` covariances, with a growing ridge where needed."""
+    d = cov.shape[-1]
+    out = np.empty_like(cov)
+    for t in range(len(cov)):
+        ridge = 1e-9 * max(float(np.trace(cov[t])) / d, 1e-12)
+        for _ in range(12):
+            try:
+                out[t] = np.linalg.cholesky(cov[t] + ridge * np.eye(d))
+                break
+            except np.linalg.LinAlgError:
+                ridge *= 10.0
+        else:
+            out[t] = np.diag(np.sqrt(np.maximum(np.diag(cov[t]), 1e-12)))
+    return out
+
+
+def normalised_weights(log_w: np.ndarray, truncate: bool) -> np.ndarray:
+    """Self-normalised weights ``[T, S]`` from log weights (non-finite -> 0).
+
+    With ``truncate`` every weight is capped at ``mean * sqrt(S)`` (truncated importance
+    sampling), which bounds the variance a few extreme draws can add.
+    """
+    log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
+    top = np.max(log_w, axis=1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    w = np.exp(log_w - top)
+    total = w.sum(1, keepdims=True)
+    w = np.divide(w, total, out=np.full_like(w, 1.0 / w.shape[1]), where=total > 0)
+    if truncate:
+        w = np.minimum(w, np.sqrt(w.shape[1]) / w.shape[1])
+        w /= w.sum(1, keepdims=True)
+    return w
+
+
+def adaptive_importance_sampling(
+    log_target: LogTarget,
+    start: np.ndarray,
+    keys: np.ndarray,
+    *,
+    seed: int,
+    rounds: Sequence[int] = (250, 250),
+    n_final: int = 1000,
+    inflate: float = 1.3,
+    explore: float = 2.0,
+    blend: float = 0.8,
+) -> ImportanceDraws:
+    """Importance sampling from Normal proposals adapted to the target over a few rounds.
+
+    Parameters
+    ----------
+    log_target
+        Unnormalised log density ``[S, T]`` of draws ``[S, T, D]``.
+    start
+        Draws ``[T, S0, D]`` (e.g. from the variational posterior) the first proposal is
+        moment-matched to.
+    keys
+        Stable key per feature (seeds its random stream).
+    seed
+        Base seed.
+    rounds
+        Sizes of the adaptation rounds before the final round.
+    n_final
+        Draws of the final round.
+    inflate, explore
+        Proposal standard deviations are those of the current moments times ``explore`` in
+        the adaptation rounds (wide, so a start that is too narrow or off-centre is escaped)
+        and times ``inflate`` in the final round.
+    blend
+        New proposal covariance ``blend * weighted + (1 - blend) * previous`` (damps the
+        noise of weighted moments from few effective draws).
+
+    Returns
+    -------
+    :class:`ImportanceDraws` of the final round (weights truncated).
+    """
+    n_feat, _, dim = start.shape
+    mean = start.mean(1)
+    cov = np.einsum("tsi,tsj->tij", start - mean[:, None], start - mean[:, None]) / start.shape[1]
+    chol = _safe_cholesky(cov)
+    sizes = [*rounds, n_final]
+    for r, n in enumerate(sizes):
+        eps = np.empty((n_feat, n, dim))
+        for row, key in enumerate(keys):
+            rng = np.random.Generator(np.random.PCG64([int(seed), int(key), 17, r]))
+            eps[row] = rng.standard_normal((n, dim))
+        final = r == len(sizes) - 1
+        factor = (inflate if final else explore) * chol
+        theta = mean[:, None] + np.einsum("tij,tsj->tsi", factor, eps)
+        log_det = np.log(np.abs(np.diagonal(factor, axis1=1, axis2=2))).sum(1)
+        log_q = -0.5 * (eps**2).sum(-1) - 0.5 * dim * np.log(2.0 * np.pi) - log_det[:, None]
+        log_p = log_target(torch.as_tensor(np.moveaxis(theta, 0, 1))).numpy().T
+        weights = normalised_weights(log_p - log_q, truncate=final)
+        if final:
+            ess = 1.0 / np.sum(weights**2, axis=1)
+            return ImportanceDraws(theta, weights, ess)
+        new_mean, new_cov = _moments(theta, weights)
+        mean = new_mean
+        cov = blend * new_cov + (1.0 - blend) * (chol @ np.swapaxes(chol, 1, 2))
+        chol = _safe_cholesky(cov)
+    raise AssertionError("unreachable")  # pragma: no cover
