@@ -158,18 +158,11 @@ def test_continuous_recovery(screen):
     assert np.median(np.abs(fitted - true) / sigma[truth][:, None]) <= 0.25
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap (issue 5): EC50 90% intervals cover the true K for 74-79% of clearly "
-    "responsive single-Hill genes (two fit seeds; 45% before the quadrature cis step, the "
-    "dosage-axis propagation and 1000-step trans fits); target 80%. Remaining misses: genes "
-    "whose EC50 lies near the lowest guide with a shallow Hill slope (the Normal posterior "
-    "cannot follow the curved K-n-amplitude ridge) and guides whose dosage errs by more than "
-    "its interval",
-)
-def test_ec50_intervals_cover_truth():
-    mdata = ds.datasets.simulate_screen(n_cells=3000, n_genes=300, seed=2)
-    _fit_all(mdata, function="single_hill", seed=2)
+def _ec50_coverage(seed: int) -> tuple[int, int, np.ndarray]:
+    """Clearly responsive single-Hill genes of one screen, how many intervals cover the truth,
+    and the effective sample sizes of their refinement."""
+    mdata = ds.datasets.simulate_screen(n_cells=3000, n_genes=300, seed=seed)
+    _fit_all(mdata, function="single_hill", seed=seed)
     res = ds.get.trans_results(mdata)
     var = mdata["rna"].var
     lo, hi = mdata.uns["dream_cis"]["dose_range"]
@@ -179,11 +172,28 @@ def test_ec50_intervals_cover_truth():
         & res["significant"]
         & var["true_K1"].between(lo, hi)
     )
-    assert clear.sum() >= 10
     inside = (res.loc[clear, "ec50_q05"] <= var.loc[clear, "true_K1"]) & (
         var.loc[clear, "true_K1"] <= res.loc[clear, "ec50_q95"]
     )
-    assert inside.mean() >= 0.8, inside.mean()
+    assert res.loc[clear, "refined"].all()
+    return int(clear.sum()), int(inside.sum()), res.loc[clear, "refine_ess"].to_numpy()
+
+
+def test_ec50_intervals_cover_truth():
+    """90% EC50 intervals of clearly responsive genes cover the true EC50 >= 80% of the time.
+
+    Three screens (seed 0 is the issue's ``simulate_screen(n_cells=3000, n_genes=300)``).
+    Measured: 53/60, 58/66, 46/58 (0.85 pooled); without the importance-sampling refinement
+    0.65-0.77 per screen.
+    """
+    counts = [_ec50_coverage(seed) for seed in (0, 2, 3)]
+    n_clear = sum(c[0] for c in counts)
+    n_inside = sum(c[1] for c in counts)
+    assert all(c[0] >= 30 for c in counts), [c[0] for c in counts]
+    assert all(c[1] / c[0] >= 0.75 for c in counts), [(c[1], c[0]) for c in counts]
+    assert n_inside / n_clear >= 0.8, (n_inside, n_clear)
+    ess = np.concatenate([c[2] for c in counts])
+    assert np.median(ess) >= 300 and ess.min() >= 30, (np.median(ess), ess.min())
 
 
 def test_null_screens_are_calibrated():

@@ -78,6 +78,13 @@ class ObservationData:
             n_groups = len(codes)
         return cls(distribution, y, total_t, gi, n_groups, n_cells, n_features, first)
 
+    def gather(self, rows: torch.Tensor) -> tuple:
+        """The observations of the cells ``rows``: ``(y, total)`` (``total`` only for binomial)."""
+        if self.distribution in ("normal", "studentt"):
+            return self.y[rows], None
+        total = self.total.take_rows(rows) if self.total is not None else None
+        return self.y.take_rows(rows), total
+
     def log_likelihood(self, eta: torch.Tensor, rows: torch.Tensor, **noise) -> torch.Tensor:
         """Summed log-likelihood of the cells ``rows`` (see :meth:`feature_log_likelihood`)."""
         return self.feature_log_likelihood(eta, rows, **noise).sum()
@@ -91,6 +98,7 @@ class ObservationData:
         log_sigma: torch.Tensor | None = None,
         log_nu: torch.Tensor | None = None,
         log_conc: torch.Tensor | None = None,
+        gathered: tuple | None = None,
     ) -> torch.Tensor:
         """Log-likelihood of the cells ``rows`` given the linear predictor ``eta``.
 
@@ -116,24 +124,24 @@ class ObservationData:
             concentration per group, read at each group's first feature, see
             ``group_first``) replaces the binomial / multinomial. ``None``: no
             over-dispersion.
+        gathered
+            :meth:`gather` of ``rows``, when the same rows are evaluated many times.
         """
         d = self.distribution
+        y, total = self.gather(rows) if gathered is None else gathered
         if d == "negbinom":
-            return L.negbinom_log_prob(eta, log_r, self.y.take_rows(rows))
+            return L.negbinom_log_prob(eta, log_r, y)
         if d == "binomial":
-            k, n = self.y.take_rows(rows), self.total.take_rows(rows)
             if log_conc is not None:
-                return L.betabinomial_log_prob(eta, log_conc, k, n)
-            return L.binomial_log_prob(eta, k, n)
+                return L.betabinomial_log_prob(eta, log_conc, y, total)
+            return L.binomial_log_prob(eta, y, total)
         if d == "multinomial":
-            y = self.y.take_rows(rows)
             if log_conc is not None:
                 group_conc = log_conc.index_select(-1, self.group_first)
                 return L.dirichletmultinomial_log_prob(
                     eta, group_conc, y, self.group_index, self.n_groups
                 )
             return L.multinomial_log_prob(eta, y, self.group_index, self.n_groups)
-        y = self.y[rows]
         if d == "normal":
             return L.normal_log_prob(eta, log_sigma, y)
         return L.studentt_log_prob(eta, log_sigma, log_nu, y)

@@ -148,27 +148,38 @@ def trans_log_target(
     """
     if obs.distribution == "multinomial":
         raise ValueError("The multinomial likelihood couples features; it cannot be refined.")
-    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
+    # float64 throughout: a log-likelihood summed over thousands of cells must not depend on
+    # the summation order (chunking, cell order) by more than the weights can tolerate
+    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64, device=device)  # noqa: E731
     delta = t(effects).T  # [C, T]
     group = torch.as_tensor(inputs.group, device=device)
     log_sf = t(inputs.log_sf) if inputs.log_sf is not None else None
     noise_t = {k: t(v) for k, v in noise.items()}
     log_x = t(inputs.log_dose_mean)
     log_x_var = None if inputs.use_dose_mean else t(inputs.log_dose_var)
+
+    def offset(rows: torch.Tensor) -> torch.Tensor:
+        """Technical effects (+ log size factors) of the cells ``rows``: fixed across draws."""
+        out = delta[group[rows]]
+        return out if log_sf is None else out + log_sf[rows, None]
+
     blocks = [
         torch.arange(a, min(a + cell_block, obs.n_cells), device=device)
         for a in range(0, obs.n_cells, cell_block)
     ]
+    # keep the offsets and data of all cells when small (<= 128 MB), else gather per block
+    cached = obs.n_cells * obs.n_features <= 16_000_000
+    offsets = [offset(rows) if cached else None for rows in blocks]
+    gathered = [_as_float64(obs.gather(rows)) if cached else None for rows in blocks]
 
     def log_target(theta: torch.Tensor) -> torch.Tensor:
-        theta32 = theta.to(device=device, dtype=torch.float32)
-        params = curve_params(function, theta32)
+        params = curve_params(function, theta.to(device=device, dtype=torch.float64))
         out = log_prior(function, theta.double().cpu(), priors, features)
         with torch.no_grad():
             for s in range(theta.shape[0]):
                 p_s = {k: v[s] for k, v in params.items()}
                 total = torch.zeros(theta.shape[1], dtype=torch.float64, device=device)
-                for rows in blocks:
+                for rows, cell_offset, cell_data in zip(blocks, offsets, gathered, strict=True):
                     eta = evaluate_curve(
                         function,
                         p_s,
@@ -177,14 +188,17 @@ def trans_log_target(
                         priors.half_range,
                         None if log_x_var is None else log_x_var[rows],
                     )
-                    eta = eta + delta[group[rows]]
-                    if log_sf is not None:
-                        eta = eta + log_sf[rows, None]
-                    total += obs.feature_log_likelihood(eta, rows, **noise_t).double()
+                    eta = eta + (offset(rows) if cell_offset is None else cell_offset)
+                    total += obs.feature_log_likelihood(eta, rows, gathered=cell_data, **noise_t)
                 out[s] += total.cpu()
         return out
 
     return log_target
+
+
+def _as_float64(gathered: tuple) -> tuple:
+    """Gathered observations (sparse counts or dense values) in float64."""
+    return tuple(None if x is None else x.to(dtype=torch.float64) for x in gathered)
 
 
 @dataclass
