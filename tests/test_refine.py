@@ -145,6 +145,38 @@ def test_trans_log_target_differences_match_scipy():
         assert got[0, t_] - got[1, t_] == pytest.approx(want, abs=2e-2)
 
 
+@pytest.mark.parametrize("distribution", ["negbinom", "binomial", "normal"])
+def test_dense_kernels_match_the_sparse_likelihoods_up_to_a_constant(distribution):
+    rng = np.random.default_rng(7)
+    n_cells, n_feat = 50, 3
+    total = rng.integers(0, 12, size=(n_cells, n_feat)).astype(float)
+    if distribution == "negbinom":
+        y = rng.poisson(3, size=(n_cells, n_feat)).astype(float)
+        noise = {"log_r": torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64)}
+    elif distribution == "binomial":
+        y = rng.binomial(total.astype(int), 0.3).astype(float)
+        noise = {}
+    else:
+        y = rng.normal(size=(n_cells, n_feat))
+        y[rng.random(y.shape) < 0.2] = np.nan
+        noise = {"log_sigma": torch.tensor([-0.5, 0.0, 0.7], dtype=torch.float64)}
+    obs = ObservationData.build(
+        distribution,
+        sparse.csr_matrix(y) if distribution != "normal" else y,
+        total=sparse.csr_matrix(total) if distribution == "binomial" else None,
+    )
+    rows = torch.arange(n_cells)
+    gathered = R._as_float64(obs.gather(rows))
+    kernel = R._dense_kernel(distribution, gathered, noise)
+    eta1, eta2 = (torch.as_tensor(rng.normal(size=(n_cells, n_feat))) for _ in range(2))
+    want = obs.feature_log_likelihood(eta1, rows, **noise) - obs.feature_log_likelihood(
+        eta2, rows, **noise
+    )
+    # the sparse Normal path works in the data's float32
+    np.testing.assert_allclose((kernel(eta1) - kernel(eta2)).numpy(), want.numpy(), rtol=1e-6)
+    assert R._dense_kernel("binomial", gathered, {"log_conc": torch.zeros(3)}) is None
+
+
 def test_multinomial_cannot_be_refined():
     obs = ObservationData.build(
         "multinomial", sparse.csr_matrix(np.ones((3, 2))), group_index=np.array([0, 0])

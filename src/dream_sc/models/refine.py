@@ -148,15 +148,17 @@ def trans_log_target(
     """
     if obs.distribution == "multinomial":
         raise ValueError("The multinomial likelihood couples features; it cannot be refined.")
-    # float64 throughout: a log-likelihood summed over thousands of cells must not depend on
-    # the summation order (chunking, cell order) by more than the weights can tolerate
-    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64, device=device)  # noqa: E731
-    delta = t(effects).T  # [C, T]
+    # The curve is evaluated in float32 (elementwise: the same value whatever the chunk or cell
+    # order); every sum over cells accumulates in float64, so a log-likelihood summed over
+    # thousands of cells does not depend on the summation order by more than ~1e-9.
+    t32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
+    delta = t32(effects).T  # [C, T]
     group = torch.as_tensor(inputs.group, device=device)
-    log_sf = t(inputs.log_sf) if inputs.log_sf is not None else None
-    noise_t = {k: t(v) for k, v in noise.items()}
-    log_x = t(inputs.log_dose_mean)
-    log_x_var = None if inputs.use_dose_mean else t(inputs.log_dose_var)
+    log_sf = t32(inputs.log_sf) if inputs.log_sf is not None else None
+    noise32 = {k: t32(v) for k, v in noise.items()}
+    noise64 = {k: v.double() for k, v in noise32.items()}
+    log_x = t32(inputs.log_dose_mean)
+    log_x_var = None if inputs.use_dose_mean else t32(inputs.log_dose_var)
 
     def offset(rows: torch.Tensor) -> torch.Tensor:
         """Technical effects (+ log size factors) of the cells ``rows``: fixed across draws."""
@@ -167,19 +169,32 @@ def trans_log_target(
         torch.arange(a, min(a + cell_block, obs.n_cells), device=device)
         for a in range(0, obs.n_cells, cell_block)
     ]
-    # keep the offsets and data of all cells when small (<= 128 MB), else gather per block
-    cached = obs.n_cells * obs.n_features <= 16_000_000
+    # keep the offsets and data of all cells when small (<= 32 MB each), else gather per block
+    cached = obs.n_cells * obs.n_features <= 8_000_000
     offsets = [offset(rows) if cached else None for rows in blocks]
-    gathered = [_as_float64(obs.gather(rows)) if cached else None for rows in blocks]
+    kernels = [
+        _dense_kernel(obs.distribution, obs.gather(rows), noise32) if cached else None
+        for rows in blocks
+    ]
+    gathered = [
+        _as_float64(obs.gather(rows)) if cached and kernel is None else None
+        for rows, kernel in zip(blocks, kernels, strict=True)
+    ]
+
+    def block_log_likelihood(eta, rows, kernel, data) -> torch.Tensor:
+        if kernel is not None:
+            return kernel(eta)
+        return obs.feature_log_likelihood(eta.double(), rows, gathered=data, **noise64)
 
     def log_target(theta: torch.Tensor) -> torch.Tensor:
-        params = curve_params(function, theta.to(device=device, dtype=torch.float64))
+        params = curve_params(function, theta.to(device=device, dtype=torch.float32))
         out = log_prior(function, theta.double().cpu(), priors, features)
         with torch.no_grad():
             for s in range(theta.shape[0]):
                 p_s = {k: v[s] for k, v in params.items()}
                 total = torch.zeros(theta.shape[1], dtype=torch.float64, device=device)
-                for rows, cell_offset, cell_data in zip(blocks, offsets, gathered, strict=True):
+                cached_blocks = zip(blocks, offsets, kernels, gathered, strict=True)
+                for rows, cell_offset, kernel, data in cached_blocks:
                     eta = evaluate_curve(
                         function,
                         p_s,
@@ -189,11 +204,49 @@ def trans_log_target(
                         None if log_x_var is None else log_x_var[rows],
                     )
                     eta = eta + (offset(rows) if cell_offset is None else cell_offset)
-                    total += obs.feature_log_likelihood(eta, rows, gathered=cell_data, **noise_t)
+                    total += block_log_likelihood(eta, rows, kernel, data)
                 out[s] += total.cpu()
         return out
 
     return log_target
+
+
+def _dense(x) -> torch.Tensor:
+    return x.to_dense() if hasattr(x, "to_dense") else x
+
+
+def _dense_kernel(
+    distribution: str, gathered: tuple, noise: dict[str, torch.Tensor]
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Log-likelihood ``[T]`` (float64) of a cell block up to terms without the curve in them.
+
+    Dense and elementwise, several times faster than the sparse likelihoods when the curve is
+    the only thing that changes between evaluations (noise fixed, as in step 3): negative
+    binomial ``y x - (y + r) softplus(x)`` with ``x = eta - log r`` (the ``lgamma`` terms are
+    constant), binomial ``y eta - n softplus(eta)``, Normal ``-(y - eta)^2 / (2 sigma^2)``.
+    ``None`` for the other likelihoods (their sparse form is used).
+    """
+    y, total = gathered
+    if distribution == "negbinom":
+        counts, log_r = _dense(y), noise["log_r"]
+        r = log_r.exp()
+        return lambda eta: (
+            counts * (eta - log_r) - (counts + r) * torch.nn.functional.softplus(eta - log_r)
+        ).sum(0, dtype=torch.float64)
+    if distribution == "binomial" and "log_conc" not in noise:
+        k, n = _dense(y), _dense(total)
+        return lambda eta: (k * eta - n * torch.nn.functional.softplus(eta)).sum(
+            0, dtype=torch.float64
+        )
+    if distribution == "normal":
+        observed = torch.isfinite(y)
+        values = torch.where(observed, y, torch.zeros_like(y))
+        precision = torch.exp(-2.0 * noise["log_sigma"])
+        return lambda eta: (
+            -0.5
+            * (torch.where(observed, (values - eta) ** 2, torch.zeros_like(eta)) * precision).sum(0)
+        )
+    return None
 
 
 def _as_float64(gathered: tuple) -> tuple:
