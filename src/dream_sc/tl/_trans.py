@@ -63,7 +63,7 @@ def fit_trans(
     feature_chunk: int | None = None,
     n_samples: int | None = None,
     refine_intervals: bool = True,
-    n_refine_draws: int = 1000,
+    n_refine_draws: int = 500,
     seed: int | None = None,
     device: str = "auto",
     progress: bool | None = None,
@@ -120,9 +120,11 @@ def fit_trans(
         sampling from the exact posterior, ``n_refine_draws`` draws in the final round (Hill
         curves; not for the multinomial, whose features share a likelihood). The variational
         posterior is too narrow along the curved K-n-amplitude ridge of shallow curves; the
-        refinement brings EC50 intervals to their nominal coverage (see the FAQ). Columns
-        ``refined`` and ``refine_ess`` (effective sample size; below ~50 the interval is
-        noisy) record it. Costs about one likelihood evaluation per draw per cell.
+        refinement brings EC50 intervals close to their nominal coverage (single-Hill fits of
+        simulated screens: 84% of true EC50s inside 90% intervals, 72% before; see the FAQ).
+        Columns ``refined`` and ``refine_ess`` (effective sample size; below ~50 the interval
+        is noisy) record it. Costs ``1.5 * n_refine_draws`` likelihood evaluations per refined
+        feature over all cells (20,000 cells x 600 refined features: ~2 min).
     seed, device, progress
         As everywhere.
     key_added
