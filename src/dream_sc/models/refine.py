@@ -151,14 +151,10 @@ def trans_log_target(
     # The curve is evaluated in float32 (elementwise: the same value whatever the chunk or cell
     # order); every sum over cells accumulates in float64, so a log-likelihood summed over
     # thousands of cells does not depend on the summation order by more than ~1e-9.
-    t32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
-    delta = t32(effects).T  # [C, T]
-    group = torch.as_tensor(inputs.group, device=device)
-    log_sf = t32(inputs.log_sf) if inputs.log_sf is not None else None
-    noise32 = {k: t32(v) for k, v in noise.items()}
+    cells = inputs.on_device(effects, noise, device)
+    delta, group, log_sf, noise32 = cells.delta, cells.group, cells.log_sf, cells.noise
+    log_x, log_x_var = cells.log_x, cells.log_x_var
     noise64 = {k: v.double() for k, v in noise32.items()}
-    log_x = t32(inputs.log_dose_mean)
-    log_x_var = None if inputs.use_dose_mean else t32(inputs.log_dose_var)
 
     def offset(rows: torch.Tensor) -> torch.Tensor:
         """Technical effects (+ log size factors) of the cells ``rows``: fixed across draws."""

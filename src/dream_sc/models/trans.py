@@ -158,6 +158,18 @@ def sample_prior_sites(
 
 
 @dataclass
+class CellTensors:
+    """Cell-level inputs and a chunk's fixed step-1 parameters on the device (float32)."""
+
+    delta: torch.Tensor  # [C, T] technical effects
+    group: torch.Tensor  # [N] technical group
+    log_sf: torch.Tensor | None  # [N]
+    noise: dict[str, torch.Tensor]  # [T] each
+    log_x: torch.Tensor  # [N] mean natural-log dosage
+    log_x_var: torch.Tensor | None  # [N] its variance (None: plug in the mean)
+
+
+@dataclass
 class TransInputs:
     """Cell-level inputs of the trans fit (shared by all chunks).
 
@@ -190,6 +202,20 @@ class TransInputs:
         else:
             mean, var = samples.mean(axis=1), samples.var(axis=1)
         return cls(mean, var, group, log_sf, use_dose_mean, order)
+
+    def on_device(
+        self, effects: np.ndarray, noise: dict[str, np.ndarray], device: torch.device
+    ) -> CellTensors:
+        """Float32 tensors of the cells and of a chunk's fixed technical effects and noise."""
+        t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
+        return CellTensors(
+            delta=t(effects).T,
+            group=torch.as_tensor(self.group, device=device),
+            log_sf=None if self.log_sf is None else t(self.log_sf),
+            noise={k: t(v) for k, v in noise.items()},
+            log_x=t(self.log_dose_mean),
+            log_x_var=None if self.use_dose_mean else t(self.log_dose_var),
+        )
 
     def permuted(self, permutation: np.ndarray) -> TransInputs:
         """Inputs whose cell ``i`` has the dosage of cell ``permutation[i]`` (null fits)."""
@@ -235,14 +261,10 @@ def trans_problem(
         Minibatching and randomness.
     """
     n_cells, n_feat = obs.n_cells, len(features)
-    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
-    delta = t(effects).T  # [C, T]
-    group = torch.as_tensor(inputs.group, device=device)
-    log_sf = t(inputs.log_sf) if inputs.log_sf is not None else None
-    scale = t(priors.amplitude_scale[features])
-    noise_t = {k: t(v) for k, v in noise.items()}
-    log_x_all = t(inputs.log_dose_mean)
-    log_x_var_all = None if inputs.use_dose_mean else t(inputs.log_dose_var)
+    cells = inputs.on_device(effects, noise, device)
+    delta, group, log_sf, noise_t = cells.delta, cells.group, cells.log_sf, cells.noise
+    log_x_all, log_x_var_all = cells.log_x, cells.log_x_var
+    scale = torch.as_tensor(priors.amplitude_scale[features], dtype=torch.float32, device=device)
 
     def model(batch: dict) -> None:
         rows = batch["rows"]
