@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
@@ -10,8 +9,6 @@ import pandas as pd
 import torch
 
 from .._settings import settings
-
-logger = logging.getLogger("dream_sc")
 
 Z90 = 1.6448536269514722  # standard normal 95th percentile: 90% intervals
 
@@ -107,8 +104,3 @@ def frame(columns: dict[str, np.ndarray], index: pd.Index) -> pd.DataFrame:
     return pd.DataFrame(
         {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}, index=index
     )
-
-
-def log_done(step: str, seconds: float, converged: bool) -> None:
-    """INFO line at the end of a step; a warning when SVI did not converge."""
-    logger.info("%s finished in %.1fs (converged=%s)", step, seconds, converged)
