@@ -341,8 +341,15 @@ def test_trans_summary(fitted):
     np.testing.assert_allclose(points[order], expected[np.lexsort(expected.T[::-1])])
     assert len(by_gid(ax, "label")) == 5
     assert ax.get_title() == f"rna: {int((res['qvalue'] < 0.1).sum())} of 29 features with q < 0.1"
-    # a looser alpha colours features by shape
-    ax = ds.pl.trans_summary(fitted, alpha=0.5, n_labels=0, show=False)
+    # a looser alpha is rescored by test_trans, then plotted with its stored shape calls
+    message = (
+        "The stored significance and shape calls were made at alpha=0.1, not 0.5; rescore "
+        "with `ds.tl.test_trans(mdata, alpha=0.5)` (no refit) and plot again."
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ds.pl.trans_summary(fitted, alpha=0.5, show=False)
+    loose = ds.tl.test_trans(fitted, alpha=0.5, progress=False, copy=True)
+    ax = ds.pl.trans_summary(loose, alpha=0.5, n_labels=0, show=False)
     n_sig = int((res["qvalue"] < 0.5).sum())
     assert n_sig > 0
     coloured = [
@@ -350,6 +357,30 @@ def test_trans_summary(fitted):
     ]
     assert sum(len(c.get_offsets()) for c in coloured) == n_sig
     assert by_gid(ax, "label") == []
+
+
+def test_trans_summary_colours_are_the_stored_shapes(multi):
+    """Untested fits are called on prob_dose_dependent and lfsr: the plot shows those calls."""
+    res = ds.get.trans_results(multi, modality="splicing")
+    res = res[res["fitted"]]
+    ax = ds.pl.trans_summary(multi, modality="splicing", n_labels=0, show=False)
+    drawn = {}
+    for c in by_gid(ax, "features", PathCollection):
+        label = c.get_label().split(" (")[0].replace("-", "_")
+        for x, y in np.asarray(c.get_offsets()):
+            drawn[(round(x, 12), round(y, 12))] = "flat" if label == "not significant" else label
+    floor = 0.5 / int(multi["splicing"].uns["dream_trans"]["params"]["n_samples"])
+    y = -np.log10(np.maximum(res["lfsr"].to_numpy(dtype=float), floor))
+    expected = {
+        (round(a, 12), round(b, 12)): s
+        for a, b, s in zip(res["response_mean"], y, res["shape"], strict=True)
+    }
+    assert drawn == expected
+    n_sig = int(res["significant"].sum())
+    assert ax.get_title() == (
+        f"splicing: {n_sig} of {len(res)} features significant (posterior call, untested)"
+    )
+    assert by_gid(ax, "threshold") == []
 
 
 def test_trans_summary_untested_uses_lfsr(multi):
