@@ -584,7 +584,9 @@ def test_prior_posterior_errors(fitted, multi):
 
 def test_gene_splicing_panel(multi):
     gene = "gene_0005"
-    fig = ds.pl.gene_splicing_panel(multi, gene, show=False)
+    fig = ds.pl.gene_splicing_panel(
+        multi, gene, splicing_modality="splicing", show=False, return_fig=True
+    )
     assert isinstance(fig, Figure)
     spl = ds.get.trans_results(multi, modality="splicing")
     mine = spl[(multi["splicing"].var["gene"] == gene).to_numpy()]
@@ -597,13 +599,65 @@ def test_gene_splicing_panel(multi):
     for ax in fig.axes[1:]:
         assert ax.get_ylabel() == "PSI (successes / trials)"
         assert ax.get_xlabel() == DOSE_LABEL
-    fig = ds.pl.gene_splicing_panel(multi, gene, max_junctions=2, show=False)
-    assert len(fig.axes) == 3
+    axes = ds.pl.gene_splicing_panel(
+        multi, gene, splicing_modality="splicing", max_junctions=2, show=False
+    )
+    assert isinstance(axes, list) and len(axes) == 3 and len(axes[0].figure.axes) == 3
     with pytest.raises(
         ValueError,
         match=re.escape("No fitted feature of modality 'splicing' has var['gene'] == 'gene_0002'."),
     ):
-        ds.pl.gene_splicing_panel(multi, "gene_0002", show=False)
+        ds.pl.gene_splicing_panel(multi, "gene_0002", splicing_modality="splicing", show=False)
+
+
+def test_gene_splicing_panel_draws_into_given_axes(multi):
+    fig, given = plt.subplots(1, 3)
+    fig.suptitle("mine")
+    out = ds.pl.gene_splicing_panel(
+        multi, "gene_0005", splicing_modality="splicing", max_junctions=2, ax=given, show=False
+    )
+    assert out == list(given)
+    assert fig._suptitle.get_text() == "mine"
+    assert out[0].get_ylabel() == EXPR_LABEL
+    assert [a.get_ylabel() for a in out[1:]] == ["PSI (successes / trials)"] * 2
+    assert (
+        ds.pl.gene_splicing_panel(
+            multi,
+            "gene_0005",
+            splicing_modality="splicing",
+            max_junctions=2,
+            ax=given,
+            show=False,
+            return_fig=True,
+        )
+        is fig
+    )
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "ax holds 2 Axes but 3 panels are drawn; pass one Axes per panel or ax=None for a "
+            "new grid."
+        ),
+    ):
+        ds.pl.gene_splicing_panel(
+            multi, "gene_0005", splicing_modality="splicing", max_junctions=2, ax=given[:2]
+        )
+
+
+def test_gene_splicing_panel_defaults_to_the_builders_sj_modality(multi):
+    mdata = multi.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mdata.mod["sj"] = mdata.mod.pop("splicing")  # the name pp.splicing_from_junctions uses
+        mdata.update()
+    axes = ds.pl.gene_splicing_panel(mdata, "gene_0005", max_junctions=2, show=False)
+    assert [a.get_title().split(":")[0] for a in axes[1:]] == [
+        a.get_title().split(":")[0]
+        for a in ds.pl.gene_splicing_panel(
+            multi, "gene_0005", splicing_modality="splicing", max_junctions=2, show=False
+        )[1:]
+    ]
+    assert axes[0].figure._suptitle.get_text() == "gene_0005: expression (rna) and splicing (sj)"
 
 
 # --- round trip and rendering --------------------------------------------------------------
@@ -631,7 +685,9 @@ def test_h5mu_round_trip_then_plot(multi, tmp_path):
             show=False,
             return_fig=True,
         ),
-        ds.pl.gene_splicing_panel(back, GENE, max_junctions=2, show=False),
+        ds.pl.gene_splicing_panel(
+            back, GENE, splicing_modality="splicing", max_junctions=2, show=False, return_fig=True
+        ),
     ]
     assert all(isinstance(fig, Figure) for fig in figures)
     for i in (0, 7):  # full draws (the others were laid out, which draws their axes)
