@@ -298,8 +298,9 @@ def assert_same_modalities(a: md.MuData, b: md.MuData) -> None:
             assert sparse.issparse(y.X) and not sparse.issparse(x.X)
         pd.testing.assert_frame_equal(x.var, y.var)
         np.testing.assert_array_equal(dense(x.X), dense(y.X))
-        assert sorted(x.layers) == sorted(y.layers)
-        for layer in x.layers:
+        named = [k for k in x.layers if k is not None]  # anndata 0.13 also lists X as None
+        assert sorted(named) == sorted(k for k in y.layers if k is not None)
+        for layer in named:
             assert sparse.issparse(y.layers[layer])
             np.testing.assert_array_equal(dense(x.layers[layer]), dense(y.layers[layer]))
         assert dict(x.uns.get("dream_sc", {})) == dict(y.uns.get("dream_sc", {}))

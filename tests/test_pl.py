@@ -341,8 +341,15 @@ def test_trans_summary(fitted):
     np.testing.assert_allclose(points[order], expected[np.lexsort(expected.T[::-1])])
     assert len(by_gid(ax, "label")) == 5
     assert ax.get_title() == f"rna: {int((res['qvalue'] < 0.1).sum())} of 29 features with q < 0.1"
-    # a looser alpha colours features by shape
-    ax = ds.pl.trans_summary(fitted, alpha=0.5, n_labels=0, show=False)
+    # a looser alpha is rescored by test_trans, then plotted with its stored shape calls
+    message = (
+        "The stored significance and shape calls were made at alpha=0.1, not 0.5; rescore "
+        "with `ds.tl.test_trans(mdata, alpha=0.5)` (no refit) and plot again."
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ds.pl.trans_summary(fitted, alpha=0.5, show=False)
+    loose = ds.tl.test_trans(fitted, alpha=0.5, progress=False, copy=True)
+    ax = ds.pl.trans_summary(loose, alpha=0.5, n_labels=0, show=False)
     n_sig = int((res["qvalue"] < 0.5).sum())
     assert n_sig > 0
     coloured = [
@@ -350,6 +357,30 @@ def test_trans_summary(fitted):
     ]
     assert sum(len(c.get_offsets()) for c in coloured) == n_sig
     assert by_gid(ax, "label") == []
+
+
+def test_trans_summary_colours_are_the_stored_shapes(multi):
+    """Untested fits are called on prob_dose_dependent and lfsr: the plot shows those calls."""
+    res = ds.get.trans_results(multi, modality="splicing")
+    res = res[res["fitted"]]
+    ax = ds.pl.trans_summary(multi, modality="splicing", n_labels=0, show=False)
+    drawn = {}
+    for c in by_gid(ax, "features", PathCollection):
+        label = c.get_label().split(" (")[0].replace("-", "_")
+        for x, y in np.asarray(c.get_offsets()):
+            drawn[(round(x, 12), round(y, 12))] = "flat" if label == "not significant" else label
+    floor = 0.5 / int(multi["splicing"].uns["dream_trans"]["params"]["n_samples"])
+    y = -np.log10(np.maximum(res["lfsr"].to_numpy(dtype=float), floor))
+    expected = {
+        (round(a, 12), round(b, 12)): s
+        for a, b, s in zip(res["response_mean"], y, res["shape"], strict=True)
+    }
+    assert drawn == expected
+    n_sig = int(res["significant"].sum())
+    assert ax.get_title() == (
+        f"splicing: {n_sig} of {len(res)} features significant (posterior call, untested)"
+    )
+    assert by_gid(ax, "threshold") == []
 
 
 def test_trans_summary_untested_uses_lfsr(multi):
@@ -553,7 +584,9 @@ def test_prior_posterior_errors(fitted, multi):
 
 def test_gene_splicing_panel(multi):
     gene = "gene_0005"
-    fig = ds.pl.gene_splicing_panel(multi, gene, show=False)
+    fig = ds.pl.gene_splicing_panel(
+        multi, gene, splicing_modality="splicing", show=False, return_fig=True
+    )
     assert isinstance(fig, Figure)
     spl = ds.get.trans_results(multi, modality="splicing")
     mine = spl[(multi["splicing"].var["gene"] == gene).to_numpy()]
@@ -566,13 +599,65 @@ def test_gene_splicing_panel(multi):
     for ax in fig.axes[1:]:
         assert ax.get_ylabel() == "PSI (successes / trials)"
         assert ax.get_xlabel() == DOSE_LABEL
-    fig = ds.pl.gene_splicing_panel(multi, gene, max_junctions=2, show=False)
-    assert len(fig.axes) == 3
+    axes = ds.pl.gene_splicing_panel(
+        multi, gene, splicing_modality="splicing", max_junctions=2, show=False
+    )
+    assert isinstance(axes, list) and len(axes) == 3 and len(axes[0].figure.axes) == 3
     with pytest.raises(
         ValueError,
         match=re.escape("No fitted feature of modality 'splicing' has var['gene'] == 'gene_0002'."),
     ):
-        ds.pl.gene_splicing_panel(multi, "gene_0002", show=False)
+        ds.pl.gene_splicing_panel(multi, "gene_0002", splicing_modality="splicing", show=False)
+
+
+def test_gene_splicing_panel_draws_into_given_axes(multi):
+    fig, given = plt.subplots(1, 3)
+    fig.suptitle("mine")
+    out = ds.pl.gene_splicing_panel(
+        multi, "gene_0005", splicing_modality="splicing", max_junctions=2, ax=given, show=False
+    )
+    assert out == list(given)
+    assert fig._suptitle.get_text() == "mine"
+    assert out[0].get_ylabel() == EXPR_LABEL
+    assert [a.get_ylabel() for a in out[1:]] == ["PSI (successes / trials)"] * 2
+    assert (
+        ds.pl.gene_splicing_panel(
+            multi,
+            "gene_0005",
+            splicing_modality="splicing",
+            max_junctions=2,
+            ax=given,
+            show=False,
+            return_fig=True,
+        )
+        is fig
+    )
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "ax holds 2 Axes but 3 panels are drawn; pass one Axes per panel or ax=None for a "
+            "new grid."
+        ),
+    ):
+        ds.pl.gene_splicing_panel(
+            multi, "gene_0005", splicing_modality="splicing", max_junctions=2, ax=given[:2]
+        )
+
+
+def test_gene_splicing_panel_defaults_to_the_builders_sj_modality(multi):
+    mdata = multi.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mdata.mod["sj"] = mdata.mod.pop("splicing")  # the name pp.splicing_from_junctions uses
+        mdata.update()
+    axes = ds.pl.gene_splicing_panel(mdata, "gene_0005", max_junctions=2, show=False)
+    assert [a.get_title().split(":")[0] for a in axes[1:]] == [
+        a.get_title().split(":")[0]
+        for a in ds.pl.gene_splicing_panel(
+            multi, "gene_0005", splicing_modality="splicing", max_junctions=2, show=False
+        )[1:]
+    ]
+    assert axes[0].figure._suptitle.get_text() == "gene_0005: expression (rna) and splicing (sj)"
 
 
 # --- round trip and rendering --------------------------------------------------------------
@@ -600,7 +685,9 @@ def test_h5mu_round_trip_then_plot(multi, tmp_path):
             show=False,
             return_fig=True,
         ),
-        ds.pl.gene_splicing_panel(back, GENE, max_junctions=2, show=False),
+        ds.pl.gene_splicing_panel(
+            back, GENE, splicing_modality="splicing", max_junctions=2, show=False, return_fig=True
+        ),
     ]
     assert all(isinstance(fig, Figure) for fig in figures)
     for i in (0, 7):  # full draws (the others were laid out, which draws their axes)

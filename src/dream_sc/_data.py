@@ -71,13 +71,6 @@ def _take_rows(matrix, rows: np.ndarray):
         return np.asarray(matrix)[rows].astype(np.float32)
 
 
-def resolve_layer(adata: AnnData, modality: str, layer: str | None) -> str | None:
-    """The layer holding a modality's observations: explicit argument, else registration."""
-    if layer is not None:
-        return layer
-    return get_registration(adata, modality).get("layer")
-
-
 def modality_data(
     mdata: MuData, modality: str, obs_names: pd.Index, *, layer: str | None = None
 ) -> ModalityData:
@@ -129,9 +122,3 @@ def modality_data(
     else:
         V.check_continuous(X, what)
     return ModalityData(dist, X, total, group_index, group_names, present, adata.var_names)
-
-
-def obs_values(mdata: MuData, key: str, argument: str) -> pd.Series:
-    """A global obs column, validated."""
-    V.check_obs_column(mdata.obs, key, argument)
-    return mdata.obs[key]

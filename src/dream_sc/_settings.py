@@ -16,7 +16,11 @@ class DreamSettings:
     Attributes
     ----------
     verbosity
-        0 = errors, 1 = warnings, 2 = info (default), 3 = debug (per-step ELBO).
+        ``None`` (default): leave the ``"dream_sc"`` logger to the application's logging
+        configuration (it propagates to the root logger like any library logger; with no
+        configuration Python shows warnings and errors). 0 = errors, 1 = warnings, 2 = info,
+        3 = debug (per-step ELBO): sets the logger's level and, when neither it nor the root
+        logger has a handler yet, adds one writing ``dream_sc: message`` lines to stderr.
     seed
         Default seed used when a function is called with ``seed=None``. ``None`` draws a
         fresh random seed, which is always recorded in the run record.
@@ -41,7 +45,7 @@ class DreamSettings:
     """
 
     def __init__(self) -> None:
-        self._verbosity = 2
+        self._verbosity: int | None = None
         self.seed: int | None = None
         self.device: Literal["auto", "cpu", "cuda"] = "auto"
         self.progress_bar: bool = True
@@ -49,27 +53,33 @@ class DreamSettings:
         self.n_samples: int = 100
         self.max_memory_gb: float | None = None
         self.checkpoint_every: int = 100
-        self._apply_verbosity()
 
     @property
-    def verbosity(self) -> int:
-        """Logging verbosity of the ``dream_sc`` logger (0-3)."""
+    def verbosity(self) -> int | None:
+        """Logging verbosity of the ``dream_sc`` logger (0-3), ``None`` when not set."""
         return self._verbosity
 
     @verbosity.setter
-    def verbosity(self, value: int) -> None:
-        if value not in _VERBOSITY_LEVELS:
-            raise ValueError(f"verbosity must be one of 0, 1, 2, 3; got {value!r}.")
+    def verbosity(self, value: int | None) -> None:
+        if value is not None and value not in _VERBOSITY_LEVELS:
+            raise ValueError(f"verbosity must be None or one of 0, 1, 2, 3; got {value!r}.")
         self._verbosity = value
         self._apply_verbosity()
 
     def _apply_verbosity(self) -> None:
+        """Level (and, if nothing would show the messages, a stderr handler) of the logger.
+
+        The logger always propagates, so handlers of the application (or pytest's ``caplog``)
+        on the root logger see every message; ``None`` hands the level back to them.
+        """
+        if self._verbosity is None:
+            logger.setLevel(logging.NOTSET)
+            return
         logger.setLevel(_VERBOSITY_LEVELS[self._verbosity])
-        if not logger.handlers:
+        if not logger.handlers and not logging.getLogger().handlers:
             handler = logging.StreamHandler()
             handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
             logger.addHandler(handler)
-        logger.propagate = False
 
     def __repr__(self) -> str:
         fields = [

@@ -132,7 +132,16 @@ def trans_results(
 
 
 def _quantile_name(q: float) -> str:
-    return f"q{round(q * 100):02d}"
+    """Column name of quantile ``q``: its decimal digits, at least two (``q05``, ``q025``, ``q975``).
+
+    Exact up to 10 decimals (no rounding to whole percent): 0.025 -> ``q025``, 0.5 -> ``q50``,
+    0.001 -> ``q001``, 1 -> ``q100``.
+    """
+    text = f"{float(q):.10f}".rstrip("0")
+    whole, digits = text.split(".")
+    if whole == "1":
+        return "q100"
+    return f"q{digits.ljust(2, '0')}"
 
 
 def trans_curves(
@@ -166,8 +175,9 @@ def trans_curves(
 
     Returns
     -------
-    Long DataFrame with ``feature``, ``dose``, ``mean`` and one column per quantile (``q05``,
-    ``q95`` by default).
+    Long DataFrame with ``feature``, ``dose``, ``mean`` and one column per quantile, named by
+    its decimal digits without rounding: ``q05``, ``q95`` by default, ``q025``, ``q975`` for
+    ``quantiles=(0.025, 0.975)``.
 
     Examples
     --------
@@ -195,6 +205,11 @@ def trans_curves(
     lo_q, hi_q = quantiles
     if not 0 <= lo_q < hi_q <= 1:
         raise ValueError(f"quantiles must satisfy 0 <= low < high <= 1; got {quantiles}.")
+    if _quantile_name(lo_q) == _quantile_name(hi_q):
+        raise ValueError(
+            f"quantiles {quantiles} would share the column name {_quantile_name(lo_q)!r} "
+            "(names keep 10 decimals); pass quantiles that differ in the first 10 decimals."
+        )
     if dose is None and tuple(quantiles) == (0.05, 0.95):
         grid = np.asarray(record["dose_grid"])
         pos = [adata.var_names.get_loc(f) for f in wanted]

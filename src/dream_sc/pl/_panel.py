@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from mudata import MuData
 
@@ -37,7 +40,7 @@ def gene_splicing_panel(
     gene: str,
     *,
     gene_modality: str = "rna",
-    splicing_modality: str = "splicing",
+    splicing_modality: str = "sj",
     gene_key_column: str = "gene",
     max_junctions: int = 4,
     key: str = "dream_trans",
@@ -45,8 +48,10 @@ def gene_splicing_panel(
     show_cells: bool = False,
     technical_groups: bool = True,
     panel_size: tuple[float, float] = (4.6, 3.9),
+    ax: Sequence[Axes] | None = None,
     show: bool | None = None,
-) -> Figure | None:
+    return_fig: bool = False,
+) -> list[Axes] | Figure | None:
     """One row: a gene's expression dose-response next to the PSI curves of its junctions.
 
     The first axes is :func:`dose_response` of ``gene`` in ``gene_modality``; the next ones show
@@ -64,7 +69,9 @@ def gene_splicing_panel(
     gene_modality
         Expression modality.
     splicing_modality
-        Splicing (binomial or multinomial) modality with a gene column in ``var``.
+        Splicing (binomial or multinomial) modality with a gene column in ``var``; default
+        ``"sj"``, the junction-usage modality of :func:`dream_sc.pp.splicing_from_junctions`
+        (``"donor"`` and ``"acceptor"`` carry a ``gene`` column too).
     gene_key_column
         Column of ``mdata[splicing_modality].var`` naming each junction's gene.
     max_junctions
@@ -74,13 +81,18 @@ def gene_splicing_panel(
     show_cells, technical_groups
         As in :func:`dose_response`.
     panel_size
-        Width and height (inches) of one axes.
+        Width and height (inches) of one axes of a new figure.
+    ax
+        One Axes per panel (the gene, then ``min(max_junctions, n_junctions)`` junctions) to
+        draw into, else a new one-row figure.
     show
         Call :func:`matplotlib.pyplot.show` (default ``settings.autoshow``).
+    return_fig
+        Return the Figure instead of the list of Axes.
 
     Returns
     -------
-    The Figure (``None`` when shown).
+    The list of Axes, the Figure with ``return_fig=True``, or ``None`` when shown.
 
     Examples
     --------
@@ -92,7 +104,9 @@ def gene_splicing_panel(
     >>> ds.tl.fit_trans(mdata, function="single_hill", n_steps=50, progress=False)
     >>> ds.tl.fit_trans(mdata, modality="splicing", function="single_hill", n_steps=50, progress=False)
     >>> gene = str(mdata["splicing"].var["gene"].iloc[0])
-    >>> fig = ds.pl.gene_splicing_panel(mdata, gene, show=False)
+    >>> axes = ds.pl.gene_splicing_panel(mdata, gene, splicing_modality="splicing", show=False)
+    >>> len(axes) >= 2
+    True
     """
     V.check_mudata(mdata)
     if max_junctions < 1:
@@ -116,11 +130,11 @@ def gene_splicing_panel(
             break
         panels.append((splicing_modality, splicing_key, t, m))
     size = panel_width(panel_size, [(p[2], p[3]) for p in panels])
-    fig, axes, _ = grid_axes(len(panels), None, ncols=len(panels), panel=size)
-    for i, (ax, (modality, k, t, m)) in enumerate(zip(axes, panels, strict=True)):
+    fig, axes, created = grid_axes(len(panels), ax, ncols=len(panels), panel=size)
+    for i, (axis, (modality, k, t, m)) in enumerate(zip(axes, panels, strict=True)):
         _, record = _trans_record(mdata, modality, k)
         draw_panel(
-            ax,
+            axis,
             mdata,
             modality=modality,
             key=k,
@@ -133,7 +147,9 @@ def gene_splicing_panel(
             n_boot=200,
             legend=i == 0,
         )
-    fig.suptitle(
-        f"{gene}: expression ({gene_modality}) and splicing ({splicing_modality})", fontsize="large"
-    )
-    return finish(fig, fig, created=True, show=show, return_fig=False)
+    if created:  # a caller's figure keeps its own title
+        fig.suptitle(
+            f"{gene}: expression ({gene_modality}) and splicing ({splicing_modality})",
+            fontsize="large",
+        )
+    return finish(fig, axes, created=created, show=show, return_fig=return_fig)

@@ -35,12 +35,16 @@ def _evidence(table: pd.DataFrame, record: dict) -> tuple[np.ndarray, str, str]:
     return np.maximum(table["lfsr"].to_numpy(dtype=float), floor), "lfsr", "-log10(lfsr)"
 
 
-def _shapes(table: pd.DataFrame, significant: np.ndarray) -> np.ndarray:
-    """Shape call per feature; features significant only at a looser alpha get their sign."""
-    stored = table["shape"].astype(str).to_numpy()
-    sign = np.where(table["response_mean"].to_numpy(dtype=float) > 0, "increasing", "decreasing")
-    shape = np.where(np.isin(stored, list(SHAPE_LABELS)), stored, sign)
-    return np.where(significant, shape, "flat")
+def _stored_alpha(record: dict, alpha: float | None) -> float:
+    """The fit's ``alpha``; another one is an error (the shape calls are stored at it)."""
+    stored = float(record["params"].get("alpha", 0.1))
+    if alpha is not None and not np.isclose(float(alpha), stored, rtol=0.0, atol=1e-12):
+        raise ValueError(
+            f"The stored significance and shape calls were made at alpha={stored:g}, not "
+            f"{alpha:g}; rescore with `ds.tl.test_trans(mdata, alpha={alpha:g})` (no refit) "
+            "and plot again."
+        )
+    return stored
 
 
 #: Candidate label offsets (points) tried in order; the first free spot is used.
@@ -112,8 +116,9 @@ def trans_summary(
     x is ``response_mean`` (log2 fold change over the observed dosage range for counts; change
     in PSI / proportion / mean for the other distributions); y is ``-log10(qvalue)``, or
     ``-log10(lfsr)`` when the fit was not tested (``test=False``). Significant features are
-    coloured by their shape call, the others grey; the ``n_labels`` features with the strongest
-    evidence are labelled and a dashed line marks the significance threshold.
+    coloured by their stored shape call (:func:`dream_sc.get.trans_results` ``shape``), the
+    others grey; the ``n_labels`` features with the strongest evidence are labelled and, for a
+    tested fit, a dashed line marks the q-value threshold ``alpha``.
 
     Parameters
     ----------
@@ -126,8 +131,9 @@ def trans_summary(
     n_labels
         Number of features labelled (strongest evidence first, then largest response).
     alpha
-        Significance level (default: the fit's ``alpha``); features with q-value (lfsr)
-        below it are significant.
+        The fit's significance level (default). The colours are the stored ``significant``
+        and ``shape`` columns, which :func:`dream_sc.tl.test_trans` computed at that level;
+        another value raises (rescore with ``ds.tl.test_trans(mdata, alpha=...)`` first).
     figsize
         Size of a new figure.
     ax
@@ -154,12 +160,12 @@ def trans_summary(
     adata, record = _trans_record(mdata, modality, key)
     table = adata.varm[key]
     table = table[table["fitted"].to_numpy(dtype=bool)]
-    level = _alpha(record, alpha)
+    level = _stored_alpha(record, alpha)
     values, column, ylabel = _evidence(table, record)
     x = table["response_mean"].to_numpy(dtype=float)
     y = -np.log10(values)
-    significant = values < level
-    shapes = _shapes(table, significant)
+    significant = table["significant"].to_numpy(dtype=bool)
+    shapes = np.where(significant, table["shape"].astype(str).to_numpy(), "flat")
     fig, ax, created = single_axes(ax, figsize)
     ns = ~significant
     ax.scatter(
@@ -183,17 +189,20 @@ def trans_summary(
                 label=f"{text} ({int(sel.sum())})",
                 gid="features",
             )
-    ax.axhline(-np.log10(level), color="0.4", linestyle="--", linewidth=0.8, gid="threshold")
+    tested = column == "q"
+    if tested:  # untested fits are called on prob_dose_dependent and lfsr together: no line
+        ax.axhline(-np.log10(level), color="0.4", linestyle="--", linewidth=0.8, gid="threshold")
     ax.axvline(0.0, color="0.8", linewidth=0.8, zorder=0)
-    top = max(float(np.nanmax(y, initial=0.0)), -np.log10(level))
+    top = max(float(np.nanmax(y, initial=0.0)), -np.log10(level) if tested else 0.0)
     ax.set_ylim(-0.03 * top, 1.15 * top)
     span = float(np.nanmax(np.abs(x), initial=0.0)) or 1.0
     ax.set_xlim(-1.15 * span, 1.15 * span)
     _label_points(ax, x, y, table.index.to_numpy(), n_labels)
     ax.set_xlabel(RESPONSE_LABEL[str(record["distribution"])])
     ax.set_ylabel(ylabel)
+    criterion = f"with q < {level:g}" if tested else "significant (posterior call, untested)"
     ax.set_title(
-        f"{modality}: {int(significant.sum())} of {len(table)} features with {column} < {level:g}",
+        f"{modality}: {int(significant.sum())} of {len(table)} features {criterion}",
         fontsize="medium",
     )
     ax.legend(fontsize="small", frameon=False, loc="best")

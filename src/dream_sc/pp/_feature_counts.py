@@ -219,6 +219,17 @@ def new_modality(
     return adata
 
 
+def copy_mudata(mdata: MuData) -> MuData:
+    """``mdata.copy()`` without pulling modality columns into the global ``obs``/``var``.
+
+    mudata 0.3 copies through ``update()``, which by default pulls every modality's obs and var
+    columns into the global tables (e.g. ``junctions:qc``); mudata 0.4 does not. Copying with
+    ``pull_on_update=False`` gives the same copy under both.
+    """
+    with _non_legacy_update():
+        return mdata.copy()
+
+
 def install_modalities(
     mdata: MuData, modalities: Mapping[str, AnnData], *, stacklevel: int = 3
 ) -> None:
@@ -226,8 +237,11 @@ def install_modalities(
 
     Junction-id var_names are shared by design between the junction, ``sj``, ``donor`` and
     ``acceptor`` modalities, so mudata's non-unique-var_names warning is silenced here. The
-    update uses mudata's non-legacy path (``pull_on_update=False``, the default from mudata
-    0.4): the legacy path of mudata 0.3 cannot add modalities whose var_names intersect.
+    update always runs with ``pull_on_update=False`` (mudata 0.4's default, forced under both
+    versions and whatever the user set): it aligns the global obs/var names and the obs/var
+    maps but pulls no modality column, so the global ``obs`` keeps exactly the user's columns
+    (the new modalities start with empty obs) under mudata 0.3 and 0.4. The legacy path of
+    mudata 0.3 cannot add modalities whose var_names intersect anyway.
     """
     for name, adata in modalities.items():
         if name in mdata.mod:
@@ -244,8 +258,10 @@ def install_modalities(
 
 
 def _non_legacy_update() -> contextlib.AbstractContextManager:
-    """``mudata.set_options(pull_on_update=False)`` where the option exists."""
-    try:
+    """``pull_on_update=False`` for the duration: mudata 0.3 options, mudata 0.4 settings."""
+    if hasattr(mudata, "set_options"):  # mudata 0.3
         return mudata.set_options(pull_on_update=False)
-    except (ValueError, AttributeError):  # pragma: no cover - option removed in a later mudata
-        return contextlib.nullcontext()
+    settings = getattr(mudata, "settings", None)
+    if settings is not None and hasattr(settings, "override"):  # mudata >= 0.4
+        return settings.override(pull_on_update=False)
+    return contextlib.nullcontext()  # pragma: no cover - no such option in this mudata

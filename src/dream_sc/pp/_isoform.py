@@ -14,6 +14,7 @@ from ._feature_counts import (
     check_output_name,
     check_threshold,
     columns,
+    copy_mudata,
     coverage,
     coverage_mask,
     install_modalities,
@@ -142,7 +143,7 @@ def isoform_usage(
             UserWarning,
             stacklevel=2,
         )
-        return mdata.copy() if copy else None
+        return copy_mudata(mdata) if copy else None
     var = pd.DataFrame(
         {
             "group": labels[keep],
@@ -158,6 +159,6 @@ def isoform_usage(
     set_registration(
         adata, distribution="multinomial", group_key="group", overdispersed=bool(overdispersed)
     )
-    target = mdata.copy() if copy else mdata
+    target = copy_mudata(mdata) if copy else mdata
     install_modalities(target, {key_added: adata}, stacklevel=3)
     return target if copy else None

@@ -20,6 +20,7 @@ from ._feature_counts import (
     check_output_name,
     check_threshold,
     columns,
+    copy_mudata,
     coverage,
     coverage_mask,
     group_totals,
@@ -210,7 +211,7 @@ def splicing_from_junctions(
             )
             continue
         built[kind] = adata
-    target = mdata.copy() if copy else mdata
+    target = copy_mudata(mdata) if copy else mdata
     install_modalities(target, built, stacklevel=3)
     return target if copy else None
 

@@ -10,6 +10,7 @@ from scipy import sparse
 
 from .. import _validation as V
 from .._data import _matrix, positions_in
+from ._feature_counts import copy_mudata
 
 logger = logging.getLogger("dream_sc")
 
@@ -67,7 +68,7 @@ def sum_factors(
     pos = positions_in(adata, mdata.obs_names)
     values = np.full(mdata.n_obs, np.nan)
     values[pos >= 0] = factors[pos[pos >= 0]]
-    target = mdata.copy() if copy else mdata
+    target = copy_mudata(mdata) if copy else mdata
     target.obs[key_added] = values
     logger.info("size factors written to mdata.obs[%r] from %r", key_added, modality)
     return target if copy else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
@@ -10,8 +9,6 @@ import pandas as pd
 import torch
 
 from .._settings import settings
-
-logger = logging.getLogger("dream_sc")
 
 Z90 = 1.6448536269514722  # standard normal 95th percentile: 90% intervals
 
@@ -71,7 +68,13 @@ def clean_params(params: dict) -> dict:
 
 
 def normal_summary(
-    name: str, loc: np.ndarray, scale: np.ndarray, *, log_scale: bool = False
+    name: str,
+    loc: np.ndarray,
+    scale: np.ndarray,
+    *,
+    log_scale: bool = False,
+    n_samples: int | None = None,
+    rng: np.random.Generator | None = None,
 ) -> dict[str, np.ndarray]:
     """Mean, sd and 5/50/95% quantiles of a Normal (or log-Normal) posterior.
 
@@ -83,9 +86,28 @@ def normal_summary(
         Posterior location and scale on the unconstrained scale.
     log_scale
         The parameter is ``exp`` of the Normal variable (report on the natural scale).
+    n_samples
+        ``None``: exact values. An integer: Monte Carlo estimates from that many posterior
+        draws (sample sd, ``numpy.quantile``), drawn with ``rng``.
+    rng
+        Generator of the draws (required with ``n_samples``).
     """
     loc = np.asarray(loc, dtype=np.float64)
     scale = np.asarray(scale, dtype=np.float64)
+    if n_samples is not None:
+        if rng is None:
+            raise ValueError("normal_summary: n_samples needs a random generator `rng`.")
+        draws = loc + scale * rng.standard_normal((int(n_samples), *loc.shape))
+        if log_scale:
+            draws = np.exp(draws)
+        q05, q50, q95 = np.quantile(draws, [0.05, 0.5, 0.95], axis=0)
+        return {
+            f"{name}_mean": draws.mean(axis=0),
+            f"{name}_sd": draws.std(axis=0, ddof=1) if n_samples > 1 else np.zeros_like(loc),
+            f"{name}_q05": q05,
+            f"{name}_q50": q50,
+            f"{name}_q95": q95,
+        }
     q05, q50, q95 = loc - Z90 * scale, loc, loc + Z90 * scale
     if log_scale:
         mean = np.exp(loc + scale**2 / 2)
@@ -107,8 +129,3 @@ def frame(columns: dict[str, np.ndarray], index: pd.Index) -> pd.DataFrame:
     return pd.DataFrame(
         {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}, index=index
     )
-
-
-def log_done(step: str, seconds: float, converged: bool) -> None:
-    """INFO line at the end of a step; a warning when SVI did not converge."""
-    logger.info("%s finished in %.1fs (converged=%s)", step, seconds, converged)

@@ -7,6 +7,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -107,7 +108,9 @@ def fit_technical(
     batch_size, feature_chunk
         Cells per step and features per chunk (default: memory planner).
     n_samples
-        Unused here (summaries are analytic); accepted for a uniform interface.
+        Posterior draws behind the ``varm`` summaries: ``None`` (default) gives the exact
+        mean, sd and quantiles of the Normal variational posterior; an integer gives Monte
+        Carlo estimates from that many draws (seeded by ``seed``, recorded in ``params``).
     seed
         Random seed (default ``settings.seed``, else fresh; recorded).
     device
@@ -256,7 +259,12 @@ def fit_technical(
         checkpoint=checkpoint,
         feature_keys=stable_keys(data.var_names),
     )
-    table = _summarise(fit, init, groups.names, data)
+    summary = (
+        normal_summary
+        if n_samples is None
+        else partial(normal_summary, n_samples=n_samples, rng=np.random.default_rng([seed, 2]))
+    )
+    table = _summarise(fit, init, groups.names, data, summary)
     seconds = time.perf_counter() - start
     if not fit.converged:
         warnings.warn(
@@ -292,7 +300,7 @@ def fit_technical(
     return target if copy else None
 
 
-def _concentration_summary(fit, init, group_index: np.ndarray | None) -> dict:
+def _concentration_summary(fit, init, group_index: np.ndarray | None, summary) -> dict:
     """``concentration_<stat>`` columns of an over-dispersed fit.
 
     A multinomial group's value is read at its first category (the only one the likelihood
@@ -306,29 +314,25 @@ def _concentration_summary(fit, init, group_index: np.ndarray | None) -> dict:
     # no trials at all in the fitted cells: the neutral (practically binomial) concentration
     loc = np.where(init.informative, loc, np.log(CONCENTRATION_RANGE[1]))
     scale = np.where(init.informative, scale, 0.0)
-    return normal_summary("concentration", loc, scale, log_scale=True)
+    return summary("concentration", loc, scale, log_scale=True)
 
 
-def _summarise(fit, init, group_names, data) -> pd.DataFrame:
+def _summarise(fit, init, group_names, data, summary=normal_summary) -> pd.DataFrame:
     distribution = data.distribution
-    cols = normal_summary("baseline", fit.loc["baseline"], fit.scale["baseline"])
+    cols = summary("baseline", fit.loc["baseline"], fit.scale["baseline"])
     for k, name in enumerate(group_names[1:]):
-        summary = normal_summary(f"effect_{name}", fit.loc["delta"][:, k], fit.scale["delta"][:, k])
-        for col, values in summary.items():
-            summary[col] = np.where(init.informative, values, 0.0)
-        cols.update(summary)
+        effect = summary(f"effect_{name}", fit.loc["delta"][:, k], fit.scale["delta"][:, k])
+        for col, values in effect.items():
+            effect[col] = np.where(init.informative, values, 0.0)
+        cols.update(effect)
     if distribution == "negbinom":
-        cols.update(
-            normal_summary("dispersion", fit.loc["log_phi"], fit.scale["log_phi"], log_scale=True)
-        )
+        cols.update(summary("dispersion", fit.loc["log_phi"], fit.scale["log_phi"], log_scale=True))
     if distribution in ("normal", "studentt"):
-        cols.update(
-            normal_summary("sigma", fit.loc["log_sigma"], fit.scale["log_sigma"], log_scale=True)
-        )
+        cols.update(summary("sigma", fit.loc["log_sigma"], fit.scale["log_sigma"], log_scale=True))
     if distribution == "studentt":
-        cols.update(normal_summary("nu", fit.loc["log_nu"], fit.scale["log_nu"], log_scale=True))
+        cols.update(summary("nu", fit.loc["log_nu"], fit.scale["log_nu"], log_scale=True))
     if "log_conc" in fit.loc:
-        cols.update(_concentration_summary(fit, init, data.group_index))
+        cols.update(_concentration_summary(fit, init, data.group_index, summary))
     return frame(cols, data.var_names)
 
 
