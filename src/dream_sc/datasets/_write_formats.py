@@ -344,3 +344,96 @@ def write_starsolo_junctions(
     _write_text(folder / "barcodes.tsv", "".join(f"{b}\n" for b in names), compress)
     _write_matrix_market(folder / "matrix.mtx", sparse.csr_matrix(np.rint(x.toarray()).astype(np.int64)).T, compress)
     return folder
+
+
+def binomial_to_junctions(
+    mdata: MuData, modality: str = "splicing", *, cells: pd.Index | None = None
+) -> tuple[AnnData, pd.DataFrame]:
+    """Junction counts whose ``sj`` ratios (``sj_trials="site"``) are a binomial modality.
+
+    Every binomial feature (successes ``X``, trials ``layers["total"]``) becomes two junctions
+    sharing their donor site: the *inclusion* junction with the successes and an *alternative*
+    junction with ``trials - successes``. Junction ``j`` lies on ``chr1``-``chr3`` at
+    ``100,000 * (j + 1)``; strands alternate ``+``/``-`` so both orientations occur. With
+    ``sj_trials="site"``, :func:`~dream_sc.pp.splicing_from_junctions` gives the inclusion
+    junction exactly the successes and trials of the feature.
+
+    Parameters
+    ----------
+    mdata
+        The screen.
+    modality
+        Binomial modality (successes in ``X``, trials in ``layers["total"]``).
+    cells
+        Barcodes to use as obs_names (aligned with ``mdata.obs_names``); default the obs_names.
+
+    Returns
+    -------
+    ``(junctions, genes)``: the AnnData (cells × 2 features; ``var`` with ``chrom``, ``start``,
+    ``end``, ``strand``, ``motif``, ``annotated``, ``feature`` = source feature, ``role`` =
+    ``inclusion``/``alternative``) and one gene per feature spanning its junctions (columns
+    ``gene_id``, ``gene_name`` = the feature name, ``chrom``, ``start``, ``end``, ``strand``)
+    for :func:`write_gtf`.
+    """
+    adata = mdata.mod[modality]
+    order = adata.obs_names.get_indexer(mdata.obs_names)
+    success = sparse.csr_matrix(adata.X)[order].toarray()
+    trials = sparse.csr_matrix(adata.layers["total"])[order].toarray()
+    rows, genes = [], []
+    columns = []
+    for j, name in enumerate(adata.var_names.astype(str)):
+        chrom, base, plus = f"chr{1 + j % 3}", 100_000 * (j + 1), j % 2 == 0
+        if plus:
+            pair = [(base + 1001, base + 2000), (base + 1001, base + 3000)]
+        else:
+            pair = [(base + 1001, base + 3000), (base + 2001, base + 3000)]
+        strand = "+" if plus else "-"
+        for role, (start, end) in zip(("inclusion", "alternative"), pair, strict=True):
+            rows.append((chrom, start, end, strand, 1 if plus else 2, 1, name, role))
+        columns += [success[:, j], trials[:, j] - success[:, j]]
+        genes.append((f"ENSG_{name}", name, chrom, base + 1, base + 4000, strand))
+    var = pd.DataFrame(
+        rows, columns=["chrom", "start", "end", "strand", "motif", "annotated", "feature", "role"]
+    )
+    var.index = [f"j{i}" for i in range(len(var))]
+    names = mdata.obs_names if cells is None else pd.Index(cells)
+    junctions = AnnData(
+        X=sparse.csr_matrix(np.column_stack(columns).astype(np.float32)),
+        obs=pd.DataFrame(index=names.copy()),
+        var=var,
+    )
+    gene_table = pd.DataFrame(
+        genes, columns=["gene_id", "gene_name", "chrom", "start", "end", "strand"]
+    )
+    return junctions, gene_table
+
+
+def write_gtf(path: str | Path, genes: pd.DataFrame, *, chrom_style: str = "ensembl") -> Path:
+    """Write a minimal GTF with one ``gene`` line per row of ``genes``.
+
+    ``genes`` has ``gene_id``, ``gene_name``, ``chrom``, ``start``, ``end`` (1-based,
+    inclusive) and ``strand``. ``chrom_style="ensembl"`` writes ``1`` for ``chr1`` (as Ensembl
+    GTFs do), ``"ucsc"`` keeps ``chr1``.
+    """
+    from ..io._chrom import harmonise
+
+    chrom = harmonise(genes["chrom"], chrom_style)
+    lines = [
+        "#!genome-build GRCh38",
+        *(
+            f"{c}\tdream_sc\tgene\t{s}\t{e}\t.\t{st}\t.\t"
+            f'gene_id "{gid}"; gene_name "{gname}"; gene_biotype "protein_coding";'
+            for c, s, e, st, gid, gname in zip(
+                chrom,
+                genes["start"],
+                genes["end"],
+                genes["strand"],
+                genes["gene_id"],
+                genes["gene_name"],
+                strict=True,
+            )
+        ),
+    ]
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path

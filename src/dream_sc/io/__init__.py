@@ -13,5 +13,6 @@ Formats, columns and coordinate conventions are described in ``docs/reading_file
 """
 
 from ._cellranger import read_cellranger
+from ._starsolo import read_starsolo_junctions
 
-__all__ = ["read_cellranger"]
+__all__ = ["read_cellranger", "read_starsolo_junctions"]
