@@ -13,6 +13,13 @@ Formats, columns and coordinate conventions are described in ``docs/reading_file
 """
 
 from ._cellranger import read_cellranger
+from ._junction_table import read_junction_table
 from ._starsolo import read_starsolo_junctions
+from ._transcripts import read_transcript_counts
 
-__all__ = ["read_cellranger", "read_starsolo_junctions"]
+__all__ = [
+    "read_cellranger",
+    "read_junction_table",
+    "read_starsolo_junctions",
+    "read_transcript_counts",
+]

@@ -67,7 +67,11 @@ def match_barcodes(
     tried = []
     best = None
     ties = []
+    seen: list[pd.Index] = []
     for label, renamed, judged in _candidates(barcodes, cells, suffix):
+        if any(renamed.equals(other) for other in seen):
+            continue  # e.g. re-appending the suffix the barcodes already carry
+        seen.append(renamed)
         found = judged.isin(renamed).sum() if len(judged) else 0
         fraction = found / len(judged) if len(judged) else 0.0
         tried.append(f"{label}: {int(found)} of {len(judged)}")
