@@ -42,7 +42,7 @@ def read_feature_reference(source: str | Path | pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise ValueError(
             f"{where} lacks column(s) {missing} (has {list(table.columns)}); Cell Ranger's "
-            f"header is {','.join((*REFERENCE_COLUMNS, *TARGET_COLUMNS))}."
+            f"header is {','.join(REFERENCE_COLUMNS)},target_gene_id,target_gene_name."
         )
     if not any(c in table.columns for c in TARGET_COLUMNS):
         raise ValueError(
