@@ -40,7 +40,7 @@ def read_junction_table(
     """Read junction counts from a generic table (regtools / leafcutter style).
 
     ``layout="long"``: one row per cell and junction with columns ``barcode``, ``chrom``,
-    ``start``, ``end``, ``strand``, ``count`` (rename with ``columns``, e.g.
+    ``start``, ``end``, ``strand``, ``count`` (junctions come out sorted by coordinates) (rename with ``columns``, e.g.
     ``columns={"barcode": "cell"}``). ``layout="wide"``: one row per junction, one column per
     cell; the junction is given either by ``chrom``, ``start``, ``end``, ``strand`` columns or
     by a first column (or index) of ids ``chr1:100:200:+``, ``chr1:100-200:+`` or leafcutter's
@@ -180,7 +180,8 @@ def _long(frame: pd.DataFrame, what: str):
     )
     x = sparse.csr_matrix((counts, (cells, junction)), shape=(len(barcodes), len(junctions)))
     var = junctions.to_frame(index=False).set_axis(["chrom", "start", "end", "strand"], axis=1)
-    return var, x, pd.Index(barcodes.astype(str))
+    order = var.sort_values(["chrom", "start", "end", "strand"], kind="stable").index.to_numpy()
+    return var.iloc[order].reset_index(drop=True), x[:, order], pd.Index(barcodes.astype(str))
 
 
 def _integers(values: pd.Series, name: str, what: str) -> np.ndarray:
