@@ -130,14 +130,30 @@ def test_cellranger_calls(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"method": "kmeans"}, ValueError, r"`method` must be one of \['umi_threshold', 'mixture', 'cellranger'\]; got 'kmeans'\."),
+        (
+            {"method": "kmeans"},
+            ValueError,
+            r"`method` must be one of \['umi_threshold', 'mixture', 'cellranger'\]; got 'kmeans'\.",
+        ),
         ({"moi": "medium"}, ValueError, r"`moi` must be one of \['low', 'high'\]; got 'medium'\."),
         ({"threshold": 0}, ValueError, r"`threshold` must be a positive number of UMIs; got 0\."),
-        ({"threshold": {"A_1": 3}}, ValueError, r"`threshold` has no value for guide\(s\) \['A_2', 'B_1', 'NTC_1'\]"),
+        (
+            {"threshold": {"A_1": 3}},
+            ValueError,
+            r"`threshold` has no value for guide\(s\) \['A_2', 'B_1', 'NTC_1'\]",
+        ),
         ({"method": "cellranger"}, ValueError, r"method='cellranger' needs `calls=`"),
         ({"guides": "sgRNA"}, KeyError, r"Modality 'sgRNA' not found"),
-        ({"threshold": 1000}, ValueError, r"No cell keeps a guide call \(\{'no guide call': 5, 'several guides': 0\}\)"),
-        ({"guide_targets": {"A_1": "A"}}, KeyError, r"`guide_targets` has no entry for guide\(s\) \['A_2', 'B_1', 'NTC_1'\]"),
+        (
+            {"threshold": 1000},
+            ValueError,
+            r"No cell keeps a guide call \(\{'no guide call': 5, 'several guides': 0\}\)",
+        ),
+        (
+            {"guide_targets": {"A_1": "A"}},
+            KeyError,
+            r"`guide_targets` has no entry for guide\(s\) \['A_2', 'B_1', 'NTC_1'\]",
+        ),
     ],
 )
 def test_errors_leave_mdata_unchanged(kwargs, error, message):
@@ -149,7 +165,9 @@ def test_errors_leave_mdata_unchanged(kwargs, error, message):
 
 
 def test_missing_targets_and_non_integer_umis():
-    with pytest.raises(KeyError, match=r"mdata\['guides'\]\.var has no 'target' column; pass `guide_targets=`"):
+    with pytest.raises(
+        KeyError, match=r"mdata\['guides'\]\.var has no 'target' column; pass `guide_targets=`"
+    ):
         ds.pp.assign_guides(_mdata(UMIS, with_target=False))
     with pytest.raises(ValueError, match=r"must be raw read counts"):
         ds.pp.assign_guides(_mdata(UMIS + 0.5))
@@ -168,5 +186,7 @@ def test_plot_guide_assignment():
     assert ds.pl.guide_assignment(mdata, ax=given, show=False) == list(given)
     assert isinstance(ds.pl.guide_assignment(mdata, return_fig=True), plt.Figure)
     plt.close("all")
-    with pytest.raises(KeyError, match=r"No guide calls under key 'calls'; run `ds\.pp\.assign_guides"):
+    with pytest.raises(
+        KeyError, match=r"No guide calls under key 'calls'; run `ds\.pp\.assign_guides"
+    ):
         ds.pl.guide_assignment(mdata, key="calls")

@@ -79,7 +79,12 @@ def test_h5_path_and_targets_from_h5_tags(screen, umis, tmp_path):
 
 def test_high_moi(tmp_path):
     screen = ds.datasets.simulate_screen(
-        n_cells=80, n_genes=10, n_junctions=0, n_isoform_genes=0, seed=4, moi="high",
+        n_cells=80,
+        n_genes=10,
+        n_junctions=0,
+        n_isoform_genes=0,
+        seed=4,
+        moi="high",
         guides_per_target=3,
     )
     paths = ds.datasets.write_cellranger(screen, tmp_path / "run", format="mtx")
@@ -106,7 +111,10 @@ def mtx_run(screen, umis, tmp_path):
 
 
 def test_mtx_without_feature_reference(mtx_run):
-    with pytest.raises(ValueError, match=r"carries no target_gene_name tags \(mtx files never do\); pass `feature_reference=`"):
+    with pytest.raises(
+        ValueError,
+        match=r"carries no target_gene_name tags \(mtx files never do\); pass `feature_reference=`",
+    ):
         ds.io.read_cellranger(mtx_run["outs"])
 
 
@@ -124,7 +132,9 @@ def test_feature_reference_wrong_columns(mtx_run, tmp_path):
 def test_feature_reference_missing_guide(mtx_run, tmp_path):
     ref = pd.read_csv(mtx_run["feature_reference"])
     ref.iloc[1:].to_csv(tmp_path / "ref.csv", index=False)
-    with pytest.raises(ValueError, match=r"Guide\(s\) \['GFI1B_1'\] of the matrix are not in the feature reference"):
+    with pytest.raises(
+        ValueError, match=r"Guide\(s\) \['GFI1B_1'\] of the matrix are not in the feature reference"
+    ):
         ds.io.read_cellranger(mtx_run["outs"], feature_reference=tmp_path / "ref.csv")
 
 
@@ -133,14 +143,20 @@ def test_calls_unknown_guide(mtx_run):
     table = pd.read_csv(calls)
     table.loc[0, "feature_call"] = "GFI1B_99"
     table.to_csv(calls, index=False)
-    with pytest.raises(ValueError, match=r"calls guide\(s\) \['GFI1B_99'\] that are not guide features of the matrix"):
+    with pytest.raises(
+        ValueError,
+        match=r"calls guide\(s\) \['GFI1B_99'\] that are not guide features of the matrix",
+    ):
         ds.io.read_cellranger(mtx_run["outs"], feature_reference=mtx_run["feature_reference"])
 
 
 def test_calls_duplicated_barcode(mtx_run):
     table = pd.read_csv(mtx_run["calls"])
     pd.concat([table, table.iloc[[0]]]).to_csv(mtx_run["calls"], index=False)
-    with pytest.raises(ValueError, match=r"lists barcode\(s\) \['" + table["cell_barcode"][0] + r"'\] more than once"):
+    with pytest.raises(
+        ValueError,
+        match=r"lists barcode\(s\) \['" + table["cell_barcode"][0] + r"'\] more than once",
+    ):
         ds.io.read_cellranger(mtx_run["outs"], feature_reference=mtx_run["feature_reference"])
 
 
@@ -151,7 +167,9 @@ def test_calls_wrong_columns_and_inconsistent(mtx_run):
         ds.io.read_cellranger(mtx_run["outs"], feature_reference=mtx_run["feature_reference"])
     table.loc[0, "num_features"] = 2
     table.to_csv(mtx_run["calls"], index=False)
-    with pytest.raises(ValueError, match=r"num_features=.*disagree; each must list the same number"):
+    with pytest.raises(
+        ValueError, match=r"num_features=.*disagree; each must list the same number"
+    ):
         ds.io.read_cellranger(mtx_run["outs"], feature_reference=mtx_run["feature_reference"])
 
 
@@ -159,7 +177,9 @@ def test_calls_of_another_run(mtx_run):
     table = pd.read_csv(mtx_run["calls"])
     table["cell_barcode"] = "X" + table["cell_barcode"]
     table.to_csv(mtx_run["calls"], index=False)
-    with pytest.raises(ValueError, match=r"Only 0 of 120 barcodes of the guide calls are cells of mdata"):
+    with pytest.raises(
+        ValueError, match=r"Only 0 of 120 barcodes of the guide calls are cells of mdata"
+    ):
         ds.io.read_cellranger(mtx_run["outs"], feature_reference=mtx_run["feature_reference"])
 
 
@@ -168,7 +188,12 @@ def test_duplicated_matrix_barcodes(mtx_run):
     lines = path.read_text().splitlines()
     lines[1] = lines[0]
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=r"are duplicated \(e\.g\. \['" + lines[0] + r"'\]\); each cell barcode must appear once"):
+    with pytest.raises(
+        ValueError,
+        match=r"are duplicated \(e\.g\. \['"
+        + lines[0]
+        + r"'\]\); each cell barcode must appear once",
+    ):
         ds.io.read_cellranger(mtx_run["outs"], feature_reference=mtx_run["feature_reference"])
 
 
@@ -176,14 +201,19 @@ def test_features_with_two_columns(mtx_run):
     path = mtx_run["matrix"] / "features.tsv"
     rows = [line.split("\t")[:2] for line in path.read_text().splitlines()]
     path.write_text("".join("\t".join(r) + "\n" for r in rows))
-    with pytest.raises(ValueError, match=r"features\.tsv of .* has 2 column\(s\); Cell Ranger writes 3"):
+    with pytest.raises(
+        ValueError, match=r"features\.tsv of .* has 2 column\(s\); Cell Ranger writes 3"
+    ):
         ds.io.read_cellranger(mtx_run["outs"], feature_reference=mtx_run["feature_reference"])
 
 
 def test_matrix_shape_mismatch(mtx_run):
     path = mtx_run["matrix"] / "barcodes.tsv"
     path.write_text("\n".join(path.read_text().splitlines()[:-1]) + "\n")
-    with pytest.raises(ValueError, match=r"matrix\.mtx of .* is 20 × 120 but features\.tsv has 20 rows and barcodes\.tsv 119"):
+    with pytest.raises(
+        ValueError,
+        match=r"matrix\.mtx of .* is 20 × 120 but features\.tsv has 20 rows and barcodes\.tsv 119",
+    ):
         ds.io.read_cellranger(mtx_run["outs"], feature_reference=mtx_run["feature_reference"])
 
 
@@ -193,7 +223,9 @@ def test_no_guides_and_missing_matrix(mtx_run, tmp_path):
     with pytest.raises(ValueError, match=r"has no 'CRISPR Guide Capture' features"):
         ds.io.read_cellranger(mtx_run["outs"], feature_reference=mtx_run["feature_reference"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=r"No Cell Ranger matrix in .*expected filtered_feature_bc_matrix\.h5"):
+    with pytest.raises(
+        ValueError, match=r"No Cell Ranger matrix in .*expected filtered_feature_bc_matrix\.h5"
+    ):
         ds.io.read_cellranger(tmp_path / "empty")
     with pytest.raises(ValueError, match=r"does not exist; check the path"):
         ds.io.read_cellranger(tmp_path / "nowhere")

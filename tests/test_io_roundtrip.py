@@ -28,8 +28,10 @@ def _from_files(sim, tmp_path):
     wells = run["barcodes"].str.rsplit("-", n=1).str[-1]
     for well in ("1", "2"):  # one STARsolo run per sample, filtered to its cells
         ds.datasets.write_starsolo_junctions(
-            junctions[np.asarray(wells == well)], tmp_path / f"starsolo{well}" / "Solo.out",
-            matrix="filtered", compress=True,
+            junctions[np.asarray(wells == well)],
+            tmp_path / f"starsolo{well}" / "Solo.out",
+            matrix="filtered",
+            compress=True,
         )
     gtf = ds.datasets.write_gtf(tmp_path / "genes.gtf", genes)
 
@@ -52,8 +54,13 @@ def _from_files(sim, tmp_path):
     # the inclusion junction of each simulated feature carries its successes and trials
     inclusion = junctions.var["role"] == "inclusion"
     ids = (
-        junctions.var["chrom"] + ":" + junctions.var["start"].astype(str) + "-"
-        + junctions.var["end"].astype(str) + ":" + junctions.var["strand"]
+        junctions.var["chrom"]
+        + ":"
+        + junctions.var["start"].astype(str)
+        + "-"
+        + junctions.var["end"].astype(str)
+        + ":"
+        + junctions.var["strand"]
     )[inclusion]
     splicing = mdata["sj"][:, ids.to_numpy()].copy()
     splicing.var_names = junctions.var["feature"][inclusion].to_numpy()
@@ -78,7 +85,9 @@ def test_files_hold_the_simulated_screen(screens):
     assert read.n_obs == direct.n_obs
     for column in ("guide", "target", "cell_line"):
         assert read.obs[column].astype(str).tolist() == direct.obs[column].astype(str).tolist()
-        assert read.obs[column].cat.categories.tolist() == direct.obs[column].cat.categories.tolist()
+        assert (
+            read.obs[column].cat.categories.tolist() == direct.obs[column].cat.categories.tolist()
+        )
     np.testing.assert_array_equal(read["rna"].X.toarray(), direct["rna"].X.toarray())
     np.testing.assert_array_equal(read["splicing"].X.toarray(), direct["splicing"].X.toarray())
     np.testing.assert_array_equal(

@@ -49,12 +49,16 @@ def source():
     rng = np.random.default_rng(0)
     counts = rng.poisson(2.0, (40, len(var))) * (rng.random((40, len(var))) < 0.6)
     cells = barcodes(40, seed=1)
-    return AnnData(sparse.csr_matrix(counts.astype(np.float32)), obs=pd.DataFrame(index=cells), var=var)
+    return AnnData(
+        sparse.csr_matrix(counts.astype(np.float32)), obs=pd.DataFrame(index=cells), var=var
+    )
 
 
 @pytest.mark.parametrize(("compress", "matrix"), [(False, "raw"), (True, "filtered")])
 def test_every_value_read_back(source, tmp_path, compress, matrix, caplog):
-    folder = ds.datasets.write_starsolo_junctions(source, tmp_path / "Solo.out", matrix=matrix, compress=compress)
+    folder = ds.datasets.write_starsolo_junctions(
+        source, tmp_path / "Solo.out", matrix=matrix, compress=compress
+    )
     suffix = ".gz" if compress else ""
     assert (folder / f"matrix.mtx{suffix}").is_file()
     first = (folder / "barcodes.tsv").read_text().split()[0] if not compress else None
@@ -63,7 +67,10 @@ def test_every_value_read_back(source, tmp_path, compress, matrix, caplog):
     cells = source.obs_names[::-1]  # the expression order wins
     with caplog.at_level(logging.INFO, logger="dream_sc"):
         adata = ds.io.read_starsolo_junctions(tmp_path / "Solo.out", cells=list(cells))
-    assert "strand resolved from the motif for 1, 1 with undefined strand and non-canonical motif dropped" in caplog.text
+    assert (
+        "strand resolved from the motif for 1, 1 with undefined strand and non-canonical motif dropped"
+        in caplog.text
+    )
     assert "matched appending '-1'" in caplog.text
     assert adata.obs_names.tolist() == cells.tolist()
     kept = source.var.iloc[:-1]
@@ -98,7 +105,9 @@ def test_splicing_builders_on_read_junctions(source, tmp_path):
         strand=lambda v: v["strand"].replace({"0": "1"}), gene=lambda v: v["gene_truth"]
     )
     direct_var.index = adata.var_names
-    direct = md.MuData({"junctions": AnnData(source.X[:, :-1], obs=source.obs.copy(), var=direct_var)})
+    direct = md.MuData(
+        {"junctions": AnnData(source.X[:, :-1], obs=source.obs.copy(), var=direct_var)}
+    )
     ds.pp.splicing_from_junctions(direct, min_cells_covered=0, min_total_reads=0)
     for kind in ("sj", "donor", "acceptor", "exon_skip"):
         assert read[kind].var_names.tolist() == direct[kind].var_names.tolist()
@@ -120,7 +129,9 @@ def test_barcode_errors(source, tmp_path):
     ):
         ds.io.read_starsolo_junctions(tmp_path / "Solo.out", cells=other)
     aggr = [b[:-2] + "-1" for b in source.obs_names] + [b[:-2] + "-2" for b in source.obs_names]
-    with pytest.raises(ValueError, match=r"match the expression cells equally well .*pass `barcode_suffix=`"):
+    with pytest.raises(
+        ValueError, match=r"match the expression cells equally well .*pass `barcode_suffix=`"
+    ):
         ds.io.read_starsolo_junctions(tmp_path / "Solo.out", cells=aggr)
     second = ds.io.read_starsolo_junctions(tmp_path / "Solo.out", cells=aggr, barcode_suffix="-2")
     assert second.obs_names.tolist() == aggr[40:]
@@ -129,8 +140,13 @@ def test_barcode_errors(source, tmp_path):
 def test_bad_files(source, tmp_path):
     folder = ds.datasets.write_starsolo_junctions(source, tmp_path / "Solo.out")
     features = (folder / "features.tsv").read_text()
-    (folder / "features.tsv").write_text("".join("\t".join(l.split("\t")[:4]) + "\n" for l in features.splitlines()))
-    with pytest.raises(ValueError, match=r"features\.tsv of .* has 4 column\(s\); STARsolo's SJ features are in SJ\.out\.tab layout"):
+    (folder / "features.tsv").write_text(
+        "".join("\t".join(line.split("\t")[:4]) + "\n" for line in features.splitlines())
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"features\.tsv of .* has 4 column\(s\); STARsolo's SJ features are in SJ\.out\.tab layout",
+    ):
         ds.io.read_starsolo_junctions(tmp_path / "Solo.out")
     (folder / "features.tsv").write_text(features.replace("\t2\t2\t", "\t+\t2\t", 1))
     with pytest.raises(ValueError, match=r"line 1: column 'strand' must be an integer, got '\+'"):
@@ -138,19 +154,30 @@ def test_bad_files(source, tmp_path):
     (folder / "features.tsv").write_text(features)
     lines = (folder / "barcodes.tsv").read_text().splitlines()
     (folder / "barcodes.tsv").write_text("\n".join([lines[0]] + lines[:-1]) + "\n")
-    with pytest.raises(ValueError, match=r"barcodes\.tsv of .* repeats barcode\(s\) \['" + lines[0]):
+    with pytest.raises(
+        ValueError, match=r"barcodes\.tsv of .* repeats barcode\(s\) \['" + lines[0]
+    ):
         ds.io.read_starsolo_junctions(tmp_path / "Solo.out")
     (folder / "barcodes.tsv").write_text("\n".join(lines[:-1]) + "\n")
-    with pytest.raises(ValueError, match=r"matrix\.mtx of .* is 38 × 40 but features\.tsv has 38 junctions and barcodes\.tsv 39 barcodes"):
+    with pytest.raises(
+        ValueError,
+        match=r"matrix\.mtx of .* is 38 × 40 but features\.tsv has 38 junctions and barcodes\.tsv 39 barcodes",
+    ):
         ds.io.read_starsolo_junctions(tmp_path / "Solo.out")
-    with pytest.raises(ValueError, match=r"No STARsolo junction matrix under .*run STARsolo with `--soloFeatures SJ`"):
+    with pytest.raises(
+        ValueError,
+        match=r"No STARsolo junction matrix under .*run STARsolo with `--soloFeatures SJ`",
+    ):
         ds.io.read_starsolo_junctions(tmp_path)
 
 
 def _gtf_genes(source) -> pd.DataFrame:
     var = source.var.dropna(subset=["gene_truth"])
     spans = var.groupby("gene_truth").agg(
-        chrom=("chrom", "first"), start=("start", "min"), end=("end", "max"), strand=("strand", "first")
+        chrom=("chrom", "first"),
+        start=("start", "min"),
+        end=("end", "max"),
+        strand=("strand", "first"),
     )
     return pd.DataFrame(
         {
@@ -172,8 +199,16 @@ def test_annotate_junctions_from_ensembl_gtf(source, tmp_path, gzip_gtf):
     # a nested gene inside HES4: its junctions go to the innermost gene
     hes4 = genes[genes["gene_name"] == "HES4"].iloc[0]
     nested = pd.DataFrame(
-        [{"gene_id": "ENSG_IN", "gene_name": "INNER", "chrom": "chr1", "start": 999432,
-          "end": 999600, "strand": "-"}]
+        [
+            {
+                "gene_id": "ENSG_IN",
+                "gene_name": "INNER",
+                "chrom": "chr1",
+                "start": 999432,
+                "end": 999600,
+                "strand": "-",
+            }
+        ]
     )
     gtf = ds.datasets.write_gtf(tmp_path / "genes.gtf", pd.concat([genes, nested]))
     assert gtf.read_text().splitlines()[1].startswith("1\tdream_sc\tgene\t")
@@ -188,7 +223,12 @@ def test_annotate_junctions_from_ensembl_gtf(source, tmp_path, gzip_gtf):
     ds.pp.annotate_junctions(mdata, gtf=gtf)
     got = mdata["junctions"].var["gene"].astype(object)
     expected = source.var["gene_truth"].iloc[:-1].astype(object).to_numpy()
-    inner = (adata.var["chrom"] == "chr1") & (adata.var["strand"] == "-") & (adata.var["start"] >= 999432) & (adata.var["end"] <= 999600)
+    inner = (
+        (adata.var["chrom"] == "chr1")
+        & (adata.var["strand"] == "-")
+        & (adata.var["start"] >= 999432)
+        & (adata.var["end"] <= 999600)
+    )
     assert inner.sum() >= 1 and hes4["start"] == 999432 and hes4["end"] > 999600
     expected = np.where(inner.to_numpy(), "INNER", expected)
     assert [None if pd.isna(g) else g for g in got] == [None if pd.isna(g) else g for g in expected]
@@ -197,9 +237,23 @@ def test_annotate_junctions_from_ensembl_gtf(source, tmp_path, gzip_gtf):
 
 
 def test_annotate_junctions_errors(source, tmp_path):
-    mdata = md.MuData({"junctions": AnnData(np.ones((2, 1)), var=pd.DataFrame({"chrom": ["chr9"], "start": [5], "end": [9], "strand": ["+"]}, index=["j"]))})
-    genes = pd.DataFrame({"chrom": ["1"], "start": [1], "end": [100], "strand": ["+"], "gene_id": ["G"]})
-    with pytest.raises(ValueError, match=r"No chromosome of the junctions \(e\.g\. \['chr9'\]\) is in the GTF \(e\.g\. \['chr1'\]\)"):
+    mdata = md.MuData(
+        {
+            "junctions": AnnData(
+                np.ones((2, 1)),
+                var=pd.DataFrame(
+                    {"chrom": ["chr9"], "start": [5], "end": [9], "strand": ["+"]}, index=["j"]
+                ),
+            )
+        }
+    )
+    genes = pd.DataFrame(
+        {"chrom": ["1"], "start": [1], "end": [100], "strand": ["+"], "gene_id": ["G"]}
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"No chromosome of the junctions \(e\.g\. \['chr9'\]\) is in the GTF \(e\.g\. \['chr1'\]\)",
+    ):
         ds.pp.annotate_junctions(mdata, gtf=genes)
     (tmp_path / "bad.gtf").write_text("chr1\t1\t2\n")
     with pytest.raises(ValueError, match=r"has 3 tab-separated columns; a GTF has 9"):

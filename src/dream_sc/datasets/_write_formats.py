@@ -208,7 +208,9 @@ def _guide_targets(mdata: MuData, guides: pd.Index, control_label: str) -> pd.Se
     return mapping.reindex(guides.astype(str)).fillna(control_label)
 
 
-def _write_h5(path: Path, counts: sparse.csr_matrix, cells: pd.Index, features: pd.DataFrame) -> None:
+def _write_h5(
+    path: Path, counts: sparse.csr_matrix, cells: pd.Index, features: pd.DataFrame
+) -> None:
     def strings(values) -> np.ndarray:
         return np.asarray([str(v).encode() for v in values], dtype="S")
 
@@ -342,7 +344,9 @@ def write_starsolo_junctions(
     if strip_suffix:
         names = names.str.replace(r"-\d+$", "", regex=True)
     _write_text(folder / "barcodes.tsv", "".join(f"{b}\n" for b in names), compress)
-    _write_matrix_market(folder / "matrix.mtx", sparse.csr_matrix(np.rint(x.toarray()).astype(np.int64)).T, compress)
+    _write_matrix_market(
+        folder / "matrix.mtx", sparse.csr_matrix(np.rint(x.toarray()).astype(np.int64)).T, compress
+    )
     return folder
 
 

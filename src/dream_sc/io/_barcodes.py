@@ -24,7 +24,9 @@ def cell_names(cells: MuData | AnnData | Sequence[str] | pd.Index | None) -> pd.
     if isinstance(cells, MuData | AnnData):
         return pd.Index(cells.obs_names.astype(str))
     if isinstance(cells, str):
-        raise ValueError("`cells` must be a MuData, an AnnData or a list of barcodes, not a string.")
+        raise ValueError(
+            "`cells` must be a MuData, an AnnData or a list of barcodes, not a string."
+        )
     return pd.Index([str(c) for c in cells])
 
 

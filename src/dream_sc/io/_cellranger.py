@@ -192,7 +192,10 @@ def _locate_calls(calls, run_folder: Path, guide_calls) -> Path | None:
 def _subset(matrix: TenxMatrix, mask: np.ndarray, *, unique_names: bool) -> AnnData:
     features = matrix.features.loc[mask]
     var = pd.DataFrame(
-        {"gene_ids": features["id"].to_numpy(), "feature_types": features["feature_type"].to_numpy()},
+        {
+            "gene_ids": features["id"].to_numpy(),
+            "feature_types": features["feature_type"].to_numpy(),
+        },
         index=pd.Index(features["name"].to_numpy(dtype=object)),
     )
     if "genome" in features.columns:
@@ -208,11 +211,15 @@ def _subset(matrix: TenxMatrix, mask: np.ndarray, *, unique_names: bool) -> AnnD
 
 
 def _rna_modality(matrix: TenxMatrix) -> AnnData:
-    rna = _subset(matrix, (matrix.features["feature_type"] == GENE_EXPRESSION).to_numpy(), unique_names=True)
+    rna = _subset(
+        matrix, (matrix.features["feature_type"] == GENE_EXPRESSION).to_numpy(), unique_names=True
+    )
     if not rna.var_names.is_unique:
         n_dup = int(rna.var_names.duplicated().sum())
         rna.var_names_make_unique()
-        logger.info("read_cellranger: %d duplicated gene names made unique (suffix -1, -2, ...)", n_dup)
+        logger.info(
+            "read_cellranger: %d duplicated gene names made unique (suffix -1, -2, ...)", n_dup
+        )
     return rna
 
 

@@ -15,7 +15,9 @@ PathLike = str | Path
 def as_path(path: object, argument: str) -> Path:
     """``path`` as an existing :class:`~pathlib.Path`; raise naming the argument otherwise."""
     if not isinstance(path, str | Path):
-        raise ValueError(f"`{argument}` must be a path (str or pathlib.Path); got {type(path).__name__}.")
+        raise ValueError(
+            f"`{argument}` must be a path (str or pathlib.Path); got {type(path).__name__}."
+        )
     out = Path(path).expanduser()
     if not out.exists():
         raise ValueError(f"`{argument}`: {str(out)!r} does not exist; check the path.")
@@ -51,9 +53,7 @@ def read_lines(path: Path) -> list[str]:
 
 def read_tsv(path: Path, *, names: list[str] | None = None) -> pd.DataFrame:
     """A headerless tab-separated table (plain or gzipped), every column read as text."""
-    return pd.read_csv(
-        path, sep="\t", header=None, names=names, dtype=str, keep_default_na=False
-    )
+    return pd.read_csv(path, sep="\t", header=None, names=names, dtype=str, keep_default_na=False)
 
 
 def read_mtx(path: Path) -> sparse.csr_matrix:

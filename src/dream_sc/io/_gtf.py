@@ -7,12 +7,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-GTF_COLUMNS = ["chrom", "source", "feature", "start", "end", "score", "strand", "frame", "attributes"]
+GTF_COLUMNS = [
+    "chrom",
+    "source",
+    "feature",
+    "start",
+    "end",
+    "score",
+    "strand",
+    "frame",
+    "attributes",
+]
 
 
 def read_gtf_genes(source: str | Path | pd.DataFrame) -> pd.DataFrame:
-    """One row per gene: ``chrom``, ``start``, ``end`` (1-based, inclusive), ``strand``,
-    ``gene_id``, ``gene_name`` (``gene_id`` when the GTF has no name).
+    """Gene spans of a GTF, one row per gene.
+
+    Columns ``chrom``, ``start``, ``end`` (1-based, inclusive), ``strand``, ``gene_id``,
+    ``gene_name`` (``gene_id`` when the GTF has no name).
 
     ``gene`` lines are used; a GTF without them (e.g. exons only) gives each gene the span of
     its lines. A DataFrame with these columns is checked and returned.
@@ -44,7 +56,9 @@ def read_gtf_genes(source: str | Path | pd.DataFrame) -> pd.DataFrame:
     table.columns = GTF_COLUMNS
     gene_id = table["attributes"].str.extract(r'gene_id "([^"]+)"', expand=False)
     if gene_id.isna().all():
-        raise ValueError(f"{str(path)!r} has no 'gene_id \"...\"' attributes; is it a GTF (not GFF3)?")
+        raise ValueError(
+            f"{str(path)!r} has no 'gene_id \"...\"' attributes; is it a GTF (not GFF3)?"
+        )
     table["gene_id"] = gene_id
     table["gene_name"] = table["attributes"].str.extract(r'gene_name "([^"]+)"', expand=False)
     table["gene_name"] = table["gene_name"].fillna(table["gene_id"])

@@ -74,8 +74,16 @@ def read_protospacer_calls(
             f"feature_call={table['feature_call'].iloc[row]!r}, num_umis="
             f"{table['num_umis'].iloc[row]!r} disagree; each must list the same number of guides."
         )
-    flat_guides = np.concatenate([np.asarray(c, dtype=object) for c in calls]) if len(calls) else np.array([], dtype=object)
-    flat_umis = np.concatenate([np.asarray(u, dtype=object) for u in umis]) if len(umis) else np.array([], dtype=object)
+    flat_guides = (
+        np.concatenate([np.asarray(c, dtype=object) for c in calls])
+        if len(calls)
+        else np.array([], dtype=object)
+    )
+    flat_umis = (
+        np.concatenate([np.asarray(u, dtype=object) for u in umis])
+        if len(umis)
+        else np.array([], dtype=object)
+    )
     known = pd.Index(guide_names.astype(str))
     unknown = sorted(set(flat_guides) - set(known))
     if unknown:

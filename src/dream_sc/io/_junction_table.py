@@ -119,7 +119,9 @@ def read_junction_table(
     strand = var["strand"].astype(str).str.strip().map(_STRANDS)
     keep = strand.notna().to_numpy()
     logger.info(
-        "read_junction_table: %d junctions, %d with unknown strand dropped", len(var), int((~keep).sum())
+        "read_junction_table: %d junctions, %d with unknown strand dropped",
+        len(var),
+        int((~keep).sum()),
     )
     var = var.assign(strand=strand, chrom=harmonise(var["chrom"], chrom_style))[keep]
     expression = cell_names(cells)

@@ -32,7 +32,9 @@ class TenxMatrix:
 
 
 def _decode(values: np.ndarray) -> np.ndarray:
-    return np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+    return np.asarray(
+        [v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object
+    )
 
 
 def read_tenx_h5(path: Path) -> TenxMatrix:
@@ -75,7 +77,9 @@ def read_tenx_h5(path: Path) -> TenxMatrix:
                 f"HDF5 group 'matrix/features' of {str(path)!r} lacks {key!r}; a Cell Ranger "
                 "matrix has 'id', 'name' and 'feature_type'."
             )
-    order = ["id", "name", "feature_type"] + [k for k in columns if k not in ("id", "name", "feature_type")]
+    order = ["id", "name", "feature_type"] + [
+        k for k in columns if k not in ("id", "name", "feature_type")
+    ]
     features = pd.DataFrame({k: columns[k] for k in order})
     return TenxMatrix(counts, pd.Index(barcodes), features)
 

@@ -76,7 +76,9 @@ def read_transcript_counts(
             dup = ids[ids.duplicated()].unique()[:3].tolist()
             raise ValueError(f"{what} repeats {name} id(s) {dup}; each must appear once.")
     values = x.data if sparse.issparse(x) else np.asarray(x).ravel()
-    if values.size and (np.any(values < 0) or np.any(values != np.floor(values)) or np.any(~np.isfinite(values))):
+    if values.size and (
+        np.any(values < 0) or np.any(values != np.floor(values)) or np.any(~np.isfinite(values))
+    ):
         raise ValueError(f"{what}: counts must be non-negative integers (raw read or UMI counts).")
     expression = cell_names(cells)
     barcodes = match_barcodes(barcodes, expression, suffix=barcode_suffix, what=what)
@@ -132,7 +134,12 @@ def _load_matrix(matrix, sep):
         x = matrix.X if sparse.issparse(matrix.X) else np.asarray(matrix.X)
         return x, pd.Index(matrix.obs_names), pd.Index(matrix.var_names), "the transcript AnnData"
     if isinstance(matrix, pd.DataFrame):
-        return matrix.to_numpy(), pd.Index(matrix.index.astype(str)), pd.Index(matrix.columns.astype(str)), "the transcript table"
+        return (
+            matrix.to_numpy(),
+            pd.Index(matrix.index.astype(str)),
+            pd.Index(matrix.columns.astype(str)),
+            "the transcript table",
+        )
     path = Path(matrix).expanduser()
     if path.is_dir():
         what = f"transcript matrix folder {str(path)!r}"
@@ -145,14 +152,21 @@ def _load_matrix(matrix, sep):
     if not path.is_file():
         raise ValueError(f"`matrix`: {str(path)!r} does not exist; check the path.")
     table = pd.read_csv(path, sep=_text_sep(path, sep), index_col=0)
-    return table.to_numpy(), pd.Index(table.index.astype(str)), pd.Index(table.columns.astype(str)), f"transcript table {str(path)!r}"
+    return (
+        table.to_numpy(),
+        pd.Index(table.index.astype(str)),
+        pd.Index(table.columns.astype(str)),
+        f"transcript table {str(path)!r}",
+    )
 
 
 def _overlap(ids: pd.Index, mapping: pd.Series) -> float:
     direct = ids.isin(mapping.index).mean()
-    stripped = ids.str.replace(_VERSION, "", regex=True).isin(
-        mapping.index.str.replace(_VERSION, "", regex=True)
-    ).mean()
+    stripped = (
+        ids.str.replace(_VERSION, "", regex=True)
+        .isin(mapping.index.str.replace(_VERSION, "", regex=True))
+        .mean()
+    )
     return max(direct, stripped)
 
 

@@ -90,7 +90,9 @@ def guide_assignment(
     size = figsize or (10.0, max(2.5, 0.22 * n + 1.2))
     fig, axes, created = grid_axes(2, ax, ncols=2, panel=(size[0] / 2, size[1]))
     umis = adata.X.toarray() if sparse.issparse(adata.X) else np.asarray(adata.X)
-    _draw_distributions(axes[0], umis, adata.var["umi_threshold"].to_numpy(float), names, label_guides)
+    _draw_distributions(
+        axes[0], umis, adata.var["umi_threshold"].to_numpy(float), names, label_guides
+    )
     called = np.asarray(mdata.obsm[key], dtype=float).sum(axis=0)
     _draw_cells(axes[1], called, names, targets, control, label_guides)
     return finish(fig, axes, created=created, show=show, return_fig=return_fig)

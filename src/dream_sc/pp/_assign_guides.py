@@ -12,7 +12,6 @@ import pandas as pd
 from mudata import MuData
 from scipy import sparse
 
-from .. import _validation as V
 from ..io._guide_calls import read_protospacer_calls, read_umi_thresholds
 from ._feature_counts import read_counts
 from ._guide_mixture import fit_guide_mixture
@@ -198,7 +197,9 @@ def _guide_targets(mdata, guides, names, guide_targets, control_label) -> pd.Ser
             )
         mapping = pd.Series(var["target"].astype(object).to_numpy(), index=names)
     else:
-        mapping = pd.Series(dict(guide_targets) if isinstance(guide_targets, Mapping) else guide_targets)
+        mapping = pd.Series(
+            dict(guide_targets) if isinstance(guide_targets, Mapping) else guide_targets
+        )
         mapping.index = mapping.index.astype(str)
         missing = [g for g in names if g not in mapping.index]
         if missing:
@@ -238,14 +239,19 @@ def _call(method, counts, names, threshold, min_umis, calls, guides):
         values = _threshold_values(threshold, names, guides)
     else:
         values = np.array(
-            [max(fit_guide_mixture(dense[:, j]).threshold, float(min_umis)) for j in range(dense.shape[1])]
+            [
+                max(fit_guide_mixture(dense[:, j]).threshold, float(min_umis))
+                for j in range(dense.shape[1])
+            ]
         )
     return dense >= values[None, :], pd.Series(values, index=names, dtype=float)
 
 
 def _threshold_values(threshold, names, guides) -> np.ndarray:
     def check(value, what):
-        ok = not isinstance(value, bool) and isinstance(value, int | np.integer | float | np.floating)
+        ok = not isinstance(value, bool) and isinstance(
+            value, int | np.integer | float | np.floating
+        )
         if not ok or not np.isfinite(value) or value < 1:
             raise ValueError(f"{what} must be a positive number of UMIs; got {value!r}.")
         return float(value)
@@ -297,7 +303,9 @@ def _labels(table: pd.DataFrame, targets: pd.Series, moi: str, control_label: st
     target_order = [control_label] + [t for t in present_targets if t != control_label]
     if moi == "high":
         order = order + sorted({g for g in guide if g is not None} - set(order))
-        target_order = target_order + sorted({t for t in target if t is not None} - set(target_order))
+        target_order = target_order + sorted(
+            {t for t in target if t is not None} - set(target_order)
+        )
     return pd.DataFrame(
         {
             "guide": pd.Categorical(guide, categories=order),

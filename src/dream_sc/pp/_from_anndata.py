@@ -6,7 +6,6 @@ import logging
 import warnings
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 from anndata import AnnData
 from mudata import MuData
@@ -94,13 +93,18 @@ def from_anndata(
     if target_key is not None and target_key in obs.columns:
         target = obs[target_key].astype(object)
     elif guide_targets is not None:
-        mapping = pd.Series(dict(guide_targets) if isinstance(guide_targets, Mapping) else guide_targets)
+        mapping = pd.Series(
+            dict(guide_targets) if isinstance(guide_targets, Mapping) else guide_targets
+        )
         target = guide.map(mapping)
     else:
         V.check_obs_column(obs, str(target_key), "target_key", " or pass `guide_targets=`")
         raise AssertionError  # unreachable: the check raises
     labels = guide.astype(str).str.strip()
-    none = guide.isna().to_numpy() | labels.str.lower().isin([u.lower() for u in unassigned]).to_numpy()
+    none = (
+        guide.isna().to_numpy()
+        | labels.str.lower().isin([u.lower() for u in unassigned]).to_numpy()
+    )
     several = ~none & labels.str.contains("|", regex=False).to_numpy()
     keep = ~none & ~several
     no_target = keep & target.isna().to_numpy()
@@ -137,9 +141,11 @@ def from_anndata(
         warnings.simplefilter("ignore", FutureWarning)
         mdata = MuData({modality: kept})
     for column in global_obs.columns:
-        mdata.obs[column] = global_obs[column].to_numpy() if not isinstance(
-            global_obs[column].dtype, pd.CategoricalDtype
-        ) else global_obs[column].values
+        mdata.obs[column] = (
+            global_obs[column].to_numpy()
+            if not isinstance(global_obs[column].dtype, pd.CategoricalDtype)
+            else global_obs[column].values
+        )
     return mdata
 
 
