@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -317,5 +318,7 @@ def _labels(table: pd.DataFrame, targets: pd.Series, moi: str, control_label: st
 
 def _subset_cells(mdata: MuData, keep: np.ndarray) -> None:
     """Keep only the cells ``keep`` (aligned with ``mdata.obs_names``), in place."""
-    subset = mdata[keep].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # mudata 0.3 announces an update() change
+        subset = mdata[keep].copy()
     mdata._init_as_actual(subset)
