@@ -245,3 +245,33 @@ def test_gzip_text_helpers(tmp_path):
         handle.write("A\nB\n")
     shutil.copy(tmp_path / "b.tsv.gz", tmp_path / "c.tsv.gz")
     assert read_lines(tmp_path / "c.tsv.gz") == ["A", "B"]
+
+
+def test_other_feature_types_and_duplicated_gene_names(tmp_path):
+    from scipy import sparse
+
+    from dream_sc.datasets._write_formats import _write_h5
+
+    features = pd.DataFrame(
+        {
+            "id": ["ENSG1", "ENSG2", "A_1", "A_2", "NTC_1", "CD4"],
+            "name": ["TBCE", "TBCE", "A_1", "A_2", "NTC_1", "CD4_TotalSeqB"],
+            "feature_type": ["Gene Expression"] * 2
+            + ["CRISPR Guide Capture"] * 3
+            + ["Antibody Capture"],
+            "genome": ["GRCh38"] * 2 + [""] * 4,
+            "target_gene_id": ["", "", "ENSG9", "ENSG9", "Non-Targeting", ""],
+            "target_gene_name": ["", "", "A", "A", "Non-Targeting", ""],
+        }
+    )
+    counts = np.array([[1, 2, 40, 0, 0, 7], [0, 3, 0, 50, 1, 9], [4, 0, 0, 1, 30, 2]])
+    cells = pd.Index(["AAAC-1", "CCCG-1", "GGGT-1"])
+    _write_h5(tmp_path / "m.h5", sparse.csr_matrix(counts), cells, features)
+    mdata = ds.io.read_cellranger(tmp_path / "m.h5", guide_calls="umi_threshold", threshold=10)
+    assert sorted(mdata.mod) == ["guides", "prot", "rna"]
+    assert mdata["rna"].var_names.tolist() == ["TBCE", "TBCE-1"]
+    assert mdata["rna"].var["gene_ids"].tolist() == ["ENSG1", "ENSG2"]
+    np.testing.assert_array_equal(mdata["prot"].X.toarray().ravel(), [7, 9, 2])
+    assert mdata["guides"].var["target"].tolist() == ["A", "A", "ntc"]
+    assert mdata.obs["guide"].tolist() == ["A_1", "A_2", "NTC_1"]
+    assert mdata.obs["target"].tolist() == ["A", "A", "ntc"]

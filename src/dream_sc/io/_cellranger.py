@@ -129,7 +129,7 @@ def read_cellranger(
     for kind in pd.unique(types):
         if kind not in (GENE_EXPRESSION, GUIDE_CAPTURE):
             name = OTHER_TYPES.get(kind, str(kind).lower().replace(" ", "_"))
-            mods[name] = _subset(matrix, (types == kind).to_numpy(), unique_names=False)
+            mods[name] = _subset(matrix, (types == kind).to_numpy(), ids_if_duplicated=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         mdata = MuData(mods)
@@ -189,7 +189,8 @@ def _locate_calls(calls, run_folder: Path, guide_calls) -> Path | None:
     return None
 
 
-def _subset(matrix: TenxMatrix, mask: np.ndarray, *, unique_names: bool) -> AnnData:
+def _subset(matrix: TenxMatrix, mask: np.ndarray, *, ids_if_duplicated: bool = False) -> AnnData:
+    """Features ``mask`` as an AnnData named by feature name (by id if names repeat and asked)."""
     features = matrix.features.loc[mask]
     var = pd.DataFrame(
         {
@@ -200,20 +201,20 @@ def _subset(matrix: TenxMatrix, mask: np.ndarray, *, unique_names: bool) -> AnnD
     )
     if "genome" in features.columns:
         var["genome"] = features["genome"].to_numpy()
-    adata = AnnData(
-        X=matrix.counts[:, np.flatnonzero(mask)].astype(np.float32),
-        obs=pd.DataFrame(index=matrix.barcodes.copy()),
-        var=var,
-    )
-    if not unique_names and not adata.var_names.is_unique:
+    with warnings.catch_warnings():  # repeated gene names are made unique by the caller
+        warnings.filterwarnings("ignore", message="Variable names are not unique")
+        adata = AnnData(
+            X=matrix.counts[:, np.flatnonzero(mask)].astype(np.float32),
+            obs=pd.DataFrame(index=matrix.barcodes.copy()),
+            var=var,
+        )
+    if ids_if_duplicated and not adata.var_names.is_unique:
         adata.var_names = pd.Index(features["id"].to_numpy(dtype=object))
     return adata
 
 
 def _rna_modality(matrix: TenxMatrix) -> AnnData:
-    rna = _subset(
-        matrix, (matrix.features["feature_type"] == GENE_EXPRESSION).to_numpy(), unique_names=True
-    )
+    rna = _subset(matrix, (matrix.features["feature_type"] == GENE_EXPRESSION).to_numpy())
     if not rna.var_names.is_unique:
         n_dup = int(rna.var_names.duplicated().sum())
         rna.var_names_make_unique()
@@ -250,6 +251,6 @@ def _guides_modality(matrix, feature_reference, control_targets, control_label, 
         control_label=control_label,
         where=where,
     )
-    guides = _subset(matrix, mask, unique_names=True)
+    guides = _subset(matrix, mask)
     guides.var["target"] = targets.to_numpy(dtype=object)
     return guides

@@ -32,8 +32,9 @@ def guide_assignment(
 ) -> list[Axes] | Figure | None:
     """Quality control of guide calls: UMI distributions, thresholds and cells per guide.
 
-    Left: for every guide (one row), the number of cells per UMI count (colour, log scale; all
-    cells of the guide modality, bins 0, 1, 2, 3-4, 5-9, ... log-spaced), with the guide's call
+    Left: for every guide (one row), the number of cells per UMI count (colour, log scale; the
+    cells of the guide modality — after a low-MOI ``assign_guides`` only the kept ones —, bins
+    0, 1, 2, 3-4, 5-9, ... log-spaced), with the guide's call
     threshold as a red tick; a guide without threshold (never called) has none. Right: the
     number of cells kept with the guide after :func:`~dream_sc.pp.assign_guides`, controls in
     grey, targeting guides coloured by target.
