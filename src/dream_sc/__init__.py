@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, get, pl, pp, tl
+from . import datasets, get, io, pl, pp, tl
 from ._settings import settings
 
 try:
@@ -12,4 +12,4 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["datasets", "get", "pl", "pp", "settings", "tl", "__version__"]
+__all__ = ["datasets", "get", "io", "pl", "pp", "settings", "tl", "__version__"]

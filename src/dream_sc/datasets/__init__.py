@@ -2,5 +2,19 @@
 
 from ._example import example
 from ._simulate import simulate_screen, true_curve
+from ._write_formats import (
+    binomial_to_junctions,
+    write_cellranger,
+    write_gtf,
+    write_starsolo_junctions,
+)
 
-__all__ = ["example", "simulate_screen", "true_curve"]
+__all__ = [
+    "binomial_to_junctions",
+    "example",
+    "simulate_screen",
+    "true_curve",
+    "write_cellranger",
+    "write_gtf",
+    "write_starsolo_junctions",
+]

@@ -7,12 +7,14 @@
 - :func:`calibration`: QQ plot of observed against permutation-null scores.
 - :func:`loss`: ELBO traces with the convergence check.
 - :func:`prior_posterior`: the prior used against the posterior of one parameter.
+- :func:`guide_assignment`: guide UMI distributions with call thresholds, cells per guide.
 """
 
 from __future__ import annotations
 
 from ._cis import cis_dosage
 from ._dose_response import dose_response
+from ._guide_assignment import guide_assignment
 from ._loss import loss
 from ._panel import gene_splicing_panel
 from ._prior_posterior import prior_posterior
@@ -23,6 +25,7 @@ __all__ = [
     "cis_dosage",
     "dose_response",
     "gene_splicing_panel",
+    "guide_assignment",
     "loss",
     "prior_posterior",
     "trans_summary",
