@@ -203,7 +203,9 @@ def main(argv=None) -> None:
         )
     screen = ds.get.screen_results(mdata, modality="rna", alpha=args.alpha)
     print(f"settings: {vars(args)}")
-    print(f"\nexclusive wall seconds per target and sub-step (fit_screen total {mem.seconds:.1f} s)")
+    print(
+        f"\nexclusive wall seconds per target and sub-step (fit_screen total {mem.seconds:.1f} s)"
+    )
     print(markdown_table(timer.frame(), floatfmt=".1f"))
     print("\nexclusive CPU seconds (process time, all threads; less sensitive to other load)")
     print(markdown_table(timer.frame(cpu=True), floatfmt=".1f"))

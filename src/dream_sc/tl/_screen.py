@@ -83,9 +83,7 @@ def _step_values(value: Any, name: str, defaults: Mapping[str, Any]) -> dict[str
     if isinstance(value, Mapping):
         unknown = sorted(set(map(str, value)) - set(STEPS))
         if unknown:
-            raise ValueError(
-                f"{name} has unknown step(s) {unknown}; use keys from {list(STEPS)}."
-            )
+            raise ValueError(f"{name} has unknown step(s) {unknown}; use keys from {list(STEPS)}.")
         return {s: value.get(s, defaults[s]) for s in STEPS}
     if value is None:
         return dict(defaults)
@@ -96,13 +94,13 @@ def _check_kwargs(kwargs: Mapping | None, func, name: str) -> dict:
     if kwargs is None:
         return {}
     if not isinstance(kwargs, Mapping):
-        raise ValueError(f"{name} must be a dict of keyword arguments; got {type(kwargs).__name__}.")
+        raise ValueError(
+            f"{name} must be a dict of keyword arguments; got {type(kwargs).__name__}."
+        )
     allowed = set(inspect.signature(func).parameters)
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
-        raise ValueError(
-            f"{name} has argument(s) {unknown} that {func.__name__} does not take."
-        )
+        raise ValueError(f"{name} has argument(s) {unknown} that {func.__name__} does not take.")
     managed = sorted(set(kwargs) & _MANAGED)
     if managed:
         raise ValueError(
@@ -388,7 +386,11 @@ def fit_screen(
         "fingerprint": fingerprint(mdata, modality),
         "seed": seed,
         "settings": clean_params(
-            {k: v for k, v in params.items() if k not in ("progress", "copy", "checkpoint", "seed", "targets")}
+            {
+                k: v
+                for k, v in params.items()
+                if k not in ("progress", "copy", "checkpoint", "seed", "targets")
+            }
         ),
     }
     manifest = _jsonable(manifest)
@@ -565,7 +567,7 @@ def _fit_target(
     trans_kwargs,
     backend_kw,
 ) -> dict[str, float]:
-    """cis + trans fit of one target; returns its wall-clock seconds per step."""
+    """Cis + trans fit of one target; returns its wall-clock seconds per step."""
     t0 = time.perf_counter()
     cis_call = {
         "cis_feature": feature,

@@ -33,9 +33,7 @@ def _owns(name: str, prefix: str, others: Sequence[str]) -> bool:
     """``name`` belongs to ``prefix`` and not to a longer prefix in ``others``."""
     if name != prefix and not name.startswith(prefix + "_"):
         return False
-    return not any(
-        len(o) > len(prefix) and (name == o or name.startswith(o + "_")) for o in others
-    )
+    return not any(len(o) > len(prefix) and (name == o or name.startswith(o + "_")) for o in others)
 
 
 def _container(mdata: MuData, modality: str, level: str, attr: str):
