@@ -62,7 +62,7 @@ def _assert_same(a, b, path="value"):
     if isinstance(a, dict):
         assert set(a) == set(b), path
         for key in a:
-            if key in ("seconds",):
+            if key in ("seconds", "versions", "available_gb"):  # run environment, not results
                 continue
             _assert_same(a[key], b[key], f"{path}[{key!r}]")
     elif isinstance(a, pd.DataFrame):
@@ -226,6 +226,20 @@ def test_screen_results_pool_every_target(fitted):
         )
         assert (p["significant"] == (p["qvalue"] < 0.1)).all()
         assert (p.loc[~p["fitted"], "qvalue"].isna()).all()
+
+
+def test_screen_survives_h5mu_round_trip(fitted, tmp_path):
+    import mudata
+
+    path = tmp_path / "screen.h5mu"
+    fitted.write(path)
+    back = mudata.read_h5mu(path)
+    pd.testing.assert_frame_equal(
+        ds.get.screen_results(back, modality="rna"),
+        ds.get.screen_results(fitted, modality="rna"),
+        check_dtype=False,
+    )
+    assert list(back.uns["dream_screen"]["targets"]) == list(fitted.uns["dream_screen"]["targets"])
 
 
 def test_screen_heatmap_draws_the_screen_matrix(fitted):

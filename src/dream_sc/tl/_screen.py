@@ -343,6 +343,12 @@ def fit_screen(
     check_guide_columns(mdata, guide_key, target_key)
     control = V.check_control(obs, target_key, control_label)
     chosen = _resolve_targets(obs, target_key, control_label, targets, guide_key)
+    slashed = [t for t in chosen if "/" in t]
+    if slashed:
+        raise ValueError(
+            f"Target label(s) {slashed} contain '/', which cannot be part of a result key "
+            "(h5 paths); rename them in mdata.obs first."
+        )
     features = _resolve_cis_features(chosen, cis_feature, mdata[modality].var_names, modality)
     V.check_technical_groups(V.technical_labels(obs, technical_key), control, technical_key)
     used = control | obs[target_key].astype(str).isin(chosen).to_numpy()
