@@ -3,6 +3,8 @@
 - :func:`dose_response`: fitted curves with the data summarised per guide, on the dose scale.
 - :func:`gene_splicing_panel`: a gene's expression curve next to its junctions' PSI curves.
 - :func:`cis_dosage`: per-guide dosage posteriors.
+- :func:`screen_heatmap`: targets x features of a whole screen (:func:`screen_matrix` is its data).
+- :func:`screen_cis_dosage`: every target's guide dosages in one grid.
 - :func:`trans_summary`: volcano plot of a trans fit.
 - :func:`calibration`: QQ plot of observed against permutation-null scores.
 - :func:`loss`: ELBO traces with the convergence check.
@@ -18,6 +20,7 @@ from ._guide_assignment import guide_assignment
 from ._loss import loss
 from ._panel import gene_splicing_panel
 from ._prior_posterior import prior_posterior
+from ._screen import screen_cis_dosage, screen_heatmap, screen_matrix
 from ._summary import calibration, trans_summary
 
 __all__ = [
@@ -28,5 +31,8 @@ __all__ = [
     "guide_assignment",
     "loss",
     "prior_posterior",
+    "screen_cis_dosage",
+    "screen_heatmap",
+    "screen_matrix",
     "trans_summary",
 ]

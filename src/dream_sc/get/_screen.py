@@ -1,0 +1,239 @@
+"""``get.screen_results``: one table over every target of a screen, FDR controlled screen-wide."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from mudata import MuData
+
+from .. import _validation as V
+from ..models.significance import DECOY_PSEUDOCOUNT
+from ._tables import trans_results
+
+
+def pooled_decoy_qvalues(
+    scores: Sequence[np.ndarray],
+    null_scores: Sequence[np.ndarray],
+    n_null_sets: Sequence[int],
+    pseudocount: float = DECOY_PSEUDOCOUNT,
+) -> list[np.ndarray]:
+    """Target-decoy q-values over several fits pooled into one FDR estimate.
+
+    Fit ``t`` contributes its observed scores and its null (decoy) scores from
+    ``n_null_sets[t]`` null fits; each null score of fit ``t`` counts ``1 / n_null_sets[t]``
+    expected false discoveries, so fits with different numbers of permutations are pooled on
+    one scale. For a threshold ``s`` the screen-wide FDR is estimated as
+
+    ``FDR(s) = (c / m_min + sum_t #{null_t >= s} / m_t) / max(1, #{observed >= s})``
+
+    with observed scores counted over all fits, ``m_t = n_null_sets[t]`` and
+    ``m_min = min_t m_t`` (the pseudo-count ``c`` of
+    :func:`~dream_sc.models.significance.decoy_qvalues`, on the scale of the fit with the fewest
+    null sets: the conservative choice). With a single fit, or equal ``m_t``, this is exactly
+    ``decoy_qvalues`` of the pooled scores. q-values are the running minimum of the FDR over all
+    thresholds at or below a score, capped at 1; non-finite scores get q = 1.
+
+    Parameters
+    ----------
+    scores
+        Observed scores, one array per fit.
+    null_scores
+        Null scores of each fit (any shape; flattened).
+    n_null_sets
+        Number of null fits behind each entry of ``null_scores``.
+    pseudocount
+        ``c`` above.
+
+    Returns
+    -------
+    q-values, one array per fit (shapes of ``scores``).
+
+    Examples
+    --------
+    >>> q = pooled_decoy_qvalues(
+    ...     [np.array([10.0, 0.1]), np.array([9.0])], [np.array([0.5]), np.array([0.2, 0.3])], [1, 2]
+    ... )
+    >>> [x.round(3).tolist() for x in q]
+    [[0.5, 1.0], [0.5]]
+    """
+    if not (len(scores) == len(null_scores) == len(n_null_sets)) or not len(scores):
+        raise ValueError("scores, null_scores and n_null_sets need one entry per fit.")
+    m = np.asarray(n_null_sets, dtype=np.float64)
+    if (m < 1).any():
+        raise ValueError(f"n_null_sets must be >= 1; got {list(n_null_sets)}.")
+    obs = [np.asarray(s, dtype=np.float64) for s in scores]
+    null_v, null_w = [], []
+    for values, mt in zip(null_scores, m, strict=True):
+        values = np.asarray(values, dtype=np.float64).ravel()
+        values = values[np.isfinite(values)]
+        null_v.append(values)
+        null_w.append(np.full(len(values), 1.0 / mt))
+    null = np.concatenate(null_v)
+    order = np.argsort(null, kind="stable")
+    null, weight = null[order], np.concatenate(null_w)[order]
+    tail = np.append(np.cumsum(weight[::-1])[::-1], 0.0)  # tail[i] = weight of null[i:]
+    flat = np.concatenate(obs)
+    q = np.ones_like(flat)
+    finite = np.isfinite(flat)
+    if finite.any():
+        values = flat[finite]
+        order = np.argsort(-values, kind="stable")
+        s = values[order]
+        # observed scores >= s, ties sharing the count of the last one
+        n_ge = np.searchsorted(-s, -s, side="right")
+        null_ge = tail[np.searchsorted(null, s, side="left")]
+        fdr = np.minimum((pseudocount / m.min() + null_ge) / np.maximum(n_ge, 1), 1.0)
+        q_sorted = np.minimum.accumulate(fdr[::-1])[::-1]
+        out = np.empty_like(values)
+        out[order] = q_sorted
+        q[finite] = out
+    bounds = np.cumsum([0] + [len(o) for o in obs])
+    return [q[a:b].reshape(o.shape) for a, b, o in zip(bounds[:-1], bounds[1:], obs, strict=True)]
+
+
+def _screen_record(mdata: MuData, modality: str, key: str) -> dict:
+    if key not in mdata.uns:
+        raise KeyError(
+            f"No screen record {key!r} in mdata.uns; run `ds.tl.fit_screen(mdata, "
+            f"modality={modality!r})` first or pass `key=`."
+        )
+    record = mdata.uns[key]
+    if str(record.get("modality", modality)) != modality:
+        raise ValueError(
+            f"The screen {key!r} was fitted on modality {record['modality']!r}, not "
+            f"{modality!r}; pass modality={record['modality']!r} or the key of that screen."
+        )
+    return record
+
+
+def _n_null_sets(null: np.ndarray, record: dict) -> int:
+    if null.ndim == 2:
+        return int(null.shape[0])
+    return int(record.get("params", {}).get("n_permutations", 1))
+
+
+def screen_results(
+    mdata: MuData,
+    *,
+    modality: str = "rna",
+    key: str = "dream_screen",
+    alpha: float = 0.1,
+    targets: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Trans results of every target of a screen, with q-values controlling the screen's FDR.
+
+    Each target's table is :func:`~dream_sc.get.trans_results` of its trans fit. The per-target
+    q-values only control the FDR within a target; across a screen of many targets most calls
+    would come from the targets with the most features above their nulls. Here the observed
+    scores and the stored permutation null scores (``null_scores`` of each trans record) of
+    all targets are pooled into one target-decoy estimate (see :func:`pooled_decoy_qvalues`;
+    targets with different numbers of permutations are weighted per null fit), which controls
+    the FDR over all (target, feature) pairs. The same is done for the non-monotonic evidence,
+    and ``shape`` is called again from the screen-wide values.
+
+    Parameters
+    ----------
+    mdata
+        A screen fitted with :func:`dream_sc.tl.fit_screen` (with significance testing).
+    modality
+        The modality the screen was fitted on.
+    key
+        ``key_added`` of the screen.
+    alpha
+        ``significant = qvalue < alpha``.
+    targets
+        Subset of the screen's targets (the FDR is then controlled over those).
+
+    Returns
+    -------
+    Long DataFrame, one row per (target, feature): ``target``, ``feature``, every
+    ``trans_results`` column with ``qvalue``, ``qvalue_non_monotonic``, ``significant`` and
+    ``shape`` screen-wide, plus the per-target ``qvalue_target``,
+    ``qvalue_non_monotonic_target``, ``significant_target``, ``shape_target``. Features a fit
+    left out (``fitted`` False) keep NaN q-values.
+
+    Examples
+    --------
+    >>> import dream_sc as ds
+    >>> mdata = ds.datasets.simulate_screen(n_cells=400, n_genes=20, n_targets=2, seed=0)
+    >>> ds.tl.fit_screen(mdata, n_steps=30, progress=False)  # doctest: +SKIP
+    >>> ds.get.screen_results(mdata).columns[:2].tolist()  # doctest: +SKIP
+    ['target', 'feature']
+    """
+    V.check_mudata(mdata)
+    V.check_modality(mdata, modality)
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1); got {alpha}.")
+    record = _screen_record(mdata, modality, key)
+    screen_targets = [str(t) for t in record["targets"]]
+    keys = dict(zip(screen_targets, [str(k) for k in record["trans_keys"]], strict=True))
+    if targets is None:
+        chosen = screen_targets
+    else:
+        chosen = [str(t) for t in ([targets] if isinstance(targets, str) else targets)]
+        unknown = [t for t in chosen if t not in keys]
+        if unknown:
+            raise ValueError(
+                f"Target(s) {unknown} are not part of the screen {key!r}; its targets: "
+                f"{screen_targets}."
+            )
+    adata = mdata[modality]
+    tables, nulls = [], []
+    untested = []
+    for target in chosen:
+        table = trans_results(mdata, modality=modality, key=keys[target])
+        trans = adata.uns[keys[target]]
+        if "null_scores" not in trans:
+            untested.append(target)
+            continue
+        tables.append(table)
+        nulls.append(trans)
+    if untested:
+        raise ValueError(
+            f"The trans fits of target(s) {untested} have no permutation null, so no "
+            "screen-wide q-values can be computed; run `ds.tl.test_trans(mdata, "
+            f"modality={modality!r}, key=...)` for each of "
+            f"{[keys[t] for t in untested]}."
+        )
+    fitted = [t["fitted"].to_numpy(dtype=bool) for t in tables]
+    out = {}
+    for column, null_key in (
+        ("score", "null_scores"),
+        ("non_monotonic_score", "null_non_monotonic_scores"),
+    ):
+        null = [np.asarray(r[null_key], dtype=np.float64) for r in nulls]
+        q = pooled_decoy_qvalues(
+            [t[column].to_numpy(dtype=np.float64)[f] for t, f in zip(tables, fitted, strict=True)],
+            null,
+            [_n_null_sets(n, r) for n, r in zip(null, nulls, strict=True)],
+        )
+        full = []
+        for qt, f in zip(q, fitted, strict=True):
+            column_q = np.full(len(f), np.nan)
+            column_q[f] = qt
+            full.append(column_q)
+        out[column] = full
+    frames = []
+    for target, table, f, q, q_nm in zip(
+        chosen, tables, fitted, out["score"], out["non_monotonic_score"], strict=True
+    ):
+        frame = table.copy()
+        for name in ("qvalue", "qvalue_non_monotonic", "significant", "shape"):
+            frame[f"{name}_target"] = frame[name]
+        significant = f & (q < alpha)
+        non_mono = significant & (q_nm < alpha) & (frame["prob_non_monotonic"].to_numpy() >= 0.5)
+        shape = np.where(frame["response_mean"].to_numpy() > 0, "increasing", "decreasing")
+        shape = shape.astype(object)
+        shape[non_mono] = "non_monotonic"
+        shape[~significant] = "flat"
+        shape[~f] = "not_fitted"
+        frame["qvalue"] = q
+        frame["qvalue_non_monotonic"] = q_nm
+        frame["significant"] = significant
+        frame["shape"] = shape.astype(str)
+        frame.insert(0, "feature", frame.index.astype(str))
+        frame.insert(0, "target", target)
+        frames.append(frame.reset_index(drop=True))
+    return pd.concat(frames, ignore_index=True)

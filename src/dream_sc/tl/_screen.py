@@ -1,0 +1,612 @@
+"""``tl.fit_screen``: every target of a screen in one call (technical once, cis + trans each)."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mudata import MuData
+from tqdm.auto import tqdm
+
+from .. import _validation as V
+from .._registration import get_registration
+from .._settings import settings
+from ._cells import check_guide_columns, sum_factor_values
+from ._cis import fit_cis
+from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
+from ._screen_store import Checkpoint, apply, capture, drop, fingerprint
+from ._technical import fit_technical
+from ._trans import fit_trans
+
+logger = logging.getLogger("dream_sc")
+
+STEPS = ("technical", "cis", "trans")
+FUNCTIONS = ("single_hill", "additive_hill", "polynomial")
+BACKENDS = ("local", "dask")
+#: Steps of each fit when ``n_steps=None`` (``None`` = that function's own default).
+SCREEN_N_STEPS: dict[str, int | None] = {"technical": None, "cis": None, "trans": None}
+#: Arguments fit_screen sets itself; not allowed in ``*_kwargs``.
+_MANAGED = {
+    "mdata",
+    "modality",
+    "technical_key",
+    "cis_feature",
+    "cis_target",
+    "cis_key",
+    "function",
+    "technical_key_added",
+    "guide_key",
+    "target_key",
+    "control_label",
+    "sum_factor_key",
+    "layer",
+    "n_steps",
+    "batch_size",
+    "n_samples",
+    "seed",
+    "device",
+    "progress",
+    "key_added",
+    "copy",
+    "checkpoint",
+    "backend",
+    "client",
+    "guide_targets",
+    "guide_assignment_key",
+}
+#: Keys of a stored technical run record compared before reusing it.
+_NOT_COMPARED = {"progress", "copy", "checkpoint", "key_added", "client"}
+
+
+def target_seed(seed: int, target: str) -> int:
+    """Seed of one target's cis and trans fits, from the screen seed and the target name only.
+
+    Results for a target therefore do not depend on which other targets are in the call.
+
+    Examples
+    --------
+    >>> target_seed(0, "GFI1B") == target_seed(0, "GFI1B")
+    True
+    """
+    digest = hashlib.sha256(f"{int(seed)}\x1f{target}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**31 - 1)
+
+
+def _step_values(value: Any, name: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``value`` for every step: one value for all, or a mapping step -> value."""
+    if isinstance(value, Mapping):
+        unknown = sorted(set(map(str, value)) - set(STEPS))
+        if unknown:
+            raise ValueError(f"{name} has unknown step(s) {unknown}; use keys from {list(STEPS)}.")
+        return {s: value.get(s, defaults[s]) for s in STEPS}
+    if value is None:
+        return dict(defaults)
+    return dict.fromkeys(STEPS, value)
+
+
+def _check_kwargs(kwargs: Mapping | None, func, name: str) -> dict:
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(
+            f"{name} must be a dict of keyword arguments; got {type(kwargs).__name__}."
+        )
+    allowed = set(inspect.signature(func).parameters)
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ValueError(f"{name} has argument(s) {unknown} that {func.__name__} does not take.")
+    managed = sorted(set(kwargs) & _MANAGED)
+    if managed:
+        raise ValueError(
+            f"{name} sets {managed}, which fit_screen manages; pass them to fit_screen itself "
+            "(or fit single targets with the step functions)."
+        )
+    return dict(kwargs)
+
+
+def _backend_kwargs(backend: str, client: Any) -> dict:
+    """``backend`` / ``client`` for fit_technical and fit_trans (only when not local)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}; got {backend!r}.")
+    if backend == "local":
+        if client is not None:
+            raise ValueError("client= is only used with backend='dask'.")
+        return {}
+    for func in (fit_technical, fit_trans):
+        params = inspect.signature(func).parameters
+        if "backend" not in params or "client" not in params:
+            raise ValueError(
+                f"backend={backend!r} needs {func.__name__} with `backend=`/`client=` keywords, "
+                "which this version of dream_sc does not have; use backend='local'."
+            )
+    return {"backend": backend, "client": client}
+
+
+def _resolve_targets(obs, target_key, control_label, targets, guide_key) -> list[str]:
+    labels = obs[target_key].astype(str)
+    present = [t for t in pd.unique(labels) if t != control_label]
+    if targets is None:
+        chosen = sorted(present)
+    else:
+        if isinstance(targets, str):
+            targets = [targets]
+        chosen = [str(t) for t in targets]
+        dup = sorted({t for t in chosen if chosen.count(t) > 1})
+        if dup:
+            raise ValueError(f"targets lists {dup} more than once.")
+        if control_label in chosen:
+            raise ValueError(
+                f"targets includes the control label {control_label!r}; controls are the "
+                "reference of every target, not a target."
+            )
+        missing = [t for t in chosen if t not in present]
+        if missing:
+            raise ValueError(
+                f"Target(s) {missing} have no cells in mdata.obs[{target_key!r}]."
+                + V._suggest(missing[0], present)
+            )
+    if not chosen:
+        raise ValueError(f"No targets to fit: mdata.obs[{target_key!r}] holds only controls.")
+    guides = obs[guide_key].astype(str)
+    few = {t: int(guides[(labels == t).to_numpy()].nunique()) for t in chosen}
+    few = {t: n for t, n in few.items() if n < 2}
+    if few:
+        raise ValueError(
+            f"Target(s) {sorted(few)} have fewer than 2 guides ({few}); a cis fit needs at least "
+            "2 guides. Leave them out with `targets=`."
+        )
+    return chosen
+
+
+def _resolve_cis_features(chosen, cis_feature, var_names, modality) -> dict[str, str]:
+    if cis_feature is None:
+        mapping = {}
+    elif isinstance(cis_feature, Mapping):
+        mapping = {str(k): str(v) for k, v in cis_feature.items()}
+        extra = sorted(set(mapping) - set(chosen))
+        if extra:
+            raise ValueError(f"cis_feature maps target(s) {extra} that are not fitted.")
+    else:
+        raise ValueError(
+            "cis_feature must be None (each target's name is its cis feature) or a dict "
+            f"target -> feature of {modality!r}; got {type(cis_feature).__name__}."
+        )
+    features = {t: mapping.get(t, t) for t in chosen}
+    absent = {t: f for t, f in features.items() if f not in var_names}
+    if absent:
+        raise KeyError(
+            f"The cis feature of target(s) {sorted(absent)} ({absent}) is not a feature of "
+            f"modality {modality!r}. Pass `cis_feature={{target: feature}}` naming the targeted "
+            "gene in that modality, or leave the target out with `targets=`."
+        )
+    return features
+
+
+def _technical_matches(mdata: MuData, modality: str, key: str, call: dict) -> bool:
+    """A stored technical fit under ``key`` ran with exactly the settings of ``call``."""
+    adata = mdata[modality]
+    if key not in adata.uns or key not in adata.varm:
+        return False
+    stored = adata.uns[key].get("params", {})
+    wanted = clean_params({k: v for k, v in call.items() if k not in _NOT_COMPARED})
+    return all(k in stored and str(stored[k]) == str(v) for k, v in wanted.items())
+
+
+def fit_screen(
+    mdata: MuData,
+    *,
+    modality: str = "rna",
+    targets: Sequence[str] | None = None,
+    technical_key: str | Sequence[str] | None = "cell_line",
+    cis_feature: Mapping[str, str] | None = None,
+    function: str = "additive_hill",
+    guide_key: str = "guide",
+    target_key: str = "target",
+    control_label: str = "ntc",
+    sum_factor_key: str = "sum_factor",
+    layer: str | None = None,
+    n_steps: int | Mapping[str, int] | None = None,
+    batch_size: int | None = None,
+    n_samples: int | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+    progress: bool | None = None,
+    key_added: str = "dream_screen",
+    technical_key_added: str = "dream_technical",
+    cis_prefix: str = "dream_cis",
+    trans_prefix: str = "dream_trans",
+    technical_kwargs: Mapping[str, Any] | None = None,
+    cis_kwargs: Mapping[str, Any] | None = None,
+    trans_kwargs: Mapping[str, Any] | None = None,
+    checkpoint: str | None = None,
+    backend: str = "local",
+    client: Any = None,
+    copy: bool = False,
+) -> MuData | None:
+    """Fit every target of a low-MOI screen: one technical fit, then cis + trans per target.
+
+    1. Technical fit of ``modality`` (:func:`~dream_sc.tl.fit_technical`, control cells) under
+       ``technical_key_added``. A fit already stored there with exactly the same settings
+       (every argument fit_screen would pass, seed included) is reused instead of refitted.
+    2. For each target ``t`` (sorted by name; all non-control targets by default):
+       :func:`~dream_sc.tl.fit_cis` with ``cis_target=t`` under ``f"{cis_prefix}_{t}"`` and
+       :func:`~dream_sc.tl.fit_trans` with that ``cis_key`` under ``f"{trans_prefix}_{t}"``.
+       The cis fit uses only the cells of ``t`` and the controls (cells of other targets hold
+       NaN in its columns), and the trans fit uses exactly the cells with a cis dosage, so no
+       target's results depend on other targets' cells.
+
+    Every target gets its own seed, derived from ``seed`` and its name
+    (:func:`target_seed`): a target's results are the same whichever other targets are in the
+    call. One progress bar runs over the targets (the fits' own bars are off). Everything is
+    validated before any fit starts, and after an error (or an interrupt) the MuData is left as
+    it was; finished targets survive only in ``checkpoint``.
+
+    Parameters
+    ----------
+    mdata
+        The screen (low MOI: one guide per cell in ``obs[guide_key]``).
+    modality
+        Count (negbinom) modality holding the cis genes and fitted in step 3.
+    targets
+        Targets to fit (labels of ``obs[target_key]``); default all but ``control_label``.
+    technical_key
+        Technical covariate column(s) of step 1 (``None``: none).
+    cis_feature
+        ``None``: each target's label is its cis feature in ``modality``; a dict
+        ``target -> feature`` for targets whose gene is named otherwise (others keep their
+        label). A target whose cis feature is not in ``modality`` is an error.
+    function
+        Curve family of the trans fits.
+    guide_key, target_key, control_label, sum_factor_key, layer
+        As in the step functions.
+    n_steps
+        SVI steps: one number for all three steps, or a dict with keys ``"technical"``,
+        ``"cis"``, ``"trans"``; ``None`` uses :data:`SCREEN_N_STEPS` (missing / ``None``
+        entries: each function's default).
+    batch_size, n_samples
+        Passed to every step (``None``: automatic / ``settings.n_samples``).
+    seed
+        Seed of the technical fit and source of the per-target seeds (``None``:
+        ``settings.seed``, else a fresh seed; recorded).
+    device
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    progress
+        One bar over targets (``None``: ``settings.progress_bar``).
+    key_added
+        Where the screen record goes: ``mdata.uns[key_added]``.
+    technical_key_added, cis_prefix, trans_prefix
+        Key of the technical fit and prefixes of the per-target keys.
+    technical_kwargs, cis_kwargs, trans_kwargs
+        Further keyword arguments of :func:`~dream_sc.tl.fit_technical`,
+        :func:`~dream_sc.tl.fit_cis`, :func:`~dream_sc.tl.fit_trans` (e.g.
+        ``trans_kwargs={"n_permutations": 4}``); the arguments fit_screen sets itself are
+        refused.
+    checkpoint
+        Directory for resumable runs: the technical fit and each finished target are saved
+        there; a rerun with the same settings on the same data skips what is saved and
+        continues with the next unfinished target, ending with results identical to an
+        uninterrupted run. A directory written with other settings is refused.
+    backend, client
+        ``"local"`` (default) or ``"dask"`` with a ``dask.distributed`` client, passed to the
+        technical and trans fits (needs a dream_sc whose fits take them).
+    copy
+        Return a fitted copy instead of writing in place.
+
+    Returns
+    -------
+    ``None`` (or the fitted copy). Writes the step results under their keys (see
+    :doc:`/storage`) and ``mdata.uns[key_added]``: ``modality``, ``targets``,
+    ``cis_features``, ``cis_keys``, ``trans_keys``, ``seeds`` (per target),
+    ``technical_key_added``, ``technical`` (``"fitted"``, ``"reused"`` or ``"checkpoint"``),
+    ``timings`` (DataFrame, index = target: ``cis_seconds``, ``trans_seconds``,
+    ``seconds``, ``from_checkpoint``), ``technical_seconds``, ``seconds``, ``params``,
+    ``versions``.
+
+    Examples
+    --------
+    >>> import dream_sc as ds
+    >>> mdata = ds.datasets.simulate_screen(n_cells=400, n_genes=20, n_targets=2, seed=0)
+    >>> ds.tl.fit_screen(mdata, n_steps=30, trans_kwargs={"n_permutations": 1}, progress=False)
+    >>> sorted(mdata.uns["dream_screen"]["trans_keys"])  # doctest: +SKIP
+    """
+    params = {k: v for k, v in locals().items() if k not in ("mdata", "client")}
+    start = time.perf_counter()
+    # ---- validation: nothing is fitted or written before all of it passes ----
+    V.check_mudata(mdata)
+    V.check_modality(mdata, modality)
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError("key_added must be a non-empty string.")
+    if function not in FUNCTIONS:
+        raise ValueError(f"function must be one of {list(FUNCTIONS)}; got {function!r}.")
+    distribution = get_registration(mdata[modality], modality)["distribution"]
+    if distribution != "negbinom":
+        raise ValueError(
+            f"fit_screen needs a count (negbinom) modality holding the cis genes; {modality!r} "
+            f"is {distribution}."
+        )
+    backend_kw = _backend_kwargs(backend, client)
+    technical_kwargs = _check_kwargs(technical_kwargs, fit_technical, "technical_kwargs")
+    cis_kwargs = _check_kwargs(cis_kwargs, fit_cis, "cis_kwargs")
+    trans_kwargs = _check_kwargs(trans_kwargs, fit_trans, "trans_kwargs")
+    steps = _step_values(n_steps, "n_steps", SCREEN_N_STEPS)
+    for value in steps.values():
+        if value is not None:
+            V.check_fit_settings(n_steps=value)
+    V.check_fit_settings(batch_size=batch_size, n_samples=n_samples)
+    obs = mdata.obs
+    check_guide_columns(mdata, guide_key, target_key)
+    control = V.check_control(obs, target_key, control_label)
+    chosen = _resolve_targets(obs, target_key, control_label, targets, guide_key)
+    slashed = [t for t in chosen if "/" in t]
+    if slashed:
+        raise ValueError(
+            f"Target label(s) {slashed} contain '/', which cannot be part of a result key "
+            "(h5 paths); rename them in mdata.obs first."
+        )
+    features = _resolve_cis_features(chosen, cis_feature, mdata[modality].var_names, modality)
+    V.check_technical_groups(V.technical_labels(obs, technical_key), control, technical_key)
+    used = control | obs[target_key].astype(str).isin(chosen).to_numpy()
+    sf = sum_factor_values(mdata, sum_factor_key)
+    V.check_sum_factors(sf[used], sum_factor_key)
+    dev = str(resolve_device(device))
+    n_samples = int(n_samples or settings.n_samples)
+    cis_keys = {t: f"{cis_prefix}_{t}" for t in chosen}
+    trans_keys = {t: f"{trans_prefix}_{t}" for t in chosen}
+    store = Checkpoint(checkpoint) if checkpoint is not None else None
+    stored_manifest = None
+    if store is not None:
+        store.check_path()
+        stored_manifest = store.manifest()
+    if seed is None and stored_manifest is not None:
+        seed = int(stored_manifest["seed"])  # resume a run whose seed was drawn
+    seed = resolve_seed(seed)
+    common = {
+        "guide_key": guide_key,
+        "target_key": target_key,
+        "control_label": control_label,
+        "sum_factor_key": sum_factor_key,
+        "layer": layer,
+        "batch_size": batch_size,
+        "n_samples": n_samples,
+        "device": dev,
+        "progress": False,
+    }
+    tech_call = {
+        "modality": modality,
+        "technical_key": technical_key,
+        **common,
+        "seed": seed,
+        "key_added": technical_key_added,
+        **technical_kwargs,
+        **backend_kw,
+    }
+    if steps["technical"] is not None:
+        tech_call["n_steps"] = steps["technical"]
+    manifest = {
+        "fingerprint": fingerprint(mdata, modality),
+        "seed": seed,
+        "settings": clean_params(
+            {
+                k: v
+                for k, v in params.items()
+                if k not in ("progress", "copy", "checkpoint", "seed", "targets")
+            }
+        ),
+    }
+    manifest = _jsonable(manifest)
+    if stored_manifest is not None and stored_manifest != manifest:
+        raise ValueError(
+            f"checkpoint {checkpoint!r} was written by a run with other settings or data; "
+            "rerun with the same arguments, or use a new checkpoint directory."
+        )
+    # ---- work ----
+    target_mdata = mdata.copy() if copy else mdata
+    prefixes = [technical_key_added, key_added, *cis_keys.values(), *trans_keys.values()]
+    before = {p: capture(target_mdata, modality, p, prefixes) for p in prefixes}
+    try:
+        record = _run(
+            target_mdata,
+            modality=modality,
+            chosen=chosen,
+            features=features,
+            function=function,
+            steps=steps,
+            common=common,
+            seed=seed,
+            tech_call=tech_call,
+            technical_key_added=technical_key_added,
+            cis_keys=cis_keys,
+            trans_keys=trans_keys,
+            cis_kwargs=cis_kwargs,
+            trans_kwargs=trans_kwargs,
+            backend_kw=backend_kw,
+            store=store,
+            manifest=manifest,
+            prefixes=prefixes,
+            show=resolve_progress(progress),
+        )
+    except BaseException:
+        if not copy:
+            for p in prefixes:
+                drop(target_mdata, modality, p, prefixes)
+            for pieces in before.values():
+                apply(target_mdata, modality, pieces)
+        raise
+    params.update(seed=seed, device=dev, n_samples=n_samples, targets=chosen)
+    record.update(
+        modality=modality,
+        seconds=float(time.perf_counter() - start),
+        params=clean_params(params),
+        versions=versions(),
+    )
+    target_mdata.uns[key_added] = record
+    logger.info("fit_screen: %d targets in %.1fs", len(chosen), record["seconds"])
+    return target_mdata if copy else None
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def _run(
+    mdata: MuData,
+    *,
+    modality,
+    chosen,
+    features,
+    function,
+    steps,
+    common,
+    seed,
+    tech_call,
+    technical_key_added,
+    cis_keys,
+    trans_keys,
+    cis_kwargs,
+    trans_kwargs,
+    backend_kw,
+    store,
+    manifest,
+    prefixes,
+    show,
+) -> dict:
+    """The fits themselves (validated input); returns the screen record without settings."""
+    if store is not None:
+        store.start(manifest)
+    # step 1: one technical fit, reused when stored with the same settings
+    tech_seconds = 0.0
+    saved = store.load("__technical__") if store is not None else None
+    if saved is not None:
+        drop(mdata, modality, technical_key_added, prefixes)
+        apply(mdata, modality, saved["pieces"])
+        tech_seconds, technical = float(saved["seconds"]), "checkpoint"
+    elif _technical_matches(mdata, modality, technical_key_added, tech_call):
+        technical = "reused"
+    else:
+        t0 = time.perf_counter()
+        fit_technical(mdata, **tech_call)
+        tech_seconds, technical = time.perf_counter() - t0, "fitted"
+    if store is not None and saved is None:
+        pieces = capture(mdata, modality, technical_key_added, prefixes)
+        store.save("__technical__", {"pieces": pieces, "seconds": tech_seconds})
+    # step 2 + 3 per target
+    rows, seeds = [], {}
+    bar = tqdm(chosen, desc="fit_screen", unit="target", disable=not show)
+    for target in bar:
+        bar.set_postfix_str(target)
+        seeds[target] = target_seed(seed, target)
+        saved = store.load(target) if store is not None else None
+        if saved is not None:
+            for key in (cis_keys[target], trans_keys[target]):
+                drop(mdata, modality, key, prefixes)
+            apply(mdata, modality, saved["pieces"])
+            rows.append({**saved["timing"], "from_checkpoint": True})
+            continue
+        timing = _fit_target(
+            mdata,
+            modality=modality,
+            target=target,
+            feature=features[target],
+            function=function,
+            steps=steps,
+            common=common,
+            seed=seeds[target],
+            technical_key_added=technical_key_added,
+            cis_key=cis_keys[target],
+            trans_key=trans_keys[target],
+            cis_kwargs=cis_kwargs,
+            trans_kwargs=trans_kwargs,
+            backend_kw=backend_kw,
+        )
+        if store is not None:
+            pieces = {}
+            for key in (cis_keys[target], trans_keys[target]):
+                for where, entries in capture(mdata, modality, key, prefixes).items():
+                    pieces.setdefault(where, {}).update(entries)
+            store.save(target, {"pieces": pieces, "timing": timing})
+        rows.append({**timing, "from_checkpoint": False})
+    bar.close()
+    timings = pd.DataFrame(rows, index=pd.Index(chosen, name="target"))
+    return {
+        "targets": list(chosen),
+        "cis_features": [features[t] for t in chosen],
+        "cis_keys": [cis_keys[t] for t in chosen],
+        "trans_keys": [trans_keys[t] for t in chosen],
+        "seeds": np.array([seeds[t] for t in chosen], dtype=np.int64),
+        "technical_key_added": technical_key_added,
+        "technical": technical,
+        "technical_seconds": float(tech_seconds),
+        "timings": timings,
+    }
+
+
+def _fit_target(
+    mdata: MuData,
+    *,
+    modality,
+    target,
+    feature,
+    function,
+    steps,
+    common,
+    seed,
+    technical_key_added,
+    cis_key,
+    trans_key,
+    cis_kwargs,
+    trans_kwargs,
+    backend_kw,
+) -> dict[str, float]:
+    """Cis + trans fit of one target; returns its wall-clock seconds per step."""
+    t0 = time.perf_counter()
+    cis_call = {
+        "cis_feature": feature,
+        "modality": modality,
+        "cis_target": target,
+        "technical_key_added": technical_key_added,
+        **common,
+        "seed": seed,
+        "key_added": cis_key,
+        **cis_kwargs,
+    }
+    if steps["cis"] is not None:
+        cis_call["n_steps"] = steps["cis"]
+    fit_cis(mdata, **cis_call)
+    t1 = time.perf_counter()
+    trans_call = {
+        "modality": modality,
+        "function": function,
+        "cis_key": cis_key,
+        "technical_key_added": technical_key_added,
+        "sum_factor_key": common["sum_factor_key"],
+        "layer": common["layer"],
+        "batch_size": common["batch_size"],
+        "n_samples": common["n_samples"],
+        "device": common["device"],
+        "progress": False,
+        "seed": seed,
+        "key_added": trans_key,
+        **trans_kwargs,
+        **backend_kw,
+    }
+    if steps["trans"] is not None:
+        trans_call["n_steps"] = steps["trans"]
+    fit_trans(mdata, **trans_call)
+    t2 = time.perf_counter()
+    return {"cis_seconds": t1 - t0, "trans_seconds": t2 - t1, "seconds": t2 - t0}
