@@ -283,6 +283,10 @@ def test_errors_before_any_work():
         ds.tl.fit_screen(mdata, **{**SETTINGS, "trans_kwargs": {"seed": 1}})
     with pytest.raises(ValueError, match="n_steps has unknown step"):
         ds.tl.fit_screen(mdata, **{**SETTINGS, "n_steps": {"tech": 5}})
+    slashed = mdata.copy()
+    slashed.obs["target"] = slashed.obs["target"].astype(str).replace("GFI1B", "GF/I1B")
+    with pytest.raises(ValueError, match="contain '/'"):
+        ds.tl.fit_screen(slashed, **SETTINGS)
     with pytest.raises(KeyError, match="No screen record"):
         ds.get.screen_results(mdata)
     assert (set(mdata.uns), set(mdata.obs.columns)) == before

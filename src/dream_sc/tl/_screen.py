@@ -313,7 +313,8 @@ def fit_screen(
     >>> import dream_sc as ds
     >>> mdata = ds.datasets.simulate_screen(n_cells=400, n_genes=20, n_targets=2, seed=0)
     >>> ds.tl.fit_screen(mdata, n_steps=30, trans_kwargs={"n_permutations": 1}, progress=False)
-    >>> sorted(mdata.uns["dream_screen"]["trans_keys"])  # doctest: +SKIP
+    >>> list(mdata.uns["dream_screen"]["trans_keys"])
+    ['dream_trans_GEMIN5', 'dream_trans_GFI1B']
     """
     params = {k: v for k, v in locals().items() if k not in ("mdata", "client")}
     start = time.perf_counter()
