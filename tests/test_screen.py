@@ -172,6 +172,10 @@ def test_stored_technical_fit_with_same_settings_is_reused(fitted):
     assert mdata.uns["dream_screen"]["technical"] == "reused"
     assert mdata["rna"].varm["dream_technical"] is technical
     _assert_target_equal(mdata, fitted, target)
+    # other technical settings (here: the step function's default n_steps) refit it
+    settings = {**SETTINGS, "n_steps": {"cis": 20, "trans": 20}}
+    ds.tl.fit_screen(mdata, targets=[target], **settings)
+    assert mdata.uns["dream_screen"]["technical"] == "fitted"
 
 
 def test_pooled_qvalues_by_hand():

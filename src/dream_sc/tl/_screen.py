@@ -194,7 +194,10 @@ def _technical_matches(mdata: MuData, modality: str, key: str, call: dict) -> bo
     if key not in adata.uns or key not in adata.varm:
         return False
     stored = adata.uns[key].get("params", {})
-    wanted = clean_params({k: v for k, v in call.items() if k not in _NOT_COMPARED})
+    bound = inspect.signature(fit_technical).bind(mdata, **call)
+    bound.apply_defaults()  # arguments left at their defaults must match too
+    full = {k: v for k, v in bound.arguments.items() if k != "mdata"}
+    wanted = clean_params({k: v for k, v in full.items() if k not in _NOT_COMPARED})
     return all(k in stored and str(stored[k]) == str(v) for k, v in wanted.items())
 
 
