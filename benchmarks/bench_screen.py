@@ -135,6 +135,21 @@ def accuracy(mdata, screen: pd.DataFrame, alpha: float) -> pd.DataFrame:
             if target == primary
             else np.zeros(len(part), bool)
         )
+        coverage = float("nan")
+        if target == primary:
+            var = mdata["rna"].var.loc[part.index]
+            lo, hi = mdata.uns[f"dream_cis_{target}"]["dose_range"]
+            clear = (
+                part["significant"].to_numpy()
+                & labels
+                & (var["true_function"] == "single_hill").to_numpy()
+                & var["true_K1"].between(lo, hi).to_numpy()
+            )
+            k = var["true_K1"].to_numpy()[clear]
+            inside = (part["ec50_q05"].to_numpy()[clear] <= k) & (
+                k <= part["ec50_q95"].to_numpy()[clear]
+            )
+            coverage = f"{int(inside.sum())}/{int(clear.sum())}"
         n_t, false_t, _ = discoveries(part["qvalue_target"], labels, alpha=alpha)
         n_s, false_s, _ = discoveries(part["qvalue"], labels, alpha=alpha)
         rows[target] = {
@@ -143,6 +158,7 @@ def accuracy(mdata, screen: pd.DataFrame, alpha: float) -> pd.DataFrame:
             "power": power(part["qvalue"], labels, alpha=alpha)
             if target == primary
             else float("nan"),
+            "ec50_90%_coverage": coverage,
             "calls_target_q": n_t,
             "false_target_q": false_t,
             "calls_screen_q": n_s,
@@ -164,6 +180,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, nargs=3, default=None, metavar=("TECH", "CIS", "TRANS"))
     p.add_argument("--permutations", type=int, default=None, help="null refits per target")
     p.add_argument("--no-refine", action="store_true", help="skip the interval refinement")
+    p.add_argument("--targets", nargs="+", default=None, help="subset of targets (default all)")
     p.add_argument("--function", default="additive_hill")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--alpha", type=float, default=0.1)
@@ -196,6 +213,7 @@ def main(argv=None) -> None:
             mdata,
             modality="rna",
             function=args.function,
+            targets=args.targets,
             seed=args.seed,
             trans_kwargs=trans_kwargs,
             progress=False,

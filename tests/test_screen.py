@@ -172,6 +172,10 @@ def test_stored_technical_fit_with_same_settings_is_reused(fitted):
     assert mdata.uns["dream_screen"]["technical"] == "reused"
     assert mdata["rna"].varm["dream_technical"] is technical
     _assert_target_equal(mdata, fitted, target)
+    # other technical settings (here: the step function's default n_steps) refit it
+    settings = {**SETTINGS, "n_steps": {"cis": 20, "trans": 20}}
+    ds.tl.fit_screen(mdata, targets=[target], **settings)
+    assert mdata.uns["dream_screen"]["technical"] == "fitted"
 
 
 def test_pooled_qvalues_by_hand():
@@ -283,6 +287,10 @@ def test_errors_before_any_work():
         ds.tl.fit_screen(mdata, **{**SETTINGS, "trans_kwargs": {"seed": 1}})
     with pytest.raises(ValueError, match="n_steps has unknown step"):
         ds.tl.fit_screen(mdata, **{**SETTINGS, "n_steps": {"tech": 5}})
+    slashed = mdata.copy()
+    slashed.obs["target"] = slashed.obs["target"].astype(str).replace("GFI1B", "GF/I1B")
+    with pytest.raises(ValueError, match="contain '/'"):
+        ds.tl.fit_screen(slashed, **SETTINGS)
     with pytest.raises(KeyError, match="No screen record"):
         ds.get.screen_results(mdata)
     assert (set(mdata.uns), set(mdata.obs.columns)) == before

@@ -194,7 +194,10 @@ def _technical_matches(mdata: MuData, modality: str, key: str, call: dict) -> bo
     if key not in adata.uns or key not in adata.varm:
         return False
     stored = adata.uns[key].get("params", {})
-    wanted = clean_params({k: v for k, v in call.items() if k not in _NOT_COMPARED})
+    bound = inspect.signature(fit_technical).bind(mdata, **call)
+    bound.apply_defaults()  # arguments left at their defaults must match too
+    full = {k: v for k, v in bound.arguments.items() if k != "mdata"}
+    wanted = clean_params({k: v for k, v in full.items() if k not in _NOT_COMPARED})
     return all(k in stored and str(stored[k]) == str(v) for k, v in wanted.items())
 
 
@@ -313,7 +316,8 @@ def fit_screen(
     >>> import dream_sc as ds
     >>> mdata = ds.datasets.simulate_screen(n_cells=400, n_genes=20, n_targets=2, seed=0)
     >>> ds.tl.fit_screen(mdata, n_steps=30, trans_kwargs={"n_permutations": 1}, progress=False)
-    >>> sorted(mdata.uns["dream_screen"]["trans_keys"])  # doctest: +SKIP
+    >>> list(mdata.uns["dream_screen"]["trans_keys"])
+    ['dream_trans_GEMIN5', 'dream_trans_GFI1B']
     """
     params = {k: v for k, v in locals().items() if k not in ("mdata", "client")}
     start = time.perf_counter()
