@@ -94,6 +94,10 @@ myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist", "at
 myst_heading_anchors = 3
 myst_dmath_double_inline = True
 nb_execution_mode = os.environ.get("DREAM_SC_NB_EXECUTION", "force")
+# The kernels inherit this process's environment; a non-interactive MPLBACKEND (CI exports
+# MPLBACKEND=agg) would keep ipykernel from choosing its inline backend and the pages would
+# show no figures.
+os.environ.pop("MPLBACKEND", None)
 nb_execution_raise_on_error = True  # a failing notebook fails the build (CI's notebook test)
 nb_execution_timeout = 1800  # seconds per cell; the slowest tutorial cell takes a few minutes
 nb_execution_show_tb = True
