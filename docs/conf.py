@@ -6,9 +6,12 @@ The build works offline. Intersphinx links to anndata, mudata, scanpy, Pyro, PyT
 pandas need the inventories from the internet, so intersphinx is only switched on when
 ``DREAM_SC_DOCS_ONLINE=1`` is set, or on Read the Docs (which sets ``READTHEDOCS=True``).
 
-The tutorial notebooks live in ``tutorials/`` at the repository root, where CI executes them
-with nbmake. They are copied into ``docs/_generated_tutorials/`` at the start of every build and
-rendered as committed (outputs stripped, never executed by Sphinx).
+The tutorial notebooks live in ``tutorials/`` at the repository root, stored without outputs.
+They are copied into ``docs/_generated_tutorials/`` at the start of every build and executed by
+myst-nb, so the pages show their figures and tables; a notebook error fails the build (this is
+CI's notebook test). ``DREAM_SC_NB_EXECUTION=cache`` reuses unchanged notebooks' outputs
+between local builds (jupyter-cache keys on the notebook only, not on the package code, so CI
+always forces execution); ``off`` renders them without outputs.
 """
 
 from __future__ import annotations
@@ -90,7 +93,14 @@ templates_path: list[str] = []
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist", "attrs_inline"]
 myst_heading_anchors = 3
 myst_dmath_double_inline = True
-nb_execution_mode = "off"  # notebooks are executed in CI by nbmake, never by Sphinx
+nb_execution_mode = os.environ.get("DREAM_SC_NB_EXECUTION", "force")
+# The kernels inherit this process's environment; a non-interactive MPLBACKEND (CI exports
+# MPLBACKEND=agg) would keep ipykernel from choosing its inline backend and the pages would
+# show no figures.
+os.environ.pop("MPLBACKEND", None)
+nb_execution_raise_on_error = True  # a failing notebook fails the build (CI's notebook test)
+nb_execution_timeout = 1800  # seconds per cell; the slowest tutorial cell takes a few minutes
+nb_execution_show_tb = True
 nb_merge_streams = True
 
 # -- autodoc / autosummary / napoleon ------------------------------------------------------

@@ -25,6 +25,8 @@ from dream_sc.tl import test_trans  # noqa: F401  (must not be collected as a te
         (0.004, "q004"),
         (0.0, "q00"),
         (1.0, "q100"),
+        (np.float32(0.05), "q05"),
+        (0.0001, "q0001"),
     ],
 )
 def test_quantile_names_are_exact(q, name):
@@ -51,11 +53,11 @@ def test_trans_curves_names_quantiles_without_rounding(fitted_screen):
 
 def test_trans_curves_rejects_quantiles_sharing_a_name(fitted_screen):
     message = (
-        "quantiles (0.1, 0.10000000000001) would share the column name 'q10' (names keep 10 "
-        "decimals); pass quantiles that differ in the first 10 decimals."
+        "quantiles (0.1, 0.1000001) would share the column name 'q10' (names keep 6 "
+        "decimals); pass quantiles that differ in the first 6 decimals."
     )
     with pytest.raises(ValueError, match=re.escape(message)):
-        ds.get.trans_curves(fitted_screen, dose=[1.0], quantiles=(0.1, 0.10000000000001))
+        ds.get.trans_curves(fitted_screen, dose=[1.0], quantiles=(0.1, 0.1000001))
 
 
 def test_imported_test_trans_is_not_collected(pytestconfig):

@@ -134,10 +134,10 @@ def trans_results(
 def _quantile_name(q: float) -> str:
     """Column name of quantile ``q``: its decimal digits, at least two (``q05``, ``q025``, ``q975``).
 
-    Exact up to 10 decimals (no rounding to whole percent): 0.025 -> ``q025``, 0.5 -> ``q50``,
-    0.001 -> ``q001``, 1 -> ``q100``.
+    Exact up to 6 decimals (no rounding to whole percent): 0.025 -> ``q025``, 0.5 -> ``q50``,
+    0.001 -> ``q001``, 1 -> ``q100``; a float32 0.05 is still ``q05``.
     """
-    text = f"{float(q):.10f}".rstrip("0")
+    text = f"{float(q):.6f}".rstrip("0")
     whole, digits = text.split(".")
     if whole == "1":
         return "q100"
@@ -208,7 +208,7 @@ def trans_curves(
     if _quantile_name(lo_q) == _quantile_name(hi_q):
         raise ValueError(
             f"quantiles {quantiles} would share the column name {_quantile_name(lo_q)!r} "
-            "(names keep 10 decimals); pass quantiles that differ in the first 10 decimals."
+            "(names keep 6 decimals); pass quantiles that differ in the first 6 decimals."
         )
     if dose is None and tuple(quantiles) == (0.05, 0.95):
         grid = np.asarray(record["dose_grid"])
