@@ -12,6 +12,7 @@ from mudata import MuData
 from .. import _validation as V
 from ..models.chunked import stable_keys
 from ..models.curves import evaluate_curve
+from ..models.families import get_family
 from ..models.trans import TransPriors, natural_params
 from ..models.trans_summary import DoseAxis, draw_latent, natural_scale
 from ..tl._trans_job import posterior_from_frame
@@ -238,7 +239,7 @@ def _evaluate(adata, record, table, fitted, names, wanted, grid, lo_q, hi_q, key
     local = np.arange(len(names))
     group_index = None
     wanted_pos = pd.Index(names).get_indexer(wanted)
-    if dist == "multinomial":
+    if get_family(dist).grouped:
         reg = adata.uns.get("dream_sc", {})
         gkey = (reg.get("group_key") or "group") if hasattr(reg, "get") else "group"
         groups = adata.var[gkey].astype(str).to_numpy()[fitted]

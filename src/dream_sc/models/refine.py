@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .curves import evaluate_curve
+from .families import get_family
 from .observation import ObservationData
 from .trans import ETA_REF_PRIOR_SD, LOG_N_PRIOR, TransInputs, TransPriors
 
@@ -146,8 +147,10 @@ def trans_log_target(
     Same model as :func:`dream_sc.models.trans.trans_problem`, summed over all cells (in blocks
     of ``cell_block``) instead of a minibatch. Not for the multinomial (coupled features).
     """
-    if obs.distribution == "multinomial":
-        raise ValueError("The multinomial likelihood couples features; it cannot be refined.")
+    if obs.family.grouped:
+        raise ValueError(
+            f"The {obs.distribution} likelihood couples features; it cannot be refined."
+        )
     # The curve is evaluated in float32 (elementwise: the same value whatever the chunk or cell
     # order); every sum over cells accumulates in float64, so a log-likelihood summed over
     # thousands of cells does not depend on the summation order by more than ~1e-9.
@@ -207,42 +210,17 @@ def trans_log_target(
     return log_target
 
 
-def _dense(x) -> torch.Tensor:
-    return x.to_dense() if hasattr(x, "to_dense") else x
-
-
 def _dense_kernel(
     distribution: str, gathered: tuple, noise: dict[str, torch.Tensor]
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """Log-likelihood ``[T]`` (float64) of a cell block up to terms without the curve in them.
 
     Dense and elementwise, several times faster than the sparse likelihoods when the curve is
-    the only thing that changes between evaluations (noise fixed, as in step 3): negative
-    binomial ``y x - (y + r) softplus(x)`` with ``x = eta - log r`` (the ``lgamma`` terms are
-    constant), binomial ``y eta - n softplus(eta)``, Normal ``-(y - eta)^2 / (2 sigma^2)``.
-    ``None`` for the other likelihoods (their sparse form is used).
+    the only thing that changes between evaluations (noise fixed, as in step 3); see each
+    family's ``dense_kernel``. ``None`` for the likelihoods without one (their sparse form is
+    used).
     """
-    y, total = gathered
-    if distribution == "negbinom":
-        counts, log_r = _dense(y), noise["log_r"]
-        r = log_r.exp()
-        return lambda eta: (
-            counts * (eta - log_r) - (counts + r) * torch.nn.functional.softplus(eta - log_r)
-        ).sum(0, dtype=torch.float64)
-    if distribution == "binomial" and "log_conc" not in noise:
-        k, n = _dense(y), _dense(total)
-        return lambda eta: (k * eta - n * torch.nn.functional.softplus(eta)).sum(
-            0, dtype=torch.float64
-        )
-    if distribution == "normal":
-        observed = torch.isfinite(y)
-        values = torch.where(observed, y, torch.zeros_like(y))
-        precision = torch.exp(-2.0 * noise["log_sigma"])
-        return lambda eta: (
-            -0.5
-            * (torch.where(observed, (values - eta) ** 2, torch.zeros_like(eta)) * precision).sum(0)
-        )
-    return None
+    return get_family(distribution).dense_kernel(gathered, noise)
 
 
 def _as_float64(gathered: tuple) -> tuple:

@@ -15,11 +15,11 @@ from mudata import MuData
 from .. import _validation as V
 from .._registration import get_registration
 from ..get._tables import _trans_record, cis_dosage, trans_curves
+from ..models.families import get_family
 from ._observed import PanelData, cell_values, guide_summary, panel_data
 from ._utils import (
     CURVE_COLOR,
     GREY,
-    VALUE_LABEL,
     color,
     dose_axis,
     finish,
@@ -48,7 +48,7 @@ def resolve_panels(
     table = adata.varm[key]
     fitted = set(adata.var_names[table["fitted"].to_numpy(dtype=bool)])
     groups = None
-    if str(record["distribution"]) == "multinomial":
+    if get_family(str(record["distribution"])).grouped:
         reg = get_registration(adata, modality)
         groups = adata.var[reg.get("group_key") or "group"].astype(str)
     panels: dict[str, list[str]] = {}
@@ -274,7 +274,7 @@ def draw_panel(
     curves = trans_curves(mdata, modality=modality, features=features, key=key)
     _draw_curves(ax, curves, table, features)
     dose_axis(ax, str(cis["cis_feature"]), float(cis["x_ntc"]))
-    ax.set_ylabel(VALUE_LABEL[data.distribution])
+    ax.set_ylabel(get_family(data.distribution).value_label)
     ax.set_title(_title(table, title, features), fontsize="medium")
     if legend or len(features) > 1:
         _legend(ax, data, technical_groups, bool(summary["unit"].isin(control).any()))

@@ -7,7 +7,9 @@ technical group and, for counts, a unit size factor. Per cell that is
 - binomial: ``successes / trials`` with the group's logit shift removed;
 - multinomial: category proportions within the group with the group's log-probability shift
   removed (renormalised);
-- normal / studentt: ``value - technical effect``.
+- normal / studentt: ``value - technical effect``
+
+(each family's ``observed_parts`` and ``normalise``, :mod:`dream_sc.models.families`).
 
 Per guide the data are pooled as ratios of sums (total counts over total size factor, total
 successes over total trials, ...) within each technical group, normalised, then averaged over
@@ -23,9 +25,9 @@ import numpy as np
 import pandas as pd
 from mudata import MuData
 from scipy import sparse
-from scipy.special import expit, logit
 
 from .._registration import get_registration
+from ..models.families import get_family
 from ..tl._cells import technical_groups
 from ..tl._technical import load_technical
 
@@ -54,14 +56,7 @@ class PanelData:
 def normalise(distribution: str, ratio: np.ndarray, delta: np.ndarray) -> np.ndarray:
     """Remove technical effects ``delta`` (link scale) from raw ratios ``[..., K]``."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        if distribution == "negbinom":
-            return ratio * np.exp(-delta)
-        if distribution == "binomial":
-            return expit(logit(ratio) - delta)
-        if distribution == "multinomial":
-            w = ratio * np.exp(-delta)
-            return w / w.sum(-1, keepdims=True)
-        return ratio - delta
+        return get_family(distribution).normalise(ratio, delta)
 
 
 def _dense(matrix) -> np.ndarray:
@@ -111,19 +106,14 @@ def panel_data(
     dist = str(record["distribution"])
     cols = adata.var_names.get_indexer(features)
     X = _columns(adata, layer, pos, cols, modality)
-    if dist == "negbinom":
+    family = get_family(dist)
+    sf = total = None
+    if family.size_factors:
         sf_key = str(params.get("sum_factor_key", "sum_factor"))
         sf = mdata.obs[sf_key].to_numpy(dtype=np.float64)[rows]
-        num, den = X, np.repeat(sf[:, None], len(cols), axis=1)
-    elif dist == "binomial":
-        total_layer = reg.get("total_layer") or "total"
-        num, den = X, _columns(adata, total_layer, pos, cols, modality)
-    elif dist == "multinomial":
-        num = X
-        den = np.repeat(X.sum(1, keepdims=True), len(cols), axis=1)
-    else:
-        finite = np.isfinite(X)
-        num, den = np.where(finite, X, 0.0), finite.astype(np.float64)
+    if "total_layer" in family.options:
+        total = _columns(adata, reg.get("total_layer") or "total", pos, cols, modality)
+    num, den = family.observed_parts(X, total=total, size_factor=sf)
     tech = load_technical(
         mdata, modality, str(record.get("technical_key_added", "dream_technical"))
     )

@@ -15,6 +15,7 @@ from scipy import sparse
 from .. import _validation as V
 from .._data import modality_data
 from ..models.cis import LN2, CisData, fit_cis_model, sample_cell_dosage
+from ..models.families import get_family
 from ._cells import check_guide_columns, sum_factor_values, technical_groups
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
 from ._technical import load_technical
@@ -188,7 +189,7 @@ def fit_cis(
             + V._suggest(cis_feature, adata.var_names)
         )
     tech = load_technical(mdata, modality, technical_key_added)
-    if tech.distribution != "negbinom":
+    if not get_family(tech.distribution).cis_capable:
         raise ValueError(
             f"The cis gene must come from a count (negbinom) modality; {modality!r} is {tech.distribution}."
         )

@@ -17,12 +17,12 @@ from .. import _validation as V
 from .._data import modality_data
 from .._registration import is_overdispersed
 from ..models.chunked import fit_chunks, name_order, stable_keys
+from ..models.families import get_family
 from ..models.memory import feature_chunks, plan_fit
 from ..models.observation import ObservationData
 from ..models.technical import (
     CONCENTRATION_RANGE,
     LOG_CONC_PRIOR_SD,
-    LOG_PHI_PRIOR,
     moment_init,
     technical_problem,
 )
@@ -174,13 +174,12 @@ def fit_technical(
             f"Technical group(s) {missing} have no fitted cells present in modality "
             f"{modality!r}; merge or drop them."
         )
+    family = get_family(data.distribution)
     sf = None
-    if data.distribution == "negbinom":
+    if family.size_factors:
         sf = sum_factor_values(mdata, sum_factor_key)[present]
         V.check_sum_factors(sf, sum_factor_key)
-    overdispersed = data.distribution in ("binomial", "multinomial") and is_overdispersed(
-        mdata[modality]
-    )
+    overdispersed = family.overdispersible and is_overdispersed(mdata[modality])
     seed = resolve_seed(seed)
     dev = resolve_device(device)
     n_cells, n_features = data.X.shape
@@ -310,23 +309,15 @@ def _concentration_summary(fit, init, group_index: np.ndarray | None) -> dict:
 
 
 def _summarise(fit, init, group_names, data) -> pd.DataFrame:
-    distribution = data.distribution
+    family = get_family(data.distribution)
     cols = normal_summary("baseline", fit.loc["baseline"], fit.scale["baseline"])
     for k, name in enumerate(group_names[1:]):
         summary = normal_summary(f"effect_{name}", fit.loc["delta"][:, k], fit.scale["delta"][:, k])
         for col, values in summary.items():
             summary[col] = np.where(init.informative, values, 0.0)
         cols.update(summary)
-    if distribution == "negbinom":
-        cols.update(
-            normal_summary("dispersion", fit.loc["log_phi"], fit.scale["log_phi"], log_scale=True)
-        )
-    if distribution in ("normal", "studentt"):
-        cols.update(
-            normal_summary("sigma", fit.loc["log_sigma"], fit.scale["log_sigma"], log_scale=True)
-        )
-    if distribution == "studentt":
-        cols.update(normal_summary("nu", fit.loc["log_nu"], fit.scale["log_nu"], log_scale=True))
+    for column, site in family.noise_columns:
+        cols.update(normal_summary(column, fit.loc[site], fit.scale[site], log_scale=True))
     if "log_conc" in fit.loc:
         cols.update(_concentration_summary(fit, init, data.group_index))
     return frame(cols, data.var_names)
@@ -341,20 +332,7 @@ def _priors(init, distribution: str) -> dict:
         },
         "effect": {"dist": "normal", "loc": 0.0, "scale": float(init.delta_scale)},
     }
-    if distribution == "negbinom":
-        priors["dispersion"] = {
-            "dist": "lognormal",
-            "loc": float(LOG_PHI_PRIOR[0]),
-            "scale": float(LOG_PHI_PRIOR[1]),
-        }
-    if distribution in ("normal", "studentt"):
-        priors["sigma"] = {
-            "dist": "lognormal",
-            "loc": init.log_sigma.astype(np.float64),
-            "scale": 1.0,
-        }
-    if distribution == "studentt":
-        priors["nu"] = {"dist": "lognormal", "loc": float(np.log(10.0)), "scale": 1.0}
+    priors.update(get_family(distribution).noise_priors(init))
     if init.log_conc is not None:
         priors["concentration"] = {
             "dist": "lognormal",
@@ -400,9 +378,7 @@ def load_technical(mdata: MuData, modality: str, key: str) -> TechnicalFit:
     if isinstance(tech_key, np.ndarray):
         tech_key = [str(k) for k in tech_key]
     fitted_od = bool(record.get("overdispersed", False))
-    wanted_od = str(record["distribution"]) in ("binomial", "multinomial") and is_overdispersed(
-        adata
-    )
+    wanted_od = get_family(str(record["distribution"])).overdispersible and is_overdispersed(adata)
     if fitted_od != wanted_od:
         raise ValueError(
             f"Modality {modality!r} is registered with overdispersed={wanted_od} but its "

@@ -9,10 +9,10 @@ import warnings
 import numpy as np
 import pandas as pd
 from mudata import MuData
-from scipy import sparse
 
 from .. import _validation as V
 from .._settings import settings
+from ..models.families import get_family
 from ..models.significance import DEFAULT_N_PERMUTATIONS
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
 from ._refine import refined_columns
@@ -23,22 +23,13 @@ logger = logging.getLogger("dream_sc")
 
 
 def _cells_with_data(job: TransJob) -> np.ndarray:
+    """Cells with an observation of every fitted feature (the family decides what counts)."""
     data, cols = job.data, np.flatnonzero(job.fitted)
-    if data.distribution == "negbinom":
-        return np.full(len(cols), len(job.rows))
-    if data.distribution == "binomial":
-        n = data.total[:, cols]
-        return np.asarray((n > 0).sum(0)).ravel()
-    if data.distribution == "multinomial":
-        X = sparse.csc_matrix(data.X[:, cols])
-        gi = data.group_index[cols]
-        out = np.zeros(len(cols), int)
-        for g in np.unique(gi):
-            members = gi == g
-            out[members] = int((np.asarray(X[:, members].sum(1)).ravel() > 0).sum())
-        return out
-    dense = data.X[:, cols].toarray() if sparse.issparse(data.X) else np.asarray(data.X)[:, cols]
-    return np.isfinite(dense).sum(0)
+    return get_family(data.distribution).cells_with_data(
+        data.X[:, cols],
+        total=None if data.total is None else data.total[:, cols],
+        group_index=None if data.group_index is None else data.group_index[cols],
+    )
 
 
 def fit_trans(

@@ -17,6 +17,7 @@ from scipy import sparse
 
 from .._data import ModalityData, modality_data
 from ..models.chunked import ChunkedFit, fit_chunks, name_order, stable_keys
+from ..models.families import get_family
 from ..models.guide import cholesky_from_lower
 from ..models.memory import feature_chunks, plan_fit
 from ..models.observation import ObservationData
@@ -27,15 +28,6 @@ from ._technical import TechnicalFit, load_technical
 
 logger = logging.getLogger("dream_sc")
 
-#: Default minimal effect per distribution (log2 fold change for counts, probability /
-#: proportion difference, multiples of the noise sd for continuous data).
-DEFAULT_MIN_EFFECT = {
-    "negbinom": 0.2,
-    "binomial": 0.03,
-    "multinomial": 0.03,
-    "normal": 0.1,
-    "studentt": 0.1,
-}
 #: Floor of the amplitude prior scale on the link scale.
 AMPLITUDE_FLOOR = 0.1
 #: Guides (or dosage bins) need this many cells to enter the amplitude prior.
@@ -102,17 +94,8 @@ class TransJob:
 
     def noise(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         """Noise parameters of step 1 for the fitted features ``idx`` (fixed in step 3)."""
-        d, tech, glob = self.data.distribution, self.tech, np.flatnonzero(self.fitted)[idx]
-        if d == "negbinom":
-            return {"log_r": -tech.log_phi[glob]}
-        out = {}
-        if tech.log_conc is not None:  # over-dispersed binomial / multinomial
-            out["log_conc"] = tech.log_conc[glob]
-        if d in ("normal", "studentt"):
-            out["log_sigma"] = tech.log_sigma[glob]
-        if d == "studentt":
-            out["log_nu"] = tech.log_nu[glob]
-        return out
+        glob = np.flatnonzero(self.fitted)[idx]
+        return get_family(self.data.distribution).fixed_noise(self.tech, glob)
 
     def observations(self, idx: np.ndarray) -> ObservationData:
         """Observations of the fitted features ``idx`` (local indices) on the device."""
@@ -265,42 +248,22 @@ def _guide_level_link_means(data: ModalityData, fitted, labels, group, sf, effec
     counts = np.asarray(ind.sum(1)).ravel()
     X = data.X[:, fitted]
     eff = effects[fitted]
-    dist = data.distribution
     comp = np.zeros((len(names), n_groups))
     np.add.at(comp, (codes, group), 1.0)
     frac = comp / np.maximum(comp.sum(1, keepdims=True), 1)
     mean_delta = frac @ eff.T  # [G, T]
     with np.errstate(divide="ignore", invalid="ignore"):
-        if dist == "negbinom":
-            y = np.asarray((ind @ X).todense() if sparse.issparse(X) else ind @ X)
-            w = np.zeros((len(names), n_groups))
-            np.add.at(w, (codes, group), sf)
-            denom = w @ np.exp(eff.T)
-            out = np.log((y + 0.5) / np.maximum(denom, 1e-12))
-        elif dist == "binomial":
-            k = np.asarray((ind @ X).todense() if sparse.issparse(X) else ind @ X)
-            n_tot = data.total[:, fitted]
-            n = np.asarray((ind @ n_tot).todense() if sparse.issparse(n_tot) else ind @ n_tot)
-            p = (k + 0.5) / (n + 1.0)
-            out = np.where(n > 0, np.log(p) - np.log1p(-p) - mean_delta, np.nan)
-        elif dist == "multinomial":
-            y = np.asarray((ind @ X).todense() if sparse.issparse(X) else ind @ X)
-            gi = data.group_index[fitted]
-            tot = np.zeros((len(names), gi.max() + 1))
-            np.add.at(tot.T, gi, y.T)
-            share = (y + 0.5) / (tot[:, gi] + 1.0)
-            out = np.where(tot[:, gi] > 0, np.log(share) - mean_delta, np.nan)
-        else:
-            dense = X.toarray() if sparse.issparse(X) else np.asarray(X, dtype=np.float64)
-            out = np.vstack(
-                [
-                    np.nanmean(dense[codes == g], axis=0)
-                    if (codes == g).any()
-                    else np.full(dense.shape[1], np.nan)
-                    for g in range(len(names))
-                ]
-            )
-            out = out - mean_delta
+        out = get_family(data.distribution).guide_link_means(
+            X,
+            total=None if data.total is None else data.total[:, fitted],
+            group_index=None if data.group_index is None else data.group_index[fitted],
+            ind=ind,
+            codes=codes,
+            group=group,
+            sf=sf,
+            eff=eff,
+            mean_delta=mean_delta,
+        )
     out[counts < MIN_CELLS_PER_GUIDE] = np.nan
     return out
 
@@ -372,8 +335,9 @@ def prepare_trans_job(
     rows = np.flatnonzero(has_dose)[data.present]
     groups = technical_groups(mdata.obs, tech.technical_key, known=tech.groups)
     group = groups.codes[rows]
+    family = get_family(data.distribution)
     sf = None
-    if data.distribution == "negbinom":
+    if family.size_factors:
         sf = sum_factor_values(mdata, sum_factor_key)[rows]
     samples = np.asarray(mdata.obsm[f"{cis_key}_dose_samples"])[rows]
     log_samples = np.log(samples.astype(np.float64))
@@ -391,12 +355,8 @@ def prepare_trans_job(
     grid = make_grid(lo, hi)
     dp = dose_priors(np.log(lo), np.log(hi), np.log(x_ref))
     labels = _guide_labels(mdata, cis, rows, dose_mean_all[rows])
-    sigma = (
-        np.exp(tech.log_sigma[fitted]) if tech.log_sigma is not None else np.ones(int(fitted.sum()))
-    )
-    floor = AMPLITUDE_FLOOR * (
-        sigma if data.distribution in ("normal", "studentt") else np.ones(int(fitted.sum()))
-    )
+    unit = family.noise_unit(tech, np.flatnonzero(fitted))  # noise sd (continuous) or 1
+    floor = AMPLITUDE_FLOOR * unit
     amp, n_fallback = amplitude_prior(data, fitted, labels, group, sf, tech.effects, floor)
     if n_fallback:
         logger.info(
@@ -413,10 +373,8 @@ def prepare_trans_job(
         half_range=dp["half_range"],
         degree=degree,
     )
-    eff = DEFAULT_MIN_EFFECT[data.distribution] if min_effect is None else float(min_effect)
-    min_eff = np.full(int(fitted.sum()), eff) * (
-        sigma if data.distribution in ("normal", "studentt") else 1.0
-    )
+    eff = family.default_min_effect if min_effect is None else float(min_effect)
+    min_eff = np.full(int(fitted.sum()), eff) * unit
     density = data.X.nnz / max(np.prod(data.X.shape), 1) if sparse.issparse(data.X) else 1.0
     plan = plan_fit(
         len(rows),
