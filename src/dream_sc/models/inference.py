@@ -16,6 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 logger = logging.getLogger("dream_sc")
+#: Steps between checkpoints when the caller does not say (``settings.checkpoint_every``).
+DEFAULT_CHECKPOINT_EVERY = 100
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -197,7 +199,8 @@ def run_svi(
         exists (same ``n_steps``/``lr``/parameter shapes) the run resumes from it and ends
         exactly as an uninterrupted run would. Deleted when the run finishes.
     checkpoint_every
-        Steps between checkpoints (default ``settings.checkpoint_every``).
+        Steps between checkpoints (default :data:`DEFAULT_CHECKPOINT_EVERY`; the ``tl``
+        functions pass ``settings.checkpoint_every``).
     lr_scales
         Multiplier of ``lr`` for each parameter (same order as ``parameters()``); default 1.
 
@@ -210,9 +213,7 @@ def run_svi(
     NonFiniteLossError
         When the loss becomes NaN or infinite.
     """
-    from .._settings import settings
-
-    checkpoint_every = checkpoint_every or settings.checkpoint_every
+    checkpoint_every = checkpoint_every or DEFAULT_CHECKPOINT_EVERY
     elbo = pyro.infer.Trace_ELBO()
     start = time.perf_counter()
     params = parameters()

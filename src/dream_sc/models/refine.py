@@ -34,12 +34,9 @@ import torch
 from .curves import evaluate_curve
 from .families import get_family
 from .observation import ObservationData
-from .trans import ETA_REF_PRIOR_SD, LOG_N_PRIOR, TransInputs, TransPriors
+from .trans import ETA_REF_PRIOR_SD, LOG_GAP_PRIOR_SD, LOG_N_PRIOR, TransInputs, TransPriors
 
 LogTarget = Callable[[torch.Tensor], torch.Tensor]
-
-#: Log-dosage gap prior sd of the additive Hill (see :func:`dream_sc.models.trans.site_list`).
-LOG_GAP_PRIOR_SD = 0.75
 
 
 def curve_coordinates(function: str) -> list[str]:

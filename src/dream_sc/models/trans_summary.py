@@ -17,6 +17,8 @@ from .families import get_family
 from .trans import TransPriors, natural_params
 
 LN2 = float(np.log(2.0))
+#: Standard normal 95th percentile: half-width of a 90% interval in sds.
+Z90 = 1.6448536269514722
 
 
 @dataclass

@@ -13,10 +13,12 @@ from mudata import MuData
 from scipy import sparse
 
 from .. import _validation as V
+from .._cells import check_guide_columns, sum_factor_values, technical_groups
 from .._data import modality_data
+from .._settings import settings
+from .._storage import write_cis
 from ..models.cis import LN2, CisData, fit_cis_model, sample_cell_dosage
 from ..models.families import get_family
-from ._cells import check_guide_columns, sum_factor_values, technical_groups
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
 from ._technical import load_technical
 
@@ -173,8 +175,6 @@ def fit_cis(
     >>> mdata.uns["dream_cis"]["guides"].columns[:3].tolist()
     ['target', 'n_cells', 'dose_mean']
     """
-    from .._settings import settings
-
     params = {k: v for k, v in locals().items() if k not in ("mdata", "settings")}
     params["guide_targets"] = None if guide_targets is None else "given"
     V.check_mudata(mdata)
@@ -268,6 +268,7 @@ def fit_cis(
         device=dev,
         progress=resolve_progress(progress),
         checkpoint=checkpoint,
+        checkpoint_every=settings.checkpoint_every,
     )
     seconds = time.perf_counter() - start
     if not post.fit.converged:
@@ -347,18 +348,17 @@ def fit_cis(
     }
     target = mdata.copy() if copy else mdata
     n = target.n_obs
+    columns = {}
     for name, values in (
         ("mean", mean),
         ("sd", sd),
         ("q05", cell_q05),
         ("q95", cell_q95),
     ):
-        column = np.full(n, np.nan)
-        column[rows] = values
-        target.obs[f"{key_added}_dose_{name}"] = column
+        columns[name] = np.full(n, np.nan)
+        columns[name][rows] = values
     full = np.full((n, n_samples), np.nan, dtype=np.float32)
     full[rows] = samples
-    target.obsm[f"{key_added}_dose_samples"] = full
-    target.uns[key_added] = record
+    write_cis(target, key_added, record, columns, full)
     logger.info("fit_cis finished in %.1fs (converged=%s)", seconds, post.fit.converged)
     return target if copy else None

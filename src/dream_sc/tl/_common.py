@@ -10,10 +10,9 @@ import pandas as pd
 import torch
 
 from .._settings import settings
+from ..models.trans_summary import Z90
 
 logger = logging.getLogger("dream_sc")
-
-Z90 = 1.6448536269514722  # standard normal 95th percentile: 90% intervals
 
 
 def resolve_seed(seed: int | None) -> int:
