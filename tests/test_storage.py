@@ -150,3 +150,25 @@ def test_guide_observed_bad_input(fitted):
         ds.get.guide_observed(fitted, fitted["rna"].var_names[1], n_boot=0)
     with pytest.raises(KeyError, match="No trans fit 'other' in modality 'rna'"):
         ds.get.guide_observed(fitted, fitted["rna"].var_names[1], key="other")
+
+
+def test_models_do_not_read_package_settings():
+    for path in (SRC / "models").rglob("*.py"):
+        assert "_settings" not in path.read_text(), path.name
+
+
+def test_trans_settings_round_trip_through_the_record(fitted, tmp_path):
+    from dream_sc.tl._trans_settings import TransSettings
+
+    path = tmp_path / "fit.h5mu"
+    fitted.write(path)
+    params = md.read_h5mu(path)["rna"].uns["dream_trans"]["params"]
+    settings = TransSettings.from_params(params)
+    assert settings == TransSettings.from_params(fitted["rna"].uns["dream_trans"]["params"])
+    stored = settings.as_params()
+    for name, value in stored.items():  # every setting is in params, None stored as ""
+        assert params[name] == ("" if value is None else value), name
+    assert settings.seed == 0 and settings.function == "additive_hill"
+    assert TransSettings.from_params(params, min_effect=0.5).min_effect == 0.5
+    with pytest.raises(AttributeError):
+        settings.seed = 1  # frozen

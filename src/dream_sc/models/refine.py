@@ -161,26 +161,24 @@ def trans_log_target(
         out = delta[group[rows]]
         return out if log_sf is None else out + log_sf[rows, None]
 
-    blocks = [
-        torch.arange(a, min(a + cell_block, obs.n_cells), device=device)
-        for a in range(0, obs.n_cells, cell_block)
-    ]
-    # keep the offsets and data of all cells when small (<= 32 MB each), else gather per block
-    cached = obs.n_cells * obs.n_features <= 8_000_000
-    offsets = [offset(rows) if cached else None for rows in blocks]
-    kernels = [
-        _dense_kernel(obs.distribution, obs.gather(rows), noise32) if cached else None
-        for rows in blocks
-    ]
-    gathered = [
-        _as_float64(obs.gather(rows)) if cached and kernel is None else None
-        for rows, kernel in zip(blocks, kernels, strict=True)
-    ]
+    blocks = _cell_blocks(obs, offset, noise32, cell_block, device)
 
-    def block_log_likelihood(eta, rows, kernel, data) -> torch.Tensor:
-        if kernel is not None:
-            return kernel(eta)
-        return obs.feature_log_likelihood(eta.double(), rows, gathered=data, **noise64)
+    def block_log_likelihood(block: _CellBlock, eta: torch.Tensor) -> torch.Tensor:
+        if block.kernel is not None:
+            return block.kernel(eta)
+        return obs.feature_log_likelihood(eta.double(), block.rows, gathered=block.data, **noise64)
+
+    def block_eta(block: _CellBlock, p_s: dict[str, torch.Tensor]) -> torch.Tensor:
+        rows = block.rows
+        eta = evaluate_curve(
+            function,
+            p_s,
+            log_x[rows],
+            priors.log_x_ref,
+            priors.half_range,
+            None if log_x_var is None else log_x_var[rows],
+        )
+        return eta + (offset(rows) if block.offset is None else block.offset)
 
     def log_target(theta: torch.Tensor) -> torch.Tensor:
         params = curve_params(function, theta.to(device=device, dtype=torch.float32))
@@ -189,22 +187,43 @@ def trans_log_target(
             for s in range(theta.shape[0]):
                 p_s = {k: v[s] for k, v in params.items()}
                 total = torch.zeros(theta.shape[1], dtype=torch.float64, device=device)
-                cached_blocks = zip(blocks, offsets, kernels, gathered, strict=True)
-                for rows, cell_offset, kernel, data in cached_blocks:
-                    eta = evaluate_curve(
-                        function,
-                        p_s,
-                        log_x[rows],
-                        priors.log_x_ref,
-                        priors.half_range,
-                        None if log_x_var is None else log_x_var[rows],
-                    )
-                    eta = eta + (offset(rows) if cell_offset is None else cell_offset)
-                    total += block_log_likelihood(eta, rows, kernel, data)
+                for block in blocks:
+                    total += block_log_likelihood(block, block_eta(block, p_s))
                 out[s] += total.cpu()
         return out
 
     return log_target
+
+
+@dataclass
+class _CellBlock:
+    """One block of cells of the refinement and what stays fixed across draws for it."""
+
+    rows: torch.Tensor
+    offset: torch.Tensor | None  # technical offsets (None: recomputed per evaluation)
+    kernel: Callable[[torch.Tensor], torch.Tensor] | None  # dense likelihood kernel
+    data: tuple | None  # float64 observations for the sparse likelihood
+
+
+def _cell_blocks(
+    obs: ObservationData,
+    offset: Callable[[torch.Tensor], torch.Tensor],
+    noise32: dict[str, torch.Tensor],
+    cell_block: int,
+    device: torch.device,
+) -> list[_CellBlock]:
+    """Cells in blocks of ``cell_block``; offsets and data cached when small (<= 32 MB each)."""
+    cached = obs.n_cells * obs.n_features <= 8_000_000
+    blocks = []
+    for start in range(0, obs.n_cells, cell_block):
+        rows = torch.arange(start, min(start + cell_block, obs.n_cells), device=device)
+        if not cached:
+            blocks.append(_CellBlock(rows, None, None, None))
+            continue
+        kernel = _dense_kernel(obs.distribution, obs.gather(rows), noise32)
+        data = _as_float64(obs.gather(rows)) if kernel is None else None
+        blocks.append(_CellBlock(rows, offset(rows), kernel, data))
+    return blocks
 
 
 def _dense_kernel(
