@@ -86,6 +86,45 @@ def _cis_cells_high_moi(mdata, obs, assignment_key, guide_targets, control_label
     return use, A, [str(g) for g in table.columns], targets == cis_target
 
 
+def _high_moi_guides(
+    A: np.ndarray, guide_names: list[str], is_cis: np.ndarray, cis_target: str
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """High MOI: drop guides without fitted cells; at least two cis guides must remain.
+
+    Returns the assignment ``[cells, guides]``, guide names, cis mask and guide targets.
+    """
+    keep = A.sum(0) > 0
+    if (~keep).any():
+        dropped = [g for g, k in zip(guide_names, keep, strict=True) if not k]
+        logger.info("fit_cis: %d guide(s) without cells ignored: %s", len(dropped), dropped[:10])
+    A, guide_names, is_cis = (
+        A[:, keep],
+        [g for g, k in zip(guide_names, keep, strict=True) if k],
+        is_cis[keep],
+    )
+    if is_cis.sum() < 2:
+        raise ValueError(
+            f"The cis target {cis_target!r} has fewer than 2 guides with cells "
+            f"({int(is_cis.sum())}); at least 2 guides are needed to separate guide effects "
+            "from the dose-response."
+        )
+    return A, guide_names, is_cis, np.where(is_cis, cis_target, "other")
+
+
+def _low_moi_guides(
+    obs: pd.DataFrame, rows: np.ndarray, guide_key: str, target_key: str, cis_target: str
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """Low MOI: one-hot guide assignment of the fitted cells and which guides target cis."""
+    A, guide_names = _low_moi_assignment(obs[guide_key].iloc[rows])
+    gt = (
+        obs.iloc[rows]
+        .groupby(obs[guide_key].iloc[rows].astype(str), observed=True)[target_key]
+        .first()
+    )
+    guide_target = gt.loc[guide_names].astype(str).to_numpy()
+    return A, guide_names, guide_target == cis_target, guide_target
+
+
 def fit_cis(
     mdata: MuData,
     *,
@@ -214,34 +253,10 @@ def fit_cis(
     sf = sum_factor_values(mdata, sum_factor_key)[rows]
     V.check_sum_factors(sf, sum_factor_key)
     if high_moi:
-        A = A_all[rows]
-        keep = A.sum(0) > 0
-        if (~keep).any():
-            dropped = [g for g, k in zip(guide_names, keep, strict=True) if not k]
-            logger.info(
-                "fit_cis: %d guide(s) without cells ignored: %s", len(dropped), dropped[:10]
-            )
-        A, guide_names, is_cis = (
-            A[:, keep],
-            [g for g, k in zip(guide_names, keep, strict=True) if k],
-            is_cis[keep],
-        )
-        if is_cis.sum() < 2:
-            raise ValueError(
-                f"The cis target {cis_target!r} has fewer than 2 guides with cells "
-                f"({int(is_cis.sum())}); at least 2 guides are needed to separate guide effects "
-                "from the dose-response."
-            )
-        guide_target = np.where(is_cis, cis_target, "other")
+        guides = _high_moi_guides(A_all[rows], guide_names, is_cis, cis_target)
     else:
-        A, guide_names = _low_moi_assignment(obs[guide_key].iloc[rows])
-        gt = (
-            obs.iloc[rows]
-            .groupby(obs[guide_key].iloc[rows].astype(str), observed=True)[target_key]
-            .first()
-        )
-        guide_target = gt.loc[guide_names].astype(str).to_numpy()
-        is_cis = guide_target == cis_target
+        guides = _low_moi_guides(obs, rows, guide_key, target_key, cis_target)
+    A, guide_names, is_cis, guide_target = guides
     n_samples = int(n_samples or settings.n_samples)
     seed = resolve_seed(seed)
     dev = resolve_device(device)
