@@ -125,6 +125,40 @@ def _low_moi_guides(
     return A, guide_names, guide_target == cis_target, guide_target
 
 
+def _guide_table(
+    draws: dict, A: np.ndarray, guide_names: list[str], guide_target: np.ndarray, is_cis
+) -> pd.DataFrame:
+    """Per-guide dosage and effect summaries of the cis posterior draws (``uns[key]["guides"]``).
+
+    A control guide is flagged ``control_active`` when its 90% interval excludes 0 and its
+    mean effect exceeds 0.2 log2 units.
+    """
+    x_ntc_draws, b_draws = draws["log2_x_ntc"], draws["guide_effect_all"]
+    dose_draws = np.exp2(x_ntc_draws[:, None] + b_draws)
+    n_cells_g = A.sum(0).astype(int)
+    sigma = np.exp(draws["guide_log_sigma"]).mean(0)
+    b_mean, b_sd = b_draws.mean(0), b_draws.std(0)
+    q05, q95 = np.quantile(b_draws, [0.05, 0.95], axis=0)
+    active = (~is_cis) & ((q05 > 0) | (q95 < 0)) & (np.abs(b_mean) > 0.2)
+    return pd.DataFrame(
+        {
+            "target": guide_target.astype(str),
+            "n_cells": n_cells_g,
+            "dose_mean": dose_draws.mean(0),
+            "dose_q05": np.quantile(dose_draws, 0.05, axis=0),
+            "dose_q95": np.quantile(dose_draws, 0.95, axis=0),
+            "log2_effect_mean": b_mean,
+            "log2_effect_sd": b_sd,
+            "log2_effect_q05": q05,
+            "log2_effect_q95": q95,
+            "sigma_mean": sigma,
+            "is_control": ~is_cis,
+            "control_active": active,
+        },
+        index=pd.Index(guide_names, name="guide"),
+    )
+
+
 def fit_cis(
     mdata: MuData,
     *,
@@ -296,31 +330,9 @@ def fit_cis(
     samples = np.exp2(log2_samples)
     mean, sd = samples.mean(1), samples.std(1)
     cell_q05, cell_q95 = np.quantile(samples, [0.05, 0.95], axis=1)
-    # per guide
     x_ntc_draws, b_draws = post.draws["log2_x_ntc"], post.draws["guide_effect_all"]
-    dose_draws = np.exp2(x_ntc_draws[:, None] + b_draws)
-    n_cells_g = A.sum(0).astype(int)
-    sigma = np.exp(post.draws["guide_log_sigma"]).mean(0)
-    b_mean, b_sd = b_draws.mean(0), b_draws.std(0)
-    q05, q95 = np.quantile(b_draws, [0.05, 0.95], axis=0)
-    active = (~is_cis) & ((q05 > 0) | (q95 < 0)) & (np.abs(b_mean) > 0.2)
-    guides = pd.DataFrame(
-        {
-            "target": guide_target.astype(str),
-            "n_cells": n_cells_g,
-            "dose_mean": dose_draws.mean(0),
-            "dose_q05": np.quantile(dose_draws, 0.05, axis=0),
-            "dose_q95": np.quantile(dose_draws, 0.95, axis=0),
-            "log2_effect_mean": b_mean,
-            "log2_effect_sd": b_sd,
-            "log2_effect_q05": q05,
-            "log2_effect_q95": q95,
-            "sigma_mean": sigma,
-            "is_control": ~is_cis,
-            "control_active": active,
-        },
-        index=pd.Index(guide_names, name="guide"),
-    )
+    guides = _guide_table(post.draws, A, guide_names, guide_target, is_cis)
+    active = guides["control_active"].to_numpy(dtype=bool)
     if active.any():
         warnings.warn(
             f"Control guide(s) {list(np.asarray(guide_names)[active])} shift the cis gene "
