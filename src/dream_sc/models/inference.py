@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyro
@@ -163,6 +164,7 @@ def run_svi(
     checkpoint: str | Path | None = None,
     checkpoint_every: int | None = None,
     lr_scales: Sequence[float] | None = None,
+    noise: Any | None = None,
 ) -> FitResult:
     """Optimise the ELBO of ``model`` with ``guide``.
 
@@ -203,6 +205,10 @@ def run_svi(
         functions pass ``settings.checkpoint_every``).
     lr_scales
         Multiplier of ``lr`` for each parameter (same order as ``parameters()``); default 1.
+    noise
+        The guide's :class:`~dream_sc.models.guide.FeatureNoise`, told the step number before
+        each step. Pass it explicitly; a guide's ``noise`` attribute is only read when this is
+        ``None`` (callers that still attach it to the guide).
 
     Returns
     -------
@@ -238,7 +244,8 @@ def run_svi(
         first = _load_checkpoint(checkpoint, params, optimizer, scheduler, losses, n_steps, lr)
     show = progress and sys.stderr.isatty()
     bar = tqdm(range(first, n_steps), desc=description, disable=not show, leave=False)
-    noise = getattr(guide, "noise", None)
+    if noise is None:
+        noise = getattr(guide, "noise", None)
     for step in bar:
         if noise is not None:
             noise.step = step
