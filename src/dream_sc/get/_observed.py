@@ -276,7 +276,7 @@ def guide_observed(
     >>> ds.tl.fit_technical(mdata, n_steps=50, progress=False)
     >>> ds.tl.fit_cis(mdata, cis_feature="GFI1B", n_steps=100, progress=False)
     >>> ds.tl.fit_trans(mdata, function="single_hill", n_steps=50, test=False, progress=False)
-    >>> table = ds.get.guide_observed(mdata, "gene_005", n_boot=20)
+    >>> table = ds.get.guide_observed(mdata, "gene_0005", n_boot=20)
     >>> table.columns[:4].tolist()
     ['guide', 'technical_group', 'feature', 'dose']
     """
