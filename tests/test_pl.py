@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from scipy import sparse, stats
 
 import dream_sc as ds
-from dream_sc.pl._observed import normalise
+from dream_sc.get._observed import normalise
 
 DOSE_LABEL = "cis dosage (GFI1B counts per unit size factor)"
 EXPR_LABEL = "expression (counts per unit size factor)"

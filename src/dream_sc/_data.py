@@ -1,6 +1,7 @@
 """MuData plumbing: align modalities to cells by ``obs_names`` and pull matrices out.
 
-Nothing here imports torch; the model layer receives plain numpy / scipy objects.
+The model layer receives plain numpy / scipy objects; the modality's likelihood family
+(:mod:`dream_sc.models.families`) checks them and reads what else it needs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from scipy import sparse
 
 from . import _validation as V
 from ._registration import get_registration
+from .models.families import get_family
 
 
 @dataclass
@@ -96,29 +98,15 @@ def modality_data(
         )
     X = _take_rows(_matrix(adata, layer, modality), pos[present])
     what = f"Modality {modality!r}" + (f" layer {layer!r}" if layer else "")
-    total = group_index = group_names = None
-    if dist == "negbinom":
-        V.check_counts(X, what)
-    elif dist == "binomial":
-        total_layer = reg.get("total_layer") or "total"
-        total = _take_rows(_matrix(adata, total_layer, modality), pos[present])
-        V.check_binomial(X, total, what)
-    elif dist == "multinomial":
-        V.check_counts(X, what)
-        group_key = reg.get("group_key") or "group"
-        if group_key not in adata.var.columns:
-            raise KeyError(
-                f"Multinomial modality {modality!r} needs var[{group_key!r}] naming each "
-                "feature's group; register it with `group_key=`."
-            )
-        if adata.var[group_key].isna().any():
-            raise ValueError(
-                f"var[{group_key!r}] of multinomial modality {modality!r} has "
-                f"{int(adata.var[group_key].isna().sum())} missing values; every feature needs "
-                "its group (drop features without one)."
-            )
-        codes, uniques = pd.factorize(adata.var[group_key].astype(str), sort=False)
-        group_index, group_names = codes.astype(np.int64), np.asarray(uniques, dtype=object)
-    else:
-        V.check_continuous(X, what)
-    return ModalityData(dist, X, total, group_index, group_names, present, adata.var_names)
+    extra = get_family(dist).read(
+        X,
+        registration=reg,
+        var=adata.var,
+        load_layer=lambda name: _take_rows(_matrix(adata, name, modality), pos[present]),
+        modality=modality,
+        what=what,
+    )
+    return ModalityData(
+        dist, X, extra.total, extra.group_index, extra.group_names, present, adata.var_names
+    )
+

@@ -6,17 +6,20 @@ h5mu round trip. Builders in :mod:`dream_sc.pp` write it; every ``tl`` function 
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import numpy as np
 from anndata import AnnData
 from scipy import sparse
 
-Distribution = Literal["negbinom", "binomial", "multinomial", "normal", "studentt"]
+from .models.families import DEFAULT_COUNTS, FAMILIES, Distribution
+
+__all__ = ["DISTRIBUTIONS", "OVERDISPERSIBLE", "REGISTRATION_KEY", "Distribution"]
+
 DISTRIBUTIONS: tuple[str, ...] = get_args(Distribution)
 REGISTRATION_KEY = "dream_sc"
 #: Distributions that accept ``overdispersed=True`` (beta-binomial / Dirichlet-multinomial).
-OVERDISPERSIBLE: tuple[str, ...] = ("binomial", "multinomial")
+OVERDISPERSIBLE: tuple[str, ...] = tuple(n for n, f in FAMILIES.items() if f.overdispersible)
 
 
 def make_registration(
@@ -92,7 +95,7 @@ def get_registration(adata: AnnData, modality: str) -> dict[str, Any]:
                 f"(one of {', '.join(DISTRIBUTIONS)})."
             )
         return {
-            "distribution": "negbinom",
+            "distribution": DEFAULT_COUNTS,
             "layer": None,
             "total_layer": None,
             "group_key": None,

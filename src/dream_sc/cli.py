@@ -29,19 +29,18 @@ STEP_FUNCTIONS = {
 
 def _write_tables(mdata, out: Path) -> list[Path]:
     import dream_sc as ds
+    from dream_sc._storage import stored_fits
 
     written = []
-    for key, record in mdata.uns.items():
-        if f"{key}_dose_samples" in mdata.obsm and isinstance(record, dict):
-            path = out / f"{key}_guides.csv"
-            ds.get.cis_dosage(mdata, key=key).to_csv(path)
+    for fit in stored_fits(mdata):
+        if fit.kind == "cis":
+            path = out / f"{fit.key}_guides.csv"
+            ds.get.cis_dosage(mdata, key=fit.key).to_csv(path)
             written.append(path)
-    for mod, adata in mdata.mod.items():
-        for key in adata.uns:
-            if key in adata.varm and f"{key}_posterior" in adata.varm:
-                path = out / f"{key}_{mod}.csv"
-                ds.get.trans_results(mdata, modality=mod, key=key).to_csv(path)
-                written.append(path)
+        elif fit.kind == "trans":
+            path = out / f"{fit.key}_{fit.modality}.csv"
+            ds.get.trans_results(mdata, modality=fit.modality, key=fit.key).to_csv(path)
+            written.append(path)
     return written
 
 

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from mudata import MuData
 
-from .. import _validation as V
+from .._storage import posterior_from_frame, read_cis, read_trans, read_trans_priors
 from ..models.chunked import stable_keys
 from ..models.curves import evaluate_curve
-from ..models.trans import TransPriors, natural_params
+from ..models.families import get_family
+from ..models.trans import natural_params
 from ..models.trans_summary import DoseAxis, draw_latent, natural_scale
-from ..tl._trans_job import posterior_from_frame
 
 GUIDE_COLUMNS = [
     "target",
@@ -28,13 +28,8 @@ GUIDE_COLUMNS = [
 ]
 
 
-def _cis_record(mdata: MuData, key: str) -> dict:
-    if key not in mdata.uns:
-        raise KeyError(
-            f"No cis fit {key!r} in mdata.uns; run `ds.tl.fit_cis(mdata, cis_feature=..., "
-            f"key_added={key!r})` first or pass `key=`."
-        )
-    return mdata.uns[key]
+def _cis_record(mdata: MuData, key: str) -> Mapping:
+    return read_cis(mdata, key)
 
 
 def cis_dosage(mdata: MuData, *, level: str = "guide", key: str = "dream_cis") -> pd.DataFrame:
@@ -84,14 +79,7 @@ def cis_dosage(mdata: MuData, *, level: str = "guide", key: str = "dream_cis") -
 
 
 def _trans_record(mdata: MuData, modality: str, key: str):
-    V.check_modality(mdata, modality)
-    adata = mdata[modality]
-    if key not in adata.uns or key not in adata.varm:
-        raise KeyError(
-            f"No trans fit {key!r} in modality {modality!r}; run "
-            f"`ds.tl.fit_trans(mdata, modality={modality!r}, key_added={key!r})` first or pass `key=`."
-        )
-    return adata, adata.uns[key]
+    return read_trans(mdata, modality, key)
 
 
 def trans_results(
@@ -238,22 +226,12 @@ def trans_curves(
 def _evaluate(adata, record, table, fitted, names, wanted, grid, lo_q, hi_q, key):
     dist = str(record["distribution"])
     function = str(record["function"])
-    pri = record["priors"]
-    priors = TransPriors(
-        eta_ref_loc=np.asarray(pri["eta_ref"]["loc"]),
-        amplitude_scale=np.asarray(pri["amplitude"]["scale"], dtype=np.float32),
-        log_k_loc=float(pri["log_k"]["loc"]),
-        log_k_scale=float(pri["log_k"]["scale"]),
-        log_gap_loc=float(pri["log_gap"]["loc"]),
-        log_x_ref=float(pri["log_x_ref"]),
-        half_range=float(pri["half_range_log2"]),
-        degree=int(pri["degree"]),
-    )
+    priors = read_trans_priors(record)
     loc, scale, corr = posterior_from_frame(adata.varm[f"{key}_posterior"], fitted)
     local = np.arange(len(names))
     group_index = None
     wanted_pos = pd.Index(names).get_indexer(wanted)
-    if dist == "multinomial":
+    if get_family(dist).grouped:
         reg = adata.uns.get("dream_sc", {})
         gkey = (reg.get("group_key") or "group") if hasattr(reg, "get") else "group"
         groups = adata.var[gkey].astype(str).to_numpy()[fitted]

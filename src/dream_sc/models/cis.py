@@ -302,6 +302,7 @@ def fit_cis_model(
     progress: bool,
     n_draws: int = 2000,
     checkpoint: str | None = None,
+    checkpoint_every: int | None = None,
 ) -> CisPosterior:
     """Fit the guide-level cis model by SVI and return joint posterior draws of every site."""
     pyro.clear_param_store()
@@ -334,6 +335,7 @@ def fit_cis_model(
         loss_scale=float(n_cells),
         context=" in the cis fit",
         checkpoint=None if checkpoint is None else f"{checkpoint}.cis.pt",
+        checkpoint_every=checkpoint_every,
     )
     with torch.no_grad():
         draws = _draw_sites(guide, model, make_batch(0), n_draws, seed)
@@ -367,6 +369,19 @@ def fit_cis_model(
         },
     }
     return CisPosterior(draws, fit, priors)
+
+
+def guide_effect_prior_draws(priors: dict, n_draws: int, seed: int = 0) -> np.ndarray:
+    """Draws of the marginal prior of a targeting guide's effect (log2 fold change).
+
+    ``target_mean + exp(log target_scale) * guide_z`` with the hyperpriors of a cis run record
+    (``uns[key]["priors"]``): the effect prior has no closed form.
+    """
+    rng = np.random.default_rng(seed)
+    m, tau, z = priors["target_mean"], priors["target_scale"], priors["guide_z"]
+    return rng.normal(m["loc"], m["scale"], n_draws) + np.exp(
+        rng.normal(tau["loc"], tau["scale"], n_draws)
+    ) * (z["loc"] + z["scale"] * rng.standard_t(z["df"], n_draws))
 
 
 def sample_cell_dosage(

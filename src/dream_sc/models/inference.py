@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyro
@@ -16,6 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 logger = logging.getLogger("dream_sc")
+#: Steps between checkpoints when the caller does not say (``settings.checkpoint_every``).
+DEFAULT_CHECKPOINT_EVERY = 100
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -167,6 +170,7 @@ def run_svi(
     checkpoint: str | Path | None = None,
     checkpoint_every: int | None = None,
     lr_scales: Sequence[float] | None = None,
+    noise: Any | None = None,
 ) -> FitResult:
     """Optimise the ELBO of ``model`` with ``guide``.
 
@@ -203,9 +207,14 @@ def run_svi(
         exists (same ``n_steps``/``lr``/parameter shapes) the run resumes from it and ends
         exactly as an uninterrupted run would. Deleted when the run finishes.
     checkpoint_every
-        Steps between checkpoints (default ``settings.checkpoint_every``).
+        Steps between checkpoints (default :data:`DEFAULT_CHECKPOINT_EVERY`; the ``tl``
+        functions pass ``settings.checkpoint_every``).
     lr_scales
         Multiplier of ``lr`` for each parameter (same order as ``parameters()``); default 1.
+    noise
+        The guide's :class:`~dream_sc.models.guide.FeatureNoise`, told the step number before
+        each step. Pass it explicitly; a guide's ``noise`` attribute is only read when this is
+        ``None`` (callers that still attach it to the guide).
 
     Returns
     -------
@@ -216,9 +225,7 @@ def run_svi(
     NonFiniteLossError
         When the loss becomes NaN or infinite.
     """
-    from .._settings import settings
-
-    checkpoint_every = checkpoint_every or settings.checkpoint_every
+    checkpoint_every = checkpoint_every or DEFAULT_CHECKPOINT_EVERY
     elbo = pyro.infer.Trace_ELBO()
     start = time.perf_counter()
     params = parameters()
@@ -243,7 +250,8 @@ def run_svi(
         first = _load_checkpoint(checkpoint, params, optimizer, scheduler, losses, n_steps, lr)
     show = progress and sys.stderr.isatty()
     bar = tqdm(range(first, n_steps), desc=description, disable=not show, leave=False)
-    noise = getattr(guide, "noise", None)
+    if noise is None:
+        noise = getattr(guide, "noise", None)
     for step in bar:
         if noise is not None:
             noise.step = step

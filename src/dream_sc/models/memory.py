@@ -158,8 +158,8 @@ def plan_fit(
     batch_size, feature_chunk
         User overrides.
     max_memory_gb
-        Memory budget (default: ``settings.max_memory_gb``, else what
-        :func:`available_memory` finds).
+        Memory budget (default: what :func:`available_memory` finds; the ``tl`` functions
+        pass ``settings.max_memory_gb``).
     fraction
         Share of the available memory the plan may use.
 
@@ -167,10 +167,6 @@ def plan_fit(
     -------
     :class:`Plan`.
     """
-    if max_memory_gb is None:
-        from .._settings import settings
-
-        max_memory_gb = settings.max_memory_gb
     avail, source = available_memory(max_memory_gb)
     budget = int(avail * fraction)
     batch = batch_size or min(n_cells, DEFAULT_MAX_BATCH)

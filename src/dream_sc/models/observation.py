@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import sparse
 
-from . import likelihoods as L
-from .sparse import CSRMatrix, paired_csr
+from .families import Family, get_family
+from .sparse import CSRMatrix
 
 
 @dataclass
@@ -60,16 +59,11 @@ class ObservationData:
     ) -> ObservationData:
         """Move a chunk's matrices to the device in the layout its likelihood wants."""
         n_cells, n_features = X.shape
-        total_t = gi = first = None
+        gi = first = None
         n_groups = 0
-        if distribution in ("normal", "studentt"):
-            dense = X.toarray() if sparse.issparse(X) else np.asarray(X)
-            y = torch.as_tensor(dense, dtype=torch.float32, device=device)
-        elif distribution == "binomial":
-            y, total_t = paired_csr(X, total, device=device)
-        else:
-            y = CSRMatrix.from_scipy(sparse.csr_matrix(X), device=device)
-        if distribution == "multinomial":
+        family = get_family(distribution)
+        y, total_t = family.to_device(X, total, device)
+        if family.grouped:
             codes, first_np, gi_np = np.unique(
                 np.asarray(group_index), return_index=True, return_inverse=True
             )
@@ -78,12 +72,14 @@ class ObservationData:
             n_groups = len(codes)
         return cls(distribution, y, total_t, gi, n_groups, n_cells, n_features, first)
 
+    @property
+    def family(self) -> Family:
+        """The likelihood family of :attr:`distribution`."""
+        return get_family(self.distribution)
+
     def gather(self, rows: torch.Tensor) -> tuple:
         """The observations of the cells ``rows``: ``(y, total)`` (``total`` only for binomial)."""
-        if self.distribution in ("normal", "studentt"):
-            return self.y[rows], None
-        total = self.total.take_rows(rows) if self.total is not None else None
-        return self.y.take_rows(rows), total
+        return self.family.gather(self.y, self.total, rows)
 
     def log_likelihood(self, eta: torch.Tensor, rows: torch.Tensor, **noise) -> torch.Tensor:
         """Summed log-likelihood of the cells ``rows`` (see :meth:`feature_log_likelihood`)."""
@@ -127,21 +123,7 @@ class ObservationData:
         gathered
             :meth:`gather` of ``rows``, when the same rows are evaluated many times.
         """
-        d = self.distribution
         y, total = self.gather(rows) if gathered is None else gathered
-        if d == "negbinom":
-            return L.negbinom_log_prob(eta, log_r, y)
-        if d == "binomial":
-            if log_conc is not None:
-                return L.betabinomial_log_prob(eta, log_conc, y, total)
-            return L.binomial_log_prob(eta, y, total)
-        if d == "multinomial":
-            if log_conc is not None:
-                group_conc = log_conc.index_select(-1, self.group_first)
-                return L.dirichletmultinomial_log_prob(
-                    eta, group_conc, y, self.group_index, self.n_groups
-                )
-            return L.multinomial_log_prob(eta, y, self.group_index, self.n_groups)
-        if d == "normal":
-            return L.normal_log_prob(eta, log_sigma, y)
-        return L.studentt_log_prob(eta, log_sigma, log_nu, y)
+        return self.family.log_likelihood(
+            self, eta, y, total, log_r=log_r, log_sigma=log_sigma, log_nu=log_nu, log_conc=log_conc
+        )

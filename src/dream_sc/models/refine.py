@@ -32,13 +32,11 @@ import numpy as np
 import torch
 
 from .curves import evaluate_curve
+from .families import get_family
 from .observation import ObservationData
-from .trans import ETA_REF_PRIOR_SD, LOG_N_PRIOR, TransInputs, TransPriors
+from .trans import ETA_REF_PRIOR_SD, LOG_GAP_PRIOR_SD, LOG_N_PRIOR, TransInputs, TransPriors
 
 LogTarget = Callable[[torch.Tensor], torch.Tensor]
-
-#: Log-dosage gap prior sd of the additive Hill (see :func:`dream_sc.models.trans.site_list`).
-LOG_GAP_PRIOR_SD = 0.75
 
 
 def curve_coordinates(function: str) -> list[str]:
@@ -146,8 +144,10 @@ def trans_log_target(
     Same model as :func:`dream_sc.models.trans.trans_problem`, summed over all cells (in blocks
     of ``cell_block``) instead of a minibatch. Not for the multinomial (coupled features).
     """
-    if obs.distribution == "multinomial":
-        raise ValueError("The multinomial likelihood couples features; it cannot be refined.")
+    if obs.family.grouped:
+        raise ValueError(
+            f"The {obs.distribution} likelihood couples features; it cannot be refined."
+        )
     # The curve is evaluated in float32 (elementwise: the same value whatever the chunk or cell
     # order); every sum over cells accumulates in float64, so a log-likelihood summed over
     # thousands of cells does not depend on the summation order by more than ~1e-9.
@@ -161,26 +161,24 @@ def trans_log_target(
         out = delta[group[rows]]
         return out if log_sf is None else out + log_sf[rows, None]
 
-    blocks = [
-        torch.arange(a, min(a + cell_block, obs.n_cells), device=device)
-        for a in range(0, obs.n_cells, cell_block)
-    ]
-    # keep the offsets and data of all cells when small (<= 32 MB each), else gather per block
-    cached = obs.n_cells * obs.n_features <= 8_000_000
-    offsets = [offset(rows) if cached else None for rows in blocks]
-    kernels = [
-        _dense_kernel(obs.distribution, obs.gather(rows), noise32) if cached else None
-        for rows in blocks
-    ]
-    gathered = [
-        _as_float64(obs.gather(rows)) if cached and kernel is None else None
-        for rows, kernel in zip(blocks, kernels, strict=True)
-    ]
+    blocks = _cell_blocks(obs, offset, noise32, cell_block, device)
 
-    def block_log_likelihood(eta, rows, kernel, data) -> torch.Tensor:
-        if kernel is not None:
-            return kernel(eta)
-        return obs.feature_log_likelihood(eta.double(), rows, gathered=data, **noise64)
+    def block_log_likelihood(block: _CellBlock, eta: torch.Tensor) -> torch.Tensor:
+        if block.kernel is not None:
+            return block.kernel(eta)
+        return obs.feature_log_likelihood(eta.double(), block.rows, gathered=block.data, **noise64)
+
+    def block_eta(block: _CellBlock, p_s: dict[str, torch.Tensor]) -> torch.Tensor:
+        rows = block.rows
+        eta = evaluate_curve(
+            function,
+            p_s,
+            log_x[rows],
+            priors.log_x_ref,
+            priors.half_range,
+            None if log_x_var is None else log_x_var[rows],
+        )
+        return eta + (offset(rows) if block.offset is None else block.offset)
 
     def log_target(theta: torch.Tensor) -> torch.Tensor:
         params = curve_params(function, theta.to(device=device, dtype=torch.float32))
@@ -189,26 +187,43 @@ def trans_log_target(
             for s in range(theta.shape[0]):
                 p_s = {k: v[s] for k, v in params.items()}
                 total = torch.zeros(theta.shape[1], dtype=torch.float64, device=device)
-                cached_blocks = zip(blocks, offsets, kernels, gathered, strict=True)
-                for rows, cell_offset, kernel, data in cached_blocks:
-                    eta = evaluate_curve(
-                        function,
-                        p_s,
-                        log_x[rows],
-                        priors.log_x_ref,
-                        priors.half_range,
-                        None if log_x_var is None else log_x_var[rows],
-                    )
-                    eta = eta + (offset(rows) if cell_offset is None else cell_offset)
-                    total += block_log_likelihood(eta, rows, kernel, data)
+                for block in blocks:
+                    total += block_log_likelihood(block, block_eta(block, p_s))
                 out[s] += total.cpu()
         return out
 
     return log_target
 
 
-def _dense(x) -> torch.Tensor:
-    return x.to_dense() if hasattr(x, "to_dense") else x
+@dataclass
+class _CellBlock:
+    """One block of cells of the refinement and what stays fixed across draws for it."""
+
+    rows: torch.Tensor
+    offset: torch.Tensor | None  # technical offsets (None: recomputed per evaluation)
+    kernel: Callable[[torch.Tensor], torch.Tensor] | None  # dense likelihood kernel
+    data: tuple | None  # float64 observations for the sparse likelihood
+
+
+def _cell_blocks(
+    obs: ObservationData,
+    offset: Callable[[torch.Tensor], torch.Tensor],
+    noise32: dict[str, torch.Tensor],
+    cell_block: int,
+    device: torch.device,
+) -> list[_CellBlock]:
+    """Cells in blocks of ``cell_block``; offsets and data cached when small (<= 32 MB each)."""
+    cached = obs.n_cells * obs.n_features <= 8_000_000
+    blocks = []
+    for start in range(0, obs.n_cells, cell_block):
+        rows = torch.arange(start, min(start + cell_block, obs.n_cells), device=device)
+        if not cached:
+            blocks.append(_CellBlock(rows, None, None, None))
+            continue
+        kernel = _dense_kernel(obs.distribution, obs.gather(rows), noise32)
+        data = _as_float64(obs.gather(rows)) if kernel is None else None
+        blocks.append(_CellBlock(rows, offset(rows), kernel, data))
+    return blocks
 
 
 def _dense_kernel(
@@ -217,32 +232,11 @@ def _dense_kernel(
     """Log-likelihood ``[T]`` (float64) of a cell block up to terms without the curve in them.
 
     Dense and elementwise, several times faster than the sparse likelihoods when the curve is
-    the only thing that changes between evaluations (noise fixed, as in step 3): negative
-    binomial ``y x - (y + r) softplus(x)`` with ``x = eta - log r`` (the ``lgamma`` terms are
-    constant), binomial ``y eta - n softplus(eta)``, Normal ``-(y - eta)^2 / (2 sigma^2)``.
-    ``None`` for the other likelihoods (their sparse form is used).
+    the only thing that changes between evaluations (noise fixed, as in step 3); see each
+    family's ``dense_kernel``. ``None`` for the likelihoods without one (their sparse form is
+    used).
     """
-    y, total = gathered
-    if distribution == "negbinom":
-        counts, log_r = _dense(y), noise["log_r"]
-        r = log_r.exp()
-        return lambda eta: (
-            counts * (eta - log_r) - (counts + r) * torch.nn.functional.softplus(eta - log_r)
-        ).sum(0, dtype=torch.float64)
-    if distribution == "binomial" and "log_conc" not in noise:
-        k, n = _dense(y), _dense(total)
-        return lambda eta: (k * eta - n * torch.nn.functional.softplus(eta)).sum(
-            0, dtype=torch.float64
-        )
-    if distribution == "normal":
-        observed = torch.isfinite(y)
-        values = torch.where(observed, y, torch.zeros_like(y))
-        precision = torch.exp(-2.0 * noise["log_sigma"])
-        return lambda eta: (
-            -0.5
-            * (torch.where(observed, (values - eta) ** 2, torch.zeros_like(eta)) * precision).sum(0)
-        )
-    return None
+    return get_family(distribution).dense_kernel(gathered, noise)
 
 
 def _as_float64(gathered: tuple) -> tuple:

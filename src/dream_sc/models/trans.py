@@ -24,6 +24,7 @@ nulls, so null fits are not shrunk differently from the real fit):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -39,6 +40,8 @@ from .observation import ObservationData
 
 LOG_N_PRIOR = (float(np.log(2.0)), 0.6)
 ETA_REF_PRIOR_SD = 1.0
+#: Prior sd of the log gap ``log(log K2 - log K1)`` between additive Hill components.
+LOG_GAP_PRIOR_SD = 0.75
 
 
 @dataclass
@@ -64,12 +67,35 @@ class TransPriors:
             },
             "amplitude": {"dist": "horseshoe", "scale": self.amplitude_scale.astype(np.float64)},
             "log_k": {"dist": "normal", "loc": self.log_k_loc, "scale": self.log_k_scale},
-            "log_gap": {"dist": "normal", "loc": self.log_gap_loc, "scale": 0.75},
+            "log_gap": {"dist": "normal", "loc": self.log_gap_loc, "scale": LOG_GAP_PRIOR_SD},
             "log_n": {"dist": "normal", "loc": LOG_N_PRIOR[0], "scale": LOG_N_PRIOR[1]},
             "log_x_ref": self.log_x_ref,
             "half_range_log2": self.half_range,
             "degree": self.degree,
         }
+
+    @classmethod
+    def from_dict(cls, record: Mapping) -> TransPriors:
+        """Inverse of :meth:`as_dict` (e.g. ``uns[key]["priors"]`` of a stored trans fit).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> p = TransPriors(np.zeros(2), np.ones(2, np.float32), 1.0, 0.5, -1.0, 0.0, 2.0, 3)
+        >>> back = TransPriors.from_dict(p.as_dict())
+        >>> back.log_k_loc, back.degree, back.amplitude_scale.dtype
+        (1.0, 3, dtype('float32'))
+        """
+        return cls(
+            eta_ref_loc=np.asarray(record["eta_ref"]["loc"]),
+            amplitude_scale=np.asarray(record["amplitude"]["scale"], dtype=np.float32),
+            log_k_loc=float(record["log_k"]["loc"]),
+            log_k_scale=float(record["log_k"]["scale"]),
+            log_gap_loc=float(record["log_gap"]["loc"]),
+            log_x_ref=float(record["log_x_ref"]),
+            half_range=float(record["half_range_log2"]),
+            degree=int(record["degree"]),
+        )
 
 
 def log_half_cauchy() -> dist.TransformedDistribution:
@@ -153,7 +179,9 @@ def sample_prior_sites(
         latent[f"log_n{c}"] = pyro.sample(f"log_n{c}", normal(LOG_N_PRIOR[0], LOG_N_PRIOR[1], [n]))
     latent["log_k1"] = pyro.sample("log_k1", normal(priors.log_k_loc, priors.log_k_scale, [n]))
     if function == "additive_hill":
-        latent["log_gap"] = pyro.sample("log_gap", normal(priors.log_gap_loc, 0.75, [n]))
+        latent["log_gap"] = pyro.sample(
+            "log_gap", normal(priors.log_gap_loc, LOG_GAP_PRIOR_SD, [n])
+        )
     return latent
 
 

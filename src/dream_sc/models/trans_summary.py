@@ -13,9 +13,12 @@ import numpy as np
 import torch
 
 from .curves import evaluate_curve
+from .families import get_family
 from .trans import TransPriors, natural_params
 
 LN2 = float(np.log(2.0))
+#: Standard normal 95th percentile: half-width of a 90% interval in sds.
+Z90 = 1.6448536269514722
 
 
 @dataclass
@@ -141,33 +144,16 @@ def draw_latent(
     return out
 
 
-def _segment_softmax(eta: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """Softmax over the last axis within groups of features."""
-    index = group.expand_as(eta)
-    gmax = torch.full((*eta.shape[:-1], n_groups), -torch.inf).scatter_reduce(
-        -1, index, eta, "amax"
-    )
-    expd = torch.exp(eta - gmax.gather(-1, index))
-    denom = torch.zeros((*eta.shape[:-1], n_groups)).scatter_add(-1, index, expd)
-    return expd / denom.gather(-1, index)
-
-
 def natural_scale(
     distribution: str, eta: torch.Tensor, group: torch.Tensor | None, n_groups: int
 ) -> torch.Tensor:
-    """Curve on the natural scale (reference group, unit size factor)."""
-    if distribution == "negbinom":
-        return eta.exp()
-    if distribution == "binomial":
-        return torch.sigmoid(eta)
-    if distribution == "multinomial":
-        return _segment_softmax(eta, group, n_groups)
-    return eta
+    """Curve on the natural scale (reference group, unit size factor): the family's inverse link."""
+    return get_family(distribution).natural_scale(eta, group, n_groups)
 
 
 def response_scale(distribution: str, eta: torch.Tensor, natural: torch.Tensor) -> torch.Tensor:
     """Scale on which responses are reported: log2 for counts, natural otherwise."""
-    return eta / LN2 if distribution == "negbinom" else natural
+    return get_family(distribution).response_scale(eta, natural)
 
 
 def signed_range(values: torch.Tensor, dose_axis: int = -2) -> torch.Tensor:

@@ -14,12 +14,13 @@ from mudata import MuData
 
 from .. import _validation as V
 from .._registration import get_registration
+from .._storage import read_cis
+from ..get._observed import PanelData, cell_values, guide_observed, panel_data
 from ..get._tables import _trans_record, cis_dosage, trans_curves
-from ._observed import PanelData, cell_values, guide_summary, panel_data
+from ..models.families import get_family
 from ._utils import (
     CURVE_COLOR,
     GREY,
-    VALUE_LABEL,
     color,
     dose_axis,
     finish,
@@ -48,7 +49,7 @@ def resolve_panels(
     table = adata.varm[key]
     fitted = set(adata.var_names[table["fitted"].to_numpy(dtype=bool)])
     groups = None
-    if str(record["distribution"]) == "multinomial":
+    if get_family(str(record["distribution"])).grouped:
         reg = get_registration(adata, modality)
         groups = adata.var[reg.get("group_key") or "group"].astype(str)
     panels: dict[str, list[str]] = {}
@@ -115,29 +116,31 @@ def _point_colors(data: PanelData, technical_groups: bool) -> np.ndarray:
     return np.full((n, 1), GREY, dtype=object)
 
 
-def _draw_guides(
-    ax: Axes, summary: pd.DataFrame, k: int, n_groups: int, control: set, technical_groups: bool
-) -> None:
+def _draw_guides(ax: Axes, summary: pd.DataFrame, data: PanelData, technical_groups: bool) -> None:
+    """Per-guide points and 90% intervals of :func:`dream_sc.get.guide_observed`."""
     if summary.empty:
         return
+    k, n_groups = len(data.features), len(data.group_names)
     n_max = summary["n_cells"].max()
     sizes = 12 + 60 * summary["n_cells"].to_numpy() / max(n_max, 1)
-    g = summary["group"].to_numpy()
+    codes = {name: c for c, name in enumerate(data.group_names)}
+    g = np.array([codes.get(name, -1) for name in summary["technical_group"]], dtype=int)
+    position = {name: j for j, name in enumerate(data.features)}
     offset = (
         (g - (n_groups - 1) / 2) * DODGE if technical_groups and n_groups > 1 else np.zeros(len(g))
     )
     x = summary["dose"].to_numpy() * np.exp(offset)
     if k > 1:
-        edge = np.array([color(f) for f in summary["feature"]], dtype=object)
+        edge = np.array([color(position[f]) for f in summary["feature"]], dtype=object)
     elif technical_groups and n_groups > 1:
         edge = np.array([color(max(v, 0)) for v in g], dtype=object)
     else:
         edge = np.full(len(g), CURVE_COLOR, dtype=object)
-    is_control = summary["unit"].isin(control).to_numpy()
+    is_control = summary["is_control"].to_numpy(dtype=bool)
     ax.vlines(
         x,
-        summary["lo"],
-        summary["hi"],
+        summary["q05"],
+        summary["q95"],
         colors=list(edge),
         linewidth=1.0,
         zorder=3,
@@ -259,25 +262,28 @@ def draw_panel(
     """Draw one dose-response axes: cells (optional), per-guide summaries, curves, labels."""
     adata, record = _trans_record(mdata, modality, key)
     table = adata.varm[key]
-    cis = mdata.uns[cis_key]
+    cis = read_cis(mdata, cis_key)
     data = panel_data(mdata, modality, features, record, cis_key)
-    guides = cis["guides"]
-    unit_dose = None if data.binned else guides["dose_mean"]
-    control = set(
-        guides.index[np.asarray(guides.get("is_control", np.zeros(len(guides), bool)), dtype=bool)]
-    )
     by_group = technical_groups and len(data.group_names) > 1
-    summary = guide_summary(data, unit_dose, by_group=by_group, n_boot=n_boot)
+    summary = guide_observed(
+        mdata,
+        features,
+        modality=modality,
+        key=key,
+        cis_key=cis_key,
+        by_group=by_group,
+        n_boot=n_boot,
+    )
     if show_cells:
         _draw_cells(ax, data, _point_colors(data, technical_groups), max_cells, seed=0)
-    _draw_guides(ax, summary, len(features), len(data.group_names), control, by_group)
+    _draw_guides(ax, summary, data, by_group)
     curves = trans_curves(mdata, modality=modality, features=features, key=key)
     _draw_curves(ax, curves, table, features)
     dose_axis(ax, str(cis["cis_feature"]), float(cis["x_ntc"]))
-    ax.set_ylabel(VALUE_LABEL[data.distribution])
+    ax.set_ylabel(get_family(data.distribution).value_label)
     ax.set_title(_title(table, title, features), fontsize="medium")
     if legend or len(features) > 1:
-        _legend(ax, data, technical_groups, bool(summary["unit"].isin(control).any()))
+        _legend(ax, data, technical_groups, bool(summary["is_control"].any()))
 
 
 def dose_response(

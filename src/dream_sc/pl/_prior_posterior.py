@@ -12,7 +12,8 @@ from mudata import MuData
 from scipy import stats
 
 from .. import _validation as V
-from ..tl._common import Z90
+from ..models.cis import guide_effect_prior_draws
+from ..models.trans_summary import Z90
 from ._fits import Fit, find_fits
 from ._utils import CURVE_COLOR, GREY, SHAPE_COLORS, finish, single_axes
 
@@ -215,11 +216,7 @@ def _cis_spec(fit: Fit, param: str, feature: str | None) -> Spec:
         p = priors["reference_effect"]
         prior = _student(p["df"], p["loc"], p["scale"], "prior")
     else:
-        rng = np.random.default_rng(0)
-        m, tau, z = priors["target_mean"], priors["target_scale"], priors["guide_z"]
-        draws = rng.normal(m["loc"], m["scale"], N_PRIOR_DRAWS) + np.exp(
-            rng.normal(tau["loc"], tau["scale"], N_PRIOR_DRAWS)
-        ) * (z["loc"] + z["scale"] * rng.standard_t(z["df"], N_PRIOR_DRAWS))
+        draws = guide_effect_prior_draws(priors, N_PRIOR_DRAWS, seed=0)
         prior = _sampled(draws, "prior: target_mean + target_scale x guide_z")
     sub = guides[sel]
     row = _feature_row(sub.index, feature, param, False, fit.where)

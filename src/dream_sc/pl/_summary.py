@@ -10,7 +10,8 @@ from mudata import MuData
 
 from .. import _validation as V
 from ..get._tables import _trans_record
-from ._utils import RESPONSE_LABEL, SHAPE_COLORS, finish, single_axes
+from ..models.families import get_family
+from ._utils import SHAPE_COLORS, finish, single_axes
 
 SHAPE_LABELS = {
     "increasing": "increasing",
@@ -198,7 +199,7 @@ def trans_summary(
     span = float(np.nanmax(np.abs(x), initial=0.0)) or 1.0
     ax.set_xlim(-1.15 * span, 1.15 * span)
     _label_points(ax, x, y, table.index.to_numpy(), n_labels)
-    ax.set_xlabel(RESPONSE_LABEL[str(record["distribution"])])
+    ax.set_xlabel(get_family(str(record["distribution"])).response_label)
     ax.set_ylabel(ylabel)
     criterion = f"with q < {level:g}" if tested else "significant (posterior call, untested)"
     ax.set_title(

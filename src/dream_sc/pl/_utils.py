@@ -27,22 +27,6 @@ CURVE_COLOR = "#222222"
 #: Palette for technical groups, categories and targets.
 PALETTE = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#1f78b4"]
 
-#: y-axis label of dose-response plots per distribution (the modality's natural scale).
-VALUE_LABEL = {
-    "negbinom": "expression (counts per unit size factor)",
-    "binomial": "PSI (successes / trials)",
-    "multinomial": "usage (proportion of group)",
-    "normal": "value",
-    "studentt": "value",
-}
-#: x-axis label of the volcano plot per distribution (unit of ``response_mean``).
-RESPONSE_LABEL = {
-    "negbinom": "log2 fold change over dosage range",
-    "binomial": "Δ PSI over dosage range",
-    "multinomial": "Δ proportion over dosage range",
-    "normal": "Δ mean over dosage range",
-    "studentt": "Δ mean over dosage range",
-}
 #: Label of the secondary dosage axis.
 LOG2FC_LABEL = "log2 fold change vs NTC"
 

@@ -7,6 +7,7 @@ from mudata import MuData
 from .. import _validation as V
 from .._data import modality_data
 from .._registration import DISTRIBUTIONS, OVERDISPERSIBLE, REGISTRATION_KEY, make_registration
+from ..models.families import get_family
 
 
 def register_modality(
@@ -72,10 +73,8 @@ def register_modality(
             f"distribution must be one of {', '.join(DISTRIBUTIONS)}; got {distribution!r}."
             + V._suggest(distribution, DISTRIBUTIONS)
         )
-    if total_layer is not None and distribution != "binomial":
-        raise ValueError("`total_layer` only applies to distribution='binomial'.")
-    if group_key is not None and distribution != "multinomial":
-        raise ValueError("`group_key` only applies to distribution='multinomial'.")
+    family = get_family(distribution)
+    family.check_options(total_layer=total_layer, group_key=group_key)
     if overdispersed not in (True, False):
         raise ValueError(f"`overdispersed` must be True or False; got {overdispersed!r}.")
     if overdispersed and distribution not in OVERDISPERSIBLE:
@@ -85,15 +84,12 @@ def register_modality(
             "'negbinom' (already over-dispersed), for continuous values 'studentt', or drop "
             "`overdispersed=True`."
         )
-    if distribution == "binomial":
-        total_layer = total_layer or "total"
-        if total_layer not in mdata[modality].layers:
-            raise KeyError(
-                f"Binomial modality {modality!r} needs the trials in layer {total_layer!r}; "
-                f"layers present: {list(mdata[modality].layers)}. Pass `total_layer=`."
-            )
-    if distribution == "multinomial":
-        group_key = group_key or "group"
+    total_layer, group_key = family.registration_options(
+        total_layer=total_layer,
+        group_key=group_key,
+        layers=mdata[modality].layers,
+        modality=modality,
+    )
     adata = mdata[modality]
     registration = make_registration(
         distribution,

@@ -13,9 +13,12 @@ from mudata import MuData
 from scipy import sparse
 
 from .. import _validation as V
+from .._cells import check_guide_columns, sum_factor_values, technical_groups
 from .._data import modality_data
+from .._settings import settings
+from .._storage import write_cis
 from ..models.cis import LN2, CisData, fit_cis_model, sample_cell_dosage
-from ._cells import check_guide_columns, sum_factor_values, technical_groups
+from ..models.families import get_family
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
 from ._technical import load_technical
 
@@ -81,6 +84,79 @@ def _cis_cells_high_moi(mdata, obs, assignment_key, guide_targets, control_label
     A = (A > 0).astype(np.float32)
     use = A.sum(1) > 0
     return use, A, [str(g) for g in table.columns], targets == cis_target
+
+
+def _high_moi_guides(
+    A: np.ndarray, guide_names: list[str], is_cis: np.ndarray, cis_target: str
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """High MOI: drop guides without fitted cells; at least two cis guides must remain.
+
+    Returns the assignment ``[cells, guides]``, guide names, cis mask and guide targets.
+    """
+    keep = A.sum(0) > 0
+    if (~keep).any():
+        dropped = [g for g, k in zip(guide_names, keep, strict=True) if not k]
+        logger.info("fit_cis: %d guide(s) without cells ignored: %s", len(dropped), dropped[:10])
+    A, guide_names, is_cis = (
+        A[:, keep],
+        [g for g, k in zip(guide_names, keep, strict=True) if k],
+        is_cis[keep],
+    )
+    if is_cis.sum() < 2:
+        raise ValueError(
+            f"The cis target {cis_target!r} has fewer than 2 guides with cells "
+            f"({int(is_cis.sum())}); at least 2 guides are needed to separate guide effects "
+            "from the dose-response."
+        )
+    return A, guide_names, is_cis, np.where(is_cis, cis_target, "other")
+
+
+def _low_moi_guides(
+    obs: pd.DataFrame, rows: np.ndarray, guide_key: str, target_key: str, cis_target: str
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """Low MOI: one-hot guide assignment of the fitted cells and which guides target cis."""
+    A, guide_names = _low_moi_assignment(obs[guide_key].iloc[rows])
+    gt = (
+        obs.iloc[rows]
+        .groupby(obs[guide_key].iloc[rows].astype(str), observed=True)[target_key]
+        .first()
+    )
+    guide_target = gt.loc[guide_names].astype(str).to_numpy()
+    return A, guide_names, guide_target == cis_target, guide_target
+
+
+def _guide_table(
+    draws: dict, A: np.ndarray, guide_names: list[str], guide_target: np.ndarray, is_cis
+) -> pd.DataFrame:
+    """Per-guide dosage and effect summaries of the cis posterior draws (``uns[key]["guides"]``).
+
+    A control guide is flagged ``control_active`` when its 90% interval excludes 0 and its
+    mean effect exceeds 0.2 log2 units.
+    """
+    x_ntc_draws, b_draws = draws["log2_x_ntc"], draws["guide_effect_all"]
+    dose_draws = np.exp2(x_ntc_draws[:, None] + b_draws)
+    n_cells_g = A.sum(0).astype(int)
+    sigma = np.exp(draws["guide_log_sigma"]).mean(0)
+    b_mean, b_sd = b_draws.mean(0), b_draws.std(0)
+    q05, q95 = np.quantile(b_draws, [0.05, 0.95], axis=0)
+    active = (~is_cis) & ((q05 > 0) | (q95 < 0)) & (np.abs(b_mean) > 0.2)
+    return pd.DataFrame(
+        {
+            "target": guide_target.astype(str),
+            "n_cells": n_cells_g,
+            "dose_mean": dose_draws.mean(0),
+            "dose_q05": np.quantile(dose_draws, 0.05, axis=0),
+            "dose_q95": np.quantile(dose_draws, 0.95, axis=0),
+            "log2_effect_mean": b_mean,
+            "log2_effect_sd": b_sd,
+            "log2_effect_q05": q05,
+            "log2_effect_q95": q95,
+            "sigma_mean": sigma,
+            "is_control": ~is_cis,
+            "control_active": active,
+        },
+        index=pd.Index(guide_names, name="guide"),
+    )
 
 
 def fit_cis(
@@ -172,8 +248,6 @@ def fit_cis(
     >>> mdata.uns["dream_cis"]["guides"].columns[:3].tolist()
     ['target', 'n_cells', 'dose_mean']
     """
-    from .._settings import settings
-
     params = {k: v for k, v in locals().items() if k not in ("mdata", "settings")}
     params["guide_targets"] = None if guide_targets is None else "given"
     V.check_mudata(mdata)
@@ -188,7 +262,7 @@ def fit_cis(
             + V._suggest(cis_feature, adata.var_names)
         )
     tech = load_technical(mdata, modality, technical_key_added)
-    if tech.distribution != "negbinom":
+    if not get_family(tech.distribution).cis_capable:
         raise ValueError(
             f"The cis gene must come from a count (negbinom) modality; {modality!r} is {tech.distribution}."
         )
@@ -213,34 +287,10 @@ def fit_cis(
     sf = sum_factor_values(mdata, sum_factor_key)[rows]
     V.check_sum_factors(sf, sum_factor_key)
     if high_moi:
-        A = A_all[rows]
-        keep = A.sum(0) > 0
-        if (~keep).any():
-            dropped = [g for g, k in zip(guide_names, keep, strict=True) if not k]
-            logger.info(
-                "fit_cis: %d guide(s) without cells ignored: %s", len(dropped), dropped[:10]
-            )
-        A, guide_names, is_cis = (
-            A[:, keep],
-            [g for g, k in zip(guide_names, keep, strict=True) if k],
-            is_cis[keep],
-        )
-        if is_cis.sum() < 2:
-            raise ValueError(
-                f"The cis target {cis_target!r} has fewer than 2 guides with cells "
-                f"({int(is_cis.sum())}); at least 2 guides are needed to separate guide effects "
-                "from the dose-response."
-            )
-        guide_target = np.where(is_cis, cis_target, "other")
+        guides = _high_moi_guides(A_all[rows], guide_names, is_cis, cis_target)
     else:
-        A, guide_names = _low_moi_assignment(obs[guide_key].iloc[rows])
-        gt = (
-            obs.iloc[rows]
-            .groupby(obs[guide_key].iloc[rows].astype(str), observed=True)[target_key]
-            .first()
-        )
-        guide_target = gt.loc[guide_names].astype(str).to_numpy()
-        is_cis = guide_target == cis_target
+        guides = _low_moi_guides(obs, rows, guide_key, target_key, cis_target)
+    A, guide_names, is_cis, guide_target = guides
     n_samples = int(n_samples or settings.n_samples)
     seed = resolve_seed(seed)
     dev = resolve_device(device)
@@ -267,6 +317,7 @@ def fit_cis(
         device=dev,
         progress=resolve_progress(progress),
         checkpoint=checkpoint,
+        checkpoint_every=settings.checkpoint_every,
     )
     seconds = time.perf_counter() - start
     if not post.fit.converged:
@@ -279,31 +330,9 @@ def fit_cis(
     samples = np.exp2(log2_samples)
     mean, sd = samples.mean(1), samples.std(1)
     cell_q05, cell_q95 = np.quantile(samples, [0.05, 0.95], axis=1)
-    # per guide
     x_ntc_draws, b_draws = post.draws["log2_x_ntc"], post.draws["guide_effect_all"]
-    dose_draws = np.exp2(x_ntc_draws[:, None] + b_draws)
-    n_cells_g = A.sum(0).astype(int)
-    sigma = np.exp(post.draws["guide_log_sigma"]).mean(0)
-    b_mean, b_sd = b_draws.mean(0), b_draws.std(0)
-    q05, q95 = np.quantile(b_draws, [0.05, 0.95], axis=0)
-    active = (~is_cis) & ((q05 > 0) | (q95 < 0)) & (np.abs(b_mean) > 0.2)
-    guides = pd.DataFrame(
-        {
-            "target": guide_target.astype(str),
-            "n_cells": n_cells_g,
-            "dose_mean": dose_draws.mean(0),
-            "dose_q05": np.quantile(dose_draws, 0.05, axis=0),
-            "dose_q95": np.quantile(dose_draws, 0.95, axis=0),
-            "log2_effect_mean": b_mean,
-            "log2_effect_sd": b_sd,
-            "log2_effect_q05": q05,
-            "log2_effect_q95": q95,
-            "sigma_mean": sigma,
-            "is_control": ~is_cis,
-            "control_active": active,
-        },
-        index=pd.Index(guide_names, name="guide"),
-    )
+    guides = _guide_table(post.draws, A, guide_names, guide_target, is_cis)
+    active = guides["control_active"].to_numpy(dtype=bool)
     if active.any():
         warnings.warn(
             f"Control guide(s) {list(np.asarray(guide_names)[active])} shift the cis gene "
@@ -346,18 +375,17 @@ def fit_cis(
     }
     target = mdata.copy() if copy else mdata
     n = target.n_obs
+    columns = {}
     for name, values in (
         ("mean", mean),
         ("sd", sd),
         ("q05", cell_q05),
         ("q95", cell_q95),
     ):
-        column = np.full(n, np.nan)
-        column[rows] = values
-        target.obs[f"{key_added}_dose_{name}"] = column
+        columns[name] = np.full(n, np.nan)
+        columns[name][rows] = values
     full = np.full((n, n_samples), np.nan, dtype=np.float32)
     full[rows] = samples
-    target.obsm[f"{key_added}_dose_samples"] = full
-    target.uns[key_added] = record
+    write_cis(target, key_added, record, columns, full)
     logger.info("fit_cis finished in %.1fs (converged=%s)", seconds, post.fit.converged)
     return target if copy else None

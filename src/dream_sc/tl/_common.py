@@ -9,8 +9,7 @@ import pandas as pd
 import torch
 
 from .._settings import settings
-
-Z90 = 1.6448536269514722  # standard normal 95th percentile: 90% intervals
+from ..models.trans_summary import Z90
 
 
 def resolve_seed(seed: int | None) -> int:

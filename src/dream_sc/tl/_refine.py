@@ -11,6 +11,7 @@ import logging
 import numpy as np
 import torch
 
+from ..models.families import get_family
 from ..models.refine import (
     adaptive_importance_sampling,
     curve_params,
@@ -32,7 +33,7 @@ START_DRAWS = 500
 
 def can_refine(job: TransJob) -> bool:
     """Hill curves with a per-feature likelihood (the multinomial couples its features)."""
-    return job.function != "polynomial" and job.data.distribution != "multinomial"
+    return job.function != "polynomial" and not get_family(job.data.distribution).grouped
 
 
 def refined_columns(

@@ -6,7 +6,6 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -15,19 +14,22 @@ import torch
 from mudata import MuData
 
 from .. import _validation as V
+from .._cells import sum_factor_values, technical_groups
 from .._data import modality_data
 from .._registration import is_overdispersed
+from .._settings import settings
+from .._storage import TechnicalFit, write_technical
+from .._storage import read_technical as load_technical
 from ..models.chunked import fit_chunks, name_order, stable_keys
+from ..models.families import get_family
 from ..models.memory import feature_chunks, plan_fit
 from ..models.observation import ObservationData
 from ..models.technical import (
     CONCENTRATION_RANGE,
     LOG_CONC_PRIOR_SD,
-    LOG_PHI_PRIOR,
     moment_init,
     technical_problem,
 )
-from ._cells import sum_factor_values, technical_groups
 from ._common import (
     clean_params,
     frame,
@@ -39,6 +41,8 @@ from ._common import (
 )
 
 logger = logging.getLogger("dream_sc")
+
+__all__ = ["TechnicalFit", "fit_technical", "load_technical"]
 
 
 def fit_technical(
@@ -177,13 +181,12 @@ def fit_technical(
             f"Technical group(s) {missing} have no fitted cells present in modality "
             f"{modality!r}; merge or drop them."
         )
+    family = get_family(data.distribution)
     sf = None
-    if data.distribution == "negbinom":
+    if family.size_factors:
         sf = sum_factor_values(mdata, sum_factor_key)[present]
         V.check_sum_factors(sf, sum_factor_key)
-    overdispersed = data.distribution in ("binomial", "multinomial") and is_overdispersed(
-        mdata[modality]
-    )
+    overdispersed = family.overdispersible and is_overdispersed(mdata[modality])
     seed = resolve_seed(seed)
     dev = resolve_device(device)
     n_cells, n_features = data.X.shape
@@ -209,6 +212,7 @@ def fit_technical(
         n_steps=n_steps,
         batch_size=batch_size,
         feature_chunk=feature_chunk,
+        max_memory_gb=settings.max_memory_gb,
     )
     chunks = feature_chunks(n_features, plan.feature_chunk, data.group_index)
     order = name_order(obs.index[present])
@@ -257,6 +261,7 @@ def fit_technical(
         description=f"technical {modality}",
         prefix=key_added,
         checkpoint=checkpoint,
+        checkpoint_every=settings.checkpoint_every,
         feature_keys=stable_keys(data.var_names),
     )
     summary = (
@@ -292,10 +297,7 @@ def fit_technical(
         "versions": versions(),
     }
     target = mdata.copy() if copy else mdata
-    adata = target[modality]
-    adata.varm[key_added] = table
-    adata.var[f"{key_added}_informative"] = init.informative
-    adata.uns[key_added] = record
+    write_technical(target[modality], key_added, record, table, init.informative)
     logger.info("fit_technical finished in %.1fs (converged=%s)", seconds, fit.converged)
     return target if copy else None
 
@@ -318,19 +320,15 @@ def _concentration_summary(fit, init, group_index: np.ndarray | None, summary) -
 
 
 def _summarise(fit, init, group_names, data, summary=normal_summary) -> pd.DataFrame:
-    distribution = data.distribution
+    family = get_family(data.distribution)
     cols = summary("baseline", fit.loc["baseline"], fit.scale["baseline"])
     for k, name in enumerate(group_names[1:]):
         effect = summary(f"effect_{name}", fit.loc["delta"][:, k], fit.scale["delta"][:, k])
         for col, values in effect.items():
             effect[col] = np.where(init.informative, values, 0.0)
         cols.update(effect)
-    if distribution == "negbinom":
-        cols.update(summary("dispersion", fit.loc["log_phi"], fit.scale["log_phi"], log_scale=True))
-    if distribution in ("normal", "studentt"):
-        cols.update(summary("sigma", fit.loc["log_sigma"], fit.scale["log_sigma"], log_scale=True))
-    if distribution == "studentt":
-        cols.update(summary("nu", fit.loc["log_nu"], fit.scale["log_nu"], log_scale=True))
+    for column, site in family.noise_columns:
+        cols.update(summary(column, fit.loc[site], fit.scale[site], log_scale=True))
     if "log_conc" in fit.loc:
         cols.update(_concentration_summary(fit, init, data.group_index, summary))
     return frame(cols, data.var_names)
@@ -345,20 +343,7 @@ def _priors(init, distribution: str) -> dict:
         },
         "effect": {"dist": "normal", "loc": 0.0, "scale": float(init.delta_scale)},
     }
-    if distribution == "negbinom":
-        priors["dispersion"] = {
-            "dist": "lognormal",
-            "loc": float(LOG_PHI_PRIOR[0]),
-            "scale": float(LOG_PHI_PRIOR[1]),
-        }
-    if distribution in ("normal", "studentt"):
-        priors["sigma"] = {
-            "dist": "lognormal",
-            "loc": init.log_sigma.astype(np.float64),
-            "scale": 1.0,
-        }
-    if distribution == "studentt":
-        priors["nu"] = {"dist": "lognormal", "loc": float(np.log(10.0)), "scale": 1.0}
+    priors.update(get_family(distribution).noise_priors(init))
     if init.log_conc is not None:
         priors["concentration"] = {
             "dist": "lognormal",
@@ -368,59 +353,3 @@ def _priors(init, distribution: str) -> dict:
             "moment_estimate": np.asarray(init.conc_informative, dtype=bool),
         }
     return priors
-
-
-@dataclass
-class TechnicalFit:
-    """Technical results of a modality as later steps need them (link scale)."""
-
-    groups: list[str]
-    baseline: np.ndarray  # [T]
-    effects: np.ndarray  # [T, C] (reference column = 0)
-    log_phi: np.ndarray | None
-    log_sigma: np.ndarray | None
-    log_nu: np.ndarray | None
-    distribution: str
-    technical_key: object
-    log_conc: np.ndarray | None = None  # [T] over-dispersed binomial / multinomial
-
-
-def load_technical(mdata: MuData, modality: str, key: str) -> TechnicalFit:
-    """Read a stored technical fit (raises with the call to run when it is missing)."""
-    V.check_modality(mdata, modality)
-    adata = mdata[modality]
-    if key not in adata.uns or key not in adata.varm:
-        raise KeyError(
-            f"No technical fit {key!r} in modality {modality!r}; run "
-            f"`ds.tl.fit_technical(mdata, modality={modality!r}, key_added={key!r})` first."
-        )
-    record, table = adata.uns[key], adata.varm[key]
-    groups = [str(g) for g in record["groups"]]
-    effects = np.zeros((adata.n_vars, len(groups)))
-    for k, name in enumerate(groups[1:], start=1):
-        effects[:, k] = table[f"effect_{name}_mean"].to_numpy()
-    get = lambda col: np.log(table[col].to_numpy()) if col in table else None  # noqa: E731
-    tech_key = record["params"].get("technical_key", "cell_line")
-    if isinstance(tech_key, np.ndarray):
-        tech_key = [str(k) for k in tech_key]
-    fitted_od = bool(record.get("overdispersed", False))
-    wanted_od = str(record["distribution"]) in ("binomial", "multinomial") and is_overdispersed(
-        adata
-    )
-    if fitted_od != wanted_od:
-        raise ValueError(
-            f"Modality {modality!r} is registered with overdispersed={wanted_od} but its "
-            f"technical fit {key!r} was run with overdispersed={fitted_od}; rerun "
-            f"`ds.tl.fit_technical(mdata, modality={modality!r}, key_added={key!r})`."
-        )
-    return TechnicalFit(
-        groups,
-        table["baseline_mean"].to_numpy(),
-        effects,
-        get("dispersion_q50"),
-        get("sigma_q50"),
-        get("nu_q50"),
-        str(record["distribution"]),
-        tech_key or None,
-        get("concentration_q50") if fitted_od else None,
-    )

@@ -9,36 +9,29 @@ import warnings
 import numpy as np
 import pandas as pd
 from mudata import MuData
-from scipy import sparse
 
 from .. import _validation as V
 from .._settings import settings
+from .._storage import posterior_frame, write_trans
+from ..models.families import get_family
 from ..models.significance import DEFAULT_N_PERMUTATIONS
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
 from ._refine import refined_columns
 from ._significance import null_fits, significance_columns
-from ._trans_job import TransJob, posterior_frame, prepare_trans_job
+from ._trans_job import TransJob, prepare_trans_job
+from ._trans_settings import TransSettings
 
 logger = logging.getLogger("dream_sc")
 
 
 def _cells_with_data(job: TransJob) -> np.ndarray:
+    """Cells with an observation of every fitted feature (the family decides what counts)."""
     data, cols = job.data, np.flatnonzero(job.fitted)
-    if data.distribution == "negbinom":
-        return np.full(len(cols), len(job.rows))
-    if data.distribution == "binomial":
-        n = data.total[:, cols]
-        return np.asarray((n > 0).sum(0)).ravel()
-    if data.distribution == "multinomial":
-        X = sparse.csc_matrix(data.X[:, cols])
-        gi = data.group_index[cols]
-        out = np.zeros(len(cols), int)
-        for g in np.unique(gi):
-            members = gi == g
-            out[members] = int((np.asarray(X[:, members].sum(1)).ravel() > 0).sum())
-        return out
-    dense = data.X[:, cols].toarray() if sparse.issparse(data.X) else np.asarray(data.X)[:, cols]
-    return np.isfinite(dense).sum(0)
+    return get_family(data.distribution).cells_with_data(
+        data.X[:, cols],
+        total=None if data.total is None else data.total[:, cols],
+        group_index=None if data.group_index is None else data.group_index[cols],
+    )
 
 
 def fit_trans(
@@ -187,27 +180,8 @@ def fit_trans(
     seed = resolve_seed(seed)
     dev = resolve_device(device)
     n_samples = int(n_samples or settings.n_samples)
-    job = prepare_trans_job(
-        mdata,
-        modality=modality,
-        function=function,
-        cis_key=cis_key,
-        technical_key_added=technical_key_added,
-        sum_factor_key=sum_factor_key,
-        layer=layer,
-        use_dose_mean=use_dose_mean,
-        min_effect=min_effect,
-        degree=degree,
-        include_cis_feature=include_cis_feature,
-        seed=seed,
-        n_steps=n_steps,
-        lr=lr,
-        batch_size=batch_size,
-        feature_chunk=feature_chunk,
-        n_samples=n_samples,
-        device=dev,
-        progress=resolve_progress(progress),
-    )
+    fit_settings = TransSettings.from_arguments(params, seed=seed, n_samples=n_samples)
+    job = prepare_trans_job(mdata, fit_settings, device=dev, progress=resolve_progress(progress))
     job.checkpoint = checkpoint
     start = time.perf_counter()
     logger.info(
@@ -270,13 +244,8 @@ def fit_trans(
         record["null_loss"] = null["loss"]
     target = mdata.copy() if copy else mdata
     adata = target[modality]
-    adata.varm[key_added] = table
-    for stat in ("mean", "q05", "q95"):
-        full = np.full((adata.n_vars, len(job.grid.dose)), np.nan, dtype=np.float32)
-        full[job.fitted] = curves[stat]
-        adata.varm[f"{key_added}_curve_{stat}"] = full
-    adata.varm[f"{key_added}_posterior"] = posterior_frame(fit, adata.var_names, job.fitted)
-    adata.uns[key_added] = record
+    posterior = posterior_frame(fit, adata.var_names, job.fitted)
+    write_trans(adata, key_added, record, table, curves, posterior)
     logger.info("fit_trans finished in %.1fs (converged=%s)", seconds, fit.converged)
     return target if copy else None
 

@@ -7,7 +7,9 @@ technical group and, for counts, a unit size factor. Per cell that is
 - binomial: ``successes / trials`` with the group's logit shift removed;
 - multinomial: category proportions within the group with the group's log-probability shift
   removed (renormalised);
-- normal / studentt: ``value - technical effect``.
+- normal / studentt: ``value - technical effect``
+
+(each family's ``observed_parts`` and ``normalise``, :mod:`dream_sc.models.families`).
 
 Per guide the data are pooled as ratios of sums (total counts over total size factor, total
 successes over total trials, ...) within each technical group, normalised, then averaged over
@@ -17,17 +19,19 @@ groups weighted by their denominators; 90% intervals come from a seeded bootstra
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from mudata import MuData
 from scipy import sparse
-from scipy.special import expit, logit
 
+from .. import _validation as V
+from .._cells import technical_groups
 from .._registration import get_registration
-from ..tl._cells import technical_groups
-from ..tl._technical import load_technical
+from .._storage import read_cis, read_technical, read_trans
+from ..models.families import get_family
 
 #: Values materialised per bootstrap batch (bounds memory for guides with many cells).
 _BOOT_BUDGET = 4_000_000
@@ -54,14 +58,7 @@ class PanelData:
 def normalise(distribution: str, ratio: np.ndarray, delta: np.ndarray) -> np.ndarray:
     """Remove technical effects ``delta`` (link scale) from raw ratios ``[..., K]``."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        if distribution == "negbinom":
-            return ratio * np.exp(-delta)
-        if distribution == "binomial":
-            return expit(logit(ratio) - delta)
-        if distribution == "multinomial":
-            w = ratio * np.exp(-delta)
-            return w / w.sum(-1, keepdims=True)
-        return ratio - delta
+        return get_family(distribution).normalise(ratio, delta)
 
 
 def _dense(matrix) -> np.ndarray:
@@ -99,7 +96,7 @@ def panel_data(
 ) -> PanelData:
     """Per-cell observations of ``features`` for the cells of the trans fit ``record``."""
     adata = mdata[modality]
-    cis = mdata.uns[cis_key]
+    cis = read_cis(mdata, cis_key)
     params = record["params"]
     dose_all = mdata.obs[f"{cis_key}_dose_mean"].to_numpy(dtype=np.float64)
     has_dose = np.flatnonzero(np.isfinite(dose_all))
@@ -111,20 +108,15 @@ def panel_data(
     dist = str(record["distribution"])
     cols = adata.var_names.get_indexer(features)
     X = _columns(adata, layer, pos, cols, modality)
-    if dist == "negbinom":
+    family = get_family(dist)
+    sf = total = None
+    if family.size_factors:
         sf_key = str(params.get("sum_factor_key", "sum_factor"))
         sf = mdata.obs[sf_key].to_numpy(dtype=np.float64)[rows]
-        num, den = X, np.repeat(sf[:, None], len(cols), axis=1)
-    elif dist == "binomial":
-        total_layer = reg.get("total_layer") or "total"
-        num, den = X, _columns(adata, total_layer, pos, cols, modality)
-    elif dist == "multinomial":
-        num = X
-        den = np.repeat(X.sum(1, keepdims=True), len(cols), axis=1)
-    else:
-        finite = np.isfinite(X)
-        num, den = np.where(finite, X, 0.0), finite.astype(np.float64)
-    tech = load_technical(
+    if "total_layer" in family.options:
+        total = _columns(adata, reg.get("total_layer") or "total", pos, cols, modality)
+    num, den = family.observed_parts(X, total=total, size_factor=sf)
+    tech = read_technical(
         mdata, modality, str(record.get("technical_key_added", "dream_technical"))
     )
     groups = technical_groups(mdata.obs, tech.technical_key, known=tech.groups)
@@ -227,4 +219,99 @@ def guide_summary(
                 )
     return pd.DataFrame(
         records, columns=["unit", "group", "feature", "dose", "value", "lo", "hi", "n_cells"]
+    )
+
+
+def guide_observed(
+    mdata: MuData,
+    features: str | Sequence[str],
+    *,
+    modality: str = "rna",
+    key: str = "dream_trans",
+    cis_key: str | None = None,
+    by_group: bool = False,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Observed data of fitted features summarised per guide, on the scale of the curves.
+
+    The cells of the trans fit ``key`` are pooled per guide (per dosage decile when cells carry
+    several guides, high MOI): ratios of sums (counts over size factors, successes over trials,
+    category counts over the group's counts, values over observed cells) with the technical
+    effects of step 1 removed, i.e. on the scale of :func:`dream_sc.get.trans_curves`
+    (reference technical group, unit size factor). 90% intervals come from a seeded bootstrap
+    over the guide's cells. :func:`dream_sc.pl.dose_response` draws these points.
+
+    Parameters
+    ----------
+    mdata
+        A screen fitted with :func:`dream_sc.tl.fit_trans`.
+    features
+        Feature name(s) of ``modality``.
+    modality
+        Fitted modality.
+    key
+        ``key_added`` of the trans fit.
+    cis_key
+        ``key_added`` of the cis fit (default: the one the trans fit used).
+    by_group
+        Summarise every technical group separately (else pooled over groups, weighted by
+        their denominators).
+    n_boot
+        Bootstrap resamples over cells.
+    seed
+        Bootstrap seed.
+
+    Returns
+    -------
+    Long DataFrame, one row per guide (and technical group) and feature with data:
+    ``guide`` (guide, or ``"dose bin k"``), ``technical_group`` (``"all"`` when pooled),
+    ``feature``, ``dose`` (the guide's posterior mean dosage; median cell dosage of a bin),
+    ``value``, ``q05``, ``q95``, ``n_cells`` (cells with data) and ``is_control``.
+
+    Examples
+    --------
+    >>> import dream_sc as ds
+    >>> mdata = ds.datasets.simulate_screen(n_cells=300, n_genes=20, seed=0)
+    >>> ds.tl.fit_technical(mdata, n_steps=50, progress=False)
+    >>> ds.tl.fit_cis(mdata, cis_feature="GFI1B", n_steps=100, progress=False)
+    >>> ds.tl.fit_trans(mdata, function="single_hill", n_steps=50, test=False, progress=False)
+    >>> table = ds.get.guide_observed(mdata, "gene_0005", n_boot=20)
+    >>> table.columns[:4].tolist()
+    ['guide', 'technical_group', 'feature', 'dose']
+    """
+    V.check_mudata(mdata)
+    adata, record = read_trans(mdata, modality, key)
+    names = [features] if isinstance(features, str) else [str(f) for f in features]
+    if not names:
+        raise ValueError("features is empty; pass a feature name or a list of names.")
+    for name in names:
+        if name not in adata.var_names:
+            raise KeyError(
+                f"Feature {name!r} not found in modality {modality!r}."
+                + V._suggest(name, adata.var_names)
+            )
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer; got {n_boot!r}.")
+    cis_key = str(record.get("cis_key", "dream_cis")) if cis_key is None else cis_key
+    data = panel_data(mdata, modality, names, record, cis_key)
+    guides = read_cis(mdata, cis_key)["guides"]
+    unit_dose = None if data.binned else guides["dose_mean"]
+    summary = guide_summary(data, unit_dose, by_group=by_group, n_boot=n_boot, seed=seed)
+    control = guides.index[
+        np.asarray(guides.get("is_control", np.zeros(len(guides), bool)), dtype=bool)
+    ]
+    group_names = np.asarray(data.group_names + ["all"], dtype=object)
+    return pd.DataFrame(
+        {
+            "guide": summary["unit"].to_numpy(dtype=object),
+            "technical_group": group_names[summary["group"].to_numpy(dtype=int)],
+            "feature": np.asarray(names, dtype=object)[summary["feature"].to_numpy(dtype=int)],
+            "dose": summary["dose"].to_numpy(dtype=np.float64),
+            "value": summary["value"].to_numpy(dtype=np.float64),
+            "q05": summary["lo"].to_numpy(dtype=np.float64),
+            "q95": summary["hi"].to_numpy(dtype=np.float64),
+            "n_cells": summary["n_cells"].to_numpy(dtype=int),
+            "is_control": summary["unit"].isin(control).to_numpy(),
+        }
     )

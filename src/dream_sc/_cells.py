@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from mudata import MuData
 
-from .. import _validation as V
+from . import _validation as V
 
 
 @dataclass
