@@ -109,4 +109,3 @@ def modality_data(
     return ModalityData(
         dist, X, extra.total, extra.group_index, extra.group_names, present, adata.var_names
     )
-
