@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -18,187 +16,26 @@ from .. import _validation as V
 from .._cells import check_guide_columns, sum_factor_values
 from .._registration import get_registration
 from .._settings import settings
+from ..models.families import get_family
 from ._cis import fit_cis
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
+from ._screen_checks import (
+    FUNCTIONS,
+    SCREEN_N_STEPS,
+    _backend_kwargs,
+    _check_kwargs,
+    _jsonable,
+    _resolve_cis_features,
+    _resolve_targets,
+    _step_values,
+    _technical_matches,
+    target_seed,
+)
 from ._screen_store import Checkpoint, apply, capture, drop, fingerprint
 from ._technical import fit_technical
 from ._trans import fit_trans
 
 logger = logging.getLogger("dream_sc")
-
-STEPS = ("technical", "cis", "trans")
-FUNCTIONS = ("single_hill", "additive_hill", "polynomial")
-BACKENDS = ("local", "dask")
-#: Steps of each fit when ``n_steps=None`` (``None`` = that function's own default).
-SCREEN_N_STEPS: dict[str, int | None] = {"technical": None, "cis": None, "trans": None}
-#: Arguments fit_screen sets itself; not allowed in ``*_kwargs``.
-_MANAGED = {
-    "mdata",
-    "modality",
-    "technical_key",
-    "cis_feature",
-    "cis_target",
-    "cis_key",
-    "function",
-    "technical_key_added",
-    "guide_key",
-    "target_key",
-    "control_label",
-    "sum_factor_key",
-    "layer",
-    "n_steps",
-    "batch_size",
-    "n_samples",
-    "seed",
-    "device",
-    "progress",
-    "key_added",
-    "copy",
-    "checkpoint",
-    "backend",
-    "client",
-    "guide_targets",
-    "guide_assignment_key",
-}
-#: Keys of a stored technical run record compared before reusing it.
-_NOT_COMPARED = {"progress", "copy", "checkpoint", "key_added", "client"}
-
-
-def target_seed(seed: int, target: str) -> int:
-    """Seed of one target's cis and trans fits, from the screen seed and the target name only.
-
-    Results for a target therefore do not depend on which other targets are in the call.
-
-    Examples
-    --------
-    >>> target_seed(0, "GFI1B") == target_seed(0, "GFI1B")
-    True
-    """
-    digest = hashlib.sha256(f"{int(seed)}\x1f{target}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") % (2**31 - 1)
-
-
-def _step_values(value: Any, name: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """``value`` for every step: one value for all, or a mapping step -> value."""
-    if isinstance(value, Mapping):
-        unknown = sorted(set(map(str, value)) - set(STEPS))
-        if unknown:
-            raise ValueError(f"{name} has unknown step(s) {unknown}; use keys from {list(STEPS)}.")
-        return {s: value.get(s, defaults[s]) for s in STEPS}
-    if value is None:
-        return dict(defaults)
-    return dict.fromkeys(STEPS, value)
-
-
-def _check_kwargs(kwargs: Mapping | None, func, name: str) -> dict:
-    if kwargs is None:
-        return {}
-    if not isinstance(kwargs, Mapping):
-        raise ValueError(
-            f"{name} must be a dict of keyword arguments; got {type(kwargs).__name__}."
-        )
-    allowed = set(inspect.signature(func).parameters)
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise ValueError(f"{name} has argument(s) {unknown} that {func.__name__} does not take.")
-    managed = sorted(set(kwargs) & _MANAGED)
-    if managed:
-        raise ValueError(
-            f"{name} sets {managed}, which fit_screen manages; pass them to fit_screen itself "
-            "(or fit single targets with the step functions)."
-        )
-    return dict(kwargs)
-
-
-def _backend_kwargs(backend: str, client: Any) -> dict:
-    """``backend`` / ``client`` for fit_technical and fit_trans (only when not local)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {list(BACKENDS)}; got {backend!r}.")
-    if backend == "local":
-        if client is not None:
-            raise ValueError("client= is only used with backend='dask'.")
-        return {}
-    for func in (fit_technical, fit_trans):
-        params = inspect.signature(func).parameters
-        if "backend" not in params or "client" not in params:
-            raise ValueError(
-                f"backend={backend!r} needs {func.__name__} with `backend=`/`client=` keywords, "
-                "which this version of dream_sc does not have; use backend='local'."
-            )
-    return {"backend": backend, "client": client}
-
-
-def _resolve_targets(obs, target_key, control_label, targets, guide_key) -> list[str]:
-    labels = obs[target_key].astype(str)
-    present = [t for t in pd.unique(labels) if t != control_label]
-    if targets is None:
-        chosen = sorted(present)
-    else:
-        if isinstance(targets, str):
-            targets = [targets]
-        chosen = [str(t) for t in targets]
-        dup = sorted({t for t in chosen if chosen.count(t) > 1})
-        if dup:
-            raise ValueError(f"targets lists {dup} more than once.")
-        if control_label in chosen:
-            raise ValueError(
-                f"targets includes the control label {control_label!r}; controls are the "
-                "reference of every target, not a target."
-            )
-        missing = [t for t in chosen if t not in present]
-        if missing:
-            raise ValueError(
-                f"Target(s) {missing} have no cells in mdata.obs[{target_key!r}]."
-                + V._suggest(missing[0], present)
-            )
-    if not chosen:
-        raise ValueError(f"No targets to fit: mdata.obs[{target_key!r}] holds only controls.")
-    guides = obs[guide_key].astype(str)
-    few = {t: int(guides[(labels == t).to_numpy()].nunique()) for t in chosen}
-    few = {t: n for t, n in few.items() if n < 2}
-    if few:
-        raise ValueError(
-            f"Target(s) {sorted(few)} have fewer than 2 guides ({few}); a cis fit needs at least "
-            "2 guides. Leave them out with `targets=`."
-        )
-    return chosen
-
-
-def _resolve_cis_features(chosen, cis_feature, var_names, modality) -> dict[str, str]:
-    if cis_feature is None:
-        mapping = {}
-    elif isinstance(cis_feature, Mapping):
-        mapping = {str(k): str(v) for k, v in cis_feature.items()}
-        extra = sorted(set(mapping) - set(chosen))
-        if extra:
-            raise ValueError(f"cis_feature maps target(s) {extra} that are not fitted.")
-    else:
-        raise ValueError(
-            "cis_feature must be None (each target's name is its cis feature) or a dict "
-            f"target -> feature of {modality!r}; got {type(cis_feature).__name__}."
-        )
-    features = {t: mapping.get(t, t) for t in chosen}
-    absent = {t: f for t, f in features.items() if f not in var_names}
-    if absent:
-        raise KeyError(
-            f"The cis feature of target(s) {sorted(absent)} ({absent}) is not a feature of "
-            f"modality {modality!r}. Pass `cis_feature={{target: feature}}` naming the targeted "
-            "gene in that modality, or leave the target out with `targets=`."
-        )
-    return features
-
-
-def _technical_matches(mdata: MuData, modality: str, key: str, call: dict) -> bool:
-    """A stored technical fit under ``key`` ran with exactly the settings of ``call``."""
-    adata = mdata[modality]
-    if key not in adata.uns or key not in adata.varm:
-        return False
-    stored = adata.uns[key].get("params", {})
-    bound = inspect.signature(fit_technical).bind(mdata, **call)
-    bound.apply_defaults()  # arguments left at their defaults must match too
-    full = {k: v for k, v in bound.arguments.items() if k != "mdata"}
-    wanted = clean_params({k: v for k, v in full.items() if k not in _NOT_COMPARED})
-    return all(k in stored and str(stored[k]) == str(v) for k, v in wanted.items())
 
 
 def fit_screen(
@@ -329,7 +166,7 @@ def fit_screen(
     if function not in FUNCTIONS:
         raise ValueError(f"function must be one of {list(FUNCTIONS)}; got {function!r}.")
     distribution = get_registration(mdata[modality], modality)["distribution"]
-    if distribution != "negbinom":
+    if not get_family(distribution).cis_capable:
         raise ValueError(
             f"fit_screen needs a count (negbinom) modality holding the cis genes; {modality!r} "
             f"is {distribution}."
@@ -452,20 +289,6 @@ def fit_screen(
     target_mdata.uns[key_added] = record
     logger.info("fit_screen: %d targets in %.1fs", len(chosen), record["seconds"])
     return target_mdata if copy else None
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
 
 
 def _run(
