@@ -58,7 +58,7 @@ def run_screen(args: argparse.Namespace, seed: int) -> dict:
         )
         fit_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        ds.tl.test_trans(mdata, **({} if args.null is None else {"null": args.null}))
+        ds.tl.test_trans(mdata)
         test_seconds = time.perf_counter() - start
     res = ds.get.trans_results(mdata)
     res = res[res["fitted"]]
@@ -98,7 +98,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--null-screen", action="store_true", help="frac_responsive = 0")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--refine", action="store_true", help="refine intervals (off: faster)")
-    p.add_argument("--null", default=None, help="null= of test_trans (default: package default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = p.parse_args(argv)
     ds.settings.progress_bar = False
