@@ -277,8 +277,9 @@ def test_two_line_design_power_and_fdr():
 
 def test_two_line_null_screens_are_calibrated():
     """No responsive feature on the two-line design: at most 2 false calls per screen, and
-    calibration_check works on it (its null screens make at most 2 either)."""
-    any_call = []
+    calibration_check works on it. With 50 permutations and exchangeable scores about 9% of
+    null screens get any call (the FDR level) and under 1% more than two."""
+    any_call, check_calls = [], []
     for seed in (100, 101):
         mdata = ds.datasets.simulate_screen(
             n_cells=3000, n_genes=300, frac_responsive=0.0, seed=seed, **TWO_LINE
@@ -288,7 +289,8 @@ def test_two_line_null_screens_are_calibrated():
         assert (q < 0.1).sum() <= 2, (seed, int((q < 0.1).sum()))
         any_call.append(bool((q < 0.1).any()))
         assert mdata["rna"].uns["dream_trans"]["exchangeability"]["passed"]
-        check = ds.tl.calibration_check(mdata, n_null_screens=5)
+        check = ds.tl.calibration_check(mdata, n_null_screens=3)
         assert (check["n_false_discoveries"] <= 2).all(), check
-        assert (check["n_false_discoveries"] > 0).sum() <= 1, check
+        check_calls += list(check["n_false_discoveries"] > 0)
     assert sum(any_call) <= 1
+    assert sum(check_calls) <= 2, check_calls
