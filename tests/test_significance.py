@@ -87,3 +87,38 @@ def test_calibration_check_needs_a_null(fitted):
         KeyError, match=r"No permutation null for trans fit 'untested'.*ds.tl.test_trans"
     ):
         ds.tl.calibration_check(fitted, key="untested")
+
+
+def test_fit_stores_score_null_and_exchangeability(fitted):
+    rna = fitted["rna"]
+    record = rna.uns["dream_trans"]
+    res = rna.varm["dream_trans"][rna.varm["dream_trans"]["fitted"]]
+    assert record["null_method"] == "rescore"
+    assert record["null_scores"].shape == (50, rna.n_vars - 1)
+    assert set(record["exchangeability"]) >= {"top_share", "lower_share", "passed"}
+    # score (the ranking column) is the dose-association score, the posterior ratio is kept
+    assert not np.allclose(res["score"], res["posterior_score"])
+    assert res["qvalue_non_monotonic"].isna().all()
+    q = decoy_qvalues(res["score"].to_numpy(), record["null_scores"].ravel(), 50)
+    np.testing.assert_allclose(res["qvalue"], q)
+
+
+def test_test_trans_permutations_are_nested(fitted):
+    import dream_sc as ds
+
+    before = np.asarray(fitted["rna"].uns["dream_trans"]["null_scores"]).copy()
+    ds.tl.test_trans(fitted, n_permutations=60)
+    after = np.asarray(fitted["rna"].uns["dream_trans"]["null_scores"])
+    assert after.shape[0] == 60
+    np.testing.assert_allclose(after[:50], before)
+    assert fitted["rna"].uns["dream_trans"]["params"]["n_permutations"] == 60
+
+
+def test_trans_summary_labels_rank_by_score(fitted):
+    import dream_sc as ds
+
+    ax = ds.pl.trans_summary(fitted, n_labels=4, show=False)
+    labels = {a.get_text() for a in ax.get_children() if a.get_gid() == "label"}
+    res = ds.get.trans_results(fitted)
+    res = res[res["fitted"]]
+    assert labels == set(res["score"].nlargest(4).index)

@@ -250,3 +250,116 @@ def finish_design(
         depth=float(depth),
         moi=moi,
     )
+
+
+#: Guide designs of :func:`~dream_sc.datasets.simulate_screen`.
+GUIDE_DESIGNS = ("shared", "line_specific")
+
+
+def make_line_guides(
+    rng: np.random.Generator,
+    targets: list[str],
+    *,
+    lines: tuple[str, str],
+    guides_per_line: int,
+    n_ntc_guides: int,
+    crispri_log2_range: tuple[float, float],
+    crispra_log2_range: tuple[float, float],
+    control_label: str,
+) -> pd.DataFrame:
+    """Guide table of the line-specific design (CRISPRi guides in one line, CRISPRa in the other).
+
+    Every target gets ``guides_per_line`` CRISPRi guides ``<TARGET>_i1..`` that exist only in
+    ``lines[0]`` (log2 effects spread over ``crispri_log2_range`` like :func:`make_guides`) and as
+    many CRISPRa guides ``<TARGET>_a1..`` only in ``lines[1]`` (``crispra_log2_range``); the NTC
+    guides exist in both lines (``line`` is the empty string). Columns: ``target``,
+    ``log2_effect``, ``line``, ``modality`` (``CRISPRi`` / ``CRISPRa`` / ``NTC``).
+    """
+    parts = []
+    for line, rng_, tag, kind in (
+        (lines[0], crispri_log2_range, "i", "CRISPRi"),
+        (lines[1], crispra_log2_range, "a", "CRISPRa"),
+    ):
+        table = make_guides(
+            rng,
+            targets,
+            guides_per_target=guides_per_line,
+            n_ntc_guides=0,
+            log2_range=rng_,
+            control_label=control_label,
+        )
+        table.index = [
+            name.rsplit("_", 1)[0] + f"_{tag}" + name.rsplit("_", 1)[1] for name in table.index
+        ]
+        table["line"] = line
+        table["modality"] = kind
+        parts.append(table)
+    ntc = pd.DataFrame(
+        {
+            "target": [control_label] * n_ntc_guides,
+            "log2_effect": np.zeros(n_ntc_guides),
+            "line": "",
+            "modality": "NTC",
+        },
+        index=pd.Index([f"NTC_{k}" for k in range(1, n_ntc_guides + 1)]),
+    )
+    return pd.concat([*parts, ntc])
+
+
+def guide_mix_weights(
+    guides: pd.DataFrame, line_index: int, n_lines: int, skew: float
+) -> np.ndarray:
+    """Relative weight of every guide among the targeting cells of one cell line.
+
+    ``exp(skew * s_l * z_g)`` with ``z_g`` the guide's standardised log2 effect (within its
+    target) and ``s_l`` spread evenly from ``+1`` (first line) to ``-1`` (last line): with
+    ``skew > 0`` the first line holds more of the strongest-dosage guides and the last line more
+    of the weakest; ``skew = 0`` gives every guide the same weight in every line.
+    """
+    effect = guides["log2_effect"].to_numpy(dtype=np.float64)
+    z = np.zeros(len(guides))
+    for target in np.unique(guides["target"].to_numpy()):
+        on = guides["target"].to_numpy() == target
+        sd = effect[on].std()
+        z[on] = (effect[on] - effect[on].mean()) / sd if sd > 0 else 0.0
+    side = 1.0 if n_lines == 1 else 1.0 - 2.0 * line_index / (n_lines - 1)
+    return np.exp(skew * side * z)
+
+
+def assign_low_moi_by_line(
+    rng: np.random.Generator,
+    guides: pd.DataFrame,
+    cell_line: pd.Categorical,
+    ntc_fraction: float,
+    control: str,
+    skew: float,
+) -> np.ndarray:
+    """One guide per cell, drawn among the guides present in the cell's line.
+
+    In every line ``round(ntc_fraction * cells of the line)`` cells get an NTC guide (uniformly)
+    and the others a targeting guide available in that line (column ``line`` empty or equal to
+    the line; all guides when the table has no ``line`` column), with the weights of
+    :func:`guide_mix_weights`.
+    """
+    is_ntc = (guides["target"] == control).to_numpy()
+    where = guides["line"].to_numpy() if "line" in guides else np.full(len(guides), "")
+    codes = np.asarray(cell_line.codes)
+    lines = list(cell_line.categories)
+    assignment = np.zeros((len(codes), len(guides)), dtype=np.int8)
+    for index, line in enumerate(lines):
+        cells = np.flatnonzero(codes == index)
+        if len(cells) == 0:
+            continue
+        targeting = np.flatnonzero(~is_ntc & ((where == "") | (where == line)))
+        if len(targeting) == 0:
+            raise ValueError(f"Cell line {line!r} has no targeting guide.")
+        weights = guide_mix_weights(guides.iloc[targeting], index, len(lines), skew)
+        n_ntc = int(round(ntc_fraction * len(cells)))
+        picks = np.concatenate(
+            [
+                rng.choice(np.flatnonzero(is_ntc), size=n_ntc),
+                rng.choice(targeting, size=len(cells) - n_ntc, p=weights / weights.sum()),
+            ]
+        )
+        assignment[cells, rng.permutation(picks)] = 1
+    return assignment

@@ -17,15 +17,18 @@ from scipy.special import expit
 from .._registration import get_registration
 from ._curves import PARAM_NAMES, HillCurves
 from ._design import (
+    GUIDE_DESIGNS,
     Design,
     assign_high_moi,
     assign_low_moi,
+    assign_low_moi_by_line,
     cell_names,
     draw_cell_lines,
     draw_sum_factors,
     draw_x_ntc,
     finish_design,
     make_guides,
+    make_line_guides,
     target_names,
 )
 from ._modalities import (
@@ -59,6 +62,24 @@ def _check_float(name: str, value: Any, lo: float, hi: float, *, open_lo: bool =
         raise ValueError(f"{name} must be a number in {bound}; got {value!r}.")
 
 
+def _check_range(name: str, value: Any) -> None:
+    if (
+        isinstance(value, str)
+        or not isinstance(value, Sequence)
+        or len(value) != 2
+        or not all(
+            isinstance(v, int | float | np.integer | np.floating)
+            and not isinstance(v, bool)
+            and np.isfinite(v)
+            for v in value
+        )
+        or value[0] > value[1]
+    ):
+        raise ValueError(
+            f"{name} must be a pair (low, high) of finite numbers with low <= high; got {value!r}."
+        )
+
+
 def _validate(args: dict[str, Any]) -> None:
     """Check the arguments of :func:`simulate_screen`; raise ``ValueError`` naming the fix."""
     _check_int("n_cells", args["n_cells"], 1)
@@ -82,16 +103,17 @@ def _validate(args: dict[str, Any]) -> None:
     _check_float("depth", args["depth"], 0.0, 1e6, open_lo=True)
     _check_float("technical_sd", args["technical_sd"], 0.0, 10.0)
     _check_float("guides_per_cell", args["guides_per_cell"], 0.0, 1e3, open_lo=True)
-    rng_ = args["guide_log2_range"]
-    if (
-        not isinstance(rng_, Sequence)
-        or len(rng_) != 2
-        or not all(np.isfinite(v) for v in rng_)
-        or rng_[0] > rng_[1]
-    ):
+    for name in ("guide_log2_range", "crispri_log2_range", "crispra_log2_range"):
+        _check_range(name, args[name])
+    _check_float("guide_mix_skew", args["guide_mix_skew"], -10.0, 10.0)
+    if args["guide_design"] not in GUIDE_DESIGNS:
         raise ValueError(
-            f"guide_log2_range must be a pair (low, high) of finite numbers with low <= high; "
-            f"got {rng_!r}."
+            f"guide_design must be one of {', '.join(map(repr, GUIDE_DESIGNS))}; "
+            f"got {args['guide_design']!r}."
+        )
+    if args["moi"] == "high" and (args["guide_design"] != "shared" or args["guide_mix_skew"] != 0):
+        raise ValueError(
+            "guide_design='line_specific' and guide_mix_skew need moi='low' (one guide per cell)."
         )
     lines = args["cell_lines"]
     if (
@@ -104,6 +126,11 @@ def _validate(args: dict[str, Any]) -> None:
         raise ValueError(
             f"cell_lines must be a non-empty sequence of distinct non-empty strings, the first "
             f"being the reference; got {lines!r}."
+        )
+    if args["guide_design"] == "line_specific" and len(lines) != 2:
+        raise ValueError(
+            "guide_design='line_specific' needs exactly two cell_lines (CRISPRi line, CRISPRa "
+            f"line); got {lines!r}."
         )
     conc = args["splicing_concentration"]
     if conc is not None:
@@ -150,6 +177,10 @@ def simulate_screen(
     guides_per_cell: float = 3.0,
     control_label: str = "ntc",
     splicing_concentration: float | tuple[float, float] | None = None,
+    guide_design: Literal["shared", "line_specific"] = "shared",
+    crispri_log2_range: tuple[float, float] = (-3.0, -0.5),
+    crispra_log2_range: tuple[float, float] = (0.5, 2.0),
+    guide_mix_skew: float = 0.0,
 ) -> MuData:
     """Simulate a single-cell CRISPR screen with known dose-response curves.
 
@@ -218,6 +249,25 @@ def simulate_screen(
         ``(low, high)``: a concentration per junction and per isoform gene, log-uniform in that
         range. Drawn from a generator of its own, so curves, technical effects and designs are
         those of the same ``seed`` without the option.
+    guide_design
+        ``"shared"`` (default): every guide can occur in every cell line. ``"line_specific"``:
+        the CRISPRi/CRISPRa layout of two cell lines - every target gets ``guides_per_target``
+        CRISPRi guides (``<TARGET>_i1``, ...; log2 effects over ``crispri_log2_range``) that
+        exist only in the first cell line and as many CRISPRa guides (``<TARGET>_a1``, ...;
+        dosages above NTC, ``crispra_log2_range``) only in the second; the NTC guides are
+        shared and ``ntc_fraction`` holds in each line. Needs two ``cell_lines`` and
+        ``moi="low"``. The technical group then carries dosage information.
+    crispri_log2_range, crispra_log2_range
+        Ranges of the guide log2 effects of the line-specific design.
+    guide_mix_skew
+        Unequal guide mixes across cell lines (``moi="low"``): within every line the targeting
+        guides are drawn with weights ``exp(skew * s * z)``, ``z`` the guide's standardised
+        log2 effect within its target and ``s`` going from +1 (first line) to -1 (last line),
+        so with ``skew > 0`` the first line over-represents the highest-dosage guides. 0 (default):
+        the same mix everywhere. With either option (``guide_design="line_specific"`` or a
+        non-zero skew) cell lines and size factors are drawn before the guide assignment, so
+        such screens do not share a random stream with the default ones; the default design
+        is unchanged.
 
     Returns
     -------
@@ -232,7 +282,7 @@ def simulate_screen(
     - ``uns["truth"]``: ``guides`` (DataFrame: ``target``, ``log2_effect``, ``dose`` =
       ``x_ntc * 2**log2_effect`` of its own target, of the primary cis gene for NTC guides),
       ``x_ntc``, ``cis_feature``, ``targets``, ``reference_group``, ``dose_noise``,
-      ``control_label``, ``guide_targets``, ``dose_range`` (5th-95th percentile of the primary
+      ``control_label``, ``guide_targets``, ``guide_design`` (``"line_specific"`` only), ``dose_range`` (5th-95th percentile of the primary
       dosage over its cis-fit cells, where responses are measured), ``moi``, ``seed``.
     - every modality's ``var``: ``true_responsive``, ``true_function``
       (``flat``/``single_hill``/``additive_hill``; ``cis`` for target genes), ``true_shape``
@@ -256,19 +306,42 @@ def simulate_screen(
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     targets = target_names(n_targets)
-    guides = make_guides(
-        rng,
-        targets,
-        guides_per_target=guides_per_target,
-        n_ntc_guides=n_ntc_guides,
-        log2_range=(float(guide_log2_range[0]), float(guide_log2_range[1])),
-        control_label=control_label,
-    )
-    x_ntc = draw_x_ntc(rng, targets, depth)
-    if moi == "low":
-        assignment = assign_low_moi(rng, guides, n_cells, ntc_fraction, control_label)
+    if guide_design == "line_specific":
+        guides = make_line_guides(
+            rng,
+            targets,
+            lines=(str(cell_lines[0]), str(cell_lines[1])),
+            guides_per_line=guides_per_target,
+            n_ntc_guides=n_ntc_guides,
+            crispri_log2_range=(float(crispri_log2_range[0]), float(crispri_log2_range[1])),
+            crispra_log2_range=(float(crispra_log2_range[0]), float(crispra_log2_range[1])),
+            control_label=control_label,
+        )
     else:
-        assignment = assign_high_moi(rng, len(guides), n_cells, guides_per_cell)
+        guides = make_guides(
+            rng,
+            targets,
+            guides_per_target=guides_per_target,
+            n_ntc_guides=n_ntc_guides,
+            log2_range=(float(guide_log2_range[0]), float(guide_log2_range[1])),
+            control_label=control_label,
+        )
+    x_ntc = draw_x_ntc(rng, targets, depth)
+    if guide_design == "shared" and guide_mix_skew == 0:
+        # the default random stream: assignment, then size factors, then cell lines
+        if moi == "low":
+            assignment = assign_low_moi(rng, guides, n_cells, ntc_fraction, control_label)
+        else:
+            assignment = assign_high_moi(rng, len(guides), n_cells, guides_per_cell)
+        sum_factor = draw_sum_factors(rng, n_cells)
+        cell_line = draw_cell_lines(rng, n_cells, tuple(cell_lines))
+    else:
+        # guides depend on the line: draw the lines first
+        sum_factor = draw_sum_factors(rng, n_cells)
+        cell_line = draw_cell_lines(rng, n_cells, tuple(cell_lines))
+        assignment = assign_low_moi_by_line(
+            rng, guides, cell_line, ntc_fraction, control_label, float(guide_mix_skew)
+        )
     design = finish_design(
         rng,
         obs_names=cell_names(n_cells),
@@ -276,8 +349,8 @@ def simulate_screen(
         guides=guides,
         targets=targets,
         x_ntc=x_ntc,
-        sum_factor=draw_sum_factors(rng, n_cells),
-        cell_line=draw_cell_lines(rng, n_cells, tuple(cell_lines)),
+        sum_factor=sum_factor,
+        cell_line=cell_line,
         dose_noise=dose_noise,
         depth=depth,
         control_label=control_label,
@@ -346,6 +419,8 @@ def build_screen(
         mdata = MuData(mods)
     _write_obs(mdata, design)
     mdata.uns["truth"] = _truth_uns(design, window.lo, window.hi, seed)
+    if "line" in design.guides:
+        mdata.uns["truth"]["guide_design"] = "line_specific"
     return mdata
 
 

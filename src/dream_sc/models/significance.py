@@ -6,8 +6,8 @@ import numpy as np
 
 #: Pseudo-count of the target-decoy FDR estimate (see :func:`decoy_qvalues`).
 DECOY_PSEUDOCOUNT = 1.0
-#: Default number of permutation nulls of a trans fit.
-DEFAULT_N_PERMUTATIONS = 2
+#: Default number of permutations of the null of a trans fit (see :mod:`dream_sc.models.null`).
+DEFAULT_N_PERMUTATIONS = 50
 
 
 def decoy_qvalues(
@@ -24,15 +24,15 @@ def decoy_qvalues(
 
     The pseudo-count ``c`` is the target-decoy (knockoff+) correction that keeps the estimate
     conservative when few features score above the null: without it, a screen with no effect
-    makes a "discovery" whenever its best score beats the best null score (half of all null
-    screens with one null set). With ``c`` a discovery at ``q < alpha`` needs more than
-    ``c / (n_null_sets alpha)`` features scoring above every null score. The default
-    ``c = 1`` with two null sets (:data:`DEFAULT_N_PERMUTATIONS`) needs 6 such features at
-    ``alpha = 0.1`` - as many as ``c = 0.5`` with one null set - but each must beat twice as many
-    null scores, so a screen without effects gets any discovery in about 0.1% of cases
-    (``c = 0.5`` with one null set: about 1.4%; simulated with exchangeable scores, 300
-    features). q-values are the running minimum of the FDR over all thresholds at or below the
-    feature's score. Features with a non-finite score get q = 1.
+    makes a "discovery" whenever its best score beats every null score. With ``c = 1`` and
+    ``n_null_sets`` null sets the estimate among the top ``k`` features is at least
+    ``1 / (n_null_sets k)``, the bound of multiple-knockoff filters. With exchangeable scores
+    (300 features, the default 50 null sets) a screen without effects gets any discovery at
+    ``q < 0.1`` in about 9% of cases - the FDR of a screen without effects is exactly the
+    probability of any discovery, so this is the level - and more than two in under 1%
+    (two null sets: 0.1% / 0%; the q-values are then much coarser). q-values are the running
+    minimum of the FDR over all thresholds at or below the feature's score. Features with a
+    non-finite score get q = 1.
 
     Parameters
     ----------

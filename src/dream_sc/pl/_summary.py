@@ -65,11 +65,25 @@ _OFFSETS = [
 ]
 
 
-def _label_points(ax: Axes, x: np.ndarray, y: np.ndarray, names: np.ndarray, n_labels: int) -> None:
-    """Label the strongest ``n_labels`` points, avoiding overlaps between labels greedily."""
+def _label_points(
+    ax: Axes,
+    x: np.ndarray,
+    y: np.ndarray,
+    names: np.ndarray,
+    n_labels: int,
+    rank: np.ndarray | None = None,
+) -> None:
+    """Label the ``n_labels`` highest-ranked points, avoiding overlaps between labels greedily.
+
+    ``rank`` (larger = stronger; the ``score`` column) orders the points; without it, the
+    strongest evidence ``y`` first, then the largest ``|x|``.
+    """
     if n_labels <= 0 or len(x) == 0:
         return
-    order = np.lexsort((-np.abs(x), -y))[:n_labels]
+    if rank is not None and np.isfinite(rank).any():
+        order = np.argsort(-np.nan_to_num(rank, nan=-np.inf), kind="stable")[:n_labels]
+    else:
+        order = np.lexsort((-np.abs(x), -y))[:n_labels]
     scale = ax.figure.dpi / 72.0
     anchors = ax.transData.transform(np.column_stack([x[order], y[order]])) / scale  # points
     placed: list[tuple[float, float, float, float]] = []
@@ -130,7 +144,8 @@ def trans_summary(
     key
         ``key_added`` of the trans fit.
     n_labels
-        Number of features labelled (strongest evidence first, then largest response).
+        Number of features labelled, highest ``score`` first (the ranking column: strictly
+        ordered where q-values reach their floor).
     alpha
         The fit's significance level (default). The colours are the stored ``significant``
         and ``shape`` columns, which :func:`dream_sc.tl.test_trans` computed at that level;
@@ -198,7 +213,8 @@ def trans_summary(
     ax.set_ylim(-0.03 * top, 1.15 * top)
     span = float(np.nanmax(np.abs(x), initial=0.0)) or 1.0
     ax.set_xlim(-1.15 * span, 1.15 * span)
-    _label_points(ax, x, y, table.index.to_numpy(), n_labels)
+    rank = table["score"].to_numpy(dtype=float) if "score" in table else None
+    _label_points(ax, x, y, table.index.to_numpy(), n_labels, rank)
     ax.set_xlabel(get_family(str(record["distribution"])).response_label)
     ax.set_ylabel(ylabel)
     criterion = f"with q < {level:g}" if tested else "significant (posterior call, untested)"
@@ -223,8 +239,9 @@ def calibration(
 ) -> Axes | Figure | None:
     """QQ plot of the observed scores against the permutation-null scores.
 
-    Each feature's score (``|posterior mean response| / posterior sd``) is plotted against the
-    same quantile of the scores of the permutation null fits (:func:`dream_sc.tl.test_trans`).
+    Each feature's ``score`` (the dose-association score behind the q-values) is plotted
+    against the same quantile of the scores of the permuted dosages
+    (:func:`dream_sc.tl.test_trans`).
     Without dose-dependent features the points lie on the diagonal; responsive features rise
     above it at the top.
 

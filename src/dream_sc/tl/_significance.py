@@ -1,4 +1,4 @@
-"""Calibrated significance of trans fits: permutation nulls, q-values, shape calls."""
+"""Calibrated significance of trans fits: q-values from the conditional-randomisation null, shape calls."""
 
 from __future__ import annotations
 
@@ -6,88 +6,58 @@ import logging
 
 import numpy as np
 
-from ..models.significance import decoy_qvalues, permute_within_groups
-from ._trans_job import TransJob
+from ..models.significance import decoy_qvalues
 
 logger = logging.getLogger("dream_sc")
 
 #: Without a null (``test=False``) a feature is called from its posterior alone.
 POSTERIOR_CALL = {"prob_dose_dependent": 0.95, "lfsr": 0.05}
-
-
-def null_fits(job: TransJob, n_permutations: int, start: int = 0) -> dict[str, np.ndarray]:
-    """Refit the trans model on dosages permuted among cells of the same technical group.
-
-    Permuting within groups keeps technical effects and the dosage distribution of every group
-    intact and breaks only the link between a cell's dosage and its observations: the
-    permuted fits are fits of the same features under "no dose-response". Priors, settings
-    and seeds are those of the real fit.
-
-    Returns
-    -------
-    dict with ``score`` and ``non_monotonic_score`` arrays ``[n_permutations, T]`` and the
-    summed ``loss`` of every null fit.
-    """
-    scores, nm_scores, losses = [], [], []
-    for number in range(start, start + n_permutations):
-        perm = permute_within_groups(job.inputs.group, job.seed, number)
-        priors = job.priors_for(perm)
-        fit = job.fit(
-            permutation=perm,
-            description=f"null {number + 1}",
-            tag=f"null{number}",
-            priors=priors,
-        )
-        cols, _ = job.summarise(fit.loc, fit.scale, priors=priors, corr=fit.corr)
-        scores.append(cols["score"])
-        nm_scores.append(cols["non_monotonic_score"])
-        losses.append(fit.loss[-1])
-        logger.info("null fit %d finished", number + 1)
-    return {
-        "score": np.asarray(scores, dtype=np.float64),
-        "non_monotonic_score": np.asarray(nm_scores, dtype=np.float64),
-        "loss": np.asarray(losses, dtype=np.float64),
-    }
+#: A significant feature is called non-monotonic at this posterior probability.
+NON_MONOTONIC_CALL = 0.95
 
 
 def significance_columns(
-    columns: dict[str, np.ndarray], null: dict | None, *, alpha: float, n_permutations: int
+    columns: dict[str, np.ndarray],
+    score: np.ndarray,
+    null: np.ndarray | None,
+    *,
+    alpha: float,
 ) -> dict[str, np.ndarray]:
-    """q-values, significance and shape calls.
+    """Scores, q-values, significance and shape calls.
 
-    With a null: ``qvalue`` from :func:`~dream_sc.models.significance.decoy_qvalues` of the
-    score (|posterior mean response| / posterior sd) against the permutation scores;
-    ``qvalue_non_monotonic`` likewise for the non-monotonic amplitude. Without a null,
-    q-values are NaN and a feature is significant when ``prob_dose_dependent >= 0.95`` and
-    ``lfsr < 0.05``.
+    ``score`` is the dose-association score of every feature (see
+    :mod:`dream_sc.models.null`); it replaces the posterior ratio ``|mean| / sd`` of the
+    response (kept as ``posterior_score``) in the ``score`` column. With a null (``[P, T]``
+    scores of the permuted dosages) ``qvalue`` is the target-decoy q-value of ``score``
+    (:func:`~dream_sc.models.significance.decoy_qvalues`). Without a null, q-values are NaN and
+    a feature is significant when ``prob_dose_dependent >= 0.95`` and ``lfsr < 0.05``.
 
-    Shapes: ``flat`` unless significant; ``non_monotonic`` when the non-monotonic evidence is
-    significant too (``qvalue_non_monotonic < alpha``; without a null
-    ``prob_non_monotonic >= 0.95``); else ``increasing`` / ``decreasing`` by the sign of the
-    response.
+    Shapes: ``flat`` unless significant; ``non_monotonic`` when significant and
+    ``prob_non_monotonic >= 0.95`` (a question about the curve's shape, which the posterior
+    answers; the permutation null only tests dose dependence, so ``qvalue_non_monotonic`` is
+    NaN); else ``increasing`` / ``decreasing`` by the sign of the response.
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1); got {alpha}.")
-    n = len(columns["score"])
+    n = len(columns["prob_dose_dependent"])
+    posterior_score = columns.get("posterior_score", columns["score"])
     if null is not None:
-        q = decoy_qvalues(columns["score"], null["score"].ravel(), n_permutations)
-        q_nm = decoy_qvalues(
-            columns["non_monotonic_score"], null["non_monotonic_score"].ravel(), n_permutations
-        )
+        q = decoy_qvalues(score, np.asarray(null).ravel(), int(np.asarray(null).shape[0]))
         significant = q < alpha
-        non_mono = significant & (q_nm < alpha) & (columns["prob_non_monotonic"] >= 0.5)
     else:
-        q = q_nm = np.full(n, np.nan)
+        q = np.full(n, np.nan)
         significant = (columns["prob_dose_dependent"] >= POSTERIOR_CALL["prob_dose_dependent"]) & (
             columns["lfsr"] < POSTERIOR_CALL["lfsr"]
         )
-        non_mono = significant & (columns["prob_non_monotonic"] >= 0.95)
+    non_mono = significant & (columns["prob_non_monotonic"] >= NON_MONOTONIC_CALL)
     shape = np.where(columns["response_mean"] > 0, "increasing", "decreasing").astype(object)
     shape[non_mono] = "non_monotonic"
     shape[~significant] = "flat"
     return {
+        "score": np.asarray(score, dtype=np.float64),
+        "posterior_score": np.asarray(posterior_score, dtype=np.float64),
         "qvalue": q,
-        "qvalue_non_monotonic": q_nm,
+        "qvalue_non_monotonic": np.full(n, np.nan),
         "significant": significant.astype(bool),
         "shape": shape,
     }

@@ -10,7 +10,7 @@ from mudata import MuData
 from .. import _validation as V
 from ..models.significance import DEFAULT_N_PERMUTATIONS
 from ._common import resolve_device, resolve_progress
-from ._significance import null_fits, significance_columns
+from ._null import significance
 from ._trans_job import job_from_record, posterior_from_frame
 
 logger = logging.getLogger("dream_sc")
@@ -30,25 +30,28 @@ def test_trans(
 ) -> MuData | None:
     """Calibrated significance of every feature's dose-response.
 
-    Procedure:
+    Procedure (see the significance page of the docs):
 
-    1. Score: ``|posterior mean response| / posterior sd`` of the response over the observed
-       dosage range; ``prob_dose_dependent = P(|response| > min_effect)`` and ``lfsr`` come
-       from the same posterior samples.
-    2. Null: the trans model is refitted with the cells' dosage posteriors permuted among cells
-       of the same technical group (same settings and seed; the amplitude prior recomputed from
-       the permuted guide labels), ``n_permutations`` times. This keeps technical structure,
-       per-cell noise and the dosage distribution and breaks only the dose-observation link.
+    1. Score: the efficient score test of "no dose dependence" in a model with one free
+       intercept per technical group and feature and the noise of step 1 (Pearson-scaled),
+       against the cell's log dosage and its square (``score``; the ranking column). The
+       posterior ``prob_dose_dependent``, ``lfsr`` and ``posterior_score`` (``|posterior mean
+       response| / posterior sd``) come from the curve fit.
+    2. Null: the cells' dosages are permuted among cells of the same technical group
+       ``n_permutations`` times and the score is recomputed on the same residuals - no refit.
+       For a feature without dose response the real and permuted scores are exchangeable
+       exactly (conditional randomisation), whatever the design; the free group intercepts
+       keep responsive features' null scores flat-like when the groups differ in dosage.
     3. FDR: target-decoy (knockoff+) estimate
        ``(1 + #null >= s) / (n_permutations * #observed >= s)``, turned into monotone q-values;
        ``significant = qvalue < alpha``.
-    4. Non-monotonicity: the same procedure on the non-monotonic amplitude
-       ``min(largest rise, largest fall)`` of the curve gives ``qvalue_non_monotonic``; a
-       significant feature whose non-monotonic evidence is significant too is called
-       ``non_monotonic``.
+    4. Shape: a significant feature with ``prob_non_monotonic >= 0.95`` is called
+       ``non_monotonic``, else ``increasing`` / ``decreasing``.
 
-    Stored null scores are reused; only permutations beyond those already run are fitted. A new
-    ``alpha`` or ``min_effect`` only rescores.
+    The exchangeability check (:func:`dream_sc.models.null.exchangeability`) is stored with
+    the null and logged as a warning when it fails. A new ``alpha``, ``min_effect`` or
+    ``n_permutations`` recomputes everything in seconds (permutations are seeded by number,
+    so the first ``n`` are the same for every ``n``).
 
     Parameters
     ----------
@@ -57,24 +60,24 @@ def test_trans(
     modality, key
         Which trans fit.
     n_permutations
-        Total number of permutation nulls wanted (default: those stored, at least 2).
+        Number of permutations (default: those stored, else 50).
     alpha
         FDR level of ``significant``.
     min_effect
         Minimal effect of ``prob_dose_dependent`` (default: that of the fit).
     device, progress
-        For new permutation fits.
+        Kept for compatibility; the null needs no fit.
     copy
         Return a copy instead of updating in place.
 
     Returns
     -------
     ``None`` (or the updated copy). Updates ``prob_dose_dependent``, ``lfsr``, ``score``,
-    ``prob_non_monotonic``, ``qvalue``, ``qvalue_non_monotonic``, ``significant`` and
-    ``shape`` in ``mdata[modality].varm[key]`` and ``null_scores``,
-    ``null_non_monotonic_scores``, ``null_loss``, ``min_effect``, ``params["alpha"]``,
-    ``params["n_permutations"]``, ``params["test"]`` (and ``params["min_effect"]`` when given)
-    in ``mdata[modality].uns[key]``.
+    ``posterior_score``, ``prob_non_monotonic``, ``qvalue``, ``qvalue_non_monotonic`` (NaN),
+    ``significant`` and ``shape`` in ``mdata[modality].varm[key]`` and ``null_scores``,
+    ``null_method``, ``null_seconds``, ``exchangeability``, ``min_effect``,
+    ``params["alpha"]``, ``params["n_permutations"]``, ``params["test"]`` (and
+    ``params["min_effect"]`` when given) in ``mdata[modality].uns[key]``.
 
     Examples
     --------
@@ -96,17 +99,10 @@ def test_trans(
             f"modality={modality!r}, key_added={key!r})` first."
         )
     record = adata.uns[key]
-    null_old = None
-    if "null_scores" in record:
-        null_old = {
-            "score": np.asarray(record["null_scores"]),
-            "non_monotonic_score": np.asarray(record["null_non_monotonic_scores"]),
-            "loss": np.asarray(record.get("null_loss", [])),
-        }
-    have = 0 if null_old is None else null_old["score"].shape[0]
-    wanted = max(have, DEFAULT_N_PERMUTATIONS) if n_permutations is None else int(n_permutations)
-    if wanted < 1:
-        raise ValueError("n_permutations must be >= 1.")
+    have = int(np.asarray(record["null_scores"]).shape[0]) if "null_scores" in record else 0
+    wanted = (have or DEFAULT_N_PERMUTATIONS) if n_permutations is None else n_permutations
+    if isinstance(wanted, bool) or not isinstance(wanted, int | np.integer) or wanted < 1:
+        raise ValueError(f"n_permutations must be an integer >= 1; got {n_permutations!r}.")
     job = job_from_record(
         mdata,
         modality,
@@ -117,24 +113,12 @@ def test_trans(
     )
     loc, scale, corr = posterior_from_frame(adata.varm[f"{key}_posterior"], job.fitted)
     columns, _ = job.summarise(loc, scale, corr=corr)
-    if wanted > have:
-        extra = null_fits(job, wanted - have, start=have)
-        null = (
-            extra
-            if null_old is None
-            else {
-                k: np.concatenate([null_old[k], extra[k]])
-                for k in ("score", "non_monotonic_score", "loss")
-            }
-        )
-    else:
-        null = {k: v[:wanted] for k, v in null_old.items()}
-    sig = significance_columns(columns, null, alpha=alpha, n_permutations=wanted)
+    sig, null_record = significance(job, columns, int(wanted), alpha=alpha)
     target = mdata.copy() if copy else mdata
     adata = target[modality]
     table = adata.varm[key].copy()
     fitted = job.fitted
-    for name in ("prob_dose_dependent", "lfsr", "score", "prob_non_monotonic"):
+    for name in ("prob_dose_dependent", "lfsr", "prob_non_monotonic"):
         table.loc[fitted, name] = columns[name]
     for name, values in sig.items():
         if name == "shape":
@@ -147,12 +131,12 @@ def test_trans(
             table.loc[fitted, name] = values
     adata.varm[key] = table
     rec = dict(adata.uns[key])
-    rec["null_scores"] = null["score"]
-    rec["null_non_monotonic_scores"] = null["non_monotonic_score"]
-    rec["null_loss"] = null["loss"]
+    for stale in ("null_non_monotonic_scores", "null_loss"):  # written by older versions
+        rec.pop(stale, None)
+    rec.update(null_record)
     rec["min_effect"] = job.min_effect.astype(np.float64)
     params = dict(rec["params"])
-    params.update(alpha=alpha, n_permutations=wanted, test=True)
+    params.update(alpha=alpha, n_permutations=int(wanted), test=True)
     if min_effect is not None:
         params["min_effect"] = float(min_effect)
     rec["params"] = params

@@ -16,8 +16,8 @@ from .._storage import posterior_frame, write_trans
 from ..models.families import get_family
 from ..models.significance import DEFAULT_N_PERMUTATIONS
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
+from ._null import significance
 from ._refine import refined_columns
-from ._significance import null_fits, significance_columns
 from ._trans_job import TransJob, prepare_trans_job
 from ._trans_settings import TransSettings
 
@@ -98,11 +98,9 @@ def fit_trans(
     include_cis_feature
         Also fit the cis gene itself (excluded by default: its response is the dosage).
     test, n_permutations, alpha
-        Compute calibrated q-values from ``n_permutations`` permutation refits (see
-        :func:`dream_sc.tl.test_trans`) and call features with ``qvalue < alpha`` significant.
-        The default (2) pairs with the knockoff+ pseudo-count of the FDR estimate (see
-        :func:`dream_sc.models.significance.decoy_qvalues`); more permutations give smoother
-        q-values for modalities with few features, at the cost of one refit each.
+        Compute calibrated q-values from ``n_permutations`` within-group permutations of the
+        dosages, scored without refitting (see :func:`dream_sc.tl.test_trans`), and call
+        features with ``qvalue < alpha`` significant.
     n_steps, lr, batch_size, feature_chunk
         SVI settings (batch/chunk default: memory planner).
     n_samples
@@ -137,7 +135,7 @@ def fit_trans(
       ``function``, ``response_mean/_sd/_q05/_q95``, ``ec50_mean/_q05/_q95``, ``ec50_in_range``,
       ``inflection_mean``, curve parameters (``eta_ref``, ``v1``, ``K1``, ``n1``, ... with
       ``_mean/_q05/_q95``), ``ec50_1_*`` / ``ec50_2_*`` per component (additive Hill),
-      ``prob_dose_dependent``, ``lfsr``, ``score``, ``non_monotonic_mean``,
+      ``prob_dose_dependent``, ``lfsr``, ``score`` (the ranking column), ``posterior_score``, ``non_monotonic_mean``,
       ``prob_non_monotonic``, ``non_monotonic_score``, ``qvalue``, ``qvalue_non_monotonic``,
       ``significant``, ``shape``, ``n_cells``, ``converged``, ``fitted``; NaN for features not
       fitted.
@@ -146,8 +144,8 @@ def fit_trans(
     - ``mdata[modality].uns[key_added]``: ``dose_grid``, ``dose_in_range``, ``dose_range``,
       ``x_ref``, ``min_effect``, ``params``, ``priors``, ``loss``, ``converged``,
       ``chunk_converged``, ``cis_key``, ``technical_key_added``, ``n_cells``, ``plan``,
-      ``seconds``, ``null_scores`` / ``null_non_monotonic_scores`` / ``null_loss`` (when
-      tested), ``versions``.
+      ``seconds``, ``null_scores``, ``null_seconds`` and ``exchangeability`` (when tested),
+      ``versions``.
 
     Examples
     --------
@@ -203,10 +201,8 @@ def fit_trans(
         n_draws=n_refine_draws,
         enabled=refine_intervals,
     )
-    null = null_fits(job, n_permutations) if test else None
-    sig = significance_columns(
-        columns, null, alpha=alpha, n_permutations=n_permutations if test else 0
-    )
+    # significance hook (tl/_null.py): score, conditional-randomisation null, q-values
+    sig, null_record = significance(job, columns, n_permutations if test else 0, alpha=alpha)
     seconds = time.perf_counter() - start
     if not fit.converged:
         warnings.warn(
@@ -238,10 +234,7 @@ def fit_trans(
     }
     if job.dose_axis is not None:
         record.update(job.dose_axis.to_record())
-    if null is not None:
-        record["null_scores"] = null["score"]
-        record["null_non_monotonic_scores"] = null["non_monotonic_score"]
-        record["null_loss"] = null["loss"]
+    record.update(null_record)  # significance hook
     target = mdata.copy() if copy else mdata
     adata = target[modality]
     posterior = posterior_frame(fit, adata.var_names, job.fitted)

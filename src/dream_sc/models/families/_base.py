@@ -55,6 +55,24 @@ def group_sums(matrix, group: np.ndarray, n_groups: int) -> np.ndarray:
     return np.asarray(out.toarray() if sparse.issparse(out) else out, dtype=np.float64)
 
 
+def trial_residuals(
+    y: np.ndarray, onehot: np.ndarray, trials: np.ndarray, log_conc
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score-test residuals/weights of successes out of trials (binomial, multinomial category).
+
+    Group proportions are pooled per technical group; over-dispersed features inflate the
+    variance by the beta-binomial factor ``1 + (n - 1) / (conc + 1)``.
+    """
+    n = np.asarray(trials, dtype=np.float64)
+    p = (onehot.T @ y) / np.maximum(onehot.T @ n, 1e-12)
+    p = np.clip(onehot @ p, 1e-9, 1 - 1e-9)
+    inflate = np.ones_like(n)
+    if log_conc is not None:
+        conc = np.exp(np.asarray(log_conc, dtype=np.float64))[None, :]
+        inflate = 1.0 + np.maximum(n - 1.0, 0.0) / (conc + 1.0)
+    return (y - n * p) / inflate, n * p * (1.0 - p) / inflate
+
+
 def rows_csr(matrix, rows: np.ndarray) -> sparse.csr_matrix:
     """Rows ``rows`` of a sparse or dense matrix as CSR."""
     return sparse.csr_matrix(matrix[rows] if sparse.issparse(matrix) else np.asarray(matrix)[rows])
@@ -251,6 +269,21 @@ class Family:
         """Numerator and denominator ``[N, K]`` of the observed ratio of every cell."""
         raise NotImplementedError
 
+    def score_trials(self, X, cols: np.ndarray, *, total, group_index) -> np.ndarray | None:
+        """Trials ``[N, len(cols)]`` of the score test's no-dose model (None: no trials)."""
+        return None
+
+    def score_residuals(
+        self, y: np.ndarray, onehot: np.ndarray, *, log_sf, trials, noise: dict
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Working residuals ``e`` and weights ``w`` ``[N, T]`` of the no-dose model.
+
+        The model has one mean per technical group and feature (see
+        :func:`dream_sc.models.null.null_model`); ``noise`` holds the fixed technical noise
+        of the features (``log_r``, ``log_conc``, ``log_sigma``).
+        """
+        raise NotImplementedError(f"{self.name}: score_residuals")
+
     def normalise(self, ratio: np.ndarray, delta: np.ndarray) -> np.ndarray:
         """Remove technical effects ``delta`` (link scale) from raw ratios ``[..., K]``."""
         return ratio - delta
@@ -286,4 +319,11 @@ INTERFACE = (
     "normalise",
 )
 #: Methods a family must define itself (the base class only raises).
-ABSTRACT = ("read", "log_likelihood", "link_moments", "guide_link_means", "observed_parts")
+ABSTRACT = (
+    "read",
+    "log_likelihood",
+    "link_moments",
+    "guide_link_means",
+    "observed_parts",
+    "score_residuals",
+)

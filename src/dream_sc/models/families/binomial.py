@@ -13,7 +13,16 @@ from scipy.special import expit, logit
 
 from ..._validation import check_binomial
 from ..sparse import paired_csr
-from ._base import Family, FamilyData, LinkMoments, group_sums, rho_to_log_conc, rows_csr, summed
+from ._base import (
+    Family,
+    FamilyData,
+    LinkMoments,
+    group_sums,
+    rho_to_log_conc,
+    rows_csr,
+    summed,
+    trial_residuals,
+)
 from ._kernels import Counts, _as_param, _at, _check_matrix, _lgamma_ratio, _paired, _per_feature
 
 
@@ -240,6 +249,13 @@ class Binomial(Family):
 
     def normalise(self, ratio, delta):  # noqa: D102
         return expit(logit(ratio) - delta)
+
+    def score_trials(self, X, cols, *, total, group_index):  # noqa: D102
+        part = total[:, cols]
+        return np.asarray(part.toarray() if hasattr(part, "toarray") else part, dtype=np.float64)
+
+    def score_residuals(self, y, onehot, *, log_sf, trials, noise):  # noqa: D102
+        return trial_residuals(y, onehot, trials, noise.get("log_conc"))
 
 
 FAMILY = Binomial()

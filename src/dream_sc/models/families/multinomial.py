@@ -15,7 +15,16 @@ import torch
 from scipy import sparse
 
 from ..._validation import check_counts
-from ._base import Family, FamilyData, LinkMoments, group_sums, rho_to_log_conc, rows_csr, summed
+from ._base import (
+    Family,
+    FamilyData,
+    LinkMoments,
+    group_sums,
+    rho_to_log_conc,
+    rows_csr,
+    summed,
+    trial_residuals,
+)
 from ._kernels import Counts, _as_param, _check_matrix, _lgamma_ratio, _per_feature, _sparse
 
 
@@ -333,6 +342,18 @@ class Multinomial(Family):
     def normalise(self, ratio, delta):  # noqa: D102
         w = ratio * np.exp(-delta)
         return w / w.sum(-1, keepdims=True)
+
+    def score_trials(self, X, cols, *, total, group_index):  # noqa: D102
+        """Each category against the rest of its group: trials = the group's counts."""
+        part = X[:, cols]
+        y = np.asarray(part.toarray() if sparse.issparse(part) else part, dtype=np.float64)
+        codes, inverse = np.unique(group_index[cols], return_inverse=True)
+        sums = np.zeros((y.shape[0], len(codes)))
+        np.add.at(sums.T, inverse, y.T)
+        return sums[:, inverse]
+
+    def score_residuals(self, y, onehot, *, log_sf, trials, noise):  # noqa: D102
+        return trial_residuals(y, onehot, trials, noise.get("log_conc"))
 
 
 FAMILY = Multinomial()

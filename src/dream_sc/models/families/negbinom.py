@@ -256,5 +256,12 @@ class NegBinom(Family):
     def normalise(self, ratio, delta):  # noqa: D102
         return ratio * np.exp(-delta)
 
+    def score_residuals(self, y, onehot, *, log_sf, trials, noise):  # noqa: D102
+        s = np.exp(np.asarray(log_sf, dtype=np.float64))
+        mu = (onehot.T @ y) / np.maximum(onehot.T @ s, 1e-12)[:, None]  # [C, T]
+        m = s[:, None] * (onehot @ mu)
+        phi = np.exp(-np.asarray(noise["log_r"], dtype=np.float64))[None, :]
+        return (y - m) / (1.0 + phi * m), m / (1.0 + phi * m)
+
 
 FAMILY = NegBinom()

@@ -171,5 +171,13 @@ class Normal(Family):
         finite = np.isfinite(X)
         return np.where(finite, X, 0.0), finite.astype(np.float64)
 
+    def score_residuals(self, y, onehot, *, log_sf, trials, noise):  # noqa: D102
+        """Gaussian working model (Student-t data are scored as Normal)."""
+        seen = np.isfinite(y)
+        filled = np.where(seen, y, 0.0)
+        mean = (onehot.T @ filled) / np.maximum(onehot.T @ (seen * 1.0), 1.0)
+        var = np.exp(2 * np.asarray(noise["log_sigma"], dtype=np.float64))[None, :]
+        return np.where(seen, (filled - onehot @ mean) / var, 0.0), seen / var
+
 
 FAMILY = Normal()
