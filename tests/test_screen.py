@@ -62,7 +62,7 @@ def _assert_same(a, b, path="value"):
     if isinstance(a, dict):
         assert set(a) == set(b), path
         for key in a:
-            if key in ("seconds", "versions", "available_gb"):  # run environment, not results
+            if key in ("seconds", "null_seconds", "versions", "available_gb"):  # run environment
                 continue
             _assert_same(a[key], b[key], f"{path}[{key!r}]")
     elif isinstance(a, pd.DataFrame):
@@ -84,7 +84,7 @@ def _assert_target_equal(a, b, target):
 
 def _drop_seconds(value):
     if isinstance(value, dict):
-        return {k: v for k, v in value.items() if k not in ("seconds", "versions")}
+        return {k: v for k, v in value.items() if k not in ("seconds", "null_seconds", "versions")}
     return value
 
 
@@ -294,3 +294,22 @@ def test_errors_before_any_work():
     with pytest.raises(KeyError, match="No screen record"):
         ds.get.screen_results(mdata)
     assert (set(mdata.uns), set(mdata.obs.columns)) == before
+
+
+def test_features_and_min_cells_reach_every_target():
+    mdata = _screen_data()
+    names = list(mdata["rna"].var_names[5:9])
+    ds.tl.fit_screen(mdata, features=names, **SETTINGS)
+    targets = mdata.uns["dream_screen"]["targets"]
+    for target in targets:
+        table = mdata["rna"].varm[f"dream_trans_{target}"]
+        assert table.index[table["fitted"]].tolist() == names
+    results = ds.get.screen_results(mdata)
+    assert sorted(set(results.loc[results["fitted"], "feature"])) == sorted(names)
+    assert results.loc[~results["fitted"], "qvalue"].isna().all()
+    with pytest.raises(ValueError, match=r"Give features either as fit_screen\(features=...\)"):
+        ds.tl.fit_screen(
+            _screen_data(),
+            features=names,
+            **{**SETTINGS, "trans_kwargs": {**SETTINGS["trans_kwargs"], "features": names}},
+        )

@@ -9,7 +9,7 @@ import pandas as pd
 from mudata import MuData
 
 from .. import _validation as V
-from ..models.significance import DECOY_PSEUDOCOUNT
+from ..models.significance import DECOY_PSEUDOCOUNT, NON_MONOTONIC_CALL
 from ._tables import trans_results
 
 
@@ -149,9 +149,9 @@ def screen_results(
     Returns
     -------
     Long DataFrame, one row per (target, feature): ``target``, ``feature``, every
-    ``trans_results`` column with ``qvalue``, ``qvalue_non_monotonic``, ``significant`` and
+    ``trans_results`` column with ``qvalue``, ``significant`` and
     ``shape`` screen-wide, plus the per-target ``qvalue_target``,
-    ``qvalue_non_monotonic_target``, ``significant_target``, ``shape_target``. Features a fit
+    ``significant_target``, ``shape_target``. Features a fit
     left out (``fitted`` False) keep NaN q-values.
 
     Examples
@@ -198,39 +198,27 @@ def screen_results(
             f"{[keys[t] for t in untested]}."
         )
     fitted = [t["fitted"].to_numpy(dtype=bool) for t in tables]
-    out = {}
-    for column, null_key in (
-        ("score", "null_scores"),
-        ("non_monotonic_score", "null_non_monotonic_scores"),
-    ):
-        null = [np.asarray(r[null_key], dtype=np.float64) for r in nulls]
-        q = pooled_decoy_qvalues(
-            [t[column].to_numpy(dtype=np.float64)[f] for t, f in zip(tables, fitted, strict=True)],
-            null,
-            [_n_null_sets(n, r) for n, r in zip(null, nulls, strict=True)],
-        )
-        full = []
-        for qt, f in zip(q, fitted, strict=True):
-            column_q = np.full(len(f), np.nan)
-            column_q[f] = qt
-            full.append(column_q)
-        out[column] = full
+    null = [np.asarray(r["null_scores"], dtype=np.float64) for r in nulls]
+    q_screen = pooled_decoy_qvalues(
+        [t["score"].to_numpy(dtype=np.float64)[f] for t, f in zip(tables, fitted, strict=True)],
+        null,
+        [_n_null_sets(n, r) for n, r in zip(null, nulls, strict=True)],
+    )
     frames = []
-    for target, table, f, q, q_nm in zip(
-        chosen, tables, fitted, out["score"], out["non_monotonic_score"], strict=True
-    ):
+    for target, table, f, qt in zip(chosen, tables, fitted, q_screen, strict=True):
+        q = np.full(len(f), np.nan)
+        q[f] = qt
         frame = table.copy()
-        for name in ("qvalue", "qvalue_non_monotonic", "significant", "shape"):
+        for name in ("qvalue", "significant", "shape"):
             frame[f"{name}_target"] = frame[name]
         significant = f & (q < alpha)
-        non_mono = significant & (q_nm < alpha) & (frame["prob_non_monotonic"].to_numpy() >= 0.5)
+        non_mono = significant & (frame["prob_non_monotonic"].to_numpy() >= NON_MONOTONIC_CALL)
         shape = np.where(frame["response_mean"].to_numpy() > 0, "increasing", "decreasing")
         shape = shape.astype(object)
         shape[non_mono] = "non_monotonic"
         shape[~significant] = "flat"
         shape[~f] = "not_fitted"
         frame["qvalue"] = q
-        frame["qvalue_non_monotonic"] = q_nm
         frame["significant"] = significant
         frame["shape"] = shape.astype(str)
         frame.insert(0, "feature", frame.index.astype(str))

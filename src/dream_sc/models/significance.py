@@ -6,6 +6,8 @@ import numpy as np
 
 #: Pseudo-count of the target-decoy FDR estimate (see :func:`decoy_qvalues`).
 DECOY_PSEUDOCOUNT = 1.0
+#: A significant feature is called non-monotonic at this posterior probability.
+NON_MONOTONIC_CALL = 0.95
 #: Default number of permutations of the null of a trans fit (see :mod:`dream_sc.models.null`).
 DEFAULT_N_PERMUTATIONS = 50
 

@@ -33,7 +33,7 @@ from ._screen_checks import (
 )
 from ._screen_store import Checkpoint, apply, capture, drop, fingerprint
 from ._technical import fit_technical
-from ._trans import fit_trans
+from ._trans import feature_names, fit_trans
 
 logger = logging.getLogger("dream_sc")
 
@@ -64,6 +64,8 @@ def fit_screen(
     technical_kwargs: Mapping[str, Any] | None = None,
     cis_kwargs: Mapping[str, Any] | None = None,
     trans_kwargs: Mapping[str, Any] | None = None,
+    features: Sequence[str] | np.ndarray | None = None,
+    min_cells: int = 0,
     checkpoint: str | None = None,
     backend: str = "local",
     client: Any = None,
@@ -127,6 +129,10 @@ def fit_screen(
         :func:`~dream_sc.tl.fit_cis`, :func:`~dream_sc.tl.fit_trans` (e.g.
         ``trans_kwargs={"n_permutations": 4}``); the arguments fit_screen sets itself are
         refused.
+    features, min_cells
+        Fit only these features of ``modality`` (names or a boolean mask) and only features
+        detected in at least ``min_cells`` cells of each target's fit (see
+        :func:`~dream_sc.tl.fit_trans`); the technical fit covers every feature.
     checkpoint
         Directory for resumable runs: the technical fit and each finished target are saved
         there; a rerun with the same settings on the same data skips what is saved and
@@ -175,6 +181,15 @@ def fit_screen(
     technical_kwargs = _check_kwargs(technical_kwargs, fit_technical, "technical_kwargs")
     cis_kwargs = _check_kwargs(cis_kwargs, fit_cis, "cis_kwargs")
     trans_kwargs = _check_kwargs(trans_kwargs, fit_trans, "trans_kwargs")
+    for name, value, unset in (("features", features, None), ("min_cells", min_cells, 0)):
+        if value is not unset and name in trans_kwargs:
+            raise ValueError(f"Give {name} either as fit_screen({name}=...) or in trans_kwargs.")
+    if features is not None:
+        trans_kwargs["features"] = list(
+            feature_names(mdata[modality].var_names, features, modality)
+        )
+    if min_cells:
+        trans_kwargs["min_cells"] = int(min_cells)
     steps = _step_values(n_steps, "n_steps", SCREEN_N_STEPS)
     for value in steps.values():
         if value is not None:

@@ -6,14 +6,12 @@ import logging
 
 import numpy as np
 
-from ..models.significance import decoy_qvalues
+from ..models.significance import NON_MONOTONIC_CALL, decoy_qvalues
 
 logger = logging.getLogger("dream_sc")
 
 #: Without a null (``test=False``) a feature is called from its posterior alone.
 POSTERIOR_CALL = {"prob_dose_dependent": 0.95, "lfsr": 0.05}
-#: A significant feature is called non-monotonic at this posterior probability.
-NON_MONOTONIC_CALL = 0.95
 
 
 def significance_columns(
@@ -34,8 +32,7 @@ def significance_columns(
 
     Shapes: ``flat`` unless significant; ``non_monotonic`` when significant and
     ``prob_non_monotonic >= 0.95`` (a question about the curve's shape, which the posterior
-    answers; the permutation null only tests dose dependence, so ``qvalue_non_monotonic`` is
-    NaN); else ``increasing`` / ``decreasing`` by the sign of the response.
+    answers; the permutation null only tests dose dependence); else ``increasing`` / ``decreasing`` by the sign of the response.
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1); got {alpha}.")
@@ -57,7 +54,6 @@ def significance_columns(
         "score": np.asarray(score, dtype=np.float64),
         "posterior_score": np.asarray(posterior_score, dtype=np.float64),
         "qvalue": q,
-        "qvalue_non_monotonic": np.full(n, np.nan),
         "significant": significant.astype(bool),
         "shape": shape,
     }

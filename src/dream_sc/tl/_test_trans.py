@@ -73,7 +73,7 @@ def test_trans(
     Returns
     -------
     ``None`` (or the updated copy). Updates ``prob_dose_dependent``, ``lfsr``, ``score``,
-    ``posterior_score``, ``prob_non_monotonic``, ``qvalue``, ``qvalue_non_monotonic`` (NaN),
+    ``posterior_score``, ``prob_non_monotonic``, ``qvalue``,
     ``significant`` and ``shape`` in ``mdata[modality].varm[key]`` and ``null_scores``,
     ``null_method``, ``null_seconds``, ``exchangeability``, ``min_effect``,
     ``params["alpha"]``, ``params["n_permutations"]``, ``params["test"]`` (and

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,30 @@ def _cells_with_data(job: TransJob) -> np.ndarray:
     )
 
 
+def feature_names(var_names: pd.Index, features, modality: str) -> tuple[str, ...] | None:
+    """``features=`` (names or a boolean mask over ``var_names``) as a tuple of names."""
+    if features is None:
+        return None
+    if isinstance(features, str):
+        features = [features]
+    values = np.asarray(features)
+    if values.dtype == bool:
+        if values.shape != (len(var_names),):
+            raise ValueError(
+                f"A boolean features= mask needs one entry per feature of {modality!r} "
+                f"({len(var_names)}); got shape {values.shape}."
+            )
+        return tuple(str(v) for v in var_names[values])
+    names = [str(v) for v in values.ravel()]
+    missing = [n for n in names if n not in var_names]
+    if missing:
+        raise KeyError(
+            f"{len(missing)} of the features= are not in {modality!r}.var_names "
+            f"(e.g. {missing[:3]}); check the names or pass a boolean mask."
+        )
+    return tuple(dict.fromkeys(names))
+
+
 def fit_trans(
     mdata: MuData,
     *,
@@ -47,6 +72,8 @@ def fit_trans(
     min_effect: float | None = None,
     degree: int = 3,
     include_cis_feature: bool = False,
+    features: Sequence[str] | np.ndarray | pd.Series | None = None,
+    min_cells: int = 0,
     test: bool = True,
     n_permutations: int = DEFAULT_N_PERMUTATIONS,
     alpha: float = 0.1,
@@ -97,6 +124,13 @@ def fit_trans(
         Polynomial degree.
     include_cis_feature
         Also fit the cis gene itself (excluded by default: its response is the dosage).
+    features
+        Fit only these features: var names, or a boolean mask over ``var_names`` (default: all).
+        The stored technical fit is reused as it is; features not fitted hold NaN. Categories
+        of a multinomial group must be selected together.
+    min_cells
+        Fit only features detected in at least this many of the fit's cells (non-zero counts
+        for count data; cells with trials, with group counts or with a value otherwise).
     test, n_permutations, alpha
         Compute calibrated q-values from ``n_permutations`` within-group permutations of the
         dosages, scored without refitting (see :func:`dream_sc.tl.test_trans`), and call
@@ -136,7 +170,7 @@ def fit_trans(
       ``inflection_mean``, curve parameters (``eta_ref``, ``v1``, ``K1``, ``n1``, ... with
       ``_mean/_q05/_q95``), ``ec50_1_*`` / ``ec50_2_*`` per component (additive Hill),
       ``prob_dose_dependent``, ``lfsr``, ``score`` (the ranking column), ``posterior_score``, ``non_monotonic_mean``,
-      ``prob_non_monotonic``, ``non_monotonic_score``, ``qvalue``, ``qvalue_non_monotonic``,
+      ``prob_non_monotonic``, ``non_monotonic_score``, ``qvalue``,
       ``significant``, ``shape``, ``n_cells``, ``converged``, ``fitted``; NaN for features not
       fitted.
     - ``varm[f"{key_added}_curve_mean"]``, ``_curve_q05``, ``_curve_q95``: features x grid.
@@ -157,8 +191,12 @@ def fit_trans(
     >>> "response_mean" in mdata["rna"].varm["dream_trans"]
     True
     """
-    params = {k: v for k, v in locals().items() if k != "mdata"}
     V.check_mudata(mdata)
+    V.check_modality(mdata, modality)
+    features = feature_names(mdata[modality].var_names, features, modality)
+    if isinstance(min_cells, bool) or not isinstance(min_cells, int | np.integer) or min_cells < 0:
+        raise ValueError(f"min_cells must be a non-negative integer; got {min_cells!r}.")
+    params = {k: v for k, v in locals().items() if k != "mdata"}
     V.check_fit_settings(
         n_steps=n_steps,
         lr=lr,
@@ -166,7 +204,6 @@ def fit_trans(
         feature_chunk=feature_chunk,
         n_samples=n_samples,
     )
-    V.check_modality(mdata, modality)
     if (
         isinstance(n_refine_draws, bool)
         or not isinstance(n_refine_draws, int | np.integer)

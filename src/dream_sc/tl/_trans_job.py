@@ -263,6 +263,38 @@ def _guide_labels(mdata: MuData, cis: dict, rows: np.ndarray, dose_mean: np.ndar
     return np.searchsorted(edges, dose_mean).astype(str)
 
 
+def select_features(
+    data, features: tuple[str, ...] | None, min_cells: int, modality: str
+) -> np.ndarray:
+    """Features to fit: ``features`` (all when None) with data in at least ``min_cells`` cells.
+
+    Categories of a multinomial group are fitted together: a selection that splits a group is
+    an error. Raises before anything is fitted when no feature is left.
+    """
+    family = get_family(data.distribution)
+    keep = np.ones(len(data.var_names), bool)
+    if features is not None:
+        keep = data.var_names.isin(list(features))
+    if data.group_index is not None:
+        partial = np.unique(data.group_index[keep])
+        split = [g for g in partial if not keep[data.group_index == g].all()]
+        if split:
+            names = ", ".join(str(data.group_names[g]) for g in split[:3])
+            raise ValueError(
+                f"features= selects only some categories of {len(split)} multinomial group(s) of "
+                f"{modality!r} (e.g. {names}); select every category of a group or none."
+            )
+    if min_cells > 0:
+        detected = family.cells_detected(data.X, total=data.total, group_index=data.group_index)
+        keep &= detected >= min_cells
+    if not keep.any():
+        raise ValueError(
+            f"No feature of {modality!r} is left to fit (features={'all' if features is None else len(features)}, "
+            f"min_cells={min_cells}); select more features or lower min_cells."
+        )
+    return keep
+
+
 def prepare_trans_job(
     mdata: MuData, settings: TransSettings, *, device: torch.device, progress: bool
 ) -> TransJob:
@@ -295,6 +327,7 @@ def prepare_trans_job(
         and cis_feature in data.var_names
     ):
         fitted[data.var_names.get_loc(cis_feature)] = False
+    fitted &= select_features(data, settings.features, settings.min_cells, modality)
     guides = cis["guides"]
     lo, hi = float(np.min(guides["dose_mean"])), float(np.max(guides["dose_mean"]))
     x_ref = float(cis["x_ntc"])

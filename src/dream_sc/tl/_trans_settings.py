@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class TransSettings:
@@ -26,6 +28,8 @@ class TransSettings:
     min_effect: float | None = None
     degree: int = 3
     include_cis_feature: bool = False
+    features: tuple[str, ...] | None = None
+    min_cells: int = 0
     seed: int = 0
     n_steps: int = 1000
     lr: float = 0.03
@@ -54,6 +58,8 @@ class TransSettings:
             value = params[name]
             if isinstance(value, str) and value == "" and "None" in str(kind):
                 value = None
+            elif name == "features" and value is not None:
+                value = tuple(str(v) for v in np.asarray(value).ravel())
             values[name] = _cast(value, str(kind))
         return replace(cls(**values), **overrides)
 

@@ -264,6 +264,13 @@ class Family:
         """Number of cells with an observation, per feature."""
         return np.full(X.shape[1], X.shape[0])
 
+    def cells_detected(self, X, *, total, group_index) -> np.ndarray:
+        """Number of cells in which a feature is detected (``min_cells`` of ``fit_trans``).
+
+        Cells with an observation, except for counts (non-zero counts).
+        """
+        return self.cells_with_data(X, total=total, group_index=group_index)
+
     # ------------------------------------------------------------------ observed data
     def observed_parts(self, X: np.ndarray, *, total, size_factor) -> tuple:
         """Numerator and denominator ``[N, K]`` of the observed ratio of every cell."""
@@ -315,6 +322,7 @@ INTERFACE = (
     "response_scale",
     "dense_kernel",
     "cells_with_data",
+    "cells_detected",
     "observed_parts",
     "normalise",
 )

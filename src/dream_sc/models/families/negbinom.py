@@ -263,5 +263,9 @@ class NegBinom(Family):
         phi = np.exp(-np.asarray(noise["log_r"], dtype=np.float64))[None, :]
         return (y - m) / (1.0 + phi * m), m / (1.0 + phi * m)
 
+    def cells_detected(self, X, *, total, group_index):  # noqa: D102
+        nonzero = X != 0
+        return np.asarray(nonzero.sum(0)).ravel().astype(int)
+
 
 FAMILY = NegBinom()
