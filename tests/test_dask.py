@@ -16,6 +16,9 @@ distributed = pytest.importorskip(
     "distributed", reason='dask.distributed is not installed (pip install "dream_sc[dask]")'
 )
 
+import dask  # noqa: E402
+import dask.array as da  # noqa: E402
+
 from test_bad_input import snapshot  # noqa: E402
 
 N_STEPS = {"technical": 15, "cis": 40, "trans": 12}
@@ -61,6 +64,7 @@ def screen():
         n_isoform_genes=0,
         seed=3,
     )
+    mdata["rna"].X = mdata["rna"].X.toarray()  # dense: the Dask-array copies hold the same
     base = mdata.copy()
     _quiet(
         ds.tl.fit_technical,
@@ -184,7 +188,7 @@ def test_lost_worker_is_recomputed(screen, client, tmp_path):
 def test_failing_chunk_is_named_and_nothing_is_written(screen, client):
     _, base, _ = screen
     mdata = base.copy()
-    X = mdata["rna"].X.toarray().astype(np.float64)
+    X = np.asarray(mdata["rna"].X, dtype=np.float64).copy()
     target = (mdata.obs["target"] == "GFI1B").to_numpy()
     X[np.flatnonzero(target)[3], 8] = 1e38  # overflows float32 arithmetic in feature 8
     mdata["rna"].X = X
@@ -215,6 +219,81 @@ def test_missing_distributed_names_the_extra(screen, monkeypatch):
     with pytest.raises(ImportError, match=r'pip install "dream_sc\[dask\]"'):
         ds.tl.fit_trans(mdata, n_steps=5, backend="dask")
     assert snapshot(mdata) == before
+
+
+def _lazy(mdata):
+    """A copy whose ``rna`` matrix is a Dask array (blocks of 50 cells x 5 features)."""
+    out = mdata.copy()
+    out["rna"].X = da.from_array(np.asarray(mdata["rna"].X), chunks=(50, 5))
+    return out
+
+
+def test_dask_array_input_on_the_cluster_equals_in_memory(screen, client):
+    mdata, base, local = screen
+    tech = _lazy(mdata)
+    _quiet(
+        ds.tl.fit_technical,
+        tech,
+        n_steps=N_STEPS["technical"],
+        feature_chunk=CHUNK["technical"],
+        seed=0,
+        backend="dask",
+        client=client,
+    )
+    _assert_same_columns(base["rna"], tech["rna"], "dream_technical")
+    trans = _lazy(base)  # the stored technical and cis fits of the in-memory screen
+    _quiet(
+        ds.tl.fit_trans,
+        trans,
+        n_steps=N_STEPS["trans"],
+        feature_chunk=CHUNK["trans"],
+        seed=0,
+        backend="dask",
+        client=client,
+        **TRANS,
+    )
+    assert isinstance(trans["rna"].X, da.Array)  # never replaced by a loaded copy
+    _assert_same_columns(local["rna"], trans["rna"], "dream_trans")
+
+
+def test_dask_array_input_is_never_loaded_whole(screen, monkeypatch):
+    mdata, base, _ = screen
+    n_cells = base["rna"].n_obs
+    monkeypatch.setattr(ds._lazy, "BLOCK_BYTES", 4 * n_cells * 5)  # 5-feature column blocks
+    widths = []
+    compute, to_array = dask.compute, da.Array.__array__
+
+    def record(value):
+        for v in value if isinstance(value, tuple | list) else [value]:
+            if isinstance(v, da.Array) and v.ndim == 2:
+                widths.append(v.shape[1])
+
+    def counting_compute(*args, **kwargs):
+        record(args)
+        return compute(*args, **kwargs)
+
+    def counting_array(self, *args, **kwargs):
+        record(self)
+        return to_array(self, *args, **kwargs)
+
+    monkeypatch.setattr(dask, "compute", counting_compute)
+    monkeypatch.setattr(da.Array, "__array__", counting_array)
+    lazy = _lazy(base)  # refits the technical step; the cis fit reads one column
+    kwargs = dict(n_steps=N_STEPS["technical"], feature_chunk=CHUNK["technical"], seed=0)
+    _quiet(ds.tl.fit_technical, lazy, **kwargs)
+    _quiet(ds.tl.fit_cis, lazy, cis_feature="GFI1B", n_steps=5, seed=0, key_added="cis_lazy")
+    _quiet(
+        ds.tl.fit_trans,
+        lazy,
+        n_steps=N_STEPS["trans"],
+        feature_chunk=CHUNK["trans"],
+        seed=0,
+        test=False,
+        refine_intervals=False,
+    )
+    assert widths and max(widths) <= CHUNK["technical"] < mdata["rna"].n_vars
+    _assert_same_columns(base["rna"], lazy["rna"], "dream_technical")
+    assert np.isfinite(lazy["rna"].varm["dream_trans"]["response_mean"]).sum() == 15
 
 
 def test_bad_backend_arguments(screen, client):

@@ -14,6 +14,7 @@ from mudata import MuData
 from scipy import sparse
 
 from . import _validation as V
+from ._lazy import LAZY_DISTRIBUTIONS, compute, is_lazy, lazy_modality_data, take_rows
 from ._registration import get_registration
 
 
@@ -64,6 +65,8 @@ def _matrix(adata: AnnData, layer: str | None, modality: str):
 
 
 def _take_rows(matrix, rows: np.ndarray):
+    if is_lazy(matrix):  # [dask hunk] Dask arrays stay lazy (see dream_sc._lazy)
+        return take_rows(matrix, rows)
     # values beyond the float32 range become inf here and are rejected by the checks
     with np.errstate(over="ignore"):
         if sparse.issparse(matrix):
@@ -104,6 +107,15 @@ def modality_data(
     X = _take_rows(_matrix(adata, layer, modality), pos[present])
     what = f"Modality {modality!r}" + (f" layer {layer!r}" if layer else "")
     total = group_index = group_names = None
+    if is_lazy(X):  # [dask hunk] out-of-core counts: validated and used block by block
+        if dist in LAZY_DISTRIBUTIONS:
+            if dist == "binomial":
+                total_layer = reg.get("total_layer") or "total"
+                total = _take_rows(_matrix(adata, total_layer, modality), pos[present])
+            return lazy_modality_data(
+                X, total, distribution=dist, present=present, var_names=adata.var_names, what=what
+            )
+        X = compute(X)
     if dist == "negbinom":
         V.check_counts(X, what)
     elif dist == "binomial":

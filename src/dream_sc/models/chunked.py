@@ -194,7 +194,7 @@ def torch_threads(threads: int | None):
 
 
 def materialize(value):
-    """Compute Dask arrays (or dataclass fields holding them) into memory, here.
+    """Compute the Dask arrays in ``value`` (nested dataclasses, dicts, tuples) here.
 
     Uses the synchronous scheduler: inside a task on a cluster this reads the chunk's columns
     directly from their source instead of submitting new tasks from within a task.
@@ -205,12 +205,21 @@ def materialize(value):
         (out,) = dask.compute(value, scheduler="sync")
         return out
     if is_dataclass(value) and not isinstance(value, type):
-        changes = {
-            f.name: materialize(getattr(value, f.name))
-            for f in fields(value)
-            if hasattr(getattr(value, f.name), "__dask_graph__")
-        }
+        changes = {}
+        for f in fields(value):
+            old = getattr(value, f.name)
+            new = materialize(old)
+            if new is not old:
+                changes[f.name] = new
         return replace(value, **changes) if changes else value
+    if isinstance(value, dict):
+        out = {k: materialize(v) for k, v in value.items()}
+        return value if all(out[k] is value[k] for k in value) else out
+    if isinstance(value, tuple | list):
+        out = [materialize(v) for v in value]
+        if all(a is b for a, b in zip(out, value, strict=True)):
+            return value
+        return type(value)(out)
     return value
 
 

@@ -49,6 +49,9 @@ class TechnicalInit:
     baseline_scale: np.ndarray  # [T]
     log_conc: np.ndarray | None = None  # [T] over-dispersed binomial / multinomial
     conc_informative: np.ndarray | None = None  # [T] bool: moment estimate available
+    # [dask hunk] the float64 values ``delta_scale`` was estimated from (feature-major), so
+    # moment estimates computed by column blocks can re-estimate it exactly over all features
+    effect_values: np.ndarray | None = None
 
 
 def _group_sums(matrix, group: np.ndarray, n_groups: int) -> np.ndarray:
@@ -251,11 +254,12 @@ def moment_init(
     delta = np.where(informative[:, None], delta, 0.0)
     if distribution in ("normal", "studentt"):
         sd = np.exp(log_sigma)
-        delta_scale = _robust_scale((delta / sd[:, None])[informative].ravel())
+        effect_values = (delta / sd[:, None])[informative].ravel()  # [dask hunk] named
         baseline_scale = BASELINE_PRIOR_SD * 5 * sd
     else:
-        delta_scale = _robust_scale(delta[informative].ravel())
+        effect_values = delta[informative].ravel()  # [dask hunk] named
         baseline_scale = np.full(n_features, BASELINE_PRIOR_SD)
+    delta_scale = _robust_scale(effect_values)
     log_conc = conc_ok = None
     if overdispersed and distribution == "binomial":
         log_conc, conc_ok = betabinomial_moments(X, total, group, n_groups)
@@ -274,6 +278,7 @@ def moment_init(
         baseline_scale.astype(np.float32),
         log_conc,
         conc_ok,
+        effect_values,  # [dask hunk]
     )
 
 

@@ -15,6 +15,7 @@ from mudata import MuData
 from .. import _validation as V
 from .._backends import resolve_backend  # [dask hunk]
 from .._data import modality_data
+from .._lazy import blockwise_moment_init  # [dask hunk]
 from .._registration import is_overdispersed
 from ..models.chunked import fit_chunks, name_order, stable_keys
 from ..models.memory import feature_chunks, plan_fit
@@ -22,7 +23,6 @@ from ..models.technical import (
     CONCENTRATION_RANGE,
     LOG_CONC_PRIOR_SD,
     LOG_PHI_PRIOR,
-    moment_init,
 )
 from ._cells import sum_factor_values, technical_groups
 from ._chunk_recipes import technical_recipe  # [dask hunk]
@@ -192,7 +192,7 @@ def fit_technical(
     n_cells, n_features = data.X.shape
 
     start = time.perf_counter()
-    init = moment_init(
+    init = blockwise_moment_init(  # [dask hunk] column blocks for Dask arrays
         data.distribution,
         data.X,
         group=codes,

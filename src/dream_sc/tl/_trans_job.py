@@ -16,6 +16,7 @@ from mudata import MuData
 from scipy import sparse
 
 from .._data import ModalityData, modality_data
+from .._lazy import blockwise_link_means, compute  # [dask hunk]
 from ..models.chunked import ChunkedFit, fit_chunks, name_order, stable_keys
 from ..models.guide import cholesky_from_lower
 from ..models.memory import feature_chunks, plan_fit
@@ -122,8 +123,8 @@ class TransJob:
         data = self.data
         return ObservationData.build(
             data.distribution,
-            data.X[:, cols],
-            total=None if data.total is None else data.total[:, cols],
+            compute(data.X[:, cols]),  # [dask hunk] Dask arrays: only these columns
+            total=None if data.total is None else compute(data.total[:, cols]),
             group_index=None if data.group_index is None else data.group_index[cols],
             device=self.device,
         )
@@ -322,7 +323,9 @@ def amplitude_prior(
 
     Returns the float32 scales and the number of features that fell back to the median spread.
     """
-    gm = _guide_level_link_means(data, fitted, labels, group, sf, effects)
+    gm = blockwise_link_means(  # [dask hunk] column blocks for Dask arrays
+        _guide_level_link_means, data, fitted, labels, group, sf, effects
+    )
     amp, n_fallback = amplitude_scale(gm, floor)
     return amp.astype(np.float32), n_fallback
 
