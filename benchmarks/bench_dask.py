@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--genes", type=int, default=1000)
     p.add_argument("--feature-chunk", type=int, default=100)
     p.add_argument("--steps-trans", type=int, default=1000)
+    p.add_argument("--steps-prep", type=int, default=300, help="technical and cis steps (untimed)")
     p.add_argument("--overhead-chunk", type=int, default=20, help="chunk size of the overhead run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the markdown table here")
@@ -85,8 +86,9 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     mdata = ds.datasets.simulate_screen(
         n_cells=args.cells, n_genes=args.genes, n_junctions=0, n_isoform_genes=0, seed=args.seed
     )
-    ds.tl.fit_technical(mdata, seed=args.seed)
-    ds.tl.fit_cis(mdata, cis_feature="GFI1B", seed=args.seed)
+    ds.tl.fit_technical(mdata, seed=args.seed, n_steps=args.steps_prep)
+    ds.tl.fit_cis(mdata, cis_feature="GFI1B", seed=args.seed, n_steps=args.steps_prep)
+    print("prepared (technical and cis fits)", flush=True)
     trans = dict(
         test=False,
         refine_intervals=False,

@@ -141,6 +141,13 @@ def test_dask_equals_local_bit_for_bit(screen, client):
     assert len(local["rna"].uns["dream_trans"]["chunk_converged"]) == 3
     assert np.isfinite(trans["rna"].uns["dream_trans"]["null_scores"]).all()
 
+    # test_trans: the extra permutation null runs on the cluster too
+    again = local.copy()
+    _quiet(ds.tl.test_trans, again, n_permutations=2)
+    _quiet(ds.tl.test_trans, trans, n_permutations=2, backend="dask", client=client)
+    assert trans["rna"].uns["dream_trans"]["null_scores"].shape[0] == 2
+    _assert_same_columns(again["rna"], trans["rna"], "dream_trans")
+
 
 def _install_worker_killer(marker: str) -> None:
     """On a worker: the first chunk 2 to start (marker absent) kills its process."""
