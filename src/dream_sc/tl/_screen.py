@@ -15,9 +15,9 @@ from mudata import MuData
 from tqdm.auto import tqdm
 
 from .. import _validation as V
+from .._cells import check_guide_columns, sum_factor_values
 from .._registration import get_registration
 from .._settings import settings
-from ._cells import check_guide_columns, sum_factor_values
 from ._cis import fit_cis
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
 from ._screen_store import Checkpoint, apply, capture, drop, fingerprint
