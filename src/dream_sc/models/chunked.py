@@ -18,7 +18,7 @@ import threading
 import zlib
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +108,7 @@ class ChunkRecipe:
         backends send it once to every worker.
     part
         Runs where the call was made: global feature indices -> the chunk's own picklable
-        inputs (its data slice, per-feature parameters). A data slice may be a Dask array; it
-        is computed where the chunk runs (:func:`materialize`).
+        inputs (its data slice, per-feature parameters).
     names
         Feature names (error messages name the features of a failing chunk).
     """
@@ -193,36 +192,6 @@ def torch_threads(threads: int | None):
             torch.set_num_threads(before)
 
 
-def materialize(value):
-    """Compute the Dask arrays in ``value`` (nested dataclasses, dicts, tuples) here.
-
-    Uses the synchronous scheduler: inside a task on a cluster this reads the chunk's columns
-    directly from their source instead of submitting new tasks from within a task.
-    """
-    if hasattr(value, "__dask_graph__"):
-        import dask
-
-        (out,) = dask.compute(value, scheduler="sync")
-        return out
-    if is_dataclass(value) and not isinstance(value, type):
-        changes = {}
-        for f in fields(value):
-            old = getattr(value, f.name)
-            new = materialize(old)
-            if new is not old:
-                changes[f.name] = new
-        return replace(value, **changes) if changes else value
-    if isinstance(value, dict):
-        out = {k: materialize(v) for k, v in value.items()}
-        return value if all(out[k] is value[k] for k in value) else out
-    if isinstance(value, tuple | list):
-        out = [materialize(v) for v in value]
-        if all(a is b for a, b in zip(out, value, strict=True)):
-            return value
-        return type(value)(out)
-    return value
-
-
 def run_chunk(problem_of: Callable[[], ChunkProblem], task: ChunkTask) -> ChunkOutcome:
     """Fit one chunk in a private Pyro param store with the task's torch thread count."""
     with _TASK_LOCK, torch_threads(task.threads), pyro.get_param_store().scope():
@@ -261,7 +230,7 @@ def run_chunk(problem_of: Callable[[], ChunkProblem], task: ChunkTask) -> ChunkO
 
 def run_recipe_chunk(build: Callable, shared, part, task: ChunkTask) -> ChunkOutcome:
     """Task function of remote backends: build the chunk's problem from plain data and fit it."""
-    return run_chunk(lambda: build(shared, materialize(part), task.device), task)
+    return run_chunk(lambda: build(shared, part, task.device), task)
 
 
 def fit_chunks(
