@@ -18,6 +18,7 @@ from .. import _validation as V
 from .._cells import check_guide_columns, sum_factor_values
 from .._registration import get_registration
 from .._settings import settings
+from ..models.families import get_family
 from ._cis import fit_cis
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
 from ._screen_store import Checkpoint, apply, capture, drop, fingerprint
@@ -329,7 +330,7 @@ def fit_screen(
     if function not in FUNCTIONS:
         raise ValueError(f"function must be one of {list(FUNCTIONS)}; got {function!r}.")
     distribution = get_registration(mdata[modality], modality)["distribution"]
-    if distribution != "negbinom":
+    if not get_family(distribution).cis_capable:
         raise ValueError(
             f"fit_screen needs a count (negbinom) modality holding the cis genes; {modality!r} "
             f"is {distribution}."
