@@ -36,6 +36,10 @@ class DreamSettings:
         Memory budget for the planner; ``None`` reads it from cgroups/SLURM/psutil.
     checkpoint_every
         SVI steps between checkpoints of fits run with ``checkpoint=``.
+    torch_threads
+        Intra-op torch threads of every feature-chunk fit, locally and on Dask workers alike
+        (CPU reductions depend on the thread count, so equal counts give identical results);
+        ``None``: torch's current count in the calling process. Recorded in ``params``.
 
     Examples
     --------
@@ -53,6 +57,7 @@ class DreamSettings:
         self.n_samples: int = 100
         self.max_memory_gb: float | None = None
         self.checkpoint_every: int = 100
+        self.torch_threads: int | None = None
 
     @property
     def verbosity(self) -> int | None:
@@ -91,6 +96,7 @@ class DreamSettings:
             "n_samples",
             "max_memory_gb",
             "checkpoint_every",
+            "torch_threads",
         ]
         inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in fields)
         return f"DreamSettings({inner})"

@@ -5,22 +5,30 @@ Cell-level randomness (minibatches, dosage draws) comes from generators seeded b
 comes from :class:`~dream_sc.models.guide.FeatureNoise` streams seeded by ``(seed, feature)``.
 Adam and the element-wise gradient clipping act per parameter element. Together this makes a
 chunked fit equal a joint fit, feature by feature.
+
+Chunks are independent tasks: :func:`fit_chunks` hands them to a backend (in this process, or a
+``dask.distributed`` cluster, see :mod:`dream_sc._backends`) as plain data plus a module-level
+build function (:class:`ChunkRecipe`), so where a chunk runs does not change its result.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import zlib
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyro
 import torch
 
+from .._backends._base import LocalBackend, resolve_threads
 from .guide import FeatureNoise, MeanFieldGuide, Site
-from .inference import run_svi
+from .inference import NonFiniteLossError, run_svi
 
 logger = logging.getLogger("dream_sc")
 
@@ -84,8 +92,149 @@ def minibatch_rows(
     return np.sort(chosen if order is None else order[chosen])
 
 
+@dataclass
+class ChunkRecipe:
+    """A picklable description of how to build every chunk's problem (any backend).
+
+    The Pyro model of a chunk is a closure and may not pickle, so remote backends ship plain
+    data and build the :class:`ChunkProblem` where the chunk runs.
+
+    Attributes
+    ----------
+    build
+        A module-level function ``(shared, part, device) -> ChunkProblem``.
+    shared
+        Inputs every chunk needs (cell-level arrays, priors, settings); picklable. Remote
+        backends send it once to every worker.
+    part
+        Runs where the call was made: global feature indices -> the chunk's own picklable
+        inputs (its data slice, per-feature parameters).
+    names
+        Feature names (error messages name the features of a failing chunk).
+    """
+
+    build: Callable[[Any, Any, torch.device], ChunkProblem]
+    shared: Any
+    part: Callable[[np.ndarray], Any]
+    names: np.ndarray | None = None
+
+
+@dataclass
+class ChunkTask:
+    """Settings of one chunk's fit (small and picklable: what a task carries besides data)."""
+
+    number: int
+    n_chunks: int
+    features: np.ndarray
+    ids: np.ndarray  # per-feature noise seeds
+    seed: int
+    n_steps: int
+    lr: float
+    device: torch.device
+    prefix: str
+    description: str
+    progress: bool
+    threads: int | None
+    names: np.ndarray | None = None
+    checkpoint: str | None = None
+    checkpoint_every: int | None = None
+
+    @property
+    def context(self) -> str:
+        """Where an error happened, for messages: the chunk and its features."""
+        feats = self.features
+        where = (
+            f" in feature chunk {self.number + 1}/{self.n_chunks} "
+            f"(features {feats[0]}..{feats[-1]})"
+        )
+        if self.names is not None:
+            shown = ", ".join(str(n) for n in self.names[:MAX_NAMED])
+            more = len(self.names) - MAX_NAMED
+            where += f" [{shown}{f', and {more} more' if more > 0 else ''}]"
+        return where
+
+
+@dataclass
+class ChunkOutcome:
+    """What one chunk's fit returns (numpy only, so it pickles cheaply)."""
+
+    summary: dict[str, tuple[np.ndarray, np.ndarray]]
+    loss: np.ndarray
+    converged: bool
+    seconds: float
+    corr: np.ndarray | None
+
+
+#: Feature names listed in the error message of a failing chunk.
+MAX_NAMED = 10
+#: One chunk fit at a time per process: Pyro's param store and torch's intra-op thread count
+#: are process-wide, so tasks running in several threads of one worker must not interleave.
+_TASK_LOCK = threading.Lock()
+
+
+def _before_chunk(task: ChunkTask) -> None:
+    """Hook called before every chunk fit (tests use it to simulate a lost worker)."""
+
+
+@contextmanager
+def torch_threads(threads: int | None):
+    """Run with ``threads`` intra-op threads (torch's CPU reductions depend on the count)."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    if threads != before:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def run_chunk(problem_of: Callable[[], ChunkProblem], task: ChunkTask) -> ChunkOutcome:
+    """Fit one chunk in a private Pyro param store with the task's torch thread count."""
+    with _TASK_LOCK, torch_threads(task.threads), pyro.get_param_store().scope():
+        _before_chunk(task)
+        try:
+            problem = problem_of()
+            guide = MeanFieldGuide(
+                problem.sites, prefix=task.prefix, device=task.device, correlated=problem.correlated
+            )
+            guide.noise = FeatureNoise(task.seed, task.ids, guide.noise_width, task.n_steps)
+            result = run_svi(
+                problem.model,
+                guide,
+                guide.parameters,
+                problem.make_batch,
+                n_steps=task.n_steps,
+                lr=task.lr,
+                progress=task.progress,
+                description=f"{task.description} [{task.number + 1}/{task.n_chunks}]",
+                loss_scale=problem.loss_scale,
+                context=task.context,
+                checkpoint=task.checkpoint,
+                checkpoint_every=task.checkpoint_every,
+                lr_scales=guide.lr_scales(),
+                noise=guide.noise,
+            )
+        except NonFiniteLossError:
+            raise  # its message already names the chunk
+        except Exception as err:
+            err.add_note(f"dream_sc: raised{task.context}")
+            raise
+        return ChunkOutcome(
+            guide.summary(), result.loss, result.converged, result.seconds, guide.correlation()
+        )
+
+
+def run_recipe_chunk(build: Callable, shared, part, task: ChunkTask) -> ChunkOutcome:
+    """Task function of remote backends: build the chunk's problem from plain data and fit it."""
+    return run_chunk(lambda: build(shared, part, task.device), task)
+
+
 def fit_chunks(
-    build: Callable[[np.ndarray], ChunkProblem],
+    build: Callable[[np.ndarray], ChunkProblem] | ChunkRecipe,
     chunks: list[np.ndarray],
     n_features: int,
     *,
@@ -99,13 +248,15 @@ def fit_chunks(
     checkpoint: str | Path | None = None,
     checkpoint_every: int | None = None,
     feature_keys: np.ndarray | None = None,
+    backend=None,
 ) -> ChunkedFit:
     """Fit every chunk and stitch the per-feature posteriors together.
 
     Parameters
     ----------
     build
-        ``global feature indices -> ChunkProblem``.
+        A :class:`ChunkRecipe` (runs on any backend), or a function
+        ``global feature indices -> ChunkProblem`` (in-process only).
     chunks
         Global feature indices of each chunk.
     n_features
@@ -119,29 +270,88 @@ def fit_chunks(
     checkpoint
         Path prefix for checkpoints: every finished chunk is saved, the running chunk every
         ``checkpoint_every`` steps; a rerun with the same path skips finished chunks and
-        resumes the interrupted one. Removed when all chunks are done.
+        resumes the interrupted one. Removed when all chunks are done. With a remote backend
+        finished chunks are saved by the caller and running chunks by the workers (the path
+        must then be on a file system the workers share).
     checkpoint_every
         Steps between checkpoints of the running chunk.
     feature_keys
         Stable key of every feature (:func:`stable_keys` of the names) seeding its noise, so
         results do not depend on feature order either; default: the feature index.
+    backend
+        Where chunks run: a backend of :func:`dream_sc._backends.resolve_backend` (``None``:
+        in this process). Every backend gives identical results: each chunk's randomness
+        comes from its own seeds and it runs with the backend's torch thread count.
 
     Returns
     -------
     :class:`ChunkedFit`.
     """
+    runner = LocalBackend(resolve_threads()) if backend is None else backend
+    recipe = build if isinstance(build, ChunkRecipe) else None
+    if recipe is None and runner.name != "local":
+        raise TypeError(f"backend={runner.name!r} needs a ChunkRecipe (picklable chunk inputs).")
     loc: dict[str, np.ndarray] = {}
     scale: dict[str, np.ndarray] = {}
-    losses, conv = [], []
+    n_chunks = len(chunks)
+    losses: list = [None] * n_chunks
+    conv: list = [False] * n_chunks
     feature_conv = np.zeros(n_features, dtype=bool)
     corr: np.ndarray | None = None
     seconds = 0.0
-    done_files = []
+    done_files = [
+        Path(f"{checkpoint}.chunk{number}.done.pt") if checkpoint else None
+        for number in range(n_chunks)
+    ]
+
+    def task_of(number: int, features: np.ndarray) -> ChunkTask:
+        names = recipe.names if recipe is not None else None
+        return ChunkTask(
+            number,
+            n_chunks,
+            features,
+            features if feature_keys is None else feature_keys[features],
+            seed,
+            n_steps,
+            lr,
+            device,
+            prefix,
+            description,
+            progress and runner.name == "local",
+            runner.threads,
+            None if names is None else np.asarray(names)[features],
+            str(Path(f"{checkpoint}.chunk{number}.pt")) if checkpoint else None,
+            checkpoint_every,
+        )
+
+    def store(number: int, outcome: ChunkOutcome) -> None:
+        nonlocal corr, seconds
+        features = chunks[number]
+        for name, (site_loc, site_scale) in outcome.summary.items():
+            if name not in loc:
+                loc[name] = np.zeros((n_features, *site_loc.shape[1:]), dtype=np.float32)
+                scale[name] = np.zeros_like(loc[name])
+            loc[name][features] = site_loc
+            scale[name][features] = site_scale
+        if outcome.corr is not None:
+            if corr is None:
+                corr = np.zeros((n_features, *outcome.corr.shape[1:]), dtype=np.float32)
+            corr[features] = outcome.corr
+        losses[number] = outcome.loss
+        conv[number] = outcome.converged
+        feature_conv[features] = outcome.converged
+        seconds += outcome.seconds
+        logger.debug(
+            "%s chunk %d: %.1fs, converged=%s",
+            description,
+            number,
+            outcome.seconds,
+            outcome.converged,
+        )
+
+    todo = []
     for number, features in enumerate(chunks):
-        done_file = Path(f"{checkpoint}.chunk{number}.done.pt") if checkpoint else None
-        running = Path(f"{checkpoint}.chunk{number}.pt") if checkpoint else None
-        if done_file is not None:
-            done_files.append(done_file)
+        done_file = done_files[number]
         if done_file is not None and done_file.exists():
             saved = torch.load(done_file, weights_only=False)
             if not np.array_equal(saved["features"], features):
@@ -149,73 +359,51 @@ def fit_chunks(
                     f"Checkpoint {str(done_file)!r} was written for other features; delete the "
                     "checkpoint files or pass another `checkpoint=` path."
                 )
-            summary, loss, converged, secs = (
-                saved["summary"],
-                saved["loss"],
-                saved["converged"],
-                0.0,
+            store(
+                number,
+                ChunkOutcome(
+                    saved["summary"], saved["loss"], saved["converged"], 0.0, saved.get("corr")
+                ),
             )
-            chunk_corr = saved.get("corr")
         else:
-            pyro.clear_param_store()
-            problem = build(features)
-            guide = MeanFieldGuide(
-                problem.sites, prefix=prefix, device=device, correlated=problem.correlated
+            todo.append(number)
+
+    if recipe is None:
+        items = ((n, (chunks[n], task_of(n, chunks[n]))) for n in todo)
+
+        def fn(_shared, item):
+            features, task = item
+            return run_chunk(lambda: build(features), task)
+
+        shared = None
+    else:
+        items = ((n, (recipe.build, recipe.part(chunks[n]), task_of(n, chunks[n]))) for n in todo)
+        fn, shared = _recipe_task, recipe.shared
+    for number, outcome in runner.map(
+        fn, shared, items, description=description, progress=progress
+    ):
+        store(number, outcome)
+        done_file = done_files[number]
+        if done_file is not None:
+            torch.save(
+                {
+                    "features": chunks[number],
+                    "summary": outcome.summary,
+                    "loss": outcome.loss,
+                    "converged": outcome.converged,
+                    "corr": outcome.corr,
+                },
+                done_file,
             )
-            ids = features if feature_keys is None else feature_keys[features]
-            guide.noise = FeatureNoise(seed, ids, guide.noise_width, n_steps)
-            context = f" in feature chunk {number + 1}/{len(chunks)} (features {features[0]}..{features[-1]})"
-            result = run_svi(
-                problem.model,
-                guide,
-                guide.parameters,
-                problem.make_batch,
-                n_steps=n_steps,
-                lr=lr,
-                progress=progress,
-                description=f"{description} [{number + 1}/{len(chunks)}]",
-                loss_scale=problem.loss_scale,
-                context=context,
-                checkpoint=running,
-                checkpoint_every=checkpoint_every,
-                lr_scales=guide.lr_scales(),
-            )
-            summary, loss, converged, secs = (
-                guide.summary(),
-                result.loss,
-                result.converged,
-                result.seconds,
-            )
-            chunk_corr = guide.correlation()
-            if done_file is not None:
-                torch.save(
-                    {
-                        "features": features,
-                        "summary": summary,
-                        "loss": loss,
-                        "converged": converged,
-                        "corr": chunk_corr,
-                    },
-                    done_file,
-                )
-        for name, (site_loc, site_scale) in summary.items():
-            if name not in loc:
-                loc[name] = np.zeros((n_features, *site_loc.shape[1:]), dtype=np.float32)
-                scale[name] = np.zeros_like(loc[name])
-            loc[name][features] = site_loc
-            scale[name][features] = site_scale
-        if chunk_corr is not None:
-            if corr is None:
-                corr = np.zeros((n_features, *chunk_corr.shape[1:]), dtype=np.float32)
-            corr[features] = chunk_corr
-        losses.append(loss)
-        conv.append(converged)
-        feature_conv[features] = converged
-        seconds += secs
-        logger.debug("%s chunk %d: %.1fs, converged=%s", description, number, secs, converged)
     for f in done_files:
-        f.unlink(missing_ok=True)
-    pyro.clear_param_store()
+        if f is not None:
+            f.unlink(missing_ok=True)
     return ChunkedFit(
         loc, scale, np.sum(losses, axis=0), conv, feature_conv, seconds, list(chunks), corr
     )
+
+
+def _recipe_task(shared, item) -> ChunkOutcome:
+    """``(build, part, task)`` item of a recipe fit -> its outcome (module level: picklable)."""
+    build, part, task = item
+    return run_recipe_chunk(build, shared, part, task)

@@ -213,8 +213,7 @@ def run_svi(
         Multiplier of ``lr`` for each parameter (same order as ``parameters()``); default 1.
     noise
         The guide's :class:`~dream_sc.models.guide.FeatureNoise`, told the step number before
-        each step. Pass it explicitly; a guide's ``noise`` attribute is only read when this is
-        ``None`` (callers that still attach it to the guide).
+        each step (``None``: the guide has no feature-level noise).
 
     Returns
     -------
@@ -250,8 +249,6 @@ def run_svi(
         first = _load_checkpoint(checkpoint, params, optimizer, scheduler, losses, n_steps, lr)
     show = progress and sys.stderr.isatty()
     bar = tqdm(range(first, n_steps), desc=description, disable=not show, leave=False)
-    if noise is None:
-        noise = getattr(guide, "noise", None)
     for step in bar:
         if noise is not None:
             noise.step = step

@@ -10,10 +10,10 @@ from functools import partial
 
 import numpy as np
 import pandas as pd
-import torch
 from mudata import MuData
 
 from .. import _validation as V
+from .._backends import resolve_backend  # [dask hunk]
 from .._cells import sum_factor_values, technical_groups
 from .._data import modality_data
 from .._registration import is_overdispersed
@@ -23,13 +23,12 @@ from .._storage import read_technical as load_technical
 from ..models.chunked import fit_chunks, name_order, stable_keys
 from ..models.families import get_family
 from ..models.memory import feature_chunks, plan_fit
-from ..models.observation import ObservationData
 from ..models.technical import (
     CONCENTRATION_RANGE,
     LOG_CONC_PRIOR_SD,
     moment_init,
-    technical_problem,
 )
+from ._chunk_recipes import technical_recipe  # [dask hunk]
 from ._common import (
     clean_params,
     frame,
@@ -68,6 +67,8 @@ def fit_technical(
     key_added: str = "dream_technical",
     copy: bool = False,
     checkpoint: str | None = None,
+    backend: str = "local",
+    client=None,
 ) -> MuData | None:
     """Fit per-feature technical-group effects and noise on control cells (step 1).
 
@@ -129,6 +130,10 @@ def fit_technical(
         Path prefix for checkpoint files: the optimisation state is saved regularly and a
         rerun with the same arguments and path resumes where an interrupted run stopped,
         ending with results identical to an uninterrupted run. Files are removed on success.
+    backend, client
+        ``"local"`` fits the feature chunks in this process; ``"dask"`` runs them as tasks on
+        the ``dask.distributed`` cluster of ``client`` (default: the current client), with
+        results identical to the local run (see :doc:`/cluster`).
 
     Returns
     -------
@@ -154,8 +159,9 @@ def fit_technical(
     >>> "baseline_mean" in mdata["rna"].varm["dream_technical"]
     True
     """
-    params = {k: v for k, v in locals().items() if k != "mdata"}
+    params = {k: v for k, v in locals().items() if k not in ("mdata", "client")}
     V.check_mudata(mdata)
+    runner = resolve_backend(backend, client)  # [dask hunk]
     V.check_fit_settings(
         n_steps=n_steps,
         lr=lr,
@@ -216,30 +222,16 @@ def fit_technical(
     )
     chunks = feature_chunks(n_features, plan.feature_chunk, data.group_index)
     order = name_order(obs.index[present])
-    group_t = torch.as_tensor(codes, device=dev)
-    log_sf = (
-        torch.as_tensor(np.log(sf), dtype=torch.float32, device=dev) if sf is not None else None
+    recipe = technical_recipe(  # [dask hunk] picklable chunks (was the `build` closure)
+        data,
+        init,
+        codes,
+        groups.n_groups,
+        sf,
+        batch_size=plan.batch_size,
+        seed=seed,
+        order=order,
     )
-
-    def build(features: np.ndarray):
-        obs_chunk = ObservationData.build(
-            data.distribution,
-            data.X[:, features],
-            total=None if data.total is None else data.total[:, features],
-            group_index=None if data.group_index is None else data.group_index[features],
-            device=dev,
-        )
-        return technical_problem(
-            obs_chunk,
-            init,
-            features,
-            group=group_t,
-            n_groups=groups.n_groups,
-            log_sf=log_sf,
-            batch_size=plan.batch_size,
-            seed=seed,
-            order=order,
-        )
 
     logger.info(
         "fit_technical: %s (%s), %d cells x %d features, %d groups",
@@ -250,7 +242,7 @@ def fit_technical(
         groups.n_groups,
     )
     fit = fit_chunks(
-        build,
+        recipe,  # [dask hunk]
         chunks,
         n_features,
         seed=seed,
@@ -263,6 +255,7 @@ def fit_technical(
         checkpoint=checkpoint,
         checkpoint_every=settings.checkpoint_every,
         feature_keys=stable_keys(data.var_names),
+        backend=runner,  # [dask hunk]
     )
     summary = (
         normal_summary
@@ -281,6 +274,7 @@ def fit_technical(
     if n_uninformative:
         logger.info("%d features carry no information in the fitted cells", n_uninformative)
     params.update(seed=seed, device=str(dev))
+    params.update(runner.record())  # [dask hunk]
     record = {
         "params": clean_params(params),
         "distribution": data.distribution,

@@ -8,6 +8,7 @@ import numpy as np
 from mudata import MuData
 
 from .. import _validation as V
+from .._backends import resolve_backend  # [dask hunk]
 from ..models.significance import DEFAULT_N_PERMUTATIONS
 from ._common import resolve_device, resolve_progress
 from ._null import significance
@@ -27,6 +28,8 @@ def test_trans(
     device: str = "auto",
     progress: bool | None = None,
     copy: bool = False,
+    backend: str = "local",
+    client=None,
 ) -> MuData | None:
     """Calibrated significance of every feature's dose-response.
 
@@ -69,6 +72,9 @@ def test_trans(
         Kept for compatibility; the null needs no fit.
     copy
         Return a copy instead of updating in place.
+    backend, client
+        Where the new permutation fits run: ``"local"`` or ``"dask"`` (see
+        :func:`dream_sc.tl.fit_trans` and :doc:`/cluster`); identical results either way.
 
     Returns
     -------
@@ -92,6 +98,7 @@ def test_trans(
     """
     V.check_mudata(mdata)
     V.check_modality(mdata, modality)
+    runner = resolve_backend(backend, client)  # [dask hunk]
     adata = mdata[modality]
     if key not in adata.uns or key not in adata.varm:
         raise KeyError(
@@ -111,6 +118,7 @@ def test_trans(
         progress=resolve_progress(progress),
         min_effect=min_effect,
     )
+    job.backend = runner  # [dask hunk]
     loc, scale, corr = posterior_from_frame(adata.varm[f"{key}_posterior"], job.fitted)
     columns, _ = job.summarise(loc, scale, corr=corr)
     sig, null_record = significance(job, columns, int(wanted), alpha=alpha)

@@ -12,6 +12,7 @@ import pandas as pd
 from mudata import MuData
 
 from .. import _validation as V
+from .._backends import resolve_backend  # [dask hunk]
 from .._settings import settings
 from .._storage import posterior_frame, write_trans
 from ..models.families import get_family
@@ -90,6 +91,8 @@ def fit_trans(
     key_added: str = "dream_trans",
     copy: bool = False,
     checkpoint: str | None = None,
+    backend: str = "local",
+    client=None,
 ) -> MuData | None:
     """Fit a dose-response curve for every feature of a modality (step 3).
 
@@ -160,6 +163,11 @@ def fit_trans(
         Path prefix for checkpoint files: the optimisation state is saved regularly and a
         rerun with the same arguments and path resumes where an interrupted run stopped,
         ending with results identical to an uninterrupted run. Files are removed on success.
+    backend, client
+        ``"local"`` fits the feature chunks (of the real fit and of every permutation null) in
+        this process; ``"dask"`` runs them as tasks on the ``dask.distributed`` cluster of
+        ``client`` (default: the current client), with results identical to the local run
+        (see :doc:`/cluster`). Summaries and the interval refinement run here.
 
     Returns
     -------
@@ -196,7 +204,8 @@ def fit_trans(
     features = feature_names(mdata[modality].var_names, features, modality)
     if isinstance(min_cells, bool) or not isinstance(min_cells, int | np.integer) or min_cells < 0:
         raise ValueError(f"min_cells must be a non-negative integer; got {min_cells!r}.")
-    params = {k: v for k, v in locals().items() if k != "mdata"}
+    params = {k: v for k, v in locals().items() if k not in ("mdata", "client")}
+    runner = resolve_backend(backend, client)  # [dask hunk]
     V.check_fit_settings(
         n_steps=n_steps,
         lr=lr,
@@ -218,6 +227,7 @@ def fit_trans(
     fit_settings = TransSettings.from_arguments(params, seed=seed, n_samples=n_samples)
     job = prepare_trans_job(mdata, fit_settings, device=dev, progress=resolve_progress(progress))
     job.checkpoint = checkpoint
+    job.backend = runner  # [dask hunk]
     start = time.perf_counter()
     logger.info(
         "fit_trans: %s (%s, %s), %d cells x %d features",
@@ -249,6 +259,7 @@ def fit_trans(
         )
     table = _results_table(job, columns, sig, fit.feature_converged)
     params.update(seed=seed, device=str(dev), n_samples=n_samples)
+    params.update(runner.record())  # [dask hunk]
     record = {
         "params": clean_params(params),
         "distribution": job.data.distribution,

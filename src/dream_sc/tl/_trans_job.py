@@ -24,8 +24,9 @@ from ..models.chunked import ChunkedFit, fit_chunks, name_order, stable_keys
 from ..models.families import get_family
 from ..models.memory import feature_chunks, plan_fit
 from ..models.observation import ObservationData
-from ..models.trans import TransInputs, TransPriors, dose_priors, trans_problem
+from ..models.trans import TransInputs, TransPriors, dose_priors
 from ..models.trans_summary import DoseAxis, Grid, draw_latent, make_grid, summarise_chunk
+from ._chunk_recipes import trans_recipe  # [dask hunk]
 from ._trans_settings import TransSettings
 
 logger = logging.getLogger("dream_sc")
@@ -70,6 +71,7 @@ class TransJob:
     amplitude_floor: np.ndarray  # [T] floor of the amplitude prior scale
     checkpoint: str | None = None
     dose_axis: DoseAxis | None = None  # guide-level dosage uncertainty (EC50 intervals)
+    backend: object = None  # [dask hunk] where chunks run (dream_sc._backends); None: here
 
     @property
     def modality(self) -> str:
@@ -177,22 +179,8 @@ class TransJob:
         if permutation is not None:
             inputs = inputs.permuted(permutation)
 
-        def build(idx: np.ndarray):
-            return trans_problem(
-                self.observations(idx),
-                self.function,
-                priors,
-                idx,
-                inputs,
-                effects=self.effects(idx),
-                noise=self.noise(idx),
-                batch_size=self.batch_size,
-                seed=self.seed,
-                device=self.device,
-            )
-
         return fit_chunks(
-            build,
+            trans_recipe(self, inputs, priors),  # [dask hunk] picklable chunks
             self.chunks(),
             self.n_features,
             seed=self.seed,
@@ -205,6 +193,7 @@ class TransJob:
             checkpoint=None if self.checkpoint is None else f"{self.checkpoint}.{tag}",
             checkpoint_every=package_settings.checkpoint_every,
             feature_keys=self.keys,
+            backend=self.backend,  # [dask hunk]
         )
 
     def summarise(

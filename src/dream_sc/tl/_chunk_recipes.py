@@ -1,0 +1,167 @@
+"""Picklable chunk recipes of the technical and trans fits (any backend, see ``_backends``).
+
+Each fit's chunks are described by plain data: ``shared`` inputs (cell-level arrays, priors,
+settings) sent once, a per-chunk ``part`` (the chunk's data slice and per-feature inputs) and
+a module-level build function that turns them into the chunk's Pyro problem where it runs.
+The local backend runs exactly the same functions in this process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..models.chunked import ChunkProblem, ChunkRecipe
+from ..models.observation import ObservationData
+from ..models.technical import TechnicalInit, technical_problem
+from ..models.trans import TransInputs, TransPriors, trans_problem
+
+
+@dataclass
+class ChunkData:
+    """A chunk's observations: cells x chunk features."""
+
+    distribution: str
+    X: object
+    total: object | None
+    group_index: np.ndarray | None
+
+    def on_device(self, device: torch.device) -> ObservationData:
+        """The chunk's :class:`ObservationData`."""
+        return ObservationData.build(
+            self.distribution,
+            self.X,
+            total=self.total,
+            group_index=self.group_index,
+            device=device,
+        )
+
+
+def chunk_data(data, cols: np.ndarray) -> ChunkData:
+    """The columns ``cols`` of a :class:`~dream_sc._data.ModalityData`."""
+    return ChunkData(
+        data.distribution,
+        data.X[:, cols],
+        None if data.total is None else data.total[:, cols],
+        None if data.group_index is None else data.group_index[cols],
+    )
+
+
+# --- trans ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TransShared:
+    """Inputs of every trans chunk."""
+
+    function: str
+    priors: TransPriors
+    inputs: TransInputs
+    batch_size: int
+    seed: int
+
+
+@dataclass
+class TransPart:
+    """One trans chunk: its fitted-feature indices, data, technical effects and noise."""
+
+    features: np.ndarray
+    data: ChunkData
+    effects: np.ndarray
+    noise: dict[str, np.ndarray]
+
+
+def build_trans_chunk(shared: TransShared, part: TransPart, device: torch.device) -> ChunkProblem:
+    """The trans problem of one chunk (runs where the chunk runs)."""
+    return trans_problem(
+        part.data.on_device(device),
+        shared.function,
+        shared.priors,
+        part.features,
+        shared.inputs,
+        effects=part.effects,
+        noise=part.noise,
+        batch_size=shared.batch_size,
+        seed=shared.seed,
+        device=device,
+    )
+
+
+def trans_recipe(job, inputs: TransInputs, priors: TransPriors) -> ChunkRecipe:
+    """Recipe of a :class:`~dream_sc.tl._trans_job.TransJob` fit with ``inputs``/``priors``."""
+    fitted_cols = np.flatnonzero(job.fitted)
+
+    def part(idx: np.ndarray) -> TransPart:
+        return TransPart(
+            idx, chunk_data(job.data, fitted_cols[idx]), job.effects(idx), job.noise(idx)
+        )
+
+    shared = TransShared(job.function, priors, inputs, job.batch_size, job.seed)
+    return ChunkRecipe(build_trans_chunk, shared, part, np.asarray(job.data.var_names[job.fitted]))
+
+
+# --- technical -----------------------------------------------------------------------------
+
+
+@dataclass
+class TechnicalShared:
+    """Inputs of every technical chunk."""
+
+    init: TechnicalInit
+    codes: np.ndarray  # [N] technical group of every fitted cell
+    n_groups: int
+    sum_factor: np.ndarray | None  # [N] negbinom
+    batch_size: int
+    seed: int
+    order: np.ndarray
+
+
+@dataclass
+class TechnicalPart:
+    """One technical chunk: its feature indices and data."""
+
+    features: np.ndarray
+    data: ChunkData
+
+
+def build_technical_chunk(
+    shared: TechnicalShared, part: TechnicalPart, device: torch.device
+) -> ChunkProblem:
+    """The technical problem of one chunk (runs where the chunk runs)."""
+    sf = shared.sum_factor
+    return technical_problem(
+        part.data.on_device(device),
+        shared.init,
+        part.features,
+        group=torch.as_tensor(shared.codes, device=device),
+        n_groups=shared.n_groups,
+        log_sf=None
+        if sf is None
+        else torch.as_tensor(np.log(sf), dtype=torch.float32, device=device),
+        batch_size=shared.batch_size,
+        seed=shared.seed,
+        order=shared.order,
+    )
+
+
+def technical_recipe(
+    data,
+    init: TechnicalInit,
+    codes: np.ndarray,
+    n_groups: int,
+    sum_factor: np.ndarray | None,
+    *,
+    batch_size: int,
+    seed: int,
+    order: np.ndarray,
+) -> ChunkRecipe:
+    """Recipe of a technical fit of the modality ``data``."""
+    shared = TechnicalShared(init, codes, n_groups, sum_factor, batch_size, seed, order)
+    return ChunkRecipe(
+        build_technical_chunk,
+        shared,
+        lambda features: TechnicalPart(features, chunk_data(data, features)),
+        np.asarray(data.var_names),
+    )
