@@ -60,8 +60,8 @@ def test_only_the_registry_branches_on_distribution_names():
     offenders = []
     for path in SRC.rglob("*.py"):
         rel = path.relative_to(SRC).as_posix()
-        # the families own their names; the simulator writes data for the public names
-        if rel.startswith(("models/families/", "datasets/")):
+        # the families own their names
+        if rel.startswith("models/families/"):
             continue
         for match in _BRANCH.finditer(path.read_text()):
             offenders.append(f"{rel}: {match.group(0).strip()}")

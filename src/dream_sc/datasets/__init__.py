@@ -1,7 +1,8 @@
 """Simulated screens with known truth and a small bundled example screen."""
 
 from ._example import example
-from ._simulate import simulate_screen, true_curve
+from ._simulate import simulate_screen
+from ._truth import true_curve
 from ._write_formats import (
     binomial_to_junctions,
     write_cellranger,

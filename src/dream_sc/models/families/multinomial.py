@@ -253,11 +253,12 @@ def dirichletmultinomial_moments(
 def _segment_softmax(eta: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
     """Softmax over the last axis within groups of features."""
     index = group.expand_as(eta)
-    gmax = torch.full((*eta.shape[:-1], n_groups), -torch.inf).scatter_reduce(
+    like = {"dtype": eta.dtype, "device": eta.device}
+    gmax = torch.full((*eta.shape[:-1], n_groups), -torch.inf, **like).scatter_reduce(
         -1, index, eta, "amax"
     )
     expd = torch.exp(eta - gmax.gather(-1, index))
-    denom = torch.zeros((*eta.shape[:-1], n_groups)).scatter_add(-1, index, expd)
+    denom = torch.zeros((*eta.shape[:-1], n_groups), **like).scatter_add(-1, index, expd)
     return expd / denom.gather(-1, index)
 
 
