@@ -14,6 +14,7 @@ from anndata import AnnData
 from mudata import MuData
 from scipy import sparse
 
+from . import _lazy as L
 from . import _validation as V
 from ._registration import get_registration
 from .models.families import get_family
@@ -28,9 +29,11 @@ class ModalityData:
     distribution
         Likelihood name.
     X
-        Observations of the cells present in the modality (CSR sparse or dense float array).
+        Observations of the cells present in the modality (CSR sparse or dense float array),
+        or a :class:`~dream_sc._lazy.LazyMatrix` when the modality is out of core (Dask array
+        or backed h5mu): read its columns with :meth:`columns`.
     total
-        Trials for binomial modalities (same layout as ``X``), else ``None``.
+        Trials for binomial modalities (same layout as ``X``, lazy too), else ``None``.
     group_index
         Multinomial only: group number of every feature (0..n_groups-1).
     group_names
@@ -48,6 +51,20 @@ class ModalityData:
     group_names: np.ndarray | None
     present: np.ndarray
     var_names: pd.Index
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the data are read from disk / Dask column block by column block."""
+        return L.is_lazy(self.X) or L.is_lazy(self.total)
+
+    def density(self) -> float:
+        """Fraction of stored entries of ``X`` (counted block by block when lazy)."""
+        return L.density(self.X)
+
+    def columns(self, start: int, stop: int) -> tuple:
+        """``(X, total)`` of the features ``start:stop`` in memory (``total`` may be None)."""
+        cols = np.arange(start, stop)
+        return L.columns(self.X, cols), L.columns(self.total, cols)
 
 
 def positions_in(adata: AnnData, obs_names: pd.Index) -> np.ndarray:
@@ -73,6 +90,17 @@ def _take_rows(matrix, rows: np.ndarray):
         return np.asarray(matrix)[rows].astype(np.float32)
 
 
+def out_of_core_refusal(modality: str, distribution: str) -> str:
+    """The error message of a family that needs its whole matrix in memory."""
+    return (
+        f"Modality {modality!r} is out of core (a Dask array or a backed h5mu) but its "
+        f"{distribution!r} likelihood needs the whole matrix in memory; out-of-core input is "
+        "supported for 'negbinom' and 'binomial' modalities. Load it into memory first: "
+        f"`mdata[{modality!r}].X = mdata[{modality!r}].X.compute()` for a Dask array (the same "
+        "for its layers), or read the file without `backed=True`."
+    )
+
+
 def modality_data(
     mdata: MuData, modality: str, obs_names: pd.Index, *, layer: str | None = None
 ) -> ModalityData:
@@ -96,15 +124,22 @@ def modality_data(
             f"None of the cells used by this fit are present in modality {modality!r}; check that "
             "its obs_names match mdata.obs_names."
         )
-    X = _take_rows(_matrix(adata, layer, modality), pos[present])
+    rows = pos[present]
+    family = get_family(dist)
+
+    def load(name: str | None):
+        matrix = _matrix(adata, name, modality)
+        source = L.source_of(adata, name)
+        if source is None:
+            return _take_rows(matrix, rows)
+        if not family.lazy_input:
+            raise ValueError(out_of_core_refusal(modality, dist))
+        return L.LazyMatrix(source, rows)
+
+    X = load(layer)
     what = f"Modality {modality!r}" + (f" layer {layer!r}" if layer else "")
-    extra = get_family(dist).read(
-        X,
-        registration=reg,
-        var=adata.var,
-        load_layer=lambda name: _take_rows(_matrix(adata, name, modality), pos[present]),
-        modality=modality,
-        what=what,
+    extra = family.read(
+        X, registration=reg, var=adata.var, load_layer=load, modality=modality, what=what
     )
     return ModalityData(
         dist, X, extra.total, extra.group_index, extra.group_names, present, adata.var_names

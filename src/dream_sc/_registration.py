@@ -12,6 +12,8 @@ import numpy as np
 from anndata import AnnData
 from scipy import sparse
 
+from ._lazy import LazyMatrix, feature_blockwise, source_of
+from ._validation import _count_flags
 from .models.families import DEFAULT_COUNTS, FAMILIES, Distribution
 
 __all__ = ["DISTRIBUTIONS", "OVERDISPERSIBLE", "REGISTRATION_KEY", "Distribution"]
@@ -65,6 +67,15 @@ def set_registration(
     )
 
 
+def _holds_counts(adata: AnnData) -> bool:
+    """Whether ``adata.X`` holds non-negative integers (out-of-core X block by block)."""
+    source = source_of(adata, None)
+    if source is None:
+        return _is_nonnegative_integer(adata.X)
+    flags = feature_blockwise(lambda X, _, __: _count_flags(X), LazyMatrix(source))
+    return not any(any(f) for f in flags)
+
+
 def _is_nonnegative_integer(matrix: Any) -> bool:
     values = matrix.data if sparse.issparse(matrix) else np.asarray(matrix)
     if values.size == 0:
@@ -87,7 +98,7 @@ def get_registration(adata: AnnData, modality: str) -> dict[str, Any]:
     """
     reg = adata.uns.get(REGISTRATION_KEY)
     if reg is None:
-        if not _is_nonnegative_integer(adata.X):
+        if not _holds_counts(adata):
             raise ValueError(
                 f"Modality {modality!r} is not registered and its X is not non-negative integer "
                 "counts, so its likelihood cannot be guessed. Register it first, e.g. "

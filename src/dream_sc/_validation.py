@@ -14,6 +14,8 @@ import pandas as pd
 from mudata import MuData
 from scipy import sparse
 
+from ._lazy import feature_blockwise, is_lazy
+
 
 class InputTypeError(TypeError, ValueError):
     """An argument of the wrong type (e.g. an AnnData where a MuData is needed).
@@ -182,19 +184,26 @@ def _values(matrix) -> np.ndarray:
     return matrix.data if sparse.issparse(matrix) else np.asarray(matrix).ravel()
 
 
-def check_counts(matrix, what: str) -> None:
-    """Raw counts: finite, non-negative integers."""
+def _count_flags(matrix) -> tuple[bool, bool, bool]:
+    """``(non-finite, negative, non-integer)`` entries present in an in-memory matrix."""
     values = _values(matrix)
     if values.size == 0:
-        return
+        return False, False, False
     if not np.all(np.isfinite(values)):
+        return True, False, False
+    return False, bool(values.min() < 0), bool(not np.all(np.floor(values) == values))
+
+
+def _raise_count_flags(flags: tuple[bool, bool, bool], what: str) -> None:
+    nonfinite, negative, nonint = flags
+    if nonfinite:
         raise ValueError(
             f"{what} contains NaN or infinite values (or values beyond the float32 range, "
             "~3.4e38); counts must be finite."
         )
-    if values.min() < 0:
+    if negative:
         raise ValueError(f"{what} contains negative values; negbinom needs raw counts >= 0.")
-    if not np.all(np.floor(values) == values):
+    if nonint:
         raise ValueError(
             f"{what} contains non-integer values; negbinom needs raw integer counts (not "
             "normalised or log-transformed data). Pass `layer=` with the raw counts, or register "
@@ -202,15 +211,43 @@ def check_counts(matrix, what: str) -> None:
         )
 
 
-def check_binomial(successes, trials, what: str) -> None:
-    """Binomial data: counts with successes <= trials."""
-    check_counts(successes, f"{what} successes")
-    check_counts(trials, f"{what} trials")
+def _any_flags(found: list[tuple[bool, bool, bool]]) -> tuple[bool, bool, bool]:
+    return tuple(any(f[k] for f in found) for k in range(3))  # type: ignore[return-value]
+
+
+def check_counts(matrix, what: str) -> None:
+    """Raw counts: finite, non-negative integers (an out-of-core matrix block by block)."""
+    if is_lazy(matrix):
+        flags = _any_flags(feature_blockwise(lambda X, _, __: _count_flags(X), matrix))
+    else:
+        flags = _count_flags(matrix)
+    _raise_count_flags(flags, what)
+
+
+def _exceeding(successes, trials) -> int:
     diff = trials - successes
     values = _values(diff) if sparse.issparse(diff) else np.asarray(diff)
-    if values.size and values.min() < 0:
+    return int((values < 0).sum()) if values.size else 0
+
+
+def check_binomial(successes, trials, what: str) -> None:
+    """Binomial data: counts with successes <= trials (out-of-core data block by block)."""
+    if is_lazy(successes) or is_lazy(trials):
+        found = feature_blockwise(
+            lambda k, n, _: (_count_flags(k), _count_flags(n), _exceeding(k, n)),
+            successes,
+            trials,
+        )
+        _raise_count_flags(_any_flags([f[0] for f in found]), f"{what} successes")
+        _raise_count_flags(_any_flags([f[1] for f in found]), f"{what} trials")
+        n_exceeding = sum(f[2] for f in found)
+    else:
+        check_counts(successes, f"{what} successes")
+        check_counts(trials, f"{what} trials")
+        n_exceeding = _exceeding(successes, trials)
+    if n_exceeding:
         raise ValueError(
-            f"{what}: successes exceed trials in {int((values < 0).sum())} entries; X must hold "
+            f"{what}: successes exceed trials in {n_exceeding} entries; X must hold "
             "successes and the `total_layer` the trials (successes + failures)."
         )
 

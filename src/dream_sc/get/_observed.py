@@ -29,6 +29,7 @@ from scipy import sparse
 
 from .. import _validation as V
 from .._cells import technical_groups
+from .._lazy import LazyMatrix, source_of
 from .._registration import get_registration
 from .._storage import read_cis, read_technical, read_trans
 from ..models.families import get_family
@@ -76,6 +77,10 @@ def _columns(
         raise KeyError(
             f"Layer {layer!r} not found in modality {modality!r}; layers: {list(adata.layers)}."
         )
+    source = source_of(adata, layer)
+    if source is not None:  # out of core: read only the requested features, one by one
+        lazy = LazyMatrix(source, rows)
+        return np.column_stack([_dense(lazy.load([c])) for c in cols]).reshape(len(rows), -1)
     if sparse.issparse(matrix):
         return _dense(sparse.csc_matrix(matrix[:, cols])[rows])
     return _dense(np.asarray(matrix)[np.ix_(rows, cols)])

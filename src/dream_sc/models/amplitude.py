@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
+from .._lazy import concat_blocks, feature_blockwise
 from .families import get_family
 
 #: Floor of the amplitude prior scale on the link scale.
@@ -29,24 +30,28 @@ def _guide_level_link_means(data: Any, fitted, labels, group, sf, effects) -> np
         (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(names), len(codes))
     )
     counts = np.asarray(ind.sum(1)).ravel()
-    X = data.X[:, fitted]
     eff = effects[fitted]
     comp = np.zeros((len(names), n_groups))
     np.add.at(comp, (codes, group), 1.0)
     frac = comp / np.maximum(comp.sum(1, keepdims=True), 1)
-    mean_delta = frac @ eff.T  # [G, T]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = get_family(data.distribution).guide_link_means(
+    gi = None if data.group_index is None else data.group_index[fitted]
+    family = get_family(data.distribution)
+
+    def block(X, total, sel) -> np.ndarray:
+        return family.guide_link_means(
             X,
-            total=None if data.total is None else data.total[:, fitted],
-            group_index=None if data.group_index is None else data.group_index[fitted],
+            total=total,
+            group_index=gi,
             ind=ind,
             codes=codes,
             group=group,
             sf=sf,
-            eff=eff,
-            mean_delta=mean_delta,
+            eff=eff[sel],
+            mean_delta=frac @ eff[sel].T,  # [G, T]
         )
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = concat_blocks(feature_blockwise(block, data.X, data.total, fitted))
     out[counts < MIN_CELLS_PER_GUIDE] = np.nan
     return out
 

@@ -18,6 +18,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from .._lazy import concat_blocks, feature_blockwise
 from .chunked import ChunkProblem, minibatch_rows
 from .families import CONCENTRATION_RANGE, get_family
 from .families.binomial import betabinomial_moments
@@ -89,7 +90,8 @@ def moment_init(
     distribution
         Likelihood name.
     X
-        Observations (cells x features), scipy sparse or dense.
+        Observations (cells x features), scipy sparse or dense, or an out-of-core
+        :class:`~dream_sc._lazy.LazyMatrix` (read feature block by feature block).
     group
         Technical group per cell (0 = reference).
     n_groups
@@ -110,13 +112,20 @@ def moment_init(
     :class:`TechnicalInit`.
     """
     family = get_family(distribution)
-    moments = family.link_moments(
-        X,
-        group=group,
-        n_groups=n_groups,
-        sum_factor=sum_factor,
-        total=total,
-        group_index=group_index,
+    # per-feature estimates: an out-of-core matrix is read block by block (see dream_sc._lazy)
+    moments = concat_blocks(
+        feature_blockwise(
+            lambda Xb, tb, _: family.link_moments(
+                Xb,
+                group=group,
+                n_groups=n_groups,
+                sum_factor=sum_factor,
+                total=tb,
+                group_index=group_index,
+            ),
+            X,
+            total,
+        )
     )
     baseline, delta = _split_reference(moments.link, moments.informative)
     delta_scale, baseline_scale = _prior_scales(family, delta, moments)
@@ -160,8 +169,14 @@ def _prior_scales(family, delta: np.ndarray, moments) -> tuple[float, np.ndarray
 
 def _concentration(family, X, total, group, n_groups, group_index) -> tuple:
     """Moment estimate of the log concentration of an over-dispersed family."""
-    return family.concentration_moments(
-        X, total=total, group=group, n_groups=n_groups, group_index=group_index
+    return concat_blocks(
+        feature_blockwise(
+            lambda Xb, tb, _: family.concentration_moments(
+                Xb, total=tb, group=group, n_groups=n_groups, group_index=group_index
+            ),
+            X,
+            total,
+        )
     )
 
 

@@ -55,7 +55,9 @@ class DoseAxis:
         cls, log2_dose_draws: np.ndarray, n_cells: np.ndarray, n_grid: int = 200
     ) -> DoseAxis:
         """Build from guide dosage draws ``[G, W]`` (log2) and cells per guide ``[G]``."""
-        log_draws = LN2 * np.asarray(log2_dose_draws, dtype=np.float64)
+        # C order: numpy sums a strided axis in another order (1-ulp differences after an
+        # h5mu round trip, which returns C-ordered draws of an F-ordered array)
+        log_draws = LN2 * np.ascontiguousarray(log2_dose_draws, dtype=np.float64)
         centre = log_draws.mean(1)
         deviation = log_draws - centre[:, None]  # [G, W]
         distinct = np.unique(np.round(centre, 3))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._lazy import materialise, narrow
 from ..models.chunked import ChunkProblem, ChunkRecipe
 from ..models.observation import ObservationData
 from ..models.technical import TechnicalInit, technical_problem
@@ -21,7 +22,12 @@ from ..models.trans import TransInputs, TransPriors, trans_problem
 
 @dataclass
 class ChunkData:
-    """A chunk's observations: cells x chunk features."""
+    """A chunk's observations: cells x chunk features.
+
+    ``X`` / ``total`` are in memory, or lazy views of an out-of-core modality
+    (:class:`~dream_sc._lazy.LazyMatrix`) that are read in :meth:`on_device`, i.e. where the
+    chunk runs.
+    """
 
     distribution: str
     X: object
@@ -29,22 +35,22 @@ class ChunkData:
     group_index: np.ndarray | None
 
     def on_device(self, device: torch.device) -> ObservationData:
-        """The chunk's :class:`ObservationData`."""
+        """The chunk's :class:`ObservationData` (reads an out-of-core slice here)."""
         return ObservationData.build(
             self.distribution,
-            self.X,
-            total=self.total,
+            materialise(self.X),
+            total=materialise(self.total),
             group_index=self.group_index,
             device=device,
         )
 
 
 def chunk_data(data, cols: np.ndarray) -> ChunkData:
-    """The columns ``cols`` of a :class:`~dream_sc._data.ModalityData`."""
+    """The columns ``cols`` of a :class:`~dream_sc._data.ModalityData` (lazy when out of core)."""
     return ChunkData(
         data.distribution,
-        data.X[:, cols],
-        None if data.total is None else data.total[:, cols],
+        narrow(data.X, cols),
+        narrow(data.total, cols),
         None if data.group_index is None else data.group_index[cols],
     )
 

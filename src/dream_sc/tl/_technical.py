@@ -208,7 +208,7 @@ def fit_technical(
         group_index=data.group_index,
         overdispersed=overdispersed,
     )
-    density = data.X.nnz / max(n_cells * n_features, 1) if hasattr(data.X, "nnz") else 1.0
+    density = data.density()
     plan = plan_fit(
         n_cells,
         n_features,

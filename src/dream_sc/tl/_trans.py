@@ -13,6 +13,7 @@ from mudata import MuData
 
 from .. import _validation as V
 from .._backends import resolve_backend  # [dask hunk]
+from .._lazy import concat_blocks, feature_blockwise
 from .._settings import settings
 from .._storage import posterior_frame, write_trans
 from ..models.families import get_family
@@ -29,11 +30,15 @@ logger = logging.getLogger("dream_sc")
 def _cells_with_data(job: TransJob) -> np.ndarray:
     """Cells with an observation of every fitted feature (the family decides what counts)."""
     data, cols = job.data, np.flatnonzero(job.fitted)
-    return get_family(data.distribution).cells_with_data(
-        data.X[:, cols],
-        total=None if data.total is None else data.total[:, cols],
-        group_index=None if data.group_index is None else data.group_index[cols],
+    family = get_family(data.distribution)
+    gi = None if data.group_index is None else data.group_index[cols]
+    found = feature_blockwise(
+        lambda X, total, _: family.cells_with_data(X, total=total, group_index=gi),
+        data.X,
+        data.total,
+        cols,
     )
+    return concat_blocks(found)
 
 
 def feature_names(var_names: pd.Index, features, modality: str) -> tuple[str, ...] | None:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from mudata import MuData
-from scipy import sparse
 
 from .._cells import sum_factor_values, technical_groups
 from .._data import ModalityData, modality_data
+from .._lazy import concat_blocks, feature_blockwise
 from .._settings import settings as package_settings
 from .._storage import CORR_PREFIX, TechnicalFit, posterior_frame, posterior_from_frame
 from .._storage import read_technical as load_technical
@@ -274,7 +274,15 @@ def select_features(
                 f"{modality!r} (e.g. {names}); select every category of a group or none."
             )
     if min_cells > 0:
-        detected = family.cells_detected(data.X, total=data.total, group_index=data.group_index)
+        detected = concat_blocks(
+            feature_blockwise(
+                lambda X, total, _: family.cells_detected(
+                    X, total=total, group_index=data.group_index
+                ),
+                data.X,
+                data.total,
+            )
+        )
         keep &= detected >= min_cells
     if not keep.any():
         raise ValueError(
@@ -343,7 +351,7 @@ def prepare_trans_job(
     )
     eff = family.default_min_effect if min_effect is None else float(min_effect)
     min_eff = np.full(int(fitted.sum()), eff) * unit
-    density = data.X.nnz / max(np.prod(data.X.shape), 1) if sparse.issparse(data.X) else 1.0
+    density = data.density()
     plan = plan_fit(
         len(rows),
         int(fitted.sum()),

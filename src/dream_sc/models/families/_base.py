@@ -116,6 +116,10 @@ class Family:
         Accepts ``overdispersed=True`` (a concentration per feature learned in step 1).
     cis_capable
         A cis gene's dosage can be read from this family's data.
+    lazy_input
+        Fits read the data feature block by feature block only, so the matrix may stay out
+        of core (a Dask array or a backed h5mu; see :mod:`dream_sc._lazy`). Families whose
+        checks or moments need whole rows (multinomial groups, continuous data) keep it False.
     noise_scaled
         Effects are measured in multiples of the feature's noise sd (continuous data): the
         technical effect prior, the amplitude floor and the minimal effect scale with it.
@@ -135,6 +139,7 @@ class Family:
     overdispersible: ClassVar[bool] = False
     cis_capable: ClassVar[bool] = False
     noise_scaled: ClassVar[bool] = False
+    lazy_input: ClassVar[bool] = False
     default_min_effect: ClassVar[float]
     value_label: ClassVar[str]
     response_label: ClassVar[str]
@@ -305,6 +310,7 @@ INTERFACE = (
     "overdispersible",
     "cis_capable",
     "noise_scaled",
+    "lazy_input",
     "default_min_effect",
     "value_label",
     "response_label",

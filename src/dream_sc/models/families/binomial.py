@@ -180,6 +180,7 @@ class Binomial(Family):
     name = "binomial"
     options = ("total_layer",)
     overdispersible = True
+    lazy_input = True
     default_min_effect = 0.03  # probability difference
     value_label = "PSI (successes / trials)"
     response_label = "Δ PSI over dosage range"

@@ -170,6 +170,7 @@ class NegBinom(Family):
     name = "negbinom"
     size_factors = True
     cis_capable = True
+    lazy_input = True
     default_min_effect = 0.2  # log2 fold change
     value_label = "expression (counts per unit size factor)"
     response_label = "log2 fold change over dosage range"
