@@ -213,18 +213,29 @@ class LazyMatrix:
         if len(glob) == 0:
             empty = np.zeros((self.shape[0], 0), np.float32)
             return sparse.csr_matrix(empty) if self.is_sparse else empty
-        start, stop = int(glob.min()), int(glob.max()) + 1
+        # read each run of consecutive columns (scattered features never pull what lies between)
+        wanted = np.unique(glob)
+        runs = np.split(wanted, np.flatnonzero(np.diff(wanted) > 1) + 1)
+        pieces = [self._read(int(run[0]), int(run[-1]) + 1) for run in runs]
+        if len(pieces) == 1:
+            block = pieces[0]
+        elif self.is_sparse:
+            block = sparse.hstack(pieces, format="csr")
+        else:
+            block = np.hstack(pieces)
+        return block[:, np.searchsorted(wanted, glob)]
+
+    def _read(self, start: int, stop: int):
+        """Columns ``start:stop`` of the source for the view's rows, as float32 CSR / array."""
         block = self.source.read(start, stop)
         rows = self.rows
         # values beyond the float32 range become inf here and are rejected by the checks
         with np.errstate(over="ignore"):
             if self.is_sparse:
                 block = sparse.csr_matrix(block)
-                block = (block if rows is None else block[rows]).astype(np.float32)
-            else:
-                block = np.asarray(block)
-                block = (block if rows is None else block[rows]).astype(np.float32)
-        return block[:, glob - start]
+                return (block if rows is None else block[rows]).astype(np.float32)
+            block = np.asarray(block)
+            return (block if rows is None else block[rows]).astype(np.float32)
 
     def __getitem__(self, key):
         if not (isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None)):
