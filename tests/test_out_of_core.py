@@ -126,6 +126,18 @@ def test_dask_arrays_equal_in_memory(screen, reference):
         _fit(mdata, modality)
         _assert_fits_equal(reference, mdata, modality)
     assert isinstance(mdata["rna"].X, type(_as_dask(np.zeros((2, 2)))))  # never replaced
+    # the cis fit and the observed guide summaries read their columns the same way
+    _quiet(ds.tl.fit_cis, mdata, cis_feature="GFI1B", n_steps=STEPS["cis"], seed=0)
+    np.testing.assert_array_equal(
+        mdata.obsm["dream_cis_dose_samples"], screen.obsm["dream_cis_dose_samples"]
+    )
+    for modality, names in (("rna", ["gene_0003", "gene_0001"]), ("splicing", None)):
+        names = names or list(mdata[modality].var_names[[5, 2]])
+        pd.testing.assert_frame_equal(
+            ds.get.guide_observed(mdata, names, modality=modality),
+            ds.get.guide_observed(reference, names, modality=modality),
+            check_exact=True,
+        )
 
 
 def _write(mdata, path, layout: str) -> None:
