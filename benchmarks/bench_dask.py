@@ -15,16 +15,28 @@ with ``n_steps=2`` fits of many chunks (which also warm the workers up): worker 
 the local run per task, ``(workers * dask wall - local wall) / number of chunks``.
 The 1-minute load average is recorded around every run (the machine may be shared).
 
+``--input`` chooses how the ``rna`` counts reach ``fit_trans``: ``memory`` (a scipy matrix),
+``backed`` (the screen written to an h5mu with a CSC ``X`` and reopened with
+``mudata.read_h5mu(path, backed=True)``) or ``dask`` (``X`` replaced by
+``anndata.experimental.read_elem_lazy`` of that file). Out-of-core inputs drop the in-memory
+matrix before the timed fits. The peak resident memory of this (the client) process during
+every fit is sampled from ``/proc/self/status`` every 10 ms and reported with the resident
+memory before the fit.
+
 Usage::
 
     python benchmarks/bench_dask.py --cells 5000 --genes 1000 --feature-chunk 100
+    python benchmarks/bench_dask.py --input backed --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
+import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -46,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps-trans", type=int, default=1000)
     p.add_argument("--steps-prep", type=int, default=300, help="technical and cis steps (untimed)")
     p.add_argument("--overhead-chunk", type=int, default=20, help="chunk size of the overhead run")
+    p.add_argument("--input", choices=("memory", "dask", "backed"), default="memory")
+    p.add_argument(
+        "--workers", type=int, nargs="*", default=[1, 2], help="dask worker counts (none: local)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the markdown table here")
     return p.parse_args(argv)
@@ -55,14 +71,72 @@ def _warm(client) -> None:
     client.run(lambda: __import__("dream_sc") and None)
 
 
-def _timed(label: str, fn) -> tuple[float, tuple[float, float]]:
+def _rss_mb() -> float:
+    """Resident memory of this process (MB), from /proc (0 where unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class _PeakRSS:
+    """Samples the resident memory every 10 ms while active; ``peak`` in MB."""
+
+    def __enter__(self):
+        gc.collect()
+        self.before = self.peak = _rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+
+
+def _timed(label: str, fn) -> tuple[float, tuple[float, float], tuple[float, float]]:
     load0 = os.getloadavg()[0]
-    start = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - start
+    with _PeakRSS() as rss:
+        start = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - start
     load1 = os.getloadavg()[0]
-    print(f"[{label}] {seconds:8.1f} s  load {load0:.2f} -> {load1:.2f}", flush=True)
-    return seconds, (load0, load1)
+    print(
+        f"[{label}] {seconds:8.1f} s  load {load0:.2f} -> {load1:.2f}  "
+        f"client RSS {rss.before:.0f} -> peak {rss.peak:.0f} MB",
+        flush=True,
+    )
+    return seconds, (load0, load1), (rss.before, rss.peak)
+
+
+def _out_of_core(mdata, kind: str, workdir: Path):
+    """A maker of fresh screens with the ``rna`` counts on disk (``backed``) or in Dask."""
+    import h5py
+    import mudata as md
+    from scipy import sparse
+
+    path = workdir / "screen.h5mu"
+    out = mdata.copy()
+    out["rna"].X = sparse.csc_matrix(out["rna"].X)  # column slices read only their columns
+    out.write(path)
+    del out
+    if kind == "backed":  # a backed MuData cannot be copied: reopen the file for every fit
+        return lambda: md.read_h5mu(path, backed=True)
+    from anndata.experimental import read_elem_lazy
+
+    lazy = mdata.copy()
+    lazy["rna"].X = read_elem_lazy(h5py.File(path, "r")["mod/rna/X"])
+    return lazy.copy
 
 
 def _same(a, b) -> bool:
@@ -89,6 +163,13 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     ds.tl.fit_technical(mdata, seed=args.seed, n_steps=args.steps_prep)
     ds.tl.fit_cis(mdata, cis_feature="GFI1B", seed=args.seed, n_steps=args.steps_prep)
     print("prepared (technical and cis fits)", flush=True)
+    workdir = tempfile.TemporaryDirectory(prefix="bench_dask_")
+    fresh = mdata.copy
+    if args.input != "memory":
+        fresh = _out_of_core(mdata, args.input, Path(workdir.name))
+        del mdata
+        gc.collect()
+    print(f"input: {args.input} ({type(fresh()['rna'].X).__name__})", flush=True)
     trans = dict(
         test=False,
         refine_intervals=False,
@@ -107,24 +188,26 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     n_tiny = -(-(args.genes - 1) // args.overhead_chunk)
     rows, results = [], {}
 
-    def add(label, workers, seconds, load, result):
+    def add(label, workers, seconds, load, rss, result):
         results[label] = result
         rows.append(
             {
                 "backend": label,
+                "input": args.input,
                 "workers x threads": workers,
                 "seconds": round(seconds, 1),
                 "load": f"{load[0]:.1f} -> {load[1]:.1f}",
+                "client RSS before -> peak (MB)": f"{rss[0]:.0f} -> {rss[1]:.0f}",
             }
         )
 
-    tiny_local = mdata.copy()  # also warms up this process
-    t_tiny_local, _ = _timed("local n_steps=2", lambda: ds.tl.fit_trans(tiny_local, **tiny))
-    local = mdata.copy()
-    seconds, load = _timed("local", lambda: ds.tl.fit_trans(local, **trans))
-    add("local", "1 process, 1 torch thread", seconds, load, local)
+    tiny_local = fresh()  # also warms up this process
+    t_tiny_local, _, _ = _timed("local n_steps=2", lambda: ds.tl.fit_trans(tiny_local, **tiny))
+    local = fresh()
+    seconds, load, rss = _timed("local", lambda: ds.tl.fit_trans(local, **trans))
+    add("local", "1 process, 1 torch thread", seconds, load, rss, local)
     overhead = {}
-    for n_workers in (1, 2):
+    for n_workers in args.workers:
         with (
             LocalCluster(
                 n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
@@ -132,29 +215,30 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
             Client(cluster) as client,
         ):
             _warm(client)
-            tiny_dask = mdata.copy()  # also warms up the workers (first tasks)
-            t_tiny, _ = _timed(
+            tiny_dask = fresh()  # also warms up the workers (first tasks)
+            t_tiny, _, _ = _timed(
                 f"dask {n_workers} worker(s) n_steps=2",
                 lambda tiny_dask=tiny_dask, client=client: ds.tl.fit_trans(
                     tiny_dask, backend="dask", client=client, **tiny
                 ),
             )
             overhead[n_workers] = (t_tiny, (n_workers * t_tiny - t_tiny_local) / n_tiny)
-            fitted = mdata.copy()
-            seconds, load = _timed(
+            fitted = fresh()
+            seconds, load, rss = _timed(
                 f"dask {n_workers} worker(s)",
                 lambda fitted=fitted, client=client: ds.tl.fit_trans(
                     fitted, backend="dask", client=client, **trans
                 ),
             )
-            add(f"dask, {n_workers} worker(s)", f"{n_workers} x 1", seconds, load, fitted)
+            add(f"dask, {n_workers} worker(s)", f"{n_workers} x 1", seconds, load, rss, fitted)
     table = pd.DataFrame(rows)
     table["speed-up vs local"] = (table["seconds"].iloc[0] / table["seconds"]).round(2)
     same = all(_same(local, r) for r in results.values())
     print(markdown_table(table))
     print(
         f"\n{args.cells} cells x {args.genes} genes, {n_chunks} chunks of {args.feature_chunk} "
-        f"features, {args.steps_trans} steps; identical results on every backend: {same}"
+        f"features, {args.steps_trans} steps, input {args.input}; identical results on every "
+        f"backend: {same}"
     )
     for n_workers, (t_tiny, per_task) in overhead.items():
         print(
