@@ -17,7 +17,7 @@ from scipy import sparse
 from . import _lazy as L
 from . import _validation as V
 from ._registration import get_registration
-from .models.families import get_family
+from .models.families import FAMILIES, get_family
 
 
 @dataclass
@@ -92,10 +92,11 @@ def _take_rows(matrix, rows: np.ndarray):
 
 def out_of_core_refusal(modality: str, distribution: str) -> str:
     """The error message of a family that needs its whole matrix in memory."""
+    supported = " and ".join(repr(name) for name, f in FAMILIES.items() if f.lazy_input)
     return (
         f"Modality {modality!r} is out of core (a Dask array or a backed h5mu) but its "
         f"{distribution!r} likelihood needs the whole matrix in memory; out-of-core input is "
-        "supported for 'negbinom' and 'binomial' modalities. Load it into memory first: "
+        f"supported for {supported} modalities. Load it into memory first: "
         f"`mdata[{modality!r}].X = mdata[{modality!r}].X.compute()` for a Dask array (the same "
         "for its layers), or read the file without `backed=True`."
     )
