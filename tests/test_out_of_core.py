@@ -316,3 +316,17 @@ def test_dose_axis_is_independent_of_memory_layout():
     b = DoseAxis.from_guides(np.ascontiguousarray(draws), np.arange(12) + 3.0)
     np.testing.assert_array_equal(a.grid, b.grid)
     np.testing.assert_array_equal(a.shift, b.shift)
+
+
+def test_overdispersed_binomial_registered_and_fitted_out_of_core(screen):
+    """Registration checks and the concentration moments run block by block as well."""
+    memory, lazy = screen.copy(), screen.copy()
+    lazy["splicing"].X = _as_dask(sparse.csr_matrix(lazy["splicing"].X))
+    lazy["splicing"].layers["total"] = _as_dask(sparse.csr_matrix(lazy["splicing"].layers["total"]))
+    for mdata in (memory, lazy):
+        ds.pp.register_modality(
+            mdata, "splicing", distribution="binomial", total_layer="total", overdispersed=True
+        )
+        _quiet(ds.tl.fit_technical, mdata, modality="splicing", **TECH)
+    _assert_same(memory["splicing"], lazy["splicing"], "dream_technical")
+    assert "concentration_mean" in lazy["splicing"].varm["dream_technical"]
