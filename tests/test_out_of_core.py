@@ -330,3 +330,17 @@ def test_overdispersed_binomial_registered_and_fitted_out_of_core(screen):
         _quiet(ds.tl.fit_technical, mdata, modality="splicing", **TECH)
     _assert_same(memory["splicing"], lazy["splicing"], "dream_technical")
     assert "concentration_mean" in lazy["splicing"].varm["dream_technical"]
+
+
+def test_lazy_trials_of_another_shape_are_refused():
+    from dream_sc._validation import check_binomial
+
+    k = _lazy.LazyMatrix(_lazy.DaskSource(_as_dask(np.zeros((6, 4)))))
+    n = _lazy.LazyMatrix(_lazy.DaskSource(_as_dask(np.ones((6, 3)))))
+    message = (
+        "Modality 'x': successes (6, 4) and trials (6, 3) differ in shape; the `total_layer` "
+        "must hold the trials of every cell and feature of X."
+    )
+    with pytest.raises(ValueError) as err:
+        check_binomial(k, n, "Modality 'x'")
+    assert str(err.value) == message

@@ -233,6 +233,12 @@ def _exceeding(successes, trials) -> int:
 def check_binomial(successes, trials, what: str) -> None:
     """Binomial data: counts with successes <= trials (out-of-core data block by block)."""
     if is_lazy(successes) or is_lazy(trials):
+        if tuple(successes.shape) != tuple(trials.shape):
+            raise ValueError(
+                f"{what}: successes {tuple(successes.shape)} and trials "
+                f"{tuple(trials.shape)} differ in shape; the `total_layer` must hold the trials "
+                "of every cell and feature of X."
+            )
         found = feature_blockwise(
             lambda k, n, _: (_count_flags(k), _count_flags(n), _exceeding(k, n)),
             successes,
