@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import sys
 import warnings
 
@@ -145,6 +146,17 @@ def test_dask_equals_local_bit_for_bit(screen, client):
     _quiet(ds.tl.test_trans, trans, n_permutations=2, backend="dask", client=client)
     assert trans["rna"].uns["dream_trans"]["null_scores"].shape[0] == 2
     _assert_same_columns(again["rna"], trans["rna"], "dream_trans")
+    # every worker that ran a task raised glibc's mmap threshold (the nanny's
+    # MALLOC_TRIM_THRESHOLD_ would otherwise fix it at 128 KiB)
+    if platform.libc_ver()[0] == "glibc":
+        tuned = client.run(_mmap_threshold_raised)
+        assert all(tuned.values()) and len(tuned) == 2
+
+
+def _mmap_threshold_raised() -> bool:
+    from dream_sc._backends import _malloc
+
+    return _malloc._tuned
 
 
 def _install_worker_killer(marker: str) -> None:
@@ -264,3 +276,26 @@ def test_fit_screen_on_dask_equals_local(client):
     for target in targets:
         _assert_same_columns(local["rna"], remote["rna"], f"dream_trans_{target}")
     pd.testing.assert_frame_equal(ds.get.screen_results(local), ds.get.screen_results(remote))
+
+
+def test_mmap_threshold_is_raised_once_per_process(monkeypatch):
+    from dream_sc._backends import _malloc
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(_malloc, "_libc", FakeLibc)
+    monkeypatch.setattr(_malloc, "_tuned", False)
+    monkeypatch.setattr(_malloc.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.setattr(_malloc.sys, "platform", "linux")
+    assert _malloc.run_tuned(lambda shared, item: shared + item, 2, 3) == 5
+    assert _malloc.run_tuned(lambda shared, item: shared * item, 2, 3) == 6
+    assert calls == [(-3, 64 * 1024**2)]  # M_MMAP_THRESHOLD, once
+    monkeypatch.setattr(_malloc, "_tuned", False)
+    monkeypatch.setattr(_malloc.platform, "libc_ver", lambda: ("", ""))
+    assert _malloc.raise_mmap_threshold() is False  # musl, macOS, Windows: left alone
+    assert calls == [(-3, 64 * 1024**2)]

@@ -88,6 +88,22 @@ def test_smallest_limit_wins(machine, monkeypatch):
     assert available_memory() == (2 * GB, "SLURM allocation")
 
 
+def test_cuda_device_memory_bounds_the_budget(machine, monkeypatch):
+    import torch
+
+    machine.available = 64 * GB
+    free = {0: 6 * GB, 1: 3 * GB}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (free[i], 16 * GB))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert available_memory(device="cuda") == (6 * GB, "free memory of cuda:0")
+    assert available_memory(device="cuda:1") == (3 * GB, "free memory of cuda:1")
+    assert available_memory(device="cpu") == (64 * GB, "psutil")
+    assert available_memory(4, device="cuda:1") == (4 * GB, "user budget")
+    plan = plan_fit(20_000, 5_000, density=1.0, n_steps=600, device="cuda:1")
+    assert plan.as_dict()["memory_source"] == "free memory of cuda:1"
+    assert plan.estimated_peak_bytes <= 1.5 * GB  # half of the device's free memory
+
+
 def test_peak_estimate_adds_up():
     peak = estimate_peak_bytes(
         10_000, 1000, 200, density=0.1, n_samples=100, noise_width=9, n_steps=600

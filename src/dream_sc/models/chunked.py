@@ -92,6 +92,58 @@ def minibatch_rows(
     return np.sort(chosen if order is None else order[chosen])
 
 
+#: Steps of minibatch rows moved to an accelerator in one copy (host devices take one step at a
+#: time: nothing to copy there).
+DEVICE_ROW_BLOCK = 50
+
+
+class StepRows:
+    """Minibatch rows of each step as tensors on the fit's device.
+
+    The rows are :func:`minibatch_rows` exactly; on an accelerator they are drawn for
+    ``DEVICE_ROW_BLOCK`` steps at once and moved in one copy, so the optimisation loop does not
+    copy an index vector to the device at every step.
+
+    Parameters
+    ----------
+    seed, n_cells, batch_size, order
+        As for :func:`minibatch_rows`.
+    device
+        Torch device of the fit.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        n_cells: int,
+        batch_size: int,
+        order: np.ndarray | None,
+        device: torch.device | str,
+    ) -> None:
+        self.seed, self.n_cells, self.batch_size, self.order = seed, n_cells, batch_size, order
+        self.device = torch.device(device)
+        self.block = 1 if self.device.type == "cpu" else DEVICE_ROW_BLOCK
+        self._full = torch.arange(n_cells, device=self.device) if batch_size >= n_cells else None
+        self._start = -1
+        self._rows: torch.Tensor | None = None
+
+    def __call__(self, step: int) -> torch.Tensor:
+        """Rows of step ``step`` (a device tensor)."""
+        if self._full is not None:
+            return self._full
+        if self._rows is None or not self._start <= step < self._start + self.block:
+            self._start = step - step % self.block
+            steps = range(self._start, self._start + self.block)
+            rows = np.stack(
+                [
+                    minibatch_rows(self.seed, s, self.n_cells, self.batch_size, self.order)
+                    for s in steps
+                ]
+            )
+            self._rows = torch.as_tensor(rows, device=self.device)
+        return self._rows[step - self._start]
+
+
 @dataclass
 class ChunkRecipe:
     """A picklable description of how to build every chunk's problem (any backend).
@@ -201,7 +253,9 @@ def run_chunk(problem_of: Callable[[], ChunkProblem], task: ChunkTask) -> ChunkO
             guide = MeanFieldGuide(
                 problem.sites, prefix=task.prefix, device=task.device, correlated=problem.correlated
             )
-            guide.noise = FeatureNoise(task.seed, task.ids, guide.noise_width, task.n_steps)
+            guide.noise = FeatureNoise(
+                task.seed, task.ids, guide.noise_width, task.n_steps, device=task.device
+            )
             result = run_svi(
                 problem.model,
                 guide,

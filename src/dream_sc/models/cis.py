@@ -41,7 +41,7 @@ import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoMultivariateNormal, init_to_value
 
-from .chunked import minibatch_rows
+from .chunked import StepRows
 from .inference import FitResult, run_svi
 from .likelihoods import _lgamma_ratio
 
@@ -310,9 +310,10 @@ def fit_cis_model(
     n_cells = data.assignment.shape[0]
     model = _CisModel(data, device)
 
+    step_rows = StepRows(seed, n_cells, batch_size, None, device)
+
     def make_batch(step: int) -> dict:
-        rows = minibatch_rows(seed, step, n_cells, batch_size)
-        return {"cell_index": torch.as_tensor(rows, device=device), "n_cells": n_cells}
+        return {"cell_index": step_rows(step), "n_cells": n_cells}
 
     guide = AutoMultivariateNormal(
         model, init_loc_fn=init_to_value(values=_initial_values(data, model)), init_scale=0.05

@@ -88,14 +88,24 @@ class FeatureNoise:
         Number of scalar latent values per feature.
     n_steps
         Number of optimisation steps (one noise vector per step).
+    device
+        Where the pool lives: the whole pool is moved once, so the optimisation loop never
+        copies noise between host and device.
     """
 
-    def __init__(self, seed: int, feature_ids: Sequence[int], width: int, n_steps: int) -> None:
+    def __init__(
+        self,
+        seed: int,
+        feature_ids: Sequence[int],
+        width: int,
+        n_steps: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
         pool = np.empty((len(feature_ids), n_steps, width), dtype=np.float32)
         for row, fid in enumerate(feature_ids):
             rng = np.random.Generator(np.random.PCG64([int(seed), int(fid)]))
             pool[row] = rng.standard_normal((n_steps, width), dtype=np.float32)
-        self.pool = torch.from_numpy(pool)
+        self.pool = torch.from_numpy(pool).to(device)
         self.step = 0
 
     def next(self) -> torch.Tensor:
@@ -253,7 +263,7 @@ class MeanFieldGuide:
 
     def __call__(self, batch: dict) -> dict:
         """Sample every site; ``batch`` is the model's argument (``cell_index``, ``n_cells``)."""
-        eps_all = self.noise.next().to(self.device) if self.noise is not None else None
+        eps_all = self.noise.next() if self.noise is not None else None
         if self.correlated:
             return self._correlated_sample(eps_all)
         offset = 0

@@ -153,6 +153,40 @@ def smoothed_converged(
     return not still_falling
 
 
+#: Steps between copies of the loss trace from the device to the host (and the finiteness
+#: check). The loss stays on the device in between, so an accelerator is never made to wait for
+#: the host inside the optimisation loop.
+LOSS_SYNC_EVERY = 50
+
+
+class _LossTrace:
+    """The loss of every step, kept on the fit's device and copied to ``losses`` in blocks."""
+
+    def __init__(self, losses: np.ndarray, device: torch.device, first: int) -> None:
+        self.losses = losses
+        self.buffer = torch.empty(len(losses), dtype=torch.float64, device=device)
+        self.synced = first  # losses[:synced] are on the host and finite
+        self.recorded = first
+
+    def record(self, step: int, loss: torch.Tensor) -> None:
+        self.buffer[step] = loss.detach()
+        self.recorded = step + 1
+
+    def check(self, context: str) -> None:
+        """Copy the new losses to the host; raise at the first non-finite one."""
+        if self.recorded <= self.synced:
+            return
+        block = self.buffer[self.synced : self.recorded].cpu().numpy()
+        bad = np.flatnonzero(~np.isfinite(block))
+        if bad.size:
+            step = self.synced + int(bad[0])
+            raise NonFiniteLossError(
+                _diverged(f"The ELBO became {block[bad[0]]} at step {step}", context)
+            )
+        self.losses[self.synced : self.recorded] = block
+        self.synced = self.recorded
+
+
 def run_svi(
     model: Callable,
     guide: Callable,
@@ -248,39 +282,49 @@ def run_svi(
     if checkpoint is not None:
         first = _load_checkpoint(checkpoint, params, optimizer, scheduler, losses, n_steps, lr)
     show = progress and sys.stderr.isatty()
+    trace = _LossTrace(losses, params[0].device if params else torch.device("cpu"), first)
     bar = tqdm(range(first, n_steps), desc=description, disable=not show, leave=False)
-    for step in bar:
-        if noise is not None:
-            noise.step = step
-        batch = make_batch(step)
-        optimizer.zero_grad(set_to_none=True)
-        try:
-            loss = elbo.differentiable_loss(model, guide, batch) / loss_scale
-        except ValueError as err:  # a distribution saw NaN parameters: the fit diverged
-            if "invalid values" not in str(err) and "nan" not in str(err).lower():
-                raise
-            raise NonFiniteLossError(
-                _diverged(f"non-finite parameters at step {step}", context)
-            ) from err
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                _diverged(f"The ELBO became {loss.item()} at step {step}", context)
+    # Distribution argument checks read every tensor back to the host; on an accelerator the
+    # loss trace's finiteness check (every LOSS_SYNC_EVERY steps) stands in for them.
+    with pyro.validation_enabled(trace.buffer.device.type == "cpu"):
+        for step in bar:
+            if noise is not None:
+                noise.step = step
+            batch = make_batch(step)
+            optimizer.zero_grad(set_to_none=True)
+            try:
+                loss = elbo.differentiable_loss(model, guide, batch) / loss_scale
+            except ValueError as err:  # a distribution saw NaN parameters: the fit diverged
+                if "invalid values" not in str(err) and "nan" not in str(err).lower():
+                    raise
+                trace.check(context)  # an earlier non-finite loss is the better diagnosis
+                raise NonFiniteLossError(
+                    _diverged(f"non-finite parameters at step {step}", context)
+                ) from err
+            trace.record(step, loss)
+            loss.backward()
+            for p in params:
+                if p.grad is not None:
+                    p.grad.nan_to_num_(0.0, 0.0, 0.0).clamp_(-clip, clip)
+            optimizer.step()
+            scheduler.step()
+            done = step + 1
+            wants_loss = (show and step % 25 == 0) or (
+                logger.isEnabledFor(logging.DEBUG) and step % 50 == 0
             )
-        loss.backward()
-        for p in params:
-            if p.grad is not None:
-                p.grad.nan_to_num_(0.0, 0.0, 0.0).clamp_(-clip, clip)
-        optimizer.step()
-        scheduler.step()
-        losses[step] = loss.item()
-        if show and step % 25 == 0:
-            bar.set_postfix(loss=f"{losses[step]:.4g}")
-        if logger.isEnabledFor(logging.DEBUG) and step % 50 == 0:
-            logger.debug("%s step %d loss %.6g", description, step, losses[step])
-        done = step + 1
-        if checkpoint is not None and (done % checkpoint_every == 0) and done < n_steps:
-            _save_checkpoint(checkpoint, done, params, optimizer, scheduler, losses, n_steps, lr)
-        _after_step(step)
+            if wants_loss or done % LOSS_SYNC_EVERY == 0:
+                trace.check(context)
+            if show and step % 25 == 0:
+                bar.set_postfix(loss=f"{losses[step]:.4g}")
+            if logger.isEnabledFor(logging.DEBUG) and step % 50 == 0:
+                logger.debug("%s step %d loss %.6g", description, step, losses[step])
+            if checkpoint is not None and (done % checkpoint_every == 0) and done < n_steps:
+                trace.check(context)
+                _save_checkpoint(
+                    checkpoint, done, params, optimizer, scheduler, losses, n_steps, lr
+                )
+            _after_step(step)
+    trace.check(context)
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)
     converged = smoothed_converged(losses, rtol=rtol)

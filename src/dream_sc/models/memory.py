@@ -55,16 +55,34 @@ def _slurm_limit() -> int | None:
     return None
 
 
-def available_memory(max_memory_gb: float | None = None) -> tuple[int, str]:
+def _cuda_free_memory(device: str | None) -> tuple[int, str] | None:
+    """Free memory of a CUDA device, or ``None`` for host devices."""
+    if device is None or not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    dev = torch.device(device)
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    free, _total = torch.cuda.mem_get_info(index)
+    return int(free), f"free memory of cuda:{index}"
+
+
+def available_memory(
+    max_memory_gb: float | None = None, device: str | None = None
+) -> tuple[int, str]:
     """Bytes this process may use, and where the number came from.
 
     The smallest of: the explicit budget, the cgroup v2 ``memory.max`` (minus current usage),
-    the cgroup v1 limit, the SLURM allocation, and psutil's available memory.
+    the cgroup v1 limit, the SLURM allocation, and psutil's available memory. On a CUDA device
+    the fit's tensors live in device memory, so the device's free memory
+    (``torch.cuda.mem_get_info``) bounds the budget too.
 
     Parameters
     ----------
     max_memory_gb
         Explicit budget in GB (overrides everything else when given).
+    device
+        Torch device of the fit (``"cpu"``, ``"cuda"``, ``"cuda:1"``; ``None`` = host).
 
     Returns
     -------
@@ -72,6 +90,9 @@ def available_memory(max_memory_gb: float | None = None) -> tuple[int, str]:
     """
     if max_memory_gb is not None:
         return int(max_memory_gb * 1024**3), "user budget"
+    cuda = _cuda_free_memory(device)
+    if cuda is not None:
+        return cuda
     candidates: list[tuple[int, str]] = [(psutil.virtual_memory().available, "psutil")]
     v2 = _read_int("/sys/fs/cgroup/memory.max")
     if v2 is not None:
@@ -140,6 +161,7 @@ def plan_fit(
     feature_chunk: int | None = None,
     max_memory_gb: float | None = None,
     fraction: float = 0.5,
+    device: str | None = None,
 ) -> Plan:
     """Pick a cell minibatch size and feature chunk size that fit in memory.
 
@@ -162,12 +184,14 @@ def plan_fit(
         pass ``settings.max_memory_gb``).
     fraction
         Share of the available memory the plan may use.
+    device
+        Torch device of the fit: on CUDA the device's free memory is the budget.
 
     Returns
     -------
     :class:`Plan`.
     """
-    avail, source = available_memory(max_memory_gb)
+    avail, source = available_memory(max_memory_gb, device)
     budget = int(avail * fraction)
     batch = batch_size or min(n_cells, DEFAULT_MAX_BATCH)
     chunk = feature_chunk or n_features

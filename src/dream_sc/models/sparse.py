@@ -337,7 +337,7 @@ class CSRMatrix:
         """Storage positions of rows ``idx`` (in order), their batch-local row ids, ``len(idx)``."""
         idx = torch.as_tensor(idx, dtype=torch.long, device=self.device).reshape(-1)
         n_rows = self.shape[0]
-        if idx.numel() and (bool((idx < -n_rows).any()) or bool((idx >= n_rows).any())):
+        if idx.numel() and bool(((idx < -n_rows) | (idx >= n_rows)).any()):
             raise IndexError(f"Row index out of range for a matrix with {n_rows} rows.")
         idx = torch.where(idx < 0, idx + n_rows, idx)
         starts = self.crow.index_select(0, idx)

@@ -19,7 +19,7 @@ import pyro.distributions as dist
 import torch
 
 from .._lazy import concat_blocks, feature_blockwise
-from .chunked import ChunkProblem, minibatch_rows
+from .chunked import ChunkProblem, StepRows
 from .families import CONCENTRATION_RANGE, get_family
 from .families.binomial import betabinomial_moments
 from .families.multinomial import dirichletmultinomial_moments
@@ -254,8 +254,9 @@ def technical_problem(
         ll = obs.log_likelihood(eta, rows, **kwargs)
         pyro.factor("obs", ll * (n_cells / len(rows)))
 
+    step_rows = StepRows(seed, n_cells, batch_size, order, device)
+
     def make_batch(step: int) -> dict:
-        rows = minibatch_rows(seed, step, n_cells, batch_size, order)
-        return {"rows": torch.as_tensor(rows, device=device), "n_cells": n_cells}
+        return {"rows": step_rows(step), "n_cells": n_cells}
 
     return ChunkProblem(model, sites, make_batch, loss_scale=float(n_cells))

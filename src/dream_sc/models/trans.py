@@ -33,7 +33,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions.transforms import ExpTransform
 
-from .chunked import ChunkProblem, minibatch_rows
+from .chunked import ChunkProblem, StepRows
 from .curves import evaluate_curve
 from .guide import Site
 from .observation import ObservationData
@@ -312,9 +312,10 @@ def trans_problem(
         ll = obs.log_likelihood(eta, rows, **noise_t)
         pyro.factor("obs", ll * (n_cells / len(rows)))
 
+    step_rows = StepRows(seed, n_cells, batch_size, inputs.order, device)
+
     def make_batch(step: int) -> dict:
-        rows = minibatch_rows(seed, step, n_cells, batch_size, inputs.order)
-        return {"rows": torch.as_tensor(rows, device=device), "n_cells": n_cells}
+        return {"rows": step_rows(step), "n_cells": n_cells}
 
     return ChunkProblem(
         model,

@@ -219,6 +219,7 @@ def fit_technical(
         batch_size=batch_size,
         feature_chunk=feature_chunk,
         max_memory_gb=settings.max_memory_gb,
+        device=str(dev),
     )
     chunks = feature_chunks(n_features, plan.feature_chunk, data.group_index)
     order = name_order(obs.index[present])

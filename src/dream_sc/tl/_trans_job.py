@@ -362,6 +362,7 @@ def prepare_trans_job(
         batch_size=settings.batch_size,
         feature_chunk=settings.feature_chunk,
         max_memory_gb=package_settings.max_memory_gb,
+        device=str(device),
     )
     inputs = TransInputs.from_samples(
         log_samples,
