@@ -240,6 +240,13 @@ class NegBinom(Family):
         """log2 fold changes."""
         return eta / LN2
 
+    def half_way_fraction(self, eta0, v):
+        """``h = log((1 + e^v) / 2) / v`` (log link; ``1/2`` in the limit ``v -> 0``)."""
+        small = v.abs() < 1e-6
+        safe = torch.where(small, torch.ones_like(v), v)
+        h = (torch.logaddexp(torch.zeros_like(safe), safe) - LN2) / safe
+        return torch.where(small, 0.5 + v / 8.0, h)
+
     def dense_kernel(self, gathered, noise):
         """``y x - (y + r) softplus(x)`` with ``x = eta - log r`` (``lgamma`` terms constant)."""
         y, _ = gathered
