@@ -79,6 +79,46 @@ def gaussian_powers(mean: torch.Tensor, var: torch.Tensor | None, degree: int) -
     return torch.stack(moments[1 : degree + 1], dim=-1)
 
 
+def _link_slope(
+    function: str, params: dict, lx: torch.Tensor, lv: torch.Tensor, log_x_ref: float, unit: float
+) -> torch.Tensor:
+    """Derivative of the expected link value with respect to the mean log dosage."""
+    if function == "polynomial":
+        coef = params["coef"]  # [..., T, D]
+        u = (lx - log_x_ref) / unit
+        ones = torch.ones_like(u).unsqueeze(-1)
+        if coef.shape[-1] > 1:  # E[u^d], d = 1..D-1
+            ones = torch.cat([ones, gaussian_powers(u, lv / unit**2, coef.shape[-1] - 1)], -1)
+        moments = ones  # E[u^(d-1)], d = 1..D: d E[u^(d-1)] is the slope of E[u^d]
+        degree = torch.arange(1, coef.shape[-1] + 1, dtype=coef.dtype, device=coef.device)
+        return (moments * coef.unsqueeze(-3) * degree).sum(-1) / unit
+    slope = 0.0
+    for c in ("1", "2") if function == "additive_hill" else ("1",):
+        if f"v{c}" not in params:
+            continue
+        v, log_k, n = (params[f"{k}{c}"].unsqueeze(-2) for k in ("v", "log_k", "n"))
+        kappa = torch.rsqrt(1.0 + PROBIT_FACTOR * n.square() * lv)
+        h = torch.sigmoid(n * kappa * (lx - log_k))
+        slope = slope + v * n * kappa * h * (1.0 - h)
+    return slope
+
+
+def mean_scale_correction(
+    eta: torch.Tensor, var_eta: torch.Tensor, mean_link: str | None
+) -> torch.Tensor:
+    """Link value of the expected *mean* when the link value has mean ``eta``, variance ``var_eta``.
+
+    Log link: ``log E[e^eta] = eta + var / 2`` (log-normal); logit link:
+    ``logit E[sigmoid(eta)] ~ eta / sqrt(1 + pi var / 8)`` (probit approximation); otherwise
+    unchanged (identity link: the expected mean is the mean link value).
+    """
+    if mean_link == "log":
+        return eta + 0.5 * var_eta
+    if mean_link == "logit":
+        return eta * torch.rsqrt(1.0 + PROBIT_FACTOR * var_eta)
+    return eta
+
+
 def evaluate_curve(
     function: str,
     params: dict[str, torch.Tensor],
@@ -86,6 +126,7 @@ def evaluate_curve(
     log_x_ref: float,
     half_range: float,
     log_x_var: torch.Tensor | None = None,
+    mean_link: str | None = None,
 ) -> torch.Tensor:
     """Link-scale curve for every (dose, feature).
 
@@ -105,6 +146,12 @@ def evaluate_curve(
     log_x_var
         Variance of the natural-log dosage ``[..., B]`` (uncertain dosages): the expected
         link value is returned (see the module docstring). ``None``: exact dosages.
+    mean_link
+        With ``log_x_var``: ``"log"`` / ``"logit"`` return instead the link of the expected
+        *mean* (count rate, probability), so the likelihood sees the right average of an
+        uncertain cell (:func:`mean_scale_correction`, variance of the link value by the delta
+        method). Without it a log-link curve under-predicts uncertain cells by
+        ``exp(-var / 2)``, most near the EC50, and the fit moves the EC50 to compensate.
 
     Returns
     -------
@@ -119,7 +166,8 @@ def evaluate_curve(
         u = (lx - log_x_ref) / unit  # [..., B, 1]
         u_var = None if lv is None else lv / unit**2
         powers = gaussian_powers(u, u_var, coef.shape[-1])  # [..., B, 1, D]
-        return eta_ref + (powers * coef.unsqueeze(-3)).sum(-1)
+        out = eta_ref + (powers * coef.unsqueeze(-3)).sum(-1)
+        return _corrected(out, function, params, lx, lv, log_x_ref, unit, mean_link)
     out = eta_ref + hill_terms(
         lx,
         log_x_ref,
@@ -137,4 +185,12 @@ def evaluate_curve(
             params["n2"].unsqueeze(-2),
             lv,
         )
-    return out
+    unit = float(np.log(2.0)) * half_range
+    return _corrected(out, function, params, lx, lv, log_x_ref, unit, mean_link)
+
+
+def _corrected(out, function, params, lx, lv, log_x_ref, unit, mean_link) -> torch.Tensor:
+    if lv is None or mean_link is None:
+        return out
+    slope = _link_slope(function, params, lx, lv, log_x_ref, unit)
+    return mean_scale_correction(out, slope.square() * lv, mean_link)

@@ -125,6 +125,10 @@ class Family:
         Axis labels of the natural scale and of ``response_mean``.
     noise_columns
         ``(column prefix, site)`` of the technical noise summaries (log-Normal posteriors).
+    mean_link
+        Link of the mean for the dosage-uncertainty correction of the curve (``"log"``,
+        ``"logit"``; ``None``: none needed or none applied), see
+        :func:`dream_sc.models.curves.evaluate_curve`.
     """
 
     name: ClassVar[str]
@@ -139,6 +143,7 @@ class Family:
     value_label: ClassVar[str]
     response_label: ClassVar[str]
     noise_columns: ClassVar[tuple[tuple[str, str], ...]] = ()
+    mean_link: ClassVar[str | None] = None
 
     def __repr__(self) -> str:
         return f"<likelihood family {self.name!r}>"

@@ -178,6 +178,7 @@ class Binomial(Family):
     """Binomial successes out of trials (``"binomial"``); beta-binomial when over-dispersed."""
 
     name = "binomial"
+    mean_link = "logit"
     options = ("total_layer",)
     overdispersible = True
     default_min_effect = 0.03  # probability difference

@@ -168,6 +168,7 @@ class NegBinom(Family):
     """Negative binomial counts (``"negbinom"``)."""
 
     name = "negbinom"
+    mean_link = "log"
     size_factors = True
     cis_capable = True
     default_min_effect = 0.2  # log2 fold change
