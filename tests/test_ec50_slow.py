@@ -17,10 +17,11 @@ def test_two_line_ec50_intervals_cover_single_hill_truth():
 
     Here the cells of each guide, not the guides, place most EC50s, so the intervals are only
     as good as the split of the cis gene's over-dispersion into dosage spread and counting
-    noise (see the cis step in the model page). Measured on this seed before the free
-    within-cell dispersion: spread 0.5 log2, dosages 6% high, coverage 0.50; after: 0.84
-    (``benchmarks/ec50_coverage.py``, all single-Hill responders in range: 0.84 / 0.77 / 0.75
-    on seeds 0 / 1 / 2, before 0.50 / 0.64 / 0.65).
+    noise (see the cis step in the model page) and as the trans likelihood's use of each cell's
+    uncertain dosage (the expected mean, not the mean link value). Measured on this seed:
+    0.50 before both fixes, 0.84 with the cis fix alone, 0.96 with both
+    (``benchmarks/ec50_coverage.py``: 0.96 / 0.75 / 0.85 on seeds 0 / 1 / 2, before 0.50 /
+    0.64 / 0.65).
     """
     mdata = ds.datasets.simulate_screen(
         n_cells=4000,

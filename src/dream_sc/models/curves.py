@@ -18,7 +18,10 @@ value ``E[eta(x)]``: exact for the polynomial (Gaussian moments of ``u``), and f
 the probit approximation ``E[sigmoid(a)] ~ sigmoid(E[a] / sqrt(1 + pi Var[a] / 8))`` with
 ``a = n (log x - log K)``. This marginalises the dosage uncertainty in closed form instead of
 sampling one dosage per cell and step, which optimises an expected log-likelihood over noisy
-dosages and attenuates curves (EC50s pulled towards the middle of the dosage range).
+dosages and attenuates curves (EC50s pulled towards the middle of the dosage range). With
+``mean_link`` (``"log"``, ``"logit"``) the link of the expected *mean* is returned instead
+(``E[eta] + Var[eta] / 2`` for counts), which is what the likelihood needs: the expected link
+value under-predicts an uncertain cell on a log link and shifts the fitted EC50s.
 """
 
 from __future__ import annotations
