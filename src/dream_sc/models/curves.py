@@ -82,28 +82,13 @@ def gaussian_powers(mean: torch.Tensor, var: torch.Tensor | None, degree: int) -
     return torch.stack(moments[1 : degree + 1], dim=-1)
 
 
-def _link_slope(
-    function: str, params: dict, lx: torch.Tensor, lv: torch.Tensor, log_x_ref: float, unit: float
-) -> torch.Tensor:
-    """Derivative of the expected link value with respect to the mean log dosage."""
-    if function == "polynomial":
-        coef = params["coef"]  # [..., T, D]
-        u = (lx - log_x_ref) / unit
-        ones = torch.ones_like(u).unsqueeze(-1)
-        if coef.shape[-1] > 1:  # E[u^d], d = 1..D-1
-            ones = torch.cat([ones, gaussian_powers(u, lv / unit**2, coef.shape[-1] - 1)], -1)
-        moments = ones  # E[u^(d-1)], d = 1..D: d E[u^(d-1)] is the slope of E[u^d]
-        degree = torch.arange(1, coef.shape[-1] + 1, dtype=coef.dtype, device=coef.device)
-        return (moments * coef.unsqueeze(-3) * degree).sum(-1) / unit
-    slope = 0.0
-    for c in ("1", "2") if function == "additive_hill" else ("1",):
-        if f"v{c}" not in params:
-            continue
-        v, log_k, n = (params[f"{k}{c}"].unsqueeze(-2) for k in ("v", "log_k", "n"))
-        kappa = torch.rsqrt(1.0 + PROBIT_FACTOR * n.square() * lv)
-        h = torch.sigmoid(n * kappa * (lx - log_k))
-        slope = slope + v * n * kappa * h * (1.0 - h)
-    return slope
+def _polynomial_slope(coef: torch.Tensor, u: torch.Tensor, u_var: torch.Tensor) -> torch.Tensor:
+    """``d E[sum_d c_d u^d] / d E[u]`` (``u`` normal): ``sum_d d c_d E[u^(d-1)]``."""
+    moments = torch.ones_like(u).unsqueeze(-1)
+    if coef.shape[-1] > 1:  # E[u^d], d = 1..D-1
+        moments = torch.cat([moments, gaussian_powers(u, u_var, coef.shape[-1] - 1)], -1)
+    degree = torch.arange(1, coef.shape[-1] + 1, dtype=coef.dtype, device=coef.device)
+    return (moments * coef.unsqueeze(-3) * degree).sum(-1)
 
 
 def mean_scale_correction(
@@ -170,7 +155,20 @@ def evaluate_curve(
         u_var = None if lv is None else lv / unit**2
         powers = gaussian_powers(u, u_var, coef.shape[-1])  # [..., B, 1, D]
         out = eta_ref + (powers * coef.unsqueeze(-3)).sum(-1)
-        return _corrected(out, function, params, lx, lv, log_x_ref, unit, mean_link)
+        if u_var is None or mean_link is None:
+            return out
+        slope = _polynomial_slope(coef, u, u_var) / unit  # per natural-log dosage
+        return mean_scale_correction(out, slope.square() * lv, mean_link)
+    if lv is not None and mean_link is not None:  # value and slope from one sigmoid
+        out, slope = eta_ref, 0.0
+        ref = torch.as_tensor(log_x_ref, dtype=lx.dtype, device=lx.device)
+        for c in ("1", "2") if function == "additive_hill" else ("1",):
+            v, log_k, n = (params[f"{k}{c}"].unsqueeze(-2) for k in ("v", "log_k", "n"))
+            nk = n * torch.rsqrt(1.0 + PROBIT_FACTOR * n.square() * lv)
+            h = torch.sigmoid(nk * (lx - log_k))
+            out = out + v * (h - hill_fraction(ref, log_k, n))
+            slope = slope + v * nk * h * (1.0 - h)
+        return mean_scale_correction(out, slope.square() * lv, mean_link)
     out = eta_ref + hill_terms(
         lx,
         log_x_ref,
@@ -188,12 +186,4 @@ def evaluate_curve(
             params["n2"].unsqueeze(-2),
             lv,
         )
-    unit = float(np.log(2.0)) * half_range
-    return _corrected(out, function, params, lx, lv, log_x_ref, unit, mean_link)
-
-
-def _corrected(out, function, params, lx, lv, log_x_ref, unit, mean_link) -> torch.Tensor:
-    if lv is None or mean_link is None:
-        return out
-    slope = _link_slope(function, params, lx, lv, log_x_ref, unit)
-    return mean_scale_correction(out, slope.square() * lv, mean_link)
+    return out
