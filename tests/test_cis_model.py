@@ -50,16 +50,28 @@ def test_quadrature_marginal_matches_numerical_integration(y, mu, sigma, r):
     assert got.item() == pytest.approx(_brute_marginal(y, base, mu, sigma, r), abs=2e-3)
 
 
-def test_within_cell_dispersion_keeps_the_total_overdispersion():
-    phi_total = 0.35
-    for s in (0.0, 0.1, 0.3):
-        log_r = C.within_cell_log_r(float(-np.log(phi_total)), torch.tensor(s))
-        phi = float(torch.exp(-log_r))
-        # lognormal spread s times NB(phi): second moment factor (1 + phi) e^{s^2}
-        assert (1 + phi) * np.exp(s**2) == pytest.approx(1 + phi_total, rel=1e-5)
-    # a spread that explains more than all of it leaves the floor, not a negative dispersion
-    log_r = C.within_cell_log_r(float(-np.log(phi_total)), torch.tensor(2.0))
-    assert float(torch.exp(-log_r)) == pytest.approx(C.MIN_DISPERSION * phi_total, rel=1e-4)
+def test_within_cell_dispersion_is_a_free_site_below_step_one():
+    """``phi_within`` is its own site (not tied to the spread) with a prior below step 1's."""
+    phi_step1 = 0.35
+    data = C.CisData(
+        y=np.array([3.0, 5.0]),
+        log_sf=np.zeros(2),
+        group=np.zeros(2, int),
+        tech_effect_prior=np.zeros(1),
+        assignment=np.eye(2),
+        is_cis_guide=np.array([True, False]),
+        log_r=float(-np.log(phi_step1)),
+        log2_x_ntc_prior=2.0,
+    )
+    model = C._CisModel(data, torch.device("cpu"))
+    assert model.phi_prior_loc == pytest.approx(np.log(phi_step1) + C.PHI_WITHIN_PRIOR[0])
+    values = C._initial_values(data, model)
+    for spread in (-3.0, 0.0):  # the dispersion does not move with the spread
+        values["guide_log_sigma"] = torch.full((2,), spread)
+        d = model.derived(values)
+        assert float(torch.exp(-d["log_r"])) == pytest.approx(
+            phi_step1 * np.exp(C.PHI_WITHIN_PRIOR[0]), rel=1e-5
+        )
 
 
 def _single_guide_posterior(log2_x_ntc: float, log_sigma: float, n_draws: int = 50):

@@ -54,6 +54,38 @@ def test_polynomial_marginalisation_is_exact_expectation():
     torch.testing.assert_close(got, mc.reshape(2, -1).mean(1), rtol=0, atol=2e-3)
 
 
+@pytest.mark.parametrize("function", ["single_hill", "additive_hill", "polynomial"])
+def test_log_link_mean_correction_matches_the_expected_mean(function):
+    """``mean_link="log"`` gives ``log E[exp(eta(x))]``, much closer than ``E[eta(x)]``."""
+    params = {
+        "eta_ref": torch.tensor([1.0, 0.5]),
+        "v1": torch.tensor([2.0, -1.5]),
+        "log_k1": torch.log(torch.tensor([5.0, 8.0])),
+        "n1": torch.tensor([3.0, 1.5]),
+        "v2": torch.tensor([-0.8, 0.6]),
+        "log_k2": torch.log(torch.tensor([20.0, 30.0])),
+        "n2": torch.tensor([2.0, 2.5]),
+        "coef": torch.tensor([[0.8, -0.1, 0.05], [-0.5, 0.2, 0.0]]),
+    }
+    log_x = torch.log(torch.tensor([3.0, 5.0, 9.0, 25.0]))
+    var = torch.full((4,), 0.27**2)
+    got = evaluate_curve(function, params, log_x, float(np.log(6.0)), 2.0, var, "log")
+    plain = evaluate_curve(function, params, log_x, float(np.log(6.0)), 2.0, var)
+    nodes, weights = np.polynomial.hermite_e.hermegauss(60)
+    expected = torch.zeros(4, 2, dtype=torch.float64)
+    for z, w in zip(nodes, weights / weights.sum(), strict=True):
+        eta = evaluate_curve(function, params, log_x + 0.27 * float(z), float(np.log(6.0)), 2.0)
+        expected += w * eta.double().exp()
+    target = expected.log().float()
+    assert torch.max(torch.abs(got - target)) < 0.012
+    assert torch.max(torch.abs(plain - target)) > 2.5 * torch.max(torch.abs(got - target))
+    # logit: the probability of an uncertain cell is pulled towards 1/2; identity: unchanged
+    logit = evaluate_curve(function, params, log_x, float(np.log(6.0)), 2.0, var, "logit")
+    assert torch.all(logit.abs() <= plain.abs() + 1e-6)
+    same = evaluate_curve(function, params, log_x, float(np.log(6.0)), 2.0, var, None)
+    torch.testing.assert_close(same, plain)
+
+
 def test_zero_variance_equals_exact_dosage():
     params = {
         "eta_ref": torch.tensor([1.0, 2.0]),

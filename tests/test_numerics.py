@@ -231,6 +231,12 @@ def test_non_finite_elbo_names_the_chunk(small, step, target, feature, where):
     mdata = small.copy()
     _corrupt(mdata, target, feature)
     before = snapshot(mdata)
+    if step == "cis":  # the cis count is checked before any work: a clear error, not a fit
+        for _ in range(2):
+            with pytest.raises(ValueError, match=r"count of 1e\+38 .*check for outliers / wrong"):
+                ds.tl.fit_cis(mdata, cis_feature="GFI1B", n_steps=10, seed=0)
+        assert snapshot(mdata) == before
+        return
     calls = {
         "technical": lambda: ds.tl.fit_technical(mdata, n_steps=10, feature_chunk=5, seed=0),
         "cis": lambda: ds.tl.fit_cis(mdata, cis_feature="GFI1B", n_steps=10, seed=0),

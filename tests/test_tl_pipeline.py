@@ -281,6 +281,14 @@ def test_results_do_not_depend_on_feature_or_cell_order(fitted):
         a = reference["rna"].varm[key]
         b = shuffled["rna"].varm[key].loc[names]
         num = a.select_dtypes("number").columns
-        np.testing.assert_allclose(
-            a[num].to_numpy(float), b[num].to_numpy(float), rtol=2e-3, atol=2e-4, equal_nan=True
-        )
+        # a refinement with a tiny effective sample size is itself noisy (documented below
+        # ESS ~50): summation order can move its resampled quantiles by a few percent
+        noisy = a["refine_ess"].to_numpy() < 50 if "refine_ess" in a else np.zeros(len(a), bool)
+        for rows, rtol in ((~noisy, 2e-3), (noisy, 5e-2)):
+            np.testing.assert_allclose(
+                a.loc[rows, num].to_numpy(float),
+                b.loc[rows, num].to_numpy(float),
+                rtol=rtol,
+                atol=2e-4,
+                equal_nan=True,
+            )

@@ -100,8 +100,9 @@ def trans_results(
     -------
     DataFrame indexed by var_names with ``distribution``, ``function``, ``response_mean``
     (log2 fold change over the observed dosage range for counts; difference for others),
-    ``response_q05``, ``response_q95``, ``ec50_mean``, ``ec50_q05``, ``ec50_q95``,
-    ``ec50_in_range``, ``shape``, ``prob_dose_dependent``, ``lfsr``, ``qvalue``,
+    ``response_q05``, ``response_q95``, ``ec50_mean``, ``ec50_q05``, ``ec50_q95`` (half-way on
+    the link scale), ``ec50_response_mean``, ``ec50_response_q05``, ``ec50_response_q95``
+    (half-way on the response scale: the expected value itself), ``ec50_in_range``, ``shape``, ``prob_dose_dependent``, ``lfsr``, ``qvalue``,
     ``significant``, ``n_cells``, ``converged`` and the curve parameters. Features that were
     not fitted (e.g. the cis gene) have ``fitted = False`` and NaN results.
 

@@ -18,7 +18,10 @@ value ``E[eta(x)]``: exact for the polynomial (Gaussian moments of ``u``), and f
 the probit approximation ``E[sigmoid(a)] ~ sigmoid(E[a] / sqrt(1 + pi Var[a] / 8))`` with
 ``a = n (log x - log K)``. This marginalises the dosage uncertainty in closed form instead of
 sampling one dosage per cell and step, which optimises an expected log-likelihood over noisy
-dosages and attenuates curves (EC50s pulled towards the middle of the dosage range).
+dosages and attenuates curves (EC50s pulled towards the middle of the dosage range). With
+``mean_link`` (``"log"``, ``"logit"``) the link of the expected *mean* is returned instead
+(``E[eta] + Var[eta] / 2`` for counts), which is what the likelihood needs: the expected link
+value under-predicts an uncertain cell on a log link and shifts the fitted EC50s.
 """
 
 from __future__ import annotations
@@ -79,6 +82,31 @@ def gaussian_powers(mean: torch.Tensor, var: torch.Tensor | None, degree: int) -
     return torch.stack(moments[1 : degree + 1], dim=-1)
 
 
+def _polynomial_slope(coef: torch.Tensor, u: torch.Tensor, u_var: torch.Tensor) -> torch.Tensor:
+    """``d E[sum_d c_d u^d] / d E[u]`` (``u`` normal): ``sum_d d c_d E[u^(d-1)]``."""
+    moments = torch.ones_like(u).unsqueeze(-1)
+    if coef.shape[-1] > 1:  # E[u^d], d = 1..D-1
+        moments = torch.cat([moments, gaussian_powers(u, u_var, coef.shape[-1] - 1)], -1)
+    degree = torch.arange(1, coef.shape[-1] + 1, dtype=coef.dtype, device=coef.device)
+    return (moments * coef.unsqueeze(-3) * degree).sum(-1)
+
+
+def mean_scale_correction(
+    eta: torch.Tensor, var_eta: torch.Tensor, mean_link: str | None
+) -> torch.Tensor:
+    """Link value of the expected *mean* when the link value has mean ``eta``, variance ``var_eta``.
+
+    Log link: ``log E[e^eta] = eta + var / 2`` (log-normal); logit link:
+    ``logit E[sigmoid(eta)] ~ eta / sqrt(1 + pi var / 8)`` (probit approximation); otherwise
+    unchanged (identity link: the expected mean is the mean link value).
+    """
+    if mean_link == "log":
+        return eta + 0.5 * var_eta
+    if mean_link == "logit":
+        return eta * torch.rsqrt(1.0 + PROBIT_FACTOR * var_eta)
+    return eta
+
+
 def evaluate_curve(
     function: str,
     params: dict[str, torch.Tensor],
@@ -86,6 +114,7 @@ def evaluate_curve(
     log_x_ref: float,
     half_range: float,
     log_x_var: torch.Tensor | None = None,
+    mean_link: str | None = None,
 ) -> torch.Tensor:
     """Link-scale curve for every (dose, feature).
 
@@ -105,6 +134,12 @@ def evaluate_curve(
     log_x_var
         Variance of the natural-log dosage ``[..., B]`` (uncertain dosages): the expected
         link value is returned (see the module docstring). ``None``: exact dosages.
+    mean_link
+        With ``log_x_var``: ``"log"`` / ``"logit"`` return instead the link of the expected
+        *mean* (count rate, probability), so the likelihood sees the right average of an
+        uncertain cell (:func:`mean_scale_correction`, variance of the link value by the delta
+        method). Without it a log-link curve under-predicts uncertain cells by
+        ``exp(-var / 2)``, most near the EC50, and the fit moves the EC50 to compensate.
 
     Returns
     -------
@@ -119,7 +154,21 @@ def evaluate_curve(
         u = (lx - log_x_ref) / unit  # [..., B, 1]
         u_var = None if lv is None else lv / unit**2
         powers = gaussian_powers(u, u_var, coef.shape[-1])  # [..., B, 1, D]
-        return eta_ref + (powers * coef.unsqueeze(-3)).sum(-1)
+        out = eta_ref + (powers * coef.unsqueeze(-3)).sum(-1)
+        if u_var is None or mean_link is None:
+            return out
+        slope = _polynomial_slope(coef, u, u_var) / unit  # per natural-log dosage
+        return mean_scale_correction(out, slope.square() * lv, mean_link)
+    if lv is not None and mean_link is not None:  # value and slope from one sigmoid
+        out, slope = eta_ref, 0.0
+        ref = torch.as_tensor(log_x_ref, dtype=lx.dtype, device=lx.device)
+        for c in ("1", "2") if function == "additive_hill" else ("1",):
+            v, log_k, n = (params[f"{k}{c}"].unsqueeze(-2) for k in ("v", "log_k", "n"))
+            nk = n * torch.rsqrt(1.0 + PROBIT_FACTOR * n.square() * lv)
+            h = torch.sigmoid(nk * (lx - log_k))
+            out = out + v * (h - hill_fraction(ref, log_k, n))
+            slope = slope + v * nk * h * (1.0 - h)
+        return mean_scale_correction(out, slope.square() * lv, mean_link)
     out = eta_ref + hill_terms(
         lx,
         log_x_ref,

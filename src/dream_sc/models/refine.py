@@ -177,6 +177,7 @@ def trans_log_target(
             priors.log_x_ref,
             priors.half_range,
             None if log_x_var is None else log_x_var[rows],
+            obs.family.mean_link,
         )
         return eta + (offset(rows) if block.offset is None else block.offset)
 

@@ -305,6 +305,7 @@ def trans_problem(
             priors.log_x_ref,
             priors.half_range,
             None if log_x_var_all is None else log_x_var_all[rows],
+            obs.family.mean_link,
         )
         eta = eta + delta[group[rows]]
         if log_sf is not None:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .curves import evaluate_curve
+from .ec50 import response_ec50_columns
 from .families import get_family
 from .trans import TransPriors, natural_params
 
@@ -199,7 +200,8 @@ def summarise_chunk(
     """Per-feature summaries and grid curves of one chunk.
 
     With ``dose_axis`` the EC50s carry the dosage uncertainty of the guides (see
-    :class:`DoseAxis`).
+    :class:`DoseAxis`). ``ec50_*`` is the link-scale EC50 (``K``), ``ec50_response_*`` the dose
+    where the expected value itself is half-way (:mod:`dream_sc.models.ec50`).
 
     Returns
     -------
@@ -236,6 +238,19 @@ def summarise_chunk(
     cols["prob_non_monotonic"] = (nm > min_eff).float().mean(0).numpy()
     cols["non_monotonic_score"] = (nm.mean(0) / (nm.std(0) + 1e-8)).numpy()
     cols.update(parameter_summaries(function, params, grid))
+    cols.update(
+        response_ec50_columns(
+            distribution,
+            function,
+            params,
+            grid.lo,
+            grid.hi,
+            priors.log_x_ref,
+            priors.half_range,
+            group,
+            n_groups or 0,
+        )
+    )
     return cols, curves
 
 

@@ -23,6 +23,9 @@ from ._common import clean_params, resolve_device, resolve_progress, resolve_see
 from ._technical import load_technical
 
 logger = logging.getLogger("dream_sc")
+#: Largest cis count accepted: float32 holds integers exactly up to 2^24; beyond it the cis
+#: likelihood is numerically meaningless (no UMI count of one gene in one cell gets near it).
+MAX_CIS_COUNT = 2**24
 
 
 def _low_moi_assignment(guides: pd.Series) -> tuple[np.ndarray, list[str]]:
@@ -283,6 +286,12 @@ def fit_cis(
     y = np.asarray(y.toarray() if sparse.issparse(y) else y).ravel()
     if y.sum() == 0:
         raise ValueError(f"cis_feature {cis_feature!r} has zero counts in every fitted cell.")
+    if y.max() >= MAX_CIS_COUNT:
+        raise ValueError(
+            f"cis_feature {cis_feature!r} has a count of {y.max():.3g} in a fitted cell, beyond "
+            f"{MAX_CIS_COUNT:,} (2^24, the largest count float32 holds exactly): check for "
+            "outliers / wrong layer (raw UMI counts expected)."
+        )
     rows = np.flatnonzero(use)[data.present]
     sf = sum_factor_values(mdata, sum_factor_key)[rows]
     V.check_sum_factors(sf, sum_factor_key)

@@ -11,6 +11,7 @@ import logging
 import numpy as np
 import torch
 
+from ..models.ec50 import response_ec50_columns
 from ..models.families import get_family
 from ..models.refine import (
     adaptive_importance_sampling,
@@ -47,7 +48,7 @@ def refined_columns(
     min_prob: float = REFINE_MIN_PROB,
     enabled: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Replace the parameter, EC50 and inflection columns of responsive features.
+    """Replace the parameter, EC50 (both scales) and inflection columns of responsive features.
 
     Features with ``prob_dose_dependent >= min_prob`` get their curve-parameter summaries from
     the exact posterior, reached by adaptive importance sampling from the variational one (see
@@ -91,6 +92,16 @@ def refined_columns(
         if job.dose_axis is not None:
             params = job.dose_axis.apply_to_params(job.function, params)
         for name, values in parameter_summaries(job.function, params, job.grid).items():
+            out[name][idx] = values
+        for name, values in response_ec50_columns(
+            job.data.distribution,
+            job.function,
+            params,
+            job.grid.lo,
+            job.grid.hi,
+            job.priors.log_x_ref,
+            job.priors.half_range,
+        ).items():
             out[name][idx] = values
         out["refined"][idx] = True
         out["refine_ess"][idx] = draws.ess

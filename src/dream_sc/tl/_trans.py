@@ -179,7 +179,9 @@ def fit_trans(
     ``None`` (or the fitted copy). Writes
 
     - ``mdata[modality].varm[key_added]``: per-feature DataFrame with ``distribution``,
-      ``function``, ``response_mean/_sd/_q05/_q95``, ``ec50_mean/_q05/_q95``, ``ec50_in_range``,
+      ``function``, ``response_mean/_sd/_q05/_q95``, ``ec50_mean/_q05/_q95`` (half-way point of
+      the link-scale curve), ``ec50_response_mean/_q05/_q95`` (of the expected value itself;
+      see :mod:`dream_sc.models.ec50`), ``ec50_in_range``,
       ``inflection_mean``, curve parameters (``eta_ref``, ``v1``, ``K1``, ``n1``, ... with
       ``_mean/_q05/_q95``), ``ec50_1_*`` / ``ec50_2_*`` per component (additive Hill),
       ``prob_dose_dependent``, ``lfsr``, ``score`` (the ranking column), ``posterior_score``, ``non_monotonic_mean``,

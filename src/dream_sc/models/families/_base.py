@@ -129,6 +129,10 @@ class Family:
         Axis labels of the natural scale and of ``response_mean``.
     noise_columns
         ``(column prefix, site)`` of the technical noise summaries (log-Normal posteriors).
+    mean_link
+        Link of the mean for the dosage-uncertainty correction of the curve (``"log"``,
+        ``"logit"``; ``None``: none needed or none applied), see
+        :func:`dream_sc.models.curves.evaluate_curve`.
     """
 
     name: ClassVar[str]
@@ -144,6 +148,7 @@ class Family:
     value_label: ClassVar[str]
     response_label: ClassVar[str]
     noise_columns: ClassVar[tuple[tuple[str, str], ...]] = ()
+    mean_link: ClassVar[str | None] = None
 
     def __repr__(self) -> str:
         return f"<likelihood family {self.name!r}>"
@@ -261,6 +266,14 @@ class Family:
         """Scale on which responses are reported."""
         return natural
 
+    def half_way_fraction(self, eta0: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
+        """Hill fraction ``h`` where ``natural(eta0 + v h)`` is half-way between ``h = 0`` and 1.
+
+        The response-scale EC50 of a single Hill term on this family's link (identity link:
+        ``h = 1/2``). ``None`` where the natural scale couples features (no closed form).
+        """
+        return torch.full_like(v, 0.5)
+
     def dense_kernel(self, gathered: tuple, noise: dict) -> Callable | None:
         """Dense float64 log-likelihood of a cell block up to curve-free terms, or ``None``."""
         return None
@@ -326,6 +339,7 @@ INTERFACE = (
     "guide_link_means",
     "natural_scale",
     "response_scale",
+    "half_way_fraction",
     "dense_kernel",
     "cells_with_data",
     "cells_detected",

@@ -178,6 +178,7 @@ class Binomial(Family):
     """Binomial successes out of trials (``"binomial"``); beta-binomial when over-dispersed."""
 
     name = "binomial"
+    mean_link = "logit"
     options = ("total_layer",)
     overdispersible = True
     lazy_input = True
@@ -229,6 +230,14 @@ class Binomial(Family):
 
     def natural_scale(self, eta, group, n_groups):  # noqa: D102
         return torch.sigmoid(eta)
+
+    def half_way_fraction(self, eta0, v):
+        """``h = (logit(mean(p(eta0), p(eta0 + v))) - eta0) / v`` (logit link)."""
+        small = v.abs() < 1e-6
+        safe = torch.where(small, torch.ones_like(v), v)
+        p = 0.5 * (torch.sigmoid(eta0) + torch.sigmoid(eta0 + safe))
+        h = (torch.logit(p) - eta0) / safe
+        return torch.where(small, torch.full_like(v, 0.5), h)
 
     def dense_kernel(self, gathered, noise):
         """``k eta - n softplus(eta)`` (binomial only; the beta-binomial has no dense form)."""

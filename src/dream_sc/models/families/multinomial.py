@@ -327,6 +327,10 @@ class Multinomial(Family):
     def natural_scale(self, eta, group, n_groups):  # noqa: D102
         return _segment_softmax(eta, group, n_groups)
 
+    def half_way_fraction(self, eta0, v):
+        """``None``: a category's proportion depends on its group's other curves."""
+        return None
+
     def cells_with_data(self, X, *, total, group_index):
         """Cells with at least one count in the feature's group."""
         X = sparse.csc_matrix(X)

@@ -168,6 +168,7 @@ class NegBinom(Family):
     """Negative binomial counts (``"negbinom"``)."""
 
     name = "negbinom"
+    mean_link = "log"
     size_factors = True
     cis_capable = True
     lazy_input = True
@@ -240,6 +241,13 @@ class NegBinom(Family):
     def response_scale(self, eta, natural):
         """log2 fold changes."""
         return eta / LN2
+
+    def half_way_fraction(self, eta0, v):
+        """``h = log((1 + e^v) / 2) / v`` (log link; ``1/2`` in the limit ``v -> 0``)."""
+        small = v.abs() < 1e-6
+        safe = torch.where(small, torch.ones_like(v), v)
+        h = (torch.logaddexp(torch.zeros_like(safe), safe) - LN2) / safe
+        return torch.where(small, 0.5 + v / 8.0, h)
 
     def dense_kernel(self, gathered, noise):
         """``y x - (y + r) softplus(x)`` with ``x = eta - log r`` (``lgamma`` terms constant)."""

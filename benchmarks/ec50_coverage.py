@@ -1,0 +1,144 @@
+"""Coverage of the 90% EC50 intervals on simulated screens with known truth.
+
+The simulator's curves are Hill curves on the link scale (log for counts):
+``eta(x) = a + v1 H(x; K1, n1) + v2 H(x; K2, n2)``, doses on the scale "expected cis counts
+per unit size factor in the reference line", the same scale as the fitted dosage. The true
+``ec50`` (link scale) of a single-Hill gene is ``true_K1``: the same quantity the fitted
+``ec50`` estimates (the running benchmark already uses the new columns; the script also runs on
+versions without them).
+
+Per screen and curve function it prints, for the responsive single-Hill genes whose true EC50
+lies inside the observed dosage range (``uns["dream_cis"]["dose_range"]``): their number, the
+fraction whose ``[ec50_q05, ec50_q95]`` covers ``true_K1`` (``cover``), the median factor error
+of ``ec50_mean`` and the median interval width (factor q95/q05); ``cover_all``: the same
+coverage over every responsive gene whose true ``K1`` is in range (the issue's count, additive
+truths included); the response-scale columns against the true response-scale EC50 defined as
+the fitted function defines it (``cover_resp``, ``err_resp``); and the time of the fit.
+
+Usage::
+
+    python benchmarks/ec50_coverage.py --seeds 0 1 --functions single_hill additive_hill
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+
+import dream_sc as ds
+
+TWO_LINE = {"guide_design": "line_specific", "guides_per_target": 2, "dose_noise": 0.7}
+
+
+def true_response_ec50(mdata, features, function: str, lo: float, hi: float) -> np.ndarray:
+    """True response-scale EC50 defined as the fitted ``function`` defines it.
+
+    ``single_hill``: half-way between the plateaus of the true single-Hill curve (closed form:
+    ``v h = log((1 + e^v) / 2)``, then invert the Hill); otherwise the lowest dose of
+    ``[lo, hi]`` where the true mean crosses half-way between its values at ``lo`` and ``hi``.
+    """
+    var = mdata["rna"].var.loc[features]
+    if function == "single_hill":
+        v, k, n = (var[c].to_numpy() for c in ("true_v1", "true_K1", "true_n1"))
+        h = np.log((1 + np.exp(v)) / 2) / v
+        return k * (h / (1 - h)) ** (1 / n)
+    grid = np.geomspace(lo, hi, 4001)
+    curve = ds.datasets.true_curve(mdata, "rna", grid).loc[features].to_numpy()
+    half = 0.5 * (curve[:, :1] + curve[:, -1:])
+    above = (curve - half) * np.sign(curve[:, -1:] - curve[:, :1]) >= 0
+    return grid[above.argmax(axis=1)]
+
+
+def screen(seed: int, cells: int, genes: int):
+    mdata = ds.datasets.simulate_screen(
+        n_cells=cells,
+        n_genes=genes,
+        n_junctions=0,
+        n_isoform_genes=0,
+        frac_responsive=0.25,
+        seed=seed,
+        **TWO_LINE,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.tl.fit_technical(mdata, seed=seed)
+        ds.tl.fit_cis(mdata, cis_feature="GFI1B", seed=seed)
+    return mdata
+
+
+def coverage(mdata, function: str, seed: int, steps: int, key: str) -> dict:
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.tl.fit_trans(
+            mdata, function=function, seed=seed, test=False, n_steps=steps, key_added=key
+        )
+    seconds = time.perf_counter() - start
+    res = ds.get.trans_results(mdata, key=key)
+    var = mdata["rna"].var.loc[res.index]
+    lo, hi = (float(v) for v in mdata.uns["dream_cis"]["dose_range"])
+    sel = (
+        res["fitted"].to_numpy(bool)
+        & (var["true_function"] == "single_hill").to_numpy()
+        & var["true_K1"].between(lo, hi).to_numpy()
+    )
+    resp = (
+        res["fitted"].to_numpy(bool)
+        & var["true_responsive"].to_numpy(bool)
+        & var["true_K1"].between(lo, hi).to_numpy()
+    )
+    k_all = var["true_K1"].to_numpy()[resp]
+    cover_all = (res["ec50_q05"].to_numpy()[resp] <= k_all) & (
+        k_all <= res["ec50_q95"].to_numpy()[resp]
+    )
+    truth = var["true_K1"].to_numpy()[sel]
+    r = res[sel]
+    out = {
+        "seed": seed,
+        "function": function,
+        "n": int(sel.sum()),
+        "cover": float(((r["ec50_q05"] <= truth) & (truth <= r["ec50_q95"])).mean()),
+        "err": float(np.median(np.exp(np.abs(np.log(r["ec50_mean"] / truth))))),
+        "width": float(np.median(r["ec50_q95"] / r["ec50_q05"])),
+        "n_all": int(resp.sum()),
+        "cover_all": float(cover_all.mean()),
+        "seconds": seconds,
+    }
+    if "refined" in r:
+        out["refined"] = float(r["refined"].mean())
+    if "ec50_response_mean" in r:
+        t_lo, t_hi = (float(v) for v in mdata["rna"].uns[key]["dose_range"])
+        t_resp = true_response_ec50(mdata, r.index, function, t_lo, t_hi)
+        out["cover_resp"] = float(
+            ((r["ec50_response_q05"] <= t_resp) & (t_resp <= r["ec50_response_q95"])).mean()
+        )
+        out["err_resp"] = float(
+            np.nanmedian(np.exp(np.abs(np.log(r["ec50_response_mean"] / t_resp))))
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cells", type=int, default=4000)
+    p.add_argument("--genes", type=int, default=300)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--functions", nargs="+", default=["single_hill", "additive_hill"])
+    args = p.parse_args(argv)
+    ds.settings.progress_bar = False
+    rows = []
+    for seed in args.seeds:
+        mdata = screen(seed, args.cells, args.genes)
+        for function in args.functions:
+            rows.append(coverage(mdata, function, seed, args.steps, f"dream_trans_{function}"))
+            print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+if __name__ == "__main__":
+    main()
