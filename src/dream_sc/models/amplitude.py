@@ -22,8 +22,12 @@ AMPLITUDE_FLOOR = 0.1
 MIN_CELLS_PER_GUIDE = 5
 
 
-def _guide_level_link_means(data: Any, fitted, labels, group, sf, effects) -> np.ndarray:
-    """Technically corrected per-guide means on the link scale ``[guides, T]`` (NaN if empty)."""
+def guide_level_link_means(data: Any, fitted, labels, group, sf, effects) -> np.ndarray:
+    """Technically corrected per-guide means on the link scale ``[guides, T]`` (NaN if empty).
+
+    Rows follow ``np.unique(labels)``; guides with fewer than :data:`MIN_CELLS_PER_GUIDE` cells
+    are NaN.
+    """
     names, codes = np.unique(labels, return_inverse=True)
     n_groups = effects.shape[1]
     ind = sparse.csr_matrix(
@@ -84,6 +88,6 @@ def amplitude_prior(
 
     Returns the float32 scales and the number of features that fell back to the median spread.
     """
-    gm = _guide_level_link_means(data, fitted, labels, group, sf, effects)
+    gm = guide_level_link_means(data, fitted, labels, group, sf, effects)
     amp, n_fallback = amplitude_scale(gm, floor)
     return amp.astype(np.float32), n_fallback

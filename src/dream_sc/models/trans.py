@@ -115,14 +115,25 @@ def dose_priors(log_dose_lo: float, log_dose_hi: float, log_x_ref: float) -> dic
     }
 
 
-def site_list(function: str, n: int, priors: TransPriors, features: np.ndarray) -> list[Site]:
-    """Latent sites of a chunk of ``n`` features with their initial values."""
+def site_list(
+    function: str,
+    n: int,
+    priors: TransPriors,
+    features: np.ndarray,
+    init: Mapping[str, np.ndarray] | None = None,
+) -> list[Site]:
+    """Latent sites of a chunk of ``n`` features with their initial values.
+
+    ``init`` (the chunk's rows of :func:`dream_sc.models.warm_start.warm_start`) replaces the
+    default starts of the sites it names.
+    """
     sites = [Site("eta_ref", (n,), priors.eta_ref_loc[features], 0.05)]
     if function == "polynomial":
-        return sites + [
+        sites += [
             Site("coef_z", (n, priors.degree), 0.0, 0.1),
             Site("log_lambda", (n,), -1.0, 0.1),
         ]
+        return _with_init(sites, init)
     sites += [
         Site("z1", (n,), 0.0, 0.1),
         Site("log_lambda1", (n,), -1.0, 0.1),
@@ -136,7 +147,16 @@ def site_list(function: str, n: int, priors: TransPriors, features: np.ndarray) 
             Site("log_gap", (n,), priors.log_gap_loc, 0.1),
             Site("log_n2", (n,), LOG_N_PRIOR[0], 0.1),
         ]
-    return sites
+    return _with_init(sites, init)
+
+
+def _with_init(sites: list[Site], init: Mapping[str, np.ndarray] | None) -> list[Site]:
+    if not init:
+        return sites
+    return [
+        replace(s, init_loc=np.asarray(init[s.name], dtype=np.float32)) if s.name in init else s
+        for s in sites
+    ]
 
 
 def natural_params(function: str, latent: dict, scale: torch.Tensor, priors: TransPriors) -> dict:
@@ -266,6 +286,7 @@ def trans_problem(
     batch_size: int,
     seed: int,
     device: torch.device,
+    init: Mapping[str, np.ndarray] | None = None,
 ) -> ChunkProblem:
     """Pyro model and sites of the trans fit for one feature chunk.
 
@@ -287,6 +308,8 @@ def trans_problem(
         Fixed noise parameters of the chunk (``log_r`` / ``log_sigma`` / ``log_nu``).
     batch_size, seed, device
         Minibatching and randomness.
+    init
+        Warm start of the chunk's sites (default: the priors' centres).
     """
     n_cells, n_feat = obs.n_cells, len(features)
     cells = inputs.on_device(effects, noise, device)
@@ -320,7 +343,7 @@ def trans_problem(
 
     return ChunkProblem(
         model,
-        site_list(function, n_feat, priors, features),
+        site_list(function, n_feat, priors, features, init),
         make_batch,
         float(n_cells),
         correlated=True,

@@ -77,6 +77,7 @@ class TransPart:
     data: ChunkData
     effects: np.ndarray
     noise: dict[str, np.ndarray]
+    init: dict[str, np.ndarray] | None = None  # warm start of the chunk's sites
 
 
 def build_trans_chunk(shared: TransShared, part: TransPart, device: torch.device) -> ChunkProblem:
@@ -92,16 +93,26 @@ def build_trans_chunk(shared: TransShared, part: TransPart, device: torch.device
         batch_size=shared.batch_size,
         seed=shared.seed,
         device=device,
+        init=part.init,
     )
 
 
-def trans_recipe(job, inputs: TransInputs, priors: TransPriors) -> ChunkRecipe:
-    """Recipe of a :class:`~dream_sc.tl._trans_job.TransJob` fit with ``inputs``/``priors``."""
+def trans_recipe(
+    job, inputs: TransInputs, priors: TransPriors, init: dict[str, np.ndarray] | None = None
+) -> ChunkRecipe:
+    """Recipe of a :class:`~dream_sc.tl._trans_job.TransJob` fit with ``inputs``/``priors``.
+
+    ``init``: warm start of every fitted feature's sites (see ``TransJob.initial_values``).
+    """
     fitted_cols = np.flatnonzero(job.fitted)
 
     def part(idx: np.ndarray) -> TransPart:
         return TransPart(
-            idx, chunk_data(job.data, fitted_cols[idx]), job.effects(idx), job.noise(idx)
+            idx,
+            chunk_data(job.data, fitted_cols[idx]),
+            job.effects(idx),
+            job.noise(idx),
+            None if init is None else {k: v[idx] for k, v in init.items()},
         )
 
     shared = TransShared(job.function, priors, inputs, job.batch_size, job.seed)

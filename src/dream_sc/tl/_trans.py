@@ -88,6 +88,7 @@ def fit_trans(
     batch_size: int | None = None,
     feature_chunk: int | None = None,
     n_samples: int | None = None,
+    warm_start: bool = True,
     refine_intervals: bool = True,
     n_refine_draws: int = 500,
     seed: int | None = None,
@@ -147,6 +148,10 @@ def fit_trans(
         SVI settings (batch/chunk default: memory planner).
     n_samples
         Posterior samples for summaries (default ``settings.n_samples``).
+    warm_start
+        Start every feature's curve where a fit to its guide-level means puts it (see
+        :mod:`dream_sc.models.warm_start`) instead of at the priors' centres, so far fewer
+        SVI steps reach the same posterior.
     refine_intervals, n_refine_draws
         Refine the curve-parameter columns (``eta_ref``, ``v``, ``K``, ``n``, ``ec50``,
         ``inflection``) of features with ``prob_dose_dependent >= 0.5`` by adaptive importance

@@ -19,13 +19,14 @@ from .._lazy import concat_blocks, feature_blockwise
 from .._settings import settings as package_settings
 from .._storage import CORR_PREFIX, TechnicalFit, posterior_frame, posterior_from_frame
 from .._storage import read_technical as load_technical
-from ..models.amplitude import AMPLITUDE_FLOOR, amplitude_prior
+from ..models.amplitude import AMPLITUDE_FLOOR, amplitude_scale, guide_level_link_means
 from ..models.chunked import ChunkedFit, fit_chunks, name_order, stable_keys
 from ..models.families import get_family
 from ..models.memory import feature_chunks, plan_fit
 from ..models.observation import ObservationData
 from ..models.trans import TransInputs, TransPriors, dose_priors
 from ..models.trans_summary import DoseAxis, Grid, draw_latent, make_grid, summarise_chunk
+from ..models.warm_start import GuidePoints, warm_start
 from ._chunk_recipes import trans_recipe  # [dask hunk]
 from ._trans_settings import TransSettings
 
@@ -71,6 +72,7 @@ class TransJob:
     amplitude_floor: np.ndarray  # [T] floor of the amplitude prior scale
     checkpoint: str | None = None
     dose_axis: DoseAxis | None = None  # guide-level dosage uncertainty (EC50 intervals)
+    guide_means: np.ndarray | None = None  # [guides, T] link-scale guide means (warm start)
     backend: object = None  # [dask hunk] where chunks run (dream_sc._backends); None: here
 
     @property
@@ -139,6 +141,12 @@ class TransJob:
         """Technical effects ``[len(idx), C]`` of the fitted features ``idx``."""
         return self.tech.effects[np.flatnonzero(self.fitted)[idx]]
 
+    def _guide_means(self, labels: np.ndarray) -> np.ndarray:
+        sf = None if self.inputs.log_sf is None else np.exp(self.inputs.log_sf)
+        return guide_level_link_means(
+            self.data, self.fitted, labels, self.inputs.group, sf, self.tech.effects
+        )
+
     def priors_for(self, permutation: np.ndarray | None = None) -> TransPriors:
         """Priors of the real fit, or of a null fit whose cells got the dosage of ``permutation``.
 
@@ -150,17 +158,28 @@ class TransJob:
         """
         if permutation is None:
             return self.priors
-        sf = None if self.inputs.log_sf is None else np.exp(self.inputs.log_sf)
-        amp, _ = amplitude_prior(
-            self.data,
-            self.fitted,
-            self.guide_labels[permutation],
-            self.inputs.group,
-            sf,
-            self.tech.effects,
-            self.amplitude_floor,
-        )
-        return replace(self.priors, amplitude_scale=amp)
+        means = self._guide_means(self.guide_labels[permutation])
+        amp, _ = amplitude_scale(means, self.amplitude_floor)
+        return replace(self.priors, amplitude_scale=amp.astype(np.float32))
+
+    def initial_values(
+        self, priors: TransPriors, permutation: np.ndarray | None = None
+    ) -> dict[str, np.ndarray] | None:
+        """Warm start of every fitted feature's sites (``None`` with ``warm_start=False``).
+
+        From a guide-level curve fit (:mod:`dream_sc.models.warm_start`); a null fit starts
+        from its own permuted guide means, exactly as the real fit does from the real ones.
+        """
+        if not self.settings.warm_start:
+            return None
+        labels, dose = self.guide_labels, self.inputs.log_dose_mean
+        means = self.guide_means
+        if permutation is not None:
+            labels, dose = labels[permutation], dose[permutation]
+            means = None
+        if means is None:
+            means = self._guide_means(labels)
+        return warm_start(self.function, GuidePoints.from_cells(labels, dose, means), priors)
 
     def fit(
         self,
@@ -179,8 +198,9 @@ class TransJob:
         if permutation is not None:
             inputs = inputs.permuted(permutation)
 
+        init = self.initial_values(priors, permutation)
         return fit_chunks(
-            trans_recipe(self, inputs, priors),  # [dask hunk] picklable chunks
+            trans_recipe(self, inputs, priors, init),  # [dask hunk] picklable chunks
             self.chunks(),
             self.n_features,
             seed=self.seed,
@@ -333,7 +353,9 @@ def prepare_trans_job(
     labels = _guide_labels(mdata, cis, rows, dose_mean_all[rows])
     unit = family.noise_unit(tech, np.flatnonzero(fitted))  # noise sd (continuous) or 1
     floor = AMPLITUDE_FLOOR * unit
-    amp, n_fallback = amplitude_prior(data, fitted, labels, group, sf, tech.effects, floor)
+    guide_means = guide_level_link_means(data, fitted, labels, group, sf, tech.effects)
+    amp, n_fallback = amplitude_scale(guide_means, floor)
+    amp = amp.astype(np.float32)
     if n_fallback:
         logger.info(
             "amplitude prior: %d features without guide-level statistics use the median spread",
@@ -394,6 +416,7 @@ def prepare_trans_job(
         guide_labels=labels,
         amplitude_floor=floor,
         dose_axis=axis,
+        guide_means=guide_means,
     )
 
 

@@ -36,6 +36,7 @@ class TransSettings:
     batch_size: int | None = None
     feature_chunk: int | None = None
     n_samples: int = 1000
+    warm_start: bool = True
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> TransSettings:
