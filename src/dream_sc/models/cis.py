@@ -47,7 +47,9 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoMultivariateNormal, init_to_value
+from torch.distributions import transform_to
 
 from .chunked import StepRows
 from .inference import FitResult, run_svi
@@ -68,6 +70,10 @@ N_QUADRATURE = 24
 GRID_POINTS, GRID_HALF_WIDTH = 121, 6.0
 #: Cells per chunk when sampling the per-cell dosage posteriors.
 CELL_CHUNK = 65_536
+#: Cells of the full-data objective of the Laplace start (a fixed subsample above this).
+LAPLACE_MAX_CELLS = 50_000
+#: L-BFGS iterations of the Laplace start.
+LAPLACE_ITERATIONS = 200
 #: Prior of ``log phi_within``: Normal(log phi_step1 + shift, sd), about log-uniform between
 #: ``e^-5`` and 1 times step 1's dispersion (which also holds the dosage spread).
 PHI_WITHIN_PRIOR = (-2.5, 1.5)
@@ -262,6 +268,70 @@ def _initial_values(data: CisData, model: _CisModel) -> dict[str, torch.Tensor]:
     return values
 
 
+def laplace_start(
+    guide: AutoMultivariateNormal, model: _CisModel, seed: int, device: torch.device
+) -> bool:
+    """Move the guide to the Laplace approximation of the posterior (mode and curvature).
+
+    The posterior mode of the guide-level values is found by L-BFGS on the full-data log joint
+    (the cells' dosages integrated out as in the fit; at most :data:`LAPLACE_MAX_CELLS` cells,
+    a seeded subsample beyond), and the guide's covariance is set to the inverse Hessian there.
+    SVI from this start only has to correct the shape of the posterior: the spread of the
+    cells' dosages and the within-cell dispersion trade off along a long, flat ridge that SVI
+    from a small sphere walks along for thousands of steps (``log sigma`` still moving after
+    3,000 steps on the bundled example), while L-BFGS reaches its end in a few dozen
+    iterations. Returns ``False`` (guide untouched) when the mode or the curvature is not
+    usable (non-finite, or a Hessian that is not positive definite).
+    """
+    n_cells = model.n_cells
+    if n_cells > LAPLACE_MAX_CELLS:
+        rng = np.random.Generator(np.random.PCG64([int(seed), 11]))
+        rows = np.sort(rng.choice(n_cells, LAPLACE_MAX_CELLS, replace=False))
+    else:
+        rows = np.arange(n_cells)
+    batch = {"cell_index": torch.as_tensor(rows, device=device), "n_cells": n_cells}
+
+    def neg_log_joint(z: torch.Tensor) -> torch.Tensor:
+        values = {site["name"]: value for site, value in guide._unpack_latent(z)}
+        trace = poutine.trace(poutine.condition(model, data=values)).get_trace(batch)
+        return -trace.log_prob_sum() / n_cells
+
+    z = guide.loc.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS(
+        [z], lr=1.0, max_iter=LAPLACE_ITERATIONS, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = neg_log_joint(z)
+        loss.backward()
+        return loss
+
+    try:
+        optimizer.step(closure)
+        mode = z.detach()
+        hessian = torch.autograd.functional.hessian(neg_log_joint, mode).double() * n_cells
+        hessian = 0.5 * (hessian + hessian.T)
+        cov = torch.linalg.inv(hessian)
+        chol = torch.linalg.cholesky(0.5 * (cov + cov.T))
+    except (RuntimeError, ValueError):  # torch.linalg errors are RuntimeErrors
+        return False
+    if not (torch.isfinite(mode).all() and torch.isfinite(chol).all()):
+        return False
+    sd = torch.diagonal(chol).float()
+    unit = (chol / torch.diagonal(chol)[:, None]).float()
+    store = pyro.get_param_store()
+    with torch.no_grad():
+        for name, value, constraint in (
+            ("loc", mode, constraints.real),
+            ("scale", sd, AutoMultivariateNormal.scale_constraint),
+            ("scale_tril", unit, AutoMultivariateNormal.scale_tril_constraint),
+        ):
+            param = store.get_param(f"{guide._pyro_name}.{name}").unconstrained()
+            param.copy_(transform_to(constraint).inv(value.to(param.device)))
+    return True
+
+
 def _draw_sites(guide: AutoMultivariateNormal, model: _CisModel, batch: dict, n: int, seed: int):
     """``n`` joint posterior draws of every guide-level site (numpy generator, reproducible)."""
     posterior = guide.get_posterior()
@@ -300,8 +370,13 @@ def fit_cis_model(
     n_draws: int = 2000,
     checkpoint: str | None = None,
     checkpoint_every: int | None = None,
+    laplace: bool = True,
 ) -> CisPosterior:
-    """Fit the guide-level cis model by SVI and return joint posterior draws of every site."""
+    """Fit the guide-level cis model by SVI and return joint posterior draws of every site.
+
+    With ``laplace`` the variational posterior starts at the Laplace approximation
+    (:func:`laplace_start`) instead of a small sphere around the moment estimates.
+    """
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     n_cells = data.assignment.shape[0]
@@ -316,6 +391,8 @@ def fit_cis_model(
         model, init_loc_fn=init_to_value(values=_initial_values(data, model)), init_scale=0.05
     )
     guide(make_batch(0))  # creates the variational parameters
+    if laplace:
+        laplace_start(guide, model, seed, device)
 
     def parameters() -> list[torch.Tensor]:
         store = pyro.get_param_store()
