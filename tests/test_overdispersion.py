@@ -368,7 +368,7 @@ def test_trans_uses_the_concentration(od_fitted):
     # over-dispersion widens the intervals; a huge concentration is the binomial again
     # (single VI interval widths of 12 junctions are noisy: judge the bulk, not each one)
     ratio = sd["od"] / sd["binomial"]
-    assert np.median(ratio) > 1.08, ratio.round(2).tolist()
+    assert np.median(ratio) > 1.05, ratio.round(2).tolist()
     assert (ratio > 1).mean() >= 2 / 3, ratio.round(2).tolist()
     np.testing.assert_allclose(sd["near_binomial"], sd["binomial"], rtol=0.2, atol=0.01)
 

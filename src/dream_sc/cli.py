@@ -106,11 +106,11 @@ def demo(out: Path, *, n_steps_scale: float = 1.0, seed: int = 0, figures: bool 
     mdata = ds.datasets.example()
     modalities = ("rna", "splicing", "isoform")
     for mod in modalities:
-        ds.tl.fit_technical(mdata, modality=mod, n_steps=steps(400), seed=seed)
-    ds.tl.fit_cis(mdata, cis_feature="GFI1B", n_steps=steps(1500), seed=seed)
+        ds.tl.fit_technical(mdata, modality=mod, n_steps=steps(200), seed=seed)
+    ds.tl.fit_cis(mdata, cis_feature="GFI1B", n_steps=steps(300), seed=seed)
     for mod in modalities:
         function = "additive_hill" if mod == "rna" else "single_hill"
-        ds.tl.fit_trans(mdata, modality=mod, function=function, n_steps=steps(1000), seed=seed)
+        ds.tl.fit_trans(mdata, modality=mod, function=function, n_steps=steps(300), seed=seed)
     path = out / "results.h5mu"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)

@@ -28,6 +28,7 @@ features, which only makes the start more conservative.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,15 +75,29 @@ class GuidePoints:
         return cls(total / np.maximum(n, 1.0), n, np.asarray(means, dtype=np.float64))
 
 
-def _weights(points: GuidePoints, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per (guide, feature) weights ``1 / noise variance`` and the zero-filled means."""
+def _weights(points: GuidePoints) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (guide, feature) relative weights ``n_g / mean(n)``, zero-filled means, guides used."""
     ok = np.isfinite(points.means)
     y = np.where(ok, points.means, 0.0)
-    n = points.n_cells[:, None]
-    mean_n = float(np.mean(points.n_cells[points.n_cells > 0])) if (points.n_cells > 0).any() else 1
-    sd = (np.asarray(scale, float) / 3.29)[None, :]
-    w = np.where(ok, (n / mean_n) / np.maximum(sd, 1e-6) ** 2, 0.0)
-    return w, y
+    positive = points.n_cells > 0
+    mean_n = float(np.mean(points.n_cells[positive])) if positive.any() else 1.0
+    w = np.where(ok, (points.n_cells / mean_n)[:, None], 0.0)
+    return w, y, ok.sum(0)
+
+
+def _noise_variances(
+    scale: np.ndarray, best_sse: np.ndarray, n_used: np.ndarray, n_params: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Noise variance of a guide mean for the flat-line gate and for choosing the curve.
+
+    The gate uses ``(s / 3.29)^2`` (see the module docstring). The curve is chosen with the
+    residual variance of the best unpenalised fit, between ``(s / 50)^2`` and the gate's
+    value, so clean data are fitted closely while noisy data lean on the priors.
+    """
+    gate = (np.maximum(np.asarray(scale, float), 1e-6) / 3.29) ** 2
+    residual = best_sse / np.maximum(n_used - n_params, 1)
+    choose = np.clip(residual, gate * (3.29 / 50.0) ** 2, gate)
+    return gate, choose
 
 
 def _flat_sse(w: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,64 +107,86 @@ def _flat_sse(w: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_single_hill(points: GuidePoints, priors, scale: np.ndarray) -> dict[str, np.ndarray]:
-    """Best grid Hill curve of every feature: ``eta_ref``, ``v``, ``log_k``, ``n``, ``gain``."""
-    w, y = _weights(points, scale)
-    n_feat = y.shape[1]
+    """Best grid Hill curve of every feature: ``eta_ref``, ``v``, ``log_k``, ``n``, ``gain``.
+
+    ``gain`` is the drop of the weighted sum of squares from a flat line to the chosen curve,
+    in units of the gate's noise variance (:func:`_noise_variances`).
+    """
+    w, y, n_used = _weights(points)
     x = points.log_dose
     lo = priors.log_k_loc - 1.96 * priors.log_k_scale
     hi = priors.log_k_loc + 1.96 * priors.log_k_scale
     flat_mean, flat = _flat_sse(w, y)
-    span = np.nanmax(points.means, 0) - np.nanmin(points.means, 0) if n_feat else np.zeros(0)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN features
+        span = np.nanmax(points.means, 0) - np.nanmin(points.means, 0)
     v_bound = 2.0 * np.nan_to_num(span, nan=0.0) + 1e-6
-    best = np.full(n_feat, np.inf)
-    out = {
-        "eta_ref": flat_mean.copy(),
-        "v": np.zeros(n_feat),
-        "log_k": np.full(n_feat, priors.log_k_loc),
-        "n": np.full(n_feat, 2.0),
-    }
     sw, swy, swyy = w.sum(0), (w * y).sum(0), (w * y * y).sum(0)
-    for log_k in np.linspace(lo, hi, GRID_K):
-        for hill_n in GRID_N:
-            h = _sigmoid(hill_n * (x - log_k)) - _sigmoid(hill_n * (priors.log_x_ref - log_k))
-            hc = h[:, None]
-            swh, swhh, swhy = (w * hc).sum(0), (w * hc * hc).sum(0), (w * hc * y).sum(0)
-            det = sw * swhh - swh**2
-            good = det > 1e-9 * np.maximum(sw * swhh, 1e-300)
-            v = np.where(good, (sw * swhy - swh * swy) / np.where(good, det, 1.0), 0.0)
-            a = (swy - v * swh) / np.maximum(sw, 1e-300)
-            sse = swyy - a * swy - v * swhy
-            penalty = ((log_k - priors.log_k_loc) / priors.log_k_scale) ** 2 + (
-                (np.log(hill_n) - np.log(2.0)) / 0.6
-            ) ** 2
-            score = np.where(good & (np.abs(v) <= v_bound), sse + penalty, np.inf)
-            take = score < best
-            best = np.where(take, score, best)
-            out["eta_ref"] = np.where(take, a, out["eta_ref"])
-            out["v"] = np.where(take, v, out["v"])
-            out["log_k"] = np.where(take, log_k, out["log_k"])
-            out["n"] = np.where(take, hill_n, out["n"])
-    out["gain"] = np.where(np.isfinite(best), flat - best, 0.0)
-    return out
+    grid = [(k, n) for k in np.linspace(lo, hi, GRID_K) for n in GRID_N]
+    sse = np.full((len(grid), y.shape[1]), np.inf)
+    a_all, v_all = np.zeros_like(sse), np.zeros_like(sse)
+    for p, (log_k, hill_n) in enumerate(grid):
+        h = _sigmoid(hill_n * (x - log_k)) - _sigmoid(hill_n * (priors.log_x_ref - log_k))
+        hc = h[:, None]
+        swh, swhh, swhy = (w * hc).sum(0), (w * hc * hc).sum(0), (w * hc * y).sum(0)
+        det = sw * swhh - swh**2
+        good = det > 1e-9 * np.maximum(sw * swhh, 1e-300)
+        v = np.where(good, (sw * swhy - swh * swy) / np.where(good, det, 1.0), 0.0)
+        a = (swy - v * swh) / np.maximum(sw, 1e-300)
+        fit_sse = np.maximum(swyy - a * swy - v * swhy, 0.0)
+        sse[p] = np.where(good & (np.abs(v) <= v_bound), fit_sse, np.inf)
+        a_all[p], v_all[p] = a, v
+    best_sse = np.min(sse, axis=0)
+    usable = np.isfinite(best_sse)
+    gate, choose = _noise_variances(scale, np.where(usable, best_sse, flat), n_used, 3)
+    penalty = np.array(
+        [
+            ((k - priors.log_k_loc) / priors.log_k_scale) ** 2
+            + ((np.log(n) - np.log(2.0)) / 0.6) ** 2
+            for k, n in grid
+        ]
+    )
+    pick = np.argmin(sse / choose + penalty[:, None], axis=0)
+    cols = np.arange(y.shape[1])
+    k_grid = np.array([k for k, _ in grid])
+    n_grid = np.array([n for _, n in grid])
+    return {
+        "eta_ref": np.where(usable, a_all[pick, cols], flat_mean),
+        "v": np.where(usable, v_all[pick, cols], 0.0),
+        "log_k": np.where(usable, k_grid[pick], priors.log_k_loc),
+        "n": np.where(usable, n_grid[pick], 2.0),
+        "gain": np.where(usable, (flat - sse[pick, cols]) / gate, 0.0),
+    }
 
 
 def fit_polynomial(points: GuidePoints, priors, scale: np.ndarray) -> dict[str, np.ndarray]:
-    """Ridge fit ``eta_ref + sum_d c_d u^d`` of every feature: ``eta_ref``, ``coef``, ``gain``."""
-    w, y = _weights(points, scale)
+    """Ridge fit ``eta_ref + sum_d c_d u^d`` of every feature: ``eta_ref``, ``coef``, ``gain``.
+
+    The ridge is the coefficients' prior scale ``s`` against the noise variance chosen as for
+    the Hill curves (:func:`_noise_variances`); ``gain`` as for :func:`fit_single_hill`.
+    """
+    w, y, n_used = _weights(points)
     unit = float(np.log(2.0)) * priors.half_range
     u = (points.log_dose - priors.log_x_ref) / unit
     design = np.stack([u**d for d in range(priors.degree + 1)], axis=1)  # [G, D+1]
-    s2 = np.maximum(np.asarray(scale, float), 1e-6) ** 2
+    scale = np.maximum(np.asarray(scale, float), 1e-6)
     gram = np.einsum("gt,gi,gj->tij", w, design, design)
-    ridge = np.zeros_like(gram)
-    idx = np.arange(1, priors.degree + 1)
-    ridge[:, idx, idx] = 1.0 / s2[:, None]
-    ridge[:, 0, 0] = 1e-9
     rhs = np.einsum("gt,gi,gt->ti", w, design, y)
-    beta = np.linalg.solve(gram + ridge, rhs[..., None])[..., 0]
-    resid = y - design @ beta.T
+    eye = np.eye(priors.degree + 1)
+
+    def solve(ridge_diag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ridge = ridge_diag[:, :, None] * eye
+        beta = np.linalg.solve(gram + ridge, rhs[..., None])[..., 0]
+        return beta, (w * (y - design @ beta.T) ** 2).sum(0)
+
+    tiny = np.full((len(scale), priors.degree + 1), 1e-9)
+    _, plain_sse = solve(tiny * gram.diagonal(axis1=1, axis2=2).max(1, keepdims=True))
+    gate, noise = _noise_variances(scale, plain_sse, n_used, priors.degree + 1)
+    ridge = np.repeat((noise / scale**2)[:, None], priors.degree + 1, axis=1)
+    ridge[:, 0] = 1e-9 * gram[:, 0, 0]
+    beta, sse = solve(ridge)
     _, flat = _flat_sse(w, y)
-    return {"eta_ref": beta[:, 0], "coef": beta[:, 1:], "gain": flat - (w * resid**2).sum(0)}
+    return {"eta_ref": beta[:, 0], "coef": beta[:, 1:], "gain": (flat - sse) / gate}
 
 
 def _sigmoid(a: np.ndarray | float) -> np.ndarray:

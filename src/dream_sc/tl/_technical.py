@@ -56,7 +56,7 @@ def fit_technical(
     layer: str | None = None,
     reference_group: str | None = None,
     use_all_cells: bool = False,
-    n_steps: int = 400,
+    n_steps: int = 200,
     lr: float = 0.05,
     batch_size: int | None = None,
     feature_chunk: int | None = None,

@@ -83,7 +83,7 @@ def fit_trans(
     test: bool = True,
     n_permutations: int = DEFAULT_N_PERMUTATIONS,
     alpha: float = 0.1,
-    n_steps: int = 1000,
+    n_steps: int = 300,
     lr: float = 0.03,
     batch_size: int | None = None,
     feature_chunk: int | None = None,

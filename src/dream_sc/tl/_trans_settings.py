@@ -31,7 +31,7 @@ class TransSettings:
     features: tuple[str, ...] | None = None
     min_cells: int = 0
     seed: int = 0
-    n_steps: int = 1000
+    n_steps: int = 300
     lr: float = 0.03
     batch_size: int | None = None
     feature_chunk: int | None = None
