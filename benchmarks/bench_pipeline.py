@@ -22,6 +22,7 @@ import argparse
 import os
 import platform
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -46,6 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-test", action="store_true", help="skip the permutation test")
     p.add_argument("--use-dose-mean", action="store_true", help="fit_trans fast path")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--depth", type=float, default=1.0, help="simulate_screen depth (zeros)")
+    p.add_argument("--frac-responsive", type=float, default=0.3)
+    p.add_argument("--max-memory-gb", type=float, default=None, help="settings.max_memory_gb")
+    p.add_argument("--no-refine", action="store_true", help="fit_trans(refine_intervals=False)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="also write the markdown table here")
     return p.parse_args(argv)
@@ -55,9 +60,35 @@ def _steps(value: int | None) -> dict:
     return {} if value is None else {"n_steps": value}
 
 
+class TransSplit:
+    """Wall seconds of the trans sub-steps (SVI, summaries, interval refinement)."""
+
+    def __init__(self) -> None:
+        from dream_sc.tl import _trans, _trans_job
+
+        self.seconds: dict[str, float] = {}
+        job = _trans_job.TransJob
+        job.fit = self._timed(job.fit, "svi")
+        job.summarise = self._timed(job.summarise, "summaries")
+        _trans.refined_columns = self._timed(_trans.refined_columns, "refinement")
+
+    def _timed(self, func, label):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - start
+
+        return timed
+
+
 def run(args: argparse.Namespace) -> pd.DataFrame:
     torch.set_num_threads(args.threads)
     ds.settings.progress_bar = False
+    if args.max_memory_gb is not None:
+        ds.settings.max_memory_gb = args.max_memory_gb
+    split = TransSplit()
     rows = []
 
     def record(step: str, mem: PeakRSS) -> None:
@@ -80,7 +111,13 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
 
     with PeakRSS() as mem:
         mdata = ds.datasets.simulate_screen(
-            n_cells=args.cells, n_genes=args.genes, n_junctions=0, n_isoform_genes=0, seed=args.seed
+            n_cells=args.cells,
+            n_genes=args.genes,
+            n_junctions=0,
+            n_isoform_genes=0,
+            seed=args.seed,
+            depth=args.depth,
+            frac_responsive=args.frac_responsive,
         )
     record("simulate", mem)
     cis = mdata.uns["truth"]["cis_feature"]
@@ -107,11 +144,20 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
                 function=args.function,
                 test=False,
                 use_dose_mean=args.use_dose_mean,
+                refine_intervals=not args.no_refine,
                 seed=args.seed,
                 **_steps(args.steps_trans),
             )
         record("fit_trans", mem)
         print("  plan:", dict(rna.uns["dream_trans"]["plan"]))
+        n_steps = int(rna.uns["dream_trans"]["params"]["n_steps"])
+        refined = int(ds.get.trans_results(mdata)["refined"].fillna(False).astype(bool).sum())
+        print(
+            "  trans split (wall s): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in split.seconds.items())
+            + f"; {split.seconds.get('svi', 0.0) / n_steps * 1e3:.0f} ms per SVI step; "
+            f"{refined} features refined"
+        )
         if not args.no_test:
             with PeakRSS() as mem:
                 ds.tl.test_trans(mdata)

@@ -341,3 +341,34 @@ def test_n_refine_draws_is_validated_before_any_work(fitted, bad):
     ):
         ds.tl.fit_trans(fitted, n_refine_draws=bad, key_added="never")
     assert set(fitted["rna"].varm) == before
+
+
+@pytest.mark.parametrize("function", ["single_hill", "additive_hill"])
+@pytest.mark.parametrize("mean_link", [None, "log", "logit"])
+@pytest.mark.parametrize("uncertain", [True, False])
+def test_in_place_hill_curve_equals_evaluate_curve(function, mean_link, uncertain):
+    """The refinement's in-place curve is ``offset + evaluate_curve`` to float32 rounding."""
+    from dream_sc.models.curves import evaluate_curve
+    from dream_sc.models.refine import add_hill_curve
+    from dream_sc.models.trans import TransPriors
+
+    gen = torch.Generator().manual_seed(3)
+    n_cells, n_feat = 300, 7
+    params = {
+        "eta_ref": torch.randn(n_feat, generator=gen),
+        "v1": 2 * torch.randn(n_feat, generator=gen),
+        "log_k1": 0.5 * torch.randn(n_feat, generator=gen) + 1.0,
+        "n1": torch.rand(n_feat, generator=gen) * 3 + 0.5,
+        "v2": torch.randn(n_feat, generator=gen),
+        "log_k2": 0.5 * torch.randn(n_feat, generator=gen) + 2.0,
+        "n2": torch.rand(n_feat, generator=gen) * 3 + 0.5,
+    }
+    log_x = torch.randn(n_cells, generator=gen) + 1.5
+    log_x_var = torch.rand(n_cells, generator=gen) * 0.4 if uncertain else None
+    offset = torch.randn(n_cells, n_feat, generator=gen)
+    priors = TransPriors(np.zeros(n_feat), np.ones(n_feat), 1.0, 0.5, 0.0, 2.2, 1.5, 3)
+    expected = offset + evaluate_curve(
+        function, params, log_x, priors.log_x_ref, priors.half_range, log_x_var, mean_link
+    )
+    got = add_hill_curve(offset.clone(), function, params, log_x, log_x_var, priors, mean_link)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)

@@ -294,10 +294,13 @@ def test_results_do_not_depend_on_feature_or_cell_order(fitted):
         a = reference["rna"].varm[key]
         b = shuffled["rna"].varm[key].loc[names]
         num = a.select_dtypes("number").columns
-        # a refinement with a tiny effective sample size is itself noisy (documented below
-        # ESS ~50): summation order can move its resampled quantiles by a few percent
-        noisy = a["refine_ess"].to_numpy() < 50 if "refine_ess" in a else np.zeros(len(a), bool)
-        for rows, rtol in ((~noisy, 2e-3), (noisy, 5e-2)):
+        # the refinement resamples its weighted draws: a 1e-6 difference of the posterior (from
+        # float32 sums in another cell order) can swap single draws, moving a refined
+        # feature's quantiles at Monte Carlo precision (more below ESS ~50, as documented)
+        ess = a["refine_ess"].to_numpy() if "refine_ess" in a else np.full(len(a), np.nan)
+        noisy, refined = ess < 50, np.isfinite(ess) & (ess >= 50)
+        plain = ~(noisy | refined)
+        for rows, rtol in ((plain, 2e-3), (refined, 2e-2), (noisy, 5e-2)):
             np.testing.assert_allclose(
                 a.loc[rows, num].to_numpy(float),
                 b.loc[rows, num].to_numpy(float),

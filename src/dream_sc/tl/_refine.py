@@ -26,8 +26,10 @@ logger = logging.getLogger("dream_sc")
 
 #: Features with at least this posterior probability of a response are refined.
 REFINE_MIN_PROB = 0.5
-#: Features refined together (memory: one ``[cells, chunk]`` predictor per draw).
+#: Features refined together (memory: one ``[cells, chunk]`` predictor per draw)...
 REFINE_CHUNK = 256
+#: ...at most this many cells x features, so a chunk's offsets and data stay cached (32 MB).
+REFINE_CHUNK_ENTRIES = 8_000_000
 #: Variational draws the first proposal is moment-matched to.
 START_DRAWS = 500
 
@@ -70,8 +72,9 @@ def refined_columns(
         return out
     keys = job.keys
     rounds = (n_draws // 4, n_draws // 4)
-    for start in range(0, len(selected), REFINE_CHUNK):
-        idx = selected[start : start + REFINE_CHUNK]
+    chunk = int(np.clip(REFINE_CHUNK_ENTRIES // max(len(job.rows), 1), 16, REFINE_CHUNK))
+    for start in range(0, len(selected), chunk):
+        idx = selected[start : start + chunk]
         latent = draw_latent(loc, scale, idx, START_DRAWS, job.seed, keys, corr)
         begin = to_curve_coordinates(job.function, latent, job.priors.amplitude_scale[idx])
         target = trans_log_target(

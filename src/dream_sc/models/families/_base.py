@@ -275,7 +275,11 @@ class Family:
         return torch.full_like(v, 0.5)
 
     def dense_kernel(self, gathered: tuple, noise: dict) -> Callable | None:
-        """Dense float64 log-likelihood of a cell block up to curve-free terms, or ``None``."""
+        """Dense float64 log-likelihood of a cell block up to curve-free terms, or ``None``.
+
+        The returned kernel may overwrite its ``eta`` argument (the refinement hands it a
+        scratch block).
+        """
         return None
 
     def cells_with_data(self, X, *, total, group_index) -> np.ndarray:

@@ -245,9 +245,13 @@ class Binomial(Family):
             return None
         y, total = gathered
         k, n = _dense(y), _dense(total)
-        return lambda eta: (k * eta - n * torch.nn.functional.softplus(eta)).sum(
-            0, dtype=torch.float64
-        )
+
+        def kernel(eta: torch.Tensor) -> torch.Tensor:
+            ll = k * eta
+            ll.sub_(torch.nn.functional.softplus(eta).mul_(n))
+            return ll.sum(0, dtype=torch.float64)
+
+        return kernel
 
     def cells_with_data(self, X, *, total, group_index):
         """Cells with at least one trial."""

@@ -250,13 +250,21 @@ class NegBinom(Family):
         return torch.where(small, 0.5 + v / 8.0, h)
 
     def dense_kernel(self, gathered, noise):
-        """``y x - (y + r) softplus(x)`` with ``x = eta - log r`` (``lgamma`` terms constant)."""
+        """``y x - (y + r) softplus(x)`` with ``x = eta - log r`` (``lgamma`` terms constant).
+
+        The kernel overwrites ``eta`` (three passes over the block instead of seven).
+        """
         y, _ = gathered
         counts, log_r = _dense(y), noise["log_r"]
-        r = log_r.exp()
-        return lambda eta: (
-            counts * (eta - log_r) - (counts + r) * torch.nn.functional.softplus(eta - log_r)
-        ).sum(0, dtype=torch.float64)
+        weight = counts + log_r.exp()
+
+        def kernel(eta: torch.Tensor) -> torch.Tensor:
+            x = eta.sub_(log_r)
+            ll = counts * x
+            ll.sub_(torch.nn.functional.softplus(x).mul_(weight))
+            return ll.sum(0, dtype=torch.float64)
+
+        return kernel
 
     def observed_parts(self, X, *, total, size_factor):
         """Counts over the size factor."""
