@@ -313,3 +313,47 @@ def test_features_and_min_cells_reach_every_target():
             features=names,
             **{**SETTINGS, "trans_kwargs": {**SETTINGS["trans_kwargs"], "features": names}},
         )
+
+
+def test_parallel_targets_equal_a_serial_run_with_one_thread(monkeypatch):
+    """n_jobs=2 (one torch thread per worker) writes exactly what a serial 1-thread run writes,
+    in the same layout, and checkpoints every target."""
+    import torch
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(ds.settings, "torch_threads", 1)
+    serial = _screen_data()
+    torch.set_num_threads(1)
+    try:
+        ds.tl.fit_screen(serial, **SETTINGS)
+    finally:
+        torch.set_num_threads(threads)
+    parallel = _screen_data()
+    ds.tl.fit_screen(parallel, n_jobs=2, **SETTINGS)
+    for target in serial.uns["dream_screen"]["targets"]:
+        _assert_target_equal(serial, parallel, target)
+    assert list(serial.obs.columns) == list(parallel.obs.columns)
+    assert list(serial["rna"].varm) == list(parallel["rna"].varm)
+    timings = parallel.uns["dream_screen"]["timings"]
+    assert list(timings.index) == ["GEMIN5", "GFI1B"] and (timings["seconds"] > 0).all()
+
+
+def test_parallel_run_resumes_from_its_checkpoint(tmp_path):
+    first = _screen_data()
+    ds.tl.fit_screen(first, n_jobs=2, checkpoint=str(tmp_path / "ckpt"), **SETTINGS)
+    again = _screen_data()
+    ds.tl.fit_screen(again, n_jobs=2, checkpoint=str(tmp_path / "ckpt"), **SETTINGS)
+    assert again.uns["dream_screen"]["timings"]["from_checkpoint"].all()
+    for target in first.uns["dream_screen"]["targets"]:
+        _assert_target_equal(first, again, target)
+
+
+def test_n_jobs_is_checked_before_any_work():
+    mdata = _screen_data()
+    before = (set(mdata.uns), set(mdata.obs.columns))
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="n_jobs must be a positive integer or -1"):
+            ds.tl.fit_screen(mdata, n_jobs=bad, **SETTINGS)
+    with pytest.raises(ValueError, match="with backend='dask' the cluster already runs"):
+        ds.tl.fit_screen(mdata, n_jobs=2, backend="dask", **SETTINGS)
+    assert (set(mdata.uns), set(mdata.obs.columns)) == before

@@ -31,6 +31,7 @@ from ._screen_checks import (
     _technical_matches,
     target_seed,
 )
+from ._screen_parallel import check_n_jobs, default_threads, fit_targets_in_parallel
 from ._screen_store import Checkpoint, apply, capture, drop, fingerprint
 from ._technical import fit_technical
 from ._trans import feature_names, fit_trans
@@ -69,6 +70,7 @@ def fit_screen(
     checkpoint: str | None = None,
     backend: str = "local",
     client: Any = None,
+    n_jobs: int = 1,
     copy: bool = False,
 ) -> MuData | None:
     """Fit every target of a low-MOI screen: one technical fit, then cis + trans per target.
@@ -141,6 +143,13 @@ def fit_screen(
     backend, client
         ``"local"`` (default) or ``"dask"`` with a ``dask.distributed`` client, passed to the
         technical and trans fits (needs a dream_sc whose fits take them).
+    n_jobs
+        Fit this many targets at a time in worker processes (``-1``: one per CPU; local
+        backend only), each with ``settings.torch_threads`` torch threads (default: this
+        process's threads shared out, at least one). Results are identical to a serial run
+        with the same number of torch threads per fit; on 2 cores ``n_jobs=2`` fits a small
+        screen about 1.5x faster (the workers read the screen from a temporary h5mu file
+        once, see :doc:`/screens`).
     copy
         Return a fitted copy instead of writing in place.
 
@@ -178,6 +187,8 @@ def fit_screen(
             f"is {distribution}."
         )
     backend_kw = _backend_kwargs(backend, client)
+    n_jobs = check_n_jobs(n_jobs, backend)
+    threads = int(settings.torch_threads or default_threads(n_jobs))
     technical_kwargs = _check_kwargs(technical_kwargs, fit_technical, "technical_kwargs")
     cis_kwargs = _check_kwargs(cis_kwargs, fit_cis, "cis_kwargs")
     trans_kwargs = _check_kwargs(trans_kwargs, fit_trans, "trans_kwargs")
@@ -251,7 +262,7 @@ def fit_screen(
             {
                 k: v
                 for k, v in params.items()
-                if k not in ("progress", "copy", "checkpoint", "seed", "targets")
+                if k not in ("progress", "copy", "checkpoint", "seed", "targets", "n_jobs")
             }
         ),
     }
@@ -286,6 +297,8 @@ def fit_screen(
             manifest=manifest,
             prefixes=prefixes,
             show=resolve_progress(progress),
+            n_jobs=n_jobs,
+            threads=threads,
         )
     except BaseException:
         if not copy:
@@ -327,6 +340,8 @@ def _run(
     manifest,
     prefixes,
     show,
+    n_jobs=1,
+    threads=1,
 ) -> dict:
     """The fits themselves (validated input); returns the screen record without settings."""
     if store is not None:
@@ -348,42 +363,70 @@ def _run(
         pieces = capture(mdata, modality, technical_key_added, prefixes)
         store.save("__technical__", {"pieces": pieces, "seconds": tech_seconds})
     # step 2 + 3 per target
-    rows, seeds = [], {}
-    bar = tqdm(chosen, desc="fit_screen", unit="target", disable=not show)
-    for target in bar:
-        bar.set_postfix_str(target)
-        seeds[target] = target_seed(seed, target)
+    seeds = {t: target_seed(seed, t) for t in chosen}
+    rows: dict[str, dict] = {}
+    bar = tqdm(total=len(chosen), desc="fit_screen", unit="target", disable=not show)
+    todo = []
+    for target in chosen:
         saved = store.load(target) if store is not None else None
-        if saved is not None:
-            for key in (cis_keys[target], trans_keys[target]):
-                drop(mdata, modality, key, prefixes)
-            apply(mdata, modality, saved["pieces"])
-            rows.append({**saved["timing"], "from_checkpoint": True})
+        if saved is None:
+            todo.append(target)
             continue
-        timing = _fit_target(
-            mdata,
-            modality=modality,
-            target=target,
-            feature=features[target],
-            function=function,
-            steps=steps,
-            common=common,
-            seed=seeds[target],
-            technical_key_added=technical_key_added,
-            cis_key=cis_keys[target],
-            trans_key=trans_keys[target],
-            cis_kwargs=cis_kwargs,
-            trans_kwargs=trans_kwargs,
-            backend_kw=backend_kw,
-        )
+        for key in (cis_keys[target], trans_keys[target]):
+            drop(mdata, modality, key, prefixes)
+        apply(mdata, modality, saved["pieces"])
+        rows[target] = {**saved["timing"], "from_checkpoint": True}
+        bar.update()
+
+    def target_kwargs(target: str) -> dict:
+        return {
+            "modality": modality,
+            "feature": features[target],
+            "function": function,
+            "steps": steps,
+            "common": common,
+            "seed": seeds[target],
+            "technical_key_added": technical_key_added,
+            "cis_key": cis_keys[target],
+            "trans_key": trans_keys[target],
+            "cis_kwargs": cis_kwargs,
+            "trans_kwargs": trans_kwargs,
+            "backend_kw": backend_kw,
+        }
+
+    def finished(target: str, pieces: dict | None, timing: dict) -> None:
         if store is not None:
-            pieces = {}
-            for key in (cis_keys[target], trans_keys[target]):
-                for where, entries in capture(mdata, modality, key, prefixes).items():
-                    pieces.setdefault(where, {}).update(entries)
+            if pieces is None:
+                pieces = {}
+                for key in (cis_keys[target], trans_keys[target]):
+                    for where, entries in capture(mdata, modality, key, prefixes).items():
+                        pieces.setdefault(where, {}).update(entries)
             store.save(target, {"pieces": pieces, "timing": timing})
-        rows.append({**timing, "from_checkpoint": False})
+        rows[target] = {**timing, "from_checkpoint": False}
+        bar.set_postfix_str(target)
+        bar.update()
+
+    if n_jobs > 1 and len(todo) > 1:
+        results = {}
+        for target, pieces, timing in fit_targets_in_parallel(
+            mdata,
+            todo,
+            n_jobs=n_jobs,
+            threads=threads,
+            fit_one=_fit_target,
+            keys=lambda t: (cis_keys[t], trans_keys[t]),
+            kwargs=lambda t: {**target_kwargs(t), "prefixes": list(prefixes)},
+        ):
+            results[target] = pieces
+            finished(target, pieces, timing)
+        for target in todo:  # written in target order: the same layout as a serial run
+            apply(mdata, modality, results[target])
+    else:
+        for target in todo:
+            bar.set_postfix_str(target)
+            finished(target, None, _fit_target(mdata, target=target, **target_kwargs(target)))
     bar.close()
+    rows = [rows[t] for t in chosen]
     timings = pd.DataFrame(rows, index=pd.Index(chosen, name="target"))
     return {
         "targets": list(chosen),

@@ -1,0 +1,150 @@
+"""Targets of a screen fitted in parallel worker processes (``fit_screen(n_jobs=...)``).
+
+Targets are independent given the technical fit, and a target's fit writes only entries under
+its own keys, so a worker can fit a target on its own copy of the screen and hand back exactly
+those entries (:func:`~dream_sc.tl._screen_store.capture`); the calling process writes them in
+target order. Workers read the screen once from an h5mu file written for them (a MuData is not
+sent through a pipe) and use ``threads`` torch threads each. They are started by a fork server
+where the platform has one (dream_sc is imported there once, then forked), else spawned.
+
+On 2 cores the small fits of a screen keep one core busy much better than two threads keep two
+cores busy, so two single-threaded workers fit two targets in about the time one two-threaded
+process fits one.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from mudata import MuData
+
+_WORKER: dict[str, Any] = {}
+
+
+def default_threads(n_jobs: int) -> int:
+    """Torch threads per worker: the process's threads shared out, at least one."""
+    import torch
+
+    return max(1, torch.get_num_threads() // n_jobs)
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["dream_sc"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _init_worker(path: str, threads: int) -> None:
+    import mudata
+    import torch
+
+    from .._settings import settings
+
+    torch.set_num_threads(threads)
+    settings.torch_threads = threads
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        _WORKER["mdata"] = mudata.read_h5mu(path)
+
+
+def _fit_in_worker(fit_one: Callable, target: str, keys: Sequence[str], kwargs: dict) -> tuple:
+    """Fit ``target`` on the worker's screen; return its entries and timing, then drop them."""
+    from ._screen_store import capture, drop
+
+    mdata = _WORKER["mdata"]
+    modality, prefixes = kwargs["modality"], kwargs.pop("prefixes")
+    timing = fit_one(mdata, target=target, **kwargs)
+    pieces: dict[str, dict] = {}
+    for key in keys:
+        for where, entries in capture(mdata, modality, key, prefixes).items():
+            pieces.setdefault(where, {}).update(entries)
+        drop(mdata, modality, key, prefixes)
+    return pieces, timing
+
+
+def fit_targets_in_parallel(
+    mdata: MuData,
+    targets: Sequence[str],
+    *,
+    n_jobs: int,
+    threads: int,
+    fit_one: Callable,
+    keys: Callable[[str], Sequence[str]],
+    kwargs: Callable[[str], dict],
+) -> Iterator[tuple[str, dict, dict]]:
+    """Fit ``targets`` in ``n_jobs`` worker processes.
+
+    Parameters
+    ----------
+    mdata
+        The screen after its technical fit (written once to a temporary h5mu for the workers).
+    targets
+        Targets to fit.
+    n_jobs, threads
+        Worker processes and torch threads per worker.
+    fit_one
+        Module-level function ``fit_one(mdata, target=..., **kwargs) -> timing`` (picklable).
+    keys
+        The result keys a target's fit writes.
+    kwargs
+        Keyword arguments of ``fit_one`` per target (with ``prefixes``: every key of the run).
+
+    Yields
+    ------
+    ``(target, pieces, timing)`` as targets finish (any order).
+    """
+    folder = tempfile.mkdtemp(prefix="dream_sc_screen_")
+    path = str(Path(folder) / "screen.h5mu")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            mdata.write(path)
+        workers = min(n_jobs, len(targets))
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=_context(),
+            initializer=_init_worker,
+            initargs=(path, threads),
+        ) as pool:
+            pending = {
+                pool.submit(_fit_in_worker, fit_one, t, list(keys(t)), kwargs(t)): t
+                for t in targets
+            }
+            try:
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        target = pending.pop(future)
+                        pieces, timing = future.result()
+                        yield target, pieces, timing
+            finally:
+                for future in pending:
+                    future.cancel()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def check_n_jobs(n_jobs: Any, backend: str) -> int:
+    """``n_jobs`` as a positive int (``-1``: every CPU); only with the local backend."""
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int):
+        raise ValueError(f"n_jobs must be a positive integer or -1; got {n_jobs!r}.")
+    if n_jobs == -1:
+        n_jobs = os.cpu_count() or 1
+    if n_jobs < 1:
+        raise ValueError(f"n_jobs must be a positive integer or -1; got {n_jobs!r}.")
+    if n_jobs > 1 and backend != "local":
+        raise ValueError(
+            "n_jobs > 1 fits targets in local worker processes; with backend='dask' the "
+            "cluster already runs the feature chunks in parallel: leave n_jobs=1."
+        )
+    return n_jobs
