@@ -178,3 +178,17 @@ def test_cis_record_holds_updated_technical_effects_and_guide_worlds(cis_fitted)
     )
     phi1, phi = rec["dispersion_step1"], rec["dispersion_within_cell"]
     assert 0 < phi < phi1
+
+
+def test_grid_kernel_differs_from_the_nb_log_pmf_by_a_per_cell_constant():
+    """The per-cell grid weights drop the dosage-free lgamma terms: same softmax."""
+    y = torch.tensor([[0.0], [3.0], [40.0]])
+    eta = torch.linspace(-3.0, 4.0, 11)[None, :].expand(3, 11)
+    log_r = torch.tensor(0.7)
+    full = C.nb_log_pmf(y, eta, log_r)
+    lean = C._nb_grid_kernel(y, eta, log_r)
+    offset = full - lean
+    np.testing.assert_allclose(offset.numpy(), offset[:, :1].expand(3, 11).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        torch.softmax(full, -1).numpy(), torch.softmax(lean, -1).numpy(), atol=1e-5
+    )  # float32: the lean weights skip the rounding of large lgamma values
