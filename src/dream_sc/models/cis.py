@@ -74,7 +74,7 @@ CELL_CHUNK = 65_536
 LAPLACE_MAX_CELLS = 50_000
 #: L-BFGS iterations of the Laplace start, then damped Newton steps to polish the mode.
 LAPLACE_ITERATIONS = 200
-LAPLACE_NEWTON_STEPS = 4
+LAPLACE_NEWTON_STEPS = 10
 #: Prior of ``log phi_within``: Normal(log phi_step1 + shift, sd), about log-uniform between
 #: ``e^-5`` and 1 times step 1's dispersion (which also holds the dosage spread).
 PHI_WITHIN_PRIOR = (-2.5, 1.5)
@@ -333,14 +333,20 @@ def laplace_start(
 
 
 def _newton_polish(objective, z: torch.Tensor, n_iter: int = LAPLACE_NEWTON_STEPS):
-    """Damped Newton steps from ``z`` (L-BFGS stalls on the flat float32 ridge).
+    """Damped chord-Newton steps from ``z`` (L-BFGS stalls on the flat float32 ridge).
 
-    Returns the mode and the (symmetrised, float64) Hessian of ``objective`` there.
+    The Hessian is computed once at the start and reused by every step (each step then costs
+    one gradient), and once more at the end. Returns the mode and the (symmetrised, float64)
+    Hessian of ``objective`` there.
     """
+
+    def hessian_at(point: torch.Tensor) -> torch.Tensor:
+        h = torch.autograd.functional.hessian(objective, point).double()
+        return 0.5 * (h + h.T)
+
+    hessian = hessian_at(z)
     value = float(objective(z))
     for _ in range(n_iter):
-        hessian = torch.autograd.functional.hessian(objective, z).double()
-        hessian = 0.5 * (hessian + hessian.T)
         zz = z.clone().requires_grad_(True)
         grad = torch.autograd.grad(objective(zz), zz)[0].double()
         step = torch.linalg.solve(hessian, grad).to(z.dtype)
@@ -352,8 +358,7 @@ def _newton_polish(objective, z: torch.Tensor, n_iter: int = LAPLACE_NEWTON_STEP
                 break
         else:
             break
-    hessian = torch.autograd.functional.hessian(objective, z).double()
-    return z, 0.5 * (hessian + hessian.T)
+    return z, hessian_at(z)
 
 
 def _draw_sites(guide: AutoMultivariateNormal, model: _CisModel, batch: dict, n: int, seed: int):
