@@ -194,6 +194,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="a simulated screen instead of the example (guides per target; 25%% NTC cells)",
     )
     p.add_argument("--depth", type=float, default=1.0, help="simulate_screen depth (--simulate)")
+    p.add_argument(
+        "--n-jobs",
+        type=int,
+        default=1,
+        help="fit_screen(n_jobs=): targets in worker processes (sub-steps then not split)",
+    )
     return p.parse_args(argv)
 
 
@@ -223,7 +229,8 @@ def main(argv=None) -> None:
             flush=True,
         )
     timer = StepTimer()
-    instrument(timer)
+    if args.n_jobs == 1:  # the wrapped pieces cannot be sent to worker processes
+        instrument(timer)
     trans_kwargs = {}
     if args.permutations is not None:
         trans_kwargs["n_permutations"] = args.permutations
@@ -245,6 +252,7 @@ def main(argv=None) -> None:
             seed=args.seed,
             trans_kwargs=trans_kwargs,
             progress=False,
+            n_jobs=args.n_jobs,
             **kwargs,
         )
     screen = ds.get.screen_results(mdata, modality="rna", alpha=args.alpha)
@@ -252,9 +260,10 @@ def main(argv=None) -> None:
     print(
         f"\nexclusive wall seconds per target and sub-step (fit_screen total {mem.seconds:.1f} s)"
     )
-    print(markdown_table(timer.frame(), floatfmt=".1f"))
-    print("\nexclusive CPU seconds (process time, all threads; less sensitive to other load)")
-    print(markdown_table(timer.frame(cpu=True), floatfmt=".1f"))
+    if args.n_jobs == 1:
+        print(markdown_table(timer.frame(), floatfmt=".1f"))
+        print("\nexclusive CPU seconds (process time, all threads; less sensitive to other load)")
+        print(markdown_table(timer.frame(cpu=True), floatfmt=".1f"))
     print(
         f"\npeak RSS {mem.peak_gb:.2f} GB (start {mem.start_gb:.2f} GB), CPU {mem.cpu_seconds:.0f} s,"
         f" load average {mem.load[0]:.1f} -> {mem.load[1]:.1f}"

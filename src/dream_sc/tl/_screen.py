@@ -147,9 +147,11 @@ def fit_screen(
         Fit this many targets at a time in worker processes (``-1``: one per CPU; local
         backend only), each with ``settings.torch_threads`` torch threads (default: this
         process's threads shared out, at least one). Results are identical to a serial run
-        with the same number of torch threads per fit; on 2 cores ``n_jobs=2`` fits a small
-        screen about 1.5x faster (the workers read the screen from a temporary h5mu file
-        once, see :doc:`/screens`).
+        with the same number of torch threads per fit. Worth it where a machine has more
+        cores than one fit keeps busy (or when the machine is shared, where multi-threaded
+        torch wastes time waiting): on an idle 2-core machine two single-threaded workers
+        were no faster than one two-threaded process (example screen: 29.1 s against
+        28.3 s). The workers read the screen from a temporary h5mu file once.
     copy
         Return a fitted copy instead of writing in place.
 

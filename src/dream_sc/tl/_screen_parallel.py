@@ -7,9 +7,10 @@ target order. Workers read the screen once from an h5mu file written for them (a
 sent through a pipe) and use ``threads`` torch threads each. They are started by a fork server
 where the platform has one (dream_sc is imported there once, then forked), else spawned.
 
-On 2 cores the small fits of a screen keep one core busy much better than two threads keep two
-cores busy, so two single-threaded workers fit two targets in about the time one two-threaded
-process fits one.
+Targets in parallel pay off where a machine has more cores than one fit keeps busy, or on a
+shared machine, where multi-threaded torch spends much of its time waiting for descheduled
+threads. On an idle 2-core machine two single-threaded workers fitted the example screen no
+faster than one two-threaded process (29.1 s against 28.3 s, ``benchmarks/bench_screen.py``).
 """
 
 from __future__ import annotations
