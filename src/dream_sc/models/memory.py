@@ -21,6 +21,10 @@ logger = logging.getLogger("dream_sc")
 #: Bytes per (cell, feature) entry of one SVI step, measured with ``benchmarks/bench_pipeline.py``
 #: (float32 forward intermediates + autograd buffers of the fused likelihoods).
 BYTES_PER_ENTRY = 48
+#: The same for a trans step, whose curve adds its own autograd intermediates (measured
+#: 2026-12-05 on 1,024 cells x 12,000 genes with the dosage variance marginalised: 72 / 110 /
+#: 141 bytes; 147 for ``additive_hill`` at 30,000 genes), rounded up.
+TRANS_BYTES_PER_ENTRY = {"polynomial": 80, "single_hill": 120, "additive_hill": 160}
 #: Bytes per stored non-zero of a CSR matrix on the device (int64 column, float32 value, row id).
 BYTES_PER_NONZERO = 20
 #: Default upper bound on the minibatch size. Per-feature parameters see every cell many times
@@ -140,9 +144,10 @@ def estimate_peak_bytes(
     noise_width: int,
     n_steps: int,
     grid: int = 50,
+    bytes_per_entry: int = BYTES_PER_ENTRY,
 ) -> int:
     """Estimated peak bytes of fitting one feature chunk."""
-    step = batch * chunk * BYTES_PER_ENTRY
+    step = batch * chunk * bytes_per_entry
     data = int(n_cells * chunk * max(density, 1e-3) * BYTES_PER_NONZERO)
     noise = chunk * noise_width * n_steps * 4
     summaries = n_samples * grid * min(chunk, 1024) * 4 * 4
@@ -162,6 +167,7 @@ def plan_fit(
     max_memory_gb: float | None = None,
     fraction: float = 0.5,
     device: str | None = None,
+    bytes_per_entry: int = BYTES_PER_ENTRY,
 ) -> Plan:
     """Pick a cell minibatch size and feature chunk size that fit in memory.
 
@@ -186,6 +192,9 @@ def plan_fit(
         Share of the available memory the plan may use.
     device
         Torch device of the fit: on CUDA the device's free memory is the budget.
+    bytes_per_entry
+        Bytes per (cell, feature) entry of one SVI step (:data:`TRANS_BYTES_PER_ENTRY` for
+        the curve fits).
 
     Returns
     -------
@@ -205,6 +214,7 @@ def plan_fit(
             n_samples=n_samples,
             noise_width=noise_width,
             n_steps=n_steps,
+            bytes_per_entry=bytes_per_entry,
         )
 
     if feature_chunk is None:

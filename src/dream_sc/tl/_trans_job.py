@@ -22,7 +22,7 @@ from .._storage import read_technical as load_technical
 from ..models.amplitude import AMPLITUDE_FLOOR, amplitude_scale, guide_level_link_means
 from ..models.chunked import ChunkedFit, fit_chunks, name_order, stable_keys
 from ..models.families import get_family
-from ..models.memory import feature_chunks, plan_fit
+from ..models.memory import TRANS_BYTES_PER_ENTRY, feature_chunks, plan_fit
 from ..models.observation import ObservationData
 from ..models.trans import TransInputs, TransPriors, dose_priors
 from ..models.trans_summary import DoseAxis, Grid, draw_latent, make_grid, summarise_chunk
@@ -385,6 +385,7 @@ def prepare_trans_job(
         feature_chunk=settings.feature_chunk,
         max_memory_gb=package_settings.max_memory_gb,
         device=str(device),
+        bytes_per_entry=TRANS_BYTES_PER_ENTRY[function],
     )
     inputs = TransInputs.from_samples(
         log_samples,
