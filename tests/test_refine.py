@@ -372,3 +372,22 @@ def test_in_place_hill_curve_equals_evaluate_curve(function, mean_link, uncertai
     )
     got = add_hill_curve(offset.clone(), function, params, log_x, log_x_var, priors, mean_link)
     np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_with_q_values_only_the_hits_are_refined(fitted):
+    """test=True: refined = prob >= 0.5 and significant; test=False: prob >= 0.5."""
+    for test in (True, False):
+        m = fitted.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.tl.fit_trans(
+                m, function="single_hill", n_steps=40, test=test, n_permutations=5, seed=1
+            )
+        res = ds.get.trans_results(m, modality="rna")
+        res = res[res["fitted"].astype(bool)]
+        wanted = res["prob_dose_dependent"].to_numpy(float) >= _refine.REFINE_MIN_PROB
+        if test:
+            wanted &= res["significant"].to_numpy(bool)
+        refined = res["refined"].to_numpy(bool)
+        np.testing.assert_array_equal(refined, wanted)
+        assert np.isnan(res.loc[~refined, "refine_ess"].to_numpy(float)).all()

@@ -49,6 +49,7 @@ def refined_columns(
     n_draws: int = 500,
     min_prob: float = REFINE_MIN_PROB,
     enabled: bool = True,
+    only: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Replace the parameter, EC50 (both scales) and inflection columns of responsive features.
 
@@ -60,14 +61,18 @@ def refined_columns(
 
     Returns the updated columns, plus ``refined`` (bool) and ``refine_ess`` (effective sample
     size of the final importance-sampling round; NaN where not refined). With
-    ``enabled=False`` only these two columns are added.
+    ``enabled=False`` only these two columns are added. ``only`` (boolean over the fitted
+    features, e.g. the significant ones) restricts the refinement further.
     """
     out = {k: v.copy() for k, v in columns.items()}
     out["refined"] = np.zeros(job.n_features, bool)
     out["refine_ess"] = np.full(job.n_features, np.nan)
     if not enabled or not can_refine(job):
         return out
-    selected = np.flatnonzero(columns["prob_dose_dependent"] >= min_prob)
+    candidate = columns["prob_dose_dependent"] >= min_prob
+    if only is not None:
+        candidate &= np.asarray(only, dtype=bool)
+    selected = np.flatnonzero(candidate)
     if len(selected) == 0:
         return out
     keys = job.keys

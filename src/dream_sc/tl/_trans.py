@@ -154,7 +154,8 @@ def fit_trans(
         SVI steps reach the same posterior.
     refine_intervals, n_refine_draws
         Refine the curve-parameter columns (``eta_ref``, ``v``, ``K``, ``n``, ``ec50``,
-        ``inflection``) of features with ``prob_dose_dependent >= 0.5`` by adaptive importance
+        ``inflection``) of features with ``prob_dose_dependent >= 0.5`` (and, with ``test=True``,
+        ``significant``: the refinement is spent on the hits) by adaptive importance
         sampling from the exact posterior, ``n_refine_draws`` draws in the final round (Hill
         curves; not for the multinomial, whose features share a likelihood). The variational
         posterior is too narrow along the curved K-n-amplitude ridge of shallow curves; the
@@ -251,6 +252,10 @@ def fit_trans(
     )
     fit = job.fit()
     columns, curves = job.summarise(fit.loc, fit.scale, corr=fit.corr)
+    # significance hook (tl/_null.py): score, conditional-randomisation null, q-values; it
+    # reads no column the refinement changes, so it runs first and the refinement is spent on
+    # the hits only when q-values exist
+    sig, null_record = significance(job, columns, n_permutations if test else 0, alpha=alpha)
     columns = refined_columns(
         job,
         columns,
@@ -259,9 +264,8 @@ def fit_trans(
         fit.corr,
         n_draws=n_refine_draws,
         enabled=refine_intervals,
+        only=np.asarray(sig["significant"], dtype=bool) if test else None,
     )
-    # significance hook (tl/_null.py): score, conditional-randomisation null, q-values
-    sig, null_record = significance(job, columns, n_permutations if test else 0, alpha=alpha)
     seconds = time.perf_counter() - start
     if not fit.converged:
         warnings.warn(
