@@ -150,8 +150,8 @@ def fit_trans(
         Posterior samples for summaries (default ``settings.n_samples``).
     warm_start
         Start every feature's curve where a fit to its guide-level means puts it (see
-        :mod:`dream_sc.models.warm_start`) instead of at the priors' centres, so far fewer
-        SVI steps reach the same posterior.
+        :func:`dream_sc.models.warm_start.warm_start`) instead of at the priors' centres, so
+        far fewer SVI steps reach the same posterior.
     refine_intervals, n_refine_draws
         Refine the curve-parameter columns (``eta_ref``, ``v``, ``K``, ``n``, ``ec50``,
         ``inflection``) of features with ``prob_dose_dependent >= 0.5`` (and, with ``test=True``,

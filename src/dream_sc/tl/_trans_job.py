@@ -167,7 +167,7 @@ class TransJob:
     ) -> dict[str, np.ndarray] | None:
         """Warm start of every fitted feature's sites (``None`` with ``warm_start=False``).
 
-        From a guide-level curve fit (:mod:`dream_sc.models.warm_start`); a null fit starts
+        From a guide-level curve fit (:func:`~dream_sc.models.warm_start.warm_start`); a null fit starts
         from its own permuted guide means, exactly as the real fit does from the real ones.
         """
         if not self.settings.warm_start:
