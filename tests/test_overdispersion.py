@@ -408,7 +408,7 @@ def test_null_splicing_calls_with_and_without_overdispersion():
         warnings.simplefilter("ignore")
         ds.tl.fit_technical(base, n_steps=200, seed=0)
         ds.tl.fit_cis(base, cis_feature="GFI1B", n_steps=400, seed=0)
-    calls = {}
+    calls, n_features = {}, {}
     for od in (False, True):
         mdata = base.copy()
         register_all(mdata, overdispersed=od)
@@ -419,9 +419,14 @@ def test_null_splicing_calls_with_and_without_overdispersion():
                 ds.tl.fit_trans(mdata, modality=mod, function="single_hill", n_steps=200, seed=0)
             res = ds.get.trans_results(mdata, modality=mod)
             calls[od, mod] = (int((res["qvalue"] < 0.1).sum()), int((res["lfsr"] < 0.05).sum()))
+            n_features[mod] = len(res)
     for mod, _, _ in SPLICING:
         q_plain, lfsr_plain = calls[False, mod]
         q_od, lfsr_od = calls[True, mod]
         assert q_od <= max(q_plain, 1)
-        assert lfsr_od <= 3
+        # lfsr is not a multiplicity-controlled measure: on null features a calibrated lfsr
+        # falls below 0.05 for about 10% of them (either sign above 95%), measured 2/60 and
+        # 4/54 here; the plain likelihoods call 24/60 and 30/54
+        assert lfsr_od <= 0.1 * n_features[mod], (lfsr_od, n_features[mod])
         assert lfsr_plain >= 10  # the point of the option
+        assert lfsr_plain >= 3 * lfsr_od

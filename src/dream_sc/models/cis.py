@@ -40,6 +40,7 @@ Three choices make the guide-level posterior honest:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,9 +155,12 @@ def cell_log_marginal(
 class _CisModel:
     """The Pyro model of one cis fit, with the tensors it needs."""
 
-    def __init__(self, data: CisData, device: torch.device) -> None:
-        t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
-        self.device = device
+    def __init__(
+        self, data: CisData, device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> None:
+        t = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
+        self.data = data
+        self.device, self.dtype = device, dtype
         self.y, self.log_sf = t(data.y), t(data.log_sf)
         self.group = torch.as_tensor(np.asarray(data.group, dtype=np.int64), device=device)
         self.A = t(data.assignment)
@@ -206,7 +210,7 @@ class _CisModel:
         return out
 
     def _scalar(self, value: float) -> torch.Tensor:
-        return torch.tensor(value, dtype=torch.float32, device=self.device)
+        return torch.tensor(value, dtype=self.dtype, device=self.device)
 
     def derived(self, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Guide effects, technical effects and within-cell NB dispersion from site values.
@@ -214,13 +218,13 @@ class _CisModel:
         Works on single values and on draws with a leading sample axis.
         """
         lead = v["log2_x_ntc"].shape
-        b = torch.zeros((*lead, self.n_guides), dtype=torch.float32, device=self.device)
+        b = torch.zeros((*lead, self.n_guides), dtype=self.dtype, device=self.device)
         if self.n_cis:
             tau = v["log_target_scale"].exp()[..., None]
             b[..., self.cis_idx] = v["target_mean"][..., None] + tau * v["guide_z"]
         if self.n_ref:
             b[..., self.ref_idx] = v["ref_effect"]
-        delta = torch.zeros((*lead, self.n_effects + 1), dtype=torch.float32, device=self.device)
+        delta = torch.zeros((*lead, self.n_effects + 1), dtype=self.dtype, device=self.device)
         if self.n_effects:
             delta[..., 1:] = v["tech_effect"]
         sigma2 = (2 * v["guide_log_sigma"]).exp()  # log2 scale, per guide
@@ -292,13 +296,16 @@ def laplace_start(
     else:
         rows = np.arange(n_cells)
     batch = {"cell_index": torch.as_tensor(rows, device=device), "n_cells": n_cells}
+    # float64: the ridge is so flat that float32 rounding (which varies with the thread count)
+    # moves the mode along it and can make the Hessian indefinite
+    model64 = _CisModel(model.data, device, dtype=torch.float64)
 
     def neg_log_joint(z: torch.Tensor) -> torch.Tensor:
         values = {site["name"]: value for site, value in guide._unpack_latent(z)}
-        trace = poutine.trace(poutine.condition(model, data=values)).get_trace(batch)
+        trace = poutine.trace(poutine.condition(model64, data=values)).get_trace(batch)
         return -trace.log_prob_sum() / n_cells
 
-    z = guide.loc.detach().clone().requires_grad_(True)
+    z = guide.loc.detach().double().clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS(
         [z], lr=1.0, max_iter=LAPLACE_ITERATIONS, line_search_fn="strong_wolfe"
     )
@@ -333,7 +340,7 @@ def laplace_start(
 
 
 def _newton_polish(objective, z: torch.Tensor, n_iter: int = LAPLACE_NEWTON_STEPS):
-    """Damped chord-Newton steps from ``z`` (L-BFGS stalls on the flat float32 ridge).
+    """Damped chord-Newton steps from ``z`` (L-BFGS stops short on the flat ridge).
 
     The Hessian is computed once at the start and reused by every step (each step then costs
     one gradient), and once more at the end. Returns the mode and the (symmetrised, float64)
@@ -420,8 +427,14 @@ def fit_cis_model(
         model, init_loc_fn=init_to_value(values=_initial_values(data, model)), init_scale=0.05
     )
     guide(make_batch(0))  # creates the variational parameters
-    if laplace:
-        laplace_start(guide, model, seed, device)
+    if laplace and not laplace_start(guide, model, seed, device):
+        warnings.warn(
+            "The Laplace start of the cis fit failed (no usable curvature at the mode); the fit "
+            f"starts from the moment estimates instead, which needs more steps than {n_steps}: "
+            "check the cis fit's convergence or pass n_steps=1500.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def parameters() -> list[torch.Tensor]:
         store = pyro.get_param_store()
