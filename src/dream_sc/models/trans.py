@@ -35,6 +35,7 @@ from pyro.distributions.transforms import ExpTransform
 
 from .chunked import ChunkProblem, StepRows
 from .curves import evaluate_curve
+from .fused import FusedCells, fused_available, hill_negbinom_log_likelihood
 from .guide import Site
 from .observation import ObservationData
 
@@ -316,11 +317,27 @@ def trans_problem(
     delta, group, log_sf, noise_t = cells.delta, cells.group, cells.log_sf, cells.noise
     log_x_all, log_x_var_all = cells.log_x, cells.log_x_var
     scale = torch.as_tensor(priors.amplitude_scale[features], dtype=torch.float32, device=device)
+    fused = None
+    if fused_available(obs.family, function, obs.y, device):
+        fused = FusedCells(
+            obs.y,
+            delta=delta,
+            group=group,
+            log_sf=log_sf,
+            log_x=log_x_all,
+            log_x_var=log_x_var_all,
+            log_x_ref=priors.log_x_ref,
+            log_r=noise_t["log_r"],
+        )
 
     def model(batch: dict) -> None:
         rows = batch["rows"]
         latent = sample_prior_sites(function, n_feat, priors, features, device)
         params = natural_params(function, latent, scale, priors)
+        if fused is not None:  # one pass: curve, likelihood and gradient (models/fused.py)
+            ll = hill_negbinom_log_likelihood(function, params, fused.at(rows))
+            pyro.factor("obs", ll * (n_cells / len(rows)))
+            return
         eta = evaluate_curve(
             function,
             params,

@@ -120,6 +120,9 @@ class Family:
         Fits read the data feature block by feature block only, so the matrix may stay out
         of core (a Dask array or a backed h5mu; see :mod:`dream_sc._lazy`). Families whose
         checks or moments need whole rows (multinomial groups, continuous data) keep it False.
+    fused_hill
+        CPU trans fits of Hill curves use the one-pass curve + likelihood kernel
+        (:mod:`dream_sc.models.fused`) instead of torch operations and autograd.
     noise_scaled
         Effects are measured in multiples of the feature's noise sd (continuous data): the
         technical effect prior, the amplitude floor and the minimal effect scale with it.
@@ -144,6 +147,7 @@ class Family:
     cis_capable: ClassVar[bool] = False
     noise_scaled: ClassVar[bool] = False
     lazy_input: ClassVar[bool] = False
+    fused_hill: ClassVar[bool] = False
     default_min_effect: ClassVar[float]
     value_label: ClassVar[str]
     response_label: ClassVar[str]
@@ -328,6 +332,7 @@ INTERFACE = (
     "cis_capable",
     "noise_scaled",
     "lazy_input",
+    "fused_hill",
     "default_min_effect",
     "value_label",
     "response_label",

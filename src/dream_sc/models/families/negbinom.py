@@ -172,6 +172,7 @@ class NegBinom(Family):
     size_factors = True
     cis_capable = True
     lazy_input = True
+    fused_hill = True  # models/fused.py
     default_min_effect = 0.2  # log2 fold change
     value_label = "expression (counts per unit size factor)"
     response_label = "log2 fold change over dosage range"
