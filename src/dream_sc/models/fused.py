@@ -27,7 +27,7 @@ Derivatives (per component ``c``, with ``a = lx - log K``, ``rr = 1 / sqrt(1 + p
 
 Measured on 2 CPU threads (1,024 cells x 2,000 genes, 20% non-zero, single Hill with dosage
 variance): 31 ms per forward + backward against 50 ms through autograd, i.e. 1.9x one pass of
-the fused NB likelihood alone (16 ms); see ``benchmarks/bench_likelihood.py --curve``.
+the fused NB likelihood alone (16 ms); see ``benchmarks/bench_trans_step.py``.
 """
 
 from __future__ import annotations
@@ -237,9 +237,15 @@ class _HillNegBinom(torch.autograd.Function):
             params[f"n{c}"] = n[i].detach()
         want_grad = any(ctx.needs_input_grad[:4])
         ll, grads = hill_negbinom_terms(function, params, cells, want_grad=want_grad)
+        total = ll.sum()
         if want_grad:
-            ctx.save_for_backward(grads.to(eta_ref.dtype))
-        return ll.sum().to(eta_ref.dtype)
+            grads = grads.to(eta_ref.dtype)
+            ctx.save_for_backward(grads)
+        # e.g. a count of 1e38 (inf - inf): report a non-finite ELBO at this step, as the
+        # autograd path does, rather than NaN parameters one step later
+        if not torch.isfinite(total) or (want_grad and not torch.isfinite(grads).all()):
+            total = total.new_tensor(-float("inf"))
+        return total.to(eta_ref.dtype)
 
     @staticmethod
     def backward(ctx, upstream):  # noqa: D102
