@@ -120,15 +120,21 @@ def _cell_constants(y: CSRMatrix, r: torch.Tensor, chunk: int = 1 << 22) -> torc
     time.
     """
     lgamma_r = torch.lgamma(r)
-    out = torch.zeros(y.shape[0], dtype=torch.float64, device=r.device)
-    row = torch.repeat_interleave(
-        torch.arange(y.shape[0], device=r.device), y.crow[1:] - y.crow[:-1]
-    )
-    for start in range(0, y.nnz, chunk):
-        sl = slice(start, start + chunk)
-        col, val = y.col[sl], y.val[sl].to(r.dtype)
-        terms = _lgamma_ratio_value(r[col], val, lgamma_r[col])
-        out.index_add_(0, row[sl], terms.double())
+    n_rows = y.shape[0]
+    out = torch.zeros(n_rows, dtype=torch.float64, device=r.device)
+    counts_per_row = y.crow[1:] - y.crow[:-1]
+    first = 0
+    while first < n_rows:  # rows whose entries add up to about `chunk`
+        last = int(torch.searchsorted(y.crow, y.crow[first] + chunk, right=True)) - 1
+        last = min(max(last, first + 1), n_rows)
+        lo, hi = int(y.crow[first]), int(y.crow[last])
+        col, val = y.col[lo:hi], y.val[lo:hi].to(r.dtype)
+        terms = _lgamma_ratio_value(r[col], val, lgamma_r[col]).double()
+        row = torch.repeat_interleave(
+            torch.arange(first, last, device=r.device), counts_per_row[first:last]
+        )
+        out.index_add_(0, row, terms)
+        first = last
     return out
 
 
@@ -143,8 +149,9 @@ def hill_negbinom_terms(
 
     The terms ``lgamma(y + r) - lgamma(r)`` of the batch's counts do not depend on the curve:
     their sum (precomputed per cell) is added to feature 0, so ``ll.sum()`` is the exact total
-    while ``ll[t]`` of the other features omits them. Derivative rows: ``eta_ref``, then ``v``, ``log K``, ``n`` of each component ``C``
-    (module docstring). ``params`` are natural curve parameters ``[T]`` without autograd.
+    while ``ll[t]`` of the other features omits them. Derivative rows: ``eta_ref``, then ``v``,
+    ``log K``, ``n`` of each component ``C`` (module docstring). ``params`` are natural curve
+    parameters ``[T]`` without autograd.
     """
     rows = cells.rows
     n_feat = params["eta_ref"].shape[0]
