@@ -18,7 +18,8 @@ def device_setting():
 
 
 @pytest.mark.parametrize(
-    "name", ["fit_technical", "fit_cis", "fit_trans", "test_trans", "fit_screen", "calibration_check"]
+    "name",
+    ["fit_technical", "fit_cis", "fit_trans", "test_trans", "fit_screen", "calibration_check"],
 )
 def test_every_tl_function_defaults_to_the_setting(name):
     assert inspect.signature(getattr(ds.tl, name)).parameters["device"].default is None
