@@ -107,7 +107,8 @@ def read_protospacer_calls(
     if np.any(bad | (umi_values > 2.0**53)):
         raise ValueError(
             f"{where}: 'num_umis' must hold non-negative integers (below 2^53) joined by '|'; "
-            f"got {flat_umis[np.flatnonzero(bad | (umi_values > 2.0**53))[0]]!r}."
+            f"got {flat_umis[np.flatnonzero(bad | (umi_values > 2.0**53))[0]]!r}; fix: use the "
+            "protospacer_calls_per_cell.csv written by Cell Ranger, unedited."
         )
     rows = np.repeat(np.arange(len(table)), n_listed)
     cols = known.get_indexer(flat_guides)

@@ -40,41 +40,31 @@ def _decode(values: np.ndarray, path: Path) -> np.ndarray:
 
 def read_tenx_h5(path: Path) -> TenxMatrix:
     """Read a Cell Ranger (>= 3) ``*_feature_bc_matrix.h5`` file, every feature type kept."""
+    fix = (
+        "copy filtered_feature_bc_matrix.h5 again from Cell Ranger's outs/ (`h5ls -r` lists a "
+        "good file), or read the filtered_feature_bc_matrix/ folder instead"
+    )
     try:
         handle = h5py.File(path, "r")
     except OSError as err:
+        raise file_error(path, f"not a readable HDF5 file ({err})", fix) from err
+    try:
+        with handle:
+            counts, barcodes, columns = _h5_contents(handle, path)
+    except (
+        OSError,
+        RuntimeError,
+        KeyError,
+        ValueError,
+        TypeError,
+        IndexError,
+        AttributeError,
+    ) as err:
+        if isinstance(err, ValueError) and str(path) in str(err):
+            raise  # our own message
         raise file_error(
-            path,
-            f"not a readable HDF5 file ({err})",
-            "copy filtered_feature_bc_matrix.h5 again "
-            "from Cell Ranger's outs/ (`h5ls` lists a good file), or use the mtx folder",
+            path, f"the HDF5 file is damaged ({type(err).__name__}: {err})", fix
         ) from err
-    with handle:
-        if "matrix" not in handle:
-            raise ValueError(
-                f"{str(path)!r} has no HDF5 group 'matrix' (groups: {list(handle)}); it is not a "
-                "Cell Ranger >= 3 feature-barcode matrix. Files of Cell Ranger 2 (one group per "
-                "genome) are not supported: re-run `cellranger count` >= 3 or use the mtx folder."
-            )
-        group = handle["matrix"]
-        needed = ["barcodes", "data", "indices", "indptr", "shape", "features"]
-        missing = [k for k in needed if k not in group]
-        if missing:
-            raise ValueError(
-                f"HDF5 group 'matrix' of {str(path)!r} lacks {missing}; a Cell Ranger matrix has "
-                f"{needed}."
-            )
-        try:
-            counts, barcodes, columns = _h5_contents(group, path)
-        except (OSError, KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
-            if isinstance(err, ValueError) and str(err).startswith(repr(str(path))):
-                raise
-            raise file_error(
-                path,
-                f"the HDF5 group 'matrix' cannot be read ({type(err).__name__}: {err})",
-                "copy filtered_feature_bc_matrix.h5 again from Cell Ranger's outs/, or use the "
-                "mtx folder",
-            ) from err
     for key in ("id", "name", "feature_type"):
         if key not in columns:
             raise ValueError(
@@ -88,9 +78,23 @@ def read_tenx_h5(path: Path) -> TenxMatrix:
     return TenxMatrix(counts, pd.Index(barcodes), features)
 
 
-def _h5_contents(group, path: Path) -> tuple[sparse.csr_matrix, np.ndarray, dict]:
+def _h5_contents(handle, path: Path) -> tuple[sparse.csr_matrix, np.ndarray, dict]:
     """Counts, barcodes and feature columns of the ``matrix`` group, sizes checked first."""
     fix = "copy filtered_feature_bc_matrix.h5 again from Cell Ranger's outs/"
+    if "matrix" not in handle:
+        raise ValueError(
+            f"{str(path)!r} has no HDF5 group 'matrix' (groups: {list(handle)}); it is not a "
+            "Cell Ranger >= 3 feature-barcode matrix. Files of Cell Ranger 2 (one group per "
+            "genome) are not supported: re-run `cellranger count` >= 3 or use the mtx folder."
+        )
+    group = handle["matrix"]
+    needed = ["barcodes", "data", "indices", "indptr", "shape", "features"]
+    missing = [k for k in needed if k not in group]
+    if missing:
+        raise ValueError(
+            f"HDF5 group 'matrix' of {str(path)!r} lacks {missing}; a Cell Ranger matrix has "
+            f"{needed}."
+        )
     shape = np.asarray(group["shape"][()]).ravel()
     if shape.size != 2 or not np.issubdtype(shape.dtype, np.integer) or np.any(shape < 0):
         raise file_error(path, f"'matrix/shape' is {shape.tolist()}, not two counts", fix)
