@@ -50,6 +50,7 @@ CALLS = (
     "cell_barcode,num_features,feature_call,num_umis\n"
     "AAAC-1,1,A_1,40\nCCCG-1,1,NTC_1,50\nGGGT-1,1,A_1,30\n"
 )
+BANNER = "%%MatrixMarket matrix coordinate integer general\n"
 SJ = "chr1\t100\t200\t1\t1\t1\t5\t0\t50\nchr1\t100\t400\t1\t1\t1\t3\t0\t50\n"
 SJ_MTX = "%%MatrixMarket matrix coordinate integer general\n%\n2 3 4\n1 1 3\n2 1 1\n1 2 2\n2 3 5\n"
 LONG = "barcode,chrom,start,end,strand,count\nAAAC-1,chr1,100,200,+,3\nCCCG-1,chr1,100,400,+,1\n"
@@ -100,365 +101,249 @@ def _read_run(outs: Path, **kwargs) -> Callable[[], object]:
     return lambda: ds.io.read_cellranger(outs, feature_reference=reference, **kwargs)
 
 
-# ------------------------------------------------------------------------------------------
-# one damaged file per case: (reader, damaged file name, expected problem)
-# ------------------------------------------------------------------------------------------
-def _mtx_truncated(tmp):
-    outs = _outs(tmp)
-    _truncate(outs / "filtered_feature_bc_matrix" / "matrix.mtx.gz")
-    return _read_run(outs), "matrix.mtx.gz", r"truncated or corrupt gzip data"
-
-
-def _features_not_utf8(tmp):
-    outs = _outs(tmp)
-    text = "ENSG1\tTBC\xe9\tGene Expression\nENSG2\tCD4\tGene Expression\n"
-    text += "A_1\tA_1\tCRISPR Guide Capture\nNTC_1\tNTC_1\tCRISPR Guide Capture\n"
-    _gz(outs / "filtered_feature_bc_matrix" / "features.tsv.gz", text.encode("latin1"))
-    return _read_run(outs), "features.tsv.gz", r"byte b'\\xe9' at position \d+ is not UTF-8"
-
-
-def _barcodes_empty(tmp):
-    outs = _outs(tmp)
-    _gz(outs / "filtered_feature_bc_matrix" / "barcodes.tsv.gz", "")
-    return _read_run(outs), "barcodes.tsv.gz", r"the file is empty \(expected one cell barcode"
-
-
-def _features_empty(tmp):
-    outs = _outs(tmp)
-    _gz(outs / "filtered_feature_bc_matrix" / "features.tsv.gz", "")
-    return _read_run(outs), "features.tsv.gz", r"the file is empty"
-
-
-def _mtx_absurd_header(tmp):
-    outs = _outs(tmp)
-    _gz(
-        outs / "filtered_feature_bc_matrix" / "matrix.mtx.gz",
-        "%%MatrixMarket matrix coordinate integer general\n4 3 1099511627776\n1 1 1\n",
-    )
-    return _read_run(outs), "matrix.mtx.gz", r"1099511627776 entries, more than a file of"
-
-
-def _mtx_text_value(tmp):
-    outs = _outs(tmp)
-    _gz(
-        outs / "filtered_feature_bc_matrix" / "matrix.mtx.gz",
-        "%%MatrixMarket matrix coordinate integer general\n4 3 2\n1 1 1\n2 1 many\n",
-    )
-    return _read_run(outs), "matrix.mtx.gz", r"cannot be parsed as a MatrixMarket matrix"
-
-
-def _mtx_no_banner(tmp):
-    outs = _outs(tmp)
-    _gz(outs / "filtered_feature_bc_matrix" / "matrix.mtx.gz", "4 3 2\n1 1 1\n2 1 1\n")
-    return _read_run(outs), "matrix.mtx.gz", r"not a MatrixMarket file"
-
-
-def _mtx_negative(tmp):
-    outs = _outs(tmp)
-    _gz(
-        outs / "filtered_feature_bc_matrix" / "matrix.mtx.gz",
-        "%%MatrixMarket matrix coordinate integer general\n4 3 2\n1 1 1\n2 1 -7\n",
-    )
-    return _read_run(outs), "matrix.mtx.gz", r"holds negative or non-finite values"
-
-
-def _h5_truncated(tmp):
-    outs = _outs(tmp, fmt="h5")
-    _truncate(outs / "filtered_feature_bc_matrix.h5", 0.5)
-    return (
-        _read_run(outs),
-        "filtered_feature_bc_matrix.h5",
-        r"(not a readable HDF5|the HDF5 file is damaged)",
-    )
-
-
-def _h5_absurd_shape(tmp):
-    outs = _outs(tmp, fmt="h5")
-    with h5py.File(outs / "filtered_feature_bc_matrix.h5", "r+") as handle:
-        del handle["matrix/shape"]
-        handle["matrix/shape"] = np.array([4, 2**40], dtype=np.int64)
-    return _read_run(outs), "filtered_feature_bc_matrix.h5", r"the sizes of 'matrix' disagree"
-
-
-def _h5_bad_indices(tmp):
-    outs = _outs(tmp, fmt="h5")
-    with h5py.File(outs / "filtered_feature_bc_matrix.h5", "r+") as handle:
-        handle["matrix/indices"][0] = 99
-    return _read_run(outs), "filtered_feature_bc_matrix.h5", r"'matrix/indices' are out of range"
-
-
-def _reference_header_only(tmp):
-    outs = _outs(tmp)
-    (tmp / "feature_reference.csv").write_text(REFERENCE.splitlines()[0] + "\n")
-    return _read_run(outs), "feature_reference.csv", r"the header has no rows below it"
-
-
-def _reference_duplicated_header(tmp):
-    outs = _outs(tmp)
-    lines = REFERENCE.splitlines()
-    text = "\n".join([lines[0] + ",target_gene_name"] + [f"{r},X" for r in lines[1:]]) + "\n"
-    (tmp / "feature_reference.csv").write_text(text)
-    return (
-        _read_run(outs),
-        "feature_reference.csv",
-        r"the header repeats column name\(s\) \['target_gene_name'\]",
-    )
-
-
-def _calls_header_only(tmp):
-    outs = _outs(tmp)
-    (outs / "crispr_analysis" / "protospacer_calls_per_cell.csv").write_text(
-        CALLS.splitlines()[0] + "\n"
-    )
-    return (
-        _read_run(outs),
-        "protospacer_calls_per_cell.csv",
-        r"has a header but no rows: no cell has a guide call;",
-    )
-
-
-def _calls_header_only_assign(tmp):
-    (tmp / "calls.csv").write_text(CALLS.splitlines()[0] + "\n")
-    mdata = ds.io.read_cellranger(
-        _outs(tmp), feature_reference=tmp / "feature_reference.csv", guide_calls=None
-    )
-    call = lambda: ds.pp.assign_guides(mdata, method="cellranger", calls=tmp / "calls.csv")  # noqa: E731
-    return call, "calls.csv", r"has a header but no rows"
-
-
-def _calls_empty(tmp):
-    outs = _outs(tmp)
-    (outs / "crispr_analysis" / "protospacer_calls_per_cell.csv").write_text("")
-    return _read_run(outs), "protospacer_calls_per_cell.csv", r"the file is empty"
-
-
-def _calls_duplicated_header(tmp):
-    outs = _outs(tmp)
-    text = CALLS.replace("num_umis\n", "num_umis,num_umis\n").replace("\n", ",1\n")
-    text = text.replace("num_umis,num_umis,1\n", "num_umis,num_umis\n")
-    (outs / "crispr_analysis" / "protospacer_calls_per_cell.csv").write_text(text)
-    return (
-        _read_run(outs),
-        "protospacer_calls_per_cell.csv",
-        r"repeats column name\(s\) \['num_umis'\]",
-    )
-
-
-def _calls_absurd_umis(tmp):
-    outs = _outs(tmp)
-    (outs / "crispr_analysis" / "protospacer_calls_per_cell.csv").write_text(
-        CALLS.replace(",40\n", ",1e300\n")
-    )
-    return _read_run(outs), "protospacer_calls_per_cell.csv", r"'num_umis' must hold non-negative"
-
-
-def _thresholds_not_json(tmp):
-    outs = _outs(tmp)
-    (outs / "crispr_analysis" / "protospacer_umi_thresholds_json.json").write_text('{"A_1": ')
-    return _read_run(outs), "protospacer_umi_thresholds_json.json", r"not a JSON object"
-
-
-def _sj_features_empty(tmp):
-    (_solo(tmp) / "features.tsv").write_text("")
-    return lambda: ds.io.read_starsolo_junctions(tmp / "Solo.out"), "features.tsv", r"is empty"
-
-
-def _sj_coordinate(tmp, start):
-    (_solo(tmp) / "features.tsv").write_text(SJ.replace("\t100\t200\t", f"\t{start}\t-10\t", 1))
-    return (
-        lambda: ds.io.read_starsolo_junctions(tmp / "Solo.out"),
-        "features.tsv",
-        r"line 1: intron .* has a coordinate below 1",
-    )
-
-
-def _sj_barcodes_empty(tmp):
-    (_solo(tmp) / "barcodes.tsv").write_text("\n")
-    return lambda: ds.io.read_starsolo_junctions(tmp / "Solo.out"), "barcodes.tsv", r"is empty"
-
-
-def _sj_mtx_truncated(tmp):
-    folder = _solo(tmp)
-    _gz(folder / "matrix.mtx.gz", SJ_MTX * 50)
-    _truncate(folder / "matrix.mtx.gz", 0.7)
-    return (
-        lambda: ds.io.read_starsolo_junctions(tmp / "Solo.out"),
-        "matrix.mtx.gz",
-        r"truncated or corrupt gzip data",
-    )
-
-
 def _junctions(tmp, text, name="j.csv", **kwargs):
-    path = tmp / name
-    path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    options = {"coordinates": "1-based"} | kwargs
-    return lambda: ds.io.read_junction_table(path, **options)
+    (tmp / name).write_text(text)
+    return lambda: ds.io.read_junction_table(tmp / name, **({"coordinates": "1-based"} | kwargs))
 
 
-def _jt_header_only(tmp):
-    return _junctions(tmp, LONG.splitlines()[0] + "\n"), "j.csv", r"header has no rows below it"
-
-
-def _jt_negative(tmp):
-    text = LONG.replace("100,200", "-50,-10")
-    return _junctions(tmp, text), "j.csv", r"junction chr1:-50--10 lies before the chromosome"
-
-
-def _jt_zero(tmp):
-    text = LONG.replace("100,200", "0,200")
-    return _junctions(tmp, text), "j.csv", r"junction chr1:0-200 lies before the chromosome start"
-
-
-def _jt_zero_in_id(tmp):
-    call = _junctions(tmp, WIDE.replace("chr1:100:200", "chr1:0:200"), layout="wide")
-    return call, "j.csv", r"lies before the chromosome start when read as 1-based"
-
-
-def _jt_duplicated_cell(tmp):
-    call = _junctions(tmp, WIDE.replace("CCCG-1", "AAAC-1"), layout="wide")
-    return call, "j.csv", r"the header repeats column name\(s\) \['AAAC-1'\]"
-
-
-def _jt_text_count(tmp):
-    return _junctions(tmp, LONG.replace(",+,3", ",+,three")), "j.csv", r"got 'three'"
-
-
-def _jt_not_utf8(tmp):
-    call = _junctions(tmp, LONG.replace("AAAC-1", "AAAC\xff").encode("latin1"))
-    return call, "j.csv", r"is not UTF-8"
-
-
-def _jt_ragged(tmp):
-    call = _junctions(tmp, LONG + "GGGT-1,chr1,100,200,+,3,7,8\n")
-    return call, "j.csv", r"cannot be parsed as a junction table"
-
-
-def _transcripts(tmp, table=TX_TABLE, tx2gene=TX2GENE):
-    (tmp / "tx.csv").write_text(table)
-    (tmp / "tx2gene.csv").write_text(tx2gene)
+def _transcripts(tmp):
+    (tmp / "tx.csv").write_text(TX_TABLE)
+    (tmp / "tx2gene.csv").write_text(TX2GENE)
     return lambda: ds.io.read_transcript_counts(tmp / "tx.csv", tmp / "tx2gene.csv")
 
 
-def _tx_text_value(tmp):
-    call = _transcripts(tmp, TX_TABLE.replace("1,2", "1,abc"))
-    return call, "tx.csv", r"row 'CCCG-1', column 'ENST2' holds 'abc', not a number"
-
-
-def _tx_duplicated_header(tmp):
-    call = _transcripts(tmp, TX_TABLE.replace("ENST2", "ENST1"))
-    return call, "tx.csv", r"the header repeats column name\(s\) \['ENST1'\]"
-
-
-def _tx_header_only(tmp):
-    return _transcripts(tmp, TX_TABLE.splitlines()[0] + "\n"), "tx.csv", r"header has no rows"
-
-
-def _tx2gene_empty(tmp):
-    return _transcripts(tmp, tx2gene=""), "tx2gene.csv", r"the file is empty"
-
-
-def _tx_mtx_empty_barcodes(tmp):
+def _transcript_folder(tmp):
     folder = tmp / "txm"
     folder.mkdir()
-    (folder / "matrix.mtx").write_text(
-        "%%MatrixMarket matrix coordinate integer general\n2 2 1\n1 1 4\n"
-    )
+    (folder / "matrix.mtx").write_text(BANNER + "2 2 1\n1 1 4\n")
     (folder / "features.tsv").write_text("ENST1\nENST2\n")
-    (folder / "barcodes.tsv").write_text("")
-    call = lambda: ds.io.read_transcript_counts(folder, {"ENST1": "A", "ENST2": "A"})  # noqa: E731
-    return call, "barcodes.tsv", r"the file is empty"
+    (folder / "barcodes.tsv").write_text("AAAC-1\nCCCG-1\n")
+    return lambda: ds.io.read_transcript_counts(folder, {"ENST1": "A", "ENST2": "A"})
 
 
-def _annotate(tmp, gtf_text, name="genes.gtf"):
+def _annotate(tmp, name="genes.gtf"):
     path = tmp / name
-    if name.endswith(".gz"):
-        _gz(path, gtf_text)
-    else:
-        path.write_text(gtf_text)
-    var = pd.DataFrame(
-        {"chrom": ["chr1"], "start": [100], "end": [200], "strand": ["+"]}, index=["j1"]
-    )
+    _gz(path, GTF * 200) if name.endswith(".gz") else path.write_text(GTF)
+    var = pd.DataFrame({"chrom": "chr1", "start": [100], "end": [200], "strand": "+"}, ["j1"])
     obs = pd.DataFrame(index=["AAAC-1"])
     mdata = md.MuData({"junctions": AnnData(np.ones((1, 1), np.float32), obs=obs, var=var)})
     return lambda: ds.pp.annotate_junctions(mdata, gtf=path)
 
 
-def _gtf_text_start(tmp):
-    call = _annotate(tmp, GTF.replace("\t50\t500\t", "\tfifty\t500\t"))
-    return call, "genes.gtf", r"the start of the gene line of G1 is 'fifty', not a position >= 1"
+def _assign(tmp):
+    (tmp / "calls.csv").write_text(CALLS)
+    mdata = _read_run(_outs(tmp), guide_calls=None)()
+    return lambda: ds.pp.assign_guides(mdata, method="cellranger", calls=tmp / "calls.csv")
 
 
-def _gtf_negative(tmp):
-    call = _annotate(tmp, GTF.replace("\t50\t500\t", "\t-5\t500\t"))
-    return call, "genes.gtf", r"is '-5', not a position >= 1"
-
-
-def _gtf_comments_only(tmp):
-    return _annotate(tmp, "#!genome-build GRCh38\n"), "genes.gtf", r"the file is empty"
-
-
-def _gtf_truncated(tmp):
-    call = _annotate(tmp, GTF * 200, name="genes.gtf.gz")
-    _truncate(tmp / "genes.gtf.gz", 0.5)
-    return call, "genes.gtf.gz", r"truncated or corrupt gzip data"
-
-
-CASES = {
-    "mtx_truncated": _mtx_truncated,
-    "features_not_utf8": _features_not_utf8,
-    "barcodes_empty": _barcodes_empty,
-    "features_empty": _features_empty,
-    "mtx_absurd_header": _mtx_absurd_header,
-    "mtx_text_value": _mtx_text_value,
-    "mtx_no_banner": _mtx_no_banner,
-    "mtx_negative": _mtx_negative,
-    "h5_truncated": _h5_truncated,
-    "h5_absurd_shape": _h5_absurd_shape,
-    "h5_bad_indices": _h5_bad_indices,
-    "reference_header_only": _reference_header_only,
-    "reference_duplicated_header": _reference_duplicated_header,
-    "calls_header_only": _calls_header_only,
-    "calls_header_only_assign": _calls_header_only_assign,
-    "calls_empty": _calls_empty,
-    "calls_duplicated_header": _calls_duplicated_header,
-    "calls_absurd_umis": _calls_absurd_umis,
-    "thresholds_not_json": _thresholds_not_json,
-    "sj_features_empty": _sj_features_empty,
-    "sj_barcodes_empty": _sj_barcodes_empty,
-    "sj_mtx_truncated": _sj_mtx_truncated,
-    "jt_header_only": _jt_header_only,
-    "jt_negative": _jt_negative,
-    "jt_zero": _jt_zero,
-    "jt_zero_in_id": _jt_zero_in_id,
-    "jt_duplicated_cell": _jt_duplicated_cell,
-    "jt_text_count": _jt_text_count,
-    "jt_not_utf8": _jt_not_utf8,
-    "jt_ragged": _jt_ragged,
-    "tx_text_value": _tx_text_value,
-    "tx_duplicated_header": _tx_duplicated_header,
-    "tx_header_only": _tx_header_only,
-    "tx2gene_empty": _tx2gene_empty,
-    "tx_mtx_empty_barcodes": _tx_mtx_empty_barcodes,
-    "gtf_text_start": _gtf_text_start,
-    "gtf_negative": _gtf_negative,
-    "gtf_comments_only": _gtf_comments_only,
-    "gtf_truncated": _gtf_truncated,
+READERS: dict[str, Callable[[Path], Callable[[], object]]] = {
+    "cellranger": lambda tmp: _read_run(_outs(tmp)),
+    "h5": lambda tmp: _read_run(_outs(tmp, fmt="h5")),
+    "assign_guides": _assign,
+    "starsolo": lambda tmp: (_solo(tmp), lambda: ds.io.read_starsolo_junctions(tmp / "Solo.out"))[
+        1
+    ],
+    "long": lambda tmp: _junctions(tmp, LONG),
+    "wide": lambda tmp: _junctions(tmp, WIDE, layout="wide"),
+    "transcripts": _transcripts,
+    "transcript_folder": _transcript_folder,
+    "gtf": _annotate,
+    "gtf_gz": lambda tmp: _annotate(tmp, "genes.gtf.gz"),
 }
+
+MTX = "outs/filtered_feature_bc_matrix/"
+H5 = "outs/filtered_feature_bc_matrix.h5"
+CR_CALLS = "outs/crispr_analysis/protospacer_calls_per_cell.csv"
+SOLO = "Solo.out/SJ/raw/"
+FEATURES_TSV = "".join("\t".join(r) + "\n" for r in FEATURES.iloc[:, :3].to_numpy())
+HEADER_ONLY = "header has no rows below it"
+# case: (reader, damaged file, new content | fraction kept | {h5 dataset: values}, problem)
+CASES = {
+    "mtx_truncated": ("cellranger", MTX + "matrix.mtx.gz", 0.6, "truncated or corrupt gzip"),
+    "features_not_utf8": (
+        "cellranger",
+        MTX + "features.tsv.gz",
+        FEATURES_TSV.replace("TBCE", "TBC\xe9").encode("latin1"),
+        r"byte b'\\xe9' at position \d+ is not UTF-8",
+    ),
+    "barcodes_empty": ("cellranger", MTX + "barcodes.tsv.gz", "", r"empty \(expected one cell"),
+    "features_empty": ("cellranger", MTX + "features.tsv.gz", "", "the file is empty"),
+    "mtx_absurd_header": (
+        "cellranger",
+        MTX + "matrix.mtx.gz",
+        BANNER + "4 3 1099511627776\n1 1 1\n",
+        "1099511627776 entries, more than a file of",
+    ),
+    "mtx_text_value": (
+        "cellranger",
+        MTX + "matrix.mtx.gz",
+        BANNER + "4 3 2\n1 1 1\n2 1 many\n",
+        "cannot be parsed as a MatrixMarket matrix",
+    ),
+    "mtx_no_banner": ("cellranger", MTX + "matrix.mtx.gz", "4 3 1\n1 1 1\n", "not a MatrixMarket"),
+    "mtx_negative": (
+        "cellranger",
+        MTX + "matrix.mtx.gz",
+        BANNER + "4 3 2\n1 1 1\n2 1 -7\n",
+        "holds negative or non-finite values",
+    ),
+    "h5_truncated": ("h5", H5, 0.5, "(not a readable HDF5|the HDF5 file is damaged)"),
+    "h5_absurd_shape": ("h5", H5, {"shape": np.array([4, 2**40])}, "sizes of 'matrix' disagree"),
+    "h5_bad_indices": (
+        "h5",
+        H5,
+        {"indices": np.r_[99, COUNTS.indices[1:]]},
+        "'matrix/indices' are out of range",
+    ),
+    "reference_header_only": (
+        "cellranger",
+        "feature_reference.csv",
+        REFERENCE.splitlines()[0] + "\n",
+        HEADER_ONLY,
+    ),
+    "reference_duplicated_header": (
+        "cellranger",
+        "feature_reference.csv",
+        REFERENCE.replace("target_gene_name", "target_gene_name,target_gene_name").replace(
+            "A\n", "A,A\n"
+        ),
+        r"the header repeats column name\(s\) \['target_gene_name'\]",
+    ),
+    "calls_header_only": (
+        "cellranger",
+        CR_CALLS,
+        CALLS.splitlines()[0] + "\n",
+        "has a header but no rows: no cell has a guide call;",
+    ),
+    "calls_header_only_assign": (
+        "assign_guides",
+        "calls.csv",
+        CALLS.splitlines()[0] + "\n",
+        "has a header but no rows",
+    ),
+    "calls_empty": ("cellranger", CR_CALLS, "", "the file is empty"),
+    "calls_duplicated_header": (
+        "cellranger",
+        CR_CALLS,
+        CALLS.replace("num_umis\n", "num_umis,num_umis\n").replace("0\n", "0,1\n"),
+        r"repeats column name\(s\) \['num_umis'\]",
+    ),
+    "calls_absurd_umis": (
+        "cellranger",
+        CR_CALLS,
+        CALLS.replace(",40\n", ",1e300\n"),
+        "'num_umis' must hold non-negative integers",
+    ),
+    "thresholds_not_json": (
+        "cellranger",
+        "outs/crispr_analysis/protospacer_umi_thresholds_json.json",
+        '{"A_1": ',
+        "not a JSON object",
+    ),
+    "sj_features_empty": ("starsolo", SOLO + "features.tsv", "", "the file is empty"),
+    "sj_negative": (
+        "starsolo",
+        SOLO + "features.tsv",
+        SJ.replace("\t100\t200\t", "\t-50\t-10\t", 1),
+        "line 1: intron -50--10 has a coordinate below 1",
+    ),
+    "sj_zero": (
+        "starsolo",
+        SOLO + "features.tsv",
+        SJ.replace("\t100\t200\t", "\t0\t200\t", 1),
+        "line 1: intron 0-200 has a coordinate below 1",
+    ),
+    "sj_barcodes_empty": ("starsolo", SOLO + "barcodes.tsv", "\n", "the file is empty"),
+    "sj_mtx_truncated": ("starsolo", SOLO + "matrix.mtx.gz", 0.7, "truncated or corrupt gzip"),
+    "jt_header_only": ("long", "j.csv", LONG.splitlines()[0] + "\n", HEADER_ONLY),
+    "jt_negative": (
+        "long",
+        "j.csv",
+        LONG.replace("100,200", "-50,-10"),
+        "junction chr1:-50--10 lies before the chromosome start",
+    ),
+    "jt_zero": ("long", "j.csv", LONG.replace("100,200", "0,200"), "chr1:0-200 lies before"),
+    "jt_zero_in_id": (
+        "wide",
+        "j.csv",
+        WIDE.replace("chr1:100:200", "chr1:0:200"),
+        "lies before the chromosome start when read as 1-based",
+    ),
+    "jt_duplicated_cell": (
+        "wide",
+        "j.csv",
+        WIDE.replace("CCCG-1", "AAAC-1"),
+        r"the header repeats column name\(s\) \['AAAC-1'\]",
+    ),
+    "jt_text_count": ("long", "j.csv", LONG.replace(",+,3", ",+,three"), "got 'three'"),
+    "jt_not_utf8": (
+        "long",
+        "j.csv",
+        LONG.replace("AAAC-1", "AAAC\xff").encode("latin1"),
+        "is not UTF-8",
+    ),
+    "jt_ragged": (
+        "long",
+        "j.csv",
+        LONG + "GGGT-1,chr1,100,200,+,3,7,8\n",
+        "cannot be parsed as a junction table",
+    ),
+    "tx_text_value": (
+        "transcripts",
+        "tx.csv",
+        TX_TABLE.replace("1,2", "1,abc"),
+        "row 'CCCG-1', column 'ENST2' holds 'abc', not a number",
+    ),
+    "tx_duplicated_header": (
+        "transcripts",
+        "tx.csv",
+        TX_TABLE.replace("ENST2", "ENST1"),
+        r"the header repeats column name\(s\) \['ENST1'\]",
+    ),
+    "tx_header_only": ("transcripts", "tx.csv", TX_TABLE.splitlines()[0] + "\n", HEADER_ONLY),
+    "tx2gene_empty": ("transcripts", "tx2gene.csv", "", "the file is empty"),
+    "tx_folder_empty_barcodes": ("transcript_folder", "txm/barcodes.tsv", "", "file is empty"),
+    "gtf_text_start": (
+        "gtf",
+        "genes.gtf",
+        GTF.replace("\t50\t500\t", "\tfifty\t500\t"),
+        "the start of the gene line of G1 is 'fifty', not a position >= 1",
+    ),
+    "gtf_negative": (
+        "gtf",
+        "genes.gtf",
+        GTF.replace("\t50\t500\t", "\t-5\t500\t"),
+        "is '-5', not a position >= 1",
+    ),
+    "gtf_comments_only": ("gtf", "genes.gtf", "#!genome-build GRCh38\n", "the file is empty"),
+    "gtf_truncated": ("gtf_gz", "genes.gtf.gz", 0.5, "truncated or corrupt gzip data"),
+}
+
+
+def _damage(path: Path, damage) -> None:
+    if isinstance(damage, float):
+        _truncate(path, damage)
+    elif isinstance(damage, dict):
+        with h5py.File(path, "r+") as handle:
+            for key, values in damage.items():
+                del handle[f"matrix/{key}"]
+                handle[f"matrix/{key}"] = values
+    elif path.name.endswith(".gz"):
+        _gz(path, damage)
+    else:
+        path.write_bytes(damage if isinstance(damage, bytes) else damage.encode())
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_damaged_file_names_file_and_fix(case, tmp_path):
-    call, filename, problem = CASES[case](tmp_path)
-    with pytest.raises(ValueError, match=rf"{re.escape(filename)}.*{problem}.*fix: ") as info:
+    reader, name, damage, problem = CASES[case]
+    call = READERS[reader](tmp_path)
+    _damage(tmp_path / name, damage)
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(name.split('/')[-1])}.*{problem}.*fix: "
+    ) as info:
         call()
     assert str(tmp_path) in str(info.value)
-
-
-@pytest.mark.parametrize("start", ["-50", "0"])
-def test_starsolo_coordinates_below_one(start, tmp_path):
-    call, filename, problem = _sj_coordinate(tmp_path, start)
-    with pytest.raises(ValueError, match=rf"{re.escape(filename)}.*{problem}.*fix: "):
-        call()
 
 
 def test_duplicated_header_in_dataframes():
@@ -539,7 +424,7 @@ def _fuzz_targets(root: Path) -> dict[str, tuple[Path, Callable[[], object]]]:
         "junction table": (root / "j.csv", _junctions(root, LONG)),
         "wide table": (root / "w.csv", _junctions(root, WIDE, name="w.csv", layout="wide")),
         "transcripts": (root / "tx.csv", _transcripts(root)),
-        "gtf": (root / "genes.gtf", _annotate(root, GTF)),
+        "gtf": (root / "genes.gtf", _annotate(root)),
     }
     return targets
 
