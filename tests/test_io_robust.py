@@ -9,7 +9,6 @@ random truncations and byte garbage of each file to its reader.
 from __future__ import annotations
 
 import gzip
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -358,6 +357,16 @@ def test_duplicated_header_in_dataframes():
         ds.io.read_transcript_counts(text, {"ENST1": "A"})
 
 
+def test_splicing_builder_rejects_coordinates_below_one():
+    var = pd.DataFrame(
+        {"chrom": "chr1", "start": [0, 0], "end": [50, 80], "strand": "+", "gene": "A"},
+        index=["j1", "j2"],
+    )
+    mdata = md.MuData({"junctions": AnnData(np.ones((2, 2), np.float32), var=var)})
+    with pytest.raises(ValueError, match=r"Junction 'j1' has a coordinate below 1; fix: "):
+        ds.pp.splicing_from_junctions(mdata, kinds=("donor",))
+
+
 def test_missing_files_still_named(tmp_path):
     with pytest.raises(ValueError, match=r"`calls`: .*nowhere\.csv' is not a file; check the path"):
         ds.pp.assign_guides(
@@ -480,13 +489,3 @@ def test_random_damage_only_raises_value_error(fuzz_targets, target, cut, garbag
         pass
     finally:
         path.write_bytes(data)
-
-
-def test_json_thresholds_fixture_is_valid(tmp_path):
-    """The thresholds file next to good calls is read (guards the JSON error path above)."""
-    outs = _outs(tmp_path)
-    (outs / "crispr_analysis" / "protospacer_umi_thresholds_json.json").write_text(
-        json.dumps({"A_1": 10, "NTC_1": 10})
-    )
-    mdata = _read_run(outs)()
-    assert mdata["guides"].var["umi_threshold"].tolist() == [10.0, 10.0]
