@@ -144,7 +144,12 @@ def header_fields(path: Path, sep: str, *, comment: str | None = None) -> list[s
             text = line.rstrip("\r\n")
             if not text.strip() or (comment and text.lstrip().startswith(comment)):
                 continue
-            return [f.strip() for f in next(csv.reader([text], delimiter=sep))]
+            try:
+                return [f.strip() for f in next(csv.reader([text], delimiter=sep))]
+            except csv.Error as err:
+                raise file_error(
+                    path, f"the header line cannot be parsed ({err})", "check the separator"
+                ) from err
     raise file_error(path, "the file is empty (expected a header line)", _REGENERATE)
 
 
