@@ -194,6 +194,12 @@ CASES = {
         {"indices": np.r_[99, COUNTS.indices[1:]]},
         "'matrix/indices' are out of range",
     ),
+    "h5_name_not_utf8": (
+        "h5",
+        H5,
+        {"features/name": np.array([b"TBC\xe9", b"CD4", b"A_1", b"NTC_1"])},
+        "is not UTF-8",
+    ),
     "reference_header_only": (
         "cellranger",
         "feature_reference.csv",
