@@ -129,6 +129,11 @@ def _annotate(tmp, name="genes.gtf"):
     return lambda: ds.pp.annotate_junctions(mdata, gtf=path)
 
 
+def _starsolo(tmp):
+    _solo(tmp)
+    return lambda: ds.io.read_starsolo_junctions(tmp / "Solo.out")
+
+
 def _assign(tmp):
     (tmp / "calls.csv").write_text(CALLS)
     mdata = _read_run(_outs(tmp), guide_calls=None)()
@@ -139,9 +144,7 @@ READERS: dict[str, Callable[[Path], Callable[[], object]]] = {
     "cellranger": lambda tmp: _read_run(_outs(tmp)),
     "h5": lambda tmp: _read_run(_outs(tmp, fmt="h5")),
     "assign_guides": _assign,
-    "starsolo": lambda tmp: (_solo(tmp), lambda: ds.io.read_starsolo_junctions(tmp / "Solo.out"))[
-        1
-    ],
+    "starsolo": _starsolo,
     "long": lambda tmp: _junctions(tmp, LONG),
     "wide": lambda tmp: _junctions(tmp, WIDE, layout="wide"),
     "transcripts": _transcripts,
@@ -444,10 +447,17 @@ def _fuzz_targets(root: Path) -> dict[str, tuple[Path, Callable[[], object]]]:
     return targets
 
 
+FUZZED = (
+    "matrix.mtx.gz|features.tsv.gz|barcodes.tsv.gz|h5|reference|calls|sj features|sj matrix|"
+    "junction table|wide table|transcripts|gtf"
+).split("|")
+
+
 @pytest.fixture(scope="module")
 def fuzz_targets(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     targets = _fuzz_targets(root)
+    assert sorted(targets) == sorted(FUZZED)
     originals = {name: path.read_bytes() for name, (path, _) in targets.items()}
     for _, call in targets.values():
         call()  # every undamaged file reads
@@ -461,22 +471,7 @@ def fuzz_targets(tmp_path_factory):
     derandomize=True,
 )
 @given(
-    target=st.sampled_from(
-        [
-            "matrix.mtx.gz",
-            "features.tsv.gz",
-            "barcodes.tsv.gz",
-            "h5",
-            "reference",
-            "calls",
-            "sj features",
-            "sj matrix",
-            "junction table",
-            "wide table",
-            "transcripts",
-            "gtf",
-        ]
-    ),
+    target=st.sampled_from(FUZZED),
     cut=st.floats(0.0, 1.0),
     garbage=st.binary(max_size=24),
     position=st.floats(0.0, 1.0),
