@@ -183,7 +183,7 @@ def read_table(
     """
     if header:
         check_unique_header(
-            header_fields(path, sep, comment=kwargs.get("comment")), path, fix_header
+            header_fields(path, sep, comment=kwargs.get("comment")), repr(str(path)), fix_header
         )
     with reading(path, kind):
         table = pd.read_csv(path, sep=sep, header=0 if header else None, **kwargs)
