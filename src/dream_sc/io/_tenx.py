@@ -7,6 +7,13 @@ sparse column matrix, one column per cell) and a group ``matrix/features`` with 
 ``pattern``, ``read``, ``sequence``, ``target_gene_id``, ``target_gene_name``). The folder holds
 ``barcodes.tsv``, ``features.tsv`` (id, name, feature type; no header) and ``matrix.mtx``,
 each optionally gzipped.
+
+Why not ``scanpy.read_10x_h5`` / ``scanpy.read_10x_mtx``: they return an AnnData of the whole
+matrix, keep only some feature tags of the h5 (not the guide-capture ``pattern``, ``sequence`` or
+``target_gene_*``), and let gzip, UTF-8 and parser errors through without the file's name. Here
+each file is checked before it is read (sizes, headers, encodings; see ``_files``), and the
+guide-capture features stay with their tags for :func:`dream_sc.io.read_cellranger`. scanpy is
+therefore not a dependency of dream_sc.
 """
 
 from __future__ import annotations
