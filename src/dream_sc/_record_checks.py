@@ -295,8 +295,12 @@ def check_technical(adata, modality: str, key: str) -> None:
         check.frame(adata.var[[informative]], f"mdata[{modality!r}].var", bools=[informative])
 
 
-def check_cis(mdata, key: str) -> None:
-    """Record, guide table, per-cell columns and dosage samples of a cis fit."""
+def check_cis(mdata, key: str, *, cells: bool = False) -> None:
+    """Record, guide table, per-cell columns and dosage samples of a cis fit.
+
+    The per-cell columns in ``mdata.obs`` are checked when present and required with
+    ``cells=True``.
+    """
     check = _Check(f"ds.tl.fit_cis(mdata, cis_feature=..., key_added={key!r})")
     where = f"mdata.uns[{key!r}]"
     record = mdata.uns[key]
@@ -313,7 +317,7 @@ def check_cis(mdata, key: str) -> None:
     if "dose_range" in record:
         check.grid(record, "dose_range", where)
     obs_columns = [f"{key}_dose_{s}" for s in CIS_STATS]
-    for column in obs_columns:
+    for column in obs_columns if cells else ():
         if column not in mdata.obs.columns:
             check.fail(
                 "mdata.obs",
@@ -321,7 +325,8 @@ def check_cis(mdata, key: str) -> None:
                 "the per-cell dosage columns of the cis fit",
             )
     for column in obs_columns:  # dose_sd >= 0 by its name
-        check.values(mdata.obs[column], "mdata.obs", column)
+        if column in mdata.obs.columns:
+            check.values(mdata.obs[column], "mdata.obs", column)
     n_samples = record["params"].get("n_samples") if isinstance(record["params"], Mapping) else None
     width = int(n_samples) if isinstance(n_samples, int | np.integer) else None
     samples = f"{key}_dose_samples"

@@ -192,17 +192,18 @@ def write_cis(
     mdata.uns[key] = stamp(record, "cis")
 
 
-def read_cis(mdata: MuData, key: str, *, samples: bool = False) -> Mapping:
+def read_cis(mdata: MuData, key: str, *, samples: bool = False, cells: bool = False) -> Mapping:
     """The cis run record ``key`` (raises with the call to make when it is missing).
 
-    ``samples=True`` also requires the per-cell dosage samples in ``mdata.obsm``.
+    ``samples=True`` also requires the per-cell dosage samples in ``mdata.obsm``, ``cells=True``
+    the per-cell dosage columns in ``mdata.obs``.
     """
     if key not in mdata.uns or (samples and f"{key}_dose_samples" not in mdata.obsm):
         raise KeyError(
             f"No cis fit {key!r} in mdata.uns; run `ds.tl.fit_cis(mdata, cis_feature=..., "
             f"key_added={key!r})` first or pass `key=`."
         )
-    C.check_cis(mdata, key)
+    C.check_cis(mdata, key, cells=cells)
     return mdata.uns[key]
 
 
