@@ -140,9 +140,9 @@ class _Check:
             self.fail(where, f"field {field!r} is {record[field]!r}", "a positive finite number")
 
     def grid(
-        self, record: Mapping, field: str, where: str, *, required: bool = True
+        self, record: Mapping, field: str, where: str, *, required: bool = True, log: bool = False
     ) -> np.ndarray | None:
-        """A strictly increasing grid of finite positive dosages."""
+        """A strictly increasing grid of finite positive dosages (``log=True``: log dosages)."""
         if field not in record:
             if required:
                 self.fail(where, f"required field {field!r} is missing", "the dose grid")
@@ -153,7 +153,7 @@ class _Check:
             what = f"is not a 1-d numeric array (shape {grid.shape}, dtype {grid.dtype})"
         elif not np.isfinite(grid).all():
             what = "holds NaN or infinite values"
-        elif (grid <= 0).any():
+        elif not log and (grid <= 0).any():
             what = "holds values <= 0"
         elif (np.diff(grid) <= 0).any():
             what = "is not strictly increasing"
@@ -161,7 +161,7 @@ class _Check:
             self.fail(
                 where,
                 f"field {field!r} {what}",
-                "finite positive dosages in strictly increasing order",
+                f"finite {'log' if log else 'positive'} dosages in strictly increasing order",
             )
         return grid
 
@@ -360,7 +360,7 @@ def check_trans(adata, modality: str, key: str) -> None:
         check.grid(record, "dose_range", where)
     if "dose_in_range" in record:
         check.array(record["dose_in_range"], where, "field 'dose_in_range'", (len(grid),), kind="b")
-    axis = check.grid(record, "dose_axis_grid", where, required=False)
+    axis = check.grid(record, "dose_axis_grid", where, required=False, log=True)
     if "dose_axis_shift" in record and axis is not None:
         check.array(record["dose_axis_shift"], where, "field 'dose_axis_shift'", (None, len(axis)))
     table = check.frame(
