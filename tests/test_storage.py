@@ -50,7 +50,9 @@ def test_every_fit_writes_its_kind_and_schema_version(fitted):
 
 
 def test_stamp_rejects_unknown_kinds():
-    with pytest.raises(ValueError, match="kind must be one of technical, cis, trans; got 'x'"):
+    with pytest.raises(
+        ValueError, match="kind must be one of technical, cis, trans, screen; got 'x'"
+    ):
         S.stamp({}, "x")
 
 

@@ -1,11 +1,12 @@
 """The one codec for stored results: what every fit writes, and how it is read back.
 
-Every run record (``uns[key]``) carries its ``kind`` (``"technical"``, ``"cis"`` or
-``"trans"``; the significance of a trans fit lives in its trans record) and the
-``schema_version`` it was written with. Records written before the version existed (no
+Every run record (``uns[key]``) carries its ``kind`` (``"technical"``, ``"cis"``, ``"trans"``
+or ``"screen"``; the significance and calibration of a trans fit live in its trans record) and
+the ``schema_version`` it was written with. Records written before the version existed (no
 ``kind``) are recognised once, here, from their keys (:func:`record_kind`). ``tl`` writes
 through :func:`stamp` and the ``write_*`` functions; ``get`` and ``pl`` read only through the
-``read_*`` functions and :mod:`dream_sc.models` (never through ``tl``).
+``read_*`` functions and :mod:`dream_sc.models` (never through ``tl``). Every ``read_*``
+function validates what it reads (:mod:`dream_sc._record_checks`).
 
 Layout
 ------
@@ -28,20 +29,16 @@ import pandas as pd
 from anndata import AnnData
 from mudata import MuData
 
+from . import _record_checks as C
 from . import _validation as V
+from ._record_checks import CURVE_STATS, KINDS, SCHEMA_VERSION
 from ._registration import is_overdispersed
 from .models.families import get_family
 from .models.guide import cholesky_from_lower
 from .models.trans import TransPriors
 
-#: Version of the record layout written by this package (records without one are version 0).
-SCHEMA_VERSION = 1
-#: Kinds of run records.
-KINDS = ("technical", "cis", "trans")
 #: Column prefix of the per-feature correlation factor in ``varm[f"{key}_posterior"]``.
 CORR_PREFIX = "corr_chol_"
-#: Statistics of the stored curve bands.
-CURVE_STATS = ("mean", "q05", "q95")
 
 
 # ----------------------------------------------------------------------------- kinds
@@ -50,17 +47,6 @@ def stamp(record: dict, kind: str) -> dict:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}.")
     return {"kind": kind, "schema_version": SCHEMA_VERSION, **record}
-
-
-def _legacy_kind(record: Mapping) -> str | None:
-    """Kind of a record written before ``kind`` was stored (schema version 0)."""
-    if "guides" in record and "x_ntc" in record:
-        return "cis"
-    if "dose_grid" in record:
-        return "trans"
-    if "groups" in record:
-        return "technical"
-    return None
 
 
 def record_kind(record: object) -> str | None:
@@ -77,7 +63,7 @@ def record_kind(record: object) -> str | None:
         return None
     if "kind" in record:
         return str(record["kind"])
-    return _legacy_kind(record)
+    return C.legacy_kind(record)
 
 
 def schema_version(record: Mapping) -> int:
@@ -109,13 +95,25 @@ def stored_fits(mdata: MuData, modality: str | None = None) -> list[StoredFit]:
         fits += [
             StoredFit("cis", k, None, r) for k, r in mdata.uns.items() if record_kind(r) == "cis"
         ]
+        _check_unknown(mdata.uns, "mdata.uns")
     for mod in list(mdata.mod) if modality is None else [modality]:
         fits += [
             StoredFit(record_kind(r), k, mod, r)
             for k, r in mdata[mod].uns.items()
             if record_kind(r) in ("technical", "trans")
         ]
+        _check_unknown(mdata[mod].uns, f"mdata[{mod!r}].uns")
+    for fit in fits:
+        C.check_fit(mdata, fit.kind, fit.key, fit.modality)
     return fits
+
+
+def _check_unknown(uns: Mapping, where: str) -> None:
+    """Entries that look like run records (``kind``, ``schema_version``, ``loss``) of unknown kind."""
+    for key, record in uns.items():
+        if isinstance(record, Mapping) and {"kind", "schema_version", "loss"} <= set(record):
+            if record_kind(record) not in KINDS:
+                C.check_fit_header(record, f"{where}[{key!r}]")
 
 
 # ----------------------------------------------------------------------------- technical
@@ -152,6 +150,7 @@ def read_technical(mdata: MuData, modality: str, key: str) -> TechnicalFit:
             f"No technical fit {key!r} in modality {modality!r}; run "
             f"`ds.tl.fit_technical(mdata, modality={modality!r}, key_added={key!r})` first."
         )
+    C.check_technical(adata, modality, key)
     record, table = adata.uns[key], adata.varm[key]
     groups = [str(g) for g in record["groups"]]
     effects = np.zeros((adata.n_vars, len(groups)))
@@ -193,17 +192,42 @@ def write_cis(
     mdata.uns[key] = stamp(record, "cis")
 
 
-def read_cis(mdata: MuData, key: str, *, samples: bool = False) -> Mapping:
+def read_cis(mdata: MuData, key: str, *, samples: bool = False, cells: bool = False) -> Mapping:
     """The cis run record ``key`` (raises with the call to make when it is missing).
 
-    ``samples=True`` also requires the per-cell dosage samples in ``mdata.obsm``.
+    ``samples=True`` also requires the per-cell dosage samples in ``mdata.obsm``, ``cells=True``
+    the per-cell dosage columns in ``mdata.obs``.
     """
     if key not in mdata.uns or (samples and f"{key}_dose_samples" not in mdata.obsm):
         raise KeyError(
             f"No cis fit {key!r} in mdata.uns; run `ds.tl.fit_cis(mdata, cis_feature=..., "
             f"key_added={key!r})` first or pass `key=`."
         )
+    C.check_cis(mdata, key, cells=cells)
     return mdata.uns[key]
+
+
+# ----------------------------------------------------------------------------- screen
+def write_screen(mdata: MuData, key: str, record: dict) -> None:
+    """Store the screen record of ``fit_screen`` (stamped with its kind and schema version)."""
+    mdata.uns[key] = stamp(record, "screen")
+
+
+def read_screen(mdata: MuData, modality: str, key: str) -> Mapping:
+    """The screen record ``key`` of ``modality`` (raises when missing, foreign or damaged)."""
+    if key not in mdata.uns:
+        raise KeyError(
+            f"No screen record {key!r} in mdata.uns; run `ds.tl.fit_screen(mdata, "
+            f"modality={modality!r})` first or pass `key=`."
+        )
+    C.check_screen(mdata, key, modality)
+    record = mdata.uns[key]
+    if str(record.get("modality", modality)) != modality:
+        raise ValueError(
+            f"The screen {key!r} was fitted on modality {record['modality']!r}, not "
+            f"{modality!r}; pass modality={record['modality']!r} or the key of that screen."
+        )
+    return record
 
 
 # ----------------------------------------------------------------------------- trans
@@ -235,6 +259,7 @@ def read_trans(mdata: MuData, modality: str, key: str) -> tuple[AnnData, Mapping
             f"No trans fit {key!r} in modality {modality!r}; run "
             f"`ds.tl.fit_trans(mdata, modality={modality!r}, key_added={key!r})` first or pass `key=`."
         )
+    C.check_trans(adata, modality, key)
     return adata, adata.uns[key]
 
 

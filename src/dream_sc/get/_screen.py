@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from mudata import MuData
 
 from .. import _validation as V
+from .._storage import read_screen
 from ..models.significance import DECOY_PSEUDOCOUNT, NON_MONOTONIC_CALL
 from ._tables import trans_results
 
@@ -93,22 +94,11 @@ def pooled_decoy_qvalues(
     return [q[a:b].reshape(o.shape) for a, b, o in zip(bounds[:-1], bounds[1:], obs, strict=True)]
 
 
-def _screen_record(mdata: MuData, modality: str, key: str) -> dict:
-    if key not in mdata.uns:
-        raise KeyError(
-            f"No screen record {key!r} in mdata.uns; run `ds.tl.fit_screen(mdata, "
-            f"modality={modality!r})` first or pass `key=`."
-        )
-    record = mdata.uns[key]
-    if str(record.get("modality", modality)) != modality:
-        raise ValueError(
-            f"The screen {key!r} was fitted on modality {record['modality']!r}, not "
-            f"{modality!r}; pass modality={record['modality']!r} or the key of that screen."
-        )
-    return record
+def _screen_record(mdata: MuData, modality: str, key: str) -> Mapping:
+    return read_screen(mdata, modality, key)
 
 
-def _n_null_sets(null: np.ndarray, record: dict) -> int:
+def _n_null_sets(null: np.ndarray, record: Mapping) -> int:
     if null.ndim == 2:
         return int(null.shape[0])
     return int(record.get("params", {}).get("n_permutations", 1))

@@ -28,8 +28,8 @@ GUIDE_COLUMNS = [
 ]
 
 
-def _cis_record(mdata: MuData, key: str) -> Mapping:
-    return read_cis(mdata, key)
+def _cis_record(mdata: MuData, key: str, *, cells: bool = False) -> Mapping:
+    return read_cis(mdata, key, cells=cells)
 
 
 def cis_dosage(mdata: MuData, *, level: str = "guide", key: str = "dream_cis") -> pd.DataFrame:
@@ -61,7 +61,7 @@ def cis_dosage(mdata: MuData, *, level: str = "guide", key: str = "dream_cis") -
     >>> ds.get.cis_dosage(mdata).columns[:3].tolist()
     ['target', 'n_cells', 'dose_mean']
     """
-    record = _cis_record(mdata, key)
+    record = _cis_record(mdata, key, cells=level == "cell")
     if level == "guide":
         guides = record["guides"].copy()
         rest = [c for c in guides.columns if c not in GUIDE_COLUMNS]
