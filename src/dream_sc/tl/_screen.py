@@ -16,6 +16,7 @@ from .. import _validation as V
 from .._cells import check_guide_columns, sum_factor_values
 from .._registration import get_registration
 from .._settings import settings
+from .._storage import write_screen
 from ..models.families import get_family
 from ._cis import fit_cis
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
@@ -317,7 +318,7 @@ def fit_screen(
         params=clean_params(params),
         versions=versions(),
     )
-    target_mdata.uns[key_added] = record
+    write_screen(target_mdata, key_added, record)
     logger.info("fit_screen: %d targets in %.1fs", len(chosen), record["seconds"])
     return target_mdata if copy else None
 
