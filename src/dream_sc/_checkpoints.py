@@ -429,10 +429,12 @@ def read(
     path: str | os.PathLike,
     *,
     kind: str,
-    elems: Callable[[h5py.Group], Any] | None = None,
+    elems: Callable[[h5py.Group, Any], Any] | None = None,
     header_only: bool = False,
 ) -> Stored:
     """Read a checkpoint written by :func:`write` (data only; nothing is unpickled).
+
+    ``elems(group, tree)`` reads the ``elems`` group (its result is :attr:`Stored.elems`).
 
     Raises
     ------
@@ -449,7 +451,7 @@ def read(
                 return Stored(path, kind, meta["fingerprint"], None)
             group = handle["arrays"]
             tree = _decode(meta["tree"], lambda i: group[str(i)][()])
-            extra = elems(handle["elems"]) if elems is not None else None
+            extra = elems(handle["elems"], tree) if elems is not None else None
     except CheckpointError:
         raise
     except Exception as err:  # truncated / garbage HDF5, missing entries, bad JSON
