@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
+from scipy import sparse
 
 from .. import _checkpoints as ckpt
 from .._lazy import feature_blockwise
@@ -24,14 +25,46 @@ def package_version() -> str:
         return "unknown"
 
 
+#: Entries converted at a time while hashing (bounds the memory of the dtype casts).
+HASH_BLOCK = 1 << 22
+
+
+def _feed(d: ckpt.Digest, array: np.ndarray, dtype) -> None:
+    for start in range(0, len(array), HASH_BLOCK):
+        d.update(np.ascontiguousarray(array[start : start + HASH_BLOCK], dtype=dtype))
+
+
+def _block_digest(block) -> str:
+    """Digest of the values of one block, whatever its storage (dense, CSR, CSC; any dtype).
+
+    Hashed as canonical CSR (sorted indices, no explicit zeros) with int64 indices and float64
+    values, so converting the data between dense and sparse or int and float keeps the
+    fingerprint; sparse data are never densified.
+    """
+    d = ckpt.Digest()
+    if block is None:
+        d.update(None)
+        return d.hexdigest()
+    matrix = block if sparse.issparse(block) else sparse.csr_matrix(np.asarray(block))
+    matrix = sparse.csr_matrix(matrix)  # a view of CSR input, a conversion otherwise
+    if not matrix.has_canonical_format or (matrix.data == 0).any():
+        matrix = matrix.copy()
+        matrix.sum_duplicates()
+        matrix.eliminate_zeros()
+    d.update(str(matrix.shape))
+    _feed(d, matrix.indptr, np.int64)
+    _feed(d, matrix.indices, np.int64)
+    _feed(d, matrix.data, np.float64)
+    return d.hexdigest()
+
+
 def matrix_digest(X, total=None) -> dict[str, str]:
     """Digest of a data matrix (and its trials): in memory at once, lazy column block by block.
 
-    Sparse matrices are hashed through their CSR/CSC arrays (never densified).
+    See :func:`_block_digest`; a lazy matrix is read once, one column block at a time.
     """
-    return ckpt.digest_blocks(
-        feature_blockwise(lambda x, t, _: ckpt.digest(x, t), X, total)  # one digest per block
-    )
+    blocks = feature_blockwise(lambda x, t, _: (_block_digest(x), _block_digest(t)), X, total)
+    return ckpt.digest_blocks(blocks)
 
 
 def data_entries(modality: str, data, cell_names) -> dict[str, Any]:
