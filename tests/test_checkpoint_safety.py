@@ -199,6 +199,27 @@ def test_planted_trans_payload_does_not_run(fitted, resumable, tmp_path_factory,
     assert file.exists()
 
 
+@pytest.mark.parametrize("step", ["technical", "cis"])
+def test_planted_payload_of_technical_and_cis_does_not_run(fitted, tmp_path, step):
+    marker = tmp_path / "ran"
+    prefix = tmp_path / "ckpt"
+    if step == "technical":
+        file = pathlib.Path(f"{prefix}.chunk0.done.pt")
+        call = ds.tl.fit_technical
+        kwargs = {"n_steps": 10, "seed": 0}
+    else:
+        file = pathlib.Path(f"{prefix}.cis.pt")
+        call = ds.tl.fit_cis
+        kwargs = {"cis_feature": "GFI1B", "n_steps": 10, "seed": 0}
+    torch.save(Payload(marker), file)
+    with pytest.raises(ValueError, match=re.escape(f"{str(file)!r} was written by an older")):
+        call(fitted, checkpoint=str(prefix), **kwargs)
+    assert not marker.exists() and file.exists()
+    if step == "technical":  # (a cis fit costs too long for this test)
+        call(fitted, checkpoint=str(prefix), checkpoint_mismatch="restart", key_added="r", **kwargs)
+        assert not marker.exists() and not file.exists()  # deleted, never loaded
+
+
 def _damage(file: pathlib.Path, how: str) -> str:
     if how == "empty":
         file.write_bytes(b"")
