@@ -29,7 +29,9 @@ TRANS = {
 }
 SCREEN = {
     "n_steps": {"technical": 10, "cis": 10, "trans": 10},
+    "cis_kwargs": {"warm_start": False},  # no Laplace start: fast
     "trans_kwargs": {"refine_intervals": False, "test": False},
+    "n_samples": 50,
     "seed": 3,
     "progress": False,
 }
@@ -276,7 +278,7 @@ def test_optimiser_state_round_trips_exactly(tmp_path):
 def screen(tmp_path_factory):
     """A finished fit_screen run and its checkpoint directory (kept after success)."""
     mdata = ds.datasets.simulate_screen(
-        n_cells=240, n_genes=10, n_junctions=0, n_isoform_genes=0, n_targets=2, seed=1
+        n_cells=200, n_genes=8, n_junctions=0, n_isoform_genes=0, n_targets=2, seed=1
     )
     folder = tmp_path_factory.mktemp("screen") / "ckpt"
     ds.tl.fit_screen(mdata, checkpoint=str(folder), **SCREEN)

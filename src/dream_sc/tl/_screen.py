@@ -235,7 +235,7 @@ def fit_screen(
     cis_keys = {t: f"{cis_prefix}_{t}" for t in chosen}
     trans_keys = {t: f"{trans_prefix}_{t}" for t in chosen}
     store = Checkpoint(checkpoint) if checkpoint is not None else None
-    seed = resolve_seed(resumed_seed(store, seed))  # a drawn seed is resumed from the manifest
+    seed = resolve_seed(resumed_seed(store, seed, checkpoint_mismatch))  # a drawn seed resumes
     common = {
         "guide_key": guide_key,
         "target_key": target_key,

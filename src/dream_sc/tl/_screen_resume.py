@@ -52,12 +52,21 @@ def manifest_of(seed: int, params: dict) -> dict:
     return {"format": MANIFEST_FORMAT, "seed": int(seed), "settings": settings}
 
 
-def resumed_seed(store: Checkpoint | None, seed: int | None) -> int | None:
-    """``seed``, or the seed of the stored run when ``seed`` is None (a drawn seed resumes)."""
+def resumed_seed(store: Checkpoint | None, seed: int | None, mismatch: str = "raise") -> int | None:
+    """``seed``, or the seed of the stored run when ``seed`` is None (a drawn seed resumes).
+
+    A damaged manifest raises (``mismatch="restart"``: it is deleted).
+    """
     if store is None:
         return seed
     store.check_path()
-    stored = store.manifest()
+    try:
+        stored = store.manifest()
+    except ckpt.CheckpointError:
+        if mismatch != "restart":
+            raise
+        store.manifest_path.unlink()
+        stored = None
     if seed is None and stored is not None:
         try:
             return int(stored["seed"])
