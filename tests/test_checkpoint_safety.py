@@ -361,3 +361,35 @@ def test_screen_damaged_manifest(screen_copy):
         ValueError, match=re.escape(f"{str(folder / 'manifest.json')!r} is damaged")
     ):
         ds.tl.fit_screen(mdata, checkpoint=str(folder), **SCREEN)
+
+
+# ---- data digests ---------------------------------------------------------------------------
+
+
+def test_count_digest_ignores_storage_and_reads_lazy_data_by_blocks(
+    tiny_screen, tmp_path, monkeypatch
+):
+    import mudata as md
+    from scipy import sparse
+
+    from dream_sc import _lazy
+    from dream_sc._data import modality_data
+    from dream_sc.tl._fingerprints import matrix_digest
+
+    X = sparse.csr_matrix(tiny_screen["rna"].X)
+    expected = matrix_digest(X)
+    assert matrix_digest(X.toarray()) == expected  # dense
+    assert matrix_digest(X.tocsc()) == expected  # CSC
+    assert matrix_digest(X.astype(np.float32)) == expected  # another dtype, same values
+    changed = X.copy()
+    changed[0, 0] = changed[0, 0] + 1
+    assert matrix_digest(changed) != expected
+    out = tiny_screen.copy()
+    out["rna"].X = X.tocsc()
+    out.write(tmp_path / "s.h5mu")
+    backed = md.read_h5mu(tmp_path / "s.h5mu", backed=True)
+    data = modality_data(backed, "rna", backed.obs_names)
+    assert data.lazy
+    monkeypatch.setattr(_lazy, "BLOCK_ELEMENTS", 7 * data.X.shape[0])  # blocks of 7 genes
+    in_memory = modality_data(tiny_screen, "rna", tiny_screen.obs_names)
+    assert matrix_digest(data.X) == matrix_digest(in_memory.X)

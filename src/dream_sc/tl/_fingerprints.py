@@ -7,6 +7,7 @@ of them is reused. The labels are what an error message names when something cha
 
 from __future__ import annotations
 
+import hashlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -29,42 +30,45 @@ def package_version() -> str:
 HASH_BLOCK = 1 << 22
 
 
-def _feed(d: ckpt.Digest, array: np.ndarray, dtype) -> None:
-    for start in range(0, len(array), HASH_BLOCK):
-        d.update(np.ascontiguousarray(array[start : start + HASH_BLOCK], dtype=dtype))
+class ColumnStream:
+    """Digest of a matrix's values fed column block by column block, in any storage.
 
-
-def _block_digest(block) -> str:
-    """Digest of the values of one block, whatever its storage (dense, CSR, CSC; any dtype).
-
-    Hashed as canonical CSR (sorted indices, no explicit zeros) with int64 indices and float64
-    values, so converting the data between dense and sparse or int and float keeps the
-    fingerprint; sparse data are never densified.
+    The canonical CSC form (per-column entry counts, row indices, values; no explicit zeros,
+    int64 indices, float64 values) is streamed into three hashes, so the digest does not depend
+    on dense/sparse storage, dtype or how the columns were split into blocks: an in-memory
+    matrix and the same matrix read out of core give the same digest. Sparse data are never
+    densified (an in-memory CSR matrix is converted to CSC once).
     """
-    d = ckpt.Digest()
-    if block is None:
-        d.update(None)
-        return d.hexdigest()
-    matrix = block if sparse.issparse(block) else sparse.csr_matrix(np.asarray(block))
-    matrix = sparse.csr_matrix(matrix)  # a view of CSR input, a conversion otherwise
-    if not matrix.has_canonical_format or (matrix.data == 0).any():
-        matrix = matrix.copy()
-        matrix.sum_duplicates()
-        matrix.eliminate_zeros()
-    d.update(str(matrix.shape))
-    _feed(d, matrix.indptr, np.int64)
-    _feed(d, matrix.indices, np.int64)
-    _feed(d, matrix.data, np.float64)
-    return d.hexdigest()
+
+    def __init__(self) -> None:
+        self.hashes = [hashlib.blake2b(digest_size=16) for _ in range(3)]
+        self.shape = [None, 0]
+
+    def add(self, block) -> None:
+        """Append the columns of ``block`` (cells x columns)."""
+        matrix = sparse.csc_matrix(block if sparse.issparse(block) else np.asarray(block))
+        if not matrix.has_canonical_format or (matrix.data == 0).any():
+            matrix = matrix.copy()
+            matrix.sum_duplicates()
+            matrix.eliminate_zeros()
+        self.shape = [matrix.shape[0], self.shape[1] + matrix.shape[1]]
+        parts = (np.diff(matrix.indptr), matrix.indices, matrix.data)
+        for h, part, dtype in zip(
+            self.hashes, parts, (np.int64, np.int64, np.float64), strict=True
+        ):
+            for start in range(0, len(part), HASH_BLOCK):
+                h.update(np.ascontiguousarray(part[start : start + HASH_BLOCK], dtype=dtype))
+
+    def value(self) -> dict[str, str]:
+        """The fingerprint value."""
+        return ckpt.hashed(list(map(str, self.shape)), [h.hexdigest() for h in self.hashes])
 
 
-def matrix_digest(X, total=None) -> dict[str, str]:
-    """Digest of a data matrix (and its trials): in memory at once, lazy column block by block.
-
-    See :func:`_block_digest`; a lazy matrix is read once, one column block at a time.
-    """
-    blocks = feature_blockwise(lambda x, t, _: (_block_digest(x), _block_digest(t)), X, total)
-    return ckpt.digest_blocks(blocks)
+def matrix_digest(X) -> dict[str, str]:
+    """Digest of a data matrix: in memory at once, lazy column block by column block."""
+    stream = ColumnStream()
+    feature_blockwise(lambda x, _t, _s: stream.add(x), X)
+    return stream.value()
 
 
 def data_entries(modality: str, data, cell_names) -> dict[str, Any]:
