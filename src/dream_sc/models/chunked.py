@@ -14,7 +14,6 @@ build function (:class:`ChunkRecipe`), so where a chunk runs does not change its
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import zlib
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ import torch
 
 from .. import _checkpoints as ckpt
 from .._backends._base import LocalBackend, resolve_threads
+from .chunk_store import check_chunk_files, chunk_fingerprint, load_done, save_done
 from .guide import FeatureNoise, MeanFieldGuide, Site
 from .inference import NonFiniteLossError, run_svi
 
@@ -373,12 +373,7 @@ def fit_chunks(
     ]
     full_fingerprint = chunk_fingerprint(fingerprint, seed, n_steps, lr, chunks)
     if checkpoint:
-        ckpt.check_files(
-            checkpoint_files(checkpoint),
-            kind=_kind_of,
-            current=full_fingerprint,
-            mismatch=checkpoint_mismatch,
-        )
+        check_chunk_files(checkpoint, full_fingerprint, checkpoint_mismatch)
 
     def task_of(number: int, features: np.ndarray) -> ChunkTask:
         names = recipe.names if recipe is not None else None
@@ -430,7 +425,10 @@ def fit_chunks(
     for number, features in enumerate(chunks):
         done_file = done_files[number]
         if done_file is not None and done_file.exists():
-            store(number, _load_done(done_file, features, full_fingerprint))
+            store(
+                number,
+                ChunkOutcome(**load_done(done_file, features, full_fingerprint), seconds=0.0),
+            )
         else:
             todo.append(number)
 
@@ -451,18 +449,7 @@ def fit_chunks(
         store(number, outcome)
         done_file = done_files[number]
         if done_file is not None:
-            ckpt.write(
-                done_file,
-                kind=DONE_KIND,
-                fingerprint=full_fingerprint,
-                tree={
-                    "features": np.asarray(chunks[number]),
-                    "summary": outcome.summary,
-                    "loss": outcome.loss,
-                    "converged": bool(outcome.converged),
-                    "corr": outcome.corr,
-                },
-            )
+            save_done(done_file, chunks[number], outcome, full_fingerprint)
     for f in done_files:
         if f is not None:
             f.unlink(missing_ok=True)
@@ -475,56 +462,3 @@ def _recipe_task(shared, item) -> ChunkOutcome:
     """``(build, part, task)`` item of a recipe fit -> its outcome (module level: picklable)."""
     build, part, task = item
     return run_recipe_chunk(build, shared, part, task)
-
-
-#: ``kind`` of finished-chunk files in :mod:`dream_sc._checkpoints`.
-DONE_KIND = "chunk"
-_CHUNK_FILE = re.compile(r"\.chunk\d+(\.done)?\.pt")
-
-
-def chunk_fingerprint(
-    fingerprint: dict | None, seed: int, n_steps: int, lr: float, chunks: Sequence[np.ndarray]
-) -> dict:
-    """The fingerprint of a chunked fit: the caller's plus the SVI settings and the chunking."""
-    return ckpt.normalise(
-        {
-            **(fingerprint or {}),
-            "seed": int(seed),
-            "n_steps": int(n_steps),
-            "lr": float(lr),
-            "the feature chunks": ckpt.hashed([np.asarray(c) for c in chunks]),
-        }
-    )
-
-
-def checkpoint_files(checkpoint: str | Path) -> list[Path]:
-    """Checkpoint files of a chunked fit with path prefix ``checkpoint``.
-
-    Finished chunks (``<prefix>.chunk<i>.done.pt``) and running ones (``<prefix>.chunk<i>.pt``).
-    """
-    return ckpt.files_with_prefix(checkpoint, lambda rest: bool(_CHUNK_FILE.fullmatch(rest)))
-
-
-def _kind_of(path: Path) -> str:
-    return DONE_KIND if path.name.endswith(".done.pt") else "svi"
-
-
-def _load_done(path: Path, features: np.ndarray, fingerprint: dict) -> ChunkOutcome:
-    """A finished chunk's outcome (its fingerprint was checked; the features are checked here)."""
-    saved = ckpt.read(path, kind=DONE_KIND)
-    ckpt.check(saved, fingerprint)
-    try:
-        tree = saved.tree
-        if not np.array_equal(tree["features"], features):
-            raise ValueError("it was written for other features")
-        summary = {k: (np.asarray(v[0]), np.asarray(v[1])) for k, v in tree["summary"].items()}
-        corr = tree["corr"]
-        return ChunkOutcome(
-            summary,
-            np.asarray(tree["loss"]),
-            bool(tree["converged"]),
-            0.0,
-            None if corr is None else np.asarray(corr),
-        )
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
-        raise ckpt.damaged(path, f"{type(err).__name__}: {err}") from err

@@ -53,7 +53,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal, init_to_value
 from torch.distributions import transform_to
 
 from .chunked import StepRows
-from .inference import FitResult, check_svi_checkpoint, run_svi
+from .inference import FitResult, run_svi
 from .likelihoods import _lgamma_ratio
 
 LN2 = float(np.log(2.0))
@@ -416,8 +416,6 @@ def fit_cis_model(
     (:func:`laplace_start`) instead of a small sphere around the moment estimates.
     ``fingerprint`` / ``checkpoint_mismatch``: see :func:`~dream_sc.models.inference.run_svi`.
     """
-    svi_file = None if checkpoint is None else f"{checkpoint}.cis.pt"
-    check_svi_checkpoint(svi_file, fingerprint, n_steps, lr, checkpoint_mismatch)
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     n_cells = data.assignment.shape[0]
@@ -456,7 +454,7 @@ def fit_cis_model(
         description="cis",
         loss_scale=float(n_cells),
         context=" in the cis fit",
-        checkpoint=svi_file,
+        checkpoint=None if checkpoint is None else f"{checkpoint}.cis.pt",
         checkpoint_every=checkpoint_every,
         fingerprint=fingerprint,
         checkpoint_mismatch=checkpoint_mismatch,

@@ -21,6 +21,7 @@ from .._settings import settings
 from .._storage import write_cis
 from ..models.cis import LN2, CisData, fit_cis_model, sample_cell_dosage
 from ..models.families import get_family
+from ..models.inference import check_svi_checkpoint
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
 from ._fingerprints import cis_fingerprint
 from ._technical import load_technical
@@ -333,6 +334,13 @@ def fit_cis(
         log2_x_ntc_prior=float(tech.baseline[col] / LN2),
     )
     batch = batch_size or min(len(rows), 50_000)
+    fingerprint = None
+    if checkpoint is not None:  # checked before any work (the Laplace start is work)
+        fingerprint = cis_fingerprint(
+            cis_data, obs.index[rows], guide_names, batch_size=batch, warm_start=warm_start
+        )
+        fingerprint["seed"] = int(seed)
+        check_svi_checkpoint(f"{checkpoint}.cis.pt", fingerprint, n_steps, lr, checkpoint_mismatch)
     start = time.perf_counter()
     logger.info("fit_cis: %s, %d cells, %d guides", cis_feature, len(rows), len(guide_names))
     post = fit_cis_model(
@@ -346,14 +354,7 @@ def fit_cis(
         checkpoint=checkpoint,
         checkpoint_every=settings.checkpoint_every,
         laplace=warm_start,
-        fingerprint=None
-        if checkpoint is None
-        else {
-            **cis_fingerprint(
-                cis_data, obs.index[rows], guide_names, batch_size=batch, warm_start=warm_start
-            ),
-            "seed": int(seed),
-        },
+        fingerprint=fingerprint,
         checkpoint_mismatch=checkpoint_mismatch,
     )
     seconds = time.perf_counter() - start
