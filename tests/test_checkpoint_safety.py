@@ -393,3 +393,25 @@ def test_count_digest_ignores_storage_and_reads_lazy_data_by_blocks(
     monkeypatch.setattr(_lazy, "BLOCK_ELEMENTS", 7 * data.X.shape[0])  # blocks of 7 genes
     in_memory = modality_data(tiny_screen, "rna", tiny_screen.obs_names)
     assert matrix_digest(data.X) == matrix_digest(in_memory.X)
+
+
+def test_interrupted_write_keeps_the_previous_file(tmp_path):
+    """A crash while writing leaves the old complete file and no temporary file."""
+    target = tmp_path / "state.pt"
+    ckpt.write(target, kind="svi", fingerprint={"seed": 0}, tree={"step": 10})
+
+    def dying(tmp):
+        tmp.write_bytes(b"\x89HDF\r\n\x1a\npartial")
+        raise KeyboardInterrupt("killed while writing")
+
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.atomic_write(target, dying)
+    assert ckpt.read(target, kind="svi").tree == {"step": 10}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_changes_name_settings_and_data():
+    stored = {"seed": 0, "function": "single_hill", "the sum factors": {"blake2b": "a"}}
+    current = {"seed": 1, "function": "single_hill", "the sum factors": {"blake2b": "b"}}
+    assert ckpt.changes(stored, current) == ["seed 0 -> 1", "the sum factors"]
+    assert ckpt.changes(stored, {**stored, "lr": 0.05}) == ["lr not recorded -> 0.05"]

@@ -109,7 +109,13 @@ def normalise(entries: Mapping[str, Any]) -> dict[str, Any]:
     return {str(k): _jsonable(v) for k, v in entries.items()}
 
 
+#: Stands for a label one of two fingerprints does not have.
+_MISSING = object()
+
+
 def _show(value: Any) -> str:
+    if value is _MISSING:
+        return "not recorded"
     if isinstance(value, str):
         return repr(value)
     if isinstance(value, float) and math.isfinite(value):
@@ -131,11 +137,11 @@ def changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     current = normalise(current)
     out = []
     for label in list(current) + [k for k in stored if k not in current]:
-        old, new = stored.get(label, "<not recorded>"), current.get(label, "<not recorded>")
+        old, new = stored.get(label, _MISSING), current.get(label, _MISSING)
         if old == new:
             continue
-        if isinstance(old, dict) and isinstance(new, dict) and "blake2b" in new:
-            out.append(label)
+        if any(isinstance(v, dict) and "blake2b" in v for v in (old, new)):
+            out.append(label)  # data: named, not shown
         else:
             out.append(f"{label} {_show(old)} -> {_show(new)}")
     return out
