@@ -24,7 +24,13 @@ STEP_FUNCTIONS = {
     "fit_cis": ("tl", "fit_cis"),
     "fit_trans": ("tl", "fit_trans"),
     "test_trans": ("tl", "test_trans"),
+    "fit_screen": ("tl", "fit_screen"),
+    "calibration_check": ("tl", "calibration_check"),
+    "assign_guides": ("pp", "assign_guides"),
+    "annotate_junctions": ("pp", "annotate_junctions"),
 }
+#: Arguments that name files or folders: relative values are taken from the configuration's folder.
+PATH_ARGUMENTS = ("checkpoint", "gtf")
 
 
 def _write_tables(mdata, out: Path) -> list[Path]:
@@ -42,6 +48,33 @@ def _write_tables(mdata, out: Path) -> list[Path]:
             ds.get.trans_results(mdata, modality=fit.modality, key=fit.key).to_csv(path)
             written.append(path)
     return written
+
+
+def _step_tables(name: str, kwargs: dict, returned, out: Path) -> list[Path]:
+    """Tables of a step whose results ``_write_tables`` does not cover (screens, calibration)."""
+    import dream_sc as ds
+
+    modality = kwargs.get("modality", "rna")
+    if name == "fit_screen":
+        key = kwargs.get("key_added", "dream_screen")
+        path = out / f"{key}_{modality}.csv"
+        ds.get.screen_results(returned, modality=modality, key=key).to_csv(path)
+        return [path]
+    if name == "calibration_check":
+        path = out / f"{kwargs.get('key', 'dream_trans')}_{modality}_calibration.csv"
+        returned.to_csv(path)
+        return [path]
+    return []
+
+
+def _resolve_paths(kwargs: dict, base: Path) -> dict:
+    """``kwargs`` with relative file arguments (:data:`PATH_ARGUMENTS`) made relative to ``base``."""
+    out = dict(kwargs)
+    for name in PATH_ARGUMENTS:
+        value = out.get(name)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            out[name] = str(base / value)
+    return out
 
 
 def _write_figures(mdata, out: Path, modalities: Sequence[str]) -> list[Path]:
@@ -145,6 +178,11 @@ def run(config_path: Path) -> Path:
           - fit_cis: {cis_feature: GFI1B}
           - fit_trans: {modality: rna, function: additive_hill}
 
+    Whole screens and checks: ``fit_screen`` (tables: the screen-wide table of
+    :func:`dream_sc.get.screen_results`), ``calibration_check`` (tables: its null-screen
+    table), ``assign_guides`` and ``annotate_junctions`` (``gtf:`` a path). ``checkpoint`` and
+    ``gtf`` paths are relative to the configuration file.
+
     Parameters
     ----------
     config_path
@@ -176,24 +214,34 @@ def run(config_path: Path) -> Path:
             raise ValueError(
                 f"{config_path}: unknown step {name!r} (step {number}); choose from {sorted(STEP_FUNCTIONS)}."
             )
-        steps.append((name, kwargs or {}))
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ValueError(
+                f"{config_path}: the arguments of step {number} ({name}) must be a mapping "
+                f"{{argument: value}}; got {type(kwargs).__name__}."
+            )
+        steps.append((name, _resolve_paths(kwargs or {}, base)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         mdata = mudata.read_h5mu(base / config["input"])
     output = base / config["output"]
     output.parent.mkdir(parents=True, exist_ok=True)
+    folder = base / config["tables"] if config.get("tables") else None
+    extra_tables = []
     for name, kwargs in steps:
         namespace, func = STEP_FUNCTIONS[name]
         logger.info("run: %s(%s)", name, ", ".join(f"{k}={v!r}" for k, v in kwargs.items()))
-        getattr(getattr(ds, namespace), func)(mdata, **kwargs)
+        returned = getattr(getattr(ds, namespace), func)(mdata, **kwargs)
+        if folder is not None:
+            extra_tables.append((name, kwargs, mdata if name == "fit_screen" else returned))
         # results of finished steps survive a crash in a later step
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             mdata.write(output)
-    if config.get("tables"):
-        folder = base / config["tables"]
+    if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
         _write_tables(mdata, folder)
+        for name, kwargs, returned in extra_tables:
+            _step_tables(name, kwargs, returned, folder)
     return output
 
 

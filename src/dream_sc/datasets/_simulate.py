@@ -1,4 +1,4 @@
-"""Ground-truth simulator of a CRISPRi/CRISPRa single-cell screen (see ``MODEL.md``)."""
+"""Ground-truth simulator of a CRISPRi/CRISPRa single-cell screen (the model page of the documentation)."""
 
 from __future__ import annotations
 

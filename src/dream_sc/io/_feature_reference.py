@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._files import as_file, check_unique_header, read_table
+
 #: Columns every Cell Ranger feature reference has.
 REFERENCE_COLUMNS: tuple[str, ...] = ("id", "name", "read", "pattern", "sequence", "feature_type")
 #: Target-gene columns of CRISPR Guide Capture references (at least one is needed).
@@ -32,12 +34,19 @@ def read_feature_reference(source: str | Path | pd.DataFrame) -> pd.DataFrame:
         table = source.copy()
         where = "the feature reference DataFrame"
     else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise ValueError(f"`feature_reference`: {str(path)!r} is not a file; check the path.")
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, comment="#")
+        path = as_file(source, "feature_reference")
+        table = read_table(
+            path,
+            kind="a Cell Ranger feature reference CSV",
+            fix_header=f"the header is {','.join(REFERENCE_COLUMNS)},target_gene_id,"
+            "target_gene_name, each name once",
+            dtype=str,
+            keep_default_na=False,
+            comment="#",
+        )
         where = f"feature reference {str(path)!r}"
     table.columns = [str(c).strip() for c in table.columns]
+    check_unique_header(table.columns, where, "name each column once")
     missing = [c for c in REFERENCE_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(

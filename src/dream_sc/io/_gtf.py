@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._files import as_file, file_error, read_table
+
 GTF_COLUMNS = [
     "chrom",
     "source",
@@ -42,11 +44,16 @@ def read_gtf_genes(source: str | Path | pd.DataFrame) -> pd.DataFrame:
         if "gene_name" not in out:
             out["gene_name"] = out["gene_id"]
         return out
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise ValueError(f"`gtf`: {str(path)!r} is not a file; check the path.")
-    table = pd.read_csv(
-        path, sep="\t", comment="#", header=None, dtype=str, keep_default_na=False, quoting=3
+    path = as_file(source, "gtf")
+    table = read_table(
+        path,
+        kind="a GTF (9 tab-separated columns)",
+        sep="\t",
+        header=False,
+        comment="#",
+        dtype=str,
+        keep_default_na=False,
+        quoting=3,
     )
     if table.shape[1] != 9:
         raise ValueError(
@@ -63,8 +70,28 @@ def read_gtf_genes(source: str | Path | pd.DataFrame) -> pd.DataFrame:
     table["gene_name"] = table["attributes"].str.extract(r'gene_name "([^"]+)"', expand=False)
     table["gene_name"] = table["gene_name"].fillna(table["gene_id"])
     table = table[table["gene_id"].notna()]
-    table["start"] = table["start"].astype(np.int64)
-    table["end"] = table["end"].astype(np.int64)
+    for column in ("start", "end"):
+        values = pd.to_numeric(table[column], errors="coerce").to_numpy(float)
+        bad = (
+            ~np.isfinite(values) | (values != np.floor(values)) | (values < 1) | (values > 2.0**53)
+        )
+        if bad.any():
+            line = table.iloc[int(np.flatnonzero(bad)[0])]
+            raise file_error(
+                path,
+                f"the {column} of the {line['feature']} line of {line['gene_id']} is "
+                f"{line[column]!r}, not a position >= 1",
+                "a GTF holds 1-based integer positions in columns 4 and 5",
+            )
+        table[column] = values.astype(np.int64)
+    if (table["start"] > table["end"]).any():
+        line = table[table["start"] > table["end"]].iloc[0]
+        raise file_error(
+            path,
+            f"the {line['feature']} line of {line['gene_id']} has start {line['start']} > end "
+            f"{line['end']}",
+            "a GTF gives start <= end on both strands",
+        )
     genes = table[table["feature"] == "gene"]
     if genes.empty:
         genes = (

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._files import as_file, check_unique_header, file_error, header_fields, reading
+
 CALL_COLUMNS: tuple[str, ...] = ("cell_barcode", "num_features", "feature_call", "num_umis")
 THRESHOLDS_FILE = "protospacer_umi_thresholds_json.json"
 
@@ -43,16 +45,24 @@ def read_protospacer_calls(
     if isinstance(source, pd.DataFrame):
         table, where = source.copy(), "the guide-call table"
     else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise ValueError(f"`calls`: {str(path)!r} is not a file; check the path.")
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        path = as_file(source, "calls")
+        fix = f"Cell Ranger's header is {','.join(CALL_COLUMNS)}, each name once"
+        check_unique_header(header_fields(path, ","), repr(str(path)), fix)
+        with reading(path, "Cell Ranger's protospacer_calls_per_cell.csv"):
+            table = pd.read_csv(path, dtype=str, keep_default_na=False)
         where = f"guide calls {str(path)!r}"
+    check_unique_header(table.columns, where, f"name each of {list(CALL_COLUMNS)} once")
     missing = [c for c in CALL_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(
             f"{where} lacks column(s) {missing} (has {list(table.columns)}); Cell Ranger's "
             f"protospacer_calls_per_cell.csv has {','.join(CALL_COLUMNS)}."
+        )
+    if table.empty:
+        raise ValueError(
+            f"{where} has a header but no rows: no cell has a guide call; fix: use "
+            "method='mixture' (or guide_calls='mixture' in read_cellranger) to call guides from "
+            "the UMI counts, or check that the file comes from a run whose guides were detected."
         )
     barcodes = table["cell_barcode"].astype(str)
     dup = barcodes[barcodes.duplicated()].unique()
@@ -92,9 +102,14 @@ def read_protospacer_calls(
             f"(e.g. {known[:3].tolist()}); use the calls and the matrix of the same Cell Ranger "
             "run, or the feature reference that names the guides alike."
         )
-    umi_values = pd.to_numeric(pd.Series(flat_umis), errors="coerce").to_numpy()
-    if np.any(~np.isfinite(umi_values)) or np.any(umi_values < 0):
-        raise ValueError(f"{where}: 'num_umis' must hold non-negative integers joined by '|'.")
+    umi_values = pd.to_numeric(pd.Series(flat_umis), errors="coerce").to_numpy(float)
+    bad = ~np.isfinite(umi_values) | (umi_values < 0) | (umi_values != np.floor(umi_values))
+    if np.any(bad | (umi_values > 2.0**53)):
+        raise ValueError(
+            f"{where}: 'num_umis' must hold non-negative integers (below 2^53) joined by '|'; "
+            f"got {flat_umis[np.flatnonzero(bad | (umi_values > 2.0**53))[0]]!r}; fix: use the "
+            "protospacer_calls_per_cell.csv written by Cell Ranger, unedited."
+        )
     rows = np.repeat(np.arange(len(table)), n_listed)
     cols = known.get_indexer(flat_guides)
     called = np.zeros((len(table), len(known)), dtype=np.int8)
@@ -113,9 +128,24 @@ def read_umi_thresholds(calls_path: Path, guide_names: pd.Index) -> pd.Series | 
     path = calls_path.parent / THRESHOLDS_FILE
     if not path.is_file():
         return None
-    with open(path) as handle:
-        values = json.load(handle)
-    return pd.Series(
-        {g: float(values[g]) if g in values else np.nan for g in guide_names.astype(str)},
-        dtype=float,
-    )
+    try:
+        with (
+            reading(path, "a JSON object guide → UMI threshold"),
+            open(path, encoding="utf-8") as f,
+        ):
+            values = json.load(f)
+        if not isinstance(values, dict):
+            raise TypeError(f"a JSON {type(values).__name__}, not an object")
+        return pd.Series(
+            {g: float(values[g]) if g in values else np.nan for g in guide_names.astype(str)},
+            dtype=float,
+        )
+    except (json.JSONDecodeError, TypeError, ValueError) as err:
+        if isinstance(err, ValueError) and str(err).startswith(repr(str(path))):
+            raise
+        raise file_error(
+            path,
+            f"not a JSON object of guide → UMI threshold ({err})",
+            "copy it again from Cell Ranger's crispr_analysis/ folder, or delete it (the "
+            "smallest called UMI count per guide is then shown as the threshold)",
+        ) from err

@@ -15,6 +15,7 @@ from scipy import sparse
 
 from ._barcodes import cell_names, match_barcodes
 from ._chrom import harmonise
+from ._files import as_file, check_unique_header, read_table
 from ._junctions import junction_anndata
 
 logger = logging.getLogger("dream_sc")
@@ -103,14 +104,31 @@ def read_junction_table(
     if layout not in ("long", "wide"):
         raise ValueError(f"`layout` must be 'long' or 'wide'; got {layout!r}.")
     frame, what = _load(table, sep)
+    if frame.empty:
+        raise ValueError(
+            f"{what} has no rows; fix: pass a table with one row per junction (wide) or per "
+            "cell and junction (long)."
+        )
     rename = {v: k for k, v in (columns or {}).items()}
     frame = frame.rename(columns=rename)
+    check_unique_header(
+        frame.columns, what, "name each column once (and let `columns=` map to new names only)"
+    )
     if layout == "long":
         var, x, barcodes = _long(frame, what)
     else:
         var, x, barcodes = _wide(frame, what)
     if coordinates == "0-based":
         var["start"] = var["start"] + 1
+    if (var["start"] < 1).any() or (var["end"] < 1).any():
+        row = var[(var["start"] < 1) | (var["end"] < 1)].iloc[0]
+        given = row["start"] - 1 if coordinates == "0-based" else row["start"]
+        raise ValueError(
+            f"{what}: junction {row['chrom']}:{given}-{row['end']} lies before the chromosome "
+            f"start when read as {coordinates} (smallest position: "
+            f"{0 if coordinates == '0-based' else 1} for start, 1 for end); fix: check the "
+            "`coordinates` declaration and remove junctions with negative or zero positions."
+        )
     if (var["start"] > var["end"]).any():
         raise ValueError(
             f"{what}: some junctions have start > end after reading them as {coordinates}; "
@@ -132,19 +150,31 @@ def read_junction_table(
 def _load(table, sep) -> tuple[pd.DataFrame, str]:
     if isinstance(table, pd.DataFrame):
         return table.copy(), "the junction table"
-    path = Path(table).expanduser()
-    if not path.is_file():
-        raise ValueError(f"`table`: {str(path)!r} is not a file; check the path.")
+    path = as_file(table, "table")
     if sep is None:
         stem = path.name[:-3] if path.name.endswith(".gz") else path.name
         sep = "\t" if stem.endswith((".tsv", ".txt", ".tab")) else ","
-    return pd.read_csv(path, sep=sep), f"junction table {str(path)!r}"
+    frame = read_table(
+        path,
+        kind=f"a junction table separated by {sep!r}",
+        sep=sep,
+        fix_header="name each column once (long layout: barcode, chrom, start, end, strand, "
+        "count; wide layout: one column per cell barcode, each barcode once)",
+    )
+    return frame, f"junction table {str(path)!r}"
 
 
 def _counts(values: np.ndarray, what: str) -> np.ndarray:
     numeric = pd.to_numeric(pd.Series(values.ravel()), errors="coerce").to_numpy(float)
-    if np.any(~np.isfinite(numeric)) or np.any(numeric < 0) or np.any(numeric != np.floor(numeric)):
-        raise ValueError(f"{what}: counts must be non-negative integers without missing values.")
+    bad = ~np.isfinite(numeric) | (numeric < 0) | (numeric != np.floor(numeric))
+    if np.any(bad | (numeric > 2.0**53)):
+        first = np.asarray(values, dtype=object).ravel()[
+            np.flatnonzero(bad | (numeric > 2.0**53))[0]
+        ]
+        raise ValueError(
+            f"{what}: counts must be non-negative integers without missing values; got "
+            f"{first!r}; fix: give raw read counts (no text, NaN or normalised values)."
+        )
     return numeric.reshape(values.shape)
 
 
@@ -188,8 +218,12 @@ def _long(frame: pd.DataFrame, what: str):
 
 def _integers(values: pd.Series, name: str, what: str) -> np.ndarray:
     numeric = pd.to_numeric(values, errors="coerce").to_numpy(float)
-    if np.any(~np.isfinite(numeric)) or np.any(numeric != np.floor(numeric)):
-        raise ValueError(f"{what}: column {name!r} must hold integer positions.")
+    bad = ~np.isfinite(numeric) | (numeric != np.floor(numeric)) | (np.abs(numeric) > 2.0**53)
+    if np.any(bad):
+        raise ValueError(
+            f"{what}: column {name!r} must hold integer positions; got "
+            f"{np.asarray(values, dtype=object)[np.flatnonzero(bad)[0]]!r}."
+        )
     return numeric.astype(np.int64)
 
 

@@ -14,7 +14,7 @@ from mudata import MuData
 
 from ._barcodes import cell_names, match_barcodes
 from ._chrom import harmonise
-from ._files import as_path, find_file, read_lines, read_mtx, read_tsv, require_file
+from ._files import as_path, find_file, mtx_shape, read_lines, read_mtx, read_tsv, require_file
 from ._junctions import junction_anndata
 
 logger = logging.getLogger("dream_sc")
@@ -98,17 +98,21 @@ def read_starsolo_junctions(
     folder = _locate(as_path(path, "path"), matrix)
     what = f"STARsolo folder {str(folder)!r}"
     features = _read_features(require_file(folder, "features.tsv", what), what)
-    barcodes = pd.Index(read_lines(require_file(folder, "barcodes.tsv", what)))
+    barcodes = pd.Index(
+        read_lines(require_file(folder, "barcodes.tsv", what), what="one cell barcode per line")
+    )
     if not barcodes.is_unique:
         dup = barcodes[barcodes.duplicated()].unique()[:3].tolist()
         raise ValueError(f"barcodes.tsv of {what} repeats barcode(s) {dup}; each must appear once.")
-    counts = read_mtx(require_file(folder, "matrix.mtx", what))
-    if counts.shape != (len(features), len(barcodes)):
+    matrix_path = require_file(folder, "matrix.mtx", what)
+    shape = mtx_shape(matrix_path)
+    if shape != (len(features), len(barcodes)):
         raise ValueError(
-            f"matrix.mtx of {what} is {counts.shape[0]} × {counts.shape[1]} but features.tsv has "
+            f"matrix.mtx of {what} is {shape[0]} × {shape[1]} but features.tsv has "
             f"{len(features)} junctions and barcodes.tsv {len(barcodes)} barcodes; STARsolo writes "
             "junctions × cells. Are the files from the same run?"
         )
+    counts = read_mtx(matrix_path)
     expression = cell_names(cells)
     barcodes = match_barcodes(barcodes, expression, suffix=barcode_suffix, what=what)
     strand, from_motif = _resolve_strand(features)
@@ -152,7 +156,7 @@ def _locate(path: Path, matrix: str) -> Path:
 
 
 def _read_features(path: Path, what: str) -> pd.DataFrame:
-    table = read_tsv(path)
+    table = read_tsv(path, kind="STARsolo SJ features (SJ.out.tab layout, tab-separated)")
     layout = "SJ.out.tab layout: chrom, intron start, intron end, strand (0/1/2), motif (0-6), annotated (0/1), ..."
     if table.shape[1] < 6:
         raise ValueError(
@@ -162,9 +166,10 @@ def _read_features(path: Path, what: str) -> pd.DataFrame:
     table = table.iloc[:, : len(SJ_COLUMNS)]
     table.columns = list(SJ_COLUMNS[: table.shape[1]])
     for column in ("start", "end", "strand", "motif", "annotated"):
-        values = pd.to_numeric(table[column], errors="coerce")
-        if values.isna().any() or (values != np.floor(values)).any():
-            row = int(np.flatnonzero(values.isna() | (values != np.floor(values)))[0])
+        values = pd.to_numeric(table[column], errors="coerce").astype(float)
+        bad = ~np.isfinite(values) | (values != np.floor(values)) | (values.abs() > 2.0**53)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
             raise ValueError(
                 f"features.tsv of {what}, line {row + 1}: column {column!r} must be an integer, "
                 f"got {table[column].iloc[row]!r}; the file must be in {layout}"
@@ -177,9 +182,20 @@ def _read_features(path: Path, what: str) -> pd.DataFrame:
             f"features.tsv of {what}, line {row + 1}: strand {table['strand'].iloc[row]} / motif "
             f"{table['motif'].iloc[row]} outside 0-2 / 0-6; the file must be in {layout}"
         )
+    bad = (table["start"] < 1) | (table["end"] < 1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"features.tsv of {what}, line {row + 1}: intron {table['start'].iloc[row]}-"
+            f"{table['end'].iloc[row]} has a coordinate below 1; fix: STAR writes 1-based "
+            "positions (first and last intron base), so the file is damaged or not from STAR."
+        )
     if (table["start"] > table["end"]).any():
         row = int(np.flatnonzero(table["start"] > table["end"])[0])
-        raise ValueError(f"features.tsv of {what}, line {row + 1}: intron start > end.")
+        raise ValueError(
+            f"features.tsv of {what}, line {row + 1}: intron start > end; fix: STAR writes the "
+            "first and last intron base, start <= end on both strands."
+        )
     return table
 
 

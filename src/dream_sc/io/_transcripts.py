@@ -13,7 +13,7 @@ from mudata import MuData
 from scipy import sparse
 
 from ._barcodes import cell_names, match_barcodes
-from ._files import find_file, read_lines, read_mtx, read_tsv
+from ._files import as_file, find_file, mtx_shape, read_lines, read_mtx, read_table, read_tsv
 
 logger = logging.getLogger("dream_sc")
 
@@ -69,6 +69,11 @@ def read_transcript_counts(
     """
     mapping = _tx2gene(tx2gene, sep)
     x, rows, cols, what = _load_matrix(matrix, sep)
+    if 0 in x.shape:
+        raise ValueError(
+            f"{what} holds no counts ({x.shape[0]} × {x.shape[1]}); fix: pass a "
+            "table with at least one cell and one transcript."
+        )
     transcripts, barcodes, x = _orient(x, rows, cols, mapping, what)
     gene, how = _genes(transcripts, mapping, what)
     for ids, name in ((transcripts, "transcript"), (barcodes, "cell")):
@@ -77,9 +82,15 @@ def read_transcript_counts(
             raise ValueError(f"{what} repeats {name} id(s) {dup}; each must appear once.")
     values = x.data if sparse.issparse(x) else np.asarray(x).ravel()
     if values.size and (
-        np.any(values < 0) or np.any(values != np.floor(values)) or np.any(~np.isfinite(values))
+        np.any(values < 0)
+        or np.any(values != np.floor(values))
+        or np.any(~np.isfinite(values))
+        or np.any(values > 2.0**53)
     ):
-        raise ValueError(f"{what}: counts must be non-negative integers (raw read or UMI counts).")
+        raise ValueError(
+            f"{what}: counts must be non-negative integers (raw read or UMI counts); fix: pass "
+            "raw counts, not normalised, estimated or missing values."
+        )
     expression = cell_names(cells)
     barcodes = match_barcodes(barcodes, expression, suffix=barcode_suffix, what=what)
     x = sparse.csr_matrix(x, dtype=np.float32)
@@ -115,10 +126,15 @@ def _tx2gene(source, sep) -> pd.Series:
             raise ValueError("`tx2gene` needs two columns: transcript id, gene.")
         mapping = pd.Series(source.iloc[:, 1].to_numpy(object), index=source.iloc[:, 0].astype(str))
     else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise ValueError(f"`tx2gene`: {str(path)!r} is not a file; check the path.")
-        table = pd.read_csv(path, sep=_text_sep(path, sep), header=None, dtype=str)
+        path = as_file(source, "tx2gene")
+        table = read_table(
+            path,
+            kind="a two-column table transcript id, gene",
+            sep=_text_sep(path, sep),
+            header=False,
+            dtype=str,
+            keep_default_na=False,
+        )
         if table.shape[1] < 2:
             raise ValueError(
                 f"`tx2gene` file {str(path)!r} has {table.shape[1]} column(s); it needs two: "
@@ -135,7 +151,7 @@ def _load_matrix(matrix, sep):
         return x, pd.Index(matrix.obs_names), pd.Index(matrix.var_names), "the transcript AnnData"
     if isinstance(matrix, pd.DataFrame):
         return (
-            matrix.to_numpy(),
+            _numeric(matrix, "the transcript table"),
             pd.Index(matrix.index.astype(str)),
             pd.Index(matrix.columns.astype(str)),
             "the transcript table",
@@ -146,18 +162,52 @@ def _load_matrix(matrix, sep):
         files = [find_file(path, n) for n in ("matrix.mtx", "barcodes.tsv", "features.tsv")]
         if any(f is None for f in files):
             raise ValueError(f"{what} needs matrix.mtx, barcodes.tsv and features.tsv (gz or not).")
+        features = read_tsv(files[2], kind="one transcript id per line").iloc[:, 0]
+        barcodes = read_lines(files[1], what="one cell barcode per line")
+        shape = mtx_shape(files[0])
+        if shape != (len(features), len(barcodes)):
+            raise ValueError(
+                f"matrix.mtx of {what} is {shape[0]} × {shape[1]} but features.tsv has "
+                f"{len(features)} transcripts and barcodes.tsv {len(barcodes)} barcodes; fix: "
+                "the matrix must be transcripts × cells, with the three files of one run."
+            )
         x = read_mtx(files[0])
-        features = read_tsv(files[2]).iloc[:, 0]
-        return x, pd.Index(features.astype(str)), pd.Index(read_lines(files[1])), what
+        return x, pd.Index(features.astype(str)), pd.Index(barcodes), what
     if not path.is_file():
         raise ValueError(f"`matrix`: {str(path)!r} does not exist; check the path.")
-    table = pd.read_csv(path, sep=_text_sep(path, sep), index_col=0)
+    table = read_table(
+        path,
+        kind="a counts table (first column = row ids, header = column ids)",
+        sep=_text_sep(path, sep),
+        fix_header="give every cell (or transcript) column its own id",
+        index_col=0,
+    )
+    what = f"transcript table {str(path)!r}"
     return (
-        table.to_numpy(),
+        _numeric(table, what),
         pd.Index(table.index.astype(str)),
         pd.Index(table.columns.astype(str)),
-        f"transcript table {str(path)!r}",
+        what,
     )
+
+
+def _numeric(table: pd.DataFrame, what: str) -> np.ndarray:
+    """The table's values as floats; raise naming the first non-numeric entry."""
+    if table.shape[1] == 0:
+        raise ValueError(
+            f"{what} has a single column; fix: give row ids in the first column and one column "
+            "per cell (or transcript), with the separator of the file (`sep=`)."
+        )
+    values = table.apply(pd.to_numeric, errors="coerce").to_numpy(float)
+    bad = np.isnan(values) & table.notna().to_numpy()
+    if bad.any():
+        row, col = (int(v[0]) for v in np.nonzero(bad))
+        raise ValueError(
+            f"{what}: row {table.index[row]!r}, column {table.columns[col]!r} holds "
+            f"{table.iat[row, col]!r}, not a number; fix: the table must hold counts only, with "
+            "ids in the first column and the header."
+        )
+    return values
 
 
 def _overlap(ids: pd.Index, mapping: pd.Series) -> float:

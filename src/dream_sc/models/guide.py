@@ -15,7 +15,7 @@ length one), so ``loc`` and ``scale`` stay the posterior mean and marginal sd of
 
 Why not :class:`pyro.infer.autoguide.AutoNormal`? Two reasons. (1) Features are conditionally
 independent given the dosage, so fitting them in chunks must give the same answer as fitting
-them together (MODEL.md). With one global random stream the noise a feature sees would depend
+them together (the model page of the documentation). With one global random stream the noise a feature sees would depend
 on which chunk it sits in. Here feature-level noise comes from a stream seeded by the feature's
 global index (:class:`FeatureNoise`), while cell-level randomness comes from a stream seeded
 only by the run's seed. (2) Summaries need the unconstrained ``loc``/``scale`` per site, which

@@ -21,6 +21,8 @@ logger = logging.getLogger("dream_sc")
 
 METHODS: tuple[str, ...] = ("umi_threshold", "mixture", "cellranger")
 MOIS: tuple[str, ...] = ("low", "high")
+#: Largest UMI count the mixture accepts (counts are exact integers in float64 up to 2^53).
+MAX_UMIS = 2.0**53
 
 
 def assign_guides(
@@ -50,12 +52,15 @@ def assign_guides(
         (ambient guide reads) and a discretised log-normal for cells carrying the guide — is
         fitted by EM, as Cell Ranger does; the threshold is the count from which on the guide
         component is more likely, and at least ``min_umis``. A guide without a component
-        clearly above its background gets no threshold (no calls).
+        clearly above its background gets no threshold (no calls). Memory and time grow with
+        the number of distinct counts, not with the largest one (counts above 2^53 are an
+        error).
     ``"cellranger"``
         Cell Ranger's calls (``protospacer_calls_per_cell.csv``, argument ``calls``); the
         thresholds shown by :func:`~dream_sc.pl.guide_assignment` are read from
         ``protospacer_umi_thresholds_json.json`` next to it when present, else the smallest
-        called UMI count per guide.
+        called UMI count per guide. A calls file with a header and no rows (no cell called) is
+        an error that suggests ``method="mixture"``.
 
     Raw UMI counts are never used as assignments: only calls enter the table.
 
@@ -114,7 +119,8 @@ def assign_guides(
         Missing guide modality or target mapping.
     ValueError
         Bad options, UMIs that are not integer counts, calls naming unknown guides, calls whose
-        barcodes do not match the cells, no cell left. Nothing is changed on error.
+        barcodes do not match the cells, a damaged, empty or header-only calls file (the
+        message names the file and the fix), no cell left. Nothing is changed on error.
 
     Examples
     --------
@@ -236,6 +242,13 @@ def _call(method, counts, names, threshold, min_umis, calls, guides):
             thresholds = masked.min(axis=0).astype(float)
         return table, thresholds.reindex(names)
     dense = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
+    if method == "mixture" and dense.size and dense.max() > MAX_UMIS:
+        j = int(np.argmax(dense.max(axis=0)))
+        raise ValueError(
+            f"Guide {names[j]!r} of modality {guides!r} has a UMI count of {dense[:, j].max():.4g} "
+            f"(above 2^53, not exactly representable); fix: check that mdata[{guides!r}].X holds "
+            "raw guide UMI counts (the file may be damaged), or use method='umi_threshold'."
+        )
     if method == "umi_threshold":
         values = _threshold_values(threshold, names, guides)
     else:

@@ -8,10 +8,15 @@ fitted by EM on the histogram of counts; the M-step of the log-normal uses weigh
 from which on every larger count is more likely to come from the guide component; a guide whose
 fitted component is not clearly above the background (median ``exp(mu) < lam + 5 sqrt(lam) + 3``)
 or holds less than half a cell gets no threshold (``inf``: no cell is called).
+
+Memory and time depend on the number of distinct counts, not on the largest count: the EM runs
+on the histogram, and the threshold search stops where the background becomes negligible (see
+:func:`_threshold`), so a single count of ``2**40`` costs no more than a count of 100.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,13 +116,56 @@ def fit_guide_mixture(counts: np.ndarray, *, max_iter: int = 200, tol: float = 1
     return MixtureFit(weight, lam, mu, sigma, _threshold(values, weight, lam, mu, sigma, n), n_iter)
 
 
+#: Longest integer grid searched for the threshold; beyond it only observed counts are checked.
+GRID_CAP = 1_000_000
+
+
+def _background_negligible(weight: float, lam: float) -> int:
+    """Smallest count ``u >= lam`` with ``log Poisson(u; lam) < log(weight) - 700``.
+
+    From there on every count is on the guide side: the guide term of :func:`_posterior` is at
+    least ``log(weight) - 690.8`` (its pmf is clipped at ``1e-300``), and the Poisson log-pmf
+    falls monotonically above ``lam``. Found by doubling and bisection on ``math.lgamma``, so
+    the cost does not grow with the counts.
+    """
+    target = math.log(weight) - 700.0
+    log_lam = math.log(lam)
+
+    def negligible(u: int) -> bool:
+        return u * log_lam - lam - math.lgamma(u + 1.0) < target
+
+    low = max(math.ceil(lam), 1)
+    if negligible(low):
+        return low
+    high = 2 * low
+    while not negligible(high):
+        low, high = high, 2 * high
+    while high - low > 1:  # negligible(high), not negligible(low)
+        middle = (low + high) // 2
+        low, high = (low, middle) if negligible(middle) else (middle, high)
+    return high
+
+
 def _threshold(values, weight, lam, mu, sigma, n) -> float:
-    """Smallest count from which on the guide component is the more likely one."""
+    """Smallest count from which on the guide component is the more likely one.
+
+    The posterior is evaluated on the integers ``0 .. min(max count, B)`` where ``B`` is the
+    count above which the background is negligible (:func:`_background_negligible`; every
+    larger count is on the guide side, so the result equals that of the full grid). Only when
+    ``B`` exceeds :data:`GRID_CAP` (a background of about a million UMIs) are the observed
+    counts above the cap checked instead of every integer. Memory is therefore bounded by
+    ``GRID_CAP`` plus the number of distinct counts, never by the largest count.
+    """
     if weight * n < 0.5 or np.exp(mu) < lam + 5.0 * np.sqrt(lam) + 3.0:
         return np.inf  # no guide component clearly separated from the background
-    grid = np.arange(int(values.max()) + 1)
+    top = int(values.max())
+    bound = _background_negligible(weight, lam)
+    end = min(top, bound, GRID_CAP)
+    grid = np.arange(end + 1, dtype=np.int64)
+    if top > end and bound > end:
+        grid = np.concatenate([grid, values[values > end].astype(np.int64)])
     guide_side = _posterior(grid, weight, lam, mu, sigma) >= 0.5
     if not guide_side[-1]:
         return np.inf
     below = np.flatnonzero(~guide_side)
-    return float(below[-1] + 1) if below.size else 0.0
+    return float(grid[below[-1]] + 1) if below.size else 0.0

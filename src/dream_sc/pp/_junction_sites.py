@@ -104,6 +104,13 @@ def junction_table(var: pd.DataFrame, gene_key: str) -> pd.DataFrame:
         raise ValueError(f"Junction var['chrom'] has {int(chrom.isna().sum())} missing values.")
     start = _integer_coordinate(var["start"], "start")
     end = _integer_coordinate(var["end"], "end")
+    if np.any(start < 1) or np.any(end < 1):
+        first = var.index[np.flatnonzero((start < 1) | (end < 1))[0]]
+        raise ValueError(
+            f"Junction {first!r} has a coordinate below 1; fix: `start`/`end` must be 1-based "
+            "positions of the first and last intron base (read 0-based tables with "
+            "ds.io.read_junction_table(..., coordinates='0-based'))."
+        )
     if np.any(start > end):
         first = var.index[np.flatnonzero(start > end)[0]]
         raise ValueError(

@@ -28,7 +28,7 @@ def calibration_check(
     key: str = "dream_trans",
     alpha: float = 0.1,
     n_null_screens: int = 1,
-    device: str = "auto",
+    device: str | None = None,
     progress: bool | None = None,
 ) -> pd.DataFrame:
     """Count false discoveries on null screens made from your own data.

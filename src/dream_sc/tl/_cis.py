@@ -186,7 +186,7 @@ def fit_cis(
     n_samples: int | None = None,
     warm_start: bool = True,
     seed: int | None = None,
-    device: str = "auto",
+    device: str | None = None,
     progress: bool | None = None,
     key_added: str = "dream_cis",
     copy: bool = False,

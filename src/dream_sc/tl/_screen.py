@@ -58,7 +58,7 @@ def fit_screen(
     batch_size: int | None = None,
     n_samples: int | None = None,
     seed: int | None = None,
-    device: str = "auto",
+    device: str | None = None,
     progress: bool | None = None,
     key_added: str = "dream_screen",
     technical_key_added: str = "dream_technical",
@@ -122,7 +122,8 @@ def fit_screen(
         Seed of the technical fit and source of the per-target seeds (``None``:
         ``settings.seed``, else a fresh seed; recorded).
     device
-        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``; ``None`` (default):
+        ``settings.device``.
     progress
         One bar over targets (``None``: ``settings.progress_bar``).
     key_added

@@ -65,7 +65,7 @@ def fit_technical(
     feature_chunk: int | None = None,
     n_samples: int | None = None,
     seed: int | None = None,
-    device: str = "auto",
+    device: str | None = None,
     progress: bool | None = None,
     key_added: str = "dream_technical",
     copy: bool = False,
@@ -123,7 +123,8 @@ def fit_technical(
     seed
         Random seed (default ``settings.seed``, else fresh; recorded).
     device
-        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``; ``None`` (default):
+        ``settings.device``.
     progress
         Progress bar (default ``settings.progress_bar``).
     key_added

@@ -25,7 +25,7 @@ def test_trans(
     n_permutations: int | None = None,
     alpha: float = 0.1,
     min_effect: float | None = None,
-    device: str = "auto",
+    device: str | None = None,
     progress: bool | None = None,
     copy: bool = False,
     backend: str = "local",

@@ -94,7 +94,7 @@ def fit_trans(
     refine_intervals: bool = True,
     n_refine_draws: int = 500,
     seed: int | None = None,
-    device: str = "auto",
+    device: str | None = None,
     progress: bool | None = None,
     key_added: str = "dream_trans",
     copy: bool = False,
@@ -166,7 +166,8 @@ def fit_trans(
         simulated screens: 84% of true EC50s inside 90% intervals, 72% before; see the FAQ).
         Columns ``refined`` and ``refine_ess`` (effective sample size; below ~50 the interval
         is noisy) record it. Costs ``1.5 * n_refine_draws`` likelihood evaluations per refined
-        feature over all cells (20,000 cells x 600 refined features: ~2 min).
+        feature over all cells (20,000 cells x 600 refined features: about 65 s on 2 cores, see
+        the performance page).
     seed, device, progress
         As everywhere.
     key_added
