@@ -148,7 +148,7 @@ def test_resume_after_kill_matches_uninterrupted_run(fitted, tmp_path, monkeypat
         ds.tl.fit_screen(mdata, checkpoint=str(tmp_path / "ckpt"), **SETTINGS)
     # rolled back: the MuData is as it was
     assert (set(mdata.uns), set(mdata.obs.columns), set(mdata["rna"].varm)) == before
-    assert len(list((tmp_path / "ckpt").glob("target_*.pkl"))) == 1
+    assert len(list((tmp_path / "ckpt").glob("target_*.h5"))) == 1
     monkeypatch.setattr(_screen, "fit_trans", original)
     ds.tl.fit_screen(mdata, checkpoint=str(tmp_path / "ckpt"), **SETTINGS)
     record = mdata.uns["dream_screen"]

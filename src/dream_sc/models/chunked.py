@@ -26,7 +26,9 @@ import numpy as np
 import pyro
 import torch
 
+from .. import _checkpoints as ckpt
 from .._backends._base import LocalBackend, resolve_threads
+from .chunk_store import check_chunk_files, chunk_fingerprint, load_done, save_done
 from .guide import FeatureNoise, MeanFieldGuide, Site
 from .inference import NonFiniteLossError, run_svi
 
@@ -190,6 +192,7 @@ class ChunkTask:
     names: np.ndarray | None = None
     checkpoint: str | None = None
     checkpoint_every: int | None = None
+    fingerprint: dict | None = None  # of the whole fit (see chunk_fingerprint)
 
     @property
     def context(self) -> str:
@@ -271,6 +274,7 @@ def run_chunk(problem_of: Callable[[], ChunkProblem], task: ChunkTask) -> ChunkO
                 checkpoint_every=task.checkpoint_every,
                 lr_scales=guide.lr_scales(),
                 noise=guide.noise,
+                fingerprint=task.fingerprint,
             )
         except NonFiniteLossError:
             raise  # its message already names the chunk
@@ -303,6 +307,8 @@ def fit_chunks(
     checkpoint_every: int | None = None,
     feature_keys: np.ndarray | None = None,
     backend=None,
+    fingerprint: dict | None = None,
+    checkpoint_mismatch: ckpt.Mismatch = "raise",
 ) -> ChunkedFit:
     """Fit every chunk and stitch the per-feature posteriors together.
 
@@ -326,7 +332,8 @@ def fit_chunks(
         ``checkpoint_every`` steps; a rerun with the same path skips finished chunks and
         resumes the interrupted one. Removed when all chunks are done. With a remote backend
         finished chunks are saved by the caller and running chunks by the workers (the path
-        must then be on a file system the workers share).
+        must then be on a file system the workers share). Every file is data only and carries
+        the fit's fingerprint; all existing files are checked before any chunk runs.
     checkpoint_every
         Steps between checkpoints of the running chunk.
     feature_keys
@@ -336,6 +343,13 @@ def fit_chunks(
         Where chunks run: a backend of :func:`dream_sc._backends.resolve_backend` (``None``:
         in this process). Every backend gives identical results: each chunk's randomness
         comes from its own seeds and it runs with the backend's torch thread count.
+    fingerprint
+        What the fit depends on (data digests, settings; see :mod:`dream_sc._checkpoints`);
+        ``seed``, ``n_steps``, ``lr`` and the chunking are added here.
+    checkpoint_mismatch
+        ``"raise"``: checkpoint files of another fit, damaged or old-format files raise a
+        ``ValueError`` naming the file and what changed before any chunk runs, deleting
+        nothing; ``"restart"``: such files are deleted first.
 
     Returns
     -------
@@ -357,6 +371,9 @@ def fit_chunks(
         Path(f"{checkpoint}.chunk{number}.done.pt") if checkpoint else None
         for number in range(n_chunks)
     ]
+    full_fingerprint = chunk_fingerprint(fingerprint, seed, n_steps, lr, chunks)
+    if checkpoint:
+        check_chunk_files(checkpoint, full_fingerprint, checkpoint_mismatch)
 
     def task_of(number: int, features: np.ndarray) -> ChunkTask:
         names = recipe.names if recipe is not None else None
@@ -376,6 +393,7 @@ def fit_chunks(
             None if names is None else np.asarray(names)[features],
             str(Path(f"{checkpoint}.chunk{number}.pt")) if checkpoint else None,
             checkpoint_every,
+            full_fingerprint if checkpoint else None,
         )
 
     def store(number: int, outcome: ChunkOutcome) -> None:
@@ -407,17 +425,9 @@ def fit_chunks(
     for number, features in enumerate(chunks):
         done_file = done_files[number]
         if done_file is not None and done_file.exists():
-            saved = torch.load(done_file, weights_only=False)
-            if not np.array_equal(saved["features"], features):
-                raise ValueError(
-                    f"Checkpoint {str(done_file)!r} was written for other features; delete the "
-                    "checkpoint files or pass another `checkpoint=` path."
-                )
             store(
                 number,
-                ChunkOutcome(
-                    saved["summary"], saved["loss"], saved["converged"], 0.0, saved.get("corr")
-                ),
+                ChunkOutcome(**load_done(done_file, features, full_fingerprint), seconds=0.0),
             )
         else:
             todo.append(number)
@@ -439,16 +449,7 @@ def fit_chunks(
         store(number, outcome)
         done_file = done_files[number]
         if done_file is not None:
-            torch.save(
-                {
-                    "features": chunks[number],
-                    "summary": outcome.summary,
-                    "loss": outcome.loss,
-                    "converged": outcome.converged,
-                    "corr": outcome.corr,
-                },
-                done_file,
-            )
+            save_done(done_file, chunks[number], outcome, full_fingerprint)
     for f in done_files:
         if f is not None:
             f.unlink(missing_ok=True)

@@ -407,11 +407,14 @@ def fit_cis_model(
     checkpoint: str | None = None,
     checkpoint_every: int | None = None,
     laplace: bool = True,
+    fingerprint: dict | None = None,
+    checkpoint_mismatch: str = "raise",
 ) -> CisPosterior:
     """Fit the guide-level cis model by SVI and return joint posterior draws of every site.
 
     With ``laplace`` the variational posterior starts at the Laplace approximation
     (:func:`laplace_start`) instead of a small sphere around the moment estimates.
+    ``fingerprint`` / ``checkpoint_mismatch``: see :func:`~dream_sc.models.inference.run_svi`.
     """
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
@@ -453,6 +456,8 @@ def fit_cis_model(
         context=" in the cis fit",
         checkpoint=None if checkpoint is None else f"{checkpoint}.cis.pt",
         checkpoint_every=checkpoint_every,
+        fingerprint=fingerprint,
+        checkpoint_mismatch=checkpoint_mismatch,
     )
     with torch.no_grad():
         draws = _draw_sites(guide, model, make_batch(0), n_draws, seed)

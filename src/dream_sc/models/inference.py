@@ -6,7 +6,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,8 @@ import numpy as np
 import pyro
 import torch
 from tqdm.auto import tqdm
+
+from .. import _checkpoints as ckpt
 
 logger = logging.getLogger("dream_sc")
 #: Steps between checkpoints when the caller does not say (``settings.checkpoint_every``).
@@ -56,44 +58,69 @@ def _after_step(step: int) -> None:
     """Hook called after every step (tests use it to simulate an interrupted run)."""
 
 
-def _save_checkpoint(path, step, params, optimizer, scheduler, losses, n_steps, lr) -> None:
+#: ``kind`` of the SVI state files in :mod:`dream_sc._checkpoints`.
+SVI_KIND = "svi"
+
+
+def _svi_fingerprint(fingerprint: Mapping[str, Any] | None, n_steps: int, lr: float) -> dict:
+    return {**(fingerprint or {}), "n_steps": int(n_steps), "lr": float(lr)}
+
+
+def check_svi_checkpoint(
+    path: str | Path | None,
+    fingerprint: Mapping[str, Any] | None,
+    n_steps: int,
+    lr: float,
+    mismatch: ckpt.Mismatch = "raise",
+) -> None:
+    """Check the SVI checkpoint ``path`` of a coming :func:`run_svi` before any other work.
+
+    Raises the error :func:`run_svi` would raise (another fit, damaged, old format), or with
+    ``mismatch="restart"`` deletes such a file; nothing happens when there is no file.
+    """
+    if path is not None:
+        current = _svi_fingerprint(fingerprint, n_steps, lr)
+        ckpt.check_files([Path(path)], kind=SVI_KIND, current=current, mismatch=mismatch)
+
+
+def _save_checkpoint(path, step, params, optimizer, scheduler, losses, fingerprint) -> None:
+    """Save the optimisation state (data only, written atomically)."""
     state = {
-        "step": step,
-        "n_steps": n_steps,
-        "lr": lr,
+        "step": int(step),
         "params": [p.detach().cpu().clone() for p in params],
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "losses": losses[:step].copy(),
         "torch_rng": torch.get_rng_state(),
     }
-    tmp = Path(f"{path}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a crash while saving never leaves a broken checkpoint
+    ckpt.write(path, kind=SVI_KIND, fingerprint=fingerprint, tree=state)
 
 
-def _load_checkpoint(path, params, optimizer, scheduler, losses, n_steps, lr) -> int:
+def _load_checkpoint(path, params, optimizer, scheduler, losses, fingerprint, mismatch) -> int:
     path = Path(path)
-    if not path.exists():
+    if not ckpt.check_files([path], kind=SVI_KIND, current=fingerprint, mismatch=mismatch):
         return 0
-    state = torch.load(path, weights_only=False)
-    shapes_match = len(state["params"]) == len(params) and all(
-        a.shape == b.shape for a, b in zip(state["params"], params, strict=True)
-    )
-    if state["n_steps"] != n_steps or state["lr"] != lr or not shapes_match:
-        raise ValueError(
-            f"Checkpoint {str(path)!r} belongs to a different fit (n_steps, lr or parameter "
-            "shapes differ); delete it or pass another `checkpoint=` path."
-        )
-    with torch.no_grad():
-        for p, saved in zip(params, state["params"], strict=True):
-            p.copy_(saved.to(p.device))
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    losses[: state["step"]] = state["losses"]
-    torch.set_rng_state(state["torch_rng"])
-    logger.info("resuming from checkpoint %s at step %d", path, state["step"])
-    return int(state["step"])
+    saved = ckpt.read(path, kind=SVI_KIND)
+    ckpt.check(saved, fingerprint)
+    try:
+        state = saved.tree
+        step = int(state["step"])
+        stored = state["params"]
+        if len(stored) != len(params) or any(
+            a.shape != b.shape for a, b in zip(stored, params, strict=True)
+        ):
+            raise ValueError("its parameter shapes differ from this fit's")
+        with torch.no_grad():
+            for p, value in zip(params, stored, strict=True):
+                p.copy_(value.to(p.device))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        losses[:step] = state["losses"]
+        torch.set_rng_state(state["torch_rng"])
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+        raise ckpt.damaged(path, f"{type(err).__name__}: {err}") from err
+    logger.info("resuming from checkpoint %s at step %d", path, step)
+    return step
 
 
 def smoothed_converged(
@@ -205,6 +232,8 @@ def run_svi(
     checkpoint_every: int | None = None,
     lr_scales: Sequence[float] | None = None,
     noise: Any | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
+    checkpoint_mismatch: ckpt.Mismatch = "raise",
 ) -> FitResult:
     """Optimise the ELBO of ``model`` with ``guide``.
 
@@ -237,9 +266,10 @@ def run_svi(
     context
         Added to error messages (e.g. which feature chunk).
     checkpoint
-        File to save the optimisation state to every ``checkpoint_every`` steps; when it
-        exists (same ``n_steps``/``lr``/parameter shapes) the run resumes from it and ends
-        exactly as an uninterrupted run would. Deleted when the run finishes.
+        File to save the optimisation state to every ``checkpoint_every`` steps (data only,
+        see :mod:`dream_sc._checkpoints`); when it exists with the same fingerprint the run
+        resumes from it and ends exactly as an uninterrupted run would. Deleted when the run
+        finishes.
     checkpoint_every
         Steps between checkpoints (default :data:`DEFAULT_CHECKPOINT_EVERY`; the ``tl``
         functions pass ``settings.checkpoint_every``).
@@ -248,6 +278,12 @@ def run_svi(
     noise
         The guide's :class:`~dream_sc.models.guide.FeatureNoise`, told the step number before
         each step (``None``: the guide has no feature-level noise).
+    fingerprint
+        What the fit depends on besides ``n_steps`` and ``lr`` (data digests, settings; see
+        :mod:`dream_sc._checkpoints`), stored with the checkpoint and compared on resume.
+    checkpoint_mismatch
+        ``"raise"``: a checkpoint of another fit (or a damaged one) raises a ``ValueError``
+        naming it; ``"restart"``: it is deleted and the fit starts from step 0.
 
     Returns
     -------
@@ -279,8 +315,17 @@ def run_svi(
     )
     losses = np.empty(n_steps)
     first = 0
+    state_fingerprint = _svi_fingerprint(fingerprint, n_steps, lr)
     if checkpoint is not None:
-        first = _load_checkpoint(checkpoint, params, optimizer, scheduler, losses, n_steps, lr)
+        first = _load_checkpoint(
+            checkpoint,
+            params,
+            optimizer,
+            scheduler,
+            losses,
+            state_fingerprint,
+            checkpoint_mismatch,
+        )
     show = progress and sys.stderr.isatty()
     trace = _LossTrace(losses, params[0].device if params else torch.device("cpu"), first)
     bar = tqdm(range(first, n_steps), desc=description, disable=not show, leave=False)
@@ -321,7 +366,7 @@ def run_svi(
             if checkpoint is not None and (done % checkpoint_every == 0) and done < n_steps:
                 trace.check(context)
                 _save_checkpoint(
-                    checkpoint, done, params, optimizer, scheduler, losses, n_steps, lr
+                    checkpoint, done, params, optimizer, scheduler, losses, state_fingerprint
                 )
             _after_step(step)
     trace.check(context)

@@ -6,6 +6,7 @@ import logging
 import time
 import warnings
 from collections.abc import Mapping
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -14,12 +15,15 @@ from scipy import sparse
 
 from .. import _validation as V
 from .._cells import check_guide_columns, sum_factor_values, technical_groups
+from .._checkpoints import check_mismatch
 from .._data import modality_data
 from .._settings import settings
 from .._storage import write_cis
 from ..models.cis import LN2, CisData, fit_cis_model, sample_cell_dosage
 from ..models.families import get_family
+from ..models.inference import check_svi_checkpoint
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
+from ._fingerprints import cis_fingerprint
 from ._technical import load_technical
 
 logger = logging.getLogger("dream_sc")
@@ -187,6 +191,7 @@ def fit_cis(
     key_added: str = "dream_cis",
     copy: bool = False,
     checkpoint: str | None = None,
+    checkpoint_mismatch: Literal["raise", "restart"] = "raise",
 ) -> MuData | None:
     """Estimate each guide's effect on the cis gene and each cell's dosage (step 2).
 
@@ -236,6 +241,13 @@ def fit_cis(
         Path prefix for checkpoint files: the optimisation state is saved regularly and a
         rerun with the same arguments and path resumes where an interrupted run stopped,
         ending with results identical to an uninterrupted run. Files are removed on success.
+        They hold data only and a fingerprint of the data and settings; a rerun on other data
+        or with other settings is refused (see :doc:`/reliability`).
+    checkpoint_mismatch
+        What to do when ``checkpoint`` holds a file of another run (other data or settings, see
+        :doc:`/reliability`), a damaged file or one of an older dream_sc: ``"raise"`` (default)
+        raises a ``ValueError`` naming the file and what changed, before any work and without
+        deleting anything; ``"restart"`` deletes it and fits from the start.
 
     Returns
     -------
@@ -260,6 +272,7 @@ def fit_cis(
     params = {k: v for k, v in locals().items() if k not in ("mdata", "settings")}
     params["guide_targets"] = None if guide_targets is None else "given"
     V.check_mudata(mdata)
+    check_mismatch(checkpoint_mismatch)
     V.check_fit_settings(n_steps=n_steps, lr=lr, batch_size=batch_size, n_samples=n_samples)
     V.check_modality(mdata, modality)
     obs = mdata.obs
@@ -321,6 +334,13 @@ def fit_cis(
         log2_x_ntc_prior=float(tech.baseline[col] / LN2),
     )
     batch = batch_size or min(len(rows), 50_000)
+    fingerprint = None
+    if checkpoint is not None:  # checked before any work (the Laplace start is work)
+        fingerprint = cis_fingerprint(
+            cis_data, obs.index[rows], guide_names, batch_size=batch, warm_start=warm_start
+        )
+        fingerprint["seed"] = int(seed)
+        check_svi_checkpoint(f"{checkpoint}.cis.pt", fingerprint, n_steps, lr, checkpoint_mismatch)
     start = time.perf_counter()
     logger.info("fit_cis: %s, %d cells, %d guides", cis_feature, len(rows), len(guide_names))
     post = fit_cis_model(
@@ -334,6 +354,8 @@ def fit_cis(
         checkpoint=checkpoint,
         checkpoint_every=settings.checkpoint_every,
         laplace=warm_start,
+        fingerprint=fingerprint,
+        checkpoint_mismatch=checkpoint_mismatch,
     )
     seconds = time.perf_counter() - start
     if not post.fit.converged:

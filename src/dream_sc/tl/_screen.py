@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .. import _validation as V
 from .._cells import check_guide_columns, sum_factor_values
+from .._checkpoints import check_mismatch
 from .._registration import get_registration
 from .._settings import settings
 from .._storage import write_screen
@@ -33,7 +34,8 @@ from ._screen_checks import (
     target_seed,
 )
 from ._screen_parallel import check_n_jobs, default_threads, fit_targets_in_parallel
-from ._screen_store import Checkpoint, apply, capture, drop, fingerprint
+from ._screen_resume import manifest_of, open_checkpoint, resumed_seed
+from ._screen_store import Checkpoint, apply, capture, drop
 from ._technical import fit_technical
 from ._trans import feature_names, fit_trans
 
@@ -73,6 +75,7 @@ def fit_screen(
     client: Any = None,
     n_jobs: int = 1,
     copy: bool = False,
+    checkpoint_mismatch: Literal["raise", "restart"] = "raise",
 ) -> MuData | None:
     """Fit every target of a low-MOI screen: one technical fit, then cis + trans per target.
 
@@ -139,9 +142,9 @@ def fit_screen(
         :func:`~dream_sc.tl.fit_trans`); the technical fit covers every feature.
     checkpoint
         Directory for resumable runs: the technical fit and each finished target are saved
-        there; a rerun with the same settings on the same data skips what is saved and
-        continues with the next unfinished target, ending with results identical to an
-        uninterrupted run. A directory written with other settings is refused.
+        there (data only, each with a fingerprint of its cells' data and the settings); a
+        rerun on the same data with the same settings skips them, ending with results
+        identical to an uninterrupted run. Other data or settings: see :doc:`/reliability`.
     backend, client
         ``"local"`` (default) or ``"dask"`` with a ``dask.distributed`` client, passed to the
         technical and trans fits (needs a dream_sc whose fits take them).
@@ -150,12 +153,15 @@ def fit_screen(
         backend only), each with ``settings.torch_threads`` torch threads (default: this
         process's threads shared out, at least one). Results are identical to a serial run
         with the same number of torch threads per fit. Worth it where a machine has more
-        cores than one fit keeps busy (or when the machine is shared, where multi-threaded
-        torch wastes time waiting): on an idle 2-core machine two single-threaded workers
-        were no faster than one two-threaded process (example screen: 29.1 s against
-        28.3 s). The workers read the screen from a temporary h5mu file once.
+        cores than one fit keeps busy (on an idle 2-core machine two single-threaded workers
+        were no faster than one two-threaded process: 29.1 s against 28.3 s on the example
+        screen). The workers read the screen from a temporary h5mu file once.
     copy
         Return a fitted copy instead of writing in place.
+    checkpoint_mismatch
+        ``"raise"``: stale, damaged or old-format pieces in ``checkpoint`` raise a ValueError
+        naming the file and what changed, before any work, deleting nothing; ``"restart"``:
+        those pieces are deleted (matching ones are still reused).
 
     Returns
     -------
@@ -177,6 +183,7 @@ def fit_screen(
     """
     params = {k: v for k, v in locals().items() if k not in ("mdata", "client")}
     start = time.perf_counter()
+    check_mismatch(checkpoint_mismatch)
     # ---- validation: nothing is fitted or written before all of it passes ----
     V.check_mudata(mdata)
     V.check_modality(mdata, modality)
@@ -230,13 +237,7 @@ def fit_screen(
     cis_keys = {t: f"{cis_prefix}_{t}" for t in chosen}
     trans_keys = {t: f"{trans_prefix}_{t}" for t in chosen}
     store = Checkpoint(checkpoint) if checkpoint is not None else None
-    stored_manifest = None
-    if store is not None:
-        store.check_path()
-        stored_manifest = store.manifest()
-    if seed is None and stored_manifest is not None:
-        seed = int(stored_manifest["seed"])  # resume a run whose seed was drawn
-    seed = resolve_seed(seed)
+    seed = resolve_seed(resumed_seed(store, seed, checkpoint_mismatch))  # a drawn seed resumes
     common = {
         "guide_key": guide_key,
         "target_key": target_key,
@@ -259,22 +260,20 @@ def fit_screen(
     }
     if steps["technical"] is not None:
         tech_call["n_steps"] = steps["technical"]
-    manifest = {
-        "fingerprint": fingerprint(mdata, modality),
-        "seed": seed,
-        "settings": clean_params(
-            {
-                k: v
-                for k, v in params.items()
-                if k not in ("progress", "copy", "checkpoint", "seed", "targets", "n_jobs")
-            }
-        ),
-    }
-    manifest = _jsonable(manifest)
-    if stored_manifest is not None and stored_manifest != manifest:
-        raise ValueError(
-            f"checkpoint {checkpoint!r} was written by a run with other settings or data; "
-            "rerun with the same arguments, or use a new checkpoint directory."
+    manifest = _jsonable(manifest_of(seed, clean_params(params)))
+    if store is not None:
+        open_checkpoint(
+            store,
+            manifest,
+            checkpoint_mismatch,
+            mdata,
+            modality=modality,
+            chosen=chosen,
+            control=control,
+            cis_features=features,
+            use_all_cells=bool(technical_kwargs.get("use_all_cells", False)),
+            sf=sf,
+            keys=(guide_key, target_key, technical_key, layer),
         )
     # ---- work ----
     target_mdata = mdata.copy() if copy else mdata

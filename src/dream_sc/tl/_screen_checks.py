@@ -45,13 +45,14 @@ _MANAGED = {
     "key_added",
     "copy",
     "checkpoint",
+    "checkpoint_mismatch",
     "backend",
     "client",
     "guide_targets",
     "guide_assignment_key",
 }
 #: Keys of a stored technical run record compared before reusing it.
-_NOT_COMPARED = {"progress", "copy", "checkpoint", "key_added", "client"}
+_NOT_COMPARED = {"progress", "copy", "checkpoint", "checkpoint_mismatch", "key_added", "client"}
 
 
 def target_seed(seed: int, target: str) -> int:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from mudata import MuData
+
+from .. import _checkpoints as ckpt
 
 #: Containers a fit writes into: (level, attribute); level "global" = the MuData itself.
 CONTAINERS = (
@@ -98,26 +100,68 @@ def apply(mdata: MuData, modality: str, pieces: dict[str, dict]) -> None:
                 container[name] = value
 
 
-def fingerprint(mdata: MuData, modality: str) -> str:
-    """Short hash of the cells and features a screen runs on (guards checkpoints)."""
-    h = hashlib.sha256()
-    for names in (mdata.obs_names, mdata[modality].obs_names, mdata[modality].var_names):
-        h.update("\x1f".join(map(str, names)).encode())
-        h.update(b"\x1e")
-    return h.hexdigest()[:16]
+def _elem_io():
+    """``(write_elem, read_elem)`` of this anndata (``anndata.io`` from 0.11, else experimental)."""
+    try:
+        from anndata.io import read_elem, write_elem
+    except ImportError:  # pragma: no cover - anndata < 0.11
+        from anndata.experimental import read_elem, write_elem
+    return write_elem, read_elem
+
+
+def _index(pieces: dict[str, dict]) -> list[list[str]]:
+    """``[where, name, key, kind]`` of every captured entry (``kind``: column or entry)."""
+    index = []
+    for where, entries in pieces.items():
+        for name in entries:
+            kind = "column" if where.endswith(("/obs", "/var")) else "entry"
+            index.append([where, str(name), f"e{len(index)}", kind])
+    return index
+
+
+def _write_pieces(group, pieces: dict[str, dict], index: list[list[str]]) -> None:
+    """Write captured entries as AnnData elements (data only) under their index keys."""
+    write_elem, _ = _elem_io()
+    for where, name, key, kind in index:
+        value = pieces[where][name]
+        if kind == "column":
+            names, series = value
+            value = pd.DataFrame({"value": series.to_numpy()}, index=pd.Index(names, dtype=str))
+        write_elem(group, key, value)
+
+
+def _read_pieces(group, index) -> dict[str, dict]:
+    _, read_elem = _elem_io()
+    pieces: dict[str, dict] = {f"{level}/{attr}": {} for level, attr in CONTAINERS}
+    for where, name, key, kind in index:
+        value = read_elem(group[key])
+        if kind == "column":
+            names = np.asarray(value.index.astype(str))
+            value = (names, value["value"].rename(name))
+        pieces.setdefault(where, {})[name] = value
+    return pieces
+
+
+#: ``kind`` of fit_screen pieces in :mod:`dream_sc._checkpoints`.
+PIECE_KIND = "screen-piece"
+#: Bumped when the manifest's layout changes.
+MANIFEST_FORMAT = 2
 
 
 class Checkpoint:
     """A directory holding the finished steps of one ``fit_screen`` run.
 
-    ``manifest.json`` records the settings (a rerun with other settings is refused);
-    ``technical.pkl`` and one ``target_<hash>.pkl`` per finished target hold the captured
-    results and their timings. Files are written atomically (temporary file + rename), so a
-    killed run leaves either a complete piece or none.
+    ``manifest.json`` records the settings and the seed (a rerun with other settings is
+    refused); ``technical.h5`` and one ``target_<hash>.h5`` per finished target hold the captured
+    results, their timings and their own fingerprint (the data of their cells and the settings,
+    see :mod:`dream_sc._checkpoints`): data-only HDF5, written atomically, so a killed run leaves
+    either a complete piece or none, and a piece is reused only for the same data and settings.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        #: fingerprint of every piece of this run (name -> mapping), set before any work
+        self.fingerprints: dict[str, dict] = {}
 
     @property
     def manifest_path(self) -> Path:
@@ -130,37 +174,76 @@ class Checkpoint:
             raise ValueError(f"checkpoint {str(self.path)!r} exists and is not a directory.")
 
     def manifest(self) -> dict | None:
-        """The stored manifest, if any."""
+        """The stored manifest, if any (JSON; a damaged one raises naming the file)."""
         if not self.manifest_path.exists():
             return None
-        return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ckpt.damaged(self.manifest_path, f"{type(err).__name__}: {err}") from err
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("settings"), dict):
+            raise ckpt.damaged(self.manifest_path, "not a fit_screen manifest")
+        return manifest
 
     def start(self, manifest: dict) -> None:
         """Create the directory and write the manifest."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self._atomic(self.manifest_path, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        payload = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        ckpt.atomic_write_bytes(self.manifest_path, payload)
 
-    def _file(self, name: str) -> Path:
+    def file(self, name: str) -> Path:
+        """The piece file of ``name`` (a target, or ``"__technical__"``)."""
         if name == "__technical__":
-            return self.path / "technical.pkl"
+            return self.path / "technical.h5"
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-        return self.path / f"target_{digest}.pkl"
+        return self.path / f"target_{digest}.h5"
 
-    def load(self, name: str) -> dict | None:
-        """The saved piece of ``name`` (a target, or ``"__technical__"``), if finished."""
-        file = self._file(name)
+    def old_files(self) -> list[Path]:
+        """Pieces of older dream_sc versions (pickles: refused, never loaded)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(self.path.glob("*.pkl"))
+
+    def check(self, fingerprints: dict[str, dict], mismatch: ckpt.Mismatch = "raise") -> None:
+        """Check every stored piece against its fingerprint before any work.
+
+        ``"raise"``: the first old-format, damaged or stale piece raises (nothing deleted);
+        ``"restart"``: such pieces are deleted, pieces that match are kept. The fingerprints
+        are kept for :meth:`load` and :meth:`save`.
+        """
+        self.fingerprints = dict(fingerprints)
+        for old in self.old_files():
+            if mismatch == "raise":
+                ckpt.sniff(old)  # raises: a pickle (old format) or garbage
+                raise ckpt.damaged(old, "not a dream_sc checkpoint")
+            old.unlink()
+        files = {self.file(name): fp for name, fp in fingerprints.items()}
+        ckpt.check_files(files, kind=PIECE_KIND, current=files.__getitem__, mismatch=mismatch)
+
+    def load(self, name: str, fingerprint: dict | None = None) -> dict | None:
+        """The saved piece of ``name`` if finished (its fingerprint must match)."""
+        fingerprint = self.fingerprints[name] if fingerprint is None else fingerprint
+        file = self.file(name)
         if not file.exists():
             return None
-        with file.open("rb") as handle:
-            piece = pickle.load(handle)  # noqa: S301 - the user's own checkpoint directory
-        return piece if piece.get("name") == name else None
+        stored = ckpt.read(
+            file, kind=PIECE_KIND, elems=lambda group, tree: _read_pieces(group, tree["index"])
+        )
+        ckpt.check(stored, fingerprint)
+        tree = stored.tree
+        if not isinstance(tree, dict) or tree.get("name") != name:
+            raise ckpt.damaged(file, f"it does not hold the piece of {name!r}")
+        return {**{k: v for k, v in tree.items() if k != "index"}, "pieces": stored.elems}
 
-    def save(self, name: str, piece: dict) -> None:
-        """Save the piece of ``name`` atomically."""
-        self._atomic(self._file(name), pickle.dumps({**piece, "name": name}, protocol=4))
-
-    @staticmethod
-    def _atomic(file: Path, payload: bytes) -> None:
-        tmp = file.with_name(file.name + ".tmp")
-        tmp.write_bytes(payload)
-        os.replace(tmp, file)
+    def save(self, name: str, piece: dict, fingerprint: dict | None = None) -> None:
+        """Save the piece of ``name`` (``pieces`` plus JSON-able timings) atomically."""
+        fingerprint = self.fingerprints[name] if fingerprint is None else fingerprint
+        index = _index(piece["pieces"])
+        tree = {**{k: v for k, v in piece.items() if k != "pieces"}, "name": name, "index": index}
+        ckpt.write(
+            self.file(name),
+            kind=PIECE_KIND,
+            fingerprint=fingerprint,
+            tree=tree,
+            elems=lambda group: _write_pieces(group, piece["pieces"], index),
+        )

@@ -7,6 +7,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from functools import partial
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from mudata import MuData
 from .. import _validation as V
 from .._backends import resolve_backend  # [dask hunk]
 from .._cells import sum_factor_values, technical_groups
+from .._checkpoints import check_mismatch
 from .._data import modality_data
 from .._registration import is_overdispersed
 from .._settings import settings
@@ -38,6 +40,7 @@ from ._common import (
     resolve_seed,
     versions,
 )
+from ._fingerprints import technical_fingerprint
 
 logger = logging.getLogger("dream_sc")
 
@@ -69,6 +72,7 @@ def fit_technical(
     checkpoint: str | None = None,
     backend: str = "local",
     client=None,
+    checkpoint_mismatch: Literal["raise", "restart"] = "raise",
 ) -> MuData | None:
     """Fit per-feature technical-group effects and noise on control cells (step 1).
 
@@ -131,6 +135,13 @@ def fit_technical(
         Path prefix for checkpoint files: the optimisation state is saved regularly and a
         rerun with the same arguments and path resumes where an interrupted run stopped,
         ending with results identical to an uninterrupted run. Files are removed on success.
+        They hold data only and a fingerprint of the data and settings; a rerun on other data
+        or with other settings is refused (see :doc:`/reliability`).
+    checkpoint_mismatch
+        What to do when ``checkpoint`` holds files of another run (other data or settings, see
+        :doc:`/reliability`), damaged files or files of an older dream_sc: ``"raise"`` (default)
+        raises a ``ValueError`` naming the file and what changed, before any work and without
+        deleting anything; ``"restart"`` deletes those files and fits from the start.
     backend, client
         ``"local"`` fits the feature chunks in this process; ``"dask"`` runs them as tasks on
         the ``dask.distributed`` cluster of ``client`` (default: the current client), with
@@ -163,6 +174,7 @@ def fit_technical(
     params = {k: v for k, v in locals().items() if k not in ("mdata", "client")}
     V.check_mudata(mdata)
     runner = resolve_backend(backend, client)  # [dask hunk]
+    check_mismatch(checkpoint_mismatch)
     V.check_fit_settings(
         n_steps=n_steps,
         lr=lr,
@@ -258,6 +270,19 @@ def fit_technical(
         checkpoint_every=settings.checkpoint_every,
         feature_keys=stable_keys(data.var_names),
         backend=runner,  # [dask hunk]
+        fingerprint=None
+        if checkpoint is None
+        else technical_fingerprint(
+            modality,
+            data,
+            obs.index[present],
+            codes,
+            groups.names,
+            sf,
+            batch_size=plan.batch_size,
+            overdispersed=overdispersed,
+        ),
+        checkpoint_mismatch=checkpoint_mismatch,
     )
     summary = (
         normal_summary

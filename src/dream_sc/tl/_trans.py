@@ -6,6 +6,7 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from mudata import MuData
 
 from .. import _validation as V
 from .._backends import resolve_backend  # [dask hunk]
+from .._checkpoints import check_mismatch
 from .._lazy import concat_blocks, feature_blockwise
 from .._settings import settings
 from .._storage import posterior_frame, write_trans
@@ -99,6 +101,7 @@ def fit_trans(
     checkpoint: str | None = None,
     backend: str = "local",
     client=None,
+    checkpoint_mismatch: Literal["raise", "restart"] = "raise",
 ) -> MuData | None:
     """Fit a dose-response curve for every feature of a modality (step 3).
 
@@ -175,6 +178,13 @@ def fit_trans(
         Path prefix for checkpoint files: the optimisation state is saved regularly and a
         rerun with the same arguments and path resumes where an interrupted run stopped,
         ending with results identical to an uninterrupted run. Files are removed on success.
+        They hold data only and a fingerprint of the data and settings; a rerun on other data
+        or with other settings is refused (see :doc:`/reliability`).
+    checkpoint_mismatch
+        What to do when ``checkpoint`` holds files of another run (other data or settings, see
+        :doc:`/reliability`), damaged files or files of an older dream_sc: ``"raise"`` (default)
+        raises a ``ValueError`` naming the file and what changed, before any work and without
+        deleting anything; ``"restart"`` deletes those files and fits from the start.
     backend, client
         ``"local"`` fits the feature chunks (of the real fit and of every permutation null) in
         this process; ``"dask"`` runs them as tasks on the ``dask.distributed`` cluster of
@@ -235,12 +245,14 @@ def fit_trans(
         raise ValueError(f"n_refine_draws must be an integer >= 20; got {n_refine_draws!r}.")
     if n_permutations < 1 and test:
         raise ValueError("n_permutations must be >= 1 when test=True.")
+    check_mismatch(checkpoint_mismatch)
     seed = resolve_seed(seed)
     dev = resolve_device(device)
     n_samples = int(n_samples or settings.n_samples)
     fit_settings = TransSettings.from_arguments(params, seed=seed, n_samples=n_samples)
     job = prepare_trans_job(mdata, fit_settings, device=dev, progress=resolve_progress(progress))
     job.checkpoint = checkpoint
+    job.checkpoint_mismatch = checkpoint_mismatch
     job.backend = runner  # [dask hunk]
     start = time.perf_counter()
     logger.info(

@@ -28,6 +28,7 @@ from ..models.trans import TransInputs, TransPriors, dose_priors
 from ..models.trans_summary import DoseAxis, Grid, draw_latent, make_grid, summarise_chunk
 from ..models.warm_start import GuidePoints, warm_start
 from ._chunk_recipes import trans_recipe  # [dask hunk]
+from ._fingerprints import trans_fingerprint
 from ._trans_settings import TransSettings
 
 logger = logging.getLogger("dream_sc")
@@ -74,6 +75,8 @@ class TransJob:
     dose_axis: DoseAxis | None = None  # guide-level dosage uncertainty (EC50 intervals)
     guide_means: np.ndarray | None = None  # [guides, T] link-scale guide means (warm start)
     backend: object = None  # [dask hunk] where chunks run (dream_sc._backends); None: here
+    cell_names: np.ndarray | None = None  # obs_names of the fitted cells (checkpoint fingerprint)
+    checkpoint_mismatch: str = "raise"  # see dream_sc._checkpoints
 
     @property
     def modality(self) -> str:
@@ -199,6 +202,9 @@ class TransJob:
             inputs = inputs.permuted(permutation)
 
         init = self.initial_values(priors, permutation)
+        fingerprint = None
+        if self.checkpoint is not None:
+            fingerprint = trans_fingerprint(self, inputs, priors, init, permutation)
         return fit_chunks(
             trans_recipe(self, inputs, priors, init),  # [dask hunk] picklable chunks
             self.chunks(),
@@ -214,6 +220,8 @@ class TransJob:
             checkpoint_every=package_settings.checkpoint_every,
             feature_keys=self.keys,
             backend=self.backend,  # [dask hunk]
+            fingerprint=fingerprint,
+            checkpoint_mismatch=self.checkpoint_mismatch,
         )
 
     def summarise(
@@ -418,6 +426,7 @@ def prepare_trans_job(
         amplitude_floor=floor,
         dose_axis=axis,
         guide_means=guide_means,
+        cell_names=np.asarray(mdata.obs_names[rows]),
     )
 
 
