@@ -415,3 +415,17 @@ def test_changes_name_settings_and_data():
     current = {"seed": 1, "function": "single_hill", "the sum factors": {"blake2b": "b"}}
     assert ckpt.changes(stored, current) == ["seed 0 -> 1", "the sum factors"]
     assert ckpt.changes(stored, {**stored, "lr": 0.05}) == ["lr not recorded -> 0.05"]
+
+
+def test_run_without_seed_resumes_with_the_recorded_seed(fitted_screen, resumable):
+    assert ds.settings.seed is None
+    kw = {k: v for k, v in TRANS.items() if k != "seed"}
+    resumed = fitted_screen.copy()
+    ds.tl.fit_trans(resumed, checkpoint=str(resumable), **kw)
+    fresh = fitted_screen.copy()
+    ds.tl.fit_trans(fresh, **TRANS)
+    assert resumed["rna"].uns["dream_trans"]["params"]["seed"] == TRANS["seed"]
+    pd.testing.assert_frame_equal(
+        resumed["rna"].varm["dream_trans"], fresh["rna"].varm["dream_trans"]
+    )
+    assert not list(resumable.parent.iterdir())  # finished: checkpoint files removed

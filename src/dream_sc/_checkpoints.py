@@ -433,3 +433,22 @@ def files_with_prefix(prefix: str | os.PathLike, pattern: Callable[[str], bool])
     return sorted(
         p for p in folder.iterdir() if p.name.startswith(stem) and pattern(p.name[len(stem) :])
     )
+
+
+def recorded_seed(prefix: str | os.PathLike) -> int | None:
+    """The seed recorded in the fingerprint of a checkpoint file with path prefix ``prefix``.
+
+    Lets a run whose seed was drawn (no ``seed=``, no ``settings.seed``) resume with that seed.
+    Files that cannot be read are skipped here: the fit's own check reports them by path.
+    """
+    for path in files_with_prefix(prefix, lambda rest: rest.startswith(".") and ".tmp" not in rest):
+        try:
+            sniff(path)
+            with h5py.File(path, "r") as handle:
+                meta = json.loads(bytes(np.asarray(handle["meta"][()], dtype=np.uint8)).decode())
+            seed = meta["fingerprint"]["seed"]
+        except (CheckpointError, OSError, KeyError, TypeError, ValueError):
+            continue
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            return seed
+    return None

@@ -320,7 +320,7 @@ def fit_cis(
         guides = _low_moi_guides(obs, rows, guide_key, target_key, cis_target)
     A, guide_names, is_cis, guide_target = guides
     n_samples = int(n_samples or settings.n_samples)
-    seed = resolve_seed(seed)
+    seed = resolve_seed(seed, checkpoint)
     dev = resolve_device(device)
     codes = groups.codes[rows]
     cis_data = CisData(

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .._checkpoints import recorded_seed
 from .._settings import settings
 from ..models.trans_summary import Z90
 
+logger = logging.getLogger("dream_sc")
 
-def resolve_seed(seed: int | None) -> int:
-    """``seed`` -> ``settings.seed`` -> a fresh random seed (always returned, to be recorded)."""
+
+def resolve_seed(seed: int | None, checkpoint: str | None = None) -> int:
+    """``seed`` -> ``settings.seed`` -> the seed of ``checkpoint``'s files -> a fresh seed.
+
+    The seed is always returned, to be recorded. A checkpointed run whose seed was drawn resumes
+    with that seed (an interrupted run without ``seed=`` would otherwise be refused as a run
+    with another seed).
+    """
     if seed is None:
         seed = settings.seed
+    if seed is None and checkpoint is not None:
+        seed = recorded_seed(checkpoint)
+        if seed is not None:
+            logger.info("resuming with seed %d, recorded in checkpoint %s", seed, checkpoint)
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2**31 - 1))
     return int(seed)

@@ -206,7 +206,7 @@ def fit_technical(
         sf = sum_factor_values(mdata, sum_factor_key)[present]
         V.check_sum_factors(sf, sum_factor_key)
     overdispersed = family.overdispersible and is_overdispersed(mdata[modality])
-    seed = resolve_seed(seed)
+    seed = resolve_seed(seed, checkpoint)
     dev = resolve_device(device)
     n_cells, n_features = data.X.shape
 

@@ -246,7 +246,7 @@ def fit_trans(
     if n_permutations < 1 and test:
         raise ValueError("n_permutations must be >= 1 when test=True.")
     check_mismatch(checkpoint_mismatch)
-    seed = resolve_seed(seed)
+    seed = resolve_seed(seed, checkpoint)
     dev = resolve_device(device)
     n_samples = int(n_samples or settings.n_samples)
     fit_settings = TransSettings.from_arguments(params, seed=seed, n_samples=n_samples)
