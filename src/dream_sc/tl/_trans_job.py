@@ -17,7 +17,7 @@ from .._cells import sum_factor_values, technical_groups
 from .._data import ModalityData, modality_data
 from .._lazy import concat_blocks, feature_blockwise
 from .._settings import settings as package_settings
-from .._storage import CORR_PREFIX, TechnicalFit, posterior_frame, posterior_from_frame
+from .._storage import CORR_PREFIX, TechnicalFit, posterior_frame, posterior_from_frame, read_cis
 from .._storage import read_technical as load_technical
 from ..models.amplitude import AMPLITUDE_FLOOR, amplitude_scale, guide_level_link_means
 from ..models.chunked import ChunkedFit, fit_chunks, name_order, stable_keys
@@ -48,7 +48,7 @@ def load_cis(mdata: MuData, cis_key: str) -> dict:
             f"`ds.tl.fit_cis(mdata, cis_feature=..., key_added={cis_key!r})` before fit_trans, "
             "or pass `cis_key=`."
         )
-    return mdata.uns[cis_key]
+    return read_cis(mdata, cis_key, samples=True)  # validated like every stored record
 
 
 @dataclass
