@@ -15,9 +15,20 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import pyro
 import pytest
 
 import dream_sc as ds
+from dream_sc.models.curves import (
+    CURVE_NAMES,
+    Curve,
+    get_curve,
+    mean_scale_correction,
+    register_curve,
+    unregister_curve,
+)
+from dream_sc.models.curves._priors import normal_prior
+from dream_sc.models.guide import Site
 
 SRC = Path(ds.__file__).parent
 GOLDEN = Path(__file__).parent / "data" / "curve_golden.npz"
@@ -153,3 +164,68 @@ def test_only_the_registry_branches_on_curve_names():
             continue
         offenders += [f"{rel}:{line}" for line in curve_branches(ast.parse(path.read_text()))]
     assert offenders == []
+
+
+# --- a new curve is one class plus a registration -----------------------------------------
+
+
+class _Linear(Curve):
+    """A toy curve, linear in the log dosage: ``eta_ref + s z (log x - log x_ref)``."""
+
+    name = "toy"
+    bytes_per_entry = 80
+    site_labels = {**Curve.site_labels, "slope_z": "slope_z (standardised slope)"}
+
+    def sites(self, n, priors):
+        return [Site("slope_z", (n,), 0.0, 0.1)]
+
+    def sample(self, n, priors, device):
+        return {"slope_z": pyro.sample("slope_z", normal_prior(0.0, 1.0, [n], device))}
+
+    def natural_params(self, latent, scale, priors):
+        return {"slope": scale * latent["slope_z"]}
+
+    def evaluate(self, params, log_x, log_x_ref, half_range, log_x_var=None, mean_link=None):
+        slope = params["slope"].unsqueeze(-2)
+        out = params["eta_ref"].unsqueeze(-2) + slope * (log_x.unsqueeze(-1) - log_x_ref)
+        if log_x_var is None or mean_link is None:
+            return out
+        return mean_scale_correction(out, slope.square() * log_x_var.unsqueeze(-1), mean_link)
+
+
+@pytest.fixture
+def toy_curve():
+    curve = register_curve(_Linear())
+    try:
+        yield curve
+    finally:
+        unregister_curve(curve.name)
+    assert "toy" not in CURVE_NAMES
+
+
+def test_a_registered_curve_fits_end_to_end(cis_screen, toy_curve):
+    mdata = cis_screen.copy()
+    assert "toy" in CURVE_NAMES
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.tl.fit_trans(mdata, function="toy", n_steps=20, seed=0, n_permutations=10)
+    res = ds.get.trans_results(mdata)
+    fitted = res[res["fitted"]]
+    assert (fitted["function"] == "toy").all()
+    assert np.isfinite(fitted[["slope_mean", "slope_q05", "score", "qvalue"]]).all().all()
+    assert fitted["ec50_mean"].isna().all() and not fitted["refined"].any()
+    assert "slope_z_loc" in mdata["rna"].varm["dream_trans_posterior"]
+    # the stored curves are re-evaluated through the registry as well
+    again = ds.get.trans_curves(mdata, features=[fitted.index[0]], dose=[1.0, 2.0])
+    assert np.isfinite(again["mean"]).all()
+    ax = ds.pl.prior_posterior(mdata, "dream_trans", "slope_z", show=False)
+    assert ax.get_xlabel() == "slope_z (standardised slope)"
+
+
+def test_unknown_and_taken_curve_names_are_refused():
+    with pytest.raises(ValueError, match="function must be one of single_hill, additive_hill, "):
+        get_curve("hill")
+    with pytest.raises(ValueError, match="taken"):
+        register_curve(get_curve("polynomial"))
+    with pytest.raises(ValueError, match="built-in"):
+        unregister_curve("single_hill")
