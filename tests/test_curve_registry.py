@@ -131,9 +131,12 @@ def _contains_name(node: ast.AST) -> bool:
 
 
 def curve_branches(tree: ast.AST) -> list[int]:
-    """Line numbers of comparisons, ``match`` cases and dict keys on a curve name."""
+    """Line numbers of comparisons, ``match`` cases, dict keys and lists of curve names."""
     lines = []
     for node in ast.walk(tree):
+        if isinstance(node, ast.Tuple | ast.List | ast.Set):
+            if sum(_is_name(e) for e in node.elts) >= 2:  # a list of names to keep in sync
+                lines.append(node.lineno)
         if isinstance(node, ast.Compare):
             if any(_contains_name(n) for n in [node.left, *node.comparators]):
                 lines.append(node.lineno)
@@ -152,8 +155,9 @@ def test_the_branch_finder_finds_branches():
         'd = {"polynomial": 1}\n'
         'match f:\n    case "single_hill": pass\n'
         'ok = "single_hill"\n'
+        'names = ["single_hill", "polynomial"]\n'
     )
-    assert curve_branches(ast.parse(code)) == [1, 2, 3, 5]
+    assert curve_branches(ast.parse(code)) == [1, 2, 2, 3, 5, 7]
 
 
 def test_only_the_registry_branches_on_curve_names():
