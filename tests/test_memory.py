@@ -155,7 +155,9 @@ def test_feature_chunks_keep_groups_together():
 
 def test_trans_plans_budget_the_curves_autograd_intermediates():
     """A trans step costs more per entry than the technical step, most for two Hill terms."""
-    from dream_sc.models.memory import TRANS_BYTES_PER_ENTRY
+    from dream_sc.models.curves import CURVES
+
+    TRANS_BYTES_PER_ENTRY = {name: curve.bytes_per_entry for name, curve in CURVES.items()}
 
     kw = {"density": 0.15, "n_samples": 100, "noise_width": 9, "n_steps": 300}
     per = {

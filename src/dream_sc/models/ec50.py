@@ -7,12 +7,13 @@ proportion is half-way: for a single Hill term on a log link with log-fold ampli
 mean. Bulk dose-response tools (e.g. CurveCurator) fit the response itself and report the
 half-way point of the response, so this module computes that EC50 per posterior draw:
 
-- ``single_hill`` on a family with a scalar link: half-way between the curve's asymptotes
+- curves with a closed form (``Curve.response_log_ec50``), e.g. ``single_hill`` on a family
+  with a scalar link: half-way between the curve's asymptotes
   (dose 0 and saturation), in closed form. The Hill fraction ``h`` solves
   ``natural(eta0 + v h) = (natural(eta0) + natural(eta0 + v)) / 2`` (log link:
   ``v h = log((1 + e^v) / 2)``; see :meth:`~dream_sc.models.families._base.Family.half_way_fraction`)
   and the dose is ``log x = log K + logit(h) / n``;
-- ``additive_hill`` and ``polynomial`` (and any curve of a grouped family, whose proportions
+- other curves (e.g. ``additive_hill`` and ``polynomial``; any curve of a grouped family, whose proportions
   couple the categories): numerically, the lowest dose of the observed range ``[lo, hi]`` where
   the natural-scale curve crosses the half-way level between its values at ``lo`` and ``hi``
   (bracketed on a log grid, then bisection; grouped families: linear interpolation on the
@@ -24,7 +25,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .curves import evaluate_curve, hill_fraction
+from .curves import evaluate_curve, get_curve
+from .curves.single_hill import single_hill_response_log_ec50
 from .families import get_family
 
 #: Points of the log grid that brackets the crossing (then bisection to float64 precision).
@@ -35,26 +37,12 @@ FEATURE_BLOCK = 128
 #: A summary needs at least this fraction of draws with a crossing (else NaN).
 MIN_FINITE = 0.5
 
-
-def single_hill_response_log_ec50(
-    distribution: str, params: dict[str, torch.Tensor], log_x_ref: float
-) -> torch.Tensor | None:
-    """Closed-form natural-log response-scale EC50 of single-Hill draws (``None``: no closed form).
-
-    The asymptote at dose 0 is ``eta0 = eta_ref - v H(x_ref)``; the half-way Hill fraction ``h``
-    comes from the family and the dose is ``log K + logit(h) / n``. NaN where ``v = 0``.
-    """
-    v = params["v1"].double()
-    log_k, n = params["log_k1"].double(), params["n1"].double()
-    ref = torch.as_tensor(log_x_ref, dtype=torch.float64)
-    eta0 = params["eta_ref"].double() - v * hill_fraction(ref, log_k, n)
-    h = get_family(distribution).half_way_fraction(eta0, v)
-    if h is None:
-        return None
-    valid = (v != 0) & (h > 0) & (h < 1)
-    h = torch.where(valid, h, torch.full_like(h, 0.5))
-    out = log_k + torch.logit(h) / n
-    return torch.where(valid, out, torch.full_like(out, float("nan")))
+__all__ = [
+    "crossing_log_dose",
+    "response_ec50_columns",
+    "response_ec50_draws",
+    "single_hill_response_log_ec50",
+]
 
 
 def _elementwise_eta(
@@ -126,10 +114,9 @@ def response_ec50_draws(
     n_groups: int = 0,
 ) -> torch.Tensor:
     """Response-scale EC50 draws ``[S, T]`` (dosage scale; NaN where there is none)."""
-    if function == "single_hill":
-        closed = single_hill_response_log_ec50(distribution, params, log_x_ref)
-        if closed is not None:
-            return closed.exp()
+    closed = get_curve(function).response_log_ec50(get_family(distribution), params, log_x_ref)
+    if closed is not None:  # a closed form (single Hill on a scalar link)
+        return closed.exp()
     n_feat = params["eta_ref"].shape[-1]
     if get_family(distribution).grouped:  # categories of one group must stay together
         blocks = [slice(0, n_feat)]

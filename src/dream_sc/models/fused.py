@@ -35,26 +35,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .curves import PROBIT_FACTOR
+from .curves import PROBIT_FACTOR, get_curve
 from .families import Family
 from .families._kernels import _lgamma_ratio_value
 from .sparse import CSRMatrix
 
 #: Cells per block of the sweep: ~10 ``[block, features]`` float32 buffers stay cached.
 CELL_BLOCK = 128
-#: Curve functions the fused sweep covers.
-FUSED_FUNCTIONS = ("single_hill", "additive_hill")
 
 
 def fused_available(family: Family, function: str, y, device: torch.device) -> bool:
-    """Whether the fused sweep covers this fit (NB counts in CSR on the CPU, Hill curves).
+    """Whether the fused sweep covers this fit (NB counts in CSR on the CPU, a curve with one).
 
     On accelerators the autograd path is kept: the sweep's per-block bookkeeping would
     synchronise host and device at every block.
     """
     return (
         family.fused_hill
-        and function in FUSED_FUNCTIONS
+        and get_curve(function).fused
         and torch.device(device).type == "cpu"
         and isinstance(y, CSRMatrix)
     )
@@ -138,24 +136,24 @@ def _cell_constants(y: CSRMatrix, r: torch.Tensor, chunk: int = 1 << 22) -> torc
     return out
 
 
-def _components(function: str) -> tuple[str, ...]:
-    return ("1", "2") if function == "additive_hill" else ("1",)
-
-
 def hill_negbinom_terms(
-    function: str, params: dict[str, torch.Tensor], cells: FusedCells, *, want_grad: bool = True
+    components: tuple[str, ...],
+    params: dict[str, torch.Tensor],
+    cells: FusedCells,
+    *,
+    want_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-feature log-likelihood ``[T]`` and its derivatives ``[1 + 3C, T]`` (float64).
 
     The terms ``lgamma(y + r) - lgamma(r)`` of the batch's counts do not depend on the curve:
     their sum (precomputed per cell) is added to feature 0, so ``ll.sum()`` is the exact total
     while ``ll[t]`` of the other features omits them. Derivative rows: ``eta_ref``, then ``v``,
-    ``log K``, ``n`` of each component ``C`` (module docstring). ``params`` are natural curve
-    parameters ``[T]`` without autograd.
+    ``log K``, ``n`` of each of the ``C`` Hill ``components`` (e.g. ``("1", "2")``; module
+    docstring). ``params`` are natural curve parameters ``[T]`` without autograd.
     """
     rows = cells.rows
     n_feat = params["eta_ref"].shape[0]
-    comps = _components(function)
+    comps = components
     counts = cells.y.take_rows(rows)  # entries sorted by (local) row
     bounds = torch.arange(0, len(rows) + CELL_BLOCK, CELL_BLOCK, device=rows.device)
     starts = torch.searchsorted(counts.row, bounds).tolist()
@@ -238,13 +236,13 @@ class _HillNegBinom(torch.autograd.Function):
     """Autograd wrapper: the sweep's per-feature derivatives times the incoming gradient."""
 
     @staticmethod
-    def forward(ctx, eta_ref, v, log_k, n, function, cells):  # noqa: D102
+    def forward(ctx, eta_ref, v, log_k, n, components, cells):  # noqa: D102
         params = {"eta_ref": eta_ref.detach()}
-        for i, c in enumerate(_components(function)):
+        for i, c in enumerate(components):
             params[f"v{c}"], params[f"log_k{c}"] = v[i].detach(), log_k[i].detach()
             params[f"n{c}"] = n[i].detach()
         want_grad = any(ctx.needs_input_grad[:4])
-        ll, grads = hill_negbinom_terms(function, params, cells, want_grad=want_grad)
+        ll, grads = hill_negbinom_terms(components, params, cells, want_grad=want_grad)
         total = ll.sum()
         if want_grad:
             grads = grads.to(eta_ref.dtype)
@@ -262,6 +260,20 @@ class _HillNegBinom(torch.autograd.Function):
         return grads[0] * upstream, per[:, 0], per[:, 1], per[:, 2], None, None
 
 
+def hill_negbinom_components(
+    components: tuple[str, ...], params: dict[str, torch.Tensor], cells: FusedCells
+) -> torch.Tensor:
+    """Total NB log-likelihood (a scalar) of the cells ``cells.rows`` under Hill components.
+
+    ``components`` names the components of ``params`` (``("1",)``, ``("1", "2")``); see
+    :func:`hill_negbinom_log_likelihood`.
+    """
+    stack = lambda key: torch.stack([params[f"{key}{c}"] for c in components])  # noqa: E731
+    return _HillNegBinom.apply(
+        params["eta_ref"], stack("v"), stack("log_k"), stack("n"), tuple(components), cells
+    )
+
+
 def hill_negbinom_log_likelihood(
     function: str, params: dict[str, torch.Tensor], cells: FusedCells
 ) -> torch.Tensor:
@@ -269,10 +281,7 @@ def hill_negbinom_log_likelihood(
 
     Equals ``negbinom_log_prob(evaluate_curve(function, params, log_x, ..., log_x_var,
     mean_link="log") + offset, log_r, y).sum()``, differentiable in the natural curve parameters
-    ``params`` (``eta_ref``, ``v1``, ``log_k1``, ``n1``, ...; each ``[T]``).
+    ``params`` (``eta_ref``, ``v1``, ``log_k1``, ``n1``, ...; each ``[T]``). ``function`` is a
+    curve with a fused kernel (:attr:`Curve.fused <dream_sc.models.curves.Curve.fused>`).
     """
-    comps = _components(function)
-    stack = lambda key: torch.stack([params[f"{key}{c}"] for c in comps])  # noqa: E731
-    return _HillNegBinom.apply(
-        params["eta_ref"], stack("v"), stack("log_k"), stack("n"), function, cells
-    )
+    return get_curve(function).fused_log_likelihood(params, cells)

@@ -21,10 +21,8 @@ logger = logging.getLogger("dream_sc")
 #: Bytes per (cell, feature) entry of one SVI step, measured with ``benchmarks/bench_pipeline.py``
 #: (float32 forward intermediates + autograd buffers of the fused likelihoods).
 BYTES_PER_ENTRY = 48
-#: The same for a trans step, whose curve adds its own autograd intermediates (measured
-#: 2026-12-05 on 1,024 cells x 12,000 genes with the dosage variance marginalised: 72 / 110 /
-#: 141 bytes; 147 for ``additive_hill`` at 30,000 genes), rounded up.
-TRANS_BYTES_PER_ENTRY = {"polynomial": 80, "single_hill": 120, "additive_hill": 160}
+#: A trans step's curve adds its own autograd intermediates: each curve declares its bytes
+#: per entry (``Curve.bytes_per_entry`` in :mod:`dream_sc.models.curves`).
 #: Bytes per stored non-zero of a CSR matrix on the device (int64 column, float32 value, row id).
 BYTES_PER_NONZERO = 20
 #: Default upper bound on the minibatch size. Per-feature parameters see every cell many times
@@ -193,8 +191,8 @@ def plan_fit(
     device
         Torch device of the fit: on CUDA the device's free memory is the budget.
     bytes_per_entry
-        Bytes per (cell, feature) entry of one SVI step (:data:`TRANS_BYTES_PER_ENTRY` for
-        the curve fits).
+        Bytes per (cell, feature) entry of one SVI step (the curve's ``bytes_per_entry`` for
+        trans fits).
 
     Returns
     -------

@@ -26,105 +26,56 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
 
-from .curves import PROBIT_FACTOR, evaluate_curve
+from .curves import get_curve
+from .curves._priors import horseshoe_log_density
 from .families import get_family
 from .observation import ObservationData
-from .trans import ETA_REF_PRIOR_SD, LOG_GAP_PRIOR_SD, LOG_N_PRIOR, TransInputs, TransPriors
+from .trans import TransInputs, TransPriors
 
 LogTarget = Callable[[torch.Tensor], torch.Tensor]
 
+__all__ = [
+    "ImportanceDraws",
+    "adaptive_importance_sampling",
+    "add_hill_curve",
+    "curve_coordinates",
+    "curve_params",
+    "horseshoe_log_density",
+    "log_prior",
+    "to_curve_coordinates",
+    "trans_log_target",
+]
+
 
 def curve_coordinates(function: str) -> list[str]:
-    """Names of the refinement coordinates of a Hill family (in order)."""
-    if function == "single_hill":
-        return ["eta_ref", "v1", "log_k1", "log_n1"]
-    if function == "additive_hill":
-        return ["eta_ref", "v1", "v2", "log_k1", "log_gap", "log_n1", "log_n2"]
-    raise ValueError(f"No refinement coordinates for {function!r} (Hill families only).")
-
-
-@lru_cache(maxsize=1)
-def _horseshoe_table() -> tuple[np.ndarray, np.ndarray]:
-    """``log |u|`` grid and the log marginal density of the standard horseshoe on it."""
-    log_lam = np.linspace(-16.0, 16.0, 6401)
-    lam = np.exp(log_lam)
-    # density of log lambda for lambda ~ HalfCauchy(1): (2 / pi) lambda / (1 + lambda^2)
-    w_lam = (2.0 / np.pi) * lam / (1.0 + lam**2) * (log_lam[1] - log_lam[0])
-    log_u = np.linspace(np.log(1e-8), np.log(1e6), 3001)
-    u = np.exp(log_u)[:, None]
-    normal = np.exp(-0.5 * (u / lam) ** 2) / (np.sqrt(2.0 * np.pi) * lam)
-    return log_u, np.log(normal @ w_lam)
-
-
-def horseshoe_log_density(u: np.ndarray) -> np.ndarray:
-    """Log marginal density of ``u = lambda * z`` with ``z ~ N(0, 1)``, ``lambda ~ HalfCauchy(1)``.
-
-    Computed once by quadrature over ``log lambda`` and interpolated in ``log |u|``; the
-    density has no closed form (it lies between ``log(1 + 4/u²) / sqrt(2 pi³)`` and
-    ``2 log(1 + 2/u²) / sqrt(2 pi³)``). ``|u|`` is clamped to ``[1e-8, 1e6]``.
-    """
-    log_u, log_p = _horseshoe_table()
-    a = np.log(np.clip(np.abs(np.asarray(u, dtype=np.float64)), 1e-8, 1e6))
-    return np.interp(a, log_u, log_p)
+    """Names of the refinement coordinates of a curve (in order; ``Curve.coordinates``)."""
+    names = get_curve(function).coordinates
+    if names is None:
+        raise ValueError(f"No refinement coordinates for {function!r} (Hill families only).")
+    return list(names)
 
 
 def to_curve_coordinates(
     function: str, latent: dict[str, torch.Tensor], amplitude_scale: np.ndarray
 ) -> np.ndarray:
     """Variational draws ``[S, T]`` per site -> refinement coordinates ``[T, S, D]``."""
-    scale = np.asarray(amplitude_scale, dtype=np.float64)
-    columns = []
-    for name in curve_coordinates(function):
-        if name.startswith("v"):
-            c = name[1:]
-            lam = np.exp(latent[f"log_lambda{c}"].double().numpy())
-            columns.append(scale * lam * latent[f"z{c}"].double().numpy())
-        else:
-            columns.append(latent[name].double().numpy())
-    return np.moveaxis(np.stack(columns, axis=-1), 0, 1)
+    return get_curve(function).to_coordinates(latent, amplitude_scale)
 
 
 def curve_params(function: str, theta: torch.Tensor) -> dict[str, torch.Tensor]:
     """Natural curve parameters ``[..., T]`` from coordinates ``[..., T, D]``."""
-    at = {name: theta[..., i] for i, name in enumerate(curve_coordinates(function))}
-    out = {"eta_ref": at["eta_ref"], "v1": at["v1"], "log_k1": at["log_k1"]}
-    out["n1"] = at["log_n1"].exp()
-    if function == "additive_hill":
-        out["v2"] = at["v2"]
-        out["log_k2"] = at["log_k1"] + at["log_gap"].exp()
-        out["n2"] = at["log_n2"].exp()
-    return out
-
-
-def _normal_log_pdf(x: torch.Tensor, loc, sd: float) -> torch.Tensor:
-    return -0.5 * ((x - loc) / sd) ** 2 - float(np.log(sd) + 0.5 * np.log(2.0 * np.pi))
+    return get_curve(function).coordinate_params(theta)
 
 
 def log_prior(
     function: str, theta: torch.Tensor, priors: TransPriors, features: np.ndarray
 ) -> torch.Tensor:
     """Log prior density ``[S, T]`` of coordinates ``[S, T, D]`` (horseshoe scale integrated out)."""
-    names = curve_coordinates(function)
-    at = {name: theta[..., i] for i, name in enumerate(names)}
-    loc = torch.as_tensor(priors.eta_ref_loc[features], dtype=theta.dtype)
-    lp = _normal_log_pdf(at["eta_ref"], loc, ETA_REF_PRIOR_SD)
-    scale = np.asarray(priors.amplitude_scale[features], dtype=np.float64)
-    for name in names:
-        if name.startswith("v"):
-            u = at[name].double().numpy() / scale
-            dens = horseshoe_log_density(u) - np.log(scale)
-            lp = lp + torch.as_tensor(dens, dtype=theta.dtype)
-        elif name.startswith("log_n"):
-            lp = lp + _normal_log_pdf(at[name], LOG_N_PRIOR[0], LOG_N_PRIOR[1])
-    lp = lp + _normal_log_pdf(at["log_k1"], priors.log_k_loc, priors.log_k_scale)
-    if function == "additive_hill":
-        lp = lp + _normal_log_pdf(at["log_gap"], priors.log_gap_loc, LOG_GAP_PRIOR_SD)
-    return lp
+    return get_curve(function).coordinate_log_prior(theta, priors, features)
 
 
 def trans_log_target(
@@ -163,6 +114,7 @@ def trans_log_target(
     log_x, log_x_var = cells.log_x, cells.log_x_var
     noise64 = {k: v.double() for k, v in noise32.items()}
     mean_link = obs.family.mean_link
+    curve = get_curve(function)
 
     def offset(rows: torch.Tensor) -> torch.Tensor:
         """Technical effects (+ log size factors) of the cells ``rows``: fixed across draws."""
@@ -176,15 +128,15 @@ def trans_log_target(
         lx = log_x[rows]
         lv = None if log_x_var is None else log_x_var[rows]
         if block.kernel is not None:
-            eta = add_hill_curve(block.offset.clone(), function, p_s, lx, lv, priors, mean_link)
+            eta = curve.add_curve(block.offset.clone(), p_s, lx, lv, priors, mean_link)
             return block.kernel(eta)
-        eta = evaluate_curve(function, p_s, lx, priors.log_x_ref, priors.half_range, lv, mean_link)
+        eta = curve.evaluate(p_s, lx, priors.log_x_ref, priors.half_range, lv, mean_link)
         eta = eta + (offset(rows) if block.offset is None else block.offset)
         return obs.feature_log_likelihood(eta.double(), rows, gathered=block.data, **noise64)
 
     def log_target(theta: torch.Tensor) -> torch.Tensor:
-        params = curve_params(function, theta.to(device=device, dtype=torch.float32))
-        out = log_prior(function, theta.double().cpu(), priors, features)
+        params = curve.coordinate_params(theta.to(device=device, dtype=torch.float32))
+        out = curve.coordinate_log_prior(theta.double().cpu(), priors, features)
         with torch.no_grad():
             for s in range(theta.shape[0]):
                 p_s = {k: v[s] for k, v in params.items()}
@@ -206,18 +158,18 @@ def add_hill_curve(
     priors: TransPriors,
     mean_link: str | None,
 ) -> torch.Tensor:
-    """``out += evaluate_curve(...)`` for Hill curves, in place and without autograd.
+    """``out += evaluate_curve(...)``, in place and without autograd (``Curve.add_curve``).
 
-    The same value as :func:`~dream_sc.models.curves.evaluate_curve` (with ``mean_link``) to
-    float32 rounding, in about half the passes over the ``[cells, features]`` block: no
-    temporaries beyond two scratch blocks per Hill component.
+    For Hill curves the same value as :func:`~dream_sc.models.curves.evaluate_curve` (with
+    ``mean_link``) to float32 rounding, in about half the passes over the ``[cells, features]``
+    block: no temporaries beyond two scratch blocks per Hill component.
 
     Parameters
     ----------
     out
         ``[B, T]`` block to add to (e.g. the technical offsets); returned.
     function
-        ``"single_hill"`` or ``"additive_hill"``.
+        A curve name, e.g. ``"single_hill"`` or ``"additive_hill"``.
     params
         Natural parameters ``[T]`` (``eta_ref``, ``v1``, ``log_k1``, ``n1``, ...).
     log_x, log_x_var
@@ -227,35 +179,7 @@ def add_hill_curve(
     mean_link
         ``"log"``, ``"logit"`` or ``None`` as in ``evaluate_curve``.
     """
-    lx = log_x[:, None]
-    lv = None if log_x_var is None else log_x_var[:, None]
-    x_ref = torch.as_tensor(priors.log_x_ref, dtype=out.dtype, device=out.device)
-    corrected = lv is not None and mean_link is not None
-    # the logit correction scales the curve, not the offsets: build the curve apart then
-    curve = torch.zeros_like(out) if corrected and mean_link == "logit" else out
-    slope = None
-    shift = params["eta_ref"].clone()
-    for c in ("1", "2") if function == "additive_hill" else ("1",):
-        v, log_k, n = params[f"v{c}"], params[f"log_k{c}"], params[f"n{c}"]
-        shift -= v * torch.sigmoid(n * (x_ref - log_k))
-        if lv is None:
-            h = (lx - log_k).mul_(n).sigmoid_()
-            curve.addcmul_(h, v.expand_as(h))
-            continue
-        nk = (lv * (PROBIT_FACTOR * n * n)).add_(1.0).rsqrt_().mul_(n)
-        h = (lx - log_k).mul_(nk).sigmoid_()
-        curve.addcmul_(h, v.expand_as(h))
-        if not corrected:
-            continue
-        term = nk.mul_(h).mul_(h.neg_().add_(1.0)).mul_(v)  # v n_k h (1 - h)
-        slope = term if slope is None else slope.add_(term)
-    curve.add_(shift)
-    if slope is None:
-        return out
-    var_eta = slope.square_().mul_(lv)
-    if mean_link == "log":
-        return out.add_(var_eta, alpha=0.5)
-    return out.add_(curve.mul_(var_eta.mul_(PROBIT_FACTOR).add_(1.0).rsqrt_()))  # logit
+    return get_curve(function).add_curve(out, params, log_x, log_x_var, priors, mean_link)
 
 
 @dataclass

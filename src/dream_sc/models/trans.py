@@ -29,20 +29,34 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pyro
-import pyro.distributions as dist
 import torch
-from pyro.distributions.transforms import ExpTransform
 
 from .chunked import ChunkProblem, StepRows
-from .curves import evaluate_curve
-from .fused import FusedCells, fused_available, hill_negbinom_log_likelihood
+from .curves import get_curve
+from .curves._priors import (
+    ETA_REF_PRIOR_SD,
+    LOG_GAP_PRIOR_SD,
+    LOG_N_PRIOR,
+    log_half_cauchy,
+    normal_prior,
+)
+from .fused import FusedCells, fused_available
 from .guide import Site
 from .observation import ObservationData
 
-LOG_N_PRIOR = (float(np.log(2.0)), 0.6)
-ETA_REF_PRIOR_SD = 1.0
-#: Prior sd of the log gap ``log(log K2 - log K1)`` between additive Hill components.
-LOG_GAP_PRIOR_SD = 0.75
+__all__ = [
+    "ETA_REF_PRIOR_SD",
+    "LOG_GAP_PRIOR_SD",
+    "LOG_N_PRIOR",
+    "TransInputs",
+    "TransPriors",
+    "dose_priors",
+    "log_half_cauchy",
+    "natural_params",
+    "sample_prior_sites",
+    "site_list",
+    "trans_problem",
+]
 
 
 @dataclass
@@ -99,11 +113,6 @@ class TransPriors:
         )
 
 
-def log_half_cauchy() -> dist.TransformedDistribution:
-    """Distribution of ``log lambda`` for ``lambda ~ HalfCauchy(1)`` (real support)."""
-    return dist.TransformedDistribution(dist.HalfCauchy(1.0), [ExpTransform().inv])
-
-
 def dose_priors(log_dose_lo: float, log_dose_hi: float, log_x_ref: float) -> dict:
     """Location/scale of ``log K`` and the additive gap from the observed dosage range."""
     width = max(log_dose_hi - log_dose_lo, 0.2)
@@ -129,25 +138,7 @@ def site_list(
     default starts of the sites it names.
     """
     sites = [Site("eta_ref", (n,), priors.eta_ref_loc[features], 0.05)]
-    if function == "polynomial":
-        sites += [
-            Site("coef_z", (n, priors.degree), 0.0, 0.1),
-            Site("log_lambda", (n,), -1.0, 0.1),
-        ]
-        return _with_init(sites, init)
-    sites += [
-        Site("z1", (n,), 0.0, 0.1),
-        Site("log_lambda1", (n,), -1.0, 0.1),
-        Site("log_k1", (n,), priors.log_k_loc, 0.1),
-        Site("log_n1", (n,), LOG_N_PRIOR[0], 0.1),
-    ]
-    if function == "additive_hill":
-        sites += [
-            Site("z2", (n,), 0.0, 0.1),
-            Site("log_lambda2", (n,), -1.0, 0.1),
-            Site("log_gap", (n,), priors.log_gap_loc, 0.1),
-            Site("log_n2", (n,), LOG_N_PRIOR[0], 0.1),
-        ]
+    sites += get_curve(function).sites(n, priors)
     return _with_init(sites, init)
 
 
@@ -162,47 +153,19 @@ def _with_init(sites: list[Site], init: Mapping[str, np.ndarray] | None) -> list
 
 def natural_params(function: str, latent: dict, scale: torch.Tensor, priors: TransPriors) -> dict:
     """Curve parameters from latent values (works on tensors with a trailing feature axis)."""
-    out = {"eta_ref": latent["eta_ref"]}
-    if function == "polynomial":
-        lam = latent["log_lambda"].exp().unsqueeze(-1)
-        out["coef"] = scale.unsqueeze(-1) * lam * latent["coef_z"]
-        return out
-    out["v1"] = scale * latent["log_lambda1"].exp() * latent["z1"]
-    out["log_k1"] = latent["log_k1"]
-    out["n1"] = latent["log_n1"].exp()
-    if function == "additive_hill":
-        out["v2"] = scale * latent["log_lambda2"].exp() * latent["z2"]
-        out["log_k2"] = latent["log_k1"] + latent["log_gap"].exp()
-        out["n2"] = latent["log_n2"].exp()
-    return out
+    return {
+        "eta_ref": latent["eta_ref"],
+        **get_curve(function).natural_params(latent, scale, priors),
+    }
 
 
 def sample_prior_sites(
     function: str, n: int, priors: TransPriors, features: np.ndarray, device
 ) -> dict:
     """Sample every latent site from its prior (used inside the Pyro model)."""
-    t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
-    normal = lambda loc, sd, shape: dist.Normal(t(loc), sd).expand(shape).to_event(len(shape))  # noqa: E731
-    latent = {
-        "eta_ref": pyro.sample(
-            "eta_ref", normal(priors.eta_ref_loc[features], ETA_REF_PRIOR_SD, [n])
-        )
-    }
-    lhc = log_half_cauchy()
-    if function == "polynomial":
-        latent["coef_z"] = pyro.sample("coef_z", normal(0.0, 1.0, [n, priors.degree]))
-        latent["log_lambda"] = pyro.sample("log_lambda", lhc.expand([n]).to_event(1))
-        return latent
-    components = ("1", "2") if function == "additive_hill" else ("1",)
-    for c in components:
-        latent[f"z{c}"] = pyro.sample(f"z{c}", normal(0.0, 1.0, [n]))
-        latent[f"log_lambda{c}"] = pyro.sample(f"log_lambda{c}", lhc.expand([n]).to_event(1))
-        latent[f"log_n{c}"] = pyro.sample(f"log_n{c}", normal(LOG_N_PRIOR[0], LOG_N_PRIOR[1], [n]))
-    latent["log_k1"] = pyro.sample("log_k1", normal(priors.log_k_loc, priors.log_k_scale, [n]))
-    if function == "additive_hill":
-        latent["log_gap"] = pyro.sample(
-            "log_gap", normal(priors.log_gap_loc, LOG_GAP_PRIOR_SD, [n])
-        )
+    eta_ref = normal_prior(priors.eta_ref_loc[features], ETA_REF_PRIOR_SD, [n], device)
+    latent = {"eta_ref": pyro.sample("eta_ref", eta_ref)}
+    latent.update(get_curve(function).sample(n, priors, device))
     return latent
 
 
@@ -317,6 +280,7 @@ def trans_problem(
     delta, group, log_sf, noise_t = cells.delta, cells.group, cells.log_sf, cells.noise
     log_x_all, log_x_var_all = cells.log_x, cells.log_x_var
     scale = torch.as_tensor(priors.amplitude_scale[features], dtype=torch.float32, device=device)
+    curve = get_curve(function)
     fused = None
     if fused_available(obs.family, function, obs.y, device):
         fused = FusedCells(
@@ -335,11 +299,10 @@ def trans_problem(
         latent = sample_prior_sites(function, n_feat, priors, features, device)
         params = natural_params(function, latent, scale, priors)
         if fused is not None:  # one pass: curve, likelihood and gradient (models/fused.py)
-            ll = hill_negbinom_log_likelihood(function, params, fused.at(rows))
+            ll = curve.fused_log_likelihood(params, fused.at(rows))
             pyro.factor("obs", ll * (n_cells / len(rows)))
             return
-        eta = evaluate_curve(
-            function,
+        eta = curve.evaluate(
             params,
             log_x_all[rows],
             priors.log_x_ref,

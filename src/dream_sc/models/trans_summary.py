@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .curves import evaluate_curve
+from .curves import evaluate_curve, get_curve, summary_stats
 from .ec50 import response_ec50_columns
 from .families import get_family
 from .trans import TransPriors, natural_params
@@ -94,13 +94,13 @@ class DoseAxis:
         return torch.as_tensor(out, dtype=log_dose.dtype)
 
     def apply_to_params(self, function: str, params: dict) -> dict:
-        """Curve parameters with every EC50 moved along the axis (polynomials: unchanged)."""
-        if function == "polynomial":
+        """Curve parameters with every EC50 moved along the axis (``Curve.dose_params``)."""
+        names = get_curve(function).dose_params
+        if not names:
             return params
         out = dict(params)
-        for name in ("log_k1", "log_k2"):
-            if name in out:
-                out[name] = self.apply(out[name])
+        for name in names:
+            out[name] = self.apply(out[name])
         return out
 
 
@@ -176,15 +176,6 @@ def non_monotonic_amplitude(values: torch.Tensor) -> torch.Tensor:
     return torch.minimum(rise, fall)
 
 
-def _stats(name: str, x: torch.Tensor) -> dict[str, np.ndarray]:
-    q = torch.quantile(x, torch.tensor([0.05, 0.95]), dim=0)
-    return {
-        f"{name}_mean": x.mean(0).numpy(),
-        f"{name}_q05": q[0].numpy(),
-        f"{name}_q95": q[1].numpy(),
-    }
-
-
 def summarise_chunk(
     distribution: str,
     function: str,
@@ -227,7 +218,7 @@ def summarise_chunk(
     nm = non_monotonic_amplitude(values)
     min_eff = torch.as_tensor(min_effect, dtype=torch.float32)
     cols: dict[str, np.ndarray] = {}
-    cols.update(_stats("response", response))
+    cols.update(summary_stats("response", response))
     cols["response_sd"] = response.std(0).numpy()
     cols["prob_dose_dependent"] = (response.abs() > min_eff).float().mean(0).numpy()
     cols["lfsr"] = torch.minimum(
@@ -260,64 +251,5 @@ def parameter_summaries(function: str, params: dict[str, torch.Tensor], grid: Gr
     ``params`` are draws ``[S, T]`` of the natural parameters (EC50s already moved along the
     dosage axis where wanted).
     """
-    return {**_parameter_columns(function, params), **_ec50_columns(function, params, grid)}
-
-
-def _parameter_columns(function: str, params: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    cols = _stats("eta_ref", params["eta_ref"])
-    if function == "polynomial":
-        for d in range(params["coef"].shape[-1]):
-            cols.update(_stats(f"coef{d + 1}", params["coef"][..., d]))
-        return cols
-    comps = ("1", "2") if function == "additive_hill" else ("1",)
-    for c in comps:
-        cols.update(_stats(f"v{c}", params[f"v{c}"]))
-        cols.update(_stats(f"K{c}", params[f"log_k{c}"].exp()))
-        cols.update(_stats(f"n{c}", params[f"n{c}"]))
-    return cols
-
-
-def _ec50_columns(
-    function: str, params: dict[str, torch.Tensor], grid: Grid
-) -> dict[str, np.ndarray]:
-    n_feat = params["eta_ref"].shape[-1]
-    nan = np.full(n_feat, np.nan)
-    if function == "polynomial":
-        return {
-            "ec50_mean": nan,
-            "ec50_q05": nan,
-            "ec50_q95": nan,
-            "ec50_in_range": np.zeros(n_feat, bool),
-            "inflection_mean": nan,
-        }
-    comps = ("1", "2") if function == "additive_hill" else ("1",)
-    cols: dict[str, np.ndarray] = {}
-    for c in comps:
-        k = params[f"log_k{c}"].exp()
-        q = torch.quantile(k, torch.tensor([0.05, 0.95]), dim=0)
-        cols[f"ec50_{c}_mean"], cols[f"ec50_{c}_q05"], cols[f"ec50_{c}_q95"] = (
-            k.mean(0).numpy(),
-            q[0].numpy(),
-            q[1].numpy(),
-        )
-    if function == "additive_hill":
-        dominant = (params["v2"].abs().mean(0) > params["v1"].abs().mean(0)).numpy()
-    else:
-        dominant = np.zeros(n_feat, bool)
-    pick = lambda stat: np.where(dominant, cols.get(f"ec50_2_{stat}", nan), cols[f"ec50_1_{stat}"])  # noqa: E731
-    cols["ec50_mean"], cols["ec50_q05"], cols["ec50_q95"] = pick("mean"), pick("q05"), pick("q95")
-    cols["ec50_in_range"] = (cols["ec50_mean"] >= grid.lo) & (cols["ec50_mean"] <= grid.hi)
-    comp = np.where(dominant, 2, 1)
-    inflection = np.full(n_feat, np.nan)
-    for c in comps:
-        n = params[f"n{c}"]
-        k = params[f"log_k{c}"].exp()
-        with torch.no_grad():
-            ratio = torch.clamp((n - 1) / (n + 1), min=0.0)
-            value = torch.where(n > 1, k * ratio ** (1 / n), torch.zeros_like(k)).mean(0).numpy()
-        inflection = np.where(comp == int(c), value, inflection)
-    cols["inflection_mean"] = inflection
-    if function == "single_hill":
-        for stat in ("mean", "q05", "q95"):
-            cols.pop(f"ec50_1_{stat}")
-    return cols
+    curve = get_curve(function)
+    return {**curve.parameter_columns(params), **curve.ec50_columns(params, grid)}

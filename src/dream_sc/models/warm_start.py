@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .curves import get_curve
+
 #: Gain in (weighted) sum of squares over a flat line, in noise variances, below which a
 #: feature keeps the default start (about an AIC penalty for the three curve parameters).
 GAIN_THRESHOLD = 6.0
@@ -200,13 +202,49 @@ def _amplitude_latent(v: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.
     return v / (scale * np.exp(log_lam)), log_lam
 
 
-def warm_start(function: str, points: GuidePoints, priors) -> dict[str, np.ndarray]:
+def warm_start_polynomial(points: GuidePoints, priors) -> dict[str, np.ndarray]:
+    """Warm start of the polynomial's sites (``eta_ref``, ``coef_z``, ``log_lambda``)."""
+    scale = np.asarray(priors.amplitude_scale, dtype=np.float64)
+    fixed = np.asarray(priors.eta_ref_loc, dtype=np.float64)
+    fit = fit_polynomial(points, priors, scale)
+    keep = fit["gain"] > GAIN_THRESHOLD
+    size = np.abs(fit["coef"]).max(1) if fit["coef"].size else np.zeros(len(scale))
+    log_lam = np.clip(np.log(np.maximum(size / scale, 1e-12)), *LOG_LAMBDA_RANGE)
+    coef_z = fit["coef"] / (scale * np.exp(log_lam))[:, None]
+    return {
+        "eta_ref": np.where(keep, fit["eta_ref"], fixed),
+        "coef_z": np.where(keep[:, None], coef_z, 0.0),
+        "log_lambda": np.where(keep, log_lam, DEFAULT_LOG_LAMBDA),
+    }
+
+
+def warm_start_hill(points: GuidePoints, priors) -> dict[str, np.ndarray]:
+    """Warm start of the first Hill component's sites and ``eta_ref`` (single-Hill fit).
+
+    Further components (additive Hill) keep their default start: zero amplitude at the prior.
+    """
+    scale = np.asarray(priors.amplitude_scale, dtype=np.float64)
+    fixed = np.asarray(priors.eta_ref_loc, dtype=np.float64)
+    fit = fit_single_hill(points, priors, scale)
+    keep = fit["gain"] > GAIN_THRESHOLD
+    z, log_lam = _amplitude_latent(fit["v"], scale)
+    return {
+        "eta_ref": np.where(keep, fit["eta_ref"], fixed),
+        "z1": np.where(keep, z, 0.0),
+        "log_lambda1": np.where(keep, log_lam, DEFAULT_LOG_LAMBDA),
+        "log_k1": np.where(keep, fit["log_k"], priors.log_k_loc),
+        "log_n1": np.where(keep, np.log(fit["n"]), np.log(2.0)),
+    }
+
+
+def warm_start(function: str, points: GuidePoints, priors) -> dict[str, np.ndarray] | None:
     """Initial posterior means of the trans sites for every fitted feature.
 
     Parameters
     ----------
     function
-        ``"single_hill"``, ``"additive_hill"`` or ``"polynomial"``.
+        A curve name (:data:`~dream_sc.models.curves.CURVE_NAMES`); the curve's
+        :meth:`~dream_sc.models.curves.Curve.warm_start` does the work.
     points
         Guide-level observations (:class:`GuidePoints`).
     priors
@@ -217,6 +255,7 @@ def warm_start(function: str, points: GuidePoints, priors) -> dict[str, np.ndarr
     -------
     ``site name -> array`` with a leading feature axis, for the sites of
     :func:`~dream_sc.models.trans.site_list`; sites not listed keep their default start.
+    ``None``: the curve has no warm start (every site starts at its default).
 
     Examples
     --------
@@ -230,26 +269,4 @@ def warm_start(function: str, points: GuidePoints, priors) -> dict[str, np.ndarr
     >>> np.round(np.exp(start["log_k1"]), 1), start["z1"]
     (array([4., 4.]), array([1., 0.]))
     """
-    scale = np.asarray(priors.amplitude_scale, dtype=np.float64)
-    fixed = np.asarray(priors.eta_ref_loc, dtype=np.float64)
-    if function == "polynomial":
-        fit = fit_polynomial(points, priors, scale)
-        keep = fit["gain"] > GAIN_THRESHOLD
-        size = np.abs(fit["coef"]).max(1) if fit["coef"].size else np.zeros(len(scale))
-        log_lam = np.clip(np.log(np.maximum(size / scale, 1e-12)), *LOG_LAMBDA_RANGE)
-        coef_z = fit["coef"] / (scale * np.exp(log_lam))[:, None]
-        return {
-            "eta_ref": np.where(keep, fit["eta_ref"], fixed),
-            "coef_z": np.where(keep[:, None], coef_z, 0.0),
-            "log_lambda": np.where(keep, log_lam, DEFAULT_LOG_LAMBDA),
-        }
-    fit = fit_single_hill(points, priors, scale)
-    keep = fit["gain"] > GAIN_THRESHOLD
-    z, log_lam = _amplitude_latent(fit["v"], scale)
-    return {
-        "eta_ref": np.where(keep, fit["eta_ref"], fixed),
-        "z1": np.where(keep, z, 0.0),
-        "log_lambda1": np.where(keep, log_lam, DEFAULT_LOG_LAMBDA),
-        "log_k1": np.where(keep, fit["log_k"], priors.log_k_loc),
-        "log_n1": np.where(keep, np.log(fit["n"]), np.log(2.0)),
-    }
+    return get_curve(function).warm_start(points, priors)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +13,7 @@ from scipy import stats
 
 from .. import _validation as V
 from ..models.cis import guide_effect_prior_draws
+from ..models.curves import get_curve
 from ..models.trans_summary import Z90
 from ._fits import Fit, find_fits
 from ._utils import CURVE_COLOR, GREY, SHAPE_COLORS, finish, single_axes
@@ -142,36 +143,12 @@ def _technical_spec(mdata: MuData, fit: Fit, param: str, feature: str | None) ->
     return Spec(prior_d, post, None, xlabel)
 
 
-TRANS_LABELS = {
-    "eta_ref": "eta_ref (link-scale value at the NTC dosage)",
-    "log_k1": "log K1 (natural log of cis dosage)",
-    "log_gap": "log gap (log of log K2 - log K1)",
-    "log_n1": "log n1 (log Hill coefficient)",
-    "log_n2": "log n2 (log Hill coefficient)",
-    "z1": "z1 (standardised amplitude)",
-    "z2": "z2 (standardised amplitude)",
-    "log_lambda": "log lambda (horseshoe local scale)",
-    "log_lambda1": "log lambda1 (horseshoe local scale)",
-    "log_lambda2": "log lambda2 (horseshoe local scale)",
-}
-
-
-def _trans_prior(priors: Mapping, param: str, row: int | None) -> Density:
-    if param == "eta_ref":
-        return _normal(
-            np.asarray(priors["eta_ref"]["loc"], dtype=float)[row],
-            priors["eta_ref"]["scale"],
-            "prior",
-        )
-    if param.startswith("log_lambda"):
+def _trans_prior(fit: Fit, param: str, row: int | None) -> Density:
+    """The prior of a trans site, as the fit's curve declares it."""
+    prior = get_curve(str(fit.record["function"])).site_prior(param, fit.record["priors"], row)
+    if prior.dist == "log_half_cauchy":
         return _log_half_cauchy("prior")
-    if param.startswith("log_n"):
-        return _normal(priors["log_n"]["loc"], priors["log_n"]["scale"], "prior")
-    if param == "log_k1":
-        return _normal(priors["log_k"]["loc"], priors["log_k"]["scale"], "prior")
-    if param == "log_gap":
-        return _normal(priors["log_gap"]["loc"], priors["log_gap"]["scale"], "prior")
-    return _normal(0.0, 1.0, "prior")  # z1, z2, coef_z_<d>
+    return _normal(prior.loc, prior.scale, "prior")
 
 
 def _trans_spec(mdata: MuData, fit: Fit, param: str, feature: str | None) -> Spec:
@@ -183,11 +160,8 @@ def _trans_spec(mdata: MuData, fit: Fit, param: str, feature: str | None) -> Spe
     fitted = adata.varm[fit.key]["fitted"].to_numpy(dtype=bool)
     names = adata.var_names[fitted]
     row = _feature_row(names, feature, param, param == "eta_ref", fit.where)
-    prior = _trans_prior(fit.record["priors"], param, row)
-    xlabel = TRANS_LABELS.get(
-        param,
-        f"{param} (standardised polynomial coefficient)" if param.startswith("coef_z") else param,
-    )
+    prior = _trans_prior(fit, param, row)
+    xlabel = get_curve(str(fit.record["function"])).site_label(param)
     loc = post[f"{param}_loc"].to_numpy()[fitted]
     if row is None:
         return Spec(prior, None, loc, xlabel)

@@ -11,6 +11,7 @@ import logging
 import numpy as np
 import torch
 
+from ..models.curves import get_curve
 from ..models.ec50 import response_ec50_columns
 from ..models.families import get_family
 from ..models.refine import (
@@ -35,8 +36,9 @@ START_DRAWS = 500
 
 
 def can_refine(job: TransJob) -> bool:
-    """Hill curves with a per-feature likelihood (the multinomial couples its features)."""
-    return job.function != "polynomial" and not get_family(job.data.distribution).grouped
+    """Curves with refinement coordinates, per-feature likelihoods (not the coupled multinomial)."""
+    refinable = get_curve(job.function).coordinates is not None
+    return refinable and not get_family(job.data.distribution).grouped
 
 
 def refined_columns(

@@ -12,12 +12,13 @@ import pandas as pd
 from mudata import MuData
 
 from .. import _validation as V
+from ..models.curves import CURVE_NAMES
 from ._common import clean_params
 from ._technical import fit_technical
 from ._trans import fit_trans
 
 STEPS = ("technical", "cis", "trans")
-FUNCTIONS = ("single_hill", "additive_hill", "polynomial")
+FUNCTIONS = CURVE_NAMES  # the curve registry's names (a live view)
 BACKENDS = ("local", "dask")
 #: Steps of each fit when ``n_steps=None`` (``None`` = that function's own default).
 SCREEN_N_STEPS: dict[str, int | None] = {"technical": None, "cis": None, "trans": None}

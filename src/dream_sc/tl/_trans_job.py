@@ -21,8 +21,9 @@ from .._storage import CORR_PREFIX, TechnicalFit, posterior_frame, posterior_fro
 from .._storage import read_technical as load_technical
 from ..models.amplitude import AMPLITUDE_FLOOR, amplitude_scale, guide_level_link_means
 from ..models.chunked import ChunkedFit, fit_chunks, name_order, stable_keys
+from ..models.curves import get_curve
 from ..models.families import get_family
-from ..models.memory import TRANS_BYTES_PER_ENTRY, feature_chunks, plan_fit
+from ..models.memory import feature_chunks, plan_fit
 from ..models.observation import ObservationData
 from ..models.trans import TransInputs, TransPriors, dose_priors
 from ..models.trans_summary import DoseAxis, Grid, draw_latent, make_grid, summarise_chunk
@@ -35,9 +36,6 @@ logger = logging.getLogger("dream_sc")
 
 # the varm posterior codec lives in dream_sc._storage; re-exported for the significance code
 __all__ = ["CORR_PREFIX", "TransJob", "job_from_record", "posterior_frame", "posterior_from_frame"]
-
-
-CURVE_FUNCTIONS = ("single_hill", "additive_hill", "polynomial")
 
 
 def load_cis(mdata: MuData, cis_key: str) -> dict:
@@ -327,8 +325,7 @@ def prepare_trans_job(
     modality, function, cis_key = settings.modality, settings.function, settings.cis_key
     sum_factor_key, layer, degree = settings.sum_factor_key, settings.layer, settings.degree
     min_effect, include_cis_feature = settings.min_effect, settings.include_cis_feature
-    if function not in CURVE_FUNCTIONS:
-        raise ValueError(f"function must be one of {', '.join(CURVE_FUNCTIONS)}; got {function!r}.")
+    curve = get_curve(function)  # raises listing the registered curves
     cis = load_cis(mdata, cis_key)
     tech = load_technical(mdata, modality, settings.technical_key_added)
     dose_mean_all = mdata.obs[f"{cis_key}_dose_mean"].to_numpy()
@@ -393,7 +390,7 @@ def prepare_trans_job(
         feature_chunk=settings.feature_chunk,
         max_memory_gb=package_settings.max_memory_gb,
         device=str(device),
-        bytes_per_entry=TRANS_BYTES_PER_ENTRY[function],
+        bytes_per_entry=curve.bytes_per_entry,
     )
     inputs = TransInputs.from_samples(
         log_samples,

@@ -1,4 +1,4 @@
-"""Dose-response curves on the link scale (pure torch).
+"""Shared maths of the dose-response curves on the link scale (pure torch).
 
 All curves are parameterised around the reference dosage ``x_ref`` (the NTC dosage):
 
@@ -26,14 +26,8 @@ value under-predicts an uncertain cell on a log link and shifts the fitted EC50s
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
-
-CurveFunction = Literal["single_hill", "additive_hill", "polynomial"]
-FUNCTIONS: tuple[str, ...] = ("single_hill", "additive_hill", "polynomial")
-
 
 PROBIT_FACTOR = float(np.pi / 8.0)
 
@@ -82,7 +76,7 @@ def gaussian_powers(mean: torch.Tensor, var: torch.Tensor | None, degree: int) -
     return torch.stack(moments[1 : degree + 1], dim=-1)
 
 
-def _polynomial_slope(coef: torch.Tensor, u: torch.Tensor, u_var: torch.Tensor) -> torch.Tensor:
+def polynomial_slope(coef: torch.Tensor, u: torch.Tensor, u_var: torch.Tensor) -> torch.Tensor:
     """``d E[sum_d c_d u^d] / d E[u]`` (``u`` normal): ``sum_d d c_d E[u^(d-1)]``."""
     moments = torch.ones_like(u).unsqueeze(-1)
     if coef.shape[-1] > 1:  # E[u^d], d = 1..D-1
@@ -105,85 +99,3 @@ def mean_scale_correction(
     if mean_link == "logit":
         return eta * torch.rsqrt(1.0 + PROBIT_FACTOR * var_eta)
     return eta
-
-
-def evaluate_curve(
-    function: str,
-    params: dict[str, torch.Tensor],
-    log_x: torch.Tensor,
-    log_x_ref: float,
-    half_range: float,
-    log_x_var: torch.Tensor | None = None,
-    mean_link: str | None = None,
-) -> torch.Tensor:
-    """Link-scale curve for every (dose, feature).
-
-    Parameters
-    ----------
-    function
-        ``"single_hill"``, ``"additive_hill"`` or ``"polynomial"``.
-    params
-        Natural parameters with a trailing feature axis ``[..., T]``: ``eta_ref``, ``v1``,
-        ``log_k1``, ``n1`` (+ ``v2``, ``log_k2``, ``n2``) or ``coef`` ``[..., T, D]``.
-    log_x
-        Natural-log dosage ``[..., B]``.
-    log_x_ref
-        Natural-log reference (NTC) dosage.
-    half_range
-        Half the observed log2 dosage range (polynomial scaling).
-    log_x_var
-        Variance of the natural-log dosage ``[..., B]`` (uncertain dosages): the expected
-        link value is returned (see the module docstring). ``None``: exact dosages.
-    mean_link
-        With ``log_x_var``: ``"log"`` / ``"logit"`` return instead the link of the expected
-        *mean* (count rate, probability), so the likelihood sees the right average of an
-        uncertain cell (:func:`mean_scale_correction`, variance of the link value by the delta
-        method). Without it a log-link curve under-predicts uncertain cells by
-        ``exp(-var / 2)``, most near the EC50, and the fit moves the EC50 to compensate.
-
-    Returns
-    -------
-    Tensor ``[..., B, T]``.
-    """
-    lx = log_x.unsqueeze(-1)
-    lv = None if log_x_var is None else log_x_var.unsqueeze(-1)
-    eta_ref = params["eta_ref"].unsqueeze(-2)
-    if function == "polynomial":
-        coef = params["coef"]  # [..., T, D]
-        unit = float(np.log(2.0)) * half_range
-        u = (lx - log_x_ref) / unit  # [..., B, 1]
-        u_var = None if lv is None else lv / unit**2
-        powers = gaussian_powers(u, u_var, coef.shape[-1])  # [..., B, 1, D]
-        out = eta_ref + (powers * coef.unsqueeze(-3)).sum(-1)
-        if u_var is None or mean_link is None:
-            return out
-        slope = _polynomial_slope(coef, u, u_var) / unit  # per natural-log dosage
-        return mean_scale_correction(out, slope.square() * lv, mean_link)
-    if lv is not None and mean_link is not None:  # value and slope from one sigmoid
-        out, slope = eta_ref, 0.0
-        ref = torch.as_tensor(log_x_ref, dtype=lx.dtype, device=lx.device)
-        for c in ("1", "2") if function == "additive_hill" else ("1",):
-            v, log_k, n = (params[f"{k}{c}"].unsqueeze(-2) for k in ("v", "log_k", "n"))
-            nk = n * torch.rsqrt(1.0 + PROBIT_FACTOR * n.square() * lv)
-            h = torch.sigmoid(nk * (lx - log_k))
-            out = out + v * (h - hill_fraction(ref, log_k, n))
-            slope = slope + v * nk * h * (1.0 - h)
-        return mean_scale_correction(out, slope.square() * lv, mean_link)
-    out = eta_ref + hill_terms(
-        lx,
-        log_x_ref,
-        params["v1"].unsqueeze(-2),
-        params["log_k1"].unsqueeze(-2),
-        params["n1"].unsqueeze(-2),
-        lv,
-    )
-    if function == "additive_hill":
-        out = out + hill_terms(
-            lx,
-            log_x_ref,
-            params["v2"].unsqueeze(-2),
-            params["log_k2"].unsqueeze(-2),
-            params["n2"].unsqueeze(-2),
-            lv,
-        )
-    return out
