@@ -10,6 +10,7 @@ from mudata import MuData
 from scipy import stats
 
 from .. import _validation as V
+from .._stores.trans import update_record
 from ..models.significance import decoy_qvalues
 from ._common import resolve_device, resolve_progress
 from ._null import permutations, rescore
@@ -112,13 +113,8 @@ def calibration_check(
         )
         scores.append(screen)
     table = pd.DataFrame(rows, index=pd.RangeIndex(len(rows), name="null_screen"))
-    rec = dict(adata.uns[key])
-    rec["calibration"] = {
-        "alpha": float(alpha),
-        "scores": np.asarray(scores, dtype=np.float64),
-        "table": table,
-    }
-    adata.uns[key] = rec
+    scores = np.asarray(scores, dtype=np.float64)
+    update_record(adata, key, calibration={"alpha": float(alpha), "scores": scores, "table": table})
     logger.info(
         "calibration_check: %d false discoveries at alpha=%g over %d null screen(s)",
         int(table["n_false_discoveries"].sum()),
