@@ -73,3 +73,42 @@ def test_no_private_name_crosses_subpackages():
                     if a.name.startswith("_")
                 ]
     assert not found, f"import public names (or move the helper to a shared module): {found}"
+
+
+def test_doc_params_indents_texts_like_their_placeholder():
+    from dream_sc.pl._docs import AX, SHOW, doc_params, fill_doc
+
+    doc = "Plot.\n\n    Parameters\n    ----------\n    {ax}\n    {show}\n    data = {'a': 1}\n"
+    filled = fill_doc(doc, {"ax": AX, "show": SHOW})
+    assert "    ax\n        Axes to draw into, else a new figure.\n    show\n        Call" in filled
+    assert filled.endswith("    data = {'a': 1}\n")  # other braces are left alone
+    with pytest.raises(KeyError, match="no text"):
+        fill_doc(doc, {"ax": AX})
+    with pytest.raises(KeyError, match="no placeholder"):
+        fill_doc("Plot.\n", {"ax": AX})
+
+    @doc_params(ax=AX)
+    def plot(ax=None):
+        """Plot.
+
+        Parameters
+        ----------
+        {ax}
+        """
+
+    assert "        ax\n            Axes to draw into" in plot.__doc__
+
+
+def test_plot_docstrings_share_each_repeated_text_once():
+    import dream_sc as ds
+    from dream_sc.pl import _docs
+
+    for name in ds.pl.__all__:
+        doc = getattr(ds.pl, name).__doc__ or ""
+        assert not re.search(r"^\s*\{\w+\}\s*$", doc, re.MULTILINE), f"pl.{name}: unfilled"
+    texts = [v for k, v in vars(_docs).items() if k.isupper() and isinstance(v, str)]
+    sources = {p.name: p.read_text() for p in _modules("pl") if p.name != "_docs.py"}
+    for text in texts:
+        block = "\n".join("    " + line for line in text.splitlines()) + "\n"
+        copies = [name for name, source in sources.items() if block in source]
+        assert not copies, f"use the shared text of pl/_docs.py instead of copies: {copies}"
