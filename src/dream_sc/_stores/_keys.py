@@ -115,7 +115,7 @@ class ScreenKeys:
 
     Examples
     --------
-    >>> ScreenKeys("dream_screen").target_key("dream_trans", "GFI1B")
+    >>> ScreenKeys("dream_screen").fit_key("dream_trans", "GFI1B")
     'dream_trans_GFI1B'
     """
 
@@ -127,6 +127,6 @@ class ScreenKeys:
         return self.key
 
     @staticmethod
-    def target_key(prefix: str, target: str) -> str:
+    def fit_key(prefix: str, target: str) -> str:
         """Key of the cis or trans fit of ``target`` in a screen fitted with ``prefix``."""
         return f"{prefix}_{target}"

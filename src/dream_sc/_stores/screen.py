@@ -10,12 +10,12 @@ from .. import _record_checks as C
 from ._common import stamp
 from ._keys import ScreenKeys
 
-__all__ = ["ScreenKeys", "read_screen", "target_key", "write_screen"]
+__all__ = ["ScreenKeys", "read_screen", "target_fit_key", "write_screen"]
 
 
-def target_key(prefix: str, target: str) -> str:
+def target_fit_key(prefix: str, target: str) -> str:
     """Key of the cis or trans fit of ``target`` in a screen whose fits start with ``prefix``."""
-    return ScreenKeys.target_key(prefix, target)
+    return ScreenKeys.fit_key(prefix, target)
 
 
 def write_screen(mdata: MuData, key: str, record: dict) -> None:
