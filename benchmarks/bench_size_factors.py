@@ -72,7 +72,7 @@ def run(mdata, method: str, args: argparse.Namespace, seed: int) -> dict:
         )
         fit_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        ds.tl.test_trans(mdata, shared_shift=not args.no_shift)
+        ds.tl.test_trans(mdata)
         test_seconds = time.perf_counter() - start
         check = ds.tl.calibration_check(mdata, n_null_screens=3)
     res = ds.get.trans_results(mdata)
@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     ds.settings.progress_bar = False
+    if args.no_shift:
+        from dream_sc.tl import _null
+
+        _null.SHARED_SHIFT_DISTRIBUTIONS = ()
     rows = []
     for seed in args.seeds:
         mdata = simulate(args, seed)
