@@ -149,11 +149,11 @@ def sum_factors(
     store = dict(target.uns.get("dream_sum_factors", {}))
     store[key_added] = record
     target.uns["dream_sum_factors"] = store
-    logger.info(
-        "size factors (%s) written to mdata.obs[%r] from %r",
+    logger.info("size factors written to mdata.obs[%r] from %r", key_added, modality)
+    logger.debug(
+        "size factors: method %s, %s features left out",
         record.get("method_used", method),
-        key_added,
-        modality,
+        record.get("n_left_out", 0),
     )
     return target if copy else None
 
@@ -204,7 +204,7 @@ def _dose_aware(
     """Library size over the features not associated with the perturbation classes."""
     fixed = var_names.isin(list(targets) + list(exclude or []))
     keep = ~fixed
-    factors = library_factors(X, np.flatnonzero(keep))
+    factors = _restricted_factors(X, keep)
     for _ in range(n_iter):
         p = association_pvalues(X, factors, classes, groups)
         moving = fixed | (p < pvalue)
@@ -215,5 +215,21 @@ def _dose_aware(
             moving = np.ones(len(p), bool)
             moving[half] = False
         keep = ~moving
-        factors = library_factors(X, np.flatnonzero(keep))
+        factors = _restricted_factors(X, keep)
     return factors, list(var_names[~keep])
+
+
+def _restricted_factors(X, keep: np.ndarray) -> np.ndarray:
+    """Library size over ``keep`` (scaled to mean 1).
+
+    A cell without counts there gets its full library size times the median ratio
+    (kept / full) of the other cells (tiny screens).
+    """
+    kept = np.asarray(X[:, np.flatnonzero(keep)].sum(axis=1), dtype=np.float64).ravel()
+    full = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    empty = kept <= 0
+    if empty.all():
+        kept = full
+    elif empty.any():
+        kept[empty] = full[empty] * np.median(kept[~empty] / full[~empty])
+    return library_factors(kept[:, None])

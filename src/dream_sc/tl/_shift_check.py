@@ -3,8 +3,8 @@
 Two measurements of one problem - size factors that depend on the perturbation:
 
 - the **shared shift** the score test estimated across all features and removed
-  (:mod:`dream_sc.models.shared_shift`; stored as ``uns[key]["shared_shift"]``), with its
-  permutation p-value;
+  (:mod:`dream_sc.models.shared_shift`; stored as ``uns[key]["shared_shift"]``), against the
+  shifts estimated on the permuted dosages (``shared_shift_z``);
 - the **median response** (``response_mean``, log2 over the dosage range) of the features
   that are not significant, with a sign-test p-value.
 
