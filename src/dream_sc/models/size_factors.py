@@ -183,7 +183,8 @@ def association_pvalues(
     if sparse.issparse(X):
         Z = sparse.csr_matrix(X, dtype=np.float64, copy=True)
         Z.data = np.log1p(Z.data / np.repeat(size_factors, np.diff(Z.indptr)))
-        Z2 = Z.multiply(Z).tocsr()
+        Z2 = Z.copy()
+        Z2.data **= 2
     else:
         Z = np.log1p(np.asarray(X, dtype=np.float64) / size_factors[:, None])
         Z2 = Z * Z

@@ -225,7 +225,7 @@ def _restricted_factors(X, keep: np.ndarray) -> np.ndarray:
     A cell without counts there gets its full library size times the median ratio
     (kept / full) of the other cells (tiny screens).
     """
-    kept = np.asarray(X[:, np.flatnonzero(keep)].sum(axis=1), dtype=np.float64).ravel()
+    kept = np.asarray(X @ keep.astype(np.float64), dtype=np.float64).ravel()  # no column copy
     full = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
     empty = kept <= 0
     if empty.all():
