@@ -14,7 +14,7 @@ from .. import _validation as V
 from ..models.significance import decoy_qvalues
 from ._common import resolve_device, resolve_progress
 from ._null import SHARED_SHIFT_DISTRIBUTIONS, permutations, rescore
-from ._shift_check import shift_diagnostic, shift_message
+from ._shift_check import finite_record, shift_diagnostic, shift_message
 from ._trans_job import job_from_record
 
 logger = logging.getLogger("dream_sc")
@@ -136,7 +136,7 @@ def calibration_check(
             results["response_mean"].to_numpy(dtype=np.float64)[fitted],
             results["significant"].to_numpy(dtype=bool)[fitted],
         )
-        rec["calibration"]["shift"] = diag
+        rec["calibration"]["shift"] = finite_record(diag)
         table.attrs["shift"] = diag
         if diag["warn"]:
             warnings.warn(shift_message(diag), UserWarning, stacklevel=2)

@@ -18,7 +18,7 @@ from ..models.memory import feature_chunks
 from ..models.null import dose_basis, exchangeability, null_model, score_parts, statistics
 from ..models.shared_shift import estimate_shift, remove_shift, shift_profile
 from ..models.significance import permute_within_groups
-from ._shift_check import shift_diagnostic, shift_message
+from ._shift_check import finite_record, shift_diagnostic, shift_message
 from ._trans_job import TransJob
 
 logger = logging.getLogger("dream_sc")
@@ -189,12 +189,12 @@ def significance(
             "exchangeability": found["exchangeability"].as_dict(),
         }
         if found["shared_shift"] is not None:
-            record["shared_shift"] = found["shared_shift"]
+            record["shared_shift"] = finite_record(found["shared_shift"])
     if job.data.distribution in SHARED_SHIFT_DISTRIBUTIONS:
         diag = shift_diagnostic(
             record.get("shared_shift"), columns.get("response_mean"), sig["significant"]
         )
-        record["shift_diagnostic"] = diag
+        record["shift_diagnostic"] = finite_record(diag)
         if diag["warn"]:
             warnings.warn(shift_message(diag), UserWarning, stacklevel=3)
     return sig, record

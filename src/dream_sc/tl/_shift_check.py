@@ -73,6 +73,11 @@ def shift_diagnostic(
     return out
 
 
+def finite_record(diag: dict) -> dict:
+    """The diagnostic without its NaN entries (stored records compare equal across runs)."""
+    return {k: v for k, v in diag.items() if not (isinstance(v, float) and np.isnan(v))}
+
+
 def shift_message(diag: dict) -> str:
     """Warning text for a diagnostic with ``warn`` set."""
     return (
