@@ -193,3 +193,21 @@ def test_library_factors_warn_and_calibrate_on_two_line_screen():
     with pytest.warns(UserWarning, match="shifted off zero"):
         check = ds.tl.calibration_check(mdata)
     assert check.attrs["shift"]["warn"]
+
+
+def test_shift_message_quotes_only_what_was_measured():
+    from dream_sc.tl._shift_check import shift_message
+
+    diag = {
+        "shared_shift_log2": -0.21,
+        "shared_shift_z": 6.7,
+        "flat_median_log2": np.nan,
+        "flat_pvalue": np.nan,
+        "n_flat": 13,
+    }
+    text = shift_message(diag)
+    assert text.startswith(
+        "The features without a dose response are shifted off zero: shared shift -0.21 log2 "
+        "over the dosage range (+6.7 sd of the permutations' shifts). The size factors"
+    )
+    assert "nan" not in text

@@ -79,13 +79,22 @@ def finite_record(diag: dict) -> dict:
 
 
 def shift_message(diag: dict) -> str:
-    """Warning text for a diagnostic with ``warn`` set."""
+    """Warning text for a diagnostic with ``warn`` set (only the measured parts are quoted)."""
+    found = []
+    if np.isfinite(diag["shared_shift_log2"]):
+        shift = f"shared shift {diag['shared_shift_log2']:+.2f} log2 over the dosage range"
+        if np.isfinite(diag["shared_shift_z"]):
+            shift += f" ({diag['shared_shift_z']:+.1f} sd of the permutations' shifts)"
+        found.append(shift)
+    if np.isfinite(diag["flat_median_log2"]):
+        found.append(
+            f"median response of the {diag['n_flat']} non-significant features "
+            f"{diag['flat_median_log2']:+.2f} log2 (sign test p = {diag['flat_pvalue']:.2g})"
+        )
     return (
-        "The features without a dose response are shifted off zero: shared shift "
-        f"{diag['shared_shift_log2']:+.2f} log2 over the dosage range ("
-        f"{diag['shared_shift_z']:+.1f} sd of the permutations' shifts), median response of the {diag['n_flat']} "
-        f"non-significant features {diag['flat_median_log2']:+.2f} log2 (sign test p = "
-        f"{diag['flat_pvalue']:.2g}). The size factors probably depend on the perturbation "
+        "The features without a dose response are shifted off zero: "
+        + ", ".join(found)
+        + ". The size factors probably depend on the perturbation "
         "(the cis gene and its responders move the library size). The q-values have the "
         "shared shift removed, but the curves and response columns carry it: recompute the "
         "size factors with `ds.pp.sum_factors(mdata, method='dose_aware', "
