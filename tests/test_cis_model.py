@@ -10,8 +10,8 @@ import torch
 from scipy import integrate, special, stats
 
 import dream_sc as ds
+from dream_sc.engine.svi import FitResult
 from dream_sc.models import cis as C
-from dream_sc.models.inference import FitResult
 from dream_sc.models.trans_summary import DoseAxis
 
 LN2 = np.log(2.0)

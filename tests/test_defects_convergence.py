@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dream_sc as ds
-from dream_sc.models.inference import run_svi, smoothed_converged
+from dream_sc.engine.svi import run_svi, smoothed_converged
 
 
 def test_flat_noisy_loss_with_a_low_last_window_is_converged():

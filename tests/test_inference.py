@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dream_sc.models.inference import smoothed_converged
+from dream_sc.engine.svi import smoothed_converged
 
 
 def test_steady_decrease_is_not_converged():
@@ -65,7 +65,7 @@ def _toy_problem(nan_from: int | None):
 def test_loss_trace_matches_the_per_step_values_and_is_synced_in_blocks(monkeypatch):
     import torch
 
-    from dream_sc.models import inference
+    from dream_sc.engine import svi as inference
 
     copies = []
     real_cpu = torch.Tensor.cpu
@@ -90,7 +90,7 @@ def test_loss_trace_matches_the_per_step_values_and_is_synced_in_blocks(monkeypa
 
 @pytest.mark.parametrize("nan_from", [7, 50, 63])
 def test_deferred_finiteness_check_names_the_first_bad_step(nan_from):
-    from dream_sc.models.inference import NonFiniteLossError, run_svi
+    from dream_sc.engine.svi import NonFiniteLossError, run_svi
 
     model, guide, params, batches, _ = _toy_problem(nan_from)
     with pytest.raises(

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dream_sc.models import memory
-from dream_sc.models.memory import (
+from dream_sc.engine import memory
+from dream_sc.engine.memory import (
     DEFAULT_MAX_BATCH,
     available_memory,
     estimate_peak_bytes,

@@ -10,7 +10,7 @@ import torch
 from mudata import MuData
 
 from .._storage import posterior_from_frame, read_cis, read_trans, read_trans_priors
-from ..models.chunked import stable_keys
+from ..models.batching import stable_keys
 from ..models.curves import evaluate_curve
 from ..models.families import get_family
 from ..models.trans import natural_params

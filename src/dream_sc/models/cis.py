@@ -52,8 +52,8 @@ from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoMultivariateNormal, init_to_value
 from torch.distributions import transform_to
 
-from .chunked import StepRows
-from .inference import FitResult, run_svi
+from ..engine.svi import FitResult, run_svi
+from .batching import StepRows
 from .likelihoods import _lgamma_ratio
 
 LN2 = float(np.log(2.0))
@@ -414,7 +414,7 @@ def fit_cis_model(
 
     With ``laplace`` the variational posterior starts at the Laplace approximation
     (:func:`laplace_start`) instead of a small sphere around the moment estimates.
-    ``fingerprint`` / ``checkpoint_mismatch``: see :func:`~dream_sc.models.inference.run_svi`.
+    ``fingerprint`` / ``checkpoint_mismatch``: see :func:`~dream_sc.engine.svi.run_svi`.
     """
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)

@@ -19,7 +19,7 @@ import pyro.distributions as dist
 import torch
 
 from .._lazy import concat_blocks, feature_blockwise
-from .chunked import ChunkProblem, StepRows
+from .batching import ChunkProblem, StepRows
 from .families import CONCENTRATION_RANGE, get_family
 from .families.binomial import betabinomial_moments
 from .families.multinomial import dirichletmultinomial_moments

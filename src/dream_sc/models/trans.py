@@ -31,7 +31,7 @@ import numpy as np
 import pyro
 import torch
 
-from .chunked import ChunkProblem, StepRows
+from .batching import ChunkProblem, StepRows
 from .curves import get_curve
 from .curves._priors import (
     ETA_REF_PRIOR_SD,

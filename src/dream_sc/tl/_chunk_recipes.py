@@ -1,4 +1,4 @@
-"""Picklable chunk recipes of the technical and trans fits (any backend, see ``_backends``).
+"""Picklable chunk recipes of the technical and trans fits (any backend, see ``engine.backends``).
 
 Each fit's chunks are described by plain data: ``shared`` inputs (cell-level arrays, priors,
 settings) sent once, a per-chunk ``part`` (the chunk's data slice and per-feature inputs) and
@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from .._lazy import materialise, narrow
-from ..models.chunked import ChunkProblem, ChunkRecipe
+from ..engine.chunks import ChunkRecipe
+from ..models.batching import ChunkProblem
 from ..models.observation import ObservationData
 from ..models.technical import TechnicalInit, technical_problem
 from ..models.trans import TransInputs, TransPriors, trans_problem

@@ -19,9 +19,9 @@ from .._checkpoints import check_mismatch
 from .._data import modality_data
 from .._settings import settings
 from .._storage import write_cis
+from ..engine.svi import check_svi_checkpoint
 from ..models.cis import LN2, CisData, fit_cis_model, sample_cell_dosage
 from ..models.families import get_family
-from ..models.inference import check_svi_checkpoint
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
 from ._fingerprints import cis_fingerprint
 from ._technical import load_technical

@@ -12,8 +12,8 @@ import time
 import numpy as np
 from scipy import sparse
 
+from ..engine.memory import feature_chunks
 from ..models.families import get_family
-from ..models.memory import feature_chunks
 from ..models.null import dose_basis, exchangeability, null_model, score_statistics
 from ..models.significance import permute_within_groups
 from ._trans_job import TransJob

@@ -14,7 +14,6 @@ import pandas as pd
 from mudata import MuData
 
 from .. import _validation as V
-from .._backends import resolve_backend  # [dask hunk]
 from .._cells import sum_factor_values, technical_groups
 from .._checkpoints import check_mismatch
 from .._data import modality_data
@@ -22,9 +21,11 @@ from .._registration import is_overdispersed
 from .._settings import settings
 from .._storage import TechnicalFit, write_technical
 from .._storage import read_technical as load_technical
-from ..models.chunked import fit_chunks, name_order, stable_keys
+from ..engine.backends import resolve_backend
+from ..engine.chunks import fit_chunks
+from ..engine.memory import feature_chunks, plan_fit
+from ..models.batching import name_order, stable_keys
 from ..models.families import get_family
-from ..models.memory import feature_chunks, plan_fit
 from ..models.technical import (
     CONCENTRATION_RANGE,
     LOG_CONC_PRIOR_SD,

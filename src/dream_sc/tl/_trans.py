@@ -13,11 +13,11 @@ import pandas as pd
 from mudata import MuData
 
 from .. import _validation as V
-from .._backends import resolve_backend  # [dask hunk]
 from .._checkpoints import check_mismatch
 from .._lazy import concat_blocks, feature_blockwise
 from .._settings import settings
 from .._storage import posterior_frame, write_trans
+from ..engine.backends import resolve_backend  # [dask hunk]
 from ..models.families import get_family
 from ..models.significance import DEFAULT_N_PERMUTATIONS
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions

@@ -19,11 +19,12 @@ from .._lazy import concat_blocks, feature_blockwise
 from .._settings import settings as package_settings
 from .._storage import CORR_PREFIX, TechnicalFit, posterior_frame, posterior_from_frame, read_cis
 from .._storage import read_technical as load_technical
+from ..engine.chunks import ChunkedFit, fit_chunks
+from ..engine.memory import feature_chunks, plan_fit
 from ..models.amplitude import AMPLITUDE_FLOOR, amplitude_scale, guide_level_link_means
-from ..models.chunked import ChunkedFit, fit_chunks, name_order, stable_keys
+from ..models.batching import name_order, stable_keys
 from ..models.curves import get_curve
 from ..models.families import get_family
-from ..models.memory import feature_chunks, plan_fit
 from ..models.observation import ObservationData
 from ..models.trans import TransInputs, TransPriors, dose_priors
 from ..models.trans_summary import DoseAxis, Grid, draw_latent, make_grid, summarise_chunk
@@ -72,7 +73,7 @@ class TransJob:
     checkpoint: str | None = None
     dose_axis: DoseAxis | None = None  # guide-level dosage uncertainty (EC50 intervals)
     guide_means: np.ndarray | None = None  # [guides, T] link-scale guide means (warm start)
-    backend: object = None  # [dask hunk] where chunks run (dream_sc._backends); None: here
+    backend: object = None  # [dask hunk] where chunks run (dream_sc.engine.backends); None: here
     cell_names: np.ndarray | None = None  # obs_names of the fitted cells (checkpoint fingerprint)
     checkpoint_mismatch: str = "raise"  # see dream_sc._checkpoints
 

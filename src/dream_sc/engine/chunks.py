@@ -7,7 +7,7 @@ Adam and the element-wise gradient clipping act per parameter element. Together 
 chunked fit equal a joint fit, feature by feature.
 
 Chunks are independent tasks: :func:`fit_chunks` hands them to a backend (in this process, or a
-``dask.distributed`` cluster, see :mod:`dream_sc._backends`) as plain data plus a module-level
+``dask.distributed`` cluster, see :mod:`dream_sc.engine.backends`) as plain data plus a module-level
 build function (:class:`ChunkRecipe`), so where a chunk runs does not change its result.
 """
 
@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,23 +26,13 @@ import pyro
 import torch
 
 from .. import _checkpoints as ckpt
-from .._backends._base import LocalBackend, resolve_threads
+from ..models.batching import ChunkProblem
+from ..models.guide import FeatureNoise, MeanFieldGuide
+from .backends._base import LocalBackend, resolve_threads
 from .chunk_store import check_chunk_files, chunk_fingerprint, load_done, save_done
-from .guide import FeatureNoise, MeanFieldGuide, Site
-from .inference import NonFiniteLossError, run_svi
+from .svi import NonFiniteLossError, run_svi
 
 logger = logging.getLogger("dream_sc")
-
-
-@dataclass
-class ChunkProblem:
-    """What a chunk needs: its Pyro model, its latent sites, and how to make a batch."""
-
-    model: Callable[[dict], None]
-    sites: Sequence[Site]
-    make_batch: Callable[[int], dict]
-    loss_scale: float
-    correlated: bool = False  # full correlation among each feature's latent values
 
 
 @dataclass
@@ -63,87 +52,6 @@ class ChunkedFit:
     def converged(self) -> bool:
         """All chunks converged."""
         return bool(all(self.chunk_converged))
-
-
-def step_rng(seed: int, step: int, tag: int) -> np.random.Generator:
-    """Generator for the cell-level randomness of one step (independent of feature chunks)."""
-    return np.random.Generator(np.random.PCG64([int(seed), int(step), int(tag)]))
-
-
-def stable_keys(names) -> np.ndarray:
-    """A stable integer per name (CRC32): seeds per-feature noise independently of order."""
-    return np.array([zlib.crc32(str(n).encode()) for n in names], dtype=np.int64)
-
-
-def name_order(names) -> np.ndarray:
-    """Positions of the cells sorted by name (makes cell-level draws order-independent)."""
-    return np.argsort(np.asarray(names, dtype=str), kind="stable")
-
-
-def minibatch_rows(
-    seed: int, step: int, n_cells: int, batch_size: int, order: np.ndarray | None = None
-) -> np.ndarray:
-    """Cells of step ``step`` (all cells, in order, when the batch covers them).
-
-    With ``order`` (see :func:`name_order`) the cells are drawn by name rank, so the same
-    cells are chosen whatever the row order of the data.
-    """
-    if batch_size >= n_cells:
-        return np.arange(n_cells)
-    chosen = step_rng(seed, step, 1).choice(n_cells, size=batch_size, replace=False)
-    return np.sort(chosen if order is None else order[chosen])
-
-
-#: Steps of minibatch rows moved to an accelerator in one copy (host devices take one step at a
-#: time: nothing to copy there).
-DEVICE_ROW_BLOCK = 50
-
-
-class StepRows:
-    """Minibatch rows of each step as tensors on the fit's device.
-
-    The rows are :func:`minibatch_rows` exactly; on an accelerator they are drawn for
-    ``DEVICE_ROW_BLOCK`` steps at once and moved in one copy, so the optimisation loop does not
-    copy an index vector to the device at every step.
-
-    Parameters
-    ----------
-    seed, n_cells, batch_size, order
-        As for :func:`minibatch_rows`.
-    device
-        Torch device of the fit.
-    """
-
-    def __init__(
-        self,
-        seed: int,
-        n_cells: int,
-        batch_size: int,
-        order: np.ndarray | None,
-        device: torch.device | str,
-    ) -> None:
-        self.seed, self.n_cells, self.batch_size, self.order = seed, n_cells, batch_size, order
-        self.device = torch.device(device)
-        self.block = 1 if self.device.type == "cpu" else DEVICE_ROW_BLOCK
-        self._full = torch.arange(n_cells, device=self.device) if batch_size >= n_cells else None
-        self._start = -1
-        self._rows: torch.Tensor | None = None
-
-    def __call__(self, step: int) -> torch.Tensor:
-        """Rows of step ``step`` (a device tensor)."""
-        if self._full is not None:
-            return self._full
-        if self._rows is None or not self._start <= step < self._start + self.block:
-            self._start = step - step % self.block
-            steps = range(self._start, self._start + self.block)
-            rows = np.stack(
-                [
-                    minibatch_rows(self.seed, s, self.n_cells, self.batch_size, self.order)
-                    for s in steps
-                ]
-            )
-            self._rows = torch.as_tensor(rows, device=self.device)
-        return self._rows[step - self._start]
 
 
 @dataclass
@@ -340,7 +248,7 @@ def fit_chunks(
         Stable key of every feature (:func:`stable_keys` of the names) seeding its noise, so
         results do not depend on feature order either; default: the feature index.
     backend
-        Where chunks run: a backend of :func:`dream_sc._backends.resolve_backend` (``None``:
+        Where chunks run: a backend of :func:`dream_sc.engine.backends.resolve_backend` (``None``:
         in this process). Every backend gives identical results: each chunk's randomness
         comes from its own seeds and it runs with the backend's torch thread count.
     fingerprint
