@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,11 @@ import numpy as np
 import pyro
 import torch
 
-from .. import _checkpoints as ckpt
 from ..models.batching import ChunkProblem
 from ..models.guide import FeatureNoise, MeanFieldGuide
 from .backends._base import LocalBackend, resolve_threads
 from .chunk_store import check_chunk_files, chunk_fingerprint, load_done, save_done
+from .config import FitConfig
 from .svi import NonFiniteLossError, run_svi
 
 logger = logging.getLogger("dream_sc")
@@ -89,18 +89,18 @@ class ChunkTask:
     n_chunks: int
     features: np.ndarray
     ids: np.ndarray  # per-feature noise seeds
-    seed: int
-    n_steps: int
-    lr: float
-    device: torch.device
+    config: FitConfig  # the fit's (progress off on remote backends)
     prefix: str
     description: str
-    progress: bool
     threads: int | None
     names: np.ndarray | None = None
-    checkpoint: str | None = None
-    checkpoint_every: int | None = None
+    checkpoint: str | None = None  # this chunk's SVI checkpoint file
     fingerprint: dict | None = None  # of the whole fit (see chunk_fingerprint)
+
+    @property
+    def device(self) -> torch.device:
+        """Torch device of the fit."""
+        return self.config.device
 
     @property
     def context(self) -> str:
@@ -164,22 +164,20 @@ def run_chunk(problem_of: Callable[[], ChunkProblem], task: ChunkTask) -> ChunkO
             guide = MeanFieldGuide(
                 problem.sites, prefix=task.prefix, device=task.device, correlated=problem.correlated
             )
+            cfg = task.config
             guide.noise = FeatureNoise(
-                task.seed, task.ids, guide.noise_width, task.n_steps, device=task.device
+                cfg.seed, task.ids, guide.noise_width, cfg.n_steps, device=cfg.device
             )
             result = run_svi(
                 problem.model,
                 guide,
                 guide.parameters,
                 problem.make_batch,
-                n_steps=task.n_steps,
-                lr=task.lr,
-                progress=task.progress,
+                cfg,
                 description=f"{task.description} [{task.number + 1}/{task.n_chunks}]",
                 loss_scale=problem.loss_scale,
                 context=task.context,
                 checkpoint=task.checkpoint,
-                checkpoint_every=task.checkpoint_every,
                 lr_scales=guide.lr_scales(),
                 noise=guide.noise,
                 fingerprint=task.fingerprint,
@@ -203,20 +201,14 @@ def fit_chunks(
     build: Callable[[np.ndarray], ChunkProblem] | ChunkRecipe,
     chunks: list[np.ndarray],
     n_features: int,
+    config: FitConfig,
     *,
-    seed: int,
-    n_steps: int,
-    lr: float,
-    device: torch.device,
-    progress: bool,
     description: str,
     prefix: str,
     checkpoint: str | Path | None = None,
-    checkpoint_every: int | None = None,
     feature_keys: np.ndarray | None = None,
     backend=None,
     fingerprint: dict | None = None,
-    checkpoint_mismatch: ckpt.Mismatch = "raise",
 ) -> ChunkedFit:
     """Fit every chunk and stitch the per-feature posteriors together.
 
@@ -229,21 +221,23 @@ def fit_chunks(
         Global feature indices of each chunk.
     n_features
         Total number of features.
-    seed, n_steps, lr, device, progress
-        SVI settings.
+    config
+        The fit's :class:`~dream_sc.engine.config.FitConfig` (seed, steps, learning rate,
+        device, progress, ``checkpoint_every``, ``checkpoint_mismatch``).
     description
         Progress label.
     prefix
         Param-store prefix.
     checkpoint
-        Path prefix for checkpoints: every finished chunk is saved, the running chunk every
-        ``checkpoint_every`` steps; a rerun with the same path skips finished chunks and
+        Path prefix for checkpoints (``config.checkpoint`` or a prefix derived from it): every
+        finished chunk is saved, the running chunk every ``config.checkpoint_every`` steps; a rerun with the same path skips finished chunks and
         resumes the interrupted one. Removed when all chunks are done. With a remote backend
         finished chunks are saved by the caller and running chunks by the workers (the path
         must then be on a file system the workers share). Every file is data only and carries
-        the fit's fingerprint; all existing files are checked before any chunk runs.
-    checkpoint_every
-        Steps between checkpoints of the running chunk.
+        the fit's fingerprint; all existing files are checked before any chunk runs; files of
+        another fit, damaged or old-format files raise a ``ValueError`` naming the file and
+        what changed before any chunk runs (``config.checkpoint_mismatch="raise"``) or are
+        deleted first (``"restart"``).
     feature_keys
         Stable key of every feature (:func:`stable_keys` of the names) seeding its noise, so
         results do not depend on feature order either; default: the feature index.
@@ -254,10 +248,6 @@ def fit_chunks(
     fingerprint
         What the fit depends on (data digests, settings; see :mod:`dream_sc._checkpoints`);
         ``seed``, ``n_steps``, ``lr`` and the chunking are added here.
-    checkpoint_mismatch
-        ``"raise"``: checkpoint files of another fit, damaged or old-format files raise a
-        ``ValueError`` naming the file and what changed before any chunk runs, deleting
-        nothing; ``"restart"``: such files are deleted first.
 
     Returns
     -------
@@ -279,9 +269,10 @@ def fit_chunks(
         Path(f"{checkpoint}.chunk{number}.done.pt") if checkpoint else None
         for number in range(n_chunks)
     ]
-    full_fingerprint = chunk_fingerprint(fingerprint, seed, n_steps, lr, chunks)
+    full_fingerprint = chunk_fingerprint(fingerprint, config, chunks)
     if checkpoint:
-        check_chunk_files(checkpoint, full_fingerprint, checkpoint_mismatch)
+        check_chunk_files(checkpoint, full_fingerprint, config.checkpoint_mismatch)
+    task_config = replace(config, progress=config.progress and runner.name == "local")
 
     def task_of(number: int, features: np.ndarray) -> ChunkTask:
         names = recipe.names if recipe is not None else None
@@ -290,18 +281,13 @@ def fit_chunks(
             n_chunks,
             features,
             features if feature_keys is None else feature_keys[features],
-            seed,
-            n_steps,
-            lr,
-            device,
+            task_config,
             prefix,
             description,
-            progress and runner.name == "local",
             runner.threads,
-            None if names is None else np.asarray(names)[features],
-            str(Path(f"{checkpoint}.chunk{number}.pt")) if checkpoint else None,
-            checkpoint_every,
-            full_fingerprint if checkpoint else None,
+            names=None if names is None else np.asarray(names)[features],
+            checkpoint=str(Path(f"{checkpoint}.chunk{number}.pt")) if checkpoint else None,
+            fingerprint=full_fingerprint if checkpoint else None,
         )
 
     def store(number: int, outcome: ChunkOutcome) -> None:
@@ -352,7 +338,7 @@ def fit_chunks(
         items = ((n, (recipe.build, recipe.part(chunks[n]), task_of(n, chunks[n]))) for n in todo)
         fn, shared = _recipe_task, recipe.shared
     for number, outcome in runner.map(
-        fn, shared, items, description=description, progress=progress
+        fn, shared, items, description=description, progress=config.progress
     ):
         store(number, outcome)
         done_file = done_files[number]

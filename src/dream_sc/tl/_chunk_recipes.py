@@ -15,6 +15,7 @@ import torch
 
 from .._lazy import materialise, narrow
 from ..engine.chunks import ChunkRecipe
+from ..engine.config import FitConfig
 from ..models.batching import ChunkProblem
 from ..models.observation import ObservationData
 from ..models.technical import TechnicalInit, technical_problem
@@ -66,8 +67,7 @@ class TransShared:
     function: str
     priors: TransPriors
     inputs: TransInputs
-    batch_size: int
-    seed: int
+    config: FitConfig  # planned batch size, seed
 
 
 @dataclass
@@ -91,8 +91,8 @@ def build_trans_chunk(shared: TransShared, part: TransPart, device: torch.device
         shared.inputs,
         effects=part.effects,
         noise=part.noise,
-        batch_size=shared.batch_size,
-        seed=shared.seed,
+        batch_size=shared.config.batch_size,
+        seed=shared.config.seed,
         device=device,
         init=part.init,
     )
@@ -116,7 +116,7 @@ def trans_recipe(
             None if init is None else {k: v[idx] for k, v in init.items()},
         )
 
-    shared = TransShared(job.function, priors, inputs, job.batch_size, job.seed)
+    shared = TransShared(job.function, priors, inputs, job.config)
     return ChunkRecipe(build_trans_chunk, shared, part, np.asarray(job.data.var_names[job.fitted]))
 
 
@@ -131,8 +131,7 @@ class TechnicalShared:
     codes: np.ndarray  # [N] technical group of every fitted cell
     n_groups: int
     sum_factor: np.ndarray | None  # [N] negbinom
-    batch_size: int
-    seed: int
+    config: FitConfig  # planned batch size, seed
     order: np.ndarray
 
 
@@ -158,8 +157,8 @@ def build_technical_chunk(
         log_sf=None
         if sf is None
         else torch.as_tensor(np.log(sf), dtype=torch.float32, device=device),
-        batch_size=shared.batch_size,
-        seed=shared.seed,
+        batch_size=shared.config.batch_size,
+        seed=shared.config.seed,
         order=shared.order,
     )
 
@@ -171,12 +170,11 @@ def technical_recipe(
     n_groups: int,
     sum_factor: np.ndarray | None,
     *,
-    batch_size: int,
-    seed: int,
+    config: FitConfig,
     order: np.ndarray,
 ) -> ChunkRecipe:
-    """Recipe of a technical fit of the modality ``data``."""
-    shared = TechnicalShared(init, codes, n_groups, sum_factor, batch_size, seed, order)
+    """Recipe of a technical fit of the modality ``data`` (``config``: planned batch size)."""
+    shared = TechnicalShared(init, codes, n_groups, sum_factor, config, order)
     return ChunkRecipe(
         build_technical_chunk,
         shared,
