@@ -64,9 +64,9 @@ def test_within_cell_dispersion_is_a_free_site_below_step_one():
         log_r=float(-np.log(phi_step1)),
         log2_x_ntc_prior=2.0,
     )
-    model = C._CisModel(data, torch.device("cpu"))
+    model = C.CisModel(data, torch.device("cpu"))
     assert model.phi_prior_loc == pytest.approx(np.log(phi_step1) + C.PHI_WITHIN_PRIOR[0])
-    values = C._initial_values(data, model)
+    values = C.initial_values(data, model)
     for spread in (-3.0, 0.0):  # the dispersion does not move with the spread
         values["guide_log_sigma"] = torch.full((2,), spread)
         d = model.derived(values)

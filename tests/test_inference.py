@@ -97,6 +97,4 @@ def test_deferred_finiteness_check_names_the_first_bad_step(nan_from):
     with pytest.raises(
         NonFiniteLossError, match=rf"^The ELBO became (nan|inf|-inf) at step {nan_from} in x\."
     ):
-        run_svi(
-            model, guide, params, batches, FitConfig(n_steps=120, lr=0.05), context=" in x"
-        )
+        run_svi(model, guide, params, batches, FitConfig(n_steps=120, lr=0.05), context=" in x")

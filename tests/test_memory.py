@@ -41,10 +41,10 @@ def machine(monkeypatch):
     return state
 
 
-
 def _cfg(**changes) -> FitConfig:
     """A fit configuration with the planner's former defaults (500 steps, 100 draws)."""
     return FitConfig(**{"n_steps": 500, "n_samples": 100, **changes})
+
 
 def test_read_int_parses_cgroup_files(tmp_path):
     cases = {"limit": ("1073741824\n", 1073741824), "max": ("max\n", None), "empty": ("", None)}

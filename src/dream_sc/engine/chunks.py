@@ -64,7 +64,8 @@ class ChunkRecipe:
     Attributes
     ----------
     build
-        A module-level function ``(shared, part, device) -> ChunkProblem``.
+        A module-level function ``(shared, part, config) -> ChunkProblem`` (``config``: the
+        chunk's :class:`~dream_sc.engine.config.FitConfig`, with its device and batch size).
     shared
         Inputs every chunk needs (cell-level arrays, priors, settings); picklable. Remote
         backends send it once to every worker.
@@ -75,7 +76,7 @@ class ChunkRecipe:
         Feature names (error messages name the features of a failing chunk).
     """
 
-    build: Callable[[Any, Any, torch.device], ChunkProblem]
+    build: Callable[[Any, Any, FitConfig], ChunkProblem]
     shared: Any
     part: Callable[[np.ndarray], Any]
     names: np.ndarray | None = None
@@ -194,7 +195,7 @@ def run_chunk(problem_of: Callable[[], ChunkProblem], task: ChunkTask) -> ChunkO
 
 def run_recipe_chunk(build: Callable, shared, part, task: ChunkTask) -> ChunkOutcome:
     """Task function of remote backends: build the chunk's problem from plain data and fit it."""
-    return run_chunk(lambda: build(shared, part, task.device), task)
+    return run_chunk(lambda: build(shared, part, task.config), task)
 
 
 def fit_chunks(

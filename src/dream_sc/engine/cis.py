@@ -15,7 +15,7 @@ import torch
 from pyro.infer.autoguide import AutoMultivariateNormal, init_to_value
 
 from ..models.batching import StepRows
-from ..models.cis import CisData, CisPosterior, _CisModel, _initial_values, cis_priors
+from ..models.cis import CisData, CisModel, CisPosterior, cis_priors, initial_values
 from ..models.cis_dosage import draw_sites
 from ..models.cis_laplace import laplace_start
 from .config import FitConfig
@@ -42,7 +42,7 @@ def fit_cis_model(
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     n_cells = data.assignment.shape[0]
-    model = _CisModel(data, device)
+    model = CisModel(data, device)
 
     step_rows = StepRows(seed, n_cells, config.batch_size, None, device)
 
@@ -50,7 +50,7 @@ def fit_cis_model(
         return {"cell_index": step_rows(step), "n_cells": n_cells}
 
     guide = AutoMultivariateNormal(
-        model, init_loc_fn=init_to_value(values=_initial_values(data, model)), init_scale=0.05
+        model, init_loc_fn=init_to_value(values=initial_values(data, model)), init_scale=0.05
     )
     guide(make_batch(0))  # creates the variational parameters
     if laplace and not laplace_start(guide, model, seed, device):

@@ -11,6 +11,7 @@ what the run record's ``params`` hold of it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -101,6 +102,29 @@ class FitConfig:
         values.setdefault("checkpoint_every", settings.checkpoint_every)
         values["progress"] = bool(values["progress"])
         return cls(**values)
+
+    @classmethod
+    def from_record(cls, params: Mapping[str, Any], **changes: Any) -> FitConfig:
+        """The configuration a run record's ``params`` hold (stored ``""`` reads as ``None``).
+
+        What records do not hold (``max_memory_gb``, ``checkpoint_every``) comes from
+        ``ds.settings``; ``changes`` replace fields (e.g. ``device``, ``progress``).
+        """
+
+        def value(name: str, cast: Any) -> Any:
+            raw = params.get(name)
+            return None if raw is None or (isinstance(raw, str) and raw == "") else cast(raw)
+
+        out = cls(
+            seed=value("seed", int),
+            n_steps=value("n_steps", int),
+            lr=value("lr", float),
+            batch_size=value("batch_size", int),
+            n_samples=value("n_samples", int),
+            max_memory_gb=settings.max_memory_gb,
+            checkpoint_every=settings.checkpoint_every,
+        )
+        return replace(out, **changes)
 
     def with_plan(self, batch_size: int) -> FitConfig:
         """The same configuration with the memory planner's cell batch size."""

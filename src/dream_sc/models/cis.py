@@ -149,7 +149,7 @@ def cell_log_marginal(
     return torch.logsumexp(ll + log_w, dim=-1)
 
 
-class _CisModel:
+class CisModel:
     """The Pyro model of one cis fit, with the tensors it needs."""
 
     def __init__(
@@ -236,6 +236,7 @@ class _CisModel:
         return mu, sigma
 
     def __call__(self, batch: dict) -> None:
+        """The Pyro model of one batch (cells ``batch["cell_index"]``)."""
         v = self.sample_guide_level()
         d = self.derived(v)
         idx = batch["cell_index"]
@@ -247,7 +248,8 @@ class _CisModel:
         pyro.factor("obs", torch.nan_to_num(total, nan=-torch.inf))
 
 
-def _initial_values(data: CisData, model: _CisModel) -> dict[str, torch.Tensor]:
+def initial_values(data: CisData, model: CisModel) -> dict[str, torch.Tensor]:
+    """Starting values of every guide-level site, from moment estimates of the guide effects."""
     b0 = _initial_effects(data)
     is_cis = np.asarray(data.is_cis_guide, dtype=bool)
     m0 = float(np.mean(b0[is_cis])) if model.n_cis else 0.0
@@ -283,7 +285,7 @@ def guide_effect_prior_draws(priors: dict, n_draws: int, seed: int = 0) -> np.nd
     ) * (z["loc"] + z["scale"] * rng.standard_t(z["df"], n_draws))
 
 
-def cis_priors(model: _CisModel) -> dict:
+def cis_priors(model: CisModel) -> dict:
     """The priors of a cis fit, as its run record holds them (``uns[key]["priors"]``)."""
     return {
         "log2_x_ntc": {"dist": "normal", "loc": model.x0, "scale": X_NTC_PRIOR_SD},

@@ -13,12 +13,12 @@ from .cis import (
     GRID_POINTS,
     LN2,
     CisData,
+    CisModel,
     CisPosterior,
-    _CisModel,
 )
 
 
-def draw_sites(guide: AutoMultivariateNormal, model: _CisModel, batch: dict, n: int, seed: int):
+def draw_sites(guide: AutoMultivariateNormal, model: CisModel, batch: dict, n: int, seed: int):
     """``n`` joint posterior draws of every guide-level site (numpy generator, reproducible)."""
     posterior = guide.get_posterior()
     loc = posterior.loc.detach().cpu().numpy()
@@ -66,7 +66,7 @@ def sample_cell_dosage(
     grid posterior ``Normal(mu_i, sigma_i) x NB(y_i | ...)``. Cells are processed in chunks of
     :data:`CELL_CHUNK` so memory stays bounded at atlas size.
     """
-    model = _CisModel(data, device)
+    model = CisModel(data, device)
     x_ntc, b = post.draws["log2_x_ntc"], post.draws["guide_effect_all"]
     n_draws = len(x_ntc)
     rng = np.random.Generator(np.random.PCG64([seed, 11]))

@@ -1,6 +1,6 @@
 """Laplace start of the cis fit: the guide moved to the posterior mode and its curvature.
 
-See :func:`laplace_start`; the model is :class:`dream_sc.models.cis._CisModel` (pure torch/Pyro).
+See :func:`laplace_start`; the model is :class:`dream_sc.models.cis.CisModel` (pure torch/Pyro).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoMultivariateNormal
 from torch.distributions import transform_to
 
-from .cis import LAPLACE_ITERATIONS, LAPLACE_MAX_CELLS, LAPLACE_NEWTON_STEPS, _CisModel
+from .cis import LAPLACE_ITERATIONS, LAPLACE_MAX_CELLS, LAPLACE_NEWTON_STEPS, CisModel
 
 
 def laplace_start(
-    guide: AutoMultivariateNormal, model: _CisModel, seed: int, device: torch.device
+    guide: AutoMultivariateNormal, model: CisModel, seed: int, device: torch.device
 ) -> bool:
     """Move the guide to the Laplace approximation of the posterior (mode and curvature).
 
@@ -41,7 +41,7 @@ def laplace_start(
     batch = {"cell_index": torch.as_tensor(rows, device=device), "n_cells": n_cells}
     # float64: the ridge is so flat that float32 rounding (which varies with the thread count)
     # moves the mode along it and can make the Hessian indefinite
-    model64 = _CisModel(model.data, device, dtype=torch.float64)
+    model64 = CisModel(model.data, device, dtype=torch.float64)
 
     def neg_log_joint(z: torch.Tensor) -> torch.Tensor:
         values = {site["name"]: value for site, value in guide._unpack_latent(z)}

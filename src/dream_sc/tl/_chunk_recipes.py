@@ -16,7 +16,7 @@ import torch
 from .._lazy import materialise, narrow
 from ..engine.chunks import ChunkRecipe
 from ..engine.config import FitConfig
-from ..models.batching import ChunkProblem
+from ..models.batching import ChunkProblem, StepRows
 from ..models.observation import ObservationData
 from ..models.technical import TechnicalInit, technical_problem
 from ..models.trans import TransInputs, TransPriors, trans_problem
@@ -67,7 +67,6 @@ class TransShared:
     function: str
     priors: TransPriors
     inputs: TransInputs
-    config: FitConfig  # planned batch size, seed
 
 
 @dataclass
@@ -81,19 +80,19 @@ class TransPart:
     init: dict[str, np.ndarray] | None = None  # warm start of the chunk's sites
 
 
-def build_trans_chunk(shared: TransShared, part: TransPart, device: torch.device) -> ChunkProblem:
+def build_trans_chunk(shared: TransShared, part: TransPart, config: FitConfig) -> ChunkProblem:
     """The trans problem of one chunk (runs where the chunk runs)."""
+    obs = part.data.on_device(config.device)
+    rows = StepRows(config.seed, obs.n_cells, config.batch_size, shared.inputs.order, config.device)
     return trans_problem(
-        part.data.on_device(device),
+        obs,
         shared.function,
         shared.priors,
         part.features,
         shared.inputs,
         effects=part.effects,
         noise=part.noise,
-        batch_size=shared.config.batch_size,
-        seed=shared.config.seed,
-        device=device,
+        rows=rows,
         init=part.init,
     )
 
@@ -116,7 +115,7 @@ def trans_recipe(
             None if init is None else {k: v[idx] for k, v in init.items()},
         )
 
-    shared = TransShared(job.function, priors, inputs, job.config)
+    shared = TransShared(job.function, priors, inputs)
     return ChunkRecipe(build_trans_chunk, shared, part, np.asarray(job.data.var_names[job.fitted]))
 
 
@@ -131,7 +130,6 @@ class TechnicalShared:
     codes: np.ndarray  # [N] technical group of every fitted cell
     n_groups: int
     sum_factor: np.ndarray | None  # [N] negbinom
-    config: FitConfig  # planned batch size, seed
     order: np.ndarray
 
 
@@ -144,12 +142,13 @@ class TechnicalPart:
 
 
 def build_technical_chunk(
-    shared: TechnicalShared, part: TechnicalPart, device: torch.device
+    shared: TechnicalShared, part: TechnicalPart, config: FitConfig
 ) -> ChunkProblem:
     """The technical problem of one chunk (runs where the chunk runs)."""
-    sf = shared.sum_factor
+    sf, device = shared.sum_factor, config.device
+    obs = part.data.on_device(device)
     return technical_problem(
-        part.data.on_device(device),
+        obs,
         shared.init,
         part.features,
         group=torch.as_tensor(shared.codes, device=device),
@@ -157,9 +156,7 @@ def build_technical_chunk(
         log_sf=None
         if sf is None
         else torch.as_tensor(np.log(sf), dtype=torch.float32, device=device),
-        batch_size=shared.config.batch_size,
-        seed=shared.config.seed,
-        order=shared.order,
+        rows=StepRows(config.seed, obs.n_cells, config.batch_size, shared.order, device),
     )
 
 
@@ -170,11 +167,10 @@ def technical_recipe(
     n_groups: int,
     sum_factor: np.ndarray | None,
     *,
-    config: FitConfig,
     order: np.ndarray,
 ) -> ChunkRecipe:
-    """Recipe of a technical fit of the modality ``data`` (``config``: planned batch size)."""
-    shared = TechnicalShared(init, codes, n_groups, sum_factor, config, order)
+    """Recipe of a technical fit of the modality ``data``."""
+    shared = TechnicalShared(init, codes, n_groups, sum_factor, order)
     return ChunkRecipe(
         build_technical_chunk,
         shared,

@@ -352,7 +352,7 @@ def fit_cis(
             cis_data,
             obs.index[rows],
             guide_names,
-            batch_size=config.batch_size,
+            config=config,
             warm_start=warm_start,
         )
         fingerprint["seed"] = int(config.seed)
@@ -368,9 +368,7 @@ def fit_cis(
         )
     # per-cell dosage: n_samples joint posterior worlds (column s = guide-level draw s)
     n_samples = config.n_samples
-    log2_samples, picks = sample_cell_dosage(
-        cis_data, post, n_samples, config.seed, config.device
-    )
+    log2_samples, picks = sample_cell_dosage(cis_data, post, n_samples, config.seed, config.device)
     samples = np.exp2(log2_samples)
     mean, sd = samples.mean(1), samples.std(1)
     cell_q05, cell_q95 = np.quantile(samples, [0.05, 0.95], axis=1)

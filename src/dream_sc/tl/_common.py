@@ -15,7 +15,6 @@ from ..models.trans_summary import Z90
 logger = logging.getLogger("dream_sc")
 
 
-
 def resolve_progress(progress: bool | None) -> bool:
     """``None`` follows ``settings.progress_bar``."""
     return settings.progress_bar if progress is None else bool(progress)

@@ -243,7 +243,7 @@ def fit_technical(
     config = config.with_plan(plan.batch_size)
     chunks = feature_chunks(n_features, plan.feature_chunk, data.group_index)
     order = name_order(obs.index[present])
-    recipe = technical_recipe(data, init, codes, groups.n_groups, sf, config=config, order=order)
+    recipe = technical_recipe(data, init, codes, groups.n_groups, sf, order=order)
 
     logger.info(
         "fit_technical: %s (%s), %d cells x %d features, %d groups",
@@ -272,7 +272,7 @@ def fit_technical(
             codes,
             groups.names,
             sf,
-            batch_size=config.batch_size,
+            config=config,
             overdispersed=overdispersed,
         ),
     )
