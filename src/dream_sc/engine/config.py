@@ -92,8 +92,9 @@ class FitConfig:
         values = {k: v for k, v in given.items() if v is not None}
         for name, default in STEP_DEFAULTS[step].items():
             values.setdefault(name, default)
-        if values["n_samples"] == "settings":
-            values["n_samples"] = int(settings.n_samples)
+        if STEP_DEFAULTS[step]["n_samples"] == "settings":  # cis, trans: always a count
+            n = values["n_samples"]
+            values["n_samples"] = int(settings.n_samples if n == "settings" else n)
         checkpoint = values.get("checkpoint")
         values["seed"] = resolve_seed(values.get("seed"), checkpoint)
         values["device"] = resolve_device(values.get("device"))
