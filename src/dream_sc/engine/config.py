@@ -138,7 +138,7 @@ class FitConfig:
         return {k: out[k] for k in ("seed", "n_steps", "lr", "n_samples", "device")}
 
 
-def resolve_seed(seed: int | None, checkpoint: str | None) -> int:
+def resolve_seed(seed: int | None, checkpoint: str | None = None) -> int:
     """``seed`` -> ``settings.seed`` -> the seed of ``checkpoint``'s files -> a fresh seed.
 
     A checkpointed run whose seed was drawn resumes with that seed (an interrupted run without
