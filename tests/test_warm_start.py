@@ -220,7 +220,7 @@ def test_laplace_start_falls_back_when_the_curvature_is_unusable(prepared, monke
         calls["ok"], calls["unchanged"] = ok, torch.equal(before, guide.loc.detach())
         return ok
 
-    monkeypatch.setattr(C, "laplace_start", broken)
+    monkeypatch.setattr(CL, "laplace_start", broken)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.tl.fit_cis(prepared.copy(), cis_feature="GFI1B", n_steps=5, progress=False)

@@ -17,7 +17,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal, init_to_value
 from ..models.batching import StepRows
 from ..models.cis import CisData, CisModel, CisPosterior, cis_priors, initial_values
 from ..models.cis_dosage import draw_sites
-from ..models.cis_laplace import laplace_start
+from ..models import cis_laplace
 from .config import FitConfig
 from .svi import run_svi
 
@@ -53,7 +53,7 @@ def fit_cis_model(
         model, init_loc_fn=init_to_value(values=initial_values(data, model)), init_scale=0.05
     )
     guide(make_batch(0))  # creates the variational parameters
-    if laplace and not laplace_start(guide, model, seed, device):
+    if laplace and not cis_laplace.laplace_start(guide, model, seed, device):
         warnings.warn(
             "The Laplace start of the cis fit failed (no usable curvature at the mode); the fit "
             f"starts from the moment estimates instead, which needs more steps than {config.n_steps}: "
