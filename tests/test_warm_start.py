@@ -11,7 +11,6 @@ import torch
 from pyro import poutine
 
 import dream_sc as ds
-from dream_sc.models import cis as C
 from dream_sc.models import cis_laplace as CL
 from dream_sc.models import warm_start as W
 from dream_sc.models.trans import TransPriors

@@ -14,10 +14,10 @@ import pyro
 import torch
 from pyro.infer.autoguide import AutoMultivariateNormal, init_to_value
 
+from ..models import cis_laplace
 from ..models.batching import StepRows
 from ..models.cis import CisData, CisModel, CisPosterior, cis_priors, initial_values
 from ..models.cis_dosage import draw_sites
-from ..models import cis_laplace
 from .config import FitConfig
 from .svi import run_svi
 
