@@ -151,8 +151,11 @@ def test_obs_columns(small):
     assert set(obs["cell_line"]) == {"K562", "HEK293T"}
     assert (obs["target"] == "ntc").sum() == 100  # round(0.25 * 400)
     assert set(obs["target"]) == {"GFI1B", "ntc"}
+    np.testing.assert_allclose(obs["true_size_factor"].mean(), 1.0)
+    assert 0.2 < np.log(obs["true_size_factor"]).std() < 0.4
+    # the pipeline's factor is estimated from the counts (mean 1, close to the truth)
     np.testing.assert_allclose(obs["sum_factor"].mean(), 1.0)
-    assert 0.2 < np.log(obs["sum_factor"]).std() < 0.4
+    assert np.corrcoef(np.log(obs["sum_factor"]), np.log(obs["true_size_factor"]))[0, 1] > 0.8
     np.testing.assert_allclose(np.log2(obs["true_dose"]), obs["true_log2_dose"])
     np.testing.assert_allclose(small.obsm["true_target_dose"]["GFI1B"], obs["true_dose"])
     guides = small.uns["truth"]["guides"]
@@ -184,7 +187,7 @@ def test_depth_scales_every_baseline():
     )
     np.testing.assert_allclose(two.obs["true_dose"], 2 * one.obs["true_dose"])
     np.testing.assert_allclose(two["rna"].var["true_a"], one["rna"].var["true_a"] + np.log(2))
-    np.testing.assert_allclose(two.obs["sum_factor"], one.obs["sum_factor"])
+    np.testing.assert_allclose(two.obs["true_size_factor"], one.obs["true_size_factor"])
 
 
 # --- truth consistency ------------------------------------------------------------------------
@@ -193,7 +196,9 @@ def test_depth_scales_every_baseline():
 def test_cis_counts_match_guide_dose(big):
     rna, obs = big["rna"], big.obs
     delta = rna.varm["true_technical"].loc["GFI1B"]
-    scale = obs["sum_factor"].to_numpy() * np.exp(delta[obs["cell_line"].astype(str)].to_numpy())
+    scale = obs["true_size_factor"].to_numpy() * np.exp(
+        delta[obs["cell_line"].astype(str)].to_numpy()
+    )
     norm = pd.Series(_dense(rna[:, "GFI1B"].X).ravel() / scale, index=big.obs_names)
     per_guide = norm.groupby(obs["guide"].astype(str).to_numpy()).agg(["mean", "size"])
     truth = big.uns["truth"]["guides"]["dose"]
@@ -444,7 +449,7 @@ def test_example_uses_real_design(example_screen):
     np.testing.assert_array_equal(mdata.obs_names, table["barcode"])
     np.testing.assert_array_equal(mdata.obs["guide"].astype(str), table["guide"])
     np.testing.assert_array_equal(mdata.obs["target"].astype(str), table["target"])
-    np.testing.assert_allclose(mdata.obs["sum_factor"], table["sum_factor"])
+    np.testing.assert_allclose(mdata.obs["true_size_factor"], table["sum_factor"])
     counts = mdata.obs["target"].value_counts()
     assert counts.to_dict() == {"ntc": 1491, "GFI1B": 393, "GEMIN5": 388, "DDX6": 328}
     truth = mdata.uns["truth"]

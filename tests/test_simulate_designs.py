@@ -20,7 +20,7 @@ def _digest(mdata) -> str:
     h.update(mdata.obs["true_dose"].to_numpy().tobytes())
     h.update(mdata.obs["guide"].astype(str).str.cat().encode())
     h.update(mdata.obs["cell_line"].astype(str).str.cat().encode())
-    h.update(mdata.obs["sum_factor"].to_numpy().tobytes())
+    h.update(mdata.obs["true_size_factor"].to_numpy().tobytes())
     return h.hexdigest()[:16]
 
 

@@ -64,7 +64,10 @@ def example() -> MuData:
     seed by the generative model of :func:`simulate_screen`: guide knock-down strengths, the
     cell-to-cell dosage (log2 sd 0.3), two cell lines (``K562`` reference, ``HEK293T``) assigned
     at random, and 200 ``rna`` genes (the 3 targets first), 100 ``splicing`` junctions and 30
-    ``isoform`` genes, 30% of them responsive to the ``GFI1B`` dosage.
+    ``isoform`` genes, 30% of them responsive to the ``GFI1B`` dosage. The real screen's size
+    factors are the generating capture efficiencies (``obs["true_size_factor"]``);
+    ``obs["sum_factor"]`` is estimated from the simulated counts by
+    :func:`dream_sc.pp.sum_factors`, as for :func:`simulate_screen`.
 
     Returns
     -------

@@ -35,6 +35,7 @@ from ._modalities import (
     build_splicing,
     feature_names,
 )
+from ._normalise import estimate_size_factors
 
 logger = logging.getLogger("dream_sc")
 
@@ -272,7 +273,10 @@ def simulate_screen(
     ``continuous``, ``score`` (normal); counts as float32 CSR. Truth:
 
     - ``obs``: ``guide``, ``target``, ``cell_line`` (categorical, reference first),
-      ``sum_factor``, ``true_dose``, ``true_log2_dose`` (primary cis gene);
+      ``sum_factor`` (estimated from the ``rna`` counts by :func:`dream_sc.pp.sum_factors`
+      with its default method, as a user would: library sizes emerge from the composition),
+      ``true_size_factor`` (the generating capture efficiency; truth only), ``true_dose``,
+      ``true_log2_dose`` (primary cis gene);
       ``obsm["true_target_dose"]`` (dosage of every target gene);
       ``obsm["guide_assignment"]`` (high MOI, cells × guides 0/1).
     - ``uns["truth"]``: ``guides`` (DataFrame: ``target``, ``log2_effect``, ``dose`` =
@@ -445,7 +449,7 @@ def _write_obs(mdata: MuData, design: Design) -> None:
     mdata.obs["guide"] = pd.Categorical(design.guide, categories=guide_categories)
     mdata.obs["target"] = pd.Categorical(design.target, categories=target_categories)
     mdata.obs["cell_line"] = design.cell_line
-    mdata.obs["sum_factor"] = design.sum_factor
+    estimate_size_factors(mdata, design.sum_factor)
     mdata.obs["true_dose"] = dose
     mdata.obs["true_log2_dose"] = np.log2(dose)
     mdata.obsm["true_target_dose"] = pd.DataFrame(

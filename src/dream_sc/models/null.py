@@ -123,6 +123,17 @@ def score_statistics(model: NullModel, onehot: np.ndarray, bases: list[np.ndarra
     ``bases[0]`` is usually the real dosage and the others its permutations; all share the
     residuals of ``model``.
     """
+    u, v = score_parts(model, onehot, bases)
+    return statistics(u, v, model.dispersion)
+
+
+def score_parts(
+    model: NullModel, onehot: np.ndarray, bases: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score vectors ``U`` ``[P, T, d]`` and information ``V`` ``[P, T, d, d]`` (``P`` bases).
+
+    The group intercepts are projected out; :func:`statistics` turns them into ``S``.
+    """
     e, w = model.e, model.w
     n_groups = onehot.shape[1]
     d = bases[0].shape[1]
@@ -150,8 +161,15 @@ def score_statistics(model: NullModel, onehot: np.ndarray, bases: list[np.ndarra
     u = np.moveaxis(u, 2, 1)  # [P, T, d]
     ridge = 1e-10 * np.maximum(np.trace(v, axis1=-2, axis2=-1), 1e-300)
     v = v + ridge[..., None, None] * np.eye(d)
-    sol = np.linalg.solve(v, u[..., None])[..., 0]
-    stat = np.einsum("ptd,ptd->pt", u, sol) / (d * model.dispersion[None, :])
+    return u, v
+
+
+def statistics(u: np.ndarray, v: np.ndarray, dispersion: np.ndarray) -> np.ndarray:
+    """``S = U' V^-1 U / (d phi)`` ``[P, T]`` from :func:`score_parts`."""
+    d = u.shape[-1]
+    with np.errstate(invalid="ignore", over="ignore"):
+        sol = np.linalg.solve(v, u[..., None])[..., 0]
+        stat = np.einsum("ptd,ptd->pt", u, sol) / (d * np.asarray(dispersion)[None, :])
     return np.where(np.isfinite(stat), np.maximum(stat, 0.0), np.nan)
 
 

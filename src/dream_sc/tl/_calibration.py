@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,8 @@ from scipy import stats
 from .. import _validation as V
 from ..models.significance import decoy_qvalues
 from ._common import resolve_device, resolve_progress
-from ._null import permutations, rescore
+from ._null import SHARED_SHIFT_DISTRIBUTIONS, permutations, rescore
+from ._shift_check import finite_record, shift_diagnostic, shift_message
 from ._trans_job import job_from_record
 
 logger = logging.getLogger("dream_sc")
@@ -46,6 +48,14 @@ def calibration_check(
     The scores of each null screen are also compared with the stored null scores
     (Kolmogorov-Smirnov): both should follow the same distribution. No model is refitted, so
     many null screens cost seconds.
+
+    For count data it also checks the normalisation: whether the features without a dose
+    response are shifted off zero - the shared dose-dependent shift the score test removed
+    (``uns[key]["shared_shift"]``) and the median ``response_mean`` of the non-significant
+    features. Either one larger than 0.05 log2 over the dosage range (and significant) means
+    the size factors depend on the perturbation; a warning gives the size of the shift and
+    what to do (``ds.pp.sum_factors(..., method="dose_aware")``). The numbers are in
+    ``table.attrs["shift"]`` and the stored record.
 
     Parameters
     ----------
@@ -118,6 +128,18 @@ def calibration_check(
         "scores": np.asarray(scores, dtype=np.float64),
         "table": table,
     }
+    if job.data.distribution in SHARED_SHIFT_DISTRIBUTIONS:
+        results = adata.varm[key]
+        fitted = np.asarray(job.fitted, dtype=bool)
+        diag = shift_diagnostic(
+            record.get("shared_shift"),
+            results["response_mean"].to_numpy(dtype=np.float64)[fitted],
+            results["significant"].to_numpy(dtype=bool)[fitted],
+        )
+        rec["calibration"]["shift"] = finite_record(diag)
+        table.attrs["shift"] = diag
+        if diag["warn"]:
+            warnings.warn(shift_message(diag), UserWarning, stacklevel=2)
     adata.uns[key] = rec
     logger.info(
         "calibration_check: %d false discoveries at alpha=%g over %d null screen(s)",

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 
 import numpy as np
 from scipy import sparse
 
 from ..engine.memory import feature_chunks
 from ..models.families import get_family
-from ..models.null import dose_basis, exchangeability, null_model, score_statistics
+from ..models.null import dose_basis, exchangeability, null_model, score_parts, statistics
+from ..models.shared_shift import estimate_shift, remove_shift, shift_profile
 from ..models.significance import permute_within_groups
+from ._shift_check import finite_record, shift_diagnostic, shift_message
 from ._trans_job import TransJob
 
 logger = logging.getLogger("dream_sc")
@@ -24,6 +27,10 @@ logger = logging.getLogger("dream_sc")
 _DENSE_BUDGET = 4_000_000
 #: Permutations scored together (bounds the size of the stacked bases).
 _PERMUTATION_BLOCK = 25
+#: Distributions whose scores get the shared dose-dependent shift removed
+#: (:mod:`dream_sc.models.shared_shift`): those with size factors. Emptied by
+#: ``benchmarks/bench_size_factors.py --no-shift`` to measure the uncorrected score.
+SHARED_SHIFT_DISTRIBUTIONS: tuple[str, ...] = ("negbinom",)
 
 
 def _dense(matrix) -> np.ndarray:
@@ -61,27 +68,71 @@ def permutations(job: TransJob, n_permutations: int, offset: int = 0) -> list[np
 
 def rescore(job: TransJob, perms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Real scores ``[T]`` and null scores ``[len(perms), T]`` of the fitted features."""
-    group = np.asarray(job.inputs.group)
+    real, null, _ = rescore_with_shift(job, perms)
+    return real, null
+
+
+def _onehot(group: np.ndarray) -> np.ndarray:
     n_groups = int(group.max()) + 1
     onehot = np.zeros((len(group), n_groups))
     onehot[np.arange(len(group)), group] = 1.0
-    keep = onehot.sum(0) > 0
-    onehot = onehot[:, keep]
+    return onehot[:, onehot.sum(0) > 0]
+
+
+def rescore_with_shift(
+    job: TransJob, perms: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """Real and null scores, and the shared shift removed from them.
+
+    For count data (``SHARED_SHIFT_DISTRIBUTIONS``) the dose-dependent shift shared by every
+    feature (:mod:`dream_sc.models.shared_shift`) is estimated across all fitted features for
+    the real dosage and, separately, for every permutation, and removed from each feature's
+    score; the third value then describes it (``log2_change`` over the 5th-95th percentile of
+    the dosage, its permutation p-value, ``gamma``), else it is ``None``.
+    """
+    group = np.asarray(job.inputs.group)
+    onehot = _onehot(group)
     inputs = job.inputs
     basis = dose_basis(inputs.log_dose_mean, None if inputs.use_dose_mean else inputs.log_dose_var)
-    real = np.zeros(job.n_features)
-    null = np.zeros((len(perms), job.n_features))
+    n_bases = 1 + len(perms)
+    d = basis.shape[1]
+    u = np.zeros((n_bases, job.n_features, d))
+    v = np.zeros((n_bases, job.n_features, d, d))
+    dispersion = np.ones(job.n_features)
     gi = job.data.group_index[job.fitted] if job.data.group_index is not None else None
     width = max(1, _DENSE_BUDGET // max(len(group), 1))
+    bases = [basis] + [basis[p] for p in perms]
     for idx in feature_chunks(job.n_features, width, gi):
         model = _chunk_model(job, idx, onehot)
-        real[idx] = score_statistics(model, onehot, [basis])[0]
-        for start in range(0, len(perms), _PERMUTATION_BLOCK):
-            block = perms[start : start + _PERMUTATION_BLOCK]
-            null[start : start + len(block), idx] = score_statistics(
-                model, onehot, [basis[p] for p in block]
-            )
-    return real, null
+        dispersion[idx] = model.dispersion
+        for start in range(0, n_bases, _PERMUTATION_BLOCK):
+            block = bases[start : start + _PERMUTATION_BLOCK]
+            bu, bv = score_parts(model, onehot, block)
+            u[start : start + len(block), idx] = bu
+            v[start : start + len(block), idx] = bv
+    info = None
+    if job.data.distribution in SHARED_SHIFT_DISTRIBUTIONS and job.n_features > 2 * d:
+        shift = estimate_shift(u, v, dispersion)
+        u = remove_shift(u, v, shift.gamma)
+        log_dose = np.asarray(inputs.log_dose_mean, dtype=np.float64)
+        changes = np.array(
+            [shift_profile(shift.gamma[0], basis, log_dose)]
+            + [
+                shift_profile(g, b, log_dose[p])
+                for g, b, p in zip(shift.gamma[1:], bases[1:], perms, strict=True)
+            ]
+        )
+        null_changes = np.abs(changes[1:])
+        info = {
+            "log2_change": float(changes[0]),
+            "pvalue": float((1 + (null_changes >= abs(changes[0])).sum()) / (1 + len(perms)))
+            if len(perms)
+            else float("nan"),
+            "null_log2_change_sd": float(changes[1:].std()) if len(perms) > 1 else float("nan"),
+            "gamma": shift.gamma[0].astype(np.float64),
+        }
+    stats = statistics(u, v, dispersion)
+    return stats[0], stats[1:], info
 
 
 def rescore_null(job: TransJob, n_permutations: int) -> dict:
@@ -91,7 +142,7 @@ def rescore_null(job: TransJob, n_permutations: int) -> dict:
     result of the exchangeability check (:func:`dream_sc.models.null.exchangeability`).
     """
     start = time.perf_counter()
-    real, null = rescore(job, permutations(job, n_permutations))
+    real, null, shift = rescore_with_shift(job, permutations(job, n_permutations))
     check = exchangeability(real, null, seed=job.seed)
     if not check.passed:
         logger.warning(
@@ -109,7 +160,7 @@ def rescore_null(job: TransJob, n_permutations: int) -> dict:
         job.n_features,
         time.perf_counter() - start,
     )
-    return {"score": real, "null": null, "exchangeability": check}
+    return {"score": real, "null": null, "exchangeability": check, "shared_shift": shift}
 
 
 def significance(
@@ -137,4 +188,13 @@ def significance(
             "null_seconds": float(time.perf_counter() - start),
             "exchangeability": found["exchangeability"].as_dict(),
         }
+        if found["shared_shift"] is not None:
+            record["shared_shift"] = finite_record(found["shared_shift"])
+    if job.data.distribution in SHARED_SHIFT_DISTRIBUTIONS:
+        diag = shift_diagnostic(
+            record.get("shared_shift"), columns.get("response_mean"), sig["significant"]
+        )
+        record["shift_diagnostic"] = finite_record(diag)
+        if diag["warn"]:
+            warnings.warn(shift_message(diag), UserWarning, stacklevel=3)
     return sig, record
