@@ -1,6 +1,6 @@
 """Checks of stored results on read: one function per record kind.
 
-Every ``read_*`` function of :mod:`dream_sc._storage` (the only way ``get``, ``pl`` and later
+Every ``read_*`` function of the stores (:mod:`dream_sc._stores`) (the only way ``get``, ``pl`` and later
 ``tl`` steps read results) calls the check of its kind, so a damaged or foreign file fails with
 a :class:`ValueError` that names the key, the field or column, what was expected and the fix,
 instead of returning wrong numbers (an ``int64`` ``response_mean`` truncated, curves paired with
@@ -17,12 +17,12 @@ from importlib.metadata import PackageNotFoundError, version
 import numpy as np
 import pandas as pd
 
+from ._stores._keys import CURVE_STATS, CisKeys, TechnicalKeys, TransKeys
+
 #: Version of the record layout written by this package (records without one are version 0).
 SCHEMA_VERSION = 1
 #: Kinds of run records.
 KINDS = ("technical", "cis", "trans", "screen")
-#: Statistics of the stored curve bands.
-CURVE_STATS = ("mean", "q05", "q95")
 
 _FLOAT = re.compile(
     r"_(mean|sd|q\d+|loc|scale|score)$|^(lfsr|qvalue|score|refine_ess|prob_.*|escape_fraction_.*)$"
@@ -58,7 +58,6 @@ GUIDE_COLUMNS = (
     "log2_effect_q05",
     "log2_effect_q95",
 )
-CIS_STATS = ("mean", "sd", "q05", "q95")
 
 
 def legacy_kind(record: Mapping) -> str | None:
@@ -290,7 +289,7 @@ def check_technical(adata, modality: str, key: str) -> None:
                 lambda v: (v <= 0) | np.isinf(v),
                 "finite values > 0 or NaN",
             )
-    informative = f"{key}_informative"
+    informative = TechnicalKeys(key).informative
     if informative in adata.var.columns:
         check.frame(adata.var[[informative]], f"mdata[{modality!r}].var", bools=[informative])
 
@@ -316,7 +315,7 @@ def check_cis(mdata, key: str, *, cells: bool = False) -> None:
     check.positive(record, "x_ntc", where)
     if "dose_range" in record:
         check.grid(record, "dose_range", where)
-    obs_columns = [f"{key}_dose_{s}" for s in CIS_STATS]
+    obs_columns = list(CisKeys(key).doses.values())
     for column in obs_columns if cells else ():
         if column not in mdata.obs.columns:
             check.fail(
@@ -329,7 +328,7 @@ def check_cis(mdata, key: str, *, cells: bool = False) -> None:
             check.values(mdata.obs[column], "mdata.obs", column)
     n_samples = record["params"].get("n_samples") if isinstance(record["params"], Mapping) else None
     width = int(n_samples) if isinstance(n_samples, int | np.integer) else None
-    samples = f"{key}_dose_samples"
+    samples = CisKeys(key).samples
     if samples in mdata.obsm:
         value = mdata.obsm[samples]
         check.array(value, f"mdata.obsm[{samples!r}]", "the array", (mdata.n_obs, width))
@@ -372,12 +371,12 @@ def check_trans(adata, modality: str, key: str) -> None:
         integers=("n_cells",),
     )
     for stat in CURVE_STATS:
-        name = f"{key}_curve_{stat}"
+        name = TransKeys(key).curve(stat)
         curve_where = f"mdata[{modality!r}].varm[{name!r}]"
         if name not in adata.varm:
             check.fail(curve_where, "the curve band is missing", "features x len(dose_grid) values")
         check.array(adata.varm[name], curve_where, "the curve band", (adata.n_vars, len(grid)))
-    posterior = f"{key}_posterior"
+    posterior = TransKeys(key).posterior
     post_where = f"mdata[{modality!r}].varm[{posterior!r}]"
     if posterior not in adata.varm:
         check.fail(

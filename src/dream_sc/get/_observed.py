@@ -31,7 +31,9 @@ from .. import _validation as V
 from .._cells import technical_groups
 from .._lazy import LazyMatrix, source_of
 from .._registration import get_registration
-from .._storage import read_cis, read_technical, read_trans
+from .._stores.cis import read_cis, read_cis_dose
+from .._stores.technical import read_technical
+from .._stores.trans import read_trans
 from ..models.families import get_family
 
 #: Values materialised per bootstrap batch (bounds memory for guides with many cells).
@@ -103,7 +105,7 @@ def panel_data(
     adata = mdata[modality]
     cis = read_cis(mdata, cis_key)
     params = record["params"]
-    dose_all = mdata.obs[f"{cis_key}_dose_mean"].to_numpy(dtype=np.float64)
+    dose_all = read_cis_dose(mdata, cis_key).to_numpy(dtype=np.float64)
     has_dose = np.flatnonzero(np.isfinite(dose_all))
     pos = adata.obs_names.get_indexer(mdata.obs_names[has_dose])
     present = pos >= 0

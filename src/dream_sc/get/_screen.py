@@ -9,7 +9,7 @@ import pandas as pd
 from mudata import MuData
 
 from .. import _validation as V
-from .._storage import read_screen
+from .._stores.screen import read_screen
 from ..models.significance import DECOY_PSEUDOCOUNT, NON_MONOTONIC_CALL
 from ._tables import trans_results
 
@@ -94,10 +94,6 @@ def pooled_decoy_qvalues(
     return [q[a:b].reshape(o.shape) for a, b, o in zip(bounds[:-1], bounds[1:], obs, strict=True)]
 
 
-def _screen_record(mdata: MuData, modality: str, key: str) -> Mapping:
-    return read_screen(mdata, modality, key)
-
-
 def _n_null_sets(null: np.ndarray, record: Mapping) -> int:
     if null.ndim == 2:
         return int(null.shape[0])
@@ -156,7 +152,7 @@ def screen_results(
     V.check_modality(mdata, modality)
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1); got {alpha}.")
-    record = _screen_record(mdata, modality, key)
+    record = read_screen(mdata, modality, key)
     screen_targets = [str(t) for t in record["targets"]]
     keys = dict(zip(screen_targets, [str(k) for k in record["trans_keys"]], strict=True))
     if targets is None:

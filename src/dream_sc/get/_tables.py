@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from mudata import MuData
 
-from .._storage import posterior_from_frame, read_cis, read_trans, read_trans_priors
+from .._stores.cis import CIS_STATS, read_cis, read_cis_dose
+from .._stores.trans import read_curves, read_trans, read_trans_posterior, read_trans_priors
 from ..models.batching import stable_keys
 from ..models.curves import evaluate_curve
 from ..models.families import get_family
@@ -26,10 +27,6 @@ GUIDE_COLUMNS = [
     "log2_effect_q05",
     "log2_effect_q95",
 ]
-
-
-def _cis_record(mdata: MuData, key: str, *, cells: bool = False) -> Mapping:
-    return read_cis(mdata, key, cells=cells)
 
 
 def cis_dosage(mdata: MuData, *, level: str = "guide", key: str = "dream_cis") -> pd.DataFrame:
@@ -61,13 +58,13 @@ def cis_dosage(mdata: MuData, *, level: str = "guide", key: str = "dream_cis") -
     >>> ds.get.cis_dosage(mdata).columns[:3].tolist()
     ['target', 'n_cells', 'dose_mean']
     """
-    record = _cis_record(mdata, key, cells=level == "cell")
+    record = read_cis(mdata, key, cells=level == "cell")
     if level == "guide":
         guides = record["guides"].copy()
         rest = [c for c in guides.columns if c not in GUIDE_COLUMNS]
         return guides[GUIDE_COLUMNS + rest]
     if level == "cell":
-        cols = {s: mdata.obs[f"{key}_dose_{s}"] for s in ("mean", "sd", "q05", "q95")}
+        cols = {s: read_cis_dose(mdata, key, s) for s in CIS_STATS}
         out = pd.DataFrame(
             {f"dose_{s}": v.to_numpy() for s, v in cols.items()}, index=mdata.obs_names
         )
@@ -76,10 +73,6 @@ def cis_dosage(mdata: MuData, *, level: str = "guide", key: str = "dream_cis") -
             out["guide"] = mdata.obs[guide_key].astype(str).to_numpy()
         return out
     raise ValueError(f"level must be 'guide' or 'cell'; got {level!r}.")
-
-
-def _trans_record(mdata: MuData, modality: str, key: str):
-    return read_trans(mdata, modality, key)
 
 
 def trans_results(
@@ -116,7 +109,7 @@ def trans_results(
     >>> ds.get.trans_results(mdata)["shape"].isin(["flat", "increasing", "decreasing", "non_monotonic", "not_fitted"]).all()
     True
     """
-    adata, _ = _trans_record(mdata, modality, key)
+    adata, _ = read_trans(mdata, modality, key)
     return adata.varm[key].copy()
 
 
@@ -178,7 +171,7 @@ def trans_curves(
     >>> ds.get.trans_curves(mdata, dose=[1.0, 5.0], features=["gene_0001"]).shape
     (2, 5)
     """
-    adata, record = _trans_record(mdata, modality, key)
+    adata, record = read_trans(mdata, modality, key)
     table = adata.varm[key]
     fitted = table["fitted"].to_numpy(dtype=bool)
     names = adata.var_names[fitted]
@@ -202,9 +195,8 @@ def trans_curves(
     if dose is None and tuple(quantiles) == (0.05, 0.95):
         grid = np.asarray(record["dose_grid"])
         pos = [adata.var_names.get_loc(f) for f in wanted]
-        means = adata.varm[f"{key}_curve_mean"][pos]
-        lows = adata.varm[f"{key}_curve_q05"][pos]
-        highs = adata.varm[f"{key}_curve_q95"][pos]
+        curves = read_curves(adata, key, pos)
+        means, lows, highs = curves["mean"], curves["q05"], curves["q95"]
     else:
         grid = np.asarray(record["dose_grid"] if dose is None else dose, dtype=np.float64).ravel()
         if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
@@ -228,7 +220,7 @@ def _evaluate(adata, record, table, fitted, names, wanted, grid, lo_q, hi_q, key
     dist = str(record["distribution"])
     function = str(record["function"])
     priors = read_trans_priors(record)
-    loc, scale, corr = posterior_from_frame(adata.varm[f"{key}_posterior"], fitted)
+    loc, scale, corr = read_trans_posterior(adata, key, fitted)
     local = np.arange(len(names))
     group_index = None
     wanted_pos = pd.Index(names).get_indexer(wanted)

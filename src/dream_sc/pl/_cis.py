@@ -12,9 +12,11 @@ from mudata import MuData
 
 from .. import _validation as V
 from ..get._tables import cis_dosage as _cis_table
+from ._docs import AX, LABEL_GUIDES, RETURN_FIG, SHOW, doc_params
 from ._utils import GREY, color, dose_axis, finish, single_axes
 
 
+@doc_params(ax=AX, label_guides=LABEL_GUIDES, return_fig=RETURN_FIG, show=SHOW)
 def cis_dosage(
     mdata: MuData,
     *,
@@ -42,16 +44,12 @@ def cis_dosage(
     orientation
         ``"horizontal"``: dosage on the x axis, one row per guide; ``"vertical"``: dosage on the
         y axis, one column per guide.
-    label_guides
-        Tick labels with guide names (turn off for hundreds of guides).
+    {label_guides}
     figsize
         Size of a new figure (default scales with the number of guides).
-    ax
-        Axes to draw into, else a new figure.
-    show
-        Call :func:`matplotlib.pyplot.show` (default ``settings.autoshow``).
-    return_fig
-        Return the Figure instead of the Axes.
+    {ax}
+    {show}
+    {return_fig}
 
     Returns
     -------

@@ -14,10 +14,12 @@ from mudata import MuData
 
 from .. import _validation as V
 from .._registration import get_registration
-from .._storage import read_cis
+from .._stores.cis import CisKeys, has_cis_doses, read_cis
+from .._stores.trans import read_trans
 from ..get._observed import PanelData, cell_values, guide_observed, panel_data
-from ..get._tables import _trans_record, cis_dosage, trans_curves
+from ..get._tables import cis_dosage, trans_curves
 from ..models.families import get_family
+from ._docs import KEY_TRANS, MDATA_TRANS, MODALITY, PANEL_SIZE, RETURN_FIG, SHOW, doc_params
 from ._utils import (
     CURVE_COLOR,
     GREY,
@@ -42,7 +44,7 @@ def resolve_panels(
     mdata: MuData, modality: str, key: str, features: str | Sequence[str]
 ) -> list[tuple[str, list[str]]]:
     """``(title, features)`` per axes; a multinomial name expands to all categories of its group."""
-    adata, record = _trans_record(mdata, modality, key)
+    adata, record = read_trans(mdata, modality, key)
     names = [features] if isinstance(features, str) else list(features)
     if not names:
         raise ValueError("features is empty; pass a feature name or a list of names.")
@@ -260,7 +262,7 @@ def draw_panel(
     legend: bool,
 ) -> None:
     """Draw one dose-response axes: cells (optional), per-guide summaries, curves, labels."""
-    adata, record = _trans_record(mdata, modality, key)
+    adata, record = read_trans(mdata, modality, key)
     table = adata.varm[key]
     cis = read_cis(mdata, cis_key)
     data = panel_data(mdata, modality, features, record, cis_key)
@@ -286,6 +288,14 @@ def draw_panel(
         _legend(ax, data, technical_groups, bool(summary["is_control"].any()))
 
 
+@doc_params(
+    key=KEY_TRANS,
+    mdata=MDATA_TRANS,
+    modality=MODALITY,
+    panel_size=PANEL_SIZE,
+    return_fig=RETURN_FIG,
+    show=SHOW,
+)
 def dose_response(
     mdata: MuData,
     features: str | Sequence[str],
@@ -324,14 +334,11 @@ def dose_response(
 
     Parameters
     ----------
-    mdata
-        A screen fitted with :func:`dream_sc.tl.fit_trans`.
+    {mdata}
     features
         A feature name or a list of names (multinomial: category or group names).
-    modality
-        Fitted modality.
-    key
-        ``key_added`` of the trans fit.
+    {modality}
+    {key}
     cis_key
         Cis fit giving the dosages (default: the one the trans fit used).
     show_cells
@@ -345,16 +352,13 @@ def dose_response(
         Bootstrap resamples for the per-guide intervals.
     ncols
         Columns of the grid for several features.
-    panel_size
-        Width and height (inches) of one axes of a new figure.
+    {panel_size}
     legend
         Draw the legend (in the first axes; multinomial axes always get theirs).
     ax
         Axes to draw into (one per feature), else a new figure.
-    show
-        Call :func:`matplotlib.pyplot.show` (default ``settings.autoshow``).
-    return_fig
-        Return the Figure instead of the Axes.
+    {show}
+    {return_fig}
 
     Returns
     -------
@@ -373,12 +377,12 @@ def dose_response(
     """
     V.check_mudata(mdata)
     panels = resolve_panels(mdata, modality, key, features)
-    _, record = _trans_record(mdata, modality, key)
+    _, record = read_trans(mdata, modality, key)
     cis_key = str(record.get("cis_key", "dream_cis")) if cis_key is None else cis_key
     cis_dosage(mdata, key=cis_key)  # raises with the call to make when the cis fit is missing
-    if f"{cis_key}_dose_mean" not in mdata.obs.columns:
+    if not has_cis_doses(mdata, cis_key):
         raise KeyError(
-            f"mdata.obs has no {cis_key}_dose_mean column; rerun `ds.tl.fit_cis(..., key_added={cis_key!r})`."
+            f"mdata.obs has no {CisKeys(cis_key).dose('mean')} column; rerun `ds.tl.fit_cis(..., key_added={cis_key!r})`."
         )
     if max_cells < 0:
         raise ValueError(f"max_cells must be >= 0; got {max_cells}.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mudata import MuData
 
-from .._storage import StoredFit, stored_fits
+from .._stores._common import StoredFit, stored_fits
 
 Fit = StoredFit
 

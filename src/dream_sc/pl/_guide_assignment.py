@@ -12,12 +12,14 @@ from mudata import MuData
 from scipy import sparse
 
 from .. import _validation as V
+from ._docs import LABEL_GUIDES, RETURN_FIG, SHOW, doc_params
 from ._utils import GREY, color, finish, grid_axes
 
 #: Edges of the UMI bins (0, 1, 2, 3-4, 5-9, ..., log-spaced above).
 _EDGES = np.unique(np.concatenate([[0, 1, 2, 3], np.round(np.logspace(np.log10(5), 5, 30))]))
 
 
+@doc_params(label_guides=LABEL_GUIDES, return_fig=RETURN_FIG, show=SHOW)
 def guide_assignment(
     mdata: MuData,
     *,
@@ -50,16 +52,13 @@ def guide_assignment(
         ``key_added`` of :func:`~dream_sc.pp.assign_guides`.
     control_label
         Control target label (default: the one used by ``assign_guides``).
-    label_guides
-        Tick labels with guide names (turn off for hundreds of guides).
+    {label_guides}
     figsize
         Size of a new figure (default grows with the number of guides).
     ax
         Two Axes to draw into (distributions, cells per guide), else a new figure.
-    show
-        Call :func:`matplotlib.pyplot.show` (default ``settings.autoshow``).
-    return_fig
-        Return the Figure instead of the Axes.
+    {show}
+    {return_fig}
 
     Returns
     -------

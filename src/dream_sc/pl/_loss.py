@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from mudata import MuData
 
 from .. import _validation as V
+from ._docs import PANEL_SIZE, RETURN_FIG, SHOW, doc_params
 from ._fits import Fit, find_fits
 from ._utils import CURVE_COLOR, SHAPE_COLORS, finish, grid_axes
 
@@ -80,6 +81,7 @@ def _draw_loss(ax: Axes, fit: Fit) -> None:
     ax.legend(fontsize="x-small", frameon=False, loc="center right")
 
 
+@doc_params(panel_size=PANEL_SIZE, return_fig=RETURN_FIG, show=SHOW)
 def loss(
     mdata: MuData,
     key: str | None = None,
@@ -108,14 +110,11 @@ def loss(
         Only look in this modality.
     ncols
         Columns of the grid when several fits are drawn.
-    panel_size
-        Width and height (inches) of one axes of a new figure.
+    {panel_size}
     ax
         Axes to draw into (one per fit), else a new figure.
-    show
-        Call :func:`matplotlib.pyplot.show` (default ``settings.autoshow``).
-    return_fig
-        Return the Figure instead of the Axes.
+    {show}
+    {return_fig}
 
     Returns
     -------

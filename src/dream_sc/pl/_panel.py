@@ -10,7 +10,8 @@ from matplotlib.figure import Figure
 from mudata import MuData
 
 from .. import _validation as V
-from ..get._tables import _trans_record
+from .._stores.trans import read_trans
+from ._docs import PANEL_SIZE, RETURN_FIG_LIST, SHOW, doc_params
 from ._dose_response import draw_panel, panel_width, resolve_panels
 from ._utils import finish, grid_axes
 
@@ -19,7 +20,7 @@ def gene_junctions(
     mdata: MuData, gene: str, *, splicing_modality: str, gene_key_column: str, key: str
 ) -> list[str]:
     """Fitted junctions (features) of ``gene`` in a splicing modality, best q-value first."""
-    adata, _ = _trans_record(mdata, splicing_modality, key)
+    adata, _ = read_trans(mdata, splicing_modality, key)
     if gene_key_column not in adata.var.columns:
         raise KeyError(
             f"Modality {splicing_modality!r} has no var[{gene_key_column!r}] column; pass "
@@ -35,6 +36,7 @@ def gene_junctions(
     return list(sub.index[order])
 
 
+@doc_params(panel_size=PANEL_SIZE, return_fig=RETURN_FIG_LIST, show=SHOW)
 def gene_splicing_panel(
     mdata: MuData,
     gene: str,
@@ -80,15 +82,12 @@ def gene_splicing_panel(
         Trans fit keys of the expression and splicing modalities.
     show_cells, technical_groups
         As in :func:`dose_response`.
-    panel_size
-        Width and height (inches) of one axes of a new figure.
+    {panel_size}
     ax
         One Axes per panel (the gene, then ``min(max_junctions, n_junctions)`` junctions) to
         draw into, else a new one-row figure.
-    show
-        Call :func:`matplotlib.pyplot.show` (default ``settings.autoshow``).
-    return_fig
-        Return the Figure instead of the list of Axes.
+    {show}
+    {return_fig}
 
     Returns
     -------
@@ -132,7 +131,7 @@ def gene_splicing_panel(
     size = panel_width(panel_size, [(p[2], p[3]) for p in panels])
     fig, axes, created = grid_axes(len(panels), ax, ncols=len(panels), panel=size)
     for i, (axis, (modality, k, t, m)) in enumerate(zip(axes, panels, strict=True)):
-        _, record = _trans_record(mdata, modality, k)
+        _, record = read_trans(mdata, modality, k)
         draw_panel(
             axis,
             mdata,

@@ -12,9 +12,11 @@ from mudata import MuData
 from scipy import stats
 
 from .. import _validation as V
+from .._stores.trans import read_posterior_frame
 from ..models.cis import guide_effect_prior_draws
 from ..models.curves import get_curve
 from ..models.trans_summary import Z90
+from ._docs import AX, FIGSIZE, RETURN_FIG, SHOW, doc_params
 from ._fits import Fit, find_fits
 from ._utils import CURVE_COLOR, GREY, SHAPE_COLORS, finish, single_axes
 
@@ -153,7 +155,7 @@ def _trans_prior(fit: Fit, param: str, row: int | None) -> Density:
 
 def _trans_spec(mdata: MuData, fit: Fit, param: str, feature: str | None) -> Spec:
     adata = mdata[fit.modality]
-    post = adata.varm[f"{fit.key}_posterior"]
+    post = read_posterior_frame(adata, fit.key)
     available = sorted({c[: -len("_loc")] for c in post.columns if c.endswith("_loc")})
     if param not in available:
         raise _unavailable(param, available, fit)
@@ -225,6 +227,7 @@ def _grid(spec: Spec) -> np.ndarray:
     return np.unique(np.concatenate([np.linspace(lo, hi, 500), *parts]))
 
 
+@doc_params(ax=AX, figsize=FIGSIZE, return_fig=RETURN_FIG, show=SHOW)
 def prior_posterior(
     mdata: MuData,
     key: str,
@@ -242,7 +245,7 @@ def prior_posterior(
     Priors come from the run record (``uns[key]["priors"]``), so data-driven priors are drawn as
     they were used. Posteriors: technical parameters from the ``varm[key]`` summaries (Normal on
     the link scale; dispersion, sigma and nu log-Normal, drawn on the log scale), trans
-    parameters from the variational ``loc``/``scale`` in ``varm[f"{key}_posterior"]`` (latent,
+    parameters from the variational ``loc``/``scale`` in ``varm["<key>_posterior"]`` (latent,
     unconstrained sites such as ``eta_ref``, ``log_k1``, ``log_n1``, ``z1``, ``log_lambda1``),
     cis parameters from the cis record (``log2_x_ntc``; ``guide_effect`` of targeting guides,
     whose prior is the marginal of the hierarchical prior; ``reference_effect`` of control
@@ -264,14 +267,10 @@ def prior_posterior(
     feature
         Feature (or guide) whose posterior is drawn; required when the prior differs per
         feature (``baseline``, ``sigma``, ``eta_ref``).
-    figsize
-        Size of a new figure.
-    ax
-        Axes to draw into, else a new figure.
-    show
-        Call :func:`matplotlib.pyplot.show` (default ``settings.autoshow``).
-    return_fig
-        Return the Figure instead of the Axes.
+    {figsize}
+    {ax}
+    {show}
+    {return_fig}
 
     Returns
     -------

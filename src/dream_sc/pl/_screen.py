@@ -13,9 +13,11 @@ from matplotlib.figure import Figure
 from mudata import MuData
 
 from .. import _validation as V
-from ..get._screen import _screen_record, screen_results
+from .._stores.screen import read_screen
+from ..get._screen import screen_results
 from ..get._tables import cis_dosage as _cis_table
 from ._cis import cis_dosage
+from ._docs import AX, FIGSIZE, MDATA_SCREEN, RETURN_FIG, RETURN_FIG_LIST, SHOW, doc_params
 from ._utils import finish, grid_axes, single_axes
 
 VALUES = ("response_mean", "ec50_mean")
@@ -98,6 +100,7 @@ def screen_matrix(
     return matrix
 
 
+@doc_params(ax=AX, figsize=FIGSIZE, mdata=MDATA_SCREEN, return_fig=RETURN_FIG, show=SHOW)
 def screen_heatmap(
     mdata: MuData,
     *,
@@ -122,8 +125,7 @@ def screen_heatmap(
 
     Parameters
     ----------
-    mdata
-        A screen fitted with :func:`dream_sc.tl.fit_screen`.
+    {mdata}
     modality, key
         The screen's modality and ``key_added``.
     value
@@ -144,14 +146,10 @@ def screen_heatmap(
         Colour map (default ``"RdBu_r"`` for responses, ``"viridis"`` for EC50s).
     label_features
         Feature names on the x axis (default: up to 60 features).
-    figsize
-        Size of a new figure.
-    ax
-        Axes to draw into, else a new figure.
-    show
-        Call :func:`matplotlib.pyplot.show` (default ``settings.autoshow``).
-    return_fig
-        Return the Figure instead of the Axes.
+    {figsize}
+    {ax}
+    {show}
+    {return_fig}
 
     Returns
     -------
@@ -213,6 +211,7 @@ def screen_heatmap(
     return finish(fig, ax, created=created, show=show, return_fig=return_fig)
 
 
+@doc_params(mdata=MDATA_SCREEN, return_fig=RETURN_FIG_LIST, show=SHOW)
 def screen_cis_dosage(
     mdata: MuData,
     *,
@@ -232,8 +231,7 @@ def screen_cis_dosage(
 
     Parameters
     ----------
-    mdata
-        A screen fitted with :func:`dream_sc.tl.fit_screen`.
+    {mdata}
     key, modality
         The screen's ``key_added`` and modality.
     targets
@@ -244,10 +242,8 @@ def screen_cis_dosage(
         Size of one panel of a new figure.
     ax
         One Axes per target to draw into, else a new figure.
-    show
-        Call :func:`matplotlib.pyplot.show` (default ``settings.autoshow``).
-    return_fig
-        Return the Figure instead of the list of Axes.
+    {show}
+    {return_fig}
 
     Returns
     -------
@@ -255,7 +251,7 @@ def screen_cis_dosage(
     shown.
     """
     V.check_mudata(mdata)
-    record = _screen_record(mdata, modality, key)
+    record = read_screen(mdata, modality, key)
     keys = dict(zip(map(str, record["targets"]), map(str, record["cis_keys"]), strict=True))
     chosen = list(keys) if targets is None else [str(t) for t in targets]
     unknown = [t for t in chosen if t not in keys]

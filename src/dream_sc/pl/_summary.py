@@ -9,8 +9,9 @@ from matplotlib.figure import Figure
 from mudata import MuData
 
 from .. import _validation as V
-from ..get._tables import _trans_record
+from .._stores.trans import read_trans
 from ..models.families import get_family
+from ._docs import AX, FIGSIZE, KEY_TRANS, MDATA_TRANS, MODALITY, RETURN_FIG, SHOW, doc_params
 from ._utils import SHAPE_COLORS, finish, single_axes
 
 SHAPE_LABELS = {
@@ -114,6 +115,15 @@ def _label_points(
         )
 
 
+@doc_params(
+    ax=AX,
+    figsize=FIGSIZE,
+    key=KEY_TRANS,
+    mdata=MDATA_TRANS,
+    modality=MODALITY,
+    return_fig=RETURN_FIG,
+    show=SHOW,
+)
 def trans_summary(
     mdata: MuData,
     *,
@@ -137,12 +147,9 @@ def trans_summary(
 
     Parameters
     ----------
-    mdata
-        A screen fitted with :func:`dream_sc.tl.fit_trans`.
-    modality
-        Fitted modality.
-    key
-        ``key_added`` of the trans fit.
+    {mdata}
+    {modality}
+    {key}
     n_labels
         Number of features labelled, highest ``score`` first (the ranking column: strictly
         ordered where q-values reach their floor).
@@ -150,14 +157,10 @@ def trans_summary(
         The fit's significance level (default). The colours are the stored ``significant``
         and ``shape`` columns, which :func:`dream_sc.tl.test_trans` computed at that level;
         another value raises (rescore with ``ds.tl.test_trans(mdata, alpha=...)`` first).
-    figsize
-        Size of a new figure.
-    ax
-        Axes to draw into, else a new figure.
-    show
-        Call :func:`matplotlib.pyplot.show` (default ``settings.autoshow``).
-    return_fig
-        Return the Figure instead of the Axes.
+    {figsize}
+    {ax}
+    {show}
+    {return_fig}
 
     Returns
     -------
@@ -173,7 +176,7 @@ def trans_summary(
     >>> ax = ds.pl.trans_summary(mdata, n_labels=5, show=False)
     """
     V.check_mudata(mdata)
-    adata, record = _trans_record(mdata, modality, key)
+    adata, record = read_trans(mdata, modality, key)
     table = adata.varm[key]
     table = table[table["fitted"].to_numpy(dtype=bool)]
     level = _stored_alpha(record, alpha)
@@ -226,6 +229,9 @@ def trans_summary(
     return finish(fig, ax, created=created, show=show, return_fig=return_fig)
 
 
+@doc_params(
+    ax=AX, figsize=FIGSIZE, key=KEY_TRANS, modality=MODALITY, return_fig=RETURN_FIG, show=SHOW
+)
 def calibration(
     mdata: MuData,
     *,
@@ -250,21 +256,15 @@ def calibration(
     mdata
         A screen fitted and tested with :func:`dream_sc.tl.fit_trans` /
         :func:`dream_sc.tl.test_trans`.
-    modality
-        Fitted modality.
-    key
-        ``key_added`` of the trans fit.
+    {modality}
+    {key}
     alpha
         Level for the annotated count of features with ``qvalue < alpha`` (default: the
         fit's ``alpha``).
-    figsize
-        Size of a new figure.
-    ax
-        Axes to draw into, else a new figure.
-    show
-        Call :func:`matplotlib.pyplot.show` (default ``settings.autoshow``).
-    return_fig
-        Return the Figure instead of the Axes.
+    {figsize}
+    {ax}
+    {show}
+    {return_fig}
 
     Returns
     -------
@@ -280,7 +280,7 @@ def calibration(
     >>> ax = ds.pl.calibration(mdata, show=False)
     """
     V.check_mudata(mdata)
-    adata, record = _trans_record(mdata, modality, key)
+    adata, record = read_trans(mdata, modality, key)
     if "null_scores" not in record:
         raise ValueError(
             f"The trans fit {key!r} of modality {modality!r} has no permutation null; run "

@@ -11,6 +11,7 @@ from mudata import MuData
 from scipy import stats
 
 from .. import _validation as V
+from .._stores.trans import update_record
 from ..models.significance import decoy_qvalues
 from ._common import resolve_device, resolve_progress
 from ._null import SHARED_SHIFT_DISTRIBUTIONS, permutations, rescore
@@ -122,8 +123,7 @@ def calibration_check(
         )
         scores.append(screen)
     table = pd.DataFrame(rows, index=pd.RangeIndex(len(rows), name="null_screen"))
-    rec = dict(adata.uns[key])
-    rec["calibration"] = {
+    calibration = {
         "alpha": float(alpha),
         "scores": np.asarray(scores, dtype=np.float64),
         "table": table,
@@ -136,11 +136,11 @@ def calibration_check(
             results["response_mean"].to_numpy(dtype=np.float64)[fitted],
             results["significant"].to_numpy(dtype=bool)[fitted],
         )
-        rec["calibration"]["shift"] = finite_record(diag)
+        calibration["shift"] = finite_record(diag)
         table.attrs["shift"] = diag
         if diag["warn"]:
             warnings.warn(shift_message(diag), UserWarning, stacklevel=2)
-    adata.uns[key] = rec
+    update_record(adata, key, calibration=calibration)
     logger.info(
         "calibration_check: %d false discoveries at alpha=%g over %d null screen(s)",
         int(table["n_false_discoveries"].sum()),

@@ -17,7 +17,7 @@ from .._cells import check_guide_columns, sum_factor_values
 from .._checkpoints import check_mismatch
 from .._registration import get_registration
 from .._settings import settings
-from .._storage import write_screen
+from .._stores.screen import target_fit_key, write_screen
 from ..models.families import get_family
 from ._cis import fit_cis
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
@@ -239,8 +239,8 @@ def fit_screen(
     sf = sum_factor_values(mdata, sum_factor_key)
     V.check_sum_factors(sf[used], sum_factor_key)
     dev = str(resolve_device(device))
-    cis_keys = {t: f"{cis_prefix}_{t}" for t in chosen}
-    trans_keys = {t: f"{trans_prefix}_{t}" for t in chosen}
+    cis_keys = {t: target_fit_key(cis_prefix, t) for t in chosen}
+    trans_keys = {t: target_fit_key(trans_prefix, t) for t in chosen}
     store = Checkpoint(checkpoint) if checkpoint is not None else None
     seed = resolve_seed(resumed_seed(store, seed, checkpoint_mismatch))  # a drawn seed resumes
     common = {

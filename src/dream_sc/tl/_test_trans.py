@@ -8,11 +8,12 @@ import numpy as np
 from mudata import MuData
 
 from .. import _validation as V
+from .._stores.trans import read_trans_posterior, update_record, write_results
 from ..engine.backends import resolve_backend  # [dask hunk]
 from ..models.significance import DEFAULT_N_PERMUTATIONS
 from ._common import resolve_device, resolve_progress
 from ._null import significance
-from ._trans_job import job_from_record, posterior_from_frame
+from ._trans_job import job_from_record
 
 logger = logging.getLogger("dream_sc")
 
@@ -119,7 +120,7 @@ def test_trans(
         min_effect=min_effect,
     )
     job.backend = runner  # [dask hunk]
-    loc, scale, corr = posterior_from_frame(adata.varm[f"{key}_posterior"], job.fitted)
+    loc, scale, corr = read_trans_posterior(adata, key, job.fitted)
     columns, _ = job.summarise(loc, scale, corr=corr)
     sig, null_record = significance(job, columns, int(wanted), alpha=alpha)
     target = mdata.copy() if copy else mdata
@@ -137,18 +138,14 @@ def test_trans(
             table[name] = col
         else:
             table.loc[fitted, name] = values
-    adata.varm[key] = table
-    rec = dict(adata.uns[key])
-    for stale in ("null_non_monotonic_scores", "null_loss"):  # written by older versions
-        rec.pop(stale, None)
-    rec.update(null_record)
-    rec["min_effect"] = job.min_effect.astype(np.float64)
-    params = dict(rec["params"])
+    write_results(adata, key, table)
+    params = dict(adata.uns[key]["params"])
     params.update(alpha=alpha, n_permutations=int(wanted), test=True)
     if min_effect is not None:
         params["min_effect"] = float(min_effect)
-    rec["params"] = params
-    adata.uns[key] = rec
+    entries = {**null_record, "min_effect": job.min_effect.astype(np.float64), "params": params}
+    stale = ("null_non_monotonic_scores", "null_loss")  # written by older versions
+    update_record(adata, key, drop=stale, **entries)
     logger.info(
         "test_trans: %d significant features at alpha=%g", int(sig["significant"].sum()), alpha
     )

@@ -18,6 +18,7 @@ from .._data import ModalityData, modality_data
 from .._lazy import concat_blocks, feature_blockwise
 from .._storage import CORR_PREFIX, TechnicalFit, posterior_frame, posterior_from_frame, read_cis
 from .._storage import read_technical as load_technical
+from .._stores.cis import CisKeys, read_cis_dose, read_cis_samples
 from ..engine.chunks import ChunkedFit, fit_chunks
 from ..engine.config import FitConfig
 from ..engine.memory import feature_chunks, plan_fit
@@ -41,7 +42,7 @@ __all__ = ["CORR_PREFIX", "TransJob", "job_from_record", "posterior_frame", "pos
 
 def load_cis(mdata: MuData, cis_key: str) -> dict:
     """The cis run record (raises with the call to make when it is missing)."""
-    if cis_key not in mdata.uns or f"{cis_key}_dose_samples" not in mdata.obsm:
+    if cis_key not in mdata.uns or CisKeys(cis_key).samples not in mdata.obsm:
         raise KeyError(
             f"No cis fit {cis_key!r} found (mdata.uns[{cis_key!r}]); run "
             f"`ds.tl.fit_cis(mdata, cis_feature=..., key_added={cis_key!r})` before fit_trans, "
@@ -326,7 +327,7 @@ def prepare_trans_job(mdata: MuData, settings: TransSettings, config: FitConfig)
     curve = get_curve(function)  # raises listing the registered curves
     cis = load_cis(mdata, cis_key)
     tech = load_technical(mdata, modality, settings.technical_key_added)
-    dose_mean_all = mdata.obs[f"{cis_key}_dose_mean"].to_numpy()
+    dose_mean_all = read_cis_dose(mdata, cis_key).to_numpy()
     has_dose = np.isfinite(dose_mean_all)
     cells = mdata.obs.index[has_dose]
     data = modality_data(mdata, modality, cells, layer=layer)
@@ -337,7 +338,7 @@ def prepare_trans_job(mdata: MuData, settings: TransSettings, config: FitConfig)
     sf = None
     if family.size_factors:
         sf = sum_factor_values(mdata, sum_factor_key)[rows]
-    samples = np.asarray(mdata.obsm[f"{cis_key}_dose_samples"])[rows]
+    samples = read_cis_samples(mdata, cis_key)[rows]
     log_samples = np.log(samples.astype(np.float64))
     fitted = np.ones(data.X.shape[1], bool)
     cis_feature = str(cis["cis_feature"])

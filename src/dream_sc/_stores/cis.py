@@ -1,0 +1,68 @@
+"""Store of cis fits (step 2): ``mdata.uns[key]``, per-cell dosage columns and samples."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+from mudata import MuData
+
+from .. import _record_checks as C
+from ._common import stamp
+from ._keys import CIS_STATS, CisKeys
+
+__all__ = [
+    "CIS_STATS",
+    "CisKeys",
+    "read_cis",
+    "has_cis_doses",
+    "read_cis_dose",
+    "read_cis_samples",
+    "write_cis",
+]
+
+
+def write_cis(
+    mdata: MuData, key: str, record: dict, columns: Mapping[str, np.ndarray], samples: np.ndarray
+) -> None:
+    """Store a cis fit: per-cell dosage summaries ``columns`` (``stat -> [cells]``) and samples."""
+    names = CisKeys(key)
+    for stat, column in columns.items():
+        mdata.obs[names.dose(stat)] = column
+    mdata.obsm[names.samples] = samples
+    mdata.uns[names.record] = stamp(record, "cis")
+
+
+def read_cis(mdata: MuData, key: str, *, samples: bool = False, cells: bool = False) -> Mapping:
+    """The cis run record ``key`` (raises with the call to make when it is missing).
+
+    ``samples=True`` also requires the per-cell dosage samples in ``mdata.obsm``, ``cells=True``
+    the per-cell dosage columns in ``mdata.obs``.
+    """
+    names = CisKeys(key)
+    if names.record not in mdata.uns or (samples and names.samples not in mdata.obsm):
+        raise KeyError(
+            f"No cis fit {key!r} in mdata.uns; run `ds.tl.fit_cis(mdata, cis_feature=..., "
+            f"key_added={key!r})` first or pass `key=`."
+        )
+    C.check_cis(mdata, key, cells=cells)
+    return mdata.uns[names.record]
+
+
+def has_cis_doses(mdata: MuData, key: str) -> bool:
+    """Whether the per-cell dosage columns of the cis fit ``key`` are in ``mdata.obs``."""
+    return CisKeys(key).dose("mean") in mdata.obs.columns
+
+
+def read_cis_dose(mdata: MuData, key: str, stat: str = "mean") -> pd.Series:
+    """Per-cell dosage statistic ``stat`` (one of :data:`CIS_STATS`) of the cis fit ``key``.
+
+    Read the record with :func:`read_cis` first (``cells=True``): this only looks the column up.
+    """
+    return mdata.obs[CisKeys(key).dose(stat)]
+
+
+def read_cis_samples(mdata: MuData, key: str) -> np.ndarray:
+    """Cells x samples dosage draws of the cis fit ``key`` (``read_cis(..., samples=True)`` first)."""
+    return np.asarray(mdata.obsm[CisKeys(key).samples])
