@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
-from dream_sc.models.memory import feature_chunks
+from dream_sc.engine.memory import feature_chunks
 from dream_sc.models.null import dose_basis, null_model, score_statistics
 from dream_sc.models.significance import permute_within_groups
 from dream_sc.tl._null import _DENSE_BUDGET, _PERMUTATION_BLOCK

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import dream_sc as ds
-from dream_sc.models import inference
+from dream_sc.engine import svi as inference
 
 
 class Interrupt(RuntimeError):

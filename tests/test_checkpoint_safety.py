@@ -14,7 +14,7 @@ import torch
 
 import dream_sc as ds
 from dream_sc import _checkpoints as ckpt
-from dream_sc.models import inference
+from dream_sc.engine import svi as inference
 from dream_sc.tl._screen_store import Checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*did not converge")

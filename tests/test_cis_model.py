@@ -10,8 +10,9 @@ import torch
 from scipy import integrate, special, stats
 
 import dream_sc as ds
+from dream_sc.engine.svi import FitResult
 from dream_sc.models import cis as C
-from dream_sc.models.inference import FitResult
+from dream_sc.models import cis_dosage as CD
 from dream_sc.models.trans_summary import DoseAxis
 
 LN2 = np.log(2.0)
@@ -63,9 +64,9 @@ def test_within_cell_dispersion_is_a_free_site_below_step_one():
         log_r=float(-np.log(phi_step1)),
         log2_x_ntc_prior=2.0,
     )
-    model = C._CisModel(data, torch.device("cpu"))
+    model = C.CisModel(data, torch.device("cpu"))
     assert model.phi_prior_loc == pytest.approx(np.log(phi_step1) + C.PHI_WITHIN_PRIOR[0])
-    values = C._initial_values(data, model)
+    values = C.initial_values(data, model)
     for spread in (-3.0, 0.0):  # the dispersion does not move with the spread
         values["guide_log_sigma"] = torch.full((2,), spread)
         d = model.derived(values)
@@ -105,7 +106,7 @@ def test_cell_dosage_samples_follow_the_exact_cell_posterior():
     )
     mu, sigma = 3.0, 0.5
     post = _single_guide_posterior(mu, np.log(sigma))
-    samples, picks = C.sample_cell_dosage(data, post, 4000, seed=0, device=torch.device("cpu"))
+    samples, picks = CD.sample_cell_dosage(data, post, 4000, seed=0, device=torch.device("cpu"))
     assert samples.shape == (3, 4000) and picks.shape == (4000,)
     grid = np.linspace(mu - 8 * sigma, mu + 8 * sigma, 4001)
     for i, yi in enumerate(y):
@@ -186,7 +187,7 @@ def test_grid_kernel_differs_from_the_nb_log_pmf_by_a_per_cell_constant():
     eta = torch.linspace(-3.0, 4.0, 11)[None, :].expand(3, 11)
     log_r = torch.tensor(0.7)
     full = C.nb_log_pmf(y, eta, log_r)
-    lean = C._nb_grid_kernel(y, eta, log_r)
+    lean = CD._nb_grid_kernel(y, eta, log_r)
     offset = full - lean
     np.testing.assert_allclose(offset.numpy(), offset[:, :1].expand(3, 11).numpy(), atol=1e-5)
     np.testing.assert_allclose(

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import dream_sc as ds
-from dream_sc.models.inference import NonFiniteLossError
+from dream_sc.engine.svi import NonFiniteLossError
 
 distributed = pytest.importorskip(
     "distributed", reason='dask.distributed is not installed (pip install "dream_sc[dask]")'
@@ -154,7 +154,7 @@ def test_dask_equals_local_bit_for_bit(screen, client):
 
 
 def _mmap_threshold_raised() -> bool:
-    from dream_sc._backends import _malloc
+    from dream_sc.engine.backends import _malloc
 
     return _malloc._tuned
 
@@ -164,7 +164,7 @@ def _install_worker_killer(marker: str) -> None:
     import os
     from pathlib import Path
 
-    import dream_sc.models.chunked as chunked
+    import dream_sc.engine.chunks as chunked
 
     def hook(task):
         if task.number == 1 and not Path(marker).exists():
@@ -175,7 +175,7 @@ def _install_worker_killer(marker: str) -> None:
 
 
 def _remove_hooks() -> None:
-    import dream_sc.models.chunked as chunked
+    import dream_sc.engine.chunks as chunked
 
     chunked._before_chunk = lambda task: None
 
@@ -279,7 +279,7 @@ def test_fit_screen_on_dask_equals_local(client):
 
 
 def test_mmap_threshold_is_raised_once_per_process(monkeypatch):
-    from dream_sc._backends import _malloc
+    from dream_sc.engine.backends import _malloc
 
     calls = []
 

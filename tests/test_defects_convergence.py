@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import dream_sc as ds
-from dream_sc.models.inference import run_svi, smoothed_converged
+from dream_sc.engine.config import FitConfig
+from dream_sc.engine.svi import run_svi, smoothed_converged
 
 
 def test_flat_noisy_loss_with_a_low_last_window_is_converged():
@@ -50,9 +51,7 @@ def _svi(n_steps: int, lr: float):
         guide,
         lambda: [loc],
         lambda step: {},
-        n_steps=n_steps,
-        lr=lr,
-        progress=False,
+        FitConfig(n_steps=n_steps, lr=lr),
         loss_scale=len(y),
     )
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dream_sc.models.inference import smoothed_converged
+from dream_sc.engine.config import FitConfig
+from dream_sc.engine.svi import smoothed_converged
 
 
 def test_steady_decrease_is_not_converged():
@@ -65,7 +66,7 @@ def _toy_problem(nan_from: int | None):
 def test_loss_trace_matches_the_per_step_values_and_is_synced_in_blocks(monkeypatch):
     import torch
 
-    from dream_sc.models import inference
+    from dream_sc.engine import svi as inference
 
     copies = []
     real_cpu = torch.Tensor.cpu
@@ -76,26 +77,24 @@ def test_loss_trace_matches_the_per_step_values_and_is_synced_in_blocks(monkeypa
 
     model, guide, params, batches, w = _toy_problem(None)
     monkeypatch.setattr(torch.Tensor, "cpu", counting_cpu)
-    fit = inference.run_svi(model, guide, params, batches, n_steps=120, lr=0.05, progress=False)
+    fit = inference.run_svi(model, guide, params, batches, FitConfig(n_steps=120, lr=0.05))
     monkeypatch.undo()
     # 120 steps: host copies after steps 50 and 100 and at the end, never one per step
     assert copies == [50, 50, 20]
     assert np.all(np.isfinite(fit.loss)) and fit.loss[-1] < fit.loss[0]
     # the trace holds the loss of each step: replay the same optimisation by hand
     model, guide, params, batches, w2 = _toy_problem(None)
-    again = inference.run_svi(model, guide, params, batches, n_steps=120, lr=0.05, progress=False)
+    again = inference.run_svi(model, guide, params, batches, FitConfig(n_steps=120, lr=0.05))
     np.testing.assert_array_equal(fit.loss, again.loss)
     np.testing.assert_allclose(fit.loss[0], 3.0)  # (0 - 1)^2 * 3 before the first update
 
 
 @pytest.mark.parametrize("nan_from", [7, 50, 63])
 def test_deferred_finiteness_check_names_the_first_bad_step(nan_from):
-    from dream_sc.models.inference import NonFiniteLossError, run_svi
+    from dream_sc.engine.svi import NonFiniteLossError, run_svi
 
     model, guide, params, batches, _ = _toy_problem(nan_from)
     with pytest.raises(
         NonFiniteLossError, match=rf"^The ELBO became (nan|inf|-inf) at step {nan_from} in x\."
     ):
-        run_svi(
-            model, guide, params, batches, n_steps=120, lr=0.05, progress=False, context=" in x"
-        )
+        run_svi(model, guide, params, batches, FitConfig(n_steps=120, lr=0.05), context=" in x")

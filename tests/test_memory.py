@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dream_sc.models import memory
-from dream_sc.models.memory import (
+from dream_sc.engine import memory
+from dream_sc.engine.config import FitConfig
+from dream_sc.engine.memory import (
     DEFAULT_MAX_BATCH,
     available_memory,
     estimate_peak_bytes,
@@ -38,6 +39,11 @@ def machine(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     return state
+
+
+def _cfg(**changes) -> FitConfig:
+    """A fit configuration with the planner's former defaults (500 steps, 100 draws)."""
+    return FitConfig(**{"n_steps": 500, "n_samples": 100, **changes})
 
 
 def test_read_int_parses_cgroup_files(tmp_path):
@@ -99,7 +105,7 @@ def test_cuda_device_memory_bounds_the_budget(machine, monkeypatch):
     assert available_memory(device="cuda:1") == (3 * GB, "free memory of cuda:1")
     assert available_memory(device="cpu") == (64 * GB, "psutil")
     assert available_memory(4, device="cuda:1") == (4 * GB, "user budget")
-    plan = plan_fit(20_000, 5_000, density=1.0, n_steps=600, device="cuda:1")
+    plan = plan_fit(20_000, 5_000, _cfg(n_steps=600, device=torch.device("cuda:1")), density=1.0)
     assert plan.as_dict()["memory_source"] == "free memory of cuda:1"
     assert plan.estimated_peak_bytes <= 1.5 * GB  # half of the device's free memory
 
@@ -118,21 +124,21 @@ def test_peak_estimate_adds_up():
 
 
 def test_plan_keeps_full_problem_when_it_fits(machine):
-    plan = plan_fit(500, 300, density=0.1, max_memory_gb=8)
+    plan = plan_fit(500, 300, _cfg(max_memory_gb=8), density=0.1)
     assert (plan.batch_size, plan.feature_chunk) == (500, 300)
-    plan = plan_fit(50_000, 300, density=0.1, max_memory_gb=8)
+    plan = plan_fit(50_000, 300, _cfg(max_memory_gb=8), density=0.1)
     assert plan.batch_size == DEFAULT_MAX_BATCH
     assert plan.as_dict()["memory_source"] == "user budget"
     assert plan.as_dict()["available_gb"] == 8.0
 
 
 def test_plan_halves_chunk_then_batch_to_fit(machine):
-    kw = {"density": 1.0, "n_samples": 100, "noise_width": 9, "n_steps": 600}
-    plan = plan_fit(20_000, 5_000, max_memory_gb=0.5, **kw)
+    kw = {"density": 1.0, "noise_width": 9}
+    plan = plan_fit(20_000, 5_000, _cfg(n_steps=600, max_memory_gb=0.5), **kw)
     assert plan.feature_chunk < 5_000
     assert plan.estimated_peak_bytes <= 0.25 * GB  # half of the budget
     # the chunk is halved first (down to 64 features), only then the batch
-    tiny = plan_fit(20_000, 5_000, max_memory_gb=0.02, **kw)
+    tiny = plan_fit(20_000, 5_000, _cfg(n_steps=600, max_memory_gb=0.02), **kw)
     assert tiny.feature_chunk == 40  # 5000 -> 2500 -> ... -> 79 -> 40 (first size <= 64)
     assert tiny.batch_size < DEFAULT_MAX_BATCH
 
@@ -140,7 +146,11 @@ def test_plan_halves_chunk_then_batch_to_fit(machine):
 def test_plan_keeps_user_sizes_and_warns(machine, caplog):
     with caplog.at_level(logging.WARNING, logger="dream_sc"):
         plan = plan_fit(
-            100_000, 20_000, density=1.0, batch_size=50_000, feature_chunk=20_000, max_memory_gb=1
+            100_000,
+            20_000,
+            _cfg(batch_size=50_000, max_memory_gb=1),
+            density=1.0,
+            feature_chunk=20_000,
         )
     assert (plan.batch_size, plan.feature_chunk) == (50_000, 20_000)
     assert "exceeds the budget" in caplog.text
@@ -169,20 +179,13 @@ def test_trans_plans_budget_the_curves_autograd_intermediates():
     # the atlas run (additive Hill, 1,024 cells x 29,999 genes) measured ~4.2 GiB for the step
     assert per["additive_hill"] / 1024**3 > 4.2
     plain = plan_fit(
-        30_000,
-        30_000,
-        density=0.15,
-        max_memory_gb=16,
-        n_steps=300,
-        **{k: v for k, v in kw.items() if k not in ("density", "n_steps")},
+        30_000, 30_000, _cfg(n_steps=300, max_memory_gb=16), density=0.15, noise_width=9
     )
     curved = plan_fit(
         30_000,
         30_000,
+        _cfg(n_steps=300, max_memory_gb=16),
         density=0.15,
-        max_memory_gb=16,
-        n_steps=300,
-        n_samples=100,
         noise_width=9,
         bytes_per_entry=TRANS_BYTES_PER_ENTRY["additive_hill"],
     )

@@ -8,7 +8,7 @@ import pyro
 import pytest
 import torch
 
-from dream_sc.models.chunked import ChunkedFit
+from dream_sc.engine.chunks import ChunkedFit
 from dream_sc.models.curves import evaluate_curve, gaussian_powers, hill_fraction
 from dream_sc.models.guide import (
     MeanFieldGuide,

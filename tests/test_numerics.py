@@ -13,7 +13,7 @@ import pytest
 from scipy import sparse
 
 import dream_sc as ds
-from dream_sc.models.inference import NonFiniteLossError
+from dream_sc.engine.svi import NonFiniteLossError
 from test_bad_input import snapshot
 
 STEPS = {"technical": 40, "cis": 60, "trans": 20}

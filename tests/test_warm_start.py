@@ -11,7 +11,7 @@ import torch
 from pyro import poutine
 
 import dream_sc as ds
-from dream_sc.models import cis as C
+from dream_sc.models import cis_laplace as CL
 from dream_sc.models import warm_start as W
 from dream_sc.models.trans import TransPriors
 
@@ -166,7 +166,7 @@ def _fit_cis(mdata, warm: bool, n_steps: int):
 
 def test_laplace_start_sits_at_the_mode_with_the_inverse_hessian(prepared):
     data_holder = {}
-    original = C.laplace_start
+    original = CL.laplace_start
 
     def capture(guide, model, seed, device):
         ok = original(guide, model, seed, device)
@@ -180,13 +180,13 @@ def test_laplace_start_sits_at_the_mode_with_the_inverse_hessian(prepared):
         )
         return ok
 
-    C.laplace_start = capture
+    CL.laplace_start = capture
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds.tl.fit_cis(prepared.copy(), cis_feature="GFI1B", n_steps=5, progress=False)
     finally:
-        C.laplace_start = original
+        CL.laplace_start = original
     assert data_holder["ok"]
     guide, model = data_holder["guide"], data_holder["model"]
     n = model.n_cells
@@ -209,7 +209,7 @@ def test_laplace_start_sits_at_the_mode_with_the_inverse_hessian(prepared):
 
 def test_laplace_start_falls_back_when_the_curvature_is_unusable(prepared, monkeypatch):
     calls = {}
-    original = C.laplace_start
+    original = CL.laplace_start
 
     def broken(guide, model, seed, device):
         before = guide.loc.detach().clone()
@@ -219,7 +219,7 @@ def test_laplace_start_falls_back_when_the_curvature_is_unusable(prepared, monke
         calls["ok"], calls["unchanged"] = ok, torch.equal(before, guide.loc.detach())
         return ok
 
-    monkeypatch.setattr(C, "laplace_start", broken)
+    monkeypatch.setattr(CL, "laplace_start", broken)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.tl.fit_cis(prepared.copy(), cis_feature="GFI1B", n_steps=5, progress=False)
@@ -275,7 +275,7 @@ def test_laplace_start_does_not_depend_on_the_thread_count():
         warnings.simplefilter("ignore")
         ds.tl.fit_technical(mdata, n_steps=100, seed=0, progress=False)
     found = []
-    original = C.laplace_start
+    original = CL.laplace_start
 
     def capture(guide, model, seed, device):
         ok = original(guide, model, seed, device)
@@ -283,7 +283,7 @@ def test_laplace_start_does_not_depend_on_the_thread_count():
         return ok
 
     threads = torch.get_num_threads()
-    C.laplace_start = capture
+    CL.laplace_start = capture
     try:
         for n_threads in (1, 2):
             torch.set_num_threads(n_threads)
@@ -291,7 +291,7 @@ def test_laplace_start_does_not_depend_on_the_thread_count():
                 warnings.simplefilter("ignore")
                 ds.tl.fit_cis(mdata.copy(), cis_feature="GFI1B", n_steps=1, progress=False)
     finally:
-        C.laplace_start = original
+        CL.laplace_start = original
         torch.set_num_threads(threads)
     (ok1, mode1), (ok2, mode2) = found
     assert ok1 and ok2

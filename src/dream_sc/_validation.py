@@ -137,33 +137,30 @@ def check_technical_groups(labels: pd.Series, control_mask: np.ndarray, technica
         )
 
 
-def check_fit_settings(
-    *,
-    n_steps: object = 1,
-    lr: object = 1.0,
-    batch_size: object = None,
-    feature_chunk: object = None,
-    n_samples: object = None,
-) -> None:
-    """Optimisation settings: positive integers (``None`` = automatic) and a positive ``lr``."""
+def check_fit_settings(**values: object) -> None:
+    """Check optimisation settings given by name.
+
+    ``n_steps`` a positive integer, ``lr`` a positive finite number, ``batch_size`` /
+    ``feature_chunk`` / ``n_samples`` positive integers or ``None`` (automatic). Settings not
+    given (or ``None``: the step's default) are not checked.
+    """
 
     def is_int(value: object) -> bool:
         return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
 
-    if not is_int(n_steps) or n_steps < 1:
+    n_steps = values.get("n_steps")
+    if n_steps is not None and (not is_int(n_steps) or n_steps < 1):
         raise ValueError(f"n_steps must be a positive integer; got {n_steps!r}.")
-    if (
+    lr = values.get("lr")
+    if lr is not None and (
         isinstance(lr, bool)
         or not isinstance(lr, int | float | np.number)
         or not lr > 0
         or not np.isfinite(lr)
     ):
         raise ValueError(f"lr must be a positive finite number; got {lr!r}.")
-    for name, value in (
-        ("batch_size", batch_size),
-        ("feature_chunk", feature_chunk),
-        ("n_samples", n_samples),
-    ):
+    for name in ("batch_size", "feature_chunk", "n_samples"):
+        value = values.get(name)
         if value is not None and (not is_int(value) or value < 1):
             raise ValueError(
                 f"{name} must be a positive integer or None (automatic); got {value!r}."

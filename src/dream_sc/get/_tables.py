@@ -11,7 +11,7 @@ from mudata import MuData
 
 from .._stores.cis import CIS_STATS, read_cis, read_cis_dose
 from .._stores.trans import read_curves, read_trans, read_trans_posterior, read_trans_priors
-from ..models.chunked import stable_keys
+from ..models.batching import stable_keys
 from ..models.curves import evaluate_curve
 from ..models.families import get_family
 from ..models.trans import natural_params

@@ -40,21 +40,18 @@ Three choices make the guide-level posterior honest:
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
-from pyro.distributions import constraints
-from pyro.infer.autoguide import AutoMultivariateNormal, init_to_value
-from torch.distributions import transform_to
 
-from .chunked import StepRows
-from .inference import FitResult, run_svi
 from .likelihoods import _lgamma_ratio
+
+if TYPE_CHECKING:
+    from ..engine.svi import FitResult
 
 LN2 = float(np.log(2.0))
 #: Prior sd of log2 x_ntc around the technical baseline of the cis gene.
@@ -152,7 +149,7 @@ def cell_log_marginal(
     return torch.logsumexp(ll + log_w, dim=-1)
 
 
-class _CisModel:
+class CisModel:
     """The Pyro model of one cis fit, with the tensors it needs."""
 
     def __init__(
@@ -239,6 +236,7 @@ class _CisModel:
         return mu, sigma
 
     def __call__(self, batch: dict) -> None:
+        """The Pyro model of one batch (cells ``batch["cell_index"]``)."""
         v = self.sample_guide_level()
         d = self.derived(v)
         idx = batch["cell_index"]
@@ -250,7 +248,8 @@ class _CisModel:
         pyro.factor("obs", torch.nan_to_num(total, nan=-torch.inf))
 
 
-def _initial_values(data: CisData, model: _CisModel) -> dict[str, torch.Tensor]:
+def initial_values(data: CisData, model: CisModel) -> dict[str, torch.Tensor]:
+    """Starting values of every guide-level site, from moment estimates of the guide effects."""
     b0 = _initial_effects(data)
     is_cis = np.asarray(data.is_cis_guide, dtype=bool)
     m0 = float(np.mean(b0[is_cis])) if model.n_cis else 0.0
@@ -273,201 +272,22 @@ def _initial_values(data: CisData, model: _CisModel) -> dict[str, torch.Tensor]:
     return values
 
 
-def laplace_start(
-    guide: AutoMultivariateNormal, model: _CisModel, seed: int, device: torch.device
-) -> bool:
-    """Move the guide to the Laplace approximation of the posterior (mode and curvature).
+def guide_effect_prior_draws(priors: dict, n_draws: int, seed: int = 0) -> np.ndarray:
+    """Draws of the marginal prior of a targeting guide's effect (log2 fold change).
 
-    The posterior mode of the guide-level values is found by L-BFGS, polished by a few damped
-    Newton steps, on the full-data log joint (the cells' dosages integrated out as in the fit;
-    at most :data:`LAPLACE_MAX_CELLS` cells, a seeded subsample beyond), and the guide's
-    covariance is set to the inverse Hessian there.
-    SVI from this start only has to correct the shape of the posterior: the spread of the
-    cells' dosages and the within-cell dispersion trade off along a long, flat ridge that SVI
-    from a small sphere walks along for thousands of steps (``log sigma`` still moving after
-    3,000 steps on the bundled example), while L-BFGS reaches its end in a few dozen
-    iterations. Returns ``False`` (guide untouched) when the mode or the curvature is not
-    usable (non-finite, or a Hessian that is not positive definite).
+    ``target_mean + exp(log target_scale) * guide_z`` with the hyperpriors of a cis run record
+    (``uns[key]["priors"]``): the effect prior has no closed form.
     """
-    n_cells = model.n_cells
-    if n_cells > LAPLACE_MAX_CELLS:
-        rng = np.random.Generator(np.random.PCG64([int(seed), 11]))
-        rows = np.sort(rng.choice(n_cells, LAPLACE_MAX_CELLS, replace=False))
-    else:
-        rows = np.arange(n_cells)
-    batch = {"cell_index": torch.as_tensor(rows, device=device), "n_cells": n_cells}
-    # float64: the ridge is so flat that float32 rounding (which varies with the thread count)
-    # moves the mode along it and can make the Hessian indefinite
-    model64 = _CisModel(model.data, device, dtype=torch.float64)
-
-    def neg_log_joint(z: torch.Tensor) -> torch.Tensor:
-        values = {site["name"]: value for site, value in guide._unpack_latent(z)}
-        trace = poutine.trace(poutine.condition(model64, data=values)).get_trace(batch)
-        return -trace.log_prob_sum() / n_cells
-
-    z = guide.loc.detach().double().clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS(
-        [z], lr=1.0, max_iter=LAPLACE_ITERATIONS, line_search_fn="strong_wolfe"
-    )
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = neg_log_joint(z)
-        loss.backward()
-        return loss
-
-    try:
-        optimizer.step(closure)
-        mode, hessian = _newton_polish(neg_log_joint, z.detach())
-        cov = torch.linalg.inv(hessian * n_cells)
-        chol = torch.linalg.cholesky(0.5 * (cov + cov.T))
-    except (RuntimeError, ValueError):  # torch.linalg errors are RuntimeErrors
-        return False
-    if not (torch.isfinite(mode).all() and torch.isfinite(chol).all()):
-        return False
-    sd = torch.diagonal(chol).float()
-    unit = (chol / torch.diagonal(chol)[:, None]).float()
-    store = pyro.get_param_store()
-    with torch.no_grad():
-        for name, value, constraint in (
-            ("loc", mode, constraints.real),
-            ("scale", sd, AutoMultivariateNormal.scale_constraint),
-            ("scale_tril", unit, AutoMultivariateNormal.scale_tril_constraint),
-        ):
-            param = store.get_param(f"{guide._pyro_name}.{name}").unconstrained()
-            param.copy_(transform_to(constraint).inv(value.to(param.device)))
-    return True
+    rng = np.random.default_rng(seed)
+    m, tau, z = priors["target_mean"], priors["target_scale"], priors["guide_z"]
+    return rng.normal(m["loc"], m["scale"], n_draws) + np.exp(
+        rng.normal(tau["loc"], tau["scale"], n_draws)
+    ) * (z["loc"] + z["scale"] * rng.standard_t(z["df"], n_draws))
 
 
-def _newton_polish(objective, z: torch.Tensor, n_iter: int = LAPLACE_NEWTON_STEPS):
-    """Damped chord-Newton steps from ``z`` (L-BFGS stops short on the flat ridge).
-
-    The Hessian is computed once at the start and reused by every step (each step then costs
-    one gradient), and once more at the end. Returns the mode and the (symmetrised, float64)
-    Hessian of ``objective`` there.
-    """
-
-    def hessian_at(point: torch.Tensor) -> torch.Tensor:
-        h = torch.autograd.functional.hessian(objective, point).double()
-        return 0.5 * (h + h.T)
-
-    hessian = hessian_at(z)
-    value = float(objective(z))
-    for _ in range(n_iter):
-        zz = z.clone().requires_grad_(True)
-        grad = torch.autograd.grad(objective(zz), zz)[0].double()
-        step = torch.linalg.solve(hessian, grad).to(z.dtype)
-        for damping in (1.0, 0.5, 0.25, 0.125):
-            trial = z - damping * step
-            trial_value = float(objective(trial))
-            if trial_value <= value:
-                z, value = trial, trial_value
-                break
-        else:
-            break
-    return z, hessian_at(z)
-
-
-def _draw_sites(guide: AutoMultivariateNormal, model: _CisModel, batch: dict, n: int, seed: int):
-    """``n`` joint posterior draws of every guide-level site (numpy generator, reproducible)."""
-    posterior = guide.get_posterior()
-    loc = posterior.loc.detach().cpu().numpy()
-    tril = posterior.scale_tril.detach().cpu().numpy()
-    rng = np.random.Generator(np.random.PCG64([seed, 7]))
-    flat = loc + rng.standard_normal((n, len(loc))) @ tril.T
-    prototype = poutine.trace(poutine.block(model, hide=["obs"])).get_trace(batch)
-    draws, offset = {}, 0
-    median = guide.median()
-    for name, site in prototype.nodes.items():
-        if site["type"] != "sample" or name not in median:
-            continue
-        shape = tuple(site["value"].shape)
-        size = int(np.prod(shape))
-        draws[name] = flat[:, offset : offset + size].reshape((n, *shape))
-        # the latent vector is laid out in model order: check it against the guide's median
-        expected = median[name].detach().cpu().numpy()
-        if not np.allclose(loc[offset : offset + size].reshape(shape), expected):
-            raise RuntimeError(f"Unexpected latent layout of the cis guide at site {name!r}.")
-        offset += size
-    if offset != len(loc):
-        raise RuntimeError("Unexpected latent layout of the cis guide.")
-    return draws
-
-
-def fit_cis_model(
-    data: CisData,
-    *,
-    n_steps: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    device: torch.device,
-    progress: bool,
-    n_draws: int = 2000,
-    checkpoint: str | None = None,
-    checkpoint_every: int | None = None,
-    laplace: bool = True,
-    fingerprint: dict | None = None,
-    checkpoint_mismatch: str = "raise",
-) -> CisPosterior:
-    """Fit the guide-level cis model by SVI and return joint posterior draws of every site.
-
-    With ``laplace`` the variational posterior starts at the Laplace approximation
-    (:func:`laplace_start`) instead of a small sphere around the moment estimates.
-    ``fingerprint`` / ``checkpoint_mismatch``: see :func:`~dream_sc.models.inference.run_svi`.
-    """
-    pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
-    n_cells = data.assignment.shape[0]
-    model = _CisModel(data, device)
-
-    step_rows = StepRows(seed, n_cells, batch_size, None, device)
-
-    def make_batch(step: int) -> dict:
-        return {"cell_index": step_rows(step), "n_cells": n_cells}
-
-    guide = AutoMultivariateNormal(
-        model, init_loc_fn=init_to_value(values=_initial_values(data, model)), init_scale=0.05
-    )
-    guide(make_batch(0))  # creates the variational parameters
-    if laplace and not laplace_start(guide, model, seed, device):
-        warnings.warn(
-            "The Laplace start of the cis fit failed (no usable curvature at the mode); the fit "
-            f"starts from the moment estimates instead, which needs more steps than {n_steps}: "
-            "check the cis fit's convergence or pass n_steps=1500.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-    def parameters() -> list[torch.Tensor]:
-        store = pyro.get_param_store()
-        return [store.get_param(name).unconstrained() for name in sorted(store.keys())]
-
-    fit = run_svi(
-        model,
-        guide,
-        parameters,
-        make_batch,
-        n_steps=n_steps,
-        lr=lr,
-        progress=progress,
-        description="cis",
-        loss_scale=float(n_cells),
-        context=" in the cis fit",
-        checkpoint=None if checkpoint is None else f"{checkpoint}.cis.pt",
-        checkpoint_every=checkpoint_every,
-        fingerprint=fingerprint,
-        checkpoint_mismatch=checkpoint_mismatch,
-    )
-    with torch.no_grad():
-        draws = _draw_sites(guide, model, make_batch(0), n_draws, seed)
-        as_t = {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in draws.items()}
-        derived = model.derived(as_t)
-    draws["guide_effect_all"] = derived["b"].cpu().numpy().astype(np.float64)
-    draws["tech_effect_all"] = derived["delta"].cpu().numpy()
-    draws["log_r_within"] = derived["log_r"].cpu().numpy()
-    pyro.clear_param_store()
-    priors = {
+def cis_priors(model: CisModel) -> dict:
+    """The priors of a cis fit, as its run record holds them (``uns[key]["priors"]``)."""
+    return {
         "log2_x_ntc": {"dist": "normal", "loc": model.x0, "scale": X_NTC_PRIOR_SD},
         "target_mean": {"dist": "normal", "loc": 0.0, "scale": 2.0},
         "target_scale": {"dist": "lognormal", "loc": 0.0, "scale": 0.75},
@@ -495,71 +315,3 @@ def fit_cis_model(
             "scale": TECHNICAL_EFFECT_PRIOR_SD,
         },
     }
-    return CisPosterior(draws, fit, priors)
-
-
-def guide_effect_prior_draws(priors: dict, n_draws: int, seed: int = 0) -> np.ndarray:
-    """Draws of the marginal prior of a targeting guide's effect (log2 fold change).
-
-    ``target_mean + exp(log target_scale) * guide_z`` with the hyperpriors of a cis run record
-    (``uns[key]["priors"]``): the effect prior has no closed form.
-    """
-    rng = np.random.default_rng(seed)
-    m, tau, z = priors["target_mean"], priors["target_scale"], priors["guide_z"]
-    return rng.normal(m["loc"], m["scale"], n_draws) + np.exp(
-        rng.normal(tau["loc"], tau["scale"], n_draws)
-    ) * (z["loc"] + z["scale"] * rng.standard_t(z["df"], n_draws))
-
-
-def _nb_grid_kernel(y: torch.Tensor, eta: torch.Tensor, log_r: torch.Tensor) -> torch.Tensor:
-    """:func:`nb_log_pmf` without its ``lgamma`` terms (constant along a cell's dosage grid).
-
-    They depend on the cell's count and the dispersion but not on its dosage, so they cancel
-    when a cell's grid weights are normalised; they were most of the cost of the per-cell draws.
-    """
-    x = eta - log_r
-    sp = torch.nn.functional.softplus(x)
-    return y * x - (y + log_r.exp()) * sp
-
-
-def sample_cell_dosage(
-    data: CisData, post: CisPosterior, n_samples: int, seed: int, device: torch.device
-) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior samples of every cell's log2 dosage ``[N, n_samples]`` and the draws used.
-
-    The second value holds the rows of ``post.draws`` behind the columns. Sample ``s`` uses
-    joint draw ``s`` of the guide-level values, so one column is one coherent posterior world
-    (guides' shared uncertainty included); within it a cell's dosage is drawn exactly from its
-    grid posterior ``Normal(mu_i, sigma_i) x NB(y_i | ...)``. Cells are processed in chunks of
-    :data:`CELL_CHUNK` so memory stays bounded at atlas size.
-    """
-    model = _CisModel(data, device)
-    x_ntc, b = post.draws["log2_x_ntc"], post.draws["guide_effect_all"]
-    n_draws = len(x_ntc)
-    rng = np.random.Generator(np.random.PCG64([seed, 11]))
-    picks = rng.choice(n_draws, size=n_samples, replace=n_samples > n_draws)
-    u = torch.linspace(-GRID_HALF_WIDTH, GRID_HALF_WIDTH, GRID_POINTS, dtype=torch.float32)
-    h = float(u[1] - u[0])
-    u = u.to(device)
-    log_prior = -0.5 * u**2
-    out = np.empty((model.n_cells, n_samples), dtype=np.float32)
-    sigma2 = np.exp(2 * post.draws["guide_log_sigma"])
-    t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
-    with torch.no_grad():
-        for j, s in enumerate(picks):
-            d = {"b": t(b[s]), "sigma2": t(sigma2[s])}
-            delta = t(post.draws["tech_effect_all"][s])
-            log_r = t(post.draws["log_r_within"][s])
-            uniforms = t(rng.random((2, model.n_cells)))
-            for lo in range(0, model.n_cells, CELL_CHUNK):
-                idx = torch.arange(lo, min(lo + CELL_CHUNK, model.n_cells), device=device)
-                mu, sigma = model.cell_prior({"log2_x_ntc": t(x_ntc[s])}, d, idx)
-                log2_x = mu[:, None] + sigma[:, None] * u  # [chunk, P]
-                eta = model.log_sf[idx, None] + delta[model.group[idx], None] + LN2 * log2_x
-                logw = log_prior + _nb_grid_kernel(model.y[idx, None], eta, log_r)
-                cdf = torch.cumsum(torch.softmax(logw, dim=-1), dim=-1)
-                k = torch.searchsorted(cdf, uniforms[0, idx, None]).squeeze(-1)
-                k = k.clamp(max=GRID_POINTS - 1)
-                value = mu + sigma * (u[k] + (uniforms[1, idx] - 0.5) * h)
-                out[lo : lo + len(idx), j] = value.cpu().numpy()
-    return out, picks

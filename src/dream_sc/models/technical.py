@@ -19,7 +19,7 @@ import pyro.distributions as dist
 import torch
 
 from .._lazy import concat_blocks, feature_blockwise
-from .chunked import ChunkProblem, StepRows
+from .batching import ChunkProblem, StepRows
 from .families import CONCENTRATION_RANGE, get_family
 from .families.binomial import betabinomial_moments
 from .families.multinomial import dirichletmultinomial_moments
@@ -188,9 +188,7 @@ def technical_problem(
     group: torch.Tensor,
     n_groups: int,
     log_sf: torch.Tensor | None,
-    batch_size: int,
-    seed: int,
-    order: np.ndarray | None = None,
+    rows: StepRows,
 ) -> ChunkProblem:
     """The Pyro model and latent sites of the technical fit for one feature chunk.
 
@@ -208,10 +206,8 @@ def technical_problem(
         Number of technical groups.
     log_sf
         log size factors (negbinom) or ``None``.
-    batch_size
-        Cells per SVI step.
-    seed
-        Run seed (minibatches).
+    rows
+        Minibatch rows of every step (a :class:`~dream_sc.models.batching.StepRows`).
     """
     family = obs.family
     n_cells, n_feat = obs.n_cells, len(features)
@@ -254,9 +250,7 @@ def technical_problem(
         ll = obs.log_likelihood(eta, rows, **kwargs)
         pyro.factor("obs", ll * (n_cells / len(rows)))
 
-    step_rows = StepRows(seed, n_cells, batch_size, order, device)
-
     def make_batch(step: int) -> dict:
-        return {"rows": step_rows(step), "n_cells": n_cells}
+        return {"rows": rows(step), "n_cells": n_cells}
 
     return ChunkProblem(model, sites, make_batch, loss_scale=float(n_cells))

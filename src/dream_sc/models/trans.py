@@ -31,7 +31,7 @@ import numpy as np
 import pyro
 import torch
 
-from .chunked import ChunkProblem, StepRows
+from .batching import ChunkProblem, StepRows
 from .curves import get_curve
 from .curves._priors import (
     ETA_REF_PRIOR_SD,
@@ -247,9 +247,7 @@ def trans_problem(
     *,
     effects: np.ndarray,
     noise: dict[str, np.ndarray],
-    batch_size: int,
-    seed: int,
-    device: torch.device,
+    rows: StepRows,
     init: Mapping[str, np.ndarray] | None = None,
 ) -> ChunkProblem:
     """Pyro model and sites of the trans fit for one feature chunk.
@@ -270,12 +268,14 @@ def trans_problem(
         Technical effects of the chunk's features ``[T_chunk, C]`` (reference column 0).
     noise
         Fixed noise parameters of the chunk (``log_r`` / ``log_sigma`` / ``log_nu``).
-    batch_size, seed, device
-        Minibatching and randomness.
+    rows
+        Minibatch rows of every step (a :class:`~dream_sc.models.batching.StepRows`, on the
+        fit's device).
     init
         Warm start of the chunk's sites (default: the priors' centres).
     """
     n_cells, n_feat = obs.n_cells, len(features)
+    device = rows.device
     cells = inputs.on_device(effects, noise, device)
     delta, group, log_sf, noise_t = cells.delta, cells.group, cells.log_sf, cells.noise
     log_x_all, log_x_var_all = cells.log_x, cells.log_x_var
@@ -316,10 +316,8 @@ def trans_problem(
         ll = obs.log_likelihood(eta, rows, **noise_t)
         pyro.factor("obs", ll * (n_cells / len(rows)))
 
-    step_rows = StepRows(seed, n_cells, batch_size, inputs.order, device)
-
     def make_batch(step: int) -> dict:
-        return {"rows": step_rows(step), "n_cells": n_cells}
+        return {"rows": rows(step), "n_cells": n_cells}
 
     return ChunkProblem(
         model,

@@ -14,7 +14,7 @@ from ._docs import PANEL_SIZE, RETURN_FIG, SHOW, doc_params
 from ._fits import Fit, find_fits
 from ._utils import CURVE_COLOR, SHAPE_COLORS, finish, grid_axes
 
-#: Fraction of the trace in each convergence window (as in ``models.inference.smoothed_converged``).
+#: Fraction of the trace in each convergence window (as in ``engine.svi.smoothed_converged``).
 WINDOW_FRAC = 0.1
 
 

@@ -1,4 +1,4 @@
-"""Picklable chunk recipes of the technical and trans fits (any backend, see ``_backends``).
+"""Picklable chunk recipes of the technical and trans fits (any backend, see ``engine.backends``).
 
 Each fit's chunks are described by plain data: ``shared`` inputs (cell-level arrays, priors,
 settings) sent once, a per-chunk ``part`` (the chunk's data slice and per-feature inputs) and
@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from .._lazy import materialise, narrow
-from ..models.chunked import ChunkProblem, ChunkRecipe
+from ..engine.chunks import ChunkRecipe
+from ..engine.config import FitConfig
+from ..models.batching import ChunkProblem, StepRows
 from ..models.observation import ObservationData
 from ..models.technical import TechnicalInit, technical_problem
 from ..models.trans import TransInputs, TransPriors, trans_problem
@@ -65,8 +67,6 @@ class TransShared:
     function: str
     priors: TransPriors
     inputs: TransInputs
-    batch_size: int
-    seed: int
 
 
 @dataclass
@@ -80,19 +80,19 @@ class TransPart:
     init: dict[str, np.ndarray] | None = None  # warm start of the chunk's sites
 
 
-def build_trans_chunk(shared: TransShared, part: TransPart, device: torch.device) -> ChunkProblem:
+def build_trans_chunk(shared: TransShared, part: TransPart, config: FitConfig) -> ChunkProblem:
     """The trans problem of one chunk (runs where the chunk runs)."""
+    obs = part.data.on_device(config.device)
+    rows = StepRows(config.seed, obs.n_cells, config.batch_size, shared.inputs.order, config.device)
     return trans_problem(
-        part.data.on_device(device),
+        obs,
         shared.function,
         shared.priors,
         part.features,
         shared.inputs,
         effects=part.effects,
         noise=part.noise,
-        batch_size=shared.batch_size,
-        seed=shared.seed,
-        device=device,
+        rows=rows,
         init=part.init,
     )
 
@@ -115,7 +115,7 @@ def trans_recipe(
             None if init is None else {k: v[idx] for k, v in init.items()},
         )
 
-    shared = TransShared(job.function, priors, inputs, job.batch_size, job.seed)
+    shared = TransShared(job.function, priors, inputs)
     return ChunkRecipe(build_trans_chunk, shared, part, np.asarray(job.data.var_names[job.fitted]))
 
 
@@ -130,8 +130,6 @@ class TechnicalShared:
     codes: np.ndarray  # [N] technical group of every fitted cell
     n_groups: int
     sum_factor: np.ndarray | None  # [N] negbinom
-    batch_size: int
-    seed: int
     order: np.ndarray
 
 
@@ -144,12 +142,13 @@ class TechnicalPart:
 
 
 def build_technical_chunk(
-    shared: TechnicalShared, part: TechnicalPart, device: torch.device
+    shared: TechnicalShared, part: TechnicalPart, config: FitConfig
 ) -> ChunkProblem:
     """The technical problem of one chunk (runs where the chunk runs)."""
-    sf = shared.sum_factor
+    sf, device = shared.sum_factor, config.device
+    obs = part.data.on_device(device)
     return technical_problem(
-        part.data.on_device(device),
+        obs,
         shared.init,
         part.features,
         group=torch.as_tensor(shared.codes, device=device),
@@ -157,9 +156,7 @@ def build_technical_chunk(
         log_sf=None
         if sf is None
         else torch.as_tensor(np.log(sf), dtype=torch.float32, device=device),
-        batch_size=shared.batch_size,
-        seed=shared.seed,
-        order=shared.order,
+        rows=StepRows(config.seed, obs.n_cells, config.batch_size, shared.order, device),
     )
 
 
@@ -170,12 +167,10 @@ def technical_recipe(
     n_groups: int,
     sum_factor: np.ndarray | None,
     *,
-    batch_size: int,
-    seed: int,
     order: np.ndarray,
 ) -> ChunkRecipe:
     """Recipe of a technical fit of the modality ``data``."""
-    shared = TechnicalShared(init, codes, n_groups, sum_factor, batch_size, seed, order)
+    shared = TechnicalShared(init, codes, n_groups, sum_factor, order)
     return ChunkRecipe(
         build_technical_chunk,
         shared,

@@ -17,12 +17,14 @@ from .. import _validation as V
 from .._cells import check_guide_columns, sum_factor_values, technical_groups
 from .._checkpoints import check_mismatch
 from .._data import modality_data
-from .._settings import settings
 from .._storage import write_cis
-from ..models.cis import LN2, CisData, fit_cis_model, sample_cell_dosage
+from ..engine.cis import fit_cis_model
+from ..engine.config import FitConfig
+from ..engine.svi import check_svi_checkpoint
+from ..models.cis import LN2, CisData
+from ..models.cis_dosage import sample_cell_dosage
 from ..models.families import get_family
-from ..models.inference import check_svi_checkpoint
-from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
+from ._common import clean_params, versions
 from ._fingerprints import cis_fingerprint
 from ._technical import load_technical
 
@@ -180,8 +182,8 @@ def fit_cis(
     layer: str | None = None,
     guide_assignment_key: str = "guide_assignment",
     guide_targets: Mapping[str, str] | pd.Series | None = None,
-    n_steps: int = 300,
-    lr: float = 0.05,
+    n_steps: int | None = None,
+    lr: float | None = None,
     batch_size: int | None = None,
     n_samples: int | None = None,
     warm_start: bool = True,
@@ -223,12 +225,13 @@ def fit_cis(
     guide_assignment_key, guide_targets
         High MOI: ``obsm`` cells x guides table and the guide -> target mapping.
     n_steps, lr, batch_size
-        SVI settings.
+        SVI settings (``None``: 300 steps at 0.05, the cis row of
+        :data:`~dream_sc.engine.config.STEP_DEFAULTS`; all cells in one batch up to 50,000).
     n_samples
         Posterior dosage samples kept per cell (default ``settings.n_samples``).
     warm_start
         Start SVI at the Laplace approximation of the guide-level posterior (mode by L-BFGS,
-        covariance from the Hessian; see :func:`dream_sc.models.cis.laplace_start`) instead of
+        covariance from the Hessian; see :func:`dream_sc.models.cis_laplace.laplace_start`) instead of
         a small sphere around moment estimates: the default 300 steps then end where thousands
         of cold-start steps would.
     seed, device, progress
@@ -319,9 +322,18 @@ def fit_cis(
     else:
         guides = _low_moi_guides(obs, rows, guide_key, target_key, cis_target)
     A, guide_names, is_cis, guide_target = guides
-    n_samples = int(n_samples or settings.n_samples)
-    seed = resolve_seed(seed, checkpoint)
-    dev = resolve_device(device)
+    config = FitConfig.resolve(
+        "cis",
+        seed=seed,
+        n_steps=n_steps,
+        lr=lr,
+        batch_size=batch_size,
+        n_samples=n_samples,
+        device=device,
+        progress=progress,
+        checkpoint=checkpoint,
+        checkpoint_mismatch=checkpoint_mismatch,
+    )
     codes = groups.codes[rows]
     cis_data = CisData(
         y=y.astype(np.float64),
@@ -333,38 +345,30 @@ def fit_cis(
         log_r=float(-tech.log_phi[col]),
         log2_x_ntc_prior=float(tech.baseline[col] / LN2),
     )
-    batch = batch_size or min(len(rows), 50_000)
+    config = config.with_plan(batch_size or min(len(rows), 50_000))
     fingerprint = None
     if checkpoint is not None:  # checked before any work (the Laplace start is work)
         fingerprint = cis_fingerprint(
-            cis_data, obs.index[rows], guide_names, batch_size=batch, warm_start=warm_start
+            cis_data,
+            obs.index[rows],
+            guide_names,
+            config=config,
+            warm_start=warm_start,
         )
-        fingerprint["seed"] = int(seed)
-        check_svi_checkpoint(f"{checkpoint}.cis.pt", fingerprint, n_steps, lr, checkpoint_mismatch)
+        fingerprint["seed"] = int(config.seed)
+        check_svi_checkpoint(f"{checkpoint}.cis.pt", fingerprint, config)
     start = time.perf_counter()
     logger.info("fit_cis: %s, %d cells, %d guides", cis_feature, len(rows), len(guide_names))
-    post = fit_cis_model(
-        cis_data,
-        n_steps=n_steps,
-        lr=lr,
-        batch_size=batch,
-        seed=seed,
-        device=dev,
-        progress=resolve_progress(progress),
-        checkpoint=checkpoint,
-        checkpoint_every=settings.checkpoint_every,
-        laplace=warm_start,
-        fingerprint=fingerprint,
-        checkpoint_mismatch=checkpoint_mismatch,
-    )
+    post = fit_cis_model(cis_data, config, laplace=warm_start, fingerprint=fingerprint)
     seconds = time.perf_counter() - start
     if not post.fit.converged:
         warnings.warn(
-            f"fit_cis for {cis_feature!r} did not converge in {n_steps} steps; increase `n_steps`.",
+            f"fit_cis for {cis_feature!r} did not converge in {config.n_steps} steps; increase `n_steps`.",
             stacklevel=2,
         )
     # per-cell dosage: n_samples joint posterior worlds (column s = guide-level draw s)
-    log2_samples, picks = sample_cell_dosage(cis_data, post, n_samples, seed, dev)
+    n_samples = config.n_samples
+    log2_samples, picks = sample_cell_dosage(cis_data, post, n_samples, config.seed, config.device)
     samples = np.exp2(log2_samples)
     mean, sd = samples.mean(1), samples.std(1)
     cell_q05, cell_q95 = np.quantile(samples, [0.05, 0.95], axis=1)
@@ -380,7 +384,7 @@ def fit_cis(
         )
     dose_lo = float(guides["dose_mean"].min())
     dose_hi = float(guides["dose_mean"].max())
-    params.update(seed=seed, device=str(dev), n_samples=n_samples, high_moi=high_moi)
+    params.update(config.as_record(), high_moi=high_moi)
     record = {
         "guides": guides,
         "cis_feature": cis_feature,

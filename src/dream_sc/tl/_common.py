@@ -7,43 +7,12 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import pandas as pd
-import torch
 
-from .._checkpoints import recorded_seed
 from .._settings import settings
+from ..engine.config import resolve_device, resolve_seed  # noqa: F401 (re-exported)
 from ..models.trans_summary import Z90
 
 logger = logging.getLogger("dream_sc")
-
-
-def resolve_seed(seed: int | None, checkpoint: str | None = None) -> int:
-    """``seed`` -> ``settings.seed`` -> the seed of ``checkpoint``'s files -> a fresh seed.
-
-    The seed is always returned, to be recorded. A checkpointed run whose seed was drawn resumes
-    with that seed (an interrupted run without ``seed=`` would otherwise be refused as a run
-    with another seed).
-    """
-    if seed is None:
-        seed = settings.seed
-    if seed is None and checkpoint is not None:
-        seed = recorded_seed(checkpoint)
-        if seed is not None:
-            logger.info("resuming with seed %d, recorded in checkpoint %s", seed, checkpoint)
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**31 - 1))
-    return int(seed)
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``"auto"`` picks CUDA when available; ``"cuda"`` without CUDA is an error."""
-    device = device or settings.device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda'; got {device!r}.")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but CUDA is not available; use 'cpu'.")
-    return torch.device(device)
 
 
 def resolve_progress(progress: bool | None) -> bool:

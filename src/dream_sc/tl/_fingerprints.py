@@ -87,7 +87,7 @@ def data_entries(modality: str, data, cell_names) -> dict[str, Any]:
 
 
 def technical_fingerprint(
-    modality: str, data, cell_names, codes, group_names, sum_factor, *, batch_size, overdispersed
+    modality: str, data, cell_names, codes, group_names, sum_factor, *, config, overdispersed
 ) -> dict[str, Any]:
     """Fingerprint of a ``fit_technical`` run (seed, steps, lr, chunks: added by the fit)."""
     return ckpt.fingerprint(
@@ -97,7 +97,7 @@ def technical_fingerprint(
             "the sum factors": ckpt.hashed(sum_factor),
             "the technical groups": ckpt.hashed(codes, list(map(str, group_names))),
             "overdispersed": bool(overdispersed),
-            "batch_size": int(batch_size),
+            "batch_size": int(config.batch_size),
         }
     )
 
@@ -137,12 +137,15 @@ def trans_fingerprint(job, inputs, priors, init, permutation=None) -> dict[str, 
     return ckpt.fingerprint(**entries)
 
 
-def cis_fingerprint(data, cell_names, guide_names, *, batch_size, warm_start) -> dict[str, Any]:
-    """Fingerprint of a ``fit_cis`` run (``CisData``; seed added here, steps and lr by SVI)."""
+def cis_fingerprint(data, cell_names, guide_names, *, config, warm_start) -> dict[str, Any]:
+    """Fingerprint of a ``fit_cis`` run (``CisData``; seed added here, steps and lr by SVI).
+
+    ``config``: the fit's :class:`~dream_sc.engine.config.FitConfig` (its batch size).
+    """
     return ckpt.fingerprint(
         **{
             "dream_sc version": package_version(),
-            "batch_size": int(batch_size),
+            "batch_size": int(config.batch_size),
             "warm_start": bool(warm_start),
             "the cell names and order": ckpt.hashed(np.asarray(cell_names, dtype=str)),
             "the counts of the cis feature": ckpt.hashed(data.y),

@@ -13,8 +13,8 @@ import warnings
 import numpy as np
 from scipy import sparse
 
+from ..engine.memory import feature_chunks
 from ..models.families import get_family
-from ..models.memory import feature_chunks
 from ..models.null import dose_basis, exchangeability, null_model, score_parts, statistics
 from ..models.shared_shift import estimate_shift, remove_shift, shift_profile
 from ..models.significance import permute_within_groups

@@ -24,13 +24,14 @@ from ._common import clean_params, resolve_device, resolve_progress, resolve_see
 from ._screen_checks import (
     FUNCTIONS,
     SCREEN_N_STEPS,
+    STEPS,
     _backend_kwargs,
     _check_kwargs,
     _jsonable,
     _resolve_cis_features,
     _resolve_targets,
-    _step_values,
     _technical_matches,
+    step_settings,
     target_seed,
 )
 from ._screen_parallel import check_n_jobs, default_threads, fit_targets_in_parallel
@@ -55,9 +56,9 @@ def fit_screen(
     control_label: str = "ntc",
     sum_factor_key: str = "sum_factor",
     layer: str | None = None,
-    n_steps: int | Mapping[str, int] | None = None,
-    batch_size: int | None = None,
-    n_samples: int | None = None,
+    n_steps: int | Mapping[str, int | None] | None = None,
+    batch_size: int | Mapping[str, int | None] | None = None,
+    n_samples: int | Mapping[str, int | None] | None = None,
     seed: int | None = None,
     device: str | None = None,
     progress: bool | None = None,
@@ -118,7 +119,9 @@ def fit_screen(
         ``"cis"``, ``"trans"``; ``None`` uses :data:`SCREEN_N_STEPS` (missing / ``None``
         entries: each function's default).
     batch_size, n_samples
-        Passed to every step (``None``: automatic / ``settings.n_samples``).
+        Cells per SVI step and posterior samples: one value for every step, or a dict with
+        keys ``"technical"``, ``"cis"``, ``"trans"`` like ``n_steps`` (``None``: automatic /
+        ``settings.n_samples``; a ``None`` entry: that function's default).
     seed
         Seed of the technical fit and source of the per-target seeds (``None``:
         ``settings.seed``, else a fresh seed; recorded).
@@ -212,11 +215,14 @@ def fit_screen(
         )
     if min_cells:
         trans_kwargs["min_cells"] = int(min_cells)
-    steps = _step_values(n_steps, "n_steps", SCREEN_N_STEPS)
-    for value in steps.values():
-        if value is not None:
-            V.check_fit_settings(n_steps=value)
-    V.check_fit_settings(batch_size=batch_size, n_samples=n_samples)
+    steps = step_settings(
+        {"n_steps": n_steps, "batch_size": batch_size, "n_samples": n_samples},
+        {
+            "n_steps": SCREEN_N_STEPS,
+            "batch_size": dict.fromkeys(STEPS),
+            "n_samples": dict.fromkeys(STEPS, int(settings.n_samples)),
+        },
+    )
     obs = mdata.obs
     check_guide_columns(mdata, guide_key, target_key)
     control = V.check_control(obs, target_key, control_label)
@@ -233,7 +239,6 @@ def fit_screen(
     sf = sum_factor_values(mdata, sum_factor_key)
     V.check_sum_factors(sf[used], sum_factor_key)
     dev = str(resolve_device(device))
-    n_samples = int(n_samples or settings.n_samples)
     cis_keys = {t: target_fit_key(cis_prefix, t) for t in chosen}
     trans_keys = {t: target_fit_key(trans_prefix, t) for t in chosen}
     store = Checkpoint(checkpoint) if checkpoint is not None else None
@@ -244,8 +249,6 @@ def fit_screen(
         "control_label": control_label,
         "sum_factor_key": sum_factor_key,
         "layer": layer,
-        "batch_size": batch_size,
-        "n_samples": n_samples,
         "device": dev,
         "progress": False,
     }
@@ -255,11 +258,10 @@ def fit_screen(
         **common,
         "seed": seed,
         "key_added": technical_key_added,
+        **steps["technical"],
         **technical_kwargs,
         **backend_kw,
     }
-    if steps["technical"] is not None:
-        tech_call["n_steps"] = steps["technical"]
     manifest = _jsonable(manifest_of(seed, clean_params(params)))
     if store is not None:
         open_checkpoint(
@@ -310,6 +312,8 @@ def fit_screen(
             for pieces in before.values():
                 apply(target_mdata, modality, pieces)
         raise
+    if not isinstance(n_samples, Mapping):
+        n_samples = int(n_samples or settings.n_samples)
     params.update(seed=seed, device=dev, n_samples=n_samples, targets=chosen)
     record.update(
         modality=modality,
@@ -471,10 +475,9 @@ def _fit_target(
         **common,
         "seed": seed,
         "key_added": cis_key,
+        **steps["cis"],
         **cis_kwargs,
     }
-    if steps["cis"] is not None:
-        cis_call["n_steps"] = steps["cis"]
     fit_cis(mdata, **cis_call)
     t1 = time.perf_counter()
     trans_call = {
@@ -484,17 +487,14 @@ def _fit_target(
         "technical_key_added": technical_key_added,
         "sum_factor_key": common["sum_factor_key"],
         "layer": common["layer"],
-        "batch_size": common["batch_size"],
-        "n_samples": common["n_samples"],
         "device": common["device"],
         "progress": False,
         "seed": seed,
         "key_added": trans_key,
+        **steps["trans"],
         **trans_kwargs,
         **backend_kw,
     }
-    if steps["trans"] is not None:
-        trans_call["n_steps"] = steps["trans"]
     fit_trans(mdata, **trans_call)
     t2 = time.perf_counter()
     return {"cis_seconds": t1 - t0, "trans_seconds": t2 - t1, "seconds": t2 - t0}

@@ -12,7 +12,9 @@ import pandas as pd
 from mudata import MuData
 
 from .. import _validation as V
+from ..engine.config import STEP_DEFAULTS
 from ..models.curves import CURVE_NAMES
+from ._cis import fit_cis
 from ._common import clean_params
 from ._technical import fit_technical
 from ._trans import fit_trans
@@ -22,36 +24,13 @@ FUNCTIONS = CURVE_NAMES  # the curve registry's names (a live view)
 BACKENDS = ("local", "dask")
 #: Steps of each fit when ``n_steps=None`` (``None`` = that function's own default).
 SCREEN_N_STEPS: dict[str, int | None] = {"technical": None, "cis": None, "trans": None}
-#: Arguments fit_screen sets itself; not allowed in ``*_kwargs``.
-_MANAGED = {
-    "mdata",
-    "modality",
-    "technical_key",
-    "cis_feature",
-    "cis_target",
-    "cis_key",
-    "function",
-    "technical_key_added",
-    "guide_key",
-    "target_key",
-    "control_label",
-    "sum_factor_key",
-    "layer",
-    "n_steps",
-    "batch_size",
-    "n_samples",
-    "seed",
-    "device",
-    "progress",
-    "key_added",
-    "copy",
-    "checkpoint",
-    "checkpoint_mismatch",
-    "backend",
-    "client",
-    "guide_targets",
-    "guide_assignment_key",
-}
+#: Fit settings fit_screen takes per step: one value for all steps or a mapping step -> value.
+PER_STEP = ("n_steps", "batch_size", "n_samples")
+#: Step arguments fit_screen sets for every target itself (or, for high MOI, does not support),
+#: besides the step arguments it takes under the same name (see :func:`managed_arguments`).
+_SET_PER_TARGET = {"mdata", "cis_target", "cis_key", "guide_targets", "guide_assignment_key"}
+#: fit_screen arguments that may be given in ``trans_kwargs`` instead (not both).
+_EITHER = {"features", "min_cells"}
 #: Keys of a stored technical run record compared before reusing it.
 _NOT_COMPARED = {"progress", "copy", "checkpoint", "checkpoint_mismatch", "key_added", "client"}
 
@@ -82,6 +61,41 @@ def _step_values(value: Any, name: str, defaults: Mapping[str, Any]) -> dict[str
     return dict.fromkeys(STEPS, value)
 
 
+def managed_arguments() -> set[str]:
+    """Step arguments fit_screen sets itself, so not allowed in ``*_kwargs``.
+
+    Derived from the signatures: every argument of ``fit_screen`` that a step function takes
+    too (``n_steps``, ``seed``, ``device``, ``layer``, ...), plus what it sets per target.
+    """
+    from ._screen import fit_screen
+
+    step_arguments = set().union(
+        *(inspect.signature(f).parameters for f in (fit_technical, fit_cis, fit_trans))
+    )
+    own = set(inspect.signature(fit_screen).parameters) - _EITHER
+    return (own & step_arguments) | _SET_PER_TARGET
+
+
+def step_settings(values: Mapping[str, Any], defaults: Mapping[str, Mapping[str, Any]]) -> dict:
+    """``{step: {setting: value}}`` of the :data:`PER_STEP` settings given to ``fit_screen``.
+
+    Each value is one value for every step or a mapping step -> value; ``defaults`` fill what
+    is not given (``None`` entries are left to the step function's own default).
+    """
+    per_setting = {name: _step_values(values[name], name, defaults[name]) for name in PER_STEP}
+    for name, by_step in per_setting.items():
+        for value in by_step.values():
+            V.check_fit_settings(**{name: value})
+    return {
+        step: {
+            name: by_step[step]
+            for name, by_step in per_setting.items()
+            if by_step[step] is not None
+        }
+        for step in STEPS
+    }
+
+
 def _check_kwargs(kwargs: Mapping | None, func, name: str) -> dict:
     if kwargs is None:
         return {}
@@ -93,7 +107,7 @@ def _check_kwargs(kwargs: Mapping | None, func, name: str) -> dict:
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise ValueError(f"{name} has argument(s) {unknown} that {func.__name__} does not take.")
-    managed = sorted(set(kwargs) & _MANAGED)
+    managed = sorted(set(kwargs) & managed_arguments())
     if managed:
         raise ValueError(
             f"{name} sets {managed}, which fit_screen manages; pass them to fit_screen itself "
@@ -189,6 +203,9 @@ def _technical_matches(mdata: MuData, modality: str, key: str, call: dict) -> bo
     bound = inspect.signature(fit_technical).bind(mdata, **call)
     bound.apply_defaults()  # arguments left at their defaults must match too
     full = {k: v for k, v in bound.arguments.items() if k != "mdata"}
+    for name, value in STEP_DEFAULTS["technical"].items():  # stored resolved
+        if full.get(name) is None and name != "n_samples":
+            full[name] = value
     wanted = clean_params({k: v for k, v in full.items() if k not in _NOT_COMPARED})
     return all(k in stored and str(stored[k]) == str(v) for k, v in wanted.items())
 

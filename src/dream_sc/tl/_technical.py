@@ -14,17 +14,18 @@ import pandas as pd
 from mudata import MuData
 
 from .. import _validation as V
-from .._backends import resolve_backend  # [dask hunk]
 from .._cells import sum_factor_values, technical_groups
 from .._checkpoints import check_mismatch
 from .._data import modality_data
 from .._registration import is_overdispersed
-from .._settings import settings
 from .._storage import TechnicalFit, write_technical
 from .._storage import read_technical as load_technical
-from ..models.chunked import fit_chunks, name_order, stable_keys
+from ..engine.backends import resolve_backend
+from ..engine.chunks import fit_chunks
+from ..engine.config import FitConfig
+from ..engine.memory import feature_chunks, plan_fit
+from ..models.batching import name_order, stable_keys
 from ..models.families import get_family
-from ..models.memory import feature_chunks, plan_fit
 from ..models.technical import (
     CONCENTRATION_RANGE,
     LOG_CONC_PRIOR_SD,
@@ -35,9 +36,6 @@ from ._common import (
     clean_params,
     frame,
     normal_summary,
-    resolve_device,
-    resolve_progress,
-    resolve_seed,
     versions,
 )
 from ._fingerprints import technical_fingerprint
@@ -59,8 +57,8 @@ def fit_technical(
     layer: str | None = None,
     reference_group: str | None = None,
     use_all_cells: bool = False,
-    n_steps: int = 200,
-    lr: float = 0.05,
+    n_steps: int | None = None,
+    lr: float | None = None,
     batch_size: int | None = None,
     feature_chunk: int | None = None,
     n_samples: int | None = None,
@@ -113,7 +111,8 @@ def fit_technical(
     use_all_cells
         Fit on every cell instead of control cells only (high MOI).
     n_steps, lr
-        SVI steps and peak learning rate.
+        SVI steps and peak learning rate (``None``: 200 and 0.05, the technical row of
+        :data:`~dream_sc.engine.config.STEP_DEFAULTS`).
     batch_size, feature_chunk
         Cells per step and features per chunk (default: memory planner).
     n_samples
@@ -206,8 +205,18 @@ def fit_technical(
         sf = sum_factor_values(mdata, sum_factor_key)[present]
         V.check_sum_factors(sf, sum_factor_key)
     overdispersed = family.overdispersible and is_overdispersed(mdata[modality])
-    seed = resolve_seed(seed, checkpoint)
-    dev = resolve_device(device)
+    config = FitConfig.resolve(
+        "technical",
+        seed=seed,
+        n_steps=n_steps,
+        lr=lr,
+        batch_size=batch_size,
+        n_samples=n_samples,
+        device=device,
+        progress=progress,
+        checkpoint=checkpoint,
+        checkpoint_mismatch=checkpoint_mismatch,
+    )
     n_cells, n_features = data.X.shape
 
     start = time.perf_counter()
@@ -225,27 +234,16 @@ def fit_technical(
     plan = plan_fit(
         n_cells,
         n_features,
+        config,
         density=density,
-        n_samples=0,
+        draws=0,
         noise_width=groups.n_groups + 2 + int(overdispersed),
-        n_steps=n_steps,
-        batch_size=batch_size,
         feature_chunk=feature_chunk,
-        max_memory_gb=settings.max_memory_gb,
-        device=str(dev),
     )
+    config = config.with_plan(plan.batch_size)
     chunks = feature_chunks(n_features, plan.feature_chunk, data.group_index)
     order = name_order(obs.index[present])
-    recipe = technical_recipe(  # [dask hunk] picklable chunks (was the `build` closure)
-        data,
-        init,
-        codes,
-        groups.n_groups,
-        sf,
-        batch_size=plan.batch_size,
-        seed=seed,
-        order=order,
-    )
+    recipe = technical_recipe(data, init, codes, groups.n_groups, sf, order=order)
 
     logger.info(
         "fit_technical: %s (%s), %d cells x %d features, %d groups",
@@ -259,19 +257,14 @@ def fit_technical(
         recipe,  # [dask hunk]
         chunks,
         n_features,
-        seed=seed,
-        n_steps=n_steps,
-        lr=lr,
-        device=dev,
-        progress=resolve_progress(progress),
+        config,
         description=f"technical {modality}",
         prefix=key_added,
         checkpoint=checkpoint,
-        checkpoint_every=settings.checkpoint_every,
         feature_keys=stable_keys(data.var_names),
         backend=runner,  # [dask hunk]
         fingerprint=None
-        if checkpoint is None
+        if config.checkpoint is None
         else technical_fingerprint(
             modality,
             data,
@@ -279,28 +272,28 @@ def fit_technical(
             codes,
             groups.names,
             sf,
-            batch_size=plan.batch_size,
+            config=config,
             overdispersed=overdispersed,
         ),
-        checkpoint_mismatch=checkpoint_mismatch,
     )
+    draws, seed = config.n_samples, config.seed
     summary = (
         normal_summary
-        if n_samples is None
-        else partial(normal_summary, n_samples=n_samples, rng=np.random.default_rng([seed, 2]))
+        if draws is None
+        else partial(normal_summary, n_samples=draws, rng=np.random.default_rng([seed, 2]))
     )
     table = _summarise(fit, init, groups.names, data, summary)
     seconds = time.perf_counter() - start
     if not fit.converged:
         warnings.warn(
-            f"fit_technical on {modality!r} did not converge in {n_steps} steps; increase "
+            f"fit_technical on {modality!r} did not converge in {config.n_steps} steps; increase "
             "`n_steps` (see ds.pl.loss).",
             stacklevel=2,
         )
     n_uninformative = int((~init.informative).sum())
     if n_uninformative:
         logger.info("%d features carry no information in the fitted cells", n_uninformative)
-    params.update(seed=seed, device=str(dev))
+    params.update(config.as_record())
     params.update(runner.record())  # [dask hunk]
     record = {
         "params": clean_params(params),

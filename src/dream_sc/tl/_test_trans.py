@@ -8,8 +8,8 @@ import numpy as np
 from mudata import MuData
 
 from .. import _validation as V
-from .._backends import resolve_backend  # [dask hunk]
 from .._stores.trans import read_trans_posterior, update_record, write_results
+from ..engine.backends import resolve_backend  # [dask hunk]
 from ..models.significance import DEFAULT_N_PERMUTATIONS
 from ._common import resolve_device, resolve_progress
 from ._null import significance

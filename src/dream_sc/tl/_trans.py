@@ -13,14 +13,14 @@ import pandas as pd
 from mudata import MuData
 
 from .. import _validation as V
-from .._backends import resolve_backend  # [dask hunk]
 from .._checkpoints import check_mismatch
 from .._lazy import concat_blocks, feature_blockwise
-from .._settings import settings
 from .._storage import posterior_frame, write_trans
+from ..engine.backends import resolve_backend  # [dask hunk]
+from ..engine.config import FitConfig
 from ..models.families import get_family
 from ..models.significance import DEFAULT_N_PERMUTATIONS
-from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
+from ._common import clean_params, versions
 from ._null import significance
 from ._refine import refined_columns
 from ._trans_job import TransJob, prepare_trans_job
@@ -85,8 +85,8 @@ def fit_trans(
     test: bool = True,
     n_permutations: int = DEFAULT_N_PERMUTATIONS,
     alpha: float = 0.1,
-    n_steps: int = 300,
-    lr: float = 0.03,
+    n_steps: int | None = None,
+    lr: float | None = None,
     batch_size: int | None = None,
     feature_chunk: int | None = None,
     n_samples: int | None = None,
@@ -148,7 +148,8 @@ def fit_trans(
         dosages, scored without refitting (see :func:`dream_sc.tl.test_trans`), and call
         features with ``qvalue < alpha`` significant.
     n_steps, lr, batch_size, feature_chunk
-        SVI settings (batch/chunk default: memory planner).
+        SVI settings (``None``: 300 steps at 0.03, the trans row of
+        :data:`~dream_sc.engine.config.STEP_DEFAULTS`; batch/chunk: memory planner).
     n_samples
         Posterior samples for summaries (default ``settings.n_samples``).
     warm_start
@@ -246,13 +247,19 @@ def fit_trans(
     if n_permutations < 1 and test:
         raise ValueError("n_permutations must be >= 1 when test=True.")
     check_mismatch(checkpoint_mismatch)
-    seed = resolve_seed(seed, checkpoint)
-    dev = resolve_device(device)
-    n_samples = int(n_samples or settings.n_samples)
-    fit_settings = TransSettings.from_arguments(params, seed=seed, n_samples=n_samples)
-    job = prepare_trans_job(mdata, fit_settings, device=dev, progress=resolve_progress(progress))
-    job.checkpoint = checkpoint
-    job.checkpoint_mismatch = checkpoint_mismatch
+    config = FitConfig.resolve(
+        "trans",
+        seed=seed,
+        n_steps=n_steps,
+        lr=lr,
+        batch_size=batch_size,
+        n_samples=n_samples,
+        device=device,
+        progress=progress,
+        checkpoint=checkpoint,
+        checkpoint_mismatch=checkpoint_mismatch,
+    )
+    job = prepare_trans_job(mdata, TransSettings.from_arguments(params), config)
     job.backend = runner  # [dask hunk]
     start = time.perf_counter()
     logger.info(
@@ -282,12 +289,12 @@ def fit_trans(
     seconds = time.perf_counter() - start
     if not fit.converged:
         warnings.warn(
-            f"fit_trans on {modality!r} did not converge in {n_steps} steps for "
+            f"fit_trans on {modality!r} did not converge in {config.n_steps} steps for "
             f"{int((~fit.feature_converged).sum())} features; increase `n_steps` (see ds.pl.loss).",
             stacklevel=2,
         )
     table = _results_table(job, columns, sig, fit.feature_converged)
-    params.update(seed=seed, device=str(dev), n_samples=n_samples)
+    params.update(config.as_record())
     params.update(runner.record())  # [dask hunk]
     record = {
         "params": clean_params(params),

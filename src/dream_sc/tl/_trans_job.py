@@ -16,15 +16,16 @@ from mudata import MuData
 from .._cells import sum_factor_values, technical_groups
 from .._data import ModalityData, modality_data
 from .._lazy import concat_blocks, feature_blockwise
-from .._settings import settings as package_settings
 from .._storage import CORR_PREFIX, TechnicalFit, posterior_frame, posterior_from_frame, read_cis
 from .._storage import read_technical as load_technical
 from .._stores.cis import CisKeys, read_cis_dose, read_cis_samples
+from ..engine.chunks import ChunkedFit, fit_chunks
+from ..engine.config import FitConfig
+from ..engine.memory import feature_chunks, plan_fit
 from ..models.amplitude import AMPLITUDE_FLOOR, amplitude_scale, guide_level_link_means
-from ..models.chunked import ChunkedFit, fit_chunks, name_order, stable_keys
+from ..models.batching import name_order, stable_keys
 from ..models.curves import get_curve
 from ..models.families import get_family
-from ..models.memory import feature_chunks, plan_fit
 from ..models.observation import ObservationData
 from ..models.trans import TransInputs, TransPriors, dose_priors
 from ..models.trans_summary import DoseAxis, Grid, draw_latent, make_grid, summarise_chunk
@@ -55,6 +56,7 @@ class TransJob:
     """A prepared trans fit."""
 
     settings: TransSettings
+    config: FitConfig  # the fit's, with the planned cell batch size
     data: ModalityData
     fitted: np.ndarray  # [T] bool: features fitted
     tech: TechnicalFit
@@ -63,19 +65,14 @@ class TransJob:
     grid: Grid
     min_effect: np.ndarray  # [T]
     rows: np.ndarray  # obs positions of the fitted cells
-    batch_size: int  # resolved by the memory planner
-    feature_chunk: int
-    device: torch.device
-    progress: bool
+    feature_chunk: int  # resolved by the memory planner
     plan: dict
     guide_labels: np.ndarray  # [N] guide (or dosage bin) of every fitted cell
     amplitude_floor: np.ndarray  # [T] floor of the amplitude prior scale
-    checkpoint: str | None = None
     dose_axis: DoseAxis | None = None  # guide-level dosage uncertainty (EC50 intervals)
     guide_means: np.ndarray | None = None  # [guides, T] link-scale guide means (warm start)
-    backend: object = None  # [dask hunk] where chunks run (dream_sc._backends); None: here
+    backend: object = None  # [dask hunk] where chunks run (dream_sc.engine.backends); None: here
     cell_names: np.ndarray | None = None  # obs_names of the fitted cells (checkpoint fingerprint)
-    checkpoint_mismatch: str = "raise"  # see dream_sc._checkpoints
 
     @property
     def modality(self) -> str:
@@ -90,22 +87,27 @@ class TransJob:
     @property
     def seed(self) -> int:
         """Run seed."""
-        return self.settings.seed
-
-    @property
-    def n_steps(self) -> int:
-        """SVI steps."""
-        return self.settings.n_steps
-
-    @property
-    def lr(self) -> float:
-        """Peak learning rate."""
-        return self.settings.lr
+        return self.config.seed
 
     @property
     def n_samples(self) -> int:
         """Posterior samples of the summaries."""
-        return self.settings.n_samples
+        return self.config.n_samples
+
+    @property
+    def batch_size(self) -> int:
+        """Cells per SVI step (planned)."""
+        return self.config.batch_size
+
+    @property
+    def device(self) -> torch.device:
+        """Torch device of the fit."""
+        return self.config.device
+
+    @property
+    def checkpoint(self) -> str | None:
+        """Checkpoint path prefix of the fit (``None``: no checkpoints)."""
+        return self.config.checkpoint
 
     @property
     def keys(self) -> np.ndarray:
@@ -208,19 +210,13 @@ class TransJob:
             trans_recipe(self, inputs, priors, init),  # [dask hunk] picklable chunks
             self.chunks(),
             self.n_features,
-            seed=self.seed,
-            n_steps=self.n_steps,
-            lr=self.lr,
-            device=self.device,
-            progress=self.progress,
+            self.config,
             description=f"{description} {self.modality}",
             prefix="trans",
             checkpoint=None if self.checkpoint is None else f"{self.checkpoint}.{tag}",
-            checkpoint_every=package_settings.checkpoint_every,
             feature_keys=self.keys,
             backend=self.backend,  # [dask hunk]
             fingerprint=fingerprint,
-            checkpoint_mismatch=self.checkpoint_mismatch,
         )
 
     def summarise(
@@ -319,10 +315,12 @@ def select_features(
     return keep
 
 
-def prepare_trans_job(
-    mdata: MuData, settings: TransSettings, *, device: torch.device, progress: bool
-) -> TransJob:
-    """Validate inputs and prepare a :class:`TransJob` (no fitting, nothing written)."""
+def prepare_trans_job(mdata: MuData, settings: TransSettings, config: FitConfig) -> TransJob:
+    """Validate inputs and prepare a :class:`TransJob` (no fitting, nothing written).
+
+    ``config`` is the fit's resolved configuration; the job carries it with the planned cell
+    batch size.
+    """
     modality, function, cis_key = settings.modality, settings.function, settings.cis_key
     sum_factor_key, layer, degree = settings.sum_factor_key, settings.layer, settings.degree
     min_effect, include_cis_feature = settings.min_effect, settings.include_cis_feature
@@ -383,14 +381,10 @@ def prepare_trans_job(
     plan = plan_fit(
         len(rows),
         int(fitted.sum()),
+        config,
         density=density,
-        n_samples=settings.n_samples,
         noise_width=9,
-        n_steps=settings.n_steps,
-        batch_size=settings.batch_size,
         feature_chunk=settings.feature_chunk,
-        max_memory_gb=package_settings.max_memory_gb,
-        device=str(device),
         bytes_per_entry=curve.bytes_per_entry,
     )
     inputs = TransInputs.from_samples(
@@ -407,6 +401,7 @@ def prepare_trans_job(
         )
     return TransJob(
         settings=settings,
+        config=config.with_plan(plan.batch_size),
         data=data,
         fitted=fitted,
         tech=tech,
@@ -415,10 +410,7 @@ def prepare_trans_job(
         grid=grid,
         min_effect=min_eff,
         rows=rows,
-        batch_size=plan.batch_size,
         feature_chunk=plan.feature_chunk,
-        device=device,
-        progress=progress,
         plan=plan.as_dict(),
         guide_labels=labels,
         amplitude_floor=floor,
@@ -444,4 +436,5 @@ def job_from_record(
     """
     overrides = {} if min_effect is None else {"min_effect": float(min_effect)}
     settings = TransSettings.from_params(record["params"], **overrides)
-    return prepare_trans_job(mdata, settings, device=device, progress=progress)
+    config = FitConfig.from_record(record["params"], device=device, progress=progress)
+    return prepare_trans_job(mdata, settings, config)

@@ -1,4 +1,8 @@
-"""The settings of one trans fit, frozen: written to the run record, read back to rebuild it."""
+"""The data and prior settings of one trans fit, frozen: written to the run record, read back.
+
+The optimisation settings (seed, steps, learning rate, batch size, samples, device) are the
+fit's :class:`~dream_sc.engine.config.FitConfig`, stored alongside in the same ``params``.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,12 @@ import numpy as np
 
 @dataclass(frozen=True)
 class TransSettings:
-    """Everything that defines a trans fit's data, priors and optimisation.
+    """Everything that defines a trans fit's data and priors.
 
-    ``fit_trans`` builds it from its arguments (with the seed and number of samples actually
-    used), stores every field in ``uns[key]["params"]`` and ``test_trans`` /
-    ``calibration_check`` rebuild the same job from it (:meth:`from_params`).
+    ``fit_trans`` builds it from its arguments, stores every field in ``uns[key]["params"]``
+    and ``test_trans`` / ``calibration_check`` rebuild the same job from it
+    (:meth:`from_params`, with :meth:`FitConfig.from_record
+    <dream_sc.engine.config.FitConfig.from_record>` for the optimisation settings).
     """
 
     modality: str = "rna"
@@ -30,12 +35,7 @@ class TransSettings:
     include_cis_feature: bool = False
     features: tuple[str, ...] | None = None
     min_cells: int = 0
-    seed: int = 0
-    n_steps: int = 300
-    lr: float = 0.03
-    batch_size: int | None = None
     feature_chunk: int | None = None
-    n_samples: int = 1000
     warm_start: bool = True
 
     @classmethod
@@ -48,8 +48,8 @@ class TransSettings:
         Examples
         --------
         >>> s = TransSettings.from_params({"function": "single_hill", "layer": "", "seed": 3})
-        >>> s.function, s.layer, s.seed
-        ('single_hill', None, 3)
+        >>> s.function, s.layer
+        ('single_hill', None)
         """
         types = {f.name: f.type for f in fields(cls)}
         values = {}

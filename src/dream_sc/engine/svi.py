@@ -17,9 +17,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import _checkpoints as ckpt
+from .config import FitConfig
 
 logger = logging.getLogger("dream_sc")
-#: Steps between checkpoints when the caller does not say (``settings.checkpoint_every``).
+#: Steps between checkpoints when the configuration says 0.
 DEFAULT_CHECKPOINT_EVERY = 100
 
 
@@ -62,25 +63,24 @@ def _after_step(step: int) -> None:
 SVI_KIND = "svi"
 
 
-def _svi_fingerprint(fingerprint: Mapping[str, Any] | None, n_steps: int, lr: float) -> dict:
-    return {**(fingerprint or {}), "n_steps": int(n_steps), "lr": float(lr)}
+def _svi_fingerprint(fingerprint: Mapping[str, Any] | None, config: FitConfig) -> dict:
+    return {**(fingerprint or {}), "n_steps": int(config.n_steps), "lr": float(config.lr)}
 
 
 def check_svi_checkpoint(
-    path: str | Path | None,
-    fingerprint: Mapping[str, Any] | None,
-    n_steps: int,
-    lr: float,
-    mismatch: ckpt.Mismatch = "raise",
+    path: str | Path | None, fingerprint: Mapping[str, Any] | None, config: FitConfig
 ) -> None:
     """Check the SVI checkpoint ``path`` of a coming :func:`run_svi` before any other work.
 
     Raises the error :func:`run_svi` would raise (another fit, damaged, old format), or with
-    ``mismatch="restart"`` deletes such a file; nothing happens when there is no file.
+    ``config.checkpoint_mismatch="restart"`` deletes such a file; nothing happens when there is
+    no file.
     """
     if path is not None:
-        current = _svi_fingerprint(fingerprint, n_steps, lr)
-        ckpt.check_files([Path(path)], kind=SVI_KIND, current=current, mismatch=mismatch)
+        current = _svi_fingerprint(fingerprint, config)
+        ckpt.check_files(
+            [Path(path)], kind=SVI_KIND, current=current, mismatch=config.checkpoint_mismatch
+        )
 
 
 def _save_checkpoint(path, step, params, optimizer, scheduler, losses, fingerprint) -> None:
@@ -219,21 +219,17 @@ def run_svi(
     guide: Callable,
     parameters: Callable[[], list[torch.Tensor]],
     make_batch: Callable[[int], dict],
+    config: FitConfig,
     *,
-    n_steps: int,
-    lr: float,
     clip: float = 5.0,
-    progress: bool = True,
     description: str = "SVI",
     loss_scale: float = 1.0,
     rtol: float = 1e-3,
     context: str = "",
     checkpoint: str | Path | None = None,
-    checkpoint_every: int | None = None,
     lr_scales: Sequence[float] | None = None,
     noise: Any | None = None,
     fingerprint: Mapping[str, Any] | None = None,
-    checkpoint_mismatch: ckpt.Mismatch = "raise",
 ) -> FitResult:
     """Optimise the ELBO of ``model`` with ``guide``.
 
@@ -249,14 +245,14 @@ def run_svi(
         Returns the leaf tensors to optimise (called after the first guide run).
     make_batch
         ``step -> batch`` dict (minibatch indices, dose draws, ...).
-    n_steps
-        Number of optimisation steps.
-    lr
-        Peak learning rate.
+    config
+        The fit's :class:`~dream_sc.engine.config.FitConfig`: ``n_steps``, peak learning rate
+        ``lr``, ``progress`` (a tqdm bar, only on a TTY), ``checkpoint_every`` (steps between
+        checkpoints) and ``checkpoint_mismatch`` (``"raise"``: a checkpoint of another fit, or
+        a damaged one, raises a ``ValueError`` naming it; ``"restart"``: it is deleted and the
+        fit starts from step 0).
     clip
         Element-wise gradient clip value.
-    progress
-        Show a tqdm bar (only on a TTY).
     description
         Progress-bar label.
     loss_scale
@@ -270,9 +266,6 @@ def run_svi(
         see :mod:`dream_sc._checkpoints`); when it exists with the same fingerprint the run
         resumes from it and ends exactly as an uninterrupted run would. Deleted when the run
         finishes.
-    checkpoint_every
-        Steps between checkpoints (default :data:`DEFAULT_CHECKPOINT_EVERY`; the ``tl``
-        functions pass ``settings.checkpoint_every``).
     lr_scales
         Multiplier of ``lr`` for each parameter (same order as ``parameters()``); default 1.
     noise
@@ -281,9 +274,6 @@ def run_svi(
     fingerprint
         What the fit depends on besides ``n_steps`` and ``lr`` (data digests, settings; see
         :mod:`dream_sc._checkpoints`), stored with the checkpoint and compared on resume.
-    checkpoint_mismatch
-        ``"raise"``: a checkpoint of another fit (or a damaged one) raises a ``ValueError``
-        naming it; ``"restart"``: it is deleted and the fit starts from step 0.
 
     Returns
     -------
@@ -294,7 +284,8 @@ def run_svi(
     NonFiniteLossError
         When the loss becomes NaN or infinite.
     """
-    checkpoint_every = checkpoint_every or DEFAULT_CHECKPOINT_EVERY
+    n_steps, lr = config.n_steps, config.lr
+    checkpoint_every = config.checkpoint_every or DEFAULT_CHECKPOINT_EVERY
     elbo = pyro.infer.Trace_ELBO()
     start = time.perf_counter()
     params = parameters()
@@ -315,7 +306,7 @@ def run_svi(
     )
     losses = np.empty(n_steps)
     first = 0
-    state_fingerprint = _svi_fingerprint(fingerprint, n_steps, lr)
+    state_fingerprint = _svi_fingerprint(fingerprint, config)
     if checkpoint is not None:
         first = _load_checkpoint(
             checkpoint,
@@ -324,9 +315,9 @@ def run_svi(
             scheduler,
             losses,
             state_fingerprint,
-            checkpoint_mismatch,
+            config.checkpoint_mismatch,
         )
-    show = progress and sys.stderr.isatty()
+    show = config.progress and sys.stderr.isatty()
     trace = _LossTrace(losses, params[0].device if params else torch.device("cpu"), first)
     bar = tqdm(range(first, n_steps), desc=description, disable=not show, leave=False)
     # Distribution argument checks read every tensor back to the host; on an accelerator the

@@ -59,7 +59,7 @@ def resolve_threads(threads: int | None = None) -> int:
 
     ``threads``, else ``settings.torch_threads``, else torch's current count in this process.
     """
-    from .._settings import settings
+    from ..._settings import settings
 
     if threads is None:
         threads = getattr(settings, "torch_threads", None)

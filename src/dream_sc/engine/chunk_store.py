@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .. import _checkpoints as ckpt
+from .config import FitConfig
 
 #: ``kind`` of finished-chunk files in :mod:`dream_sc._checkpoints`.
 DONE_KIND = "chunk"
@@ -21,15 +22,15 @@ _CHUNK_FILE = re.compile(r"\.chunk\d+(\.done)?\.pt")
 
 
 def chunk_fingerprint(
-    fingerprint: dict | None, seed: int, n_steps: int, lr: float, chunks: Sequence[np.ndarray]
+    fingerprint: dict | None, config: FitConfig, chunks: Sequence[np.ndarray]
 ) -> dict:
     """The fingerprint of a chunked fit: the caller's plus the SVI settings and the chunking."""
     return ckpt.normalise(
         {
             **(fingerprint or {}),
-            "seed": int(seed),
-            "n_steps": int(n_steps),
-            "lr": float(lr),
+            "seed": int(config.seed),
+            "n_steps": int(config.n_steps),
+            "lr": float(config.lr),
             "the feature chunks": ckpt.hashed([np.asarray(c) for c in chunks]),
         }
     )

@@ -47,7 +47,7 @@ class DaskBackend(Backend):
     its running tasks with it and the scheduler reruns them elsewhere (the shared inputs are
     replicated on the other workers); results are keyed by chunk, so none is lost or counted
     twice. The first task that raises cancels the rest and its error is raised here. Tasks run
-    with glibc's mmap threshold raised (see :mod:`dream_sc._backends._malloc`): the nanny's
+    with glibc's mmap threshold raised (see :mod:`dream_sc.engine.backends._malloc`): the nanny's
     ``MALLOC_TRIM_THRESHOLD_`` otherwise makes chunk fits about twice as slow.
     """
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from .config import FitConfig
+
 logger = logging.getLogger("dream_sc")
 
 #: Bytes per (cell, feature) entry of one SVI step, measured with ``benchmarks/bench_pipeline.py``
@@ -155,16 +157,13 @@ def estimate_peak_bytes(
 def plan_fit(
     n_cells: int,
     n_features: int,
+    config: FitConfig,
     *,
     density: float = 1.0,
-    n_samples: int = 100,
+    draws: int | None = None,
     noise_width: int = 8,
-    n_steps: int = 500,
-    batch_size: int | None = None,
     feature_chunk: int | None = None,
-    max_memory_gb: float | None = None,
     fraction: float = 0.5,
-    device: str | None = None,
     bytes_per_entry: int = BYTES_PER_ENTRY,
 ) -> Plan:
     """Pick a cell minibatch size and feature chunk size that fit in memory.
@@ -177,19 +176,21 @@ def plan_fit(
     ----------
     n_cells, n_features
         Problem size.
+    config
+        The fit's :class:`~dream_sc.engine.config.FitConfig`: ``n_steps``, the user's
+        ``batch_size`` (``None``: planned), ``max_memory_gb`` (``None``: what
+        :func:`available_memory` finds) and ``device`` (on CUDA the device's free memory is the
+        budget).
     density
         Fraction of non-zero entries of the data.
-    n_samples, noise_width, n_steps
-        Posterior samples, latent values per feature, optimisation steps.
-    batch_size, feature_chunk
-        User overrides.
-    max_memory_gb
-        Memory budget (default: what :func:`available_memory` finds; the ``tl`` functions
-        pass ``settings.max_memory_gb``).
+    draws
+        Posterior draws of the summaries (default ``config.n_samples``, ``None`` as 0).
+    noise_width
+        Latent values per feature.
+    feature_chunk
+        User override of the chunk size.
     fraction
         Share of the available memory the plan may use.
-    device
-        Torch device of the fit: on CUDA the device's free memory is the budget.
     bytes_per_entry
         Bytes per (cell, feature) entry of one SVI step (the curve's ``bytes_per_entry`` for
         trans fits).
@@ -198,7 +199,9 @@ def plan_fit(
     -------
     :class:`Plan`.
     """
-    avail, source = available_memory(max_memory_gb, device)
+    batch_size = config.batch_size
+    draws = (config.n_samples or 0) if draws is None else draws
+    avail, source = available_memory(config.max_memory_gb, str(config.device))
     budget = int(avail * fraction)
     batch = batch_size or min(n_cells, DEFAULT_MAX_BATCH)
     chunk = feature_chunk or n_features
@@ -209,9 +212,9 @@ def plan_fit(
             b,
             c,
             density=density,
-            n_samples=n_samples,
+            n_samples=draws,
             noise_width=noise_width,
-            n_steps=n_steps,
+            n_steps=config.n_steps,
             bytes_per_entry=bytes_per_entry,
         )
 

@@ -7,7 +7,7 @@ Adam and the element-wise gradient clipping act per parameter element. Together 
 chunked fit equal a joint fit, feature by feature.
 
 Chunks are independent tasks: :func:`fit_chunks` hands them to a backend (in this process, or a
-``dask.distributed`` cluster, see :mod:`dream_sc._backends`) as plain data plus a module-level
+``dask.distributed`` cluster, see :mod:`dream_sc.engine.backends`) as plain data plus a module-level
 build function (:class:`ChunkRecipe`), so where a chunk runs does not change its result.
 """
 
@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +25,14 @@ import numpy as np
 import pyro
 import torch
 
-from .. import _checkpoints as ckpt
-from .._backends._base import LocalBackend, resolve_threads
+from ..models.batching import ChunkProblem
+from ..models.guide import FeatureNoise, MeanFieldGuide
+from .backends._base import LocalBackend, resolve_threads
 from .chunk_store import check_chunk_files, chunk_fingerprint, load_done, save_done
-from .guide import FeatureNoise, MeanFieldGuide, Site
-from .inference import NonFiniteLossError, run_svi
+from .config import FitConfig
+from .svi import NonFiniteLossError, run_svi
 
 logger = logging.getLogger("dream_sc")
-
-
-@dataclass
-class ChunkProblem:
-    """What a chunk needs: its Pyro model, its latent sites, and how to make a batch."""
-
-    model: Callable[[dict], None]
-    sites: Sequence[Site]
-    make_batch: Callable[[int], dict]
-    loss_scale: float
-    correlated: bool = False  # full correlation among each feature's latent values
 
 
 @dataclass
@@ -65,87 +54,6 @@ class ChunkedFit:
         return bool(all(self.chunk_converged))
 
 
-def step_rng(seed: int, step: int, tag: int) -> np.random.Generator:
-    """Generator for the cell-level randomness of one step (independent of feature chunks)."""
-    return np.random.Generator(np.random.PCG64([int(seed), int(step), int(tag)]))
-
-
-def stable_keys(names) -> np.ndarray:
-    """A stable integer per name (CRC32): seeds per-feature noise independently of order."""
-    return np.array([zlib.crc32(str(n).encode()) for n in names], dtype=np.int64)
-
-
-def name_order(names) -> np.ndarray:
-    """Positions of the cells sorted by name (makes cell-level draws order-independent)."""
-    return np.argsort(np.asarray(names, dtype=str), kind="stable")
-
-
-def minibatch_rows(
-    seed: int, step: int, n_cells: int, batch_size: int, order: np.ndarray | None = None
-) -> np.ndarray:
-    """Cells of step ``step`` (all cells, in order, when the batch covers them).
-
-    With ``order`` (see :func:`name_order`) the cells are drawn by name rank, so the same
-    cells are chosen whatever the row order of the data.
-    """
-    if batch_size >= n_cells:
-        return np.arange(n_cells)
-    chosen = step_rng(seed, step, 1).choice(n_cells, size=batch_size, replace=False)
-    return np.sort(chosen if order is None else order[chosen])
-
-
-#: Steps of minibatch rows moved to an accelerator in one copy (host devices take one step at a
-#: time: nothing to copy there).
-DEVICE_ROW_BLOCK = 50
-
-
-class StepRows:
-    """Minibatch rows of each step as tensors on the fit's device.
-
-    The rows are :func:`minibatch_rows` exactly; on an accelerator they are drawn for
-    ``DEVICE_ROW_BLOCK`` steps at once and moved in one copy, so the optimisation loop does not
-    copy an index vector to the device at every step.
-
-    Parameters
-    ----------
-    seed, n_cells, batch_size, order
-        As for :func:`minibatch_rows`.
-    device
-        Torch device of the fit.
-    """
-
-    def __init__(
-        self,
-        seed: int,
-        n_cells: int,
-        batch_size: int,
-        order: np.ndarray | None,
-        device: torch.device | str,
-    ) -> None:
-        self.seed, self.n_cells, self.batch_size, self.order = seed, n_cells, batch_size, order
-        self.device = torch.device(device)
-        self.block = 1 if self.device.type == "cpu" else DEVICE_ROW_BLOCK
-        self._full = torch.arange(n_cells, device=self.device) if batch_size >= n_cells else None
-        self._start = -1
-        self._rows: torch.Tensor | None = None
-
-    def __call__(self, step: int) -> torch.Tensor:
-        """Rows of step ``step`` (a device tensor)."""
-        if self._full is not None:
-            return self._full
-        if self._rows is None or not self._start <= step < self._start + self.block:
-            self._start = step - step % self.block
-            steps = range(self._start, self._start + self.block)
-            rows = np.stack(
-                [
-                    minibatch_rows(self.seed, s, self.n_cells, self.batch_size, self.order)
-                    for s in steps
-                ]
-            )
-            self._rows = torch.as_tensor(rows, device=self.device)
-        return self._rows[step - self._start]
-
-
 @dataclass
 class ChunkRecipe:
     """A picklable description of how to build every chunk's problem (any backend).
@@ -156,7 +64,8 @@ class ChunkRecipe:
     Attributes
     ----------
     build
-        A module-level function ``(shared, part, device) -> ChunkProblem``.
+        A module-level function ``(shared, part, config) -> ChunkProblem`` (``config``: the
+        chunk's :class:`~dream_sc.engine.config.FitConfig`, with its device and batch size).
     shared
         Inputs every chunk needs (cell-level arrays, priors, settings); picklable. Remote
         backends send it once to every worker.
@@ -167,7 +76,7 @@ class ChunkRecipe:
         Feature names (error messages name the features of a failing chunk).
     """
 
-    build: Callable[[Any, Any, torch.device], ChunkProblem]
+    build: Callable[[Any, Any, FitConfig], ChunkProblem]
     shared: Any
     part: Callable[[np.ndarray], Any]
     names: np.ndarray | None = None
@@ -181,18 +90,18 @@ class ChunkTask:
     n_chunks: int
     features: np.ndarray
     ids: np.ndarray  # per-feature noise seeds
-    seed: int
-    n_steps: int
-    lr: float
-    device: torch.device
+    config: FitConfig  # the fit's (progress off on remote backends)
     prefix: str
     description: str
-    progress: bool
     threads: int | None
     names: np.ndarray | None = None
-    checkpoint: str | None = None
-    checkpoint_every: int | None = None
+    checkpoint: str | None = None  # this chunk's SVI checkpoint file
     fingerprint: dict | None = None  # of the whole fit (see chunk_fingerprint)
+
+    @property
+    def device(self) -> torch.device:
+        """Torch device of the fit."""
+        return self.config.device
 
     @property
     def context(self) -> str:
@@ -256,22 +165,20 @@ def run_chunk(problem_of: Callable[[], ChunkProblem], task: ChunkTask) -> ChunkO
             guide = MeanFieldGuide(
                 problem.sites, prefix=task.prefix, device=task.device, correlated=problem.correlated
             )
+            cfg = task.config
             guide.noise = FeatureNoise(
-                task.seed, task.ids, guide.noise_width, task.n_steps, device=task.device
+                cfg.seed, task.ids, guide.noise_width, cfg.n_steps, device=cfg.device
             )
             result = run_svi(
                 problem.model,
                 guide,
                 guide.parameters,
                 problem.make_batch,
-                n_steps=task.n_steps,
-                lr=task.lr,
-                progress=task.progress,
+                cfg,
                 description=f"{task.description} [{task.number + 1}/{task.n_chunks}]",
                 loss_scale=problem.loss_scale,
                 context=task.context,
                 checkpoint=task.checkpoint,
-                checkpoint_every=task.checkpoint_every,
                 lr_scales=guide.lr_scales(),
                 noise=guide.noise,
                 fingerprint=task.fingerprint,
@@ -288,27 +195,21 @@ def run_chunk(problem_of: Callable[[], ChunkProblem], task: ChunkTask) -> ChunkO
 
 def run_recipe_chunk(build: Callable, shared, part, task: ChunkTask) -> ChunkOutcome:
     """Task function of remote backends: build the chunk's problem from plain data and fit it."""
-    return run_chunk(lambda: build(shared, part, task.device), task)
+    return run_chunk(lambda: build(shared, part, task.config), task)
 
 
 def fit_chunks(
     build: Callable[[np.ndarray], ChunkProblem] | ChunkRecipe,
     chunks: list[np.ndarray],
     n_features: int,
+    config: FitConfig,
     *,
-    seed: int,
-    n_steps: int,
-    lr: float,
-    device: torch.device,
-    progress: bool,
     description: str,
     prefix: str,
     checkpoint: str | Path | None = None,
-    checkpoint_every: int | None = None,
     feature_keys: np.ndarray | None = None,
     backend=None,
     fingerprint: dict | None = None,
-    checkpoint_mismatch: ckpt.Mismatch = "raise",
 ) -> ChunkedFit:
     """Fit every chunk and stitch the per-feature posteriors together.
 
@@ -321,35 +222,33 @@ def fit_chunks(
         Global feature indices of each chunk.
     n_features
         Total number of features.
-    seed, n_steps, lr, device, progress
-        SVI settings.
+    config
+        The fit's :class:`~dream_sc.engine.config.FitConfig` (seed, steps, learning rate,
+        device, progress, ``checkpoint_every``, ``checkpoint_mismatch``).
     description
         Progress label.
     prefix
         Param-store prefix.
     checkpoint
-        Path prefix for checkpoints: every finished chunk is saved, the running chunk every
-        ``checkpoint_every`` steps; a rerun with the same path skips finished chunks and
+        Path prefix for checkpoints (``config.checkpoint`` or a prefix derived from it): every
+        finished chunk is saved, the running chunk every ``config.checkpoint_every`` steps; a rerun with the same path skips finished chunks and
         resumes the interrupted one. Removed when all chunks are done. With a remote backend
         finished chunks are saved by the caller and running chunks by the workers (the path
         must then be on a file system the workers share). Every file is data only and carries
-        the fit's fingerprint; all existing files are checked before any chunk runs.
-    checkpoint_every
-        Steps between checkpoints of the running chunk.
+        the fit's fingerprint; all existing files are checked before any chunk runs; files of
+        another fit, damaged or old-format files raise a ``ValueError`` naming the file and
+        what changed before any chunk runs (``config.checkpoint_mismatch="raise"``) or are
+        deleted first (``"restart"``).
     feature_keys
         Stable key of every feature (:func:`stable_keys` of the names) seeding its noise, so
         results do not depend on feature order either; default: the feature index.
     backend
-        Where chunks run: a backend of :func:`dream_sc._backends.resolve_backend` (``None``:
+        Where chunks run: a backend of :func:`dream_sc.engine.backends.resolve_backend` (``None``:
         in this process). Every backend gives identical results: each chunk's randomness
         comes from its own seeds and it runs with the backend's torch thread count.
     fingerprint
         What the fit depends on (data digests, settings; see :mod:`dream_sc._checkpoints`);
         ``seed``, ``n_steps``, ``lr`` and the chunking are added here.
-    checkpoint_mismatch
-        ``"raise"``: checkpoint files of another fit, damaged or old-format files raise a
-        ``ValueError`` naming the file and what changed before any chunk runs, deleting
-        nothing; ``"restart"``: such files are deleted first.
 
     Returns
     -------
@@ -371,9 +270,10 @@ def fit_chunks(
         Path(f"{checkpoint}.chunk{number}.done.pt") if checkpoint else None
         for number in range(n_chunks)
     ]
-    full_fingerprint = chunk_fingerprint(fingerprint, seed, n_steps, lr, chunks)
+    full_fingerprint = chunk_fingerprint(fingerprint, config, chunks)
     if checkpoint:
-        check_chunk_files(checkpoint, full_fingerprint, checkpoint_mismatch)
+        check_chunk_files(checkpoint, full_fingerprint, config.checkpoint_mismatch)
+    task_config = replace(config, progress=config.progress and runner.name == "local")
 
     def task_of(number: int, features: np.ndarray) -> ChunkTask:
         names = recipe.names if recipe is not None else None
@@ -382,18 +282,13 @@ def fit_chunks(
             n_chunks,
             features,
             features if feature_keys is None else feature_keys[features],
-            seed,
-            n_steps,
-            lr,
-            device,
+            task_config,
             prefix,
             description,
-            progress and runner.name == "local",
             runner.threads,
-            None if names is None else np.asarray(names)[features],
-            str(Path(f"{checkpoint}.chunk{number}.pt")) if checkpoint else None,
-            checkpoint_every,
-            full_fingerprint if checkpoint else None,
+            names=None if names is None else np.asarray(names)[features],
+            checkpoint=str(Path(f"{checkpoint}.chunk{number}.pt")) if checkpoint else None,
+            fingerprint=full_fingerprint if checkpoint else None,
         )
 
     def store(number: int, outcome: ChunkOutcome) -> None:
@@ -444,7 +339,7 @@ def fit_chunks(
         items = ((n, (recipe.build, recipe.part(chunks[n]), task_of(n, chunks[n]))) for n in todo)
         fn, shared = _recipe_task, recipe.shared
     for number, outcome in runner.map(
-        fn, shared, items, description=description, progress=progress
+        fn, shared, items, description=description, progress=config.progress
     ):
         store(number, outcome)
         done_file = done_files[number]

@@ -1,0 +1,89 @@
+"""The cis step on the engine: one full-data problem (no feature chunks), fitted by SVI.
+
+The model, its Laplace start and the posterior draws are maths (:mod:`dream_sc.models.cis`,
+:mod:`~dream_sc.models.cis_laplace`, :mod:`~dream_sc.models.cis_dosage`); this module runs them
+with the fit's :class:`~dream_sc.engine.config.FitConfig` through the shared SVI loop.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer.autoguide import AutoMultivariateNormal, init_to_value
+
+from ..models import cis_laplace
+from ..models.batching import StepRows
+from ..models.cis import CisData, CisModel, CisPosterior, cis_priors, initial_values
+from ..models.cis_dosage import draw_sites
+from .config import FitConfig
+from .svi import run_svi
+
+
+def fit_cis_model(
+    data: CisData,
+    config: FitConfig,
+    *,
+    n_draws: int = 2000,
+    laplace: bool = True,
+    fingerprint: dict | None = None,
+) -> CisPosterior:
+    """Fit the guide-level cis model by SVI and return joint posterior draws of every site.
+
+    With ``laplace`` the variational posterior starts at the Laplace approximation
+    (:func:`laplace_start`) instead of a small sphere around the moment estimates.
+    ``config`` is the fit's configuration with the cell batch size set; its ``checkpoint``
+    prefix names the SVI checkpoint ``<prefix>.cis.pt``. ``fingerprint``: see
+    :func:`~dream_sc.engine.svi.run_svi`.
+    """
+    seed, device, checkpoint = config.seed, config.device, config.checkpoint
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    n_cells = data.assignment.shape[0]
+    model = CisModel(data, device)
+
+    step_rows = StepRows(seed, n_cells, config.batch_size, None, device)
+
+    def make_batch(step: int) -> dict:
+        return {"cell_index": step_rows(step), "n_cells": n_cells}
+
+    guide = AutoMultivariateNormal(
+        model, init_loc_fn=init_to_value(values=initial_values(data, model)), init_scale=0.05
+    )
+    guide(make_batch(0))  # creates the variational parameters
+    if laplace and not cis_laplace.laplace_start(guide, model, seed, device):
+        warnings.warn(
+            "The Laplace start of the cis fit failed (no usable curvature at the mode); the fit "
+            f"starts from the moment estimates instead, which needs more steps than {config.n_steps}: "
+            "check the cis fit's convergence or pass n_steps=1500.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def parameters() -> list[torch.Tensor]:
+        store = pyro.get_param_store()
+        return [store.get_param(name).unconstrained() for name in sorted(store.keys())]
+
+    fit = run_svi(
+        model,
+        guide,
+        parameters,
+        make_batch,
+        config,
+        description="cis",
+        loss_scale=float(n_cells),
+        context=" in the cis fit",
+        checkpoint=None if checkpoint is None else f"{checkpoint}.cis.pt",
+        fingerprint=fingerprint,
+    )
+    with torch.no_grad():
+        draws = draw_sites(guide, model, make_batch(0), n_draws, seed)
+        as_t = {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in draws.items()}
+        derived = model.derived(as_t)
+    draws["guide_effect_all"] = derived["b"].cpu().numpy().astype(np.float64)
+    draws["tech_effect_all"] = derived["delta"].cpu().numpy()
+    draws["log_r_within"] = derived["log_r"].cpu().numpy()
+    pyro.clear_param_store()
+    return CisPosterior(draws, fit, cis_priors(model))
