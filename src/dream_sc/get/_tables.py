@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 from mudata import MuData
 
+from .._record_checks import GUIDE_COLUMNS
 from .._stores.cis import CIS_STATS, read_cis, read_cis_dose
 from .._stores.trans import read_curves, read_trans, read_trans_posterior, read_trans_priors
 from ..models.batching import stable_keys
@@ -16,17 +17,6 @@ from ..models.curves import evaluate_curve
 from ..models.families import get_family
 from ..models.trans import natural_params
 from ..models.trans_summary import DoseAxis, draw_latent, natural_scale
-
-GUIDE_COLUMNS = [
-    "target",
-    "n_cells",
-    "dose_mean",
-    "dose_q05",
-    "dose_q95",
-    "log2_effect_mean",
-    "log2_effect_q05",
-    "log2_effect_q95",
-]
 
 
 def cis_dosage(mdata: MuData, *, level: str = "guide", key: str = "dream_cis") -> pd.DataFrame:
@@ -62,7 +52,7 @@ def cis_dosage(mdata: MuData, *, level: str = "guide", key: str = "dream_cis") -
     if level == "guide":
         guides = record["guides"].copy()
         rest = [c for c in guides.columns if c not in GUIDE_COLUMNS]
-        return guides[GUIDE_COLUMNS + rest]
+        return guides[list(GUIDE_COLUMNS) + rest]
     if level == "cell":
         cols = {s: read_cis_dose(mdata, key, s) for s in CIS_STATS}
         out = pd.DataFrame(
