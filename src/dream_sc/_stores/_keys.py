@@ -18,7 +18,19 @@ CIS_STATS = ("mean", "sd", "q05", "q95")
 
 
 @dataclass(frozen=True)
-class TechnicalKeys:
+class _RunKeys:
+    """A result stored under ``key``: its run record lives in ``uns[key]``."""
+
+    key: str
+
+    @property
+    def record(self) -> str:
+        """``uns`` key of the run record (``mdata.uns`` or the modality's ``uns``)."""
+        return self.key
+
+
+@dataclass(frozen=True)
+class TechnicalKeys(_RunKeys):
     """Where a technical fit ``key`` lives in its modality.
 
     Examples
@@ -26,13 +38,6 @@ class TechnicalKeys:
     >>> TechnicalKeys("dream_technical").informative
     'dream_technical_informative'
     """
-
-    key: str
-
-    @property
-    def record(self) -> str:
-        """``adata.uns`` key of the run record."""
-        return self.key
 
     @property
     def results(self) -> str:
@@ -46,7 +51,7 @@ class TechnicalKeys:
 
 
 @dataclass(frozen=True)
-class CisKeys:
+class CisKeys(_RunKeys):
     """Where a cis fit ``key`` lives in the ``MuData``.
 
     Examples
@@ -54,13 +59,6 @@ class CisKeys:
     >>> CisKeys("dream_cis").dose("mean"), CisKeys("dream_cis").samples
     ('dream_cis_dose_mean', 'dream_cis_dose_samples')
     """
-
-    key: str
-
-    @property
-    def record(self) -> str:
-        """``mdata.uns`` key of the run record."""
-        return self.key
 
     def dose(self, stat: str) -> str:
         """``mdata.obs`` column of the per-cell dosage statistic ``stat`` (``mean``, ``sd``, ...)."""
@@ -78,7 +76,7 @@ class CisKeys:
 
 
 @dataclass(frozen=True)
-class TransKeys:
+class TransKeys(_RunKeys):
     """Where a trans fit ``key`` lives in its modality.
 
     Examples
@@ -86,13 +84,6 @@ class TransKeys:
     >>> TransKeys("dream_trans").curve("q05"), TransKeys("dream_trans").posterior
     ('dream_trans_curve_q05', 'dream_trans_posterior')
     """
-
-    key: str
-
-    @property
-    def record(self) -> str:
-        """``adata.uns`` key of the run record (significance and calibration included)."""
-        return self.key
 
     @property
     def results(self) -> str:
@@ -110,7 +101,7 @@ class TransKeys:
 
 
 @dataclass(frozen=True)
-class ScreenKeys:
+class ScreenKeys(_RunKeys):
     """Where a screen ``key`` and the fits of its targets live.
 
     Examples
@@ -118,13 +109,6 @@ class ScreenKeys:
     >>> ScreenKeys("dream_screen").fit_key("dream_trans", "GFI1B")
     'dream_trans_GFI1B'
     """
-
-    key: str
-
-    @property
-    def record(self) -> str:
-        """``mdata.uns`` key of the screen record."""
-        return self.key
 
     @staticmethod
     def fit_key(prefix: str, target: str) -> str:
