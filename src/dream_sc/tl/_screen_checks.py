@@ -26,8 +26,9 @@ BACKENDS = ("local", "dask")
 SCREEN_N_STEPS: dict[str, int | None] = {"technical": None, "cis": None, "trans": None}
 #: Fit settings fit_screen takes per step: one value for all steps or a mapping step -> value.
 PER_STEP = ("n_steps", "batch_size", "n_samples")
-#: Step arguments fit_screen sets for every target itself (or, for high MOI, does not support),
-#: besides the step arguments it takes under the same name (see :func:`managed_arguments`).
+#: Step arguments fit_screen sets for every target itself (high MOI: from its own
+#: ``guide_targets`` / ``guide_assignment_key``), besides the step arguments it takes under the
+#: same name (see :func:`managed_arguments`).
 _SET_PER_TARGET = {"mdata", "cis_target", "cis_key", "guide_targets", "guide_assignment_key"}
 #: fit_screen arguments that may be given in ``trans_kwargs`` instead (not both).
 _EITHER = {"features", "min_cells"}
