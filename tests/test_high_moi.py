@@ -11,6 +11,18 @@ import pytest
 
 import dream_sc as ds
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: these fits are tiny, and a shared machine makes more threads slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 SETTINGS = {
     "n_steps": {"technical": 40, "cis": 40, "trans": 100},
     "trans_kwargs": {"refine_intervals": False, "n_permutations": 2},
@@ -227,6 +239,7 @@ def test_target_whose_guides_never_occur(small):
     )
     table = small.obsm["guide_assignment"].copy()
     table.loc[:, [c for c in table.columns if c.startswith("DDX6")]] = 0
+    table.loc[table.sum(axis=1) == 0, "NTC_1"] = 1  # cells left without a guide get a control
     small.obsm["guide_assignment"] = table
     _refused(
         small,
@@ -269,3 +282,27 @@ def test_high_moi_screen_without_guide_targets(small):
         ds.tl.fit_screen(small, n_steps=5, progress=False)
     assert list(small.obs.columns) == before[0]
     assert sorted(small.uns) == before[2]
+
+
+def test_checkpoint_resumes_and_sees_the_assignment_table(tmp_path):
+    fast = {
+        "n_steps": {"technical": 10, "cis": 10, "trans": 10},
+        "targets": ["GFI1B"],
+        "trans_kwargs": {"refine_intervals": False, "test": False},
+        "checkpoint": str(tmp_path / "ckpt"),
+    }
+    a = _data(n_cells=200)
+    _fit(a, **fast)
+    b = _data(n_cells=200)
+    _fit(b, **fast)  # everything from the checkpoint
+    assert bool(b.uns["dream_screen"]["timings"]["from_checkpoint"].all())
+    pd.testing.assert_frame_equal(
+        a["rna"].varm["dream_trans_GFI1B"], b["rna"].varm["dream_trans_GFI1B"]
+    )
+    c = _data(n_cells=200)
+    table = c.obsm["guide_assignment"].copy()
+    carried = np.flatnonzero(table["NTC_1"].to_numpy() == 0)[0]
+    table.iloc[carried, table.columns.get_loc("NTC_1")] = 1  # one more guide call
+    c.obsm["guide_assignment"] = table
+    with pytest.raises(ValueError, match="the guide labels"):
+        _fit(c, **fast)
