@@ -189,6 +189,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-sceptre", action="store_true")
+    ap.add_argument(
+        "--true-size-factors",
+        action="store_true",
+        help="fit and normalise with the generating size factors (isolates composition effects)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     ds.settings.progress_bar = False
@@ -203,6 +208,8 @@ def main(argv=None) -> int:
     )
     truth = mdata.uns["truth"]
     pairs = truth["pairs"]
+    if args.true_size_factors:
+        mdata.obs["sum_factor"] = mdata.obs["true_size_factor"].to_numpy()
     owner = mdata["rna"].var["true_target"]
     per_cell = (mdata.obsm["guide_assignment"].to_numpy() > 0).sum(1)
     print(
