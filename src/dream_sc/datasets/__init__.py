@@ -2,6 +2,7 @@
 
 from ._example import example
 from ._high_moi import simulate_high_moi
+from ._many_targets import simulate_many_targets
 from ._simulate import simulate_screen
 from ._truth import true_curve
 from ._write_formats import (
@@ -15,6 +16,7 @@ __all__ = [
     "binomial_to_junctions",
     "example",
     "simulate_high_moi",
+    "simulate_many_targets",
     "simulate_screen",
     "true_curve",
     "write_cellranger",
