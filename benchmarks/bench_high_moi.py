@@ -190,6 +190,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-sceptre", action="store_true")
     ap.add_argument(
+        "--guide-count-bins",
+        type=int,
+        default=0,
+        help="add guides-per-cell quantile bins (this many) to the technical covariates",
+    )
+    ap.add_argument(
         "--true-size-factors",
         action="store_true",
         help="fit and normalise with the generating size factors (isolates composition effects)",
@@ -218,6 +224,10 @@ def main(argv=None) -> int:
         f"pairs of {len(pairs)}"
     )
     kw = {}
+    if args.guide_count_bins > 1:
+        bins = pd.qcut(per_cell, args.guide_count_bins, labels=False, duplicates="drop")
+        mdata.obs["guide_count_bin"] = pd.Categorical([f"k{b}" for b in bins])
+        kw["technical_key"] = ["cell_line", "guide_count_bin"]
     if args.steps is not None:
         kw["n_steps"] = dict(zip(("technical", "cis", "trans"), args.steps, strict=True))
     if args.permutations is not None:

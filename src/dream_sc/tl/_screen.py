@@ -183,7 +183,8 @@ def fit_screen(
     Returns
     -------
     ``None`` (or the fitted copy). Writes the step results under their keys (see
-    :doc:`/storage`) and ``mdata.uns[key_added]``: ``modality``, ``targets``,
+    :doc:`/storage`) and ``mdata.uns[key_added]``: ``modality``, ``moi`` (``"low"`` /
+    ``"high"``), ``targets``,
     ``cis_features``, ``cis_keys``, ``trans_keys``, ``seeds`` (per target),
     ``technical_key_added``, ``technical`` (``"fitted"``, ``"reused"`` or ``"checkpoint"``),
     ``timings`` (DataFrame, index = target: ``cis_seconds``, ``trans_seconds``,

@@ -24,9 +24,6 @@ from .. import _validation as V
 from .._cells import check_guide_columns
 from ._screen_checks import _resolve_targets
 
-#: Name of the screen record field saying which design was fitted.
-MOI_FIELD = "moi"
-
 
 @dataclass
 class ScreenDesign:
