@@ -118,30 +118,17 @@ def score(table: pd.DataFrame, truth: MuData, column: str) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Simulate, fit, score; print a markdown table."""
-    import torch
-    from _metrics import PeakRSS, markdown_table
+def run_one(args: argparse.Namespace, seed: int) -> tuple[pd.DataFrame, list[str], float, object]:
+    """Simulate and fit one screen; the scores of every q-value column, selection lines."""
+    from _metrics import PeakRSS
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", type=int, default=3000)
-    parser.add_argument("--genes", type=int, default=200)
-    parser.add_argument("--targets", type=int, default=10)
-    parser.add_argument("--responsive", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--permutations", type=int, default=50)
-    parser.add_argument("--alpha", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    warnings.simplefilter("ignore", UserWarning)
     mdata = many_target_screen(
         n_cells=args.cells,
         n_genes=args.genes,
         n_targets=args.targets,
         n_responsive=args.responsive,
-        seed=args.seed,
+        log2_slope=tuple(args.slope),
+        seed=seed,
     )
     start = time.perf_counter()
     with PeakRSS() as rss:
@@ -150,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
             n_steps={"technical": args.steps, "cis": args.steps, "trans": args.steps},
             trans_kwargs={"refine_intervals": False, "n_permutations": args.permutations},
             technical_key="cell_line",
-            seed=args.seed,
+            seed=seed,
             progress=False,
         )
     seconds = time.perf_counter() - start
@@ -162,25 +149,70 @@ def main(argv: list[str] | None = None) -> None:
         "hierarchical, Simes (`significant_screen`)": score(simes, mdata, "significant_screen"),
         "hierarchical, permutation": score(perm, mdata, "significant_screen"),
     }
-    frame = pd.DataFrame(rows).T
-    frame.index.name = "q-values"
     null_targets = list(mdata.uns["truth"]["null_targets"])
-    print(
-        f"{args.targets} targets ({len(null_targets)} without effect: {null_targets}), "
-        f"{args.cells} cells x {args.genes} genes, {args.responsive} responsive genes per "
-        f"active target, {args.steps} steps, {args.permutations} permutations, "
-        f"alpha = {args.alpha}; fit_screen {seconds:.0f} s, peak RSS {rss.peak_gb:.2f} GB"
-    )
-    print(f"CPU {rss.cpu_seconds:.0f} s, load average {rss.load}")
-    print(markdown_table(frame))
+    lines = []
     for name, table in (("Simes", simes), ("permutation", perm)):
         per = table.groupby("target", sort=False).first()
         selected = per.index[per["target_selected"]].tolist()
-        print(
-            f"{name}: selected {len(selected)} of {len(per)} targets "
-            f"({sorted(set(selected) & set(null_targets))} without effect); "
-            f"within-target BH level {table.attrs['hierarchical_fdr']['feature_level']:.3f}"
+        lines.append(
+            f"seed {seed}, {name}: selected {len(selected)} of {len(per)} targets "
+            f"({sorted(set(selected) & set(null_targets))} without effect); within-target BH "
+            f"level {table.attrs['hierarchical_fdr']['feature_level']:.3f}"
         )
+    frame = pd.DataFrame(rows).T
+    frame.index.name = "q-values"
+    return frame, lines, seconds, rss
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Simulate, fit and score ``--seeds`` screens; print markdown tables."""
+    import torch
+    from _metrics import markdown_table
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, default=3000)
+    parser.add_argument("--genes", type=int, default=500)
+    parser.add_argument("--targets", type=int, default=10)
+    parser.add_argument("--responsive", type=int, default=10)
+    parser.add_argument("--slope", type=float, nargs=2, default=(0.5, 1.0))
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--permutations", type=int, default=50)
+    parser.add_argument("--alpha", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1, help="screens, seeds seed, seed+1, ...")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore", UserWarning)
+    n_null = int(round(0.2 * args.targets))
+    print(
+        f"{args.targets} targets ({n_null} without effect), {args.cells} cells x {args.genes} "
+        f"genes, {args.responsive} responsive genes per active target (log2 slopes "
+        f"{args.slope}), {args.steps} steps, {args.permutations} permutations, "
+        f"alpha = {args.alpha}"
+    )
+    frames = []
+    for seed in range(args.seed, args.seed + args.seeds):
+        frame, lines, seconds, rss = run_one(args, seed)
+        frames.append(frame)
+        print(
+            f"\nseed {seed}: fit_screen {seconds:.0f} s, CPU {rss.cpu_seconds:.0f} s, peak RSS "
+            f"{rss.peak_gb:.2f} GB, load average {rss.load[0]:.1f} -> {rss.load[1]:.1f}"
+        )
+        print(markdown_table(frame))
+        print("\n".join(lines))
+    if len(frames) > 1:
+        total = sum(f[["calls", "false calls", "false calls on no-effect targets"]] for f in frames)
+        total["realised FDR (pooled over screens)"] = total["false calls"] / total["calls"].clip(
+            lower=1
+        )
+        total["mean FDP"] = sum(f["realised FDR"] for f in frames) / len(frames)
+        total["no-effect targets with calls"] = sum(
+            f["no-effect targets with calls"] for f in frames
+        )
+        total["power"] = sum(f["power"] for f in frames) / len(frames)
+        print(f"\nall {len(frames)} screens (counts summed, power and FDP averaged)")
+        print(markdown_table(total))
 
 
 if __name__ == "__main__":

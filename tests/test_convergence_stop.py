@@ -78,6 +78,7 @@ def test_without_tolerance_identical_and_record_unchanged():
         ds.tl.fit_technical(mdata.copy(), n_steps=40, progress=False, tolerance=-1.0)
 
 
+@pytest.mark.slow
 def test_technical_fit_stops_early_close_to_full_length(tmp_path):
     """fit_technical with a tolerance: fewer steps, recorded, means within the fit's noise."""
     torch.set_num_threads(1)
