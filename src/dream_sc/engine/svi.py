@@ -194,9 +194,9 @@ MIN_STOP_WINDOW = 10
 STOP_WINDOW_FRAC = 0.05
 
 
-def stop_window(n_steps: int) -> int:
+def stop_window(total_steps: int) -> int:
     """Steps per check window of the convergence stop (also the length of the final anneal)."""
-    return max(MIN_STOP_WINDOW, int(n_steps * STOP_WINDOW_FRAC))
+    return max(MIN_STOP_WINDOW, int(total_steps * STOP_WINDOW_FRAC))
 
 
 def tolerance_reached(loss: np.ndarray, tolerance: float, window: int) -> bool:
