@@ -336,7 +336,10 @@ def run_svi(
         ``lr``, ``progress`` (a tqdm bar, only on a TTY), ``checkpoint_every`` (steps between
         checkpoints) and ``checkpoint_mismatch`` (``"raise"``: a checkpoint of another fit, or
         a damaged one, raises a ``ValueError`` naming it; ``"restart"``: it is deleted and the
-        fit starts from step 0).
+        fit starts from step 0) and ``tolerance`` (``None``: exactly ``n_steps`` steps; a
+        number: stop once the smoothed loss improves by less than that fraction per window of
+        :func:`stop_window` steps, after one more window of learning-rate annealing; see
+        :func:`tolerance_reached`).
     clip
         Element-wise gradient clip value.
     description

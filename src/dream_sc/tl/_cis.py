@@ -266,7 +266,7 @@ def fit_cis(
     ``n_cells``, ``dose_mean``/``_q05``/``_q95``, ``log2_effect_mean``/``_sd``/``_q05``/``_q95``,
     ``sigma_mean``, ``is_control``, ``control_active``), ``x_ntc``, ``log2_x_ntc_mean``,
     ``log2_x_ntc_sd``, ``dose_range``, ``n_cells``, ``cis_feature``, ``cis_target``,
-    ``modality``, ``technical_key_added``, ``params``, ``priors``, ``loss``, ``converged``,
+    ``modality``, ``technical_key_added``, ``params``, ``priors``, ``loss``, ``n_steps_run`` (with ``tolerance``), ``converged``,
     ``seconds``, ``versions``.
 
     Examples

@@ -166,7 +166,8 @@ def fit_technical(
     - ``mdata[modality].uns[key_added]``: ``params`` (arguments, seed, device),
       ``distribution``, ``overdispersed``, ``groups``, ``reference_group``, ``n_cells``,
       ``priors`` (``concentration`` when over-dispersed), ``loss``, ``converged``,
-      ``chunk_converged``, ``plan``, ``seconds``, ``versions``.
+      ``chunk_converged``, ``chunk_n_steps_run`` (with ``tolerance``), ``plan``, ``seconds``,
+      ``versions``.
 
     Examples
     --------

@@ -218,7 +218,7 @@ def fit_trans(
       ``x_ref``, ``min_effect``, ``params``, ``priors``, ``loss``, ``converged``,
       ``chunk_converged``, ``cis_key``, ``technical_key_added``, ``n_cells``, ``plan``,
       ``seconds``, ``null_scores``, ``null_seconds`` and ``exchangeability`` (when tested),
-      ``versions``.
+      ``chunk_n_steps_run`` (steps run per feature chunk, with ``tolerance``), ``versions``.
 
     Examples
     --------
