@@ -279,8 +279,6 @@ def fit_cis(
     ['target', 'n_cells', 'dose_mean']
     """
     params = {k: v for k, v in locals().items() if k not in ("mdata", "settings")}
-    if tolerance is None:  # fixed-step fits keep the record they always had
-        params.pop("tolerance")
     params["guide_targets"] = None if guide_targets is None else "given"
     V.check_mudata(mdata)
     check_mismatch(checkpoint_mismatch)

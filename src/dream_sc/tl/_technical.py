@@ -178,8 +178,6 @@ def fit_technical(
     True
     """
     params = {k: v for k, v in locals().items() if k not in ("mdata", "client")}
-    if tolerance is None:  # fixed-step fits keep the record they always had
-        params.pop("tolerance")
     V.check_mudata(mdata)
     runner = resolve_backend(backend, client)  # [dask hunk]
     check_mismatch(checkpoint_mismatch)

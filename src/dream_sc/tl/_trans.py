@@ -236,8 +236,6 @@ def fit_trans(
     if isinstance(min_cells, bool) or not isinstance(min_cells, int | np.integer) or min_cells < 0:
         raise ValueError(f"min_cells must be a non-negative integer; got {min_cells!r}.")
     params = {k: v for k, v in locals().items() if k not in ("mdata", "client")}
-    if tolerance is None:  # fixed-step fits keep the record they always had
-        params.pop("tolerance")
     runner = resolve_backend(backend, client)  # [dask hunk]
     V.check_fit_settings(
         n_steps=n_steps,
