@@ -128,8 +128,9 @@ def screen_results(
     and ``shape`` is called again from the screen-wide values.
 
     The **hierarchical** columns answer the screen's two questions in order (Benjamini and
-    Bogomolov 2014; :func:`~dream_sc.models.hierarchical_fdr.hierarchical_fdr`): every feature gets a permutation
-    p-value against its target's pooled null (``feature_pvalue``); every target a p-value
+    Bogomolov 2014; :func:`~dream_sc.models.hierarchical_fdr.hierarchical_fdr`): every
+    feature gets a permutation p-value against its target's pooled null
+    (``feature_pvalue``); every target a p-value
     for "changes no feature" (``target_pvalue``), BH over the targets (``target_qvalue``,
     ``target_selected = target_qvalue <= alpha``); within each of the ``R`` selected of ``m``
     targets BH at level ``alpha R / m`` (``screen_qvalue``, ``significant_screen``). This
