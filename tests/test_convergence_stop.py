@@ -102,3 +102,33 @@ def test_technical_fit_stops_early_close_to_full_length(tmp_path):
     fast.write(path)
     back = mudata.read_h5mu(path)
     np.testing.assert_array_equal(back["rna"].uns["dream_technical"]["chunk_n_steps_run"], steps)
+
+
+def test_cis_and_trans_record_steps_run_and_test_trans_rereads_tolerance():
+    torch.set_num_threads(1)
+    mdata = ds.datasets.simulate_screen(
+        n_cells=200, n_genes=12, n_junctions=0, n_isoform_genes=0, seed=0
+    )
+    ds.tl.fit_technical(mdata, n_steps=40, progress=False, seed=1)
+    ds.tl.fit_cis(mdata, cis_feature="GFI1B", n_steps=400, progress=False, seed=1, tolerance=1e-3)
+    cis_run = int(mdata.uns["dream_cis"]["n_steps_run"])
+    assert 0 < cis_run < 400
+    ds.tl.fit_trans(
+        mdata,
+        function="single_hill",
+        n_steps=400,
+        progress=False,
+        seed=1,
+        tolerance=1e-3,
+        refine_intervals=False,
+        n_permutations=3,
+        feature_chunk=6,
+    )
+    record = mdata["rna"].uns["dream_trans"]
+    steps = np.asarray(record["chunk_n_steps_run"])
+    assert len(steps) == len(record["chunk_converged"]) == 2  # 11 features in chunks of 6
+    assert ((steps > 0) & (steps < 400)).all()
+    assert np.asarray(record["chunk_converged"]).all()
+    before = mdata["rna"].varm["dream_trans"]["qvalue"].to_numpy()
+    ds.tl.test_trans(mdata, progress=False)  # rebuilds the job from the record
+    np.testing.assert_array_equal(mdata["rna"].varm["dream_trans"]["qvalue"].to_numpy(), before)
