@@ -41,6 +41,7 @@ from ._design import (
     make_guides,
 )
 from ._modalities import _by_chunks, _log_uniform, _technical, feature_names, gamma_poisson
+from ._normalise import estimate_size_factors
 
 _LN2 = float(np.log(2.0))
 
@@ -373,13 +374,11 @@ def _assemble(
         guide_label.append("+".join(names[np.sort(on)]))
         hit = sorted({str(t) for t in guide_target[on]} - {control})
         target_label.append(hit[0] if len(hit) == 1 else (control if not hit else "multiple"))
-    library = np.asarray(x.sum(axis=1)).ravel()
     mdata.obs["guide"] = guide_label
     mdata.obs["target"] = target_label
     mdata.obs["n_guides"] = np.diff(assignment.indptr).astype(np.int64)
     mdata.obs["cell_line"] = pd.Categorical(np.asarray(lines), categories=lines.categories)
-    mdata.obs["sum_factor"] = library / library.mean()
-    mdata.obs["true_size_factor"] = true_sf
+    estimate_size_factors(mdata, true_sf)  # as a user would: pp.sum_factors' default
     if truth["moi"] == "high":
         mdata.obsm["guide_assignment"] = pd.DataFrame(
             assignment.toarray().astype(np.float32), index=obs_names, columns=guides.index
