@@ -306,3 +306,12 @@ def test_checkpoint_resumes_and_sees_the_assignment_table(tmp_path):
     c.obsm["guide_assignment"] = table
     with pytest.raises(ValueError, match="the guide labels"):
         _fit(c, **fast)
+
+
+def test_control_cells_refused_at_high_moi(small):
+    _refused(
+        small,
+        "control_cells= is for low-MOI screens; at high MOI every cell without a target's "
+        "guides is its comparison.",
+        control_cells=50,
+    )
