@@ -59,7 +59,7 @@ def test_read_int_parses_cgroup_files(tmp_path):
 
 def test_explicit_budget_wins(machine):
     machine.files["/sys/fs/cgroup/memory.max"] = 1 * GB
-    assert available_memory(3.5) == (int(3.5 * GB), "user budget")
+    assert available_memory(_cfg(max_memory_gb=3.5)) == (int(3.5 * GB), "user budget")
 
 
 def test_psutil_when_nothing_else(machine):
@@ -101,33 +101,32 @@ def test_cuda_device_memory_bounds_the_budget(machine, monkeypatch):
     free = {0: 6 * GB, 1: 3 * GB}
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (free[i], 16 * GB))
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    assert available_memory(device="cuda") == (6 * GB, "free memory of cuda:0")
-    assert available_memory(device="cuda:1") == (3 * GB, "free memory of cuda:1")
-    assert available_memory(device="cpu") == (64 * GB, "psutil")
-    assert available_memory(4, device="cuda:1") == (4 * GB, "user budget")
+    on = lambda device, **kw: _cfg(device=torch.device(device), **kw)  # noqa: E731
+    assert available_memory(on("cuda")) == (6 * GB, "free memory of cuda:0")
+    assert available_memory(on("cuda:1")) == (3 * GB, "free memory of cuda:1")
+    assert available_memory(on("cpu")) == (64 * GB, "psutil")
+    assert available_memory(on("cuda:1", max_memory_gb=4)) == (4 * GB, "user budget")
     plan = plan_fit(20_000, 5_000, _cfg(n_steps=600, device=torch.device("cuda:1")), density=1.0)
     assert plan.as_dict()["memory_source"] == "free memory of cuda:1"
     assert plan.estimated_peak_bytes <= 1.5 * GB  # half of the device's free memory
 
 
 def test_peak_estimate_adds_up():
-    peak = estimate_peak_bytes(
-        10_000, 1000, 200, density=0.1, n_samples=100, noise_width=9, n_steps=600
-    )
+    cfg = _cfg(n_steps=600)
+    peak = estimate_peak_bytes(10_000, 1000, 200, cfg, density=0.1, draws=100, noise_width=9)
     step = 1000 * 200 * memory.BYTES_PER_ENTRY
     data = 10_000 * 200 * 0.1 * memory.BYTES_PER_NONZERO
     assert peak >= step + data
-    bigger = estimate_peak_bytes(
-        10_000, 2000, 200, density=0.1, n_samples=100, noise_width=9, n_steps=600
-    )
+    bigger = estimate_peak_bytes(10_000, 2000, 200, cfg, density=0.1, draws=100, noise_width=9)
     assert bigger - peak == 1000 * 200 * memory.BYTES_PER_ENTRY
 
 
 def test_plan_keeps_full_problem_when_it_fits(machine):
     plan = plan_fit(500, 300, _cfg(max_memory_gb=8), density=0.1)
-    assert (plan.batch_size, plan.feature_chunk) == (500, 300)
+    assert (plan.config.batch_size, plan.feature_chunk) == (500, 300)
     plan = plan_fit(50_000, 300, _cfg(max_memory_gb=8), density=0.1)
-    assert plan.batch_size == DEFAULT_MAX_BATCH
+    assert plan.config.batch_size == DEFAULT_MAX_BATCH
+    assert plan.config.n_steps == 500  # the planned configuration is the fit's, sized
     assert plan.as_dict()["memory_source"] == "user budget"
     assert plan.as_dict()["available_gb"] == 8.0
 
@@ -140,7 +139,7 @@ def test_plan_halves_chunk_then_batch_to_fit(machine):
     # the chunk is halved first (down to 64 features), only then the batch
     tiny = plan_fit(20_000, 5_000, _cfg(n_steps=600, max_memory_gb=0.02), **kw)
     assert tiny.feature_chunk == 40  # 5000 -> 2500 -> ... -> 79 -> 40 (first size <= 64)
-    assert tiny.batch_size < DEFAULT_MAX_BATCH
+    assert tiny.config.batch_size < DEFAULT_MAX_BATCH
 
 
 def test_plan_keeps_user_sizes_and_warns(machine, caplog):
@@ -152,7 +151,7 @@ def test_plan_keeps_user_sizes_and_warns(machine, caplog):
             density=1.0,
             feature_chunk=20_000,
         )
-    assert (plan.batch_size, plan.feature_chunk) == (50_000, 20_000)
+    assert (plan.config.batch_size, plan.feature_chunk) == (50_000, 20_000)
     assert "exceeds the budget" in caplog.text
 
 
@@ -169,10 +168,11 @@ def test_trans_plans_budget_the_curves_autograd_intermediates():
 
     TRANS_BYTES_PER_ENTRY = {name: curve.bytes_per_entry for name, curve in CURVES.items()}
 
-    kw = {"density": 0.15, "n_samples": 100, "noise_width": 9, "n_steps": 300}
+    kw = {"density": 0.15, "draws": 100, "noise_width": 9}
+    cfg = _cfg(n_steps=300)
     per = {
-        fn: estimate_peak_bytes(30_000, 1024, 30_000, bytes_per_entry=b, **kw)
-        - estimate_peak_bytes(30_000, 1024, 30_000, bytes_per_entry=0, **kw)
+        fn: estimate_peak_bytes(30_000, 1024, 30_000, cfg, bytes_per_entry=b, **kw)
+        - estimate_peak_bytes(30_000, 1024, 30_000, cfg, bytes_per_entry=0, **kw)
         for fn, b in TRANS_BYTES_PER_ENTRY.items()
     }
     assert per["polynomial"] < per["single_hill"] < per["additive_hill"]

@@ -20,7 +20,7 @@ from .._settings import settings
 from .._stores.screen import target_fit_key, write_screen
 from ..models.families import get_family
 from ._cis import fit_cis
-from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
+from ._common import FitConfig, clean_params, resolve_progress, versions
 from ._screen_checks import (
     FUNCTIONS,
     SCREEN_N_STEPS,
@@ -238,11 +238,11 @@ def fit_screen(
     used = control | obs[target_key].astype(str).isin(chosen).to_numpy()
     sf = sum_factor_values(mdata, sum_factor_key)
     V.check_sum_factors(sf[used], sum_factor_key)
-    dev = str(resolve_device(device))
     cis_keys = {t: target_fit_key(cis_prefix, t) for t in chosen}
     trans_keys = {t: target_fit_key(trans_prefix, t) for t in chosen}
     store = Checkpoint(checkpoint) if checkpoint is not None else None
-    seed = resolve_seed(resumed_seed(store, seed, checkpoint_mismatch))  # a drawn seed resumes
+    cfg = FitConfig.resolve(seed=resumed_seed(store, seed, checkpoint_mismatch), device=device)
+    seed, dev = cfg.seed, str(cfg.device)  # a drawn seed resumes
     common = {
         "guide_key": guide_key,
         "target_key": target_key,
