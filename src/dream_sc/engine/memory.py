@@ -322,13 +322,15 @@ class MemoryBudgetError(MemoryError):
     """A fit is too large for the memory budget even at its smallest plan."""
 
 
-def cis_peak_bytes(data: CisData, batch: int, config: FitConfig) -> dict[str, int]:
+def cis_peak_bytes(
+    data: CisData, batch: int, config: FitConfig, *, laplace: bool = True
+) -> dict[str, int]:
     """Estimated bytes of the phases of a cis fit of ``data`` with ``batch`` cells per step.
 
     Returns ``assignment`` (the ``cells x guides`` assignment on the host and on the device,
     held throughout), ``step`` (one SVI step), ``laplace`` (the float64 Laplace start: the
     assignment in float64, a pass over at most ``LAPLACE_MAX_CELLS`` cells, the Hessian of
-    the guide-level sites), ``dosage`` (the ``cells x config.n_samples`` dosage samples, the
+    the guide-level sites; 0 without a Laplace start), ``dosage`` (the ``cells x config.n_samples`` dosage samples, the
     dosage grids of a chunk of cells and the site draws) and ``peak``: the assignment plus
     the largest of the three phases, which run one after another.
     """
@@ -338,7 +340,7 @@ def cis_peak_bytes(data: CisData, batch: int, config: FitConfig) -> dict[str, in
     assignment = n_cells * n_guides * (4 + 4)
     step = batch * (2 * n_guides * 4 + N_QUADRATURE * CIS_BYTES_PER_NODE)
     laplace_cells = min(n_cells, LAPLACE_MAX_CELLS)
-    laplace = (
+    laplace = laplace * (
         n_cells * n_guides * 8
         + laplace_cells * (2 * n_guides * 8 + N_QUADRATURE * 2 * CIS_BYTES_PER_NODE)
         + 4 * n_sites**2 * 8
@@ -359,7 +361,9 @@ def cis_peak_bytes(data: CisData, batch: int, config: FitConfig) -> dict[str, in
     }
 
 
-def plan_cis(data: CisData, config: FitConfig, *, fraction: float = 0.5) -> Plan:
+def plan_cis(
+    data: CisData, config: FitConfig, *, laplace: bool = True, fraction: float = 0.5
+) -> Plan:
     """Pick the cell batch of a cis fit that fits in memory, or refuse the fit before any work.
 
     Full batches are kept up to :data:`CIS_MAX_BATCH` cells and halved (down to
@@ -374,6 +378,8 @@ def plan_cis(data: CisData, config: FitConfig, *, fraction: float = 0.5) -> Plan
     config
         The fit's configuration: ``batch_size`` (``None``: planned), ``n_samples``,
         ``max_memory_gb`` and ``device``.
+    laplace
+        The fit starts at the Laplace approximation (``fit_cis(warm_start=True)``).
     fraction
         Share of the available memory the plan may use.
 
@@ -390,7 +396,8 @@ def plan_cis(data: CisData, config: FitConfig, *, fraction: float = 0.5) -> Plan
     n_cells = data.assignment.shape[0]
     avail, source = available_memory(config)
     budget = int(avail * fraction)
-    smallest = cis_peak_bytes(data, min(n_cells, CIS_MIN_BATCH), config)
+    peak_of = lambda b: cis_peak_bytes(data, b, config, laplace=laplace)  # noqa: E731
+    smallest = peak_of(min(n_cells, CIS_MIN_BATCH))
     if smallest["peak"] > budget:
         parts = ", ".join(f"{k} {v / 1024**3:.2f} GB" for k, v in smallest.items() if k != "peak")
         raise MemoryBudgetError(
@@ -403,9 +410,9 @@ def plan_cis(data: CisData, config: FitConfig, *, fraction: float = 0.5) -> Plan
         )
     batch = config.batch_size or min(n_cells, CIS_MAX_BATCH)
     if config.batch_size is None:
-        while batch > CIS_MIN_BATCH and cis_peak_bytes(data, batch, config)["peak"] > budget:
+        while batch > CIS_MIN_BATCH and peak_of(batch)["peak"] > budget:
             batch = max(int(np.ceil(batch / 2)), CIS_MIN_BATCH)
-    peak = cis_peak_bytes(data, batch, config)["peak"]
+    peak = peak_of(batch)["peak"]
     if peak > budget:
         logger.warning(
             "cis memory plan: estimated peak %.2f GB exceeds the budget %.2f GB (%s); pass a "

@@ -346,7 +346,7 @@ def fit_cis(
         log_r=float(-tech.log_phi[col]),
         log2_x_ntc_prior=float(tech.baseline[col] / LN2),
     )
-    config = plan_cis(cis_data, config).config  # refuses a fit too large for memory
+    config = plan_cis(cis_data, config, laplace=warm_start).config  # refuses one too large
     fingerprint = None
     if checkpoint is not None:  # checked before any work (the Laplace start is work)
         fingerprint = cis_fingerprint(
