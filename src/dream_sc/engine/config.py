@@ -82,9 +82,9 @@ class FitConfig:
         """The configuration of a ``step`` fit from the arguments ``given`` (``None``: default).
 
         ``n_steps``/``lr``/``n_samples`` come from :data:`STEP_DEFAULTS` (without a ``step``,
-        e.g. for the seed and device a whole screen shares, from the fields' defaults); ``seed`` from
-        ``settings.seed``, then the seed recorded in ``checkpoint``'s files, then a fresh seed;
-        ``device`` from ``settings.device`` (``"auto"``: CUDA when available);
+        e.g. for the seed and device a whole screen shares, from the fields' defaults);
+        ``seed`` from ``settings.seed``, then the seed recorded in ``checkpoint``'s files, then
+        a fresh seed; ``device`` from ``settings.device`` (``"auto"``: CUDA when available);
         ``max_memory_gb``, ``progress`` and ``checkpoint_every`` from ``ds.settings``.
         """
         unknown = set(given) - {f.name for f in fields(cls)}

@@ -330,9 +330,10 @@ def cis_peak_bytes(
     Returns ``assignment`` (the ``cells x guides`` assignment on the host and on the device,
     held throughout), ``step`` (one SVI step), ``laplace`` (the float64 Laplace start: the
     assignment in float64, a pass over at most ``LAPLACE_MAX_CELLS`` cells, the Hessian of
-    the guide-level sites; 0 without a Laplace start), ``dosage`` (the ``cells x config.n_samples`` dosage samples, the
-    dosage grids of a chunk of cells and the site draws) and ``peak``: the assignment plus
-    the largest of the three phases, which run one after another.
+    the guide-level sites; 0 without a Laplace start), ``dosage`` (the
+    ``cells x config.n_samples`` dosage samples, the dosage grids of a chunk of cells and the
+    site draws) and ``peak``: the assignment plus the largest of the three phases, which run
+    one after another.
     """
     n_cells, n_guides = data.assignment.shape
     n_groups = len(data.tech_effect_prior)
