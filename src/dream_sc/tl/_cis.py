@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -26,6 +26,7 @@ from ..models.cis import LN2, CisData
 from ..models.cis_dosage import sample_cell_dosage
 from ..models.families import get_family
 from ._common import clean_params, versions
+from ._control_cells import check_control_cells, restrict_to_controls
 from ._fingerprints import cis_fingerprint
 from ._technical import load_technical
 
@@ -196,6 +197,7 @@ def fit_cis(
     copy: bool = False,
     checkpoint: str | None = None,
     checkpoint_mismatch: Literal["raise", "restart"] = "raise",
+    control_cells: int | Sequence[str] | None = None,
 ) -> MuData | None:
     """Estimate each guide's effect on the cis gene and each cell's dosage (step 2).
 
@@ -258,6 +260,14 @@ def fit_cis(
         :doc:`/reliability`), a damaged file or one of an older dream_sc: ``"raise"`` (default)
         raises a ``ValueError`` naming the file and what changed, before any work and without
         deleting anything; ``"restart"`` deletes it and fits from the start.
+    control_cells
+        Use only some of the control cells (low MOI: the control label; high MOI: the cells
+        without the target's guides): a number (a subsample of that size, stratified by
+        technical group, drawn with ``seed``) or their obs names. ``None`` (default): all.
+        The technical fit has learned every feature's baseline and noise on all controls; in a
+        genome-scale screen a few thousand controls anchor a target's dose axis as well as
+        tens of thousands at a fraction of the cost (see :doc:`/screens`). The other
+        control cells hold NaN like every cell outside the fit.
 
     Returns
     -------
@@ -281,9 +291,12 @@ def fit_cis(
     """
     params = {k: v for k, v in locals().items() if k not in ("mdata", "settings")}
     params["guide_targets"] = None if guide_targets is None else "given"
+    if control_cells is not None and not isinstance(control_cells, (int, np.integer)):
+        params["control_cells"] = f"{len(control_cells)} given"
     V.check_mudata(mdata)
     check_mismatch(checkpoint_mismatch)
     V.check_fit_settings(n_steps=n_steps, lr=lr, batch_size=batch_size, n_samples=n_samples)
+    check_control_cells(control_cells)
     V.check_modality(mdata, modality)
     obs = mdata.obs
     cis_target = cis_target or cis_feature
@@ -298,6 +311,19 @@ def fit_cis(
         raise ValueError(
             f"The cis gene must come from a count (negbinom) modality; {modality!r} is {tech.distribution}."
         )
+    config = FitConfig.resolve(
+        "cis",
+        seed=seed,
+        n_steps=n_steps,
+        lr=lr,
+        batch_size=batch_size,
+        n_samples=n_samples,
+        device=device,
+        progress=progress,
+        checkpoint=checkpoint,
+        checkpoint_mismatch=checkpoint_mismatch,
+        tolerance=tolerance,
+    )
     high_moi = guide_targets is not None
     if high_moi:
         use, A_all, guide_names, is_cis = _cis_cells_high_moi(
@@ -308,6 +334,13 @@ def fit_cis(
         V.check_control(obs, target_key, control_label)
         use = _cis_cells_low_moi(obs, guide_key, target_key, control_label, cis_target)
     groups = technical_groups(obs, tech.technical_key, known=tech.groups)
+    if high_moi:
+        control = A_all[:, is_cis].sum(1) == 0
+    else:
+        control = (obs[target_key].astype(str) == control_label).to_numpy()
+    use = restrict_to_controls(
+        use, control, obs.index, groups.codes, control_cells, np.random.default_rng(config.seed)
+    )
     cells = obs.index[use]
     data = modality_data(mdata, modality, cells, layer=layer)
     col = adata.var_names.get_loc(cis_feature)
@@ -329,19 +362,6 @@ def fit_cis(
     else:
         guides = _low_moi_guides(obs, rows, guide_key, target_key, cis_target)
     A, guide_names, is_cis, guide_target = guides
-    config = FitConfig.resolve(
-        "cis",
-        seed=seed,
-        n_steps=n_steps,
-        lr=lr,
-        batch_size=batch_size,
-        n_samples=n_samples,
-        device=device,
-        progress=progress,
-        checkpoint=checkpoint,
-        checkpoint_mismatch=checkpoint_mismatch,
-        tolerance=tolerance,
-    )
     codes = groups.codes[rows]
     cis_data = CisData(
         y=y.astype(np.float64),

@@ -21,6 +21,7 @@ from .._stores.screen import target_fit_key, write_screen
 from ..models.families import get_family
 from ._cis import fit_cis
 from ._common import FitConfig, clean_params, resolve_progress, versions
+from ._control_cells import screen_controls
 from ._screen_checks import (
     FUNCTIONS,
     SCREEN_N_STEPS,
@@ -77,6 +78,7 @@ def fit_screen(
     n_jobs: int = 1,
     copy: bool = False,
     checkpoint_mismatch: Literal["raise", "restart"] = "raise",
+    control_cells: int | None = None,
 ) -> MuData | None:
     """Fit every target of a low-MOI screen: one technical fit, then cis + trans per target.
 
@@ -131,7 +133,7 @@ def fit_screen(
     progress
         One bar over targets (``None``: ``settings.progress_bar``).
     key_added
-        Where the screen record goes: ``mdata.uns[key_added]``.
+        Key of the screen record: ``mdata.uns[key_added]``.
     technical_key_added, cis_prefix, trans_prefix
         Key of the technical fit and prefixes of the per-target keys.
     technical_kwargs, cis_kwargs, trans_kwargs
@@ -152,19 +154,20 @@ def fit_screen(
         ``"local"`` (default) or ``"dask"`` with a ``dask.distributed`` client, passed to the
         technical and trans fits (needs a dream_sc whose fits take them).
     n_jobs
-        Fit this many targets at a time in worker processes (``-1``: one per CPU; local
-        backend only), each with ``settings.torch_threads`` torch threads (default: this
-        process's threads shared out, at least one). Results are identical to a serial run
-        with the same number of torch threads per fit. Worth it where a machine has more
-        cores than one fit keeps busy (on an idle 2-core machine two single-threaded workers
-        were no faster than one two-threaded process: 29.1 s against 28.3 s on the example
-        screen). The workers read the screen from a temporary h5mu file once.
+        Targets fitted at a time in worker processes (``-1``: one per CPU; local backend
+        only), each with ``settings.torch_threads`` torch threads (default: this process's
+        threads shared out); results identical to a serial run with as many threads per fit.
+        Worth it where one fit leaves cores idle (see :doc:`/screens`).
     copy
         Return a fitted copy instead of writing in place.
     checkpoint_mismatch
         ``"raise"``: stale, damaged or old-format pieces in ``checkpoint`` raise a ValueError
         naming the file and what changed, before any work, deleting nothing; ``"restart"``:
         those pieces are deleted (matching ones are still reused).
+    control_cells
+        Fit each target on its cells plus this many control cells (one subsample shared by
+        all targets, stratified by technical group, drawn from ``seed``; ``None``: all). The
+        technical fit uses all controls. See :doc:`/screens` for cost and error.
 
     Returns
     -------
@@ -187,8 +190,7 @@ def fit_screen(
     params = {k: v for k, v in locals().items() if k not in ("mdata", "client")}
     start = time.perf_counter()
     check_mismatch(checkpoint_mismatch)
-    # ---- validation: nothing is fitted or written before all of it passes ----
-    V.check_mudata(mdata)
+    V.check_mudata(mdata)  # validation: nothing is fitted or written before all of it passes
     V.check_modality(mdata, modality)
     if not isinstance(key_added, str) or not key_added:
         raise ValueError("key_added must be a non-empty string.")
@@ -227,12 +229,6 @@ def fit_screen(
     check_guide_columns(mdata, guide_key, target_key)
     control = V.check_control(obs, target_key, control_label)
     chosen = _resolve_targets(obs, target_key, control_label, targets, guide_key)
-    slashed = [t for t in chosen if "/" in t]
-    if slashed:
-        raise ValueError(
-            f"Target label(s) {slashed} contain '/', which cannot be part of a result key "
-            "(h5 paths); rename them in mdata.obs first."
-        )
     features = _resolve_cis_features(chosen, cis_feature, mdata[modality].var_names, modality)
     V.check_technical_groups(V.technical_labels(obs, technical_key), control, technical_key)
     used = control | obs[target_key].astype(str).isin(chosen).to_numpy()
@@ -243,6 +239,10 @@ def fit_screen(
     store = Checkpoint(checkpoint) if checkpoint is not None else None
     cfg = FitConfig.resolve(seed=resumed_seed(store, seed, checkpoint_mismatch), device=device)
     seed, dev = cfg.seed, str(cfg.device)  # a drawn seed resumes
+    if control_cells is not None:  # one subsample for every target
+        cis_kwargs["control_cells"] = screen_controls(
+            obs, control, technical_key, control_cells, np.random.default_rng(seed)
+        )
     common = {
         "guide_key": guide_key,
         "target_key": target_key,
@@ -277,7 +277,6 @@ def fit_screen(
             sf=sf,
             keys=(guide_key, target_key, technical_key, layer),
         )
-    # ---- work ----
     target_mdata = mdata.copy() if copy else mdata
     prefixes = [technical_key_added, key_added, *cis_keys.values(), *trans_keys.values()]
     before = {p: capture(target_mdata, modality, p, prefixes) for p in prefixes}

@@ -29,6 +29,7 @@ PER_STEP = ("n_steps", "batch_size", "n_samples")
 #: Step arguments fit_screen sets for every target itself (or, for high MOI, does not support),
 #: besides the step arguments it takes under the same name (see :func:`managed_arguments`).
 _SET_PER_TARGET = {"mdata", "cis_target", "cis_key", "guide_targets", "guide_assignment_key"}
+_SET_PER_TARGET |= {"control_cells"}
 #: fit_screen arguments that may be given in ``trans_kwargs`` instead (not both).
 _EITHER = {"features", "min_cells"}
 #: Keys of a stored technical run record compared before reusing it.
@@ -166,6 +167,12 @@ def _resolve_targets(obs, target_key, control_label, targets, guide_key) -> list
         raise ValueError(
             f"Target(s) {sorted(few)} have fewer than 2 guides ({few}); a cis fit needs at least "
             "2 guides. Leave them out with `targets=`."
+        )
+    slashed = [t for t in chosen if "/" in t]
+    if slashed:
+        raise ValueError(
+            f"Target label(s) {slashed} contain '/', which cannot be part of a result key "
+            "(h5 paths); rename them in mdata.obs first."
         )
     return chosen
 
