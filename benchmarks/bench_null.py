@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     onehot = np.eye(2)[group]
     start, cpu = time.perf_counter(), time.process_time()
     basis = dose_basis(log_x, np.full(n, 0.1))
-    perms = [permute_within_groups(group, 0, k) for k in range(args.permutations)]
+    perms = [
+        permute_within_groups(group, np.random.SeedSequence(0), k) for k in range(args.permutations)
+    ]
     width = max(1, _DENSE_BUDGET // n)
     for idx in feature_chunks(t, width):
         y = X[:, idx].toarray().astype(np.float64)

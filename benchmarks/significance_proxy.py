@@ -56,7 +56,7 @@ def run(design, seed, frac, *, confounded=False, n_cells=4000, n_perm=50, degree
     sf = m.obs["sum_factor"].to_numpy()
     model = null_model("negbinom", y, onehot, log_sf=np.log(sf), log_r=-np.log(phi))
     basis = dose_basis(log_x, var, degree=degree)
-    perms = [permute_within_groups(g, seed, k) for k in range(n_perm)]
+    perms = [permute_within_groups(g, np.random.SeedSequence(seed), k) for k in range(n_perm)]
     stats = score_statistics(model, onehot, [basis] + [basis[p] for p in perms])
     real, null = stats[0], stats[1:]
     truth = rna.var["true_responsive"].to_numpy(bool)[keep]

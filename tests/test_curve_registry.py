@@ -183,8 +183,8 @@ class _Linear(Curve):
     def sites(self, n, priors):
         return [Site("slope_z", (n,), 0.0, 0.1)]
 
-    def sample(self, n, priors, device):
-        return {"slope_z": pyro.sample("slope_z", normal_prior(0.0, 1.0, [n], device))}
+    def sample(self, n, priors, like):
+        return {"slope_z": pyro.sample("slope_z", normal_prior(0.0, 1.0, [n], like))}
 
     def natural_params(self, latent, scale, priors):
         return {"slope": scale * latent["slope_z"]}

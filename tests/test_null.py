@@ -73,7 +73,7 @@ def _two_line_scores(confounded: bool, seed: int = 0):
     # within-group permutation keeps the group-level association of the responsive features
     fit_groups = np.ones((n, 1)) if confounded else onehot
     model = null_model("negbinom", y, fit_groups, log_sf=np.log(sf), log_r=np.full(t, 6.0))
-    perms = [permute_within_groups(group, 0, k) for k in range(20)]
+    perms = [permute_within_groups(group, np.random.SeedSequence(0), k) for k in range(20)]
     basis = dose_basis(log_x)
     stats = score_statistics(model, fit_groups, [basis] + [basis[p] for p in perms])
     truth = np.arange(t) < n_resp
@@ -115,7 +115,7 @@ def test_flat_scores_are_exchangeable_with_their_permutations():
         onehot = _onehot(group)
         model = null_model("binomial", k, onehot, total=np.full((n, 100), 20.0))
         basis = dose_basis(log_x)
-        perms = [permute_within_groups(group, seed, j) for j in range(19)]
+        perms = [permute_within_groups(group, np.random.SeedSequence(seed), j) for j in range(19)]
         s = score_statistics(model, onehot, [basis] + [basis[p] for p in perms])
         ranks.append((s[1:] >= s[0]).sum(0))
     counts = np.bincount(np.concatenate(ranks), minlength=20)

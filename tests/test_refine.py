@@ -12,6 +12,7 @@ from scipy import integrate, sparse, stats
 
 import dream_sc as ds
 from conftest import FAST
+from dream_sc.engine.config import FitConfig
 from dream_sc.models import refine as R
 from dream_sc.models.observation import ObservationData
 from dream_sc.models.trans import TransInputs, TransPriors, natural_params
@@ -118,7 +119,6 @@ def test_trans_log_target_differences_match_scipy():
         inputs,
         effects=effects,
         noise={"log_r": log_r},
-        device=torch.device("cpu"),
         cell_block=128,  # several cell blocks
     )
     theta = torch.tensor(
@@ -185,7 +185,7 @@ def test_multinomial_cannot_be_refined():
     with pytest.raises(ValueError, match="couples features"):
         R.trans_log_target(
             obs, "single_hill", _priors(2), np.arange(2), inputs,
-            effects=np.zeros((2, 1)), noise={}, device=torch.device("cpu"),
+            effects=np.zeros((2, 1)), noise={},
         )  # fmt: skip
 
 
@@ -225,7 +225,7 @@ def test_adaptive_importance_sampling_recovers_a_target_far_from_the_start():
         _gaussian_target(means, sds),
         start,
         np.arange(3),
-        seed=0,
+        root=np.random.SeedSequence(0),
         rounds=(500, 500, 500),
         n_final=4000,
     )
@@ -241,14 +241,16 @@ def test_importance_draws_are_seeded_per_feature():
     means, sds = np.array([[0.0, 1.0], [2.0, 2.0]]), np.array([[1.0, 0.5], [0.2, 0.4]])
     start = means[:, None] + sds[:, None] * np.random.default_rng(1).standard_normal((2, 300, 2))
     keys = np.array([11, 42])
-    both = R.adaptive_importance_sampling(_gaussian_target(means, sds), start, keys, seed=5)
+    root = np.random.SeedSequence(5)
+    both = R.adaptive_importance_sampling(_gaussian_target(means, sds), start, keys, root=root)
     alone = R.adaptive_importance_sampling(
-        _gaussian_target(means[1:], sds[1:]), start[1:], keys[1:], seed=5
+        _gaussian_target(means[1:], sds[1:]), start[1:], keys[1:], root=root
     )
     np.testing.assert_array_equal(both.theta[1], alone.theta[0])
     np.testing.assert_allclose(both.weights[1], alone.weights[0])
     np.testing.assert_array_equal(
-        both.resample(50, keys, 3)[:, 1], alone.resample(50, keys[1:], 3)[:, 0]
+        both.resample(50, keys, np.random.SeedSequence(3))[:, 1],
+        alone.resample(50, keys[1:], np.random.SeedSequence(3))[:, 0],
     )
 
 
@@ -256,7 +258,7 @@ def test_resampling_follows_the_weights():
     theta = np.arange(8, dtype=float).reshape(1, 4, 2)
     weights = np.array([[0.0, 0.75, 0.0, 0.25]])
     draws = R.ImportanceDraws(theta, weights, np.array([1.6]))
-    picked = draws.resample(400, np.array([0]), seed=0)[:, 0, 0]
+    picked = draws.resample(400, np.array([0]), np.random.SeedSequence(0))[:, 0, 0]
     values, counts = np.unique(picked, return_counts=True)
     np.testing.assert_array_equal(values, [2.0, 6.0])
     np.testing.assert_array_equal(counts, [300, 100])  # systematic resampling: exact shares
@@ -299,9 +301,9 @@ def test_refinement_does_not_depend_on_chunking(fitted, monkeypatch):
     from dream_sc.tl._trans_job import job_from_record, posterior_from_frame
 
     adata = fitted["rna"]
-    job = job_from_record(
-        fitted, "rna", adata.uns["dream_trans"], device=torch.device("cpu"), progress=False
-    )
+    record = adata.uns["dream_trans"]
+    config = FitConfig.from_record(record["params"], device="cpu", progress=False)
+    job = job_from_record(fitted, "rna", record, config)
     loc, scale, corr = posterior_from_frame(adata.varm["dream_trans_posterior"], job.fitted)
     columns, _ = job.summarise(loc, scale, corr=corr)
     columns["prob_dose_dependent"] = np.where(np.arange(job.n_features) % 3 == 0, 1.0, 0.0)

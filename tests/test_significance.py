@@ -51,10 +51,12 @@ def test_default_needs_six_features_above_both_null_sets():
 
 def test_permutation_stays_within_groups():
     groups = np.array([0, 0, 1, 1, 1, 0, 1])
-    perm = permute_within_groups(groups, seed=3, number=0)
+    perm = permute_within_groups(groups, np.random.SeedSequence(3), number=0)
     assert sorted(perm) == list(range(7))
     np.testing.assert_array_equal(groups[perm], groups)
-    assert not np.array_equal(perm, permute_within_groups(groups, seed=3, number=1))
+    assert not np.array_equal(
+        perm, permute_within_groups(groups, np.random.SeedSequence(3), number=1)
+    )
 
 
 def test_calibration_check_on_fitted_screen(fitted):

@@ -2,7 +2,7 @@
 
 Cell-level randomness (minibatches, dosage draws) comes from generators seeded by
 ``(seed, step)`` only, so every chunk sees the same cells at the same step; feature-level noise
-comes from :class:`~dream_sc.models.guide.FeatureNoise` streams seeded by ``(seed, feature)``.
+comes from :class:`~dream_sc.models.guide.FeatureNoise` streams keyed by the feature.
 Adam and the element-wise gradient clipping act per parameter element. Together this makes a
 chunked fit equal a joint fit, feature by feature.
 
@@ -165,13 +165,15 @@ def run_chunk(problem_of: Callable[[], ChunkProblem], task: ChunkTask) -> ChunkO
         _before_chunk(task)
         try:
             problem = problem_of()
-            guide = MeanFieldGuide(
-                problem.sites, prefix=task.prefix, device=task.device, correlated=problem.correlated
-            )
             cfg = task.config
-            guide.noise = FeatureNoise(
-                cfg.seed, task.ids, guide.noise_width, cfg.n_steps, device=cfg.device
+            guide = MeanFieldGuide(
+                problem.sites,
+                prefix=task.prefix,
+                like=torch.empty(0, device=cfg.device),
+                correlated=problem.correlated,
             )
+            noise = FeatureNoise.draw(cfg.streams(), task.ids, (cfg.n_steps, guide.noise_width))
+            guide.noise = noise.to(cfg.device)
             result = run_svi(
                 problem.model,
                 guide,

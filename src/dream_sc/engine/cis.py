@@ -15,9 +15,9 @@ import torch
 from pyro.infer.autoguide import AutoMultivariateNormal, init_to_value
 
 from ..models import cis_laplace
-from ..models.batching import StepRows
 from ..models.cis import CisData, CisModel, CisPosterior, cis_priors, initial_values
 from ..models.cis_dosage import draw_sites
+from .batching import StepRows
 from .config import FitConfig
 from .svi import run_svi
 
@@ -44,7 +44,7 @@ def fit_cis_model(
     n_cells = data.assignment.shape[0]
     model = CisModel(data, device)
 
-    step_rows = StepRows(seed, n_cells, config.batch_size, None, device)
+    step_rows = StepRows(config, n_cells)
 
     def make_batch(step: int) -> dict:
         return {"cell_index": step_rows(step), "n_cells": n_cells}

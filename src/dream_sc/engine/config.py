@@ -44,8 +44,8 @@ class FitConfig:
     n_steps, lr
         SVI steps and peak learning rate.
     batch_size
-        Cells per step (``None``: the memory planner's choice; a planned fit carries the
-        planned size, see :meth:`with_plan`).
+        Cells per step (``None``: the memory planner's choice; the planned configuration of
+        a fit, :attr:`dream_sc.engine.memory.Plan.config`, carries the planned size).
     n_samples
         Posterior draws behind the summaries (``None``: exact summaries, technical step only).
     device
@@ -84,26 +84,27 @@ class FitConfig:
     tolerance: float | None = None
 
     @classmethod
-    def resolve(cls, step: str, **given: Any) -> FitConfig:
+    def resolve(cls, step: str | None = None, **given: Any) -> FitConfig:
         """The configuration of a ``step`` fit from the arguments ``given`` (``None``: default).
 
-        ``n_steps``/``lr``/``n_samples`` come from :data:`STEP_DEFAULTS`; ``seed`` from
-        ``settings.seed``, then the seed recorded in ``checkpoint``'s files, then a fresh seed;
-        ``device`` from ``settings.device`` (``"auto"``: CUDA when available);
+        ``n_steps``/``lr``/``n_samples`` come from :data:`STEP_DEFAULTS` (without a ``step``,
+        e.g. for the seed and device a whole screen shares, from the fields' defaults);
+        ``seed`` from ``settings.seed``, then the seed recorded in ``checkpoint``'s files, then
+        a fresh seed; ``device`` from ``settings.device`` (``"auto"``: CUDA when available);
         ``max_memory_gb``, ``progress`` and ``checkpoint_every`` from ``ds.settings``.
         """
         unknown = set(given) - {f.name for f in fields(cls)}
         if unknown:
             raise TypeError(f"FitConfig has no setting(s) {sorted(unknown)}.")
         values = {k: v for k, v in given.items() if v is not None}
-        for name, default in STEP_DEFAULTS[step].items():
+        defaults = {} if step is None else STEP_DEFAULTS[step]
+        for name, default in defaults.items():
             values.setdefault(name, default)
-        if STEP_DEFAULTS[step]["n_samples"] == "settings":  # cis, trans: always a count
+        if defaults.get("n_samples") == "settings":  # cis, trans: always a count
             n = values["n_samples"]
             values["n_samples"] = int(settings.n_samples if n == "settings" else n)
-        checkpoint = values.get("checkpoint")
-        values["seed"] = resolve_seed(values.get("seed"), checkpoint)
-        values["device"] = resolve_device(values.get("device"))
+        values["seed"] = _resolved_seed(values)
+        values["device"] = _resolved_device(values)
         values.setdefault("max_memory_gb", settings.max_memory_gb)
         values.setdefault("progress", settings.progress_bar)
         values.setdefault("checkpoint_every", settings.checkpoint_every)
@@ -120,8 +121,15 @@ class FitConfig:
         """The configuration a run record's ``params`` hold (stored ``""`` reads as ``None``).
 
         What records do not hold (``max_memory_gb``, ``checkpoint_every``) comes from
-        ``ds.settings``; ``changes`` replace fields (e.g. ``device``, ``progress``).
+        ``ds.settings``; ``changes`` replace fields (e.g. ``device``, ``progress``); a
+        ``device`` or ``progress`` change of ``None`` follows ``ds.settings`` and ``"auto"``
+        picks CUDA when available, as in :meth:`resolve`.
         """
+        if "device" in changes:
+            changes["device"] = _resolved_device(changes)
+        if "progress" in changes:
+            given = changes["progress"]
+            changes["progress"] = bool(settings.progress_bar if given is None else given)
 
         def value(name: str, cast: Any) -> Any:
             raw = params.get(name)
@@ -139,9 +147,13 @@ class FitConfig:
         )
         return replace(out, **changes)
 
-    def with_plan(self, batch_size: int) -> FitConfig:
-        """The same configuration with the memory planner's cell batch size."""
-        return replace(self, batch_size=int(batch_size))
+    def streams(self) -> np.random.SeedSequence:
+        """The run's root random sequence: every keyed stream of the fit derives from it.
+
+        Minibatches, per-feature noise and posterior draws take the generator of their own key
+        (:func:`~dream_sc.models.streams.keyed_rng`), so they do not depend on chunking.
+        """
+        return np.random.SeedSequence(self.seed)
 
     def as_record(self) -> dict[str, Any]:
         """The settings a run record's ``params`` hold (seed, steps, lr, samples, device).
@@ -156,12 +168,14 @@ class FitConfig:
         return {k: out[k] for k in keys}
 
 
-def resolve_seed(seed: int | None, checkpoint: str | None = None) -> int:
-    """``seed`` -> ``settings.seed`` -> the seed of ``checkpoint``'s files -> a fresh seed.
+def _resolved_seed(given: Mapping[str, Any]) -> int:
+    """``seed`` -> ``settings.seed`` -> the seed of the ``checkpoint`` files -> a fresh seed.
 
-    A checkpointed run whose seed was drawn resumes with that seed (an interrupted run without
-    ``seed=`` would otherwise be refused as a run with another seed).
+    ``given`` holds the settings a fit was called with. A checkpointed run whose seed was drawn
+    resumes with that seed (an interrupted run without ``seed=`` would otherwise be refused as a
+    run with another seed).
     """
+    seed, checkpoint = given.get("seed"), given.get("checkpoint")
     if seed is None:
         seed = settings.seed
     if seed is None and checkpoint is not None:
@@ -173,8 +187,13 @@ def resolve_seed(seed: int | None, checkpoint: str | None = None) -> int:
     return int(seed)
 
 
-def resolve_device(device: Any) -> torch.device:
-    """``"auto"`` picks CUDA when available; ``"cuda"`` without CUDA is an error."""
+def _resolved_device(given: Mapping[str, Any]) -> torch.device:
+    """The torch device of the ``device`` setting in ``given``.
+
+    ``None`` follows ``settings.device``; ``"auto"`` picks CUDA when available; ``"cuda"``
+    without CUDA is an error.
+    """
+    device = given.get("device")
     if isinstance(device, torch.device):
         return device
     device = device or settings.device

@@ -3,19 +3,26 @@
 Peak memory of an SVI step is dominated by the dense ``[cells, features]`` intermediates of the
 likelihood and their gradients (about ``BYTES_PER_ENTRY`` bytes per entry), plus the data
 (~16 bytes per stored non-zero) and the per-feature noise pool. Posterior summaries evaluate
-``[samples, grid, features]`` blocks in feature chunks.
+``[samples, grid, features]`` blocks in feature chunks (:func:`plan_fit`, technical and trans).
+
+The cis fit has one feature and no chunks; its memory goes to the ``cells x guides``
+assignment, the quadrature of every cell's dosage in an SVI step, the float64 Laplace start
+(the assignment again, a full-data pass and the Hessian) and the per-cell dosage draws (the
+``cells x n_samples`` samples and the dosage grids of a cell chunk); :func:`plan_cis` picks
+its cell batch.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import psutil
 
+from ..models.cis import CELL_CHUNK, GRID_POINTS, LAPLACE_MAX_CELLS, N_QUADRATURE, CisData
 from .config import FitConfig
 
 logger = logging.getLogger("dream_sc")
@@ -59,21 +66,19 @@ def _slurm_limit() -> int | None:
     return None
 
 
-def _cuda_free_memory(device: str | None) -> tuple[int, str] | None:
-    """Free memory of a CUDA device, or ``None`` for host devices."""
-    if device is None or not str(device).startswith("cuda"):
+def _cuda_free_memory(config: FitConfig) -> tuple[int, str] | None:
+    """Free memory of the fit's CUDA device, or ``None`` for host devices."""
+    if not str(config.device).startswith("cuda"):
         return None
     import torch
 
-    dev = torch.device(device)
+    dev = torch.device(config.device)
     index = dev.index if dev.index is not None else torch.cuda.current_device()
     free, _total = torch.cuda.mem_get_info(index)
     return int(free), f"free memory of cuda:{index}"
 
 
-def available_memory(
-    max_memory_gb: float | None = None, device: str | None = None
-) -> tuple[int, str]:
+def available_memory(config: FitConfig | None = None) -> tuple[int, str]:
     """Bytes this process may use, and where the number came from.
 
     The smallest of: the explicit budget, the cgroup v2 ``memory.max`` (minus current usage),
@@ -83,18 +88,19 @@ def available_memory(
 
     Parameters
     ----------
-    max_memory_gb
-        Explicit budget in GB (overrides everything else when given).
-    device
-        Torch device of the fit (``"cpu"``, ``"cuda"``, ``"cuda:1"``; ``None`` = host).
+    config
+        The fit's configuration: its ``max_memory_gb`` (an explicit budget in GB, overriding
+        everything else when given) and ``device`` (``cuda``, ``cuda:1``: the device's free
+        memory). ``None``: the host's memory without an explicit budget.
 
     Returns
     -------
     ``(bytes, source)``.
     """
-    if max_memory_gb is not None:
-        return int(max_memory_gb * 1024**3), "user budget"
-    cuda = _cuda_free_memory(device)
+    config = FitConfig() if config is None else config
+    if config.max_memory_gb is not None:
+        return int(config.max_memory_gb * 1024**3), "user budget"
+    cuda = _cuda_free_memory(config)
     if cuda is not None:
         return cuda
     candidates: list[tuple[int, str]] = [(psutil.virtual_memory().available, "psutil")]
@@ -115,9 +121,19 @@ def available_memory(
 
 @dataclass
 class Plan:
-    """Chosen sizes for one fit."""
+    """Chosen sizes for one fit.
 
-    batch_size: int
+    Attributes
+    ----------
+    config
+        The fit's configuration with the planned cell batch size (what the fit runs with).
+    feature_chunk
+        Features fitted together.
+    estimated_peak_bytes, available_bytes, source
+        The plan's estimated peak, the memory found and where that number came from.
+    """
+
+    config: FitConfig
     feature_chunk: int
     estimated_peak_bytes: int
     available_bytes: int
@@ -126,7 +142,7 @@ class Plan:
     def as_dict(self) -> dict:
         """h5-serialisable record."""
         return {
-            "batch_size": self.batch_size,
+            "batch_size": int(self.config.batch_size),
             "feature_chunk": self.feature_chunk,
             "estimated_peak_gb": round(self.estimated_peak_bytes / 1024**3, 4),
             "available_gb": round(self.available_bytes / 1024**3, 4),
@@ -138,19 +154,23 @@ def estimate_peak_bytes(
     n_cells: int,
     batch: int,
     chunk: int,
+    config: FitConfig,
     *,
     density: float,
-    n_samples: int,
+    draws: int,
     noise_width: int,
-    n_steps: int,
     grid: int = 50,
     bytes_per_entry: int = BYTES_PER_ENTRY,
 ) -> int:
-    """Estimated peak bytes of fitting one feature chunk."""
+    """Estimated peak bytes of fitting one feature chunk of ``batch`` cells per step.
+
+    ``config.n_steps`` sets the per-feature noise pool; ``draws`` are the posterior draws of
+    the summaries.
+    """
     step = batch * chunk * bytes_per_entry
     data = int(n_cells * chunk * max(density, 1e-3) * BYTES_PER_NONZERO)
-    noise = chunk * noise_width * n_steps * 4
-    summaries = n_samples * grid * min(chunk, 1024) * 4 * 4
+    noise = chunk * noise_width * config.n_steps * 4
+    summaries = draws * grid * min(chunk, 1024) * 4 * 4
     return step + data + noise + summaries
 
 
@@ -201,7 +221,7 @@ def plan_fit(
     """
     batch_size = config.batch_size
     draws = (config.n_samples or 0) if draws is None else draws
-    avail, source = available_memory(config.max_memory_gb, str(config.device))
+    avail, source = available_memory(config)
     budget = int(avail * fraction)
     batch = batch_size or min(n_cells, DEFAULT_MAX_BATCH)
     chunk = feature_chunk or n_features
@@ -211,10 +231,10 @@ def plan_fit(
             n_cells,
             b,
             c,
+            config,
             density=density,
-            n_samples=draws,
+            draws=draws,
             noise_width=noise_width,
-            n_steps=config.n_steps,
             bytes_per_entry=bytes_per_entry,
         )
 
@@ -224,7 +244,7 @@ def plan_fit(
     if batch_size is None:
         while batch > 256 and peak(batch, chunk) > budget:
             batch = int(np.ceil(batch / 2))
-    plan = Plan(batch, chunk, peak(batch, chunk), avail, source)
+    plan = Plan(replace(config, batch_size=int(batch)), chunk, peak(batch, chunk), avail, source)
     if plan.estimated_peak_bytes > budget:
         logger.warning(
             "memory plan: estimated peak %.2f GB exceeds the budget %.2f GB (%s); pass a smaller "
@@ -235,7 +255,7 @@ def plan_fit(
         )
     logger.info(
         "memory plan: batch_size=%d feature_chunk=%d, est. peak %.2f GB of %.2f GB available (%s)",
-        plan.batch_size,
+        plan.config.batch_size,
         plan.feature_chunk,
         plan.estimated_peak_bytes / 1024**3,
         avail / 1024**3,
@@ -279,3 +299,134 @@ def feature_chunks(
     if current:
         chunks.append(np.sort(np.concatenate(current)))
     return chunks
+
+
+#: Largest cell batch of a cis SVI step (the cis model is cheap per cell: one feature).
+CIS_MAX_BATCH = 50_000
+#: Smallest cell batch the cis planner goes down to.
+CIS_MIN_BATCH = 1024
+#: Bytes per (cell, quadrature node) of a cis SVI step: float32 intermediates of the cell's
+#: marginal likelihood and their autograd buffers (~10 per node).
+CIS_BYTES_PER_NODE = 40
+#: Bytes per (cell, grid point) of the per-cell dosage draws: the float32 grid, predictor,
+#: likelihood kernel, weights and their cumulative sum.
+CIS_BYTES_PER_GRID_POINT = 24
+#: Bytes per (cell, posterior sample) of the dosage samples: the float32 draws, their exp2, the
+#: sorted copy behind the quantiles and the stored matrix.
+CIS_BYTES_PER_SAMPLE = 16
+#: Joint posterior draws of the guide-level sites (``engine.cis.fit_cis_model``).
+CIS_SITE_DRAWS = 2000
+
+
+class MemoryBudgetError(MemoryError):
+    """A fit is too large for the memory budget even at its smallest plan."""
+
+
+def cis_peak_bytes(
+    data: CisData, batch: int, config: FitConfig, *, laplace: bool = True
+) -> dict[str, int]:
+    """Estimated bytes of the phases of a cis fit of ``data`` with ``batch`` cells per step.
+
+    Returns ``assignment`` (the ``cells x guides`` assignment on the host and on the device,
+    held throughout), ``step`` (one SVI step), ``laplace`` (the float64 Laplace start: the
+    assignment in float64, a pass over at most ``LAPLACE_MAX_CELLS`` cells, the Hessian of
+    the guide-level sites; 0 without a Laplace start), ``dosage`` (the
+    ``cells x config.n_samples`` dosage samples, the dosage grids of a chunk of cells and the
+    site draws) and ``peak``: the assignment plus the largest of the three phases, which run
+    one after another.
+    """
+    n_cells, n_guides = data.assignment.shape
+    n_groups = len(data.tech_effect_prior)
+    n_sites = 2 * n_guides + n_groups + 4  # guide effects and sds, technical effects, scalars
+    assignment = n_cells * n_guides * (4 + 4)
+    step = batch * (2 * n_guides * 4 + N_QUADRATURE * CIS_BYTES_PER_NODE)
+    laplace_cells = min(n_cells, LAPLACE_MAX_CELLS)
+    laplace = laplace * (
+        n_cells * n_guides * 8
+        + laplace_cells * (2 * n_guides * 8 + N_QUADRATURE * 2 * CIS_BYTES_PER_NODE)
+        + 4 * n_sites**2 * 8
+    )
+    chunk = min(n_cells, CELL_CHUNK)
+    dosage = (
+        n_cells * int(config.n_samples or 0) * CIS_BYTES_PER_SAMPLE
+        + chunk * (GRID_POINTS * CIS_BYTES_PER_GRID_POINT + n_guides * 4)
+        + CIS_SITE_DRAWS * (n_sites + 2 * n_guides) * 8
+    )
+    peak = assignment + max(step, laplace, dosage)
+    return {
+        "assignment": assignment,
+        "step": step,
+        "laplace": laplace,
+        "dosage": dosage,
+        "peak": peak,
+    }
+
+
+def plan_cis(
+    data: CisData, config: FitConfig, *, laplace: bool = True, fraction: float = 0.5
+) -> Plan:
+    """Pick the cell batch of a cis fit that fits in memory, or refuse the fit before any work.
+
+    Full batches are kept up to :data:`CIS_MAX_BATCH` cells and halved (down to
+    :data:`CIS_MIN_BATCH`) until :func:`cis_peak_bytes` fits in ``fraction`` of
+    :func:`available_memory`; a user ``config.batch_size`` is kept as given (a warning is
+    logged when it is predicted not to fit).
+
+    Parameters
+    ----------
+    data
+        The cis fit's data (cells x guides assignment, technical groups).
+    config
+        The fit's configuration: ``batch_size`` (``None``: planned), ``n_samples``,
+        ``max_memory_gb`` and ``device``.
+    laplace
+        The fit starts at the Laplace approximation (``fit_cis(warm_start=True)``).
+    fraction
+        Share of the available memory the plan may use.
+
+    Returns
+    -------
+    :class:`Plan` (one feature: ``feature_chunk`` 1).
+
+    Raises
+    ------
+    MemoryBudgetError
+        When even the smallest batch does not fit: the assignment, the Laplace start or the
+        dosage samples alone are too large for the budget.
+    """
+    n_cells = data.assignment.shape[0]
+    avail, source = available_memory(config)
+    budget = int(avail * fraction)
+    peak_of = lambda b: cis_peak_bytes(data, b, config, laplace=laplace)  # noqa: E731
+    smallest = peak_of(min(n_cells, CIS_MIN_BATCH))
+    if smallest["peak"] > budget:
+        parts = ", ".join(f"{k} {v / 1024**3:.2f} GB" for k, v in smallest.items() if k != "peak")
+        raise MemoryBudgetError(
+            f"The cis fit of {n_cells:,} cells x {data.assignment.shape[1]:,} guides with "
+            f"{config.n_samples} dosage samples per cell is too large for the memory budget: "
+            f"estimated peak {smallest['peak'] / 1024**3:.2f} GB ({parts}) at the smallest "
+            f"batch of {min(n_cells, CIS_MIN_BATCH)} cells, budget {budget / 1024**3:.2f} GB "
+            f"(half of {avail / 1024**3:.2f} GB, {source}). Raise settings.max_memory_gb, pass "
+            "fewer n_samples, or fit fewer cells."
+        )
+    batch = config.batch_size or min(n_cells, CIS_MAX_BATCH)
+    if config.batch_size is None:
+        while batch > CIS_MIN_BATCH and peak_of(batch)["peak"] > budget:
+            batch = max(int(np.ceil(batch / 2)), CIS_MIN_BATCH)
+    peak = peak_of(batch)["peak"]
+    if peak > budget:
+        logger.warning(
+            "cis memory plan: estimated peak %.2f GB exceeds the budget %.2f GB (%s); pass a "
+            "smaller batch_size or raise settings.max_memory_gb",
+            peak / 1024**3,
+            budget / 1024**3,
+            source,
+        )
+    logger.info(
+        "cis memory plan: batch_size=%d, est. peak %.2f GB of %.2f GB available (%s)",
+        batch,
+        peak / 1024**3,
+        avail / 1024**3,
+        source,
+    )
+    return Plan(replace(config, batch_size=int(batch)), 1, peak, avail, source)

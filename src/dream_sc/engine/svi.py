@@ -275,7 +275,9 @@ LOSS_SYNC_EVERY = 50
 class _LossTrace:
     """The loss of every step, kept on the fit's device and copied to ``losses`` in blocks."""
 
-    def __init__(self, losses: np.ndarray, device: torch.device, first: int) -> None:
+    def __init__(self, losses: np.ndarray, like: torch.Tensor | None, first: int) -> None:
+        """``like``: a parameter of the fit (the trace lives on its device; ``None``: host)."""
+        device = torch.device("cpu") if like is None else like.device
         self.losses = losses
         self.buffer = torch.empty(len(losses), dtype=torch.float64, device=device)
         self.synced = first  # losses[:synced] are on the host and finite
@@ -407,7 +409,7 @@ def run_svi(
             config.checkpoint_mismatch,
         )
     show = config.progress and sys.stderr.isatty()
-    trace = _LossTrace(losses, params[0].device if params else torch.device("cpu"), first)
+    trace = _LossTrace(losses, params[0] if params else None, first)
     stopper = _Stopper(config, int(max(0.1, 2.0 / max(n_steps, 4)) * max(n_steps, 4)), optimizer)
     bar = tqdm(range(first, n_steps), desc=description, disable=not show, leave=False)
     # Distribution argument checks read every tensor back to the host; on an accelerator the

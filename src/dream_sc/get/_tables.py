@@ -224,7 +224,8 @@ def _evaluate(adata, record, table, fitted, names, wanted, grid, lo_q, hi_q, key
         wanted_pos = pd.Index(local).get_indexer(wanted_pos)
     n_samples = int(record["params"]["n_samples"])
     seed = int(record["params"]["seed"])
-    latent = draw_latent(loc, scale, local, n_samples, seed, stable_keys(names), corr)
+    root = np.random.SeedSequence(seed)
+    latent = draw_latent(loc, scale, local, n_samples, root, stable_keys(names), corr)
     params = natural_params(
         function, latent, torch.as_tensor(priors.amplitude_scale[local]), priors
     )

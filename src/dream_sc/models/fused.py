@@ -44,8 +44,8 @@ from .sparse import CSRMatrix
 CELL_BLOCK = 128
 
 
-def fused_available(family: Family, function: str, y, device: torch.device) -> bool:
-    """Whether the fused sweep covers this fit (NB counts in CSR on the CPU, a curve with one).
+def fused_available(family: Family, function: str, y) -> bool:
+    """Whether the fused sweep covers this fit (NB counts ``y``: CSR on the CPU; a fused curve).
 
     On accelerators the autograd path is kept: the sweep's per-block bookkeeping would
     synchronise host and device at every block.
@@ -53,8 +53,8 @@ def fused_available(family: Family, function: str, y, device: torch.device) -> b
     return (
         family.fused_hill
         and get_curve(function).fused
-        and torch.device(device).type == "cpu"
         and isinstance(y, CSRMatrix)
+        and y.device.type == "cpu"
     )
 
 

@@ -32,6 +32,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from .streams import keyed_rng
+
 #: Learning-rate multiplier of the correlation factors. A correlation of 0.95 between, say, the
 #: EC50 and the Hill coefficient needs a raw factor of about 3 (``rho = w / sqrt(1 + w^2)``),
 #: while each Adam step moves a parameter by at most ``lr``; the correlations were the part of
@@ -75,38 +77,51 @@ class Site:
 class FeatureNoise:
     """Standard-normal noise for feature-level sites, reproducible per feature.
 
-    Feature ``t`` (global index ``offset + t``) always receives the same noise sequence for a
-    given ``seed``, whichever chunk it is fitted in.
+    A pool ``[features, steps, width]``: row ``t`` holds the noise of feature ``t`` at every
+    optimisation step. Drawn by :meth:`draw` from each feature's own stream, a feature receives
+    the same noise whichever chunk it is fitted in; the whole pool lives on the fit's device
+    (:meth:`to`), so the optimisation loop never copies noise between host and device.
 
     Parameters
     ----------
-    seed
-        Run seed.
-    feature_ids
-        Global indices of the features of this chunk.
-    width
-        Number of scalar latent values per feature.
-    n_steps
-        Number of optimisation steps (one noise vector per step).
-    device
-        Where the pool lives: the whole pool is moved once, so the optimisation loop never
-        copies noise between host and device.
+    pool
+        The noise, ``[features, steps, width]``.
     """
 
-    def __init__(
-        self,
-        seed: int,
-        feature_ids: Sequence[int],
-        width: int,
-        n_steps: int,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        pool = np.empty((len(feature_ids), n_steps, width), dtype=np.float32)
-        for row, fid in enumerate(feature_ids):
-            rng = np.random.Generator(np.random.PCG64([int(seed), int(fid)]))
-            pool[row] = rng.standard_normal((n_steps, width), dtype=np.float32)
-        self.pool = torch.from_numpy(pool).to(device)
+    def __init__(self, pool: torch.Tensor) -> None:
+        self.pool = pool
         self.step = 0
+
+    @classmethod
+    def draw(
+        cls, root: np.random.SeedSequence, feature_ids: Sequence[int], shape: tuple[int, int]
+    ) -> FeatureNoise:
+        """The pool of the features ``feature_ids`` (host, float32).
+
+        Parameters
+        ----------
+        root
+            The run's root sequence; feature ``f`` draws from its stream ``(f,)``
+            (:func:`~dream_sc.models.streams.keyed_rng`).
+        feature_ids
+            Stable keys of the features of this chunk.
+        shape
+            ``(steps, width)``: one noise vector of ``width`` latent values per optimisation
+            step.
+
+        Examples
+        --------
+        >>> FeatureNoise.draw(np.random.SeedSequence(0), [3, 7], (5, 2)).pool.shape
+        torch.Size([2, 5, 2])
+        """
+        pool = np.empty((len(feature_ids), *shape), dtype=np.float32)
+        for row, fid in enumerate(feature_ids):
+            pool[row] = keyed_rng(root, fid).standard_normal(shape, dtype=np.float32)
+        return cls(torch.from_numpy(pool))
+
+    def to(self, *args, **kwargs) -> FeatureNoise:
+        """The pool moved like :meth:`torch.Tensor.to` (a fresh step counter)."""
+        return FeatureNoise(self.pool.to(*args, **kwargs))
 
     def next(self) -> torch.Tensor:
         """Noise of the current step, shape ``[T, width]``; advances the step counter."""
@@ -170,8 +185,8 @@ class MeanFieldGuide:
         The latent sites.
     prefix
         Prefix of the Pyro param names (keeps several guides apart in the param store).
-    device
-        Torch device of the parameters.
+    like
+        The parameters take the device of this tensor (``None``: the host). Float32.
     noise
         Per-feature noise for sites with ``per_feature=True``; ``None`` uses Pyro's RNG.
     correlated
@@ -184,7 +199,7 @@ class MeanFieldGuide:
         sites: Sequence[Site],
         *,
         prefix: str,
-        device: torch.device,
+        like: torch.Tensor | None = None,
         noise: FeatureNoise | None = None,
         correlated: bool = False,
     ) -> None:
@@ -193,6 +208,7 @@ class MeanFieldGuide:
         self.correlated = correlated
         self.sites = sorted(sites, key=lambda site: site.name) if correlated else list(sites)
         self.prefix = prefix
+        device = torch.device("cpu") if like is None else like.device
         self.device = device
         self.noise = noise
         self._width = {s.name: int(np.prod(s.shape[1:])) if s.per_feature else 0 for s in sites}

@@ -235,7 +235,7 @@ def exchangeability(
     level: float = 0.01,
     margin: float = 0.1,
     n_resamples: int = 2000,
-    seed: int = 0,
+    rng: np.random.Generator | None = None,
 ) -> Exchangeability:
     """Check that null scores behave like the scores of features without a dose response.
 
@@ -267,13 +267,15 @@ def exchangeability(
         Real scores ``[T]``.
     null_scores
         Null scores ``[P, T]`` (feature ``t`` in column ``t``).
+    rng
+        Generator of the reassignments (``None``: ``numpy.random.default_rng(0)``).
     """
     scores = np.asarray(scores, dtype=np.float64)
     null = np.asarray(null_scores, dtype=np.float64)
     ok = np.isfinite(scores) & np.all(np.isfinite(null), axis=0)
     scores, null = scores[ok], null[:, ok]
     n = len(scores)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0) if rng is None else rng
     order = np.argsort(-scores, kind="stable")
     n_top = max(int(round(top_fraction * n)), 1)
     top = order[:n_top]

@@ -7,12 +7,14 @@ linear predictor ``[B, T]`` on the distribution's link scale.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
 
 from .families import Family, get_family
+from .paired import paired_to
 from .sparse import CSRMatrix
 
 
@@ -55,22 +57,52 @@ class ObservationData:
         *,
         total=None,
         group_index: np.ndarray | None = None,
-        device: torch.device | str = "cpu",
     ) -> ObservationData:
-        """Move a chunk's matrices to the device in the layout its likelihood wants."""
+        """A chunk's matrices as host tensors in the layout its likelihood wants.
+
+        Move them to the fit's device with :meth:`to`.
+        """
         n_cells, n_features = X.shape
         gi = first = None
         n_groups = 0
         family = get_family(distribution)
-        y, total_t = family.to_device(X, total, device)
+        y, total_t = family.tensors(X, total)
         if family.grouped:
             codes, first_np, gi_np = np.unique(
                 np.asarray(group_index), return_index=True, return_inverse=True
             )
-            gi = torch.as_tensor(gi_np.reshape(-1), dtype=torch.long, device=device)
-            first = torch.as_tensor(first_np, dtype=torch.long, device=device)
+            gi = torch.as_tensor(gi_np.reshape(-1), dtype=torch.long)
+            first = torch.as_tensor(first_np, dtype=torch.long)
             n_groups = len(codes)
         return cls(distribution, y, total_t, gi, n_groups, n_cells, n_features, first)
+
+    def to(self, *args: Any, **kwargs: Any) -> ObservationData:
+        """The observations moved like :meth:`torch.Tensor.to` (e.g. ``obs.to(config.device)``).
+
+        Values take the target device (and dtype, if given); indices follow them to the device;
+        trials keep sharing the pattern of the successes.
+        """
+        if self.total is not None:
+            y, total = paired_to(self.y, self.total, *args, **kwargs)
+        else:
+            y, total = self.y.to(*args, **kwargs), None
+        where = y.device
+
+        def move(index: torch.Tensor | None) -> torch.Tensor | None:
+            return None if index is None else index.to(where)
+
+        return replace(
+            self,
+            y=y,
+            total=total,
+            group_index=move(self.group_index),
+            group_first=move(self.group_first),
+        )
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the observations."""
+        return self.y.device
 
     @property
     def family(self) -> Family:

@@ -6,6 +6,7 @@ can walk both with the same indices.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 
 from .sparse import CSRMatrix, SparseCounts, _as_csr
 
-__all__ = ["paired_csr", "paired_sparse"]
+__all__ = ["paired_csr", "paired_sparse", "paired_to"]
 
 
 def _flat_keys(csr: sp.csr_matrix) -> np.ndarray:
@@ -57,7 +58,6 @@ def paired_sparse(
     n_matrix: Any,
     *,
     dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
 ) -> tuple[SparseCounts, SparseCounts]:
     """Successes ``k`` and trials ``n`` as two :class:`SparseCounts` on ``n``'s pattern.
 
@@ -69,8 +69,8 @@ def paired_sparse(
     ----------
     k_matrix, n_matrix
         Same-shape 2-D scipy sparse matrices or dense arrays, ``0 <= k <= n``.
-    dtype, device
-        dtype of the values and target device.
+    dtype
+        dtype of the values (host tensors: move the pair with :func:`paired_to`).
 
     Returns
     -------
@@ -84,11 +84,11 @@ def paired_sparse(
     ([0.0, 1.0], [2.0, 1.0], [0, 1])
     """
     n_csr, k_vals = _aligned_values(k_matrix, n_matrix)
-    n = SparseCounts.from_scipy(n_csr, dtype=dtype, device=device)
+    n = SparseCounts.from_scipy(n_csr, dtype=dtype)
     k = SparseCounts(
         row=n.row,
         col=n.col,
-        val=torch.as_tensor(k_vals, dtype=dtype, device=device),
+        val=torch.as_tensor(k_vals, dtype=dtype),
         n_rows=n.n_rows,
         n_cols=n.n_cols,
     )
@@ -100,7 +100,6 @@ def paired_csr(
     n_matrix: Any,
     *,
     dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
 ) -> tuple[CSRMatrix, CSRMatrix]:
     """Successes and trials as two :class:`CSRMatrix` sharing ``n``'s pattern.
 
@@ -111,8 +110,8 @@ def paired_csr(
     ----------
     k_matrix, n_matrix
         Same-shape 2-D scipy sparse matrices or dense arrays, ``0 <= k <= n``.
-    dtype, device
-        dtype of the values and target device.
+    dtype
+        dtype of the values (host tensors: move the pair with :func:`paired_to`).
 
     Returns
     -------
@@ -126,11 +125,30 @@ def paired_csr(
     ([0.0], [3.0])
     """
     n_csr, k_vals = _aligned_values(k_matrix, n_matrix)
-    n = CSRMatrix.from_scipy(n_csr, device=device, dtype=dtype)
+    n = CSRMatrix.from_scipy(n_csr, dtype=dtype)
     k = CSRMatrix(
         crow=n.crow,
         col=n.col,
-        val=torch.as_tensor(k_vals, dtype=dtype, device=device),
+        val=torch.as_tensor(k_vals, dtype=dtype),
         shape=n.shape,
     )
     return k, n
+
+
+def paired_to(
+    k: CSRMatrix | SparseCounts, n: CSRMatrix | SparseCounts, *args: Any, **kwargs: Any
+) -> tuple[CSRMatrix | SparseCounts, CSRMatrix | SparseCounts]:
+    """Move and/or cast a pair of :func:`paired_csr` / :func:`paired_sparse` like a tensor.
+
+    Arguments as for :meth:`torch.Tensor.to`; the two keep sharing one index pattern.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> k, n = paired_csr(np.array([[0, 1]]), np.array([[2, 1]]))
+    >>> k, n = paired_to(k, n, "cpu", torch.float64)
+    >>> k.col is n.col, k.val.dtype
+    (True, torch.float64)
+    """
+    moved = n.to(*args, **kwargs)
+    return replace(moved, val=k.val.to(*args, **kwargs)), moved

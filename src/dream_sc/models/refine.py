@@ -34,6 +34,7 @@ from .curves import get_curve
 from .curves._priors import horseshoe_log_density
 from .families import get_family
 from .observation import ObservationData
+from .streams import keyed_rng
 from .trans import TransInputs, TransPriors
 
 LogTarget = Callable[[torch.Tensor], torch.Tensor]
@@ -87,7 +88,6 @@ def trans_log_target(
     *,
     effects: np.ndarray,
     noise: dict[str, np.ndarray],
-    device: torch.device,
     cell_block: int = 1024,
 ) -> LogTarget:
     """Unnormalised log posterior ``[S, T]`` of coordinates ``[S, T, D]`` for one feature chunk.
@@ -109,7 +109,8 @@ def trans_log_target(
     # The curve is evaluated in float32 (elementwise: the same value whatever the chunk or cell
     # order); every sum over cells accumulates in float64, so a log-likelihood summed over
     # thousands of cells does not depend on the summation order by more than ~1e-9.
-    cells = inputs.on_device(effects, noise, device)
+    device = obs.device  # where the chunk's observations are
+    cells = inputs.cell_tensors(obs, effects, noise)
     delta, group, log_sf, noise32 = cells.delta, cells.group, cells.log_sf, cells.noise
     log_x, log_x_var = cells.log_x, cells.log_x_var
     noise64 = {k: v.double() for k, v in noise32.items()}
@@ -121,7 +122,7 @@ def trans_log_target(
         out = delta[group[rows]]
         return out if log_sf is None else out + log_sf[rows, None]
 
-    blocks = _cell_blocks(obs, offset, noise32, cell_block, device)
+    blocks = _cell_blocks(obs, offset, noise32, cell_block)
 
     def block_log_likelihood(block: _CellBlock, p_s: dict[str, torch.Tensor]) -> torch.Tensor:
         rows = block.rows
@@ -197,13 +198,12 @@ def _cell_blocks(
     offset: Callable[[torch.Tensor], torch.Tensor],
     noise32: dict[str, torch.Tensor],
     cell_block: int,
-    device: torch.device,
 ) -> list[_CellBlock]:
     """Cells in blocks of ``cell_block``; offsets and data cached when small (<= 32 MB each)."""
     cached = obs.n_cells * obs.n_features <= 8_000_000
     blocks = []
     for start in range(0, obs.n_cells, cell_block):
-        rows = torch.arange(start, min(start + cell_block, obs.n_cells), device=device)
+        rows = torch.arange(start, min(start + cell_block, obs.n_cells), device=obs.device)
         if not cached:
             blocks.append(_CellBlock(rows, None, None, None))
             continue
@@ -239,11 +239,14 @@ class ImportanceDraws:
     weights: np.ndarray  # [T, S], rows sum to 1
     ess: np.ndarray  # [T] effective sample size of the final round
 
-    def resample(self, n: int, keys: np.ndarray, seed: int) -> np.ndarray:
-        """``n`` unweighted draws ``[n, T, D]`` by systematic resampling (seeded per feature)."""
+    def resample(self, n: int, keys: np.ndarray, root: np.random.SeedSequence) -> np.ndarray:
+        """``n`` unweighted draws ``[n, T, D]`` by systematic resampling.
+
+        Feature ``key`` draws from the stream ``(key, 31)`` of the run's root sequence ``root``.
+        """
         out = np.empty((n, *self.theta.shape[::2]), dtype=np.float64)
         for row, key in enumerate(keys):
-            rng = np.random.Generator(np.random.PCG64([int(seed), int(key), 31]))
+            rng = keyed_rng(root, key, 31)
             cum = np.cumsum(self.weights[row])
             cum[-1] = 1.0
             picks = np.searchsorted(cum, (rng.uniform() + np.arange(n)) / n)
@@ -298,7 +301,7 @@ def adaptive_importance_sampling(
     start: np.ndarray,
     keys: np.ndarray,
     *,
-    seed: int,
+    root: np.random.SeedSequence,
     rounds: Sequence[int] = (250, 250),
     n_final: int = 1000,
     inflate: float = 1.3,
@@ -315,9 +318,10 @@ def adaptive_importance_sampling(
         Draws ``[T, S0, D]`` (e.g. from the variational posterior) the first proposal is
         moment-matched to.
     keys
-        Stable key per feature (seeds its random stream).
-    seed
-        Base seed.
+        Stable key per feature (names its random streams).
+    root
+        The run's root sequence: round ``r`` of feature ``key`` draws from its stream
+        ``(key, 17, r)`` (:func:`~dream_sc.models.streams.keyed_rng`).
     rounds
         Sizes of the adaptation rounds before the final round.
     n_final
@@ -342,8 +346,7 @@ def adaptive_importance_sampling(
     for r, n in enumerate(sizes):
         eps = np.empty((n_feat, n, dim))
         for row, key in enumerate(keys):
-            rng = np.random.Generator(np.random.PCG64([int(seed), int(key), 17, r]))
-            eps[row] = rng.standard_normal((n, dim))
+            eps[row] = keyed_rng(root, key, 17, r).standard_normal((n, dim))
         final = r == len(sizes) - 1
         factor = (inflate if final else explore) * chol
         theta = mean[:, None] + np.einsum("tij,tsj->tsi", factor, eps)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .streams import keyed_rng
+
 #: Pseudo-count of the target-decoy FDR estimate (see :func:`decoy_qvalues`).
 DECOY_PSEUDOCOUNT = 1.0
 #: A significant feature is called non-monotonic at this posterior probability.
@@ -82,9 +84,16 @@ def decoy_qvalues(
     return q
 
 
-def permute_within_groups(groups: np.ndarray, seed: int, number: int) -> np.ndarray:
-    """A permutation of cells that only swaps cells of the same technical group."""
-    rng = np.random.Generator(np.random.PCG64([int(seed), int(number), 31]))
+def permute_within_groups(
+    groups: np.ndarray, root: np.random.SeedSequence, number: int
+) -> np.ndarray:
+    """A permutation of cells that only swaps cells of the same technical group.
+
+    Permutation ``number`` draws from the stream ``(number, 31)`` of the run's root sequence
+    ``root`` (:func:`~dream_sc.models.streams.keyed_rng`), so it is the same whichever other
+    permutations are drawn.
+    """
+    rng = keyed_rng(root, number, 31)
     perm = np.arange(len(groups))
     for g in np.unique(groups):
         members = np.flatnonzero(groups == g)

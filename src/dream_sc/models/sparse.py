@@ -89,9 +89,10 @@ class SparseCounts:
         matrix: Any,
         *,
         dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
     ) -> SparseCounts:
-        """Build from any scipy sparse matrix or dense array; explicit zeros are dropped.
+        """Build on the host from any scipy sparse matrix or dense array; explicit zeros dropped.
+
+        Move the result to the fit's device with :meth:`to`.
 
         Parameters
         ----------
@@ -99,8 +100,6 @@ class SparseCounts:
             scipy sparse matrix/array (any format), numpy array or torch tensor, 2-D.
         dtype
             Floating dtype of ``val``.
-        device
-            Target device.
 
         Returns
         -------
@@ -114,11 +113,11 @@ class SparseCounts:
         """
         csr = _as_csr(matrix)
         csr.eliminate_zeros()
-        crow = torch.as_tensor(csr.indptr.astype(np.int64), device=device)
+        crow = torch.as_tensor(csr.indptr.astype(np.int64))
         return cls(
             row=_csr_row_ids(crow, csr.nnz),
-            col=torch.as_tensor(csr.indices.astype(np.int64), device=device),
-            val=torch.as_tensor(csr.data, dtype=dtype, device=device),
+            col=torch.as_tensor(csr.indices.astype(np.int64)),
+            val=torch.as_tensor(csr.data, dtype=dtype),
             n_rows=csr.shape[0],
             n_cols=csr.shape[1],
         )
@@ -161,10 +160,10 @@ class SparseCounts:
         """Row-major flat position ``row * n_cols + col`` of every entry."""
         return self.row * self.n_cols + self.col
 
-    def to(
-        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> SparseCounts:
-        """Move to ``device`` and/or cast ``val`` to ``dtype`` (indices stay int64).
+    def to(self, *args: Any, **kwargs: Any) -> SparseCounts:
+        """Move and/or cast like :meth:`torch.Tensor.to`.
+
+        ``val`` takes the target device and dtype; the int64 indices follow it to the device.
 
         Examples
         --------
@@ -172,10 +171,11 @@ class SparseCounts:
         >>> SparseCounts.from_scipy(np.eye(2)).to("cpu", torch.float64).val.dtype
         torch.float64
         """
+        val = self.val.to(*args, **kwargs)
         return SparseCounts(
-            row=self.row.to(device),
-            col=self.col.to(device),
-            val=self.val.to(device=device, dtype=dtype),
+            row=self.row.to(val.device),
+            col=self.col.to(val.device),
+            val=val,
             n_rows=self.n_rows,
             n_cols=self.n_cols,
         )
@@ -254,19 +254,18 @@ class CSRMatrix:
         cls,
         matrix: Any,
         *,
-        device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         keep_explicit_zeros: bool = False,
     ) -> CSRMatrix:
-        """Copy a scipy sparse matrix (any format) or dense array to the device.
+        """Copy a scipy sparse matrix (any format) or dense array to host tensors.
+
+        Move the result to the fit's device with :meth:`to`.
 
         Parameters
         ----------
         matrix
             2-D scipy sparse matrix/array, numpy array or torch tensor. To hold a block of
             features only, slice on the scipy side first: ``CSRMatrix.from_scipy(m[:, a:b])``.
-        device
-            Target device.
         dtype
             Floating dtype of ``val``.
         keep_explicit_zeros
@@ -275,7 +274,7 @@ class CSRMatrix:
 
         Returns
         -------
-        The device-resident CSR matrix.
+        The CSR matrix (host tensors).
 
         Examples
         --------
@@ -287,9 +286,9 @@ class CSRMatrix:
         if not keep_explicit_zeros:
             csr.eliminate_zeros()
         return cls(
-            crow=torch.as_tensor(csr.indptr.astype(np.int64), device=device),
-            col=torch.as_tensor(csr.indices.astype(np.int64), device=device),
-            val=torch.as_tensor(csr.data, dtype=dtype, device=device),
+            crow=torch.as_tensor(csr.indptr.astype(np.int64)),
+            col=torch.as_tensor(csr.indices.astype(np.int64)),
+            val=torch.as_tensor(csr.data, dtype=dtype),
             shape=(int(csr.shape[0]), int(csr.shape[1])),
         )
 
@@ -303,10 +302,10 @@ class CSRMatrix:
         """Device of the stored tensors."""
         return self.val.device
 
-    def to(
-        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> CSRMatrix:
-        """Move to ``device`` and/or cast ``val`` to ``dtype``.
+    def to(self, *args: Any, **kwargs: Any) -> CSRMatrix:
+        """Move and/or cast like :meth:`torch.Tensor.to`.
+
+        ``val`` takes the target device and dtype; the int64 indices follow it to the device.
 
         Examples
         --------
@@ -314,10 +313,11 @@ class CSRMatrix:
         >>> CSRMatrix.from_scipy(np.eye(2)).to("cpu", torch.float64).val.dtype
         torch.float64
         """
+        val = self.val.to(*args, **kwargs)
         return CSRMatrix(
-            crow=self.crow.to(device),
-            col=self.col.to(device),
-            val=self.val.to(device=device, dtype=dtype),
+            crow=self.crow.to(val.device),
+            col=self.col.to(val.device),
+            val=val,
             shape=self.shape,
         )
 

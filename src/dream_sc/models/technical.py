@@ -19,7 +19,7 @@ import pyro.distributions as dist
 import torch
 
 from .._lazy import concat_blocks, feature_blockwise
-from .batching import ChunkProblem, StepRows
+from .batching import ChunkProblem, RowsOfStep
 from .families import CONCENTRATION_RANGE, get_family
 from .families.binomial import betabinomial_moments
 from .families.multinomial import dirichletmultinomial_moments
@@ -188,7 +188,7 @@ def technical_problem(
     group: torch.Tensor,
     n_groups: int,
     log_sf: torch.Tensor | None,
-    rows: StepRows,
+    rows: RowsOfStep,
 ) -> ChunkProblem:
     """The Pyro model and latent sites of the technical fit for one feature chunk.
 
@@ -207,7 +207,7 @@ def technical_problem(
     log_sf
         log size factors (negbinom) or ``None``.
     rows
-        Minibatch rows of every step (a :class:`~dream_sc.models.batching.StepRows`).
+        Minibatch rows of every step (e.g. :class:`dream_sc.engine.batching.StepRows`).
     """
     family = obs.family
     n_cells, n_feat = obs.n_cells, len(features)

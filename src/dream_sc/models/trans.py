@@ -31,7 +31,7 @@ import numpy as np
 import pyro
 import torch
 
-from .batching import ChunkProblem, StepRows
+from .batching import ChunkProblem, RowsOfStep
 from .curves import get_curve
 from .curves._priors import (
     ETA_REF_PRIOR_SD,
@@ -160,12 +160,15 @@ def natural_params(function: str, latent: dict, scale: torch.Tensor, priors: Tra
 
 
 def sample_prior_sites(
-    function: str, n: int, priors: TransPriors, features: np.ndarray, device
+    function: str, n: int, priors: TransPriors, features: np.ndarray, like: torch.Tensor
 ) -> dict:
-    """Sample every latent site from its prior (used inside the Pyro model)."""
-    eta_ref = normal_prior(priors.eta_ref_loc[features], ETA_REF_PRIOR_SD, [n], device)
+    """Sample every latent site from its prior (used inside the Pyro model).
+
+    The priors' tensors take the dtype and device of ``like`` (a tensor of the fit).
+    """
+    eta_ref = normal_prior(priors.eta_ref_loc[features], ETA_REF_PRIOR_SD, [n], like)
     latent = {"eta_ref": pyro.sample("eta_ref", eta_ref)}
-    latent.update(get_curve(function).sample(n, priors, device))
+    latent.update(get_curve(function).sample(n, priors, like))
     return latent
 
 
@@ -215,10 +218,14 @@ class TransInputs:
             mean, var = samples.mean(axis=1), samples.var(axis=1)
         return cls(mean, var, group, log_sf, use_dose_mean, order)
 
-    def on_device(
-        self, effects: np.ndarray, noise: dict[str, np.ndarray], device: torch.device
+    def cell_tensors(
+        self, obs: ObservationData, effects: np.ndarray, noise: dict[str, np.ndarray]
     ) -> CellTensors:
-        """Float32 tensors of the cells and of a chunk's fixed technical effects and noise."""
+        """Float32 tensors of the cells and of a chunk's fixed technical effects and noise.
+
+        They go to the device of the chunk's observations ``obs``.
+        """
+        device = obs.device
         t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
         return CellTensors(
             delta=t(effects).T,
@@ -247,7 +254,7 @@ def trans_problem(
     *,
     effects: np.ndarray,
     noise: dict[str, np.ndarray],
-    rows: StepRows,
+    rows: RowsOfStep,
     init: Mapping[str, np.ndarray] | None = None,
 ) -> ChunkProblem:
     """Pyro model and sites of the trans fit for one feature chunk.
@@ -269,20 +276,20 @@ def trans_problem(
     noise
         Fixed noise parameters of the chunk (``log_r`` / ``log_sigma`` / ``log_nu``).
     rows
-        Minibatch rows of every step (a :class:`~dream_sc.models.batching.StepRows`, on the
-        fit's device).
+        Minibatch rows of every step (e.g. :class:`dream_sc.engine.batching.StepRows`; device
+        tensors).
     init
         Warm start of the chunk's sites (default: the priors' centres).
     """
     n_cells, n_feat = obs.n_cells, len(features)
-    device = rows.device
-    cells = inputs.on_device(effects, noise, device)
+    device = obs.device
+    cells = inputs.cell_tensors(obs, effects, noise)
     delta, group, log_sf, noise_t = cells.delta, cells.group, cells.log_sf, cells.noise
     log_x_all, log_x_var_all = cells.log_x, cells.log_x_var
     scale = torch.as_tensor(priors.amplitude_scale[features], dtype=torch.float32, device=device)
     curve = get_curve(function)
     fused = None
-    if fused_available(obs.family, function, obs.y, device):
+    if fused_available(obs.family, function, obs.y):
         fused = FusedCells(
             obs.y,
             delta=delta,
@@ -296,7 +303,7 @@ def trans_problem(
 
     def model(batch: dict) -> None:
         rows = batch["rows"]
-        latent = sample_prior_sites(function, n_feat, priors, features, device)
+        latent = sample_prior_sites(function, n_feat, priors, features, scale)
         params = natural_params(function, latent, scale, priors)
         if fused is not None:  # one pass: curve, likelihood and gradient (models/fused.py)
             ll = curve.fused_log_likelihood(params, fused.at(rows))

@@ -15,6 +15,7 @@ import torch
 from .curves import evaluate_curve, get_curve, summary_stats
 from .ec50 import response_ec50_columns
 from .families import get_family
+from .streams import keyed_rng
 from .trans import TransPriors, natural_params
 
 LN2 = float(np.log(2.0))
@@ -117,30 +118,31 @@ def draw_latent(
     loc: dict,
     scale: dict,
     features: np.ndarray,
-    n_samples: int,
-    seed: int,
+    n: int,
+    root: np.random.SeedSequence,
     keys: np.ndarray | None = None,
     corr: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Posterior draws ``[S, T, ...]`` of every site, seeded per feature (by ``keys`` if given).
+    """``n`` posterior draws ``[n, T, ...]`` of every site, each feature from its own stream.
 
+    Feature ``f`` (its key in ``keys`` if given, else its index) draws from the stream
+    ``(f, 99)`` of the run's root sequence ``root`` (:func:`~dream_sc.models.streams.keyed_rng`).
     ``corr`` (``[T, D, D]``, sites sorted by name) correlates the values of each feature:
     ``value = loc + scale * (R @ eps)``.
     """
     names = sorted(loc)
     widths = [int(np.prod(loc[n].shape[1:])) for n in names]
     total = sum(widths)
-    eps = np.empty((len(features), n_samples, total), dtype=np.float32)
+    eps = np.empty((len(features), n, total), dtype=np.float32)
     ids = features if keys is None else keys[features]
     for row, fid in enumerate(ids):
-        rng = np.random.Generator(np.random.PCG64([int(seed), int(fid), 99]))
-        eps[row] = rng.standard_normal((n_samples, total), dtype=np.float32)
+        eps[row] = keyed_rng(root, fid, 99).standard_normal((n, total), dtype=np.float32)
     if corr is not None:
         eps = np.einsum("tij,tsj->tsi", corr[features], eps).astype(np.float32)
     out, offset = {}, 0
     for name, width in zip(names, widths, strict=True):
         shape = loc[name].shape[1:]
-        e = eps[:, :, offset : offset + width].reshape(len(features), n_samples, *shape)
+        e = eps[:, :, offset : offset + width].reshape(len(features), n, *shape)
         value = loc[name][features][:, None] + scale[name][features][:, None] * e  # [T, S, ...]
         out[name] = torch.from_numpy(np.moveaxis(value, 0, 1).astype(np.float32))  # [S, T, ...]
         offset += width

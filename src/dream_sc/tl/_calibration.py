@@ -12,8 +12,8 @@ from scipy import stats
 
 from .. import _validation as V
 from .._stores.trans import update_record
+from ..engine.config import FitConfig
 from ..models.significance import decoy_qvalues
-from ._common import resolve_device, resolve_progress
 from ._null import SHARED_SHIFT_DISTRIBUTIONS, permutations, rescore
 from ._shift_check import finite_record, shift_diagnostic, shift_message
 from ._trans_job import job_from_record
@@ -103,9 +103,8 @@ def calibration_check(
             f"No permutation null for trans fit {key!r} of {modality!r}; run "
             f"`ds.tl.test_trans(mdata, modality={modality!r}, key={key!r})` first."
         )
-    job = job_from_record(
-        mdata, modality, record, device=resolve_device(device), progress=resolve_progress(progress)
-    )
+    config = FitConfig.from_record(record["params"], device=device, progress=progress)
+    job = job_from_record(mdata, modality, record, config)
     null = np.asarray(record["null_scores"])
     rows, scores = [], []
     null_screens = rescore(job, permutations(job, int(n_null_screens), offset=CHECK_OFFSET))[1]

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from .._lazy import materialise, narrow
+from ..engine.batching import StepRows
 from ..engine.chunks import ChunkRecipe
 from ..engine.config import FitConfig
-from ..models.batching import ChunkProblem, StepRows
+from ..models.batching import ChunkProblem
 from ..models.observation import ObservationData
 from ..models.technical import TechnicalInit, technical_problem
 from ..models.trans import TransInputs, TransPriors, trans_problem
@@ -27,7 +28,7 @@ class ChunkData:
     """A chunk's observations: cells x chunk features.
 
     ``X`` / ``total`` are in memory, or lazy views of an out-of-core modality
-    (:class:`~dream_sc._lazy.LazyMatrix`) that are read in :meth:`on_device`, i.e. where the
+    (:class:`~dream_sc._lazy.LazyMatrix`) that are read in :meth:`observations`, i.e. where the
     chunk runs.
     """
 
@@ -36,15 +37,14 @@ class ChunkData:
     total: object | None
     group_index: np.ndarray | None
 
-    def on_device(self, device: torch.device) -> ObservationData:
-        """The chunk's :class:`ObservationData` (reads an out-of-core slice here)."""
+    def observations(self, config: FitConfig) -> ObservationData:
+        """The chunk's :class:`ObservationData` on the fit's device (out-of-core: read here)."""
         return ObservationData.build(
             self.distribution,
             materialise(self.X),
             total=materialise(self.total),
             group_index=self.group_index,
-            device=device,
-        )
+        ).to(config.device)
 
 
 def chunk_data(data, cols: np.ndarray) -> ChunkData:
@@ -82,8 +82,8 @@ class TransPart:
 
 def build_trans_chunk(shared: TransShared, part: TransPart, config: FitConfig) -> ChunkProblem:
     """The trans problem of one chunk (runs where the chunk runs)."""
-    obs = part.data.on_device(config.device)
-    rows = StepRows(config.seed, obs.n_cells, config.batch_size, shared.inputs.order, config.device)
+    obs = part.data.observations(config)
+    rows = StepRows(config, obs.n_cells, shared.inputs.order)
     return trans_problem(
         obs,
         shared.function,
@@ -146,7 +146,7 @@ def build_technical_chunk(
 ) -> ChunkProblem:
     """The technical problem of one chunk (runs where the chunk runs)."""
     sf, device = shared.sum_factor, config.device
-    obs = part.data.on_device(device)
+    obs = part.data.observations(config)
     return technical_problem(
         obs,
         shared.init,
@@ -156,7 +156,7 @@ def build_technical_chunk(
         log_sf=None
         if sf is None
         else torch.as_tensor(np.log(sf), dtype=torch.float32, device=device),
-        rows=StepRows(config.seed, obs.n_cells, config.batch_size, shared.order, device),
+        rows=StepRows(config, obs.n_cells, shared.order),
     )
 
 

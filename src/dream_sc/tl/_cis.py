@@ -20,6 +20,7 @@ from .._data import modality_data
 from .._storage import write_cis
 from ..engine.cis import fit_cis_model
 from ..engine.config import FitConfig
+from ..engine.memory import plan_cis
 from ..engine.svi import check_svi_checkpoint
 from ..models.cis import LN2, CisData
 from ..models.cis_dosage import sample_cell_dosage
@@ -372,7 +373,7 @@ def fit_cis(
         log_r=float(-tech.log_phi[col]),
         log2_x_ntc_prior=float(tech.baseline[col] / LN2),
     )
-    config = config.with_plan(batch_size or min(len(rows), 50_000))
+    config = plan_cis(cis_data, config, laplace=warm_start).config  # refuses one too large
     fingerprint = None
     if checkpoint is not None:  # checked before any work (the Laplace start is work)
         fingerprint = cis_fingerprint(

@@ -1,4 +1,4 @@
-"""Plumbing shared by the ``tl`` functions: seeds, devices, run records, summaries."""
+"""Plumbing shared by the ``tl`` functions: progress bars, run records, summaries."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .._settings import settings
-from ..engine.config import resolve_device, resolve_seed  # noqa: F401 (re-exported)
+from ..engine.config import FitConfig
 from ..models.trans_summary import Z90
 
 logger = logging.getLogger("dream_sc")
@@ -54,7 +54,7 @@ def normal_summary(
     scale: np.ndarray,
     *,
     log_scale: bool = False,
-    n_samples: int | None = None,
+    config: FitConfig | None = None,
     rng: np.random.Generator | None = None,
 ) -> dict[str, np.ndarray]:
     """Mean, sd and 5/50/95% quantiles of a Normal (or log-Normal) posterior.
@@ -67,14 +67,16 @@ def normal_summary(
         Posterior location and scale on the unconstrained scale.
     log_scale
         The parameter is ``exp`` of the Normal variable (report on the natural scale).
-    n_samples
-        ``None``: exact values. An integer: Monte Carlo estimates from that many posterior
-        draws (sample sd, ``numpy.quantile``), drawn with ``rng``.
+    config
+        The fit's configuration: ``config.n_samples`` ``None`` (or no ``config``) gives exact
+        values; an integer Monte Carlo estimates from that many posterior draws (sample sd,
+        ``numpy.quantile``), drawn with ``rng``.
     rng
-        Generator of the draws (required with ``n_samples``).
+        Generator of the draws (required when ``config.n_samples`` is set).
     """
     loc = np.asarray(loc, dtype=np.float64)
     scale = np.asarray(scale, dtype=np.float64)
+    n_samples = None if config is None else config.n_samples
     if n_samples is not None:
         if rng is None:
             raise ValueError("normal_summary: n_samples needs a random generator `rng`.")

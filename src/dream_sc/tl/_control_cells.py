@@ -115,14 +115,14 @@ def screen_controls(
     control: np.ndarray,
     technical_key: str | Sequence[str] | None,
     control_cells: int,
-    seed: int,
+    rng: np.random.Generator,
 ) -> list[str]:
-    """Obs names of the control subsample a whole screen shares (drawn from ``seed``)."""
+    """Obs names of the control subsample a whole screen shares (drawn with ``rng``)."""
     check_control_cells(control_cells)
     if not isinstance(control_cells, (int, np.integer)):
         raise ValueError(
             f"fit_screen takes control_cells as a number of cells; got {type(control_cells).__name__}."
         )
     groups = V.technical_labels(obs, technical_key).cat.codes.to_numpy()
-    picked = pick_control_cells(control, groups, int(control_cells), np.random.default_rng(seed))
+    picked = pick_control_cells(control, groups, int(control_cells), rng)
     return [str(c) for c in obs.index[picked]]

@@ -61,7 +61,7 @@ def _chunk_model(job: TransJob, idx: np.ndarray, onehot: np.ndarray):
 def permutations(job: TransJob, n_permutations: int, offset: int = 0) -> list[np.ndarray]:
     """Within-group permutations ``offset, ..., offset + n - 1`` of the job's cells."""
     return [
-        permute_within_groups(job.inputs.group, job.seed, offset + number)
+        permute_within_groups(job.inputs.group, job.streams, offset + number)
         for number in range(n_permutations)
     ]
 
@@ -143,7 +143,7 @@ def rescore_null(job: TransJob, n_permutations: int) -> dict:
     """
     start = time.perf_counter()
     real, null, shift = rescore_with_shift(job, permutations(job, n_permutations))
-    check = exchangeability(real, null, seed=job.seed)
+    check = exchangeability(real, null, rng=np.random.default_rng(job.seed))
     if not check.passed:
         logger.warning(
             "The permutation null does not look exchangeable with the low-scoring features "

@@ -82,7 +82,7 @@ def refined_columns(
     chunk = int(np.clip(REFINE_CHUNK_ENTRIES // max(len(job.rows), 1), 16, REFINE_CHUNK))
     for start in range(0, len(selected), chunk):
         idx = selected[start : start + chunk]
-        latent = draw_latent(loc, scale, idx, START_DRAWS, job.seed, keys, corr)
+        latent = draw_latent(loc, scale, idx, START_DRAWS, job.streams, keys, corr)
         begin = to_curve_coordinates(job.function, latent, job.priors.amplitude_scale[idx])
         target = trans_log_target(
             job.observations(idx),
@@ -92,12 +92,11 @@ def refined_columns(
             job.inputs,
             effects=job.effects(idx),
             noise=job.noise(idx),
-            device=job.device,
         )
         draws = adaptive_importance_sampling(
-            target, begin, keys[idx], seed=job.seed, rounds=rounds, n_final=n_draws
+            target, begin, keys[idx], root=job.streams, rounds=rounds, n_final=n_draws
         )
-        theta = torch.as_tensor(draws.resample(job.n_samples, keys[idx], job.seed))
+        theta = torch.as_tensor(draws.resample(job.n_samples, keys[idx], job.streams))
         params = {k: v.float() for k, v in curve_params(job.function, theta).items()}
         if job.dose_axis is not None:
             params = job.dose_axis.apply_to_params(job.function, params)

@@ -20,7 +20,7 @@ from .._settings import settings
 from .._stores.screen import target_fit_key, write_screen
 from ..models.families import get_family
 from ._cis import fit_cis
-from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
+from ._common import FitConfig, clean_params, resolve_progress, versions
 from ._control_cells import screen_controls
 from ._screen_checks import (
     FUNCTIONS,
@@ -268,14 +268,14 @@ def fit_screen(
     features = _resolve_cis_features(chosen, cis_feature, mdata[modality].var_names, modality)
     sf = sum_factor_values(mdata, sum_factor_key)
     V.check_sum_factors(sf[design.used], sum_factor_key)
-    dev = str(resolve_device(device))
     cis_keys = {t: target_fit_key(cis_prefix, t) for t in chosen}
     trans_keys = {t: target_fit_key(trans_prefix, t) for t in chosen}
     store = Checkpoint(checkpoint) if checkpoint is not None else None
-    seed = resolve_seed(resumed_seed(store, seed, checkpoint_mismatch))  # a drawn seed resumes
+    cfg = FitConfig.resolve(seed=resumed_seed(store, seed, checkpoint_mismatch), device=device)
+    seed, dev = cfg.seed, str(cfg.device)  # a drawn seed resumes
     if control_cells is not None:  # one subsample for every target
         cis_kwargs["control_cells"] = screen_controls(
-            obs, control, technical_key, control_cells, seed
+            obs, control, technical_key, control_cells, np.random.default_rng(seed)
         )
     common = {
         "guide_key": guide_key,

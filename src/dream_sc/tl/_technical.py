@@ -251,7 +251,7 @@ def fit_technical(
         noise_width=groups.n_groups + 2 + int(overdispersed),
         feature_chunk=feature_chunk,
     )
-    config = config.with_plan(plan.batch_size)
+    config = plan.config
     chunks = feature_chunks(n_features, plan.feature_chunk, data.group_index)
     order = name_order(obs.index[present])
     recipe = technical_recipe(data, init, codes, groups.n_groups, sf, order=order)
@@ -287,12 +287,7 @@ def fit_technical(
             overdispersed=overdispersed,
         ),
     )
-    draws, seed = config.n_samples, config.seed
-    summary = (
-        normal_summary
-        if draws is None
-        else partial(normal_summary, n_samples=draws, rng=np.random.default_rng([seed, 2]))
-    )
+    summary = partial(normal_summary, config=config, rng=np.random.default_rng([config.seed, 2]))
     table = _summarise(fit, init, groups.names, data, summary)
     seconds = time.perf_counter() - start
     if not fit.converged:

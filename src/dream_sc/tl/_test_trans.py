@@ -10,8 +10,8 @@ from mudata import MuData
 from .. import _validation as V
 from .._stores.trans import read_trans_posterior, update_record, write_results
 from ..engine.backends import resolve_backend  # [dask hunk]
+from ..engine.config import FitConfig
 from ..models.significance import DEFAULT_N_PERMUTATIONS
-from ._common import resolve_device, resolve_progress
 from ._null import significance
 from ._trans_job import job_from_record
 
@@ -111,14 +111,8 @@ def test_trans(
     wanted = (have or DEFAULT_N_PERMUTATIONS) if n_permutations is None else n_permutations
     if isinstance(wanted, bool) or not isinstance(wanted, int | np.integer) or wanted < 1:
         raise ValueError(f"n_permutations must be an integer >= 1; got {n_permutations!r}.")
-    job = job_from_record(
-        mdata,
-        modality,
-        record,
-        device=resolve_device(device),
-        progress=resolve_progress(progress),
-        min_effect=min_effect,
-    )
+    config = FitConfig.from_record(record["params"], device=device, progress=progress)
+    job = job_from_record(mdata, modality, record, config, min_effect=min_effect)
     job.backend = runner  # [dask hunk]
     loc, scale, corr = read_trans_posterior(adata, key, job.fitted)
     columns, _ = job.summarise(loc, scale, corr=corr)

@@ -90,6 +90,11 @@ class TransJob:
         return self.config.seed
 
     @property
+    def streams(self) -> np.random.SeedSequence:
+        """The run's root random sequence (see :meth:`FitConfig.streams`)."""
+        return self.config.streams()
+
+    @property
     def n_samples(self) -> int:
         """Posterior samples of the summaries."""
         return self.config.n_samples
@@ -138,8 +143,7 @@ class TransJob:
             data.X[:, cols],
             total=None if data.total is None else data.total[:, cols],
             group_index=None if data.group_index is None else data.group_index[cols],
-            device=self.device,
-        )
+        ).to(self.device)
 
     def effects(self, idx: np.ndarray) -> np.ndarray:
         """Technical effects ``[len(idx), C]`` of the fitted features ``idx``."""
@@ -243,7 +247,7 @@ class TransJob:
         }
         summary_chunks = feature_chunks(self.n_features, 1024, gi)
         for idx in summary_chunks:
-            latent = draw_latent(loc, scale, idx, self.n_samples, self.seed, self.keys, corr)
+            latent = draw_latent(loc, scale, idx, self.n_samples, self.streams, self.keys, corr)
             cols, crv = summarise_chunk(
                 self.data.distribution,
                 self.function,
@@ -401,7 +405,7 @@ def prepare_trans_job(mdata: MuData, settings: TransSettings, config: FitConfig)
         )
     return TransJob(
         settings=settings,
-        config=config.with_plan(plan.batch_size),
+        config=plan.config,
         data=data,
         fitted=fitted,
         tech=tech,
@@ -424,17 +428,17 @@ def job_from_record(
     mdata: MuData,
     modality: str,
     record: dict,
+    config: FitConfig,
     *,
-    device: torch.device,
-    progress: bool,
     min_effect: float | None = None,
 ) -> TransJob:
     """Rebuild the :class:`TransJob` of a stored trans fit from its run record.
 
     Used by ``test_trans`` and ``calibration_check`` so their refits use exactly the data,
-    priors and settings of the original fit (``min_effect`` may be overridden).
+    priors and settings of the original fit (``min_effect`` may be overridden); ``config`` is
+    the record's configuration (:meth:`FitConfig.from_record`, with the caller's device and
+    progress bar).
     """
     overrides = {} if min_effect is None else {"min_effect": float(min_effect)}
     settings = TransSettings.from_params(record["params"], **overrides)
-    config = FitConfig.from_record(record["params"], device=device, progress=progress)
     return prepare_trans_job(mdata, settings, config)

@@ -95,8 +95,11 @@ class Curve:
         """Latent sites (besides ``eta_ref``) of ``n`` features with their default starts."""
         raise NotImplementedError
 
-    def sample(self, n: int, priors: TransPriors, device) -> dict[str, torch.Tensor]:
-        """Sample every latent site (besides ``eta_ref``) from its prior (inside a Pyro model)."""
+    def sample(self, n: int, priors: TransPriors, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Sample every latent site (besides ``eta_ref``) from its prior (inside a Pyro model).
+
+        Prior tensors take the dtype and device of ``like`` (a float32 tensor of the fit).
+        """
         raise NotImplementedError
 
     def natural_params(

@@ -62,22 +62,24 @@ class HillCurve(Curve):
             Site("log_n1", (n,), LOG_N_PRIOR[0], 0.1),
         ]
 
-    def sample(self, n: int, priors: TransPriors, device) -> dict[str, torch.Tensor]:  # noqa: D102
+    def sample(self, n: int, priors: TransPriors, like: torch.Tensor) -> dict[str, torch.Tensor]:  # noqa: D102
         latent = {}
         lhc = log_half_cauchy()
         for c in self.components:
-            latent[f"z{c}"] = pyro.sample(f"z{c}", normal_prior(0.0, 1.0, [n], device))
+            latent[f"z{c}"] = pyro.sample(f"z{c}", normal_prior(0.0, 1.0, [n], like))
             latent[f"log_lambda{c}"] = pyro.sample(f"log_lambda{c}", lhc.expand([n]).to_event(1))
             latent[f"log_n{c}"] = pyro.sample(
-                f"log_n{c}", normal_prior(LOG_N_PRIOR[0], LOG_N_PRIOR[1], [n], device)
+                f"log_n{c}", normal_prior(LOG_N_PRIOR[0], LOG_N_PRIOR[1], [n], like)
             )
         latent["log_k1"] = pyro.sample(
-            "log_k1", normal_prior(priors.log_k_loc, priors.log_k_scale, [n], device)
+            "log_k1", normal_prior(priors.log_k_loc, priors.log_k_scale, [n], like)
         )
-        latent.update(self._extra_sample(n, priors, device))
+        latent.update(self._extra_sample(n, priors, like))
         return latent
 
-    def _extra_sample(self, n: int, priors: TransPriors, device) -> dict[str, torch.Tensor]:
+    def _extra_sample(
+        self, n: int, priors: TransPriors, like: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Sites sampled after ``log_k1`` (none for one component)."""
         return {}
 

@@ -29,9 +29,12 @@ def log_half_cauchy() -> dist.TransformedDistribution:
     return dist.TransformedDistribution(dist.HalfCauchy(1.0), [ExpTransform().inv])
 
 
-def normal_prior(loc, sd: float, shape: list[int], device) -> dist.Distribution:
-    """``Normal(loc, sd)`` over a site of ``shape`` (all dimensions event dimensions)."""
-    loc = torch.as_tensor(loc, dtype=torch.float32, device=device)
+def normal_prior(loc, sd: float, shape: list[int], like: torch.Tensor) -> dist.Distribution:
+    """``Normal(loc, sd)`` over a site of ``shape`` (all dimensions event dimensions).
+
+    ``loc`` takes the dtype and device of ``like`` (a tensor of the fit).
+    """
+    loc = torch.as_tensor(loc, dtype=like.dtype, device=like.device)
     return dist.Normal(loc, sd).expand(shape).to_event(len(shape))
 
 

@@ -49,8 +49,10 @@ class AdditiveHill(HillCurve):
             Site("log_n2", (n,), LOG_N_PRIOR[0], 0.1),
         ]
 
-    def _extra_sample(self, n: int, priors: TransPriors, device) -> dict[str, torch.Tensor]:
-        gap = normal_prior(priors.log_gap_loc, LOG_GAP_PRIOR_SD, [n], device)
+    def _extra_sample(
+        self, n: int, priors: TransPriors, like: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        gap = normal_prior(priors.log_gap_loc, LOG_GAP_PRIOR_SD, [n], like)
         return {"log_gap": pyro.sample("log_gap", gap)}
 
     def natural_params(  # noqa: D102

@@ -48,8 +48,8 @@ class Polynomial(Curve):
             Site("log_lambda", (n,), -1.0, 0.1),
         ]
 
-    def sample(self, n: int, priors: TransPriors, device) -> dict[str, torch.Tensor]:  # noqa: D102
-        coef_z = pyro.sample("coef_z", normal_prior(0.0, 1.0, [n, priors.degree], device))
+    def sample(self, n: int, priors: TransPriors, like: torch.Tensor) -> dict[str, torch.Tensor]:  # noqa: D102
+        coef_z = pyro.sample("coef_z", normal_prior(0.0, 1.0, [n, priors.degree], like))
         log_lambda = pyro.sample("log_lambda", log_half_cauchy().expand([n]).to_event(1))
         return {"coef_z": coef_z, "log_lambda": log_lambda}
 

@@ -202,9 +202,12 @@ class Family:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ device, likelihood
-    def to_device(self, X, total, device) -> tuple:
-        """Observations (and trials) on the device in the layout the likelihood wants."""
-        return CSRMatrix.from_scipy(sparse.csr_matrix(X), device=device), None
+    def tensors(self, X, total) -> tuple:
+        """Observations (and trials) as host tensors in the layout the likelihood wants.
+
+        :meth:`~dream_sc.models.observation.ObservationData.to` moves them to the fit's device.
+        """
+        return CSRMatrix.from_scipy(sparse.csr_matrix(X)), None
 
     def gather(self, y, total, rows: torch.Tensor) -> tuple:
         """The observations of the cells ``rows``."""
@@ -337,7 +340,7 @@ INTERFACE = (
     "value_label",
     "response_label",
     "read",
-    "to_device",
+    "tensors",
     "gather",
     "log_likelihood",
     "link_moments",

@@ -201,8 +201,8 @@ class Binomial(Family):
         check_binomial(X, total, what)
         return FamilyData(total=total)
 
-    def to_device(self, X, total, device):  # noqa: D102
-        return paired_csr(X, total, device=device)
+    def tensors(self, X, total):  # noqa: D102
+        return paired_csr(X, total)
 
     def log_likelihood(self, obs, eta, y, total, *, log_conc=None, **noise):  # noqa: D102
         if log_conc is not None:

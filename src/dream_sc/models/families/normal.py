@@ -82,9 +82,9 @@ class Normal(Family):
         check_continuous(X, what)
         return FamilyData()
 
-    def to_device(self, X, total, device):  # noqa: D102
+    def tensors(self, X, total):  # noqa: D102
         dense = X.toarray() if sparse.issparse(X) else np.asarray(X)
-        return torch.as_tensor(dense, dtype=torch.float32, device=device), None
+        return torch.as_tensor(dense, dtype=torch.float32), None
 
     def gather(self, y, total, rows):  # noqa: D102
         return y[rows], None
