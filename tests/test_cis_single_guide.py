@@ -12,10 +12,10 @@ import dream_sc as ds
 
 @pytest.fixture(scope="module")
 def single_guide_screen():
-    """1,000 cells, one GFI1B guide (log2 effect -1) and five NTC guides, fitted."""
+    """1,500 cells, one GFI1B guide (log2 effect -1) and five NTC guides, fitted."""
     mdata = ds.datasets.simulate_screen(
-        n_cells=1000,
-        n_genes=12,
+        n_cells=1500,
+        n_genes=40,
         n_junctions=0,
         n_isoform_genes=0,
         guides_per_target=1,
@@ -46,7 +46,9 @@ def test_single_guide_target_fits_with_the_truth_inside_its_interval(single_guid
     cells = ds.get.cis_dosage(mdata, level="cell").dropna(subset=["dose_mean"])
     true_dose = mdata.obs.loc[cells.index, "true_dose"].to_numpy()
     ratio = np.median(cells["dose_q50"].to_numpy() / true_dose)
-    assert abs(np.log(ratio)) < 0.08, ratio
+    # 3% plus the fit's own uncertainty of the NTC dosage (0.07 log2 on 1,000 cells)
+    tolerance = 0.03 + 2 * np.log(2) * mdata.uns["dream_cis"]["log2_x_ntc_sd"]
+    assert abs(np.log(ratio)) < tolerance, (ratio, tolerance)
     targeting = (mdata.obs.loc[cells.index, "target"] == "GFI1B").to_numpy()
     rho = np.corrcoef(np.log(cells["dose_mean"]), np.log(true_dose))[0, 1]
     assert rho > 0.6, rho

@@ -240,7 +240,10 @@ class CisModel:
         lead = v["log2_x_ntc"].shape
         b = torch.zeros((*lead, self.n_guides), dtype=self.dtype, device=self.device)
         if self.n_cis:
-            tau = v["log_target_scale"].exp()[..., None]
+            # one guide: nothing to pool, and tau * z would only bend the posterior into a
+            # funnel (a Normal posterior over it inflated the guide's interval); b = m + z
+            # keeps a wide heavy-tailed prior and a linear, well-fitted posterior
+            tau = v["log_target_scale"].exp()[..., None] if self.n_cis > 1 else 1.0
             b[..., self.cis_idx] = v["target_mean"][..., None] + tau * v["guide_z"]
         if self.n_ref:
             b[..., self.ref_idx] = v["ref_effect"]
@@ -333,18 +336,24 @@ def guide_effect_prior_draws(priors: dict, n_draws: int, seed: int = 0) -> np.nd
     """Draws of the marginal prior of a targeting guide's effect (log2 fold change).
 
     ``target_mean + exp(log target_scale) * guide_z`` with the hyperpriors of a cis run record
-    (``uns[key]["priors"]``): the effect prior has no closed form.
+    (``uns[key]["priors"]``): the effect prior has no closed form. A single-guide fit
+    (``priors["target_scale"]["used"]`` false) has ``tau = 1``.
     """
     rng = np.random.default_rng(seed)
     m, tau, z = priors["target_mean"], priors["target_scale"], priors["guide_z"]
-    return rng.normal(m["loc"], m["scale"], n_draws) + np.exp(
-        rng.normal(tau["loc"], tau["scale"], n_draws)
-    ) * (z["loc"] + z["scale"] * rng.standard_t(z["df"], n_draws))
+    scale = np.exp(rng.normal(tau["loc"], tau["scale"], n_draws))
+    if not tau.get("used", True):
+        scale = np.ones(n_draws)
+    return rng.normal(m["loc"], m["scale"], n_draws) + scale * (
+        z["loc"] + z["scale"] * rng.standard_t(z["df"], n_draws)
+    )
 
 
 def cis_priors(model: CisModel) -> dict:
     """The priors of a cis fit, as its run record holds them (``uns[key]["priors"]``)."""
     priors = _base_priors(model)
+    if model.n_cis == 1:  # b = m + z (see CisModel.derived)
+        priors["target_scale"]["used"] = False
     if model.escapers:
         a, b = ESCAPE_PRIOR
         priors["escape_fraction"] = {"dist": "beta", "a": float(a), "b": float(b)}
