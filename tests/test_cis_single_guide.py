@@ -28,6 +28,23 @@ def single_guide_screen():
     return mdata
 
 
+def test_single_guide_target_is_fitted_with_n_guides():
+    """Tiny and fast: the refusal of earlier versions is gone, n_guides is stored."""
+    mdata = ds.datasets.simulate_screen(
+        n_cells=300, n_genes=15, n_junctions=0, n_isoform_genes=0, guides_per_target=1, seed=3
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.tl.fit_technical(mdata, n_steps=40, seed=0)
+        ds.tl.fit_cis(mdata, cis_feature="GFI1B", n_steps=60, seed=0)
+    guides = ds.get.cis_dosage(mdata)
+    assert mdata.uns["dream_cis"]["n_guides"] == 1
+    assert guides.loc["GFI1B_1", "n_guides"] == 1
+    assert guides.loc["GFI1B_1", "log2_effect_q05"] < -0.5  # the -1 log2 knock-down is seen
+    assert mdata.uns["dream_cis"]["priors"]["target_scale"]["used"] is False
+
+
+@pytest.mark.slow
 def test_single_guide_target_fits_with_the_truth_inside_its_interval(single_guide_screen):
     mdata = single_guide_screen
     guides = ds.get.cis_dosage(mdata)
