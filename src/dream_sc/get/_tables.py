@@ -35,7 +35,10 @@ def cis_dosage(mdata: MuData, *, level: str = "guide", key: str = "dream_cis") -
     -------
     ``level="guide"``: index = guide; ``target``, ``n_cells``, ``dose_mean``, ``dose_q05``,
     ``dose_q95``, ``log2_effect_mean``, ``log2_effect_q05``, ``log2_effect_q95`` (plus
-    ``log2_effect_sd``, ``sigma_mean``, ``is_control``, ``control_active``).
+    ``log2_effect_sd``, ``sigma_mean``, ``is_control``, ``control_active``, ``n_guides`` =
+    guides of the row's target in the fit; with ``fit_cis(escapers=True)`` also
+    ``escape_fraction_mean``, ``escape_fraction_q05``, ``escape_fraction_q95``, the share of
+    the guide's cells not knocked down, NaN for control guides).
     ``level="cell"``: index = ``mdata.obs_names`` (NaN for cells outside the fit);
     ``dose_mean``, ``dose_sd``, ``dose_q05``, ``dose_q95``, ``dose_q50`` (posterior median;
     fits stored by older versions lack it), ``guide``.
