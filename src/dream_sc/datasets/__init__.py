@@ -1,6 +1,7 @@
 """Simulated screens with known truth and a small bundled example screen."""
 
 from ._example import example
+from ._many_targets import simulate_many_targets
 from ._simulate import simulate_screen
 from ._truth import true_curve
 from ._write_formats import (
@@ -13,6 +14,7 @@ from ._write_formats import (
 __all__ = [
     "binomial_to_junctions",
     "example",
+    "simulate_many_targets",
     "simulate_screen",
     "true_curve",
     "write_cellranger",

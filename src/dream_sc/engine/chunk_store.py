@@ -32,6 +32,7 @@ def chunk_fingerprint(
             "n_steps": int(config.n_steps),
             "lr": float(config.lr),
             "the feature chunks": ckpt.hashed([np.asarray(c) for c in chunks]),
+            **({} if config.tolerance is None else {"tolerance": float(config.tolerance)}),
         }
     )
 
@@ -67,12 +68,13 @@ def save_done(path: Path, features: np.ndarray, outcome: Any, fingerprint: dict)
             "loss": outcome.loss,
             "converged": bool(outcome.converged),
             "corr": outcome.corr,
+            **({} if outcome.n_steps_run is None else {"n_steps_run": int(outcome.n_steps_run)}),
         },
     )
 
 
 def load_done(path: Path, features: np.ndarray, fingerprint: dict) -> dict[str, Any]:
-    """A finished chunk's ``summary``, ``loss``, ``converged`` and ``corr``.
+    """A finished chunk's ``summary``, ``loss``, ``converged``, ``corr`` and ``n_steps_run``.
 
     Its fingerprint and features must match (else a ``ValueError`` naming the file).
     """
@@ -89,6 +91,7 @@ def load_done(path: Path, features: np.ndarray, fingerprint: dict) -> dict[str, 
             "loss": np.asarray(tree["loss"]),
             "converged": bool(tree["converged"]),
             "corr": None if corr is None else np.asarray(corr),
+            "n_steps_run": None if "n_steps_run" not in tree else int(tree["n_steps_run"]),
         }
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
         raise ckpt.damaged(path, f"{type(err).__name__}: {err}") from err

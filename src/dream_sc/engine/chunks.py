@@ -47,6 +47,8 @@ class ChunkedFit:
     seconds: float
     chunks: list[np.ndarray] = field(default_factory=list)
     corr: np.ndarray | None = None  # [T, D, D] correlation Cholesky (sites sorted by name)
+    #: steps run by each chunk (``-1``: all ``n_steps``; see ``FitConfig.tolerance``)
+    chunk_steps_run: list[int] = field(default_factory=list)
 
     @property
     def converged(self) -> bool:
@@ -127,6 +129,7 @@ class ChunkOutcome:
     converged: bool
     seconds: float
     corr: np.ndarray | None
+    n_steps_run: int | None = None  # None: all n_steps (no convergence stop)
 
 
 #: Feature names listed in the error message of a failing chunk.
@@ -189,7 +192,12 @@ def run_chunk(problem_of: Callable[[], ChunkProblem], task: ChunkTask) -> ChunkO
             err.add_note(f"dream_sc: raised{task.context}")
             raise
         return ChunkOutcome(
-            guide.summary(), result.loss, result.converged, result.seconds, guide.correlation()
+            guide.summary(),
+            result.loss,
+            result.converged,
+            result.seconds,
+            guide.correlation(),
+            result.n_steps_run,
         )
 
 
@@ -263,6 +271,7 @@ def fit_chunks(
     n_chunks = len(chunks)
     losses: list = [None] * n_chunks
     conv: list = [False] * n_chunks
+    steps_run: list = [-1] * n_chunks
     feature_conv = np.zeros(n_features, dtype=bool)
     corr: np.ndarray | None = None
     seconds = 0.0
@@ -306,6 +315,7 @@ def fit_chunks(
             corr[features] = outcome.corr
         losses[number] = outcome.loss
         conv[number] = outcome.converged
+        steps_run[number] = -1 if outcome.n_steps_run is None else int(outcome.n_steps_run)
         feature_conv[features] = outcome.converged
         seconds += outcome.seconds
         logger.debug(
@@ -349,7 +359,15 @@ def fit_chunks(
         if f is not None:
             f.unlink(missing_ok=True)
     return ChunkedFit(
-        loc, scale, np.sum(losses, axis=0), conv, feature_conv, seconds, list(chunks), corr
+        loc,
+        scale,
+        np.sum(losses, axis=0),
+        conv,
+        feature_conv,
+        seconds,
+        list(chunks),
+        corr,
+        steps_run,
     )
 
 

@@ -57,6 +57,11 @@ class FitConfig:
     checkpoint, checkpoint_every, checkpoint_mismatch
         Checkpoint path prefix (``None``: no checkpoints), steps between checkpoints, and what
         to do with files of another run (see :mod:`dream_sc._checkpoints`).
+    tolerance
+        Stop on convergence: the relative improvement of the smoothed loss per check window
+        below which a fit (every feature chunk on its own) stops early, after a short
+        learning-rate annealing (see :func:`dream_sc.engine.svi.run_svi`). ``None`` (default):
+        exactly ``n_steps`` steps.
 
     Examples
     --------
@@ -76,6 +81,7 @@ class FitConfig:
     checkpoint: str | None = None
     checkpoint_every: int = 100
     checkpoint_mismatch: str = "raise"
+    tolerance: float | None = None
 
     @classmethod
     def resolve(cls, step: str, **given: Any) -> FitConfig:
@@ -102,6 +108,11 @@ class FitConfig:
         values.setdefault("progress", settings.progress_bar)
         values.setdefault("checkpoint_every", settings.checkpoint_every)
         values["progress"] = bool(values["progress"])
+        tolerance = values.get("tolerance")
+        if tolerance is not None and (
+            isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or tolerance <= 0
+        ):
+            raise ValueError(f"tolerance must be a positive number or None; got {tolerance!r}.")
         return cls(**values)
 
     @classmethod
@@ -122,6 +133,7 @@ class FitConfig:
             lr=value("lr", float),
             batch_size=value("batch_size", int),
             n_samples=value("n_samples", int),
+            tolerance=value("tolerance", float),
             max_memory_gb=settings.max_memory_gb,
             checkpoint_every=settings.checkpoint_every,
         )
@@ -132,10 +144,16 @@ class FitConfig:
         return replace(self, batch_size=int(batch_size))
 
     def as_record(self) -> dict[str, Any]:
-        """The settings a run record's ``params`` hold (seed, steps, lr, samples, device)."""
+        """The settings a run record's ``params`` hold (seed, steps, lr, samples, device).
+
+        Plus ``tolerance`` when set.
+        """
         out = asdict(self)
         out["device"] = str(self.device)
-        return {k: out[k] for k in ("seed", "n_steps", "lr", "n_samples", "device")}
+        keys = ("seed", "n_steps", "lr", "n_samples", "device")
+        if self.tolerance is not None:  # records of fixed-step fits stay as they were
+            keys += ("tolerance",)
+        return {k: out[k] for k in keys}
 
 
 def resolve_seed(seed: int | None, checkpoint: str | None = None) -> int:

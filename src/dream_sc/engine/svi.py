@@ -40,11 +40,16 @@ class FitResult:
         Whether the smoothed loss had stopped improving by the end.
     seconds
         Wall time.
+    n_steps_run
+        Steps actually run (``None``: all ``n_steps``). A fit stopped on convergence
+        (``FitConfig.tolerance``) keeps a loss trace of ``n_steps`` entries whose steps after
+        ``n_steps_run`` hold the mean loss of its last check window.
     """
 
     loss: np.ndarray
     converged: bool
     seconds: float
+    n_steps_run: int | None = None
 
 
 def _diverged(what: str, context: str) -> str:
@@ -64,7 +69,10 @@ SVI_KIND = "svi"
 
 
 def _svi_fingerprint(fingerprint: Mapping[str, Any] | None, config: FitConfig) -> dict:
-    return {**(fingerprint or {}), "n_steps": int(config.n_steps), "lr": float(config.lr)}
+    out = {**(fingerprint or {}), "n_steps": int(config.n_steps), "lr": float(config.lr)}
+    if config.tolerance is not None:
+        out["tolerance"] = float(config.tolerance)
+    return out
 
 
 def check_svi_checkpoint(
@@ -180,6 +188,84 @@ def smoothed_converged(
     return not still_falling
 
 
+#: Smallest check window of the convergence stop (steps).
+MIN_STOP_WINDOW = 10
+#: The check window of the convergence stop is this fraction of ``n_steps``.
+STOP_WINDOW_FRAC = 0.05
+
+
+def stop_window(total_steps: int) -> int:
+    """Steps per check window of the convergence stop (also the length of the final anneal)."""
+    return max(MIN_STOP_WINDOW, int(total_steps * STOP_WINDOW_FRAC))
+
+
+def tolerance_reached(loss: np.ndarray, tolerance: float, window: int) -> bool:
+    """Whether the smoothed loss stopped improving by ``tolerance`` (relative) per window.
+
+    Compares the mean loss of the last ``window`` steps with that of the ``window`` steps
+    before: converged when ``(previous - last) < tolerance * |last|`` (the research code's
+    ``tolerance`` on a smoothed loss). A loss that went up counts as converged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> tolerance_reached(np.linspace(100.0, 50.0, 40), 1e-3, 10)  # still falling
+    False
+    >>> tolerance_reached(np.full(40, 50.0), 1e-3, 10)
+    True
+    """
+    loss = np.asarray(loss, dtype=np.float64)
+    if len(loss) < 2 * window or not np.all(np.isfinite(loss[-2 * window :])):
+        return False
+    prev = loss[-2 * window : -window].mean()
+    last = loss[-window:].mean()
+    return bool(prev - last < tolerance * max(abs(last), 1e-8))
+
+
+class _Stopper:
+    """Convergence stop of :func:`run_svi`: check, then anneal the learning rate and end.
+
+    Checked every ``window`` steps once the warm-up is over and two windows have passed; when
+    :func:`tolerance_reached`, the learning rate of every parameter group decays geometrically
+    over one more window to the one-cycle schedule's final value (``min_lr``), so the
+    parameters settle as they do at the end of a full run, and the fit ends.
+    """
+
+    def __init__(self, config: FitConfig, warmup: int, optimizer) -> None:
+        self.tolerance = config.tolerance
+        self.n_steps = config.n_steps
+        self.window = stop_window(config.n_steps)
+        self.first_check = warmup + 2 * self.window
+        self.optimizer = optimizer
+        self.anneal_from: int | None = None
+        self.lr_start: list[float] = []
+        self.end = config.n_steps
+
+    @property
+    def annealing(self) -> bool:
+        return self.anneal_from is not None
+
+    def check(self, done: int, losses: np.ndarray) -> None:
+        """After step ``done - 1`` (losses synced): start the final anneal when converged."""
+        if self.tolerance is None or self.annealing or done < self.first_check:
+            return
+        if done % self.window or done + self.window >= self.n_steps:
+            return
+        if tolerance_reached(losses[:done], self.tolerance, self.window):
+            self.anneal_from = done
+            self.end = done + self.window
+            self.lr_start = [g["lr"] for g in self.optimizer.param_groups]
+
+    def set_lr(self, step: int) -> None:
+        """Learning rates of annealing step ``step`` (no-op before the stop)."""
+        if not self.annealing:
+            return
+        frac = (step - self.anneal_from + 1) / self.window
+        for group, lr0 in zip(self.optimizer.param_groups, self.lr_start, strict=True):
+            final = min(float(group.get("min_lr", lr0 / 1000.0)), lr0)
+            group["lr"] = lr0 * (final / lr0) ** frac if lr0 > 0 else lr0
+
+
 #: Steps between copies of the loss trace from the device to the host (and the finiteness
 #: check). The loss stays on the device in between, so an accelerator is never made to wait for
 #: the host inside the optimisation loop.
@@ -250,7 +336,10 @@ def run_svi(
         ``lr``, ``progress`` (a tqdm bar, only on a TTY), ``checkpoint_every`` (steps between
         checkpoints) and ``checkpoint_mismatch`` (``"raise"``: a checkpoint of another fit, or
         a damaged one, raises a ``ValueError`` naming it; ``"restart"``: it is deleted and the
-        fit starts from step 0).
+        fit starts from step 0) and ``tolerance`` (``None``: exactly ``n_steps`` steps; a
+        number: stop once the smoothed loss improves by less than that fraction per window of
+        :func:`stop_window` steps, after one more window of learning-rate annealing; see
+        :func:`tolerance_reached`).
     clip
         Element-wise gradient clip value.
     description
@@ -319,11 +408,15 @@ def run_svi(
         )
     show = config.progress and sys.stderr.isatty()
     trace = _LossTrace(losses, params[0].device if params else torch.device("cpu"), first)
+    stopper = _Stopper(config, int(max(0.1, 2.0 / max(n_steps, 4)) * max(n_steps, 4)), optimizer)
     bar = tqdm(range(first, n_steps), desc=description, disable=not show, leave=False)
     # Distribution argument checks read every tensor back to the host; on an accelerator the
     # loss trace's finiteness check (every LOSS_SYNC_EVERY steps) stands in for them.
     with pyro.validation_enabled(trace.buffer.device.type == "cpu"):
         for step in bar:
+            if step >= stopper.end:
+                break
+            stopper.set_lr(step)
             if noise is not None:
                 noise.step = step
             batch = make_batch(step)
@@ -343,28 +436,45 @@ def run_svi(
                 if p.grad is not None:
                     p.grad.nan_to_num_(0.0, 0.0, 0.0).clamp_(-clip, clip)
             optimizer.step()
-            scheduler.step()
+            if not stopper.annealing:
+                scheduler.step()
             done = step + 1
             wants_loss = (show and step % 25 == 0) or (
                 logger.isEnabledFor(logging.DEBUG) and step % 50 == 0
             )
             if wants_loss or done % LOSS_SYNC_EVERY == 0:
                 trace.check(context)
+            if stopper.tolerance is not None and done % stopper.window == 0:
+                trace.check(context)
+                stopper.check(done, losses)
             if show and step % 25 == 0:
                 bar.set_postfix(loss=f"{losses[step]:.4g}")
             if logger.isEnabledFor(logging.DEBUG) and step % 50 == 0:
                 logger.debug("%s step %d loss %.6g", description, step, losses[step])
-            if checkpoint is not None and (done % checkpoint_every == 0) and done < n_steps:
+            if (
+                checkpoint is not None
+                and (done % checkpoint_every == 0)
+                and done < n_steps
+                and not stopper.annealing  # a resumed run replays the stop from an earlier save
+            ):
                 trace.check(context)
                 _save_checkpoint(
                     checkpoint, done, params, optimizer, scheduler, losses, state_fingerprint
                 )
             _after_step(step)
+    bar.close()
     trace.check(context)
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)
-    converged = smoothed_converged(losses, rtol=rtol)
+    n_run = None
+    if stopper.annealing:
+        n_run = stopper.end
+        losses[n_run:] = losses[n_run - stopper.window : n_run].mean()
+        converged = True
+        logger.debug("%s stopped on convergence after %d of %d steps", description, n_run, n_steps)
+    else:
+        converged = smoothed_converged(losses, rtol=rtol)
     seconds = time.perf_counter() - start
     if not math.isfinite(seconds):  # pragma: no cover
         seconds = 0.0
-    return FitResult(loss=losses, converged=converged, seconds=seconds)
+    return FitResult(loss=losses, converged=converged, seconds=seconds, n_steps_run=n_run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,12 @@ from mudata import MuData
 
 from .. import _validation as V
 from .._stores.screen import read_screen
+from ..models.hierarchical_fdr import (
+    hierarchical_fdr,
+    joint_permutation_pvalue,
+    permutation_pvalues,
+    simes_pvalue,
+)
 from ..models.significance import DECOY_PSEUDOCOUNT, NON_MONOTONIC_CALL
 from ._tables import trans_results
 
@@ -107,6 +114,7 @@ def screen_results(
     key: str = "dream_screen",
     alpha: float = 0.1,
     targets: Sequence[str] | None = None,
+    target_test: Literal["simes", "permutation"] = "simes",
 ) -> pd.DataFrame:
     """Trans results of every target of a screen, with q-values controlling the screen's FDR.
 
@@ -118,6 +126,18 @@ def screen_results(
     targets with different numbers of permutations are weighted per null fit), which controls
     the FDR over all (target, feature) pairs. The same is done for the non-monotonic evidence,
     and ``shape`` is called again from the screen-wide values.
+
+    The **hierarchical** columns answer the screen's two questions in order (Benjamini and
+    Bogomolov 2014; :func:`~dream_sc.models.hierarchical_fdr.hierarchical_fdr`): every
+    feature gets a permutation p-value against its target's pooled null
+    (``feature_pvalue``); every target a p-value
+    for "changes no feature" (``target_pvalue``), BH over the targets (``target_qvalue``,
+    ``target_selected = target_qvalue <= alpha``); within each of the ``R`` selected of ``m``
+    targets BH at level ``alpha R / m`` (``screen_qvalue``, ``significant_screen``). This
+    bounds the expected share of selected targets without effect by ``alpha`` and the
+    average within-target FDR of the selected targets by ``alpha``, so targets without effect
+    do not collect the screen's false calls (the pooled ``qvalue`` only bounds the share of
+    false pairs overall). Read ``significant_screen``.
 
     Parameters
     ----------
@@ -131,14 +151,25 @@ def screen_results(
         ``significant = qvalue < alpha``.
     targets
         Subset of the screen's targets (the FDR is then controlled over those).
+    target_test
+        Target p-value of the hierarchical columns: ``"simes"`` (default; Simes' combination
+        of the pooled-null feature p-values, resolution ``1 / (1 + P T)``) or
+        ``"permutation"`` (exact: the Simes statistic of the real dosages ranked among those
+        of the ``P`` stored joint permutations, never below ``1 / (1 + P)``; see
+        :func:`~dream_sc.models.hierarchical_fdr.joint_permutation_pvalue`).
 
     Returns
     -------
     Long DataFrame, one row per (target, feature): ``target``, ``feature``, every
     ``trans_results`` column with ``qvalue``, ``significant`` and
     ``shape`` screen-wide, plus the per-target ``qvalue_target``,
-    ``significant_target``, ``shape_target``. Features a fit
-    left out (``fitted`` False) keep NaN q-values.
+    ``significant_target``, ``shape_target``, and the hierarchical ``feature_pvalue``,
+    ``target_pvalue``, ``target_qvalue``, ``target_selected``, ``screen_qvalue``
+    (depends on ``alpha`` through the selection; 1 for features of unselected targets),
+    ``significant_screen`` (``screen_qvalue <= alpha``) and ``shape_screen``. Features a fit
+    left out (``fitted`` False) keep NaN q-values and p-values. ``attrs["hierarchical_fdr"]``
+    holds ``alpha``, ``target_test``, ``n_targets`` (``m``), ``n_selected`` (``R``) and
+    ``feature_level`` (``alpha R / m``).
 
     Examples
     --------
@@ -152,6 +183,8 @@ def screen_results(
     V.check_modality(mdata, modality)
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1); got {alpha}.")
+    if target_test not in ("simes", "permutation"):
+        raise ValueError(f"target_test must be 'simes' or 'permutation'; got {target_test!r}.")
     record = read_screen(mdata, modality, key)
     screen_targets = [str(t) for t in record["targets"]]
     keys = dict(zip(screen_targets, [str(k) for k in record["trans_keys"]], strict=True))
@@ -190,24 +223,86 @@ def screen_results(
         null,
         [_n_null_sets(n, r) for n, r in zip(null, nulls, strict=True)],
     )
+    scores = [t["score"].to_numpy(dtype=np.float64)[f] for t, f in zip(tables, fitted, strict=True)]
+    hier = _hierarchical(chosen, scores, null, alpha, target_test)
     frames = []
-    for target, table, f, qt in zip(chosen, tables, fitted, q_screen, strict=True):
+    for i, (target, table, f, qt) in enumerate(zip(chosen, tables, fitted, q_screen, strict=True)):
         q = np.full(len(f), np.nan)
         q[f] = qt
         frame = table.copy()
         for name in ("qvalue", "significant", "shape"):
             frame[f"{name}_target"] = frame[name]
         significant = f & (q < alpha)
-        non_mono = significant & (frame["prob_non_monotonic"].to_numpy() >= NON_MONOTONIC_CALL)
-        shape = np.where(frame["response_mean"].to_numpy() > 0, "increasing", "decreasing")
-        shape = shape.astype(object)
-        shape[non_mono] = "non_monotonic"
-        shape[~significant] = "flat"
-        shape[~f] = "not_fitted"
         frame["qvalue"] = q
         frame["significant"] = significant
-        frame["shape"] = shape.astype(str)
+        frame["shape"] = _shapes(frame, f, significant)
+        _add_hierarchical(frame, f, hier, i)
         frame.insert(0, "feature", frame.index.astype(str))
         frame.insert(0, "target", target)
         frames.append(frame.reset_index(drop=True))
-    return pd.concat(frames, ignore_index=True)
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["hierarchical_fdr"] = {
+        "alpha": float(alpha),
+        "target_test": target_test,
+        "n_targets": len(chosen),
+        "n_selected": int(hier["result"].n_selected),
+        "feature_level": float(hier["result"].feature_level),
+    }
+    return out
+
+
+def _shapes(frame: pd.DataFrame, fitted: np.ndarray, significant: np.ndarray) -> np.ndarray:
+    """Shape calls of a target's table for the given significance column."""
+    non_mono = significant & (frame["prob_non_monotonic"].to_numpy() >= NON_MONOTONIC_CALL)
+    shape = np.where(frame["response_mean"].to_numpy() > 0, "increasing", "decreasing")
+    shape = shape.astype(object)
+    shape[non_mono] = "non_monotonic"
+    shape[~significant] = "flat"
+    shape[~fitted] = "not_fitted"
+    return shape.astype(str)
+
+
+def _hierarchical(
+    targets: list[str],
+    scores: list[np.ndarray],
+    null: list[np.ndarray],
+    alpha: float,
+    target_test: str,
+) -> dict:
+    """Feature p-values and the Benjamini-Bogomolov result over the chosen targets."""
+    pvalues = [permutation_pvalues(s, n) for s, n in zip(scores, null, strict=True)]
+    if target_test == "simes":
+        target_p = [simes_pvalue(p) for p in pvalues]
+    else:
+        target_p = []
+        for target, s, n in zip(targets, scores, null, strict=True):
+            if n.ndim != 2 or n.shape[1] != len(s):
+                raise ValueError(
+                    f"The null of target {target!r} is not stored per permutation "
+                    f"(shape {n.shape}); rerun `ds.tl.test_trans` on its trans fit or use "
+                    "target_test='simes'."
+                )
+            target_p.append(joint_permutation_pvalue(s, n) if len(s) else 1.0)
+    return {
+        "pvalues": pvalues,
+        "result": hierarchical_fdr(pvalues, alpha=alpha, target_pvalues=target_p),
+    }
+
+
+def _add_hierarchical(frame: pd.DataFrame, fitted: np.ndarray, hier: dict, i: int) -> None:
+    """Write target ``i``'s hierarchical columns into its table (NaN where not fitted)."""
+    result = hier["result"]
+    for name, values in (
+        ("feature_pvalue", hier["pvalues"][i]),
+        ("screen_qvalue", result.screen_qvalue[i]),
+    ):
+        col = np.full(len(fitted), np.nan)
+        col[fitted] = values
+        frame[name] = col
+    frame["target_pvalue"] = float(result.target_pvalue[i])
+    frame["target_qvalue"] = float(result.target_qvalue[i])
+    frame["target_selected"] = bool(result.target_selected[i])
+    significant = np.zeros(len(fitted), dtype=bool)
+    significant[fitted] = result.significant[i]
+    frame["significant_screen"] = significant
+    frame["shape_screen"] = _shapes(frame, fitted, significant)

@@ -196,6 +196,7 @@ def fit_cis(
     lr: float | None = None,
     batch_size: int | None = None,
     n_samples: int | None = None,
+    tolerance: float | None = None,
     warm_start: bool = True,
     seed: int | None = None,
     device: str | None = None,
@@ -245,6 +246,11 @@ def fit_cis(
     n_steps, lr, batch_size
         SVI settings (``None``: 300 steps at 0.05, the cis row of
         :data:`~dream_sc.engine.config.STEP_DEFAULTS`; all cells in one batch up to 50,000).
+    tolerance
+        Stop on convergence: every feature chunk stops once its smoothed loss improves by less
+        than this fraction per check window (5% of ``n_steps``, at least 10 steps), after one
+        more window of learning-rate annealing; the steps run are recorded (see
+        :class:`~dream_sc.engine.config.FitConfig`). ``None`` (default): exactly ``n_steps``.
     n_samples
         Posterior dosage samples kept per cell (default ``settings.n_samples``).
     warm_start
@@ -290,7 +296,7 @@ def fit_cis(
     also ``escape_fraction_mean``/``_q05``/``_q95``, NaN for control guides), ``n_guides``
     (guides of the cis target in the fit), ``x_ntc``, ``log2_x_ntc_mean``,
     ``log2_x_ntc_sd``, ``dose_range``, ``n_cells``, ``cis_feature``, ``cis_target``,
-    ``modality``, ``technical_key_added``, ``params``, ``priors``, ``loss``, ``converged``,
+    ``modality``, ``technical_key_added``, ``params``, ``priors``, ``loss``, ``n_steps_run`` (with ``tolerance``), ``converged``,
     ``seconds``, ``versions``.
 
     Examples
@@ -370,6 +376,7 @@ def fit_cis(
         progress=progress,
         checkpoint=checkpoint,
         checkpoint_mismatch=checkpoint_mismatch,
+        tolerance=tolerance,
     )
     codes = groups.codes[rows]
     cis_data = CisData(
@@ -454,6 +461,11 @@ def fit_cis(
         "params": clean_params(params),
         "priors": post.priors,
         "loss": post.fit.loss.astype(np.float64),
+        **(
+            {}
+            if config.tolerance is None
+            else {"n_steps_run": int(post.fit.n_steps_run or config.n_steps)}
+        ),
         "converged": bool(post.fit.converged),
         "seconds": float(seconds),
         "versions": versions(),

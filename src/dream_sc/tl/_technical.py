@@ -62,6 +62,7 @@ def fit_technical(
     batch_size: int | None = None,
     feature_chunk: int | None = None,
     n_samples: int | None = None,
+    tolerance: float | None = None,
     seed: int | None = None,
     device: str | None = None,
     progress: bool | None = None,
@@ -115,6 +116,11 @@ def fit_technical(
         :data:`~dream_sc.engine.config.STEP_DEFAULTS`).
     batch_size, feature_chunk
         Cells per step and features per chunk (default: memory planner).
+    tolerance
+        Stop on convergence: every feature chunk stops once its smoothed loss improves by less
+        than this fraction per check window (5% of ``n_steps``, at least 10 steps), after one
+        more window of learning-rate annealing; the steps run are recorded (see
+        :class:`~dream_sc.engine.config.FitConfig`). ``None`` (default): exactly ``n_steps``.
     n_samples
         Posterior draws behind the ``varm`` summaries: ``None`` (default) gives the exact
         mean, sd and quantiles of the Normal variational posterior; an integer gives Monte
@@ -160,7 +166,8 @@ def fit_technical(
     - ``mdata[modality].uns[key_added]``: ``params`` (arguments, seed, device),
       ``distribution``, ``overdispersed``, ``groups``, ``reference_group``, ``n_cells``,
       ``priors`` (``concentration`` when over-dispersed), ``loss``, ``converged``,
-      ``chunk_converged``, ``plan``, ``seconds``, ``versions``.
+      ``chunk_converged``, ``chunk_n_steps_run`` (with ``tolerance``), ``plan``, ``seconds``,
+      ``versions``.
 
     Examples
     --------
@@ -216,6 +223,7 @@ def fit_technical(
         progress=progress,
         checkpoint=checkpoint,
         checkpoint_mismatch=checkpoint_mismatch,
+        tolerance=tolerance,
     )
     n_cells, n_features = data.X.shape
 
@@ -304,6 +312,11 @@ def fit_technical(
         "n_cells": int(n_cells),
         "priors": _priors(init, data.distribution),
         "loss": fit.loss.astype(np.float64),
+        **(
+            {}
+            if config.tolerance is None
+            else {"chunk_n_steps_run": np.asarray(fit.chunk_steps_run, dtype=np.int64)}
+        ),
         "converged": bool(fit.converged),
         "chunk_converged": np.asarray(fit.chunk_converged, dtype=bool),
         "plan": plan.as_dict(),

@@ -90,6 +90,7 @@ def fit_trans(
     batch_size: int | None = None,
     feature_chunk: int | None = None,
     n_samples: int | None = None,
+    tolerance: float | None = None,
     warm_start: bool = True,
     refine_intervals: bool = True,
     n_refine_draws: int = 500,
@@ -150,6 +151,11 @@ def fit_trans(
     n_steps, lr, batch_size, feature_chunk
         SVI settings (``None``: 300 steps at 0.03, the trans row of
         :data:`~dream_sc.engine.config.STEP_DEFAULTS`; batch/chunk: memory planner).
+    tolerance
+        Stop on convergence: every feature chunk stops once its smoothed loss improves by less
+        than this fraction per check window (5% of ``n_steps``, at least 10 steps), after one
+        more window of learning-rate annealing; the steps run are recorded (see
+        :class:`~dream_sc.engine.config.FitConfig`). ``None`` (default): exactly ``n_steps``.
     n_samples
         Posterior samples for summaries (default ``settings.n_samples``).
     warm_start
@@ -212,7 +218,7 @@ def fit_trans(
       ``x_ref``, ``min_effect``, ``params``, ``priors``, ``loss``, ``converged``,
       ``chunk_converged``, ``cis_key``, ``technical_key_added``, ``n_cells``, ``plan``,
       ``seconds``, ``null_scores``, ``null_seconds`` and ``exchangeability`` (when tested),
-      ``versions``.
+      ``chunk_n_steps_run`` (steps run per feature chunk, with ``tolerance``), ``versions``.
 
     Examples
     --------
@@ -258,6 +264,7 @@ def fit_trans(
         progress=progress,
         checkpoint=checkpoint,
         checkpoint_mismatch=checkpoint_mismatch,
+        tolerance=tolerance,
     )
     job = prepare_trans_job(mdata, TransSettings.from_arguments(params), config)
     job.backend = runner  # [dask hunk]
@@ -307,6 +314,11 @@ def fit_trans(
         "min_effect": job.min_effect.astype(np.float64),
         "priors": job.priors.as_dict(),
         "loss": fit.loss.astype(np.float64),
+        **(
+            {}
+            if config.tolerance is None
+            else {"chunk_n_steps_run": np.asarray(fit.chunk_steps_run, dtype=np.int64)}
+        ),
         "converged": bool(fit.converged),
         "chunk_converged": np.asarray(fit.chunk_converged, dtype=bool),
         "cis_key": cis_key,

@@ -1,0 +1,230 @@
+"""A many-target screen end to end: time, peak memory and calls scored against the truth.
+
+Simulates a screen with :func:`dream_sc.datasets.simulate_many_targets` (every target has its
+own responsive genes; a fifth of the targets none, a tenth ten times more), runs
+``tl.fit_screen`` on it and prints
+
+- wall seconds of the whole screen, per target (cis and trans) and of the technical fit,
+  peak RSS and the 1-minute load average (the machine may be shared);
+- screen-wide realised FDR, false calls on the no-effect targets, power and AUROC over all
+  (target, gene) pairs, for every q-value column ``get.screen_results`` offers
+  (``qvalue`` = pooled target-decoy; hierarchical columns when present);
+- the same for a per-target Wilcoxon rank-sum test (the target's cells against the control
+  cells on size-factor-normalised counts, Benjamini-Hochberg over all pairs), computed here;
+- optionally pysceptre (``--sceptre``; needs ``pip install pysceptre``; benchmark only).
+
+Usage::
+
+    python benchmarks/bench_genome_screen.py --cells 5000 --genes 500 --targets 10
+    python benchmarks/bench_genome_screen.py --cells 100000 --genes 8000 --targets 500 \\
+        --steps 100 100 100 --out genome.md    # the issue-26 target size
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _metrics import PeakRSS, auroc, markdown_table  # noqa: E402
+
+import dream_sc as ds  # noqa: E402
+
+
+def truth_labels(mdata, table: pd.DataFrame) -> np.ndarray:
+    """True for the (target, feature) rows of ``table`` that the simulator made responsive."""
+    pairs = mdata.uns["truth"]["pairs"]
+    responsive = set(zip(pairs["target"], pairs["feature"], strict=True))
+    return np.array(
+        [(t, f) in responsive for t, f in zip(table["target"], table["feature"], strict=True)]
+    )
+
+
+def score_calls(called: np.ndarray, labels: np.ndarray, null_target: np.ndarray) -> dict:
+    """Realised FDR, power and false calls on no-effect targets of a boolean call vector."""
+    n_called = int(called.sum())
+    false = int((called & ~labels).sum())
+    return {
+        "calls": n_called,
+        "realised_fdr": false / max(n_called, 1),
+        "power": float((called & labels).sum() / max(labels.sum(), 1)),
+        "false_on_null_targets": int((called & null_target).sum()),
+    }
+
+
+def wilcoxon_screen(mdata, targets: list[str], features: list[str]) -> pd.DataFrame:
+    """Per-target rank-sum test of normalised counts, target cells vs control cells."""
+    rna = mdata["rna"]
+    x = rna[:, features].X.tocsc()
+    sf = mdata.obs["sum_factor"].to_numpy()
+    target = mdata.obs["target"].to_numpy()
+    control = target == mdata.uns["truth"]["control_label"]
+    rows = []
+    for t in targets:
+        own = target == t
+        cells = own | control
+        block = (x[cells].toarray() / sf[cells, None]).astype(np.float64)
+        res = stats.mannwhitneyu(block[own[cells]], block[~own[cells]], axis=0)
+        rows.append(pd.DataFrame({"target": t, "feature": features, "pvalue": res.pvalue}))
+    table = pd.concat(rows, ignore_index=True)
+    p = table["pvalue"].fillna(1.0).to_numpy()
+    table["qvalue"] = stats.false_discovery_control(p, method="bh")
+    table["score"] = -np.log10(np.maximum(p, 1e-300))
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cells", type=int, default=5000)
+    p.add_argument("--genes", type=int, default=500)
+    p.add_argument("--targets", type=int, default=10)
+    p.add_argument("--moi", choices=["low", "high"], default="low")
+    p.add_argument("--steps", type=int, nargs=3, default=None, metavar=("TECH", "CIS", "TRANS"))
+    p.add_argument("--permutations", type=int, default=None)
+    p.add_argument("--alpha", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sceptre", action="store_true")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    load = os.getloadavg()[0]
+    peak = PeakRSS()
+    with peak:
+        t0 = time.perf_counter()
+        mdata = ds.datasets.simulate_many_targets(
+            n_cells=args.cells,
+            n_genes=args.genes,
+            n_targets=args.targets,
+            moi=args.moi,
+            seed=args.seed,
+        )
+        simulate_seconds = time.perf_counter() - t0
+        steps = None
+        if args.steps is not None:
+            steps = dict(zip(("technical", "cis", "trans"), args.steps, strict=True))
+        trans_kwargs = {}
+        if args.permutations is not None:
+            trans_kwargs["n_permutations"] = args.permutations
+        t0 = time.perf_counter()
+        ds.tl.fit_screen(
+            mdata,
+            technical_key=None,
+            n_steps=steps,
+            seed=args.seed,
+            progress=False,
+            trans_kwargs=trans_kwargs,
+        )
+        fit_seconds = time.perf_counter() - t0
+    record = mdata.uns["dream_screen"]
+    targets = list(record["targets"])
+    table = ds.get.screen_results(mdata, alpha=args.alpha)
+    kinds = mdata.uns["truth"]["target_kind"]
+    labels = truth_labels(mdata, table)
+    null_target = table["target"].map(lambda t: kinds[t] == "null").to_numpy()
+    rows = {}
+    qcols = [c for c in table.columns if c == "qvalue" or c.endswith("_qvalue")]
+    qcols = [c for c in qcols if not c.startswith("target_")] + ["qvalue_target"]
+    for col in dict.fromkeys(qcols):
+        q = table[col].to_numpy(dtype=float)
+        rows[f"dream_sc {col}"] = {
+            **score_calls(np.nan_to_num(q, nan=1.0) < args.alpha, labels, null_target),
+            "auroc": auroc(labels, table["score"].fillna(0.0).to_numpy()),
+        }
+    features = [f for f in mdata["rna"].var_names if f not in targets]
+    wil = wilcoxon_screen(mdata, targets, features)
+    wil_labels = truth_labels(mdata, wil)
+    wil_null = wil["target"].map(lambda t: kinds[t] == "null").to_numpy()
+    rows["wilcoxon (BH over pairs)"] = {
+        **score_calls(wil["qvalue"].to_numpy() < args.alpha, wil_labels, wil_null),
+        "auroc": auroc(wil_labels, wil["score"].to_numpy()),
+    }
+    if args.sceptre:
+        rows.update(run_sceptre(mdata, targets, features, args.alpha))
+    scores = pd.DataFrame(rows).T
+    timings = record["timings"]
+    header = (
+        f"## bench_genome_screen: {args.cells} cells x {args.genes} genes x {args.targets} "
+        f"targets ({args.moi} MOI), steps {steps or 'default'}\n\n"
+        f"- simulate {simulate_seconds:.1f} s; fit_screen {fit_seconds:.1f} s "
+        f"(technical {record['technical_seconds']:.1f} s; per target cis "
+        f"{timings['cis_seconds'].median():.2f} s, trans {timings['trans_seconds'].median():.2f} "
+        f"s median); peak RSS {peak.peak_gb:.2f} GB; load {load:.2f} -> "
+        f"{os.getloadavg()[0]:.2f}\n"
+        f"- responsive pairs {int(labels.sum())} of {len(labels)}; no-effect targets "
+        f"{sum(k == 'null' for k in kinds.values())} of {len(kinds)}\n"
+    )
+    text = header + "\n" + markdown_table(scores) + "\n"
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text)
+
+
+def run_sceptre(mdata, targets: list[str], features: list[str], alpha: float) -> dict:
+    """pysceptre on the same pairs: low MOI with the control cells, high MOI the complement.
+
+    Covariates as in sceptre's default formula: intercept, log library size and log number of
+    detected genes per cell. Benjamini-Hochberg over all pairs of the screen.
+    """
+    try:
+        import pysceptre
+    except ImportError:
+        print("pysceptre is not installed (pip install pysceptre): skipped")
+        return {}
+    x = mdata["rna"].X
+    library = np.asarray(x.sum(axis=1)).ravel()
+    detected = np.diff(x.tocsr().indptr)
+    covariates = np.column_stack([np.ones(len(library)), np.log(library), np.log(detected)])
+    truth = mdata.uns["truth"]
+    genes = list(mdata["rna"].var_names)
+    pairs = pd.DataFrame(
+        [(f, t) for t in targets for f in features], columns=["response_id", "grna_target"]
+    )
+    kwargs = {}
+    if truth["moi"] == "low":
+        guide = mdata.obs["guide"].to_numpy()
+        target = mdata.obs["target"].to_numpy()
+        cells = {t: np.flatnonzero(target == t) for t in targets}
+        control = truth["guides"].index[truth["guides"]["target"] == truth["control_label"]]
+        kwargs = {
+            "moi": "low",
+            "ntc_grna_cells": {g: np.flatnonzero(guide == g) for g in control},
+        }
+    else:
+        assignment = mdata.obsm["guide_assignment"]
+        carried = assignment.to_numpy() @ pd.get_dummies(truth["guides"]["target"])[targets]
+        cells = {t: np.flatnonzero(carried[t].to_numpy() > 0) for t in targets}
+        kwargs = {"moi": "high"}
+    t0 = time.perf_counter()
+    result = pysceptre.run_discovery_analysis(
+        x.T.tocsr(), genes, covariates, cells, pairs, seed=0, **kwargs
+    )
+    seconds = time.perf_counter() - t0
+    table = result.rename(columns={"response_id": "feature", "grna_target": "target"})
+    p = table["p_value"].fillna(1.0).to_numpy()
+    q = stats.false_discovery_control(p, method="bh")
+    labels = truth_labels(mdata, table)
+    kinds = truth["target_kind"]
+    null_target = table["target"].map(lambda t: kinds[t] == "null").to_numpy()
+    scores = -np.log10(np.maximum(p, 1e-300))
+    print(f"pysceptre: {seconds:.1f} s")
+    return {
+        "pysceptre (BH over pairs)": {
+            **score_calls(q < alpha, labels, null_target),
+            "auroc": auroc(labels, scores),
+        }
+    }
+
+
+if __name__ == "__main__":
+    main()
