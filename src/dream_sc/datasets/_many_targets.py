@@ -119,7 +119,8 @@ def simulate_many_targets(
     guide_log2_range: tuple[float, float] = (-3.0, -0.5),
     dose_noise: float = 0.3,
     effect_range: tuple[float, float] = (0.4, 1.5),
-    baseline_range: tuple[float, float] = (0.002, 1.0),
+    baseline_median: float = 0.06,
+    baseline_sd: float = 2.0,
     technical_sd: float = 0.3,
     control_label: str = "ntc",
 ) -> MuData:
@@ -155,9 +156,12 @@ def simulate_many_targets(
     effect_range
         Range of ``|v|``, the link-scale (natural log) change of a responsive gene between
         the control dosage and full knock-down; its sign is random.
-    baseline_range
-        Log-uniform range of the genes' mean counts per unit size factor; the default gives
-        about 85% zeros.
+    baseline_median, baseline_sd
+        Log-normal distribution of the other genes' mean counts per unit size factor (median
+        and sd of the natural log; capped at 500): few genes carry most of a cell's counts, as
+        in real libraries. The defaults give about 85% zeros at ~0.4 counts per gene; on few
+        genes a larger median and a smaller sd give libraries deep and even enough for
+        precise size factors.
     technical_sd
         Sd of the non-reference lines' technical effects (log scale).
     control_label
@@ -230,9 +234,12 @@ def simulate_many_targets(
         strong_factor=strong_factor,
     )
     pairs = _draw_pairs(rng, targets, counts, n_targets, n_genes, x_ntc, guides, effect_range)
-    base = np.log(_log_uniform(rng, *baseline_range, n_genes))
+    base = np.minimum(rng.normal(np.log(baseline_median), baseline_sd, n_genes), np.log(500.0))
     base[:n_targets] = np.log([x_ntc[t] for t in targets])
-    dispersion = _log_uniform(rng, 0.05, 1.0, n_genes)
+    # dispersion falls with expression as in real data (a DESeq2-like trend, log-normal
+    # scatter): the genes that carry a library are the least noisy ones
+    trend = np.minimum(2.0, 0.02 + 0.2 / np.exp(base))
+    dispersion = trend * np.exp(rng.normal(0.0, 0.3, n_genes))
     dispersion[:n_targets] = _log_uniform(rng, 0.02, 0.3, n_targets)
     lines = draw_cell_lines(rng, n_cells, tuple(cell_lines))
     delta = _technical(rng, len(cell_lines), n_genes, technical_sd)

@@ -30,8 +30,9 @@ def _cluster_order(matrix: np.ndarray) -> np.ndarray:
     from scipy.cluster.hierarchy import leaves_list, linkage
 
     filled = np.where(np.isfinite(matrix), matrix, np.nan)
-    means = np.nanmean(np.where(np.isfinite(filled), filled, np.nan), axis=0)
-    means = np.where(np.isfinite(means), means, 0.0)
+    seen = np.isfinite(filled).sum(axis=0)
+    # column means of the finite entries; 0 for columns without any (no mean of an empty slice)
+    means = np.where(seen > 0, np.nansum(filled, axis=0) / np.maximum(seen, 1), 0.0)
     filled = np.where(np.isfinite(filled), filled, means)
     return leaves_list(linkage(filled, method="average", metric="euclidean"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -24,7 +24,9 @@ from ..engine.svi import check_svi_checkpoint
 from ..models.cis import LN2, CisData
 from ..models.cis_dosage import sample_cell_dosage
 from ..models.families import get_family
+from ._cis_guides import add_escape_fractions, guide_table
 from ._common import clean_params, versions
+from ._control_cells import check_control_cells, restrict_to_controls
 from ._fingerprints import cis_fingerprint
 from ._technical import load_technical
 
@@ -127,57 +129,6 @@ def _low_moi_guides(
     return A, guide_names, guide_target == cis_target, guide_target
 
 
-def _guide_table(
-    draws: dict, A: np.ndarray, guide_names: list[str], guide_target: np.ndarray, is_cis
-) -> pd.DataFrame:
-    """Per-guide dosage and effect summaries of the cis posterior draws (``uns[key]["guides"]``).
-
-    A control guide is flagged ``control_active`` when its 90% interval excludes 0 and its
-    mean effect exceeds 0.2 log2 units. ``n_guides``: guides of the row's target in the fit.
-    """
-    x_ntc_draws, b_draws = draws["log2_x_ntc"], draws["guide_effect_all"]
-    dose_draws = np.exp2(x_ntc_draws[:, None] + b_draws)
-    n_cells_g = A.sum(0).astype(int)
-    sigma = np.exp(draws["guide_log_sigma"]).mean(0)
-    b_mean, b_sd = b_draws.mean(0), b_draws.std(0)
-    q05, q95 = np.quantile(b_draws, [0.05, 0.95], axis=0)
-    active = (~is_cis) & ((q05 > 0) | (q95 < 0)) & (np.abs(b_mean) > 0.2)
-    labels = pd.Series(guide_target.astype(str))
-    n_guides = labels.map(labels.value_counts()).to_numpy(dtype=np.int64)
-    return pd.DataFrame(
-        {
-            "target": guide_target.astype(str),
-            "n_cells": n_cells_g,
-            "n_guides": n_guides,
-            "dose_mean": dose_draws.mean(0),
-            "dose_q05": np.quantile(dose_draws, 0.05, axis=0),
-            "dose_q95": np.quantile(dose_draws, 0.95, axis=0),
-            "log2_effect_mean": b_mean,
-            "log2_effect_sd": b_sd,
-            "log2_effect_q05": q05,
-            "log2_effect_q95": q95,
-            "sigma_mean": sigma,
-            "is_control": ~is_cis,
-            "control_active": active,
-        },
-        index=pd.Index(guide_names, name="guide"),
-    )
-
-
-def _add_escape_fractions(guides: pd.DataFrame, logits: np.ndarray, is_cis) -> None:
-    """Escape-fraction summaries of the targeting guides (NaN for controls), in place."""
-    pi = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))  # [S, n_cis]
-    cis = np.flatnonzero(np.asarray(is_cis, dtype=bool))
-    for name, values in (
-        ("mean", pi.mean(0)),
-        ("q05", np.quantile(pi, 0.05, axis=0)),
-        ("q95", np.quantile(pi, 0.95, axis=0)),
-    ):
-        column = np.full(len(guides), np.nan)
-        column[cis] = values
-        guides[f"escape_fraction_{name}"] = column
-
-
 def fit_cis(
     mdata: MuData,
     *,
@@ -206,6 +157,7 @@ def fit_cis(
     checkpoint: str | None = None,
     checkpoint_mismatch: Literal["raise", "restart"] = "raise",
     escapers: bool = False,
+    control_cells: int | Sequence[str] | None = None,
 ) -> MuData | None:
     """Estimate each guide's effect on the cis gene and each cell's dosage (step 2).
 
@@ -282,6 +234,14 @@ def fit_cis(
         marginalised in the likelihood and each cell's dosage drawn from its mixture posterior.
         Use it when :func:`dream_sc.tl.escaper_check` flags guides (typical of KRAB CRISPRi).
         ``False`` (default): every guide-carrying cell is on its guide's log-normal.
+    control_cells
+        Use only some of the control cells (low MOI: the control label; high MOI: the cells
+        without the target's guides): a number (a subsample of that size, stratified by
+        technical group, drawn with ``seed``) or their obs names. ``None`` (default): all.
+        The technical fit has learned every feature's baseline and noise on all controls; in a
+        genome-scale screen a few thousand controls anchor a target's dose axis as well as
+        tens of thousands at a fraction of the cost (see :doc:`/screens`). The other
+        control cells hold NaN like every cell outside the fit.
 
     Returns
     -------
@@ -310,6 +270,8 @@ def fit_cis(
     """
     params = {k: v for k, v in locals().items() if k not in ("mdata", "settings")}
     params["guide_targets"] = None if guide_targets is None else "given"
+    if control_cells is not None and not isinstance(control_cells, (int, np.integer)):
+        params["control_cells"] = f"{len(control_cells)} given"
     V.check_mudata(mdata)
     if not isinstance(escapers, bool | np.bool_):
         raise ValueError(f"escapers must be True or False; got {escapers!r}.")
@@ -320,6 +282,7 @@ def fit_cis(
         )
     check_mismatch(checkpoint_mismatch)
     V.check_fit_settings(n_steps=n_steps, lr=lr, batch_size=batch_size, n_samples=n_samples)
+    check_control_cells(control_cells)
     V.check_modality(mdata, modality)
     obs = mdata.obs
     cis_target = cis_target or cis_feature
@@ -334,6 +297,19 @@ def fit_cis(
         raise ValueError(
             f"The cis gene must come from a count (negbinom) modality; {modality!r} is {tech.distribution}."
         )
+    config = FitConfig.resolve(
+        "cis",
+        seed=seed,
+        n_steps=n_steps,
+        lr=lr,
+        batch_size=batch_size,
+        n_samples=n_samples,
+        device=device,
+        progress=progress,
+        checkpoint=checkpoint,
+        checkpoint_mismatch=checkpoint_mismatch,
+        tolerance=tolerance,
+    )
     high_moi = guide_targets is not None
     if high_moi:
         use, A_all, guide_names, is_cis = _cis_cells_high_moi(
@@ -344,6 +320,13 @@ def fit_cis(
         V.check_control(obs, target_key, control_label)
         use = _cis_cells_low_moi(obs, guide_key, target_key, control_label, cis_target)
     groups = technical_groups(obs, tech.technical_key, known=tech.groups)
+    if high_moi:
+        control = A_all[:, is_cis].sum(1) == 0
+    else:
+        control = (obs[target_key].astype(str) == control_label).to_numpy()
+    use = restrict_to_controls(
+        use, control, obs.index, groups.codes, control_cells, np.random.default_rng(config.seed)
+    )
     cells = obs.index[use]
     data = modality_data(mdata, modality, cells, layer=layer)
     col = adata.var_names.get_loc(cis_feature)
@@ -365,19 +348,6 @@ def fit_cis(
     else:
         guides = _low_moi_guides(obs, rows, guide_key, target_key, cis_target)
     A, guide_names, is_cis, guide_target = guides
-    config = FitConfig.resolve(
-        "cis",
-        seed=seed,
-        n_steps=n_steps,
-        lr=lr,
-        batch_size=batch_size,
-        n_samples=n_samples,
-        device=device,
-        progress=progress,
-        checkpoint=checkpoint,
-        checkpoint_mismatch=checkpoint_mismatch,
-        tolerance=tolerance,
-    )
     codes = groups.codes[rows]
     cis_data = CisData(
         y=y.astype(np.float64),
@@ -420,9 +390,9 @@ def fit_cis(
     mean, sd = samples.mean(1), samples.std(1)
     cell_q05, cell_q50, cell_q95 = np.quantile(samples, [0.05, 0.5, 0.95], axis=1)
     x_ntc_draws, b_draws = post.draws["log2_x_ntc"], post.draws["guide_effect_all"]
-    guides = _guide_table(post.draws, A, guide_names, guide_target, is_cis)
+    guides = guide_table(post.draws, A, guide_names, guide_target, is_cis)
     if "escape_logit" in post.draws:
-        _add_escape_fractions(guides, post.draws["escape_logit"], is_cis)
+        add_escape_fractions(guides, post.draws["escape_logit"], is_cis)
     active = guides["control_active"].to_numpy(dtype=bool)
     if active.any():
         warnings.warn(

@@ -13,7 +13,7 @@ from mudata import MuData
 from tqdm.auto import tqdm
 
 from .. import _validation as V
-from .._cells import check_guide_columns, sum_factor_values
+from .._cells import sum_factor_values
 from .._checkpoints import check_mismatch
 from .._registration import get_registration
 from .._settings import settings
@@ -21,6 +21,7 @@ from .._stores.screen import target_fit_key, write_screen
 from ..models.families import get_family
 from ._cis import fit_cis
 from ._common import clean_params, resolve_device, resolve_progress, resolve_seed, versions
+from ._control_cells import screen_controls
 from ._screen_checks import (
     FUNCTIONS,
     SCREEN_N_STEPS,
@@ -29,14 +30,15 @@ from ._screen_checks import (
     _check_kwargs,
     _jsonable,
     _resolve_cis_features,
-    _resolve_targets,
     _technical_matches,
     step_settings,
     target_seed,
 )
+from ._screen_high_moi import resolve_design
 from ._screen_parallel import check_n_jobs, default_threads, fit_targets_in_parallel
 from ._screen_resume import manifest_of, open_checkpoint, resumed_seed
 from ._screen_store import Checkpoint, apply, capture, drop
+from ._screen_target import _fit_target
 from ._technical import fit_technical
 from ._trans import feature_names, fit_trans
 
@@ -48,6 +50,8 @@ def fit_screen(
     *,
     modality: str = "rna",
     targets: Sequence[str] | None = None,
+    guide_targets: Mapping[str, str] | pd.Series | None = None,
+    guide_assignment_key: str = "guide_assignment",
     technical_key: str | Sequence[str] | None = "cell_line",
     cis_feature: Mapping[str, str] | None = None,
     function: str = "additive_hill",
@@ -77,8 +81,9 @@ def fit_screen(
     n_jobs: int = 1,
     copy: bool = False,
     checkpoint_mismatch: Literal["raise", "restart"] = "raise",
+    control_cells: int | None = None,
 ) -> MuData | None:
-    """Fit every target of a low-MOI screen: one technical fit, then cis + trans per target.
+    """Fit every target of a screen: one technical fit, then cis + trans per target.
 
     1. Technical fit of ``modality`` (:func:`~dream_sc.tl.fit_technical`, control cells) under
        ``technical_key_added``. A fit already stored there with exactly the same settings
@@ -89,6 +94,11 @@ def fit_screen(
        The cis fit uses only the cells of ``t`` and the controls (cells of other targets hold
        NaN in its columns), and the trans fit uses exactly the cells with a cis dosage, so no
        target's results depend on other targets' cells.
+
+    High MOI (``guide_targets`` given; see :doc:`/screens`): the technical fit uses every cell
+    (unless ``technical_kwargs`` says otherwise); each target's cis and trans fits use every
+    cell, the cells without its guides being its comparison (sceptre's complement), and the
+    other targets' guides enter its cis fit as guides of their own.
 
     Every target gets its own seed, derived from ``seed`` and its name
     (:func:`target_seed`): a target's results are the same whichever other targets are in the
@@ -103,7 +113,13 @@ def fit_screen(
     modality
         Count (negbinom) modality holding the cis genes and fitted in step 3.
     targets
-        Targets to fit (labels of ``obs[target_key]``); default all but ``control_label``.
+        Targets to fit (labels of ``obs[target_key]``, high MOI: of ``guide_targets``);
+        default all but ``control_label``.
+    guide_targets, guide_assignment_key
+        High MOI: guide -> target mapping (dict or Series; control guides map to
+        ``control_label``) of the cells x guides DataFrame ``obsm[guide_assignment_key]``
+        (0/1 calls or non-negative weights such as UMI counts; a guide counts as carried when
+        its weight is positive). ``None``: low MOI (a screen that looks high-MOI is refused).
     technical_key
         Technical covariate column(s) of step 1 (``None``: none).
     cis_feature
@@ -131,7 +147,7 @@ def fit_screen(
     progress
         One bar over targets (``None``: ``settings.progress_bar``).
     key_added
-        Where the screen record goes: ``mdata.uns[key_added]``.
+        Key of the screen record: ``mdata.uns[key_added]``.
     technical_key_added, cis_prefix, trans_prefix
         Key of the technical fit and prefixes of the per-target keys.
     technical_kwargs, cis_kwargs, trans_kwargs
@@ -152,24 +168,26 @@ def fit_screen(
         ``"local"`` (default) or ``"dask"`` with a ``dask.distributed`` client, passed to the
         technical and trans fits (needs a dream_sc whose fits take them).
     n_jobs
-        Fit this many targets at a time in worker processes (``-1``: one per CPU; local
-        backend only), each with ``settings.torch_threads`` torch threads (default: this
-        process's threads shared out, at least one). Results are identical to a serial run
-        with the same number of torch threads per fit. Worth it where a machine has more
-        cores than one fit keeps busy (on an idle 2-core machine two single-threaded workers
-        were no faster than one two-threaded process: 29.1 s against 28.3 s on the example
-        screen). The workers read the screen from a temporary h5mu file once.
+        Targets fitted at a time in worker processes (``-1``: one per CPU; local backend
+        only), each with ``settings.torch_threads`` torch threads (default: this process's
+        threads shared out); results identical to a serial run with as many threads per fit.
+        Worth it where one fit leaves cores idle (see :doc:`/screens`).
     copy
         Return a fitted copy instead of writing in place.
     checkpoint_mismatch
         ``"raise"``: stale, damaged or old-format pieces in ``checkpoint`` raise a ValueError
         naming the file and what changed, before any work, deleting nothing; ``"restart"``:
         those pieces are deleted (matching ones are still reused).
+    control_cells
+        Fit each target on its cells plus this many control cells (one subsample shared by
+        all targets, stratified by technical group, drawn from ``seed``; ``None``: all). The
+        technical fit uses all controls. See :doc:`/screens` for cost and error.
 
     Returns
     -------
     ``None`` (or the fitted copy). Writes the step results under their keys (see
-    :doc:`/storage`) and ``mdata.uns[key_added]``: ``modality``, ``targets``,
+    :doc:`/storage`) and ``mdata.uns[key_added]``: ``modality``, ``moi`` (``"low"`` /
+    ``"high"``), ``targets``,
     ``cis_features``, ``cis_keys``, ``trans_keys``, ``seeds`` (per target),
     ``technical_key_added``, ``technical`` (``"fitted"``, ``"reused"`` or ``"checkpoint"``),
     ``timings`` (DataFrame, index = target: ``cis_seconds``, ``trans_seconds``,
@@ -187,8 +205,7 @@ def fit_screen(
     params = {k: v for k, v in locals().items() if k not in ("mdata", "client")}
     start = time.perf_counter()
     check_mismatch(checkpoint_mismatch)
-    # ---- validation: nothing is fitted or written before all of it passes ----
-    V.check_mudata(mdata)
+    V.check_mudata(mdata)  # validation: nothing is fitted or written before all of it passes
     V.check_modality(mdata, modality)
     if not isinstance(key_added, str) or not key_added:
         raise ValueError("key_added must be a non-empty string.")
@@ -223,10 +240,25 @@ def fit_screen(
             "n_samples": dict.fromkeys(STEPS, int(settings.n_samples)),
         },
     )
-    obs = mdata.obs
-    check_guide_columns(mdata, guide_key, target_key)
-    control = V.check_control(obs, target_key, control_label)
-    chosen = _resolve_targets(obs, target_key, control_label, targets, guide_key)
+    design = resolve_design(
+        mdata,
+        guide_targets=guide_targets,
+        assignment_key=guide_assignment_key,
+        targets=targets,
+        guide_key=guide_key,
+        target_key=target_key,
+        control_label=control_label,
+        technical_key=technical_key,
+    )
+    obs, chosen, control = mdata.obs, design.chosen, design.control
+    if design.moi == "high" and control_cells is not None:
+        raise ValueError(
+            "control_cells= is for low-MOI screens; at high MOI every cell without a target's "
+            "guides is its comparison."
+        )
+    if design.moi == "high":
+        technical_kwargs.setdefault("use_all_cells", True)
+        params["guide_targets"] = dict(design.guide_targets.items())
     slashed = [t for t in chosen if "/" in t]
     if slashed:
         raise ValueError(
@@ -234,15 +266,17 @@ def fit_screen(
             "(h5 paths); rename them in mdata.obs first."
         )
     features = _resolve_cis_features(chosen, cis_feature, mdata[modality].var_names, modality)
-    V.check_technical_groups(V.technical_labels(obs, technical_key), control, technical_key)
-    used = control | obs[target_key].astype(str).isin(chosen).to_numpy()
     sf = sum_factor_values(mdata, sum_factor_key)
-    V.check_sum_factors(sf[used], sum_factor_key)
+    V.check_sum_factors(sf[design.used], sum_factor_key)
     dev = str(resolve_device(device))
     cis_keys = {t: target_fit_key(cis_prefix, t) for t in chosen}
     trans_keys = {t: target_fit_key(trans_prefix, t) for t in chosen}
     store = Checkpoint(checkpoint) if checkpoint is not None else None
     seed = resolve_seed(resumed_seed(store, seed, checkpoint_mismatch))  # a drawn seed resumes
+    if control_cells is not None:  # one subsample for every target
+        cis_kwargs["control_cells"] = screen_controls(
+            obs, control, technical_key, control_cells, seed
+        )
     common = {
         "guide_key": guide_key,
         "target_key": target_key,
@@ -276,8 +310,8 @@ def fit_screen(
             use_all_cells=bool(technical_kwargs.get("use_all_cells", False)),
             sf=sf,
             keys=(guide_key, target_key, technical_key, layer),
+            assignment=design.fingerprint_assignment(mdata),
         )
-    # ---- work ----
     target_mdata = mdata.copy() if copy else mdata
     prefixes = [technical_key_added, key_added, *cis_keys.values(), *trans_keys.values()]
     before = {p: capture(target_mdata, modality, p, prefixes) for p in prefixes}
@@ -295,7 +329,7 @@ def fit_screen(
             technical_key_added=technical_key_added,
             cis_keys=cis_keys,
             trans_keys=trans_keys,
-            cis_kwargs=cis_kwargs,
+            cis_kwargs={**cis_kwargs, **design.cis_kwargs()},
             trans_kwargs=trans_kwargs,
             backend_kw=backend_kw,
             store=store,
@@ -317,6 +351,7 @@ def fit_screen(
     params.update(seed=seed, device=dev, n_samples=n_samples, targets=chosen)
     record.update(
         modality=modality,
+        moi=design.moi,
         seconds=float(time.perf_counter() - start),
         params=clean_params(params),
         versions=versions(),
@@ -446,55 +481,3 @@ def _run(
         "technical_seconds": float(tech_seconds),
         "timings": timings,
     }
-
-
-def _fit_target(
-    mdata: MuData,
-    *,
-    modality,
-    target,
-    feature,
-    function,
-    steps,
-    common,
-    seed,
-    technical_key_added,
-    cis_key,
-    trans_key,
-    cis_kwargs,
-    trans_kwargs,
-    backend_kw,
-) -> dict[str, float]:
-    """Cis + trans fit of one target; returns its wall-clock seconds per step."""
-    t0 = time.perf_counter()
-    cis_call = {
-        "cis_feature": feature,
-        "modality": modality,
-        "cis_target": target,
-        "technical_key_added": technical_key_added,
-        **common,
-        "seed": seed,
-        "key_added": cis_key,
-        **steps["cis"],
-        **cis_kwargs,
-    }
-    fit_cis(mdata, **cis_call)
-    t1 = time.perf_counter()
-    trans_call = {
-        "modality": modality,
-        "function": function,
-        "cis_key": cis_key,
-        "technical_key_added": technical_key_added,
-        "sum_factor_key": common["sum_factor_key"],
-        "layer": common["layer"],
-        "device": common["device"],
-        "progress": False,
-        "seed": seed,
-        "key_added": trans_key,
-        **steps["trans"],
-        **trans_kwargs,
-        **backend_kw,
-    }
-    fit_trans(mdata, **trans_call)
-    t2 = time.perf_counter()
-    return {"cis_seconds": t1 - t0, "trans_seconds": t2 - t1, "seconds": t2 - t0}

@@ -26,9 +26,11 @@ BACKENDS = ("local", "dask")
 SCREEN_N_STEPS: dict[str, int | None] = {"technical": None, "cis": None, "trans": None}
 #: Fit settings fit_screen takes per step: one value for all steps or a mapping step -> value.
 PER_STEP = ("n_steps", "batch_size", "n_samples")
-#: Step arguments fit_screen sets for every target itself (or, for high MOI, does not support),
-#: besides the step arguments it takes under the same name (see :func:`managed_arguments`).
+#: Step arguments fit_screen sets for every target itself (high MOI: from its own
+#: ``guide_targets`` / ``guide_assignment_key``), besides the step arguments it takes under the
+#: same name (see :func:`managed_arguments`).
 _SET_PER_TARGET = {"mdata", "cis_target", "cis_key", "guide_targets", "guide_assignment_key"}
+_SET_PER_TARGET |= {"control_cells"}
 #: fit_screen arguments that may be given in ``trans_kwargs`` instead (not both).
 _EITHER = {"features", "min_cells"}
 #: Keys of a stored technical run record compared before reusing it.
@@ -166,6 +168,12 @@ def _resolve_targets(obs, target_key, control_label, targets, guide_key) -> list
         raise ValueError(
             f"Target(s) {sorted(few)} have fewer than 2 guides ({few}); a cis fit needs at least "
             "2 guides. Leave them out with `targets=`."
+        )
+    slashed = [t for t in chosen if "/" in t]
+    if slashed:
+        raise ValueError(
+            f"Target label(s) {slashed} contain '/', which cannot be part of a result key "
+            "(h5 paths); rename them in mdata.obs first."
         )
     return chosen
 

@@ -87,20 +87,31 @@ def open_checkpoint(
     store.check(piece_fingerprints(mdata, manifest, **kw), mismatch)
 
 
-def _cell_entries(mdata, modality, mask, *, layer, sf, labels, guide_key, target_key) -> dict:
+def _cell_entries(
+    mdata, modality, mask, *, layer, sf, labels, guide_key, target_key, assignment
+) -> dict:
     obs = mdata.obs
     cells = obs.index[mask]
     data = modality_data(mdata, modality, cells, layer=layer)
+    if assignment is None:
+        guides = ckpt.hashed(
+            obs[guide_key].astype(str).to_numpy()[mask],
+            obs[target_key].astype(str).to_numpy()[mask],
+        )
+    else:  # high MOI: the assignment table (weights, guide names) and the guide -> target map
+        table, guide_targets = assignment
+        guides = ckpt.hashed(
+            np.asarray(table.to_numpy(), dtype=np.float64)[mask],
+            [str(g) for g in table.columns],
+            [f"{g}\x1f{t}" for g, t in guide_targets.items()],
+        )
     return {
         **data_entries(modality, data, cells[data.present]),
         "the sum factors": ckpt.hashed(np.asarray(sf)[mask]),
         "the technical groups": ckpt.hashed(
             np.asarray(labels.astype(str))[mask], [str(c) for c in labels.cat.categories]
         ),
-        "the guide labels": ckpt.hashed(
-            obs[guide_key].astype(str).to_numpy()[mask],
-            obs[target_key].astype(str).to_numpy()[mask],
-        ),
+        "the guide labels": guides,
     }
 
 
@@ -115,10 +126,13 @@ def piece_fingerprints(
     use_all_cells: bool,
     sf: np.ndarray,
     keys: tuple,
+    assignment: tuple | None = None,
 ) -> dict[str, dict]:
     """Fingerprint of the technical piece and of every target's piece.
 
-    ``keys``: ``(guide_key, target_key, technical_key, layer)`` of the run.
+    ``keys``: ``(guide_key, target_key, technical_key, layer)`` of the run; ``assignment``:
+    ``(table, guide_targets)`` of a high-MOI run (every target's piece then covers every
+    cell, the cells without its guides being its comparison).
     """
     guide_key, target_key, technical_key, layer = keys
     labels = V.technical_labels(mdata.obs, technical_key)
@@ -129,12 +143,15 @@ def piece_fingerprints(
         "labels": labels,
         "guide_key": guide_key,
         "target_key": target_key,
+        "assignment": assignment,
     }
     tech_cells = np.ones(len(control), bool) if use_all_cells else np.asarray(control)
     out = {TECHNICAL: {**common, **_cell_entries(mdata, modality, tech_cells, **kw)}}
-    targets = mdata.obs[target_key].astype(str).to_numpy()
     for target in chosen:
-        mask = np.asarray(control) | (targets == target)
+        if assignment is None:
+            mask = np.asarray(control) | (mdata.obs[target_key].astype(str).to_numpy() == target)
+        else:
+            mask = np.ones(len(control), bool)
         out[target] = {
             **common,
             "target": target,

@@ -190,8 +190,11 @@ def fit_technical(
     )
     V.check_modality(mdata, modality)
     obs = mdata.obs
-    V.check_obs_column(obs, target_key, "target_key")
-    control = V.check_control(obs, target_key, control_label)
+    if use_all_cells:  # no control cells needed (high MOI: few or none carry only controls)
+        control = np.ones(len(obs), bool)
+    else:
+        V.check_obs_column(obs, target_key, "target_key")
+        control = V.check_control(obs, target_key, control_label)
     groups = technical_groups(obs, technical_key, reference_group)
     if not use_all_cells:
         V.check_technical_groups(groups.labels, control, technical_key)
