@@ -198,12 +198,6 @@ def duplicate_var_names(mdata):
     mdata["rna"].var_names = names
 
 
-def one_cis_guide(mdata):
-    guides = mdata.obs["guide"].astype(str).to_numpy()
-    guides[rows_of(mdata, "GFI1B")] = "GFI1B_1"
-    mdata.obs["guide"] = pd.Categorical(guides)
-
-
 def missing_guide(mdata):
     guides = mdata.obs["guide"].astype(object).to_numpy()
     guides[rows_of(mdata, "GFI1B")[0]] = None
@@ -481,13 +475,13 @@ CASES = [
         r"cis_feature 'GFI1B' has zero counts in every fitted cell",
         prepare=zero_cis_gene,
     ),
+    # a single-guide target is fitted since issue 27 (tests/test_cis_single_guide.py)
     Case(
-        "cis-single-guide",
+        "cis-escapers-not-bool",
         "technical",
-        cis_fit,
+        lambda m: cis_fit(m, escapers="yes"),
         ValueError,
-        r"The cis target 'GFI1B' has 1 guide; at least 2 guides are needed",
-        prepare=one_cis_guide,
+        r"escapers must be True or False; got 'yes'",
     ),
     Case(
         "cis-from-binomial-modality",
@@ -890,21 +884,29 @@ CASES = [
         r"n_steps must be a positive integer; got 0",
     ),
     Case(
-        "cis-high-moi-one-guide-with-cells",
+        "cis-high-moi-no-guide-with-cells",
         "high_moi",
         lambda m: cis_fit(m, guide_targets=guide_targets_of_high_moi()),
         ValueError,
-        r"The cis target 'GFI1B' has fewer than 2 guides",
-        prepare=lambda m: _one_cis_guide_with_cells(m),
+        r"The cis target 'GFI1B' has no guide with cells",
+        prepare=lambda m: _no_cis_guide_with_cells(m),
+    ),
+    Case(
+        "cis-escapers-high-moi",
+        "high_moi",
+        lambda m: cis_fit(m, guide_targets=guide_targets_of_high_moi(), escapers=True),
+        ValueError,
+        r"escapers=True needs a low-MOI screen",
     ),
 ]
 
 
-def _one_cis_guide_with_cells(mdata):
-    """Two GFI1B guides in the assignment, one of them without any cell."""
+def _no_cis_guide_with_cells(mdata):
+    """Two GFI1B guides in the assignment, neither with any cell."""
     table = mdata.obsm["guide_assignment"]
     keep = ["GFI1B_1", "GFI1B_2"] + [g for g in table.columns if g.startswith("NTC")]
     table = table[keep].copy()
+    table["GFI1B_1"] = 0
     table["GFI1B_2"] = 0
     mdata.obsm["guide_assignment"] = table
 

@@ -310,7 +310,7 @@ def check_cis(mdata, key: str, *, cells: bool = False) -> None:
         required=GUIDE_COLUMNS,
         bools=("is_control", "control_active"),
         strings=("target",),
-        integers=("n_cells",),
+        integers=("n_cells", "n_guides"),
     )
     check.positive(record, "x_ntc", where)
     if "dose_range" in record:

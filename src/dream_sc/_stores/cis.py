@@ -24,12 +24,22 @@ __all__ = [
 
 
 def write_cis(
-    mdata: MuData, key: str, record: dict, columns: Mapping[str, np.ndarray], samples: np.ndarray
+    mdata: MuData,
+    key: str,
+    record: dict,
+    columns: Mapping[str, np.ndarray],
+    samples: np.ndarray,
+    obs_columns: Mapping[str, np.ndarray] | None = None,
 ) -> None:
-    """Store a cis fit: per-cell dosage summaries ``columns`` (``stat -> [cells]``) and samples."""
+    """Store a cis fit: per-cell dosage summaries ``columns`` (``stat -> [cells]``) and samples.
+
+    ``obs_columns``: further per-cell columns under their full names (e.g. escape probability).
+    """
     names = CisKeys(key)
     for stat, column in columns.items():
         mdata.obs[names.dose(stat)] = column
+    for name, column in (obs_columns or {}).items():
+        mdata.obs[name] = column
     mdata.obsm[names.samples] = samples
     mdata.uns[names.record] = stamp(record, "cis")
 

@@ -42,6 +42,12 @@ class Design:
     dose_noise: float
     depth: float
     moi: str
+    #: cells whose guide did not act (escaper option); None without the option
+    escaped: np.ndarray | None = None
+    #: primary dosage the cells would have without escapers (sets the curves' window)
+    intended_dose: np.ndarray | None = None
+    #: nominal escape fraction of the targeting guides (escaper option)
+    escape_fraction: float = 0.0
 
     @property
     def n_cells(self) -> int:
@@ -73,7 +79,8 @@ class Design:
             mask = np.ones(self.n_cells, dtype=bool)
         else:
             mask = np.isin(self.target, [self.cis_feature, self.control_label])
-        x = self.primary_dose[mask] if mask.sum() >= 2 else self.primary_dose
+        dose = self.primary_dose if self.intended_dose is None else self.intended_dose
+        x = dose[mask] if mask.sum() >= 2 else dose
         lo, k_lo, k_hi, hi = np.quantile(x, [0.05, 0.10, 0.90, 0.95])
         if np.log2(hi / lo) < _MIN_LOG2_WINDOW:
             centre = np.sqrt(lo * hi)
@@ -215,8 +222,13 @@ def finish_design(
     depth: float,
     control_label: str,
     moi: str,
+    escaped: np.ndarray | None = None,
 ) -> Design:
-    """Draw the true dosages and labels of a design (see module docstring)."""
+    """Draw the true dosages and labels of a design (see module docstring).
+
+    ``escaped`` (escaper option, low MOI): cells whose guide does not act; their dosages keep
+    only the NTC level and the noise. The curves' window stays that of the intended dosages.
+    """
     guide_target = guides["target"].to_numpy()
     effect = np.zeros((len(guides), len(targets)))
     for j, target in enumerate(targets):
@@ -224,7 +236,12 @@ def finish_design(
         effect[on, j] = guides["log2_effect"].to_numpy()[on]
     log2_ntc = np.log2([x_ntc[t] for t in targets])
     noise = rng.normal(0.0, dose_noise, size=(len(obs_names), len(targets)))
-    doses = 2.0 ** (log2_ntc[None, :] + assignment.astype(np.float64) @ effect + noise)
+    shift = assignment.astype(np.float64) @ effect
+    doses = 2.0 ** (log2_ntc[None, :] + shift + noise)
+    intended = None
+    if escaped is not None:
+        intended = doses[:, 0].copy()
+        doses[escaped] = 2.0 ** (log2_ntc[None, :] + noise[escaped])
     guides = guides.copy()
     own = [x_ntc.get(t, x_ntc[targets[0]]) for t in guide_target]
     guides["dose"] = np.asarray(own) * 2.0 ** guides["log2_effect"].to_numpy()
@@ -249,6 +266,8 @@ def finish_design(
         dose_noise=float(dose_noise),
         depth=float(depth),
         moi=moi,
+        escaped=escaped,
+        intended_dose=intended,
     )
 
 

@@ -10,7 +10,7 @@ import torch
 from mudata import MuData
 
 from .._record_checks import GUIDE_COLUMNS
-from .._stores.cis import CIS_STATS, read_cis, read_cis_dose
+from .._stores.cis import CIS_STATS, CisKeys, read_cis, read_cis_dose
 from .._stores.trans import read_curves, read_trans, read_trans_posterior, read_trans_priors
 from ..models.batching import stable_keys
 from ..models.curves import evaluate_curve
@@ -35,9 +35,13 @@ def cis_dosage(mdata: MuData, *, level: str = "guide", key: str = "dream_cis") -
     -------
     ``level="guide"``: index = guide; ``target``, ``n_cells``, ``dose_mean``, ``dose_q05``,
     ``dose_q95``, ``log2_effect_mean``, ``log2_effect_q05``, ``log2_effect_q95`` (plus
-    ``log2_effect_sd``, ``sigma_mean``, ``is_control``, ``control_active``).
+    ``log2_effect_sd``, ``sigma_mean``, ``is_control``, ``control_active``, ``n_guides`` =
+    guides of the row's target in the fit; with ``fit_cis(escapers=True)`` also
+    ``escape_fraction_mean``, ``escape_fraction_q05``, ``escape_fraction_q95``, the share of
+    the guide's cells not knocked down, NaN for control guides).
     ``level="cell"``: index = ``mdata.obs_names`` (NaN for cells outside the fit);
-    ``dose_mean``, ``dose_sd``, ``dose_q05``, ``dose_q95``, ``guide``.
+    ``dose_mean``, ``dose_sd``, ``dose_q05``, ``dose_q95``, ``dose_q50`` (posterior median;
+    fits stored by older versions lack it), ``guide``.
 
     Examples
     --------
@@ -55,6 +59,8 @@ def cis_dosage(mdata: MuData, *, level: str = "guide", key: str = "dream_cis") -
         return guides[list(GUIDE_COLUMNS) + rest]
     if level == "cell":
         cols = {s: read_cis_dose(mdata, key, s) for s in CIS_STATS}
+        if CisKeys(key).dose("q50") in mdata.obs.columns:
+            cols["q50"] = read_cis_dose(mdata, key, "q50")  # fits since the posterior median
         out = pd.DataFrame(
             {f"dose_{s}": v.to_numpy() for s, v in cols.items()}, index=mdata.obs_names
         )

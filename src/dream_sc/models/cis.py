@@ -76,6 +76,11 @@ LAPLACE_NEWTON_STEPS = 10
 #: Prior of ``log phi_within``: Normal(log phi_step1 + shift, sd), about log-uniform between
 #: ``e^-5`` and 1 times step 1's dispersion (which also holds the dosage spread).
 PHI_WITHIN_PRIOR = (-2.5, 1.5)
+#: Beta prior of a targeting guide's escape fraction (escaper option): mean 1/3, density
+#: falling to 0 at 1 (a guide whose every cell escapes is a dead guide, ``b_g = 0``).
+ESCAPE_PRIOR = (1.0, 2.0)
+#: Starting escape fraction of the escaper option.
+ESCAPE_START = 0.1
 
 
 @dataclass
@@ -90,6 +95,7 @@ class CisData:
     is_cis_guide: np.ndarray  # [G] bool
     log_r: float  # NB log inverse dispersion of the cis gene from step 1
     log2_x_ntc_prior: float  # technical baseline of the cis gene, log2
+    escapers: bool = False  # per-guide escape fraction (low MOI; see CisModel)
 
 
 @dataclass
@@ -104,6 +110,8 @@ class CisPosterior:
     draws: dict[str, np.ndarray]
     fit: FitResult
     priors: dict
+    #: escaper option: each cell's posterior probability of escaping, set by the cell draws
+    cell_escape: np.ndarray | None = None
 
 
 def _initial_effects(data: CisData) -> np.ndarray:
@@ -171,6 +179,10 @@ class CisModel:
         self.x0 = float(data.log2_x_ntc_prior)
         self.log_r_step1 = float(data.log_r)
         self.phi_prior_loc = -self.log_r_step1 + PHI_WITHIN_PRIOR[0]
+        self.escapers = bool(data.escapers) and self.n_cis > 0
+        if self.escapers:
+            self.A_cis = self.A[:, self.cis_idx]  # [N, n_cis]
+            self.is_cis_cell = self.A_cis.sum(-1) > 0
 
     def sample_guide_level(self) -> dict[str, torch.Tensor]:
         """Sample the guide-level sites from their priors."""
@@ -204,7 +216,18 @@ class CisModel:
         out["log_phi_within"] = pyro.sample(
             "log_phi_within", dist.Normal(self._scalar(self.phi_prior_loc), PHI_WITHIN_PRIOR[1])
         )
+        if self.escapers:  # last, so the sites of a fit without the option keep their layout
+            out["escape_logit"] = pyro.sample("escape_logit", self._escape_prior())
         return out
+
+    def _escape_prior(self) -> dist.TransformedDistribution:
+        """``logit(pi_g)`` with ``pi_g ~ Beta(ESCAPE_PRIOR)``.
+
+        Real-valued, so the Laplace start and the Normal guide work on it directly.
+        """
+        beta = dist.Beta(self._scalar(ESCAPE_PRIOR[0]), self._scalar(ESCAPE_PRIOR[1]))
+        logit = dist.TransformedDistribution(beta, dist.transforms.SigmoidTransform().inv)
+        return logit.expand([self.n_cis]).to_event(1)
 
     def _scalar(self, value: float) -> torch.Tensor:
         return torch.tensor(value, dtype=self.dtype, device=self.device)
@@ -217,7 +240,10 @@ class CisModel:
         lead = v["log2_x_ntc"].shape
         b = torch.zeros((*lead, self.n_guides), dtype=self.dtype, device=self.device)
         if self.n_cis:
-            tau = v["log_target_scale"].exp()[..., None]
+            # one guide: nothing to pool, and tau * z would only bend the posterior into a
+            # funnel (a Normal posterior over it inflated the guide's interval); b = m + z
+            # keeps a wide heavy-tailed prior and a linear, well-fitted posterior
+            tau = v["log_target_scale"].exp()[..., None] if self.n_cis > 1 else 1.0
             b[..., self.cis_idx] = v["target_mean"][..., None] + tau * v["guide_z"]
         if self.n_ref:
             b[..., self.ref_idx] = v["ref_effect"]
@@ -225,7 +251,22 @@ class CisModel:
         if self.n_effects:
             delta[..., 1:] = v["tech_effect"]
         sigma2 = (2 * v["guide_log_sigma"]).exp()  # log2 scale, per guide
-        return {"b": b, "delta": delta, "sigma2": sigma2, "log_r": -v["log_phi_within"]}
+        out = {"b": b, "delta": delta, "sigma2": sigma2, "log_r": -v["log_phi_within"]}
+        if self.escapers:
+            out["escape"] = torch.sigmoid(v["escape_logit"])
+        return out
+
+    def escaper_prior(self, v, d, idx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Escaper option: escape probability, log2 mean and sd of cells ``idx`` if escaped.
+
+        An escaped cell sits at the control dosage: ``Normal(log2 x_ntc, sigma_ref)`` with
+        ``sigma_ref^2`` the mean spread of the reference guides (of all guides without any).
+        The probability is the escape fraction of the cell's cis guide (0 for control cells).
+        """
+        pool = d["sigma2"][..., self.ref_idx] if self.n_ref else d["sigma2"]
+        sigma = pool.mean(-1).sqrt()[..., None].expand(*pool.shape[:-1], len(idx))
+        mu = v["log2_x_ntc"][..., None].expand_as(sigma)
+        return d["escape"] @ self.A_cis[idx].T, mu, sigma
 
     def cell_prior(self, v, d, idx) -> tuple[torch.Tensor, torch.Tensor]:
         """Prior mean and sd (log2) of the dosage of cells ``idx``."""
@@ -243,9 +284,26 @@ class CisModel:
         mu, sigma = self.cell_prior(v, d, idx)
         base_eta = self.log_sf[idx] + d["delta"][self.group[idx]]
         cell_ll = cell_log_marginal(self.y[idx], base_eta, mu, sigma, d["log_r"])
+        if self.escapers:
+            pi, mu_e, sigma_e = self.escaper_prior(v, d, idx)
+            escaped = cell_log_marginal(self.y[idx], base_eta, mu_e, sigma_e, d["log_r"])
+            cell_ll = escape_mixture(cell_ll, escaped, pi, self.is_cis_cell[idx])
         total = cell_ll.sum() * (self.n_cells / len(idx))
         # an overflowing count gives inf - inf = nan: report it as a non-finite ELBO
         pyro.factor("obs", torch.nan_to_num(total, nan=-torch.inf))
+
+
+def escape_mixture(
+    knocked: torch.Tensor, escaped: torch.Tensor, pi: torch.Tensor, mixed: torch.Tensor
+) -> torch.Tensor:
+    """``log((1 - pi) e^knocked + pi e^escaped)`` where ``mixed``, else ``knocked``.
+
+    ``pi`` is clamped away from 0 and 1 so that the unused branch never produces an infinite
+    gradient (control cells have ``pi = 0``).
+    """
+    p = pi.clamp(1e-6, 1 - 1e-6)
+    both = torch.logaddexp(torch.log1p(-p) + knocked, torch.log(p) + escaped)
+    return torch.where(mixed, both, knocked)
 
 
 def initial_values(data: CisData, model: CisModel) -> dict[str, torch.Tensor]:
@@ -269,6 +327,8 @@ def initial_values(data: CisData, model: CisModel) -> dict[str, torch.Tensor]:
     if model.n_effects:
         values["tech_effect"] = f(data.tech_effect_prior[1:])
     values["log_phi_within"] = f(model.phi_prior_loc)
+    if model.escapers:
+        values["escape_logit"] = f(np.full(model.n_cis, np.log(ESCAPE_START / (1 - ESCAPE_START))))
     return values
 
 
@@ -276,17 +336,31 @@ def guide_effect_prior_draws(priors: dict, n_draws: int, seed: int = 0) -> np.nd
     """Draws of the marginal prior of a targeting guide's effect (log2 fold change).
 
     ``target_mean + exp(log target_scale) * guide_z`` with the hyperpriors of a cis run record
-    (``uns[key]["priors"]``): the effect prior has no closed form.
+    (``uns[key]["priors"]``): the effect prior has no closed form. A single-guide fit
+    (``priors["target_scale"]["used"]`` false) has ``tau = 1``.
     """
     rng = np.random.default_rng(seed)
     m, tau, z = priors["target_mean"], priors["target_scale"], priors["guide_z"]
-    return rng.normal(m["loc"], m["scale"], n_draws) + np.exp(
-        rng.normal(tau["loc"], tau["scale"], n_draws)
-    ) * (z["loc"] + z["scale"] * rng.standard_t(z["df"], n_draws))
+    scale = np.exp(rng.normal(tau["loc"], tau["scale"], n_draws))
+    if not tau.get("used", True):
+        scale = np.ones(n_draws)
+    return rng.normal(m["loc"], m["scale"], n_draws) + scale * (
+        z["loc"] + z["scale"] * rng.standard_t(z["df"], n_draws)
+    )
 
 
 def cis_priors(model: CisModel) -> dict:
     """The priors of a cis fit, as its run record holds them (``uns[key]["priors"]``)."""
+    priors = _base_priors(model)
+    if model.n_cis == 1:  # b = m + z (see CisModel.derived)
+        priors["target_scale"]["used"] = False
+    if model.escapers:
+        a, b = ESCAPE_PRIOR
+        priors["escape_fraction"] = {"dist": "beta", "a": float(a), "b": float(b)}
+    return priors
+
+
+def _base_priors(model: CisModel) -> dict:
     return {
         "log2_x_ntc": {"dist": "normal", "loc": model.x0, "scale": X_NTC_PRIOR_SD},
         "target_mean": {"dist": "normal", "loc": 0.0, "scale": 2.0},

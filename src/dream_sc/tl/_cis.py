@@ -25,6 +25,7 @@ from ..engine.svi import check_svi_checkpoint
 from ..models.cis import LN2, CisData
 from ..models.cis_dosage import sample_cell_dosage
 from ..models.families import get_family
+from ._cis_guides import add_escape_fractions, guide_table
 from ._common import clean_params, versions
 from ._control_cells import check_control_cells, restrict_to_controls
 from ._fingerprints import cis_fingerprint
@@ -53,13 +54,6 @@ def _cis_cells_low_moi(obs, guide_key, target_key, control_label, cis_target):
             + V._suggest(cis_target, pd.unique(targets))
             + " Pass `cis_target=` with the target label of the cis gene."
         )
-    n_guides = obs.loc[(targets == cis_target).to_numpy(), guide_key].nunique()
-    if n_guides < 2:
-        raise ValueError(
-            f"The cis target {cis_target!r} has {n_guides} guide; at least 2 guides are needed "
-            "to separate guide effects from the dose-response (add guides or analyse this "
-            "target with a guide-level test)."
-        )
     return use.to_numpy()
 
 
@@ -85,9 +79,10 @@ def _cis_cells_high_moi(mdata, obs, assignment_key, guide_targets, control_label
         )
     mapping.index = mapping.index.astype(str)
     targets = mapping.loc[[str(g) for g in table.columns]].astype(str).to_numpy()
-    if (targets == cis_target).sum() < 2:
+    if (targets == cis_target).sum() < 1:
         raise ValueError(
-            f"The cis target {cis_target!r} has fewer than 2 guides in `guide_targets`."
+            f"The cis target {cis_target!r} has no guide in `guide_targets`."
+            + V._suggest(cis_target, pd.unique(targets))
         )
     A = np.asarray(table.to_numpy(), dtype=np.float32)
     if (A < 0).any() or not np.isfinite(A).all():
@@ -100,7 +95,7 @@ def _cis_cells_high_moi(mdata, obs, assignment_key, guide_targets, control_label
 def _high_moi_guides(
     A: np.ndarray, guide_names: list[str], is_cis: np.ndarray, cis_target: str
 ) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
-    """High MOI: drop guides without fitted cells; at least two cis guides must remain.
+    """High MOI: drop guides without fitted cells; at least one cis guide must remain.
 
     Returns the assignment ``[cells, guides]``, guide names, cis mask and guide targets.
     """
@@ -113,11 +108,10 @@ def _high_moi_guides(
         [g for g, k in zip(guide_names, keep, strict=True) if k],
         is_cis[keep],
     )
-    if is_cis.sum() < 2:
+    if is_cis.sum() < 1:
         raise ValueError(
-            f"The cis target {cis_target!r} has fewer than 2 guides with cells "
-            f"({int(is_cis.sum())}); at least 2 guides are needed to separate guide effects "
-            "from the dose-response."
+            f"The cis target {cis_target!r} has no guide with cells in "
+            "mdata.obsm's guide assignment; check `guide_targets` and the assignment."
         )
     return A, guide_names, is_cis, np.where(is_cis, cis_target, "other")
 
@@ -134,40 +128,6 @@ def _low_moi_guides(
     )
     guide_target = gt.loc[guide_names].astype(str).to_numpy()
     return A, guide_names, guide_target == cis_target, guide_target
-
-
-def _guide_table(
-    draws: dict, A: np.ndarray, guide_names: list[str], guide_target: np.ndarray, is_cis
-) -> pd.DataFrame:
-    """Per-guide dosage and effect summaries of the cis posterior draws (``uns[key]["guides"]``).
-
-    A control guide is flagged ``control_active`` when its 90% interval excludes 0 and its
-    mean effect exceeds 0.2 log2 units.
-    """
-    x_ntc_draws, b_draws = draws["log2_x_ntc"], draws["guide_effect_all"]
-    dose_draws = np.exp2(x_ntc_draws[:, None] + b_draws)
-    n_cells_g = A.sum(0).astype(int)
-    sigma = np.exp(draws["guide_log_sigma"]).mean(0)
-    b_mean, b_sd = b_draws.mean(0), b_draws.std(0)
-    q05, q95 = np.quantile(b_draws, [0.05, 0.95], axis=0)
-    active = (~is_cis) & ((q05 > 0) | (q95 < 0)) & (np.abs(b_mean) > 0.2)
-    return pd.DataFrame(
-        {
-            "target": guide_target.astype(str),
-            "n_cells": n_cells_g,
-            "dose_mean": dose_draws.mean(0),
-            "dose_q05": np.quantile(dose_draws, 0.05, axis=0),
-            "dose_q95": np.quantile(dose_draws, 0.95, axis=0),
-            "log2_effect_mean": b_mean,
-            "log2_effect_sd": b_sd,
-            "log2_effect_q05": q05,
-            "log2_effect_q95": q95,
-            "sigma_mean": sigma,
-            "is_control": ~is_cis,
-            "control_active": active,
-        },
-        index=pd.Index(guide_names, name="guide"),
-    )
 
 
 def fit_cis(
@@ -197,6 +157,7 @@ def fit_cis(
     copy: bool = False,
     checkpoint: str | None = None,
     checkpoint_mismatch: Literal["raise", "restart"] = "raise",
+    escapers: bool = False,
     control_cells: int | Sequence[str] | None = None,
 ) -> MuData | None:
     """Estimate each guide's effect on the cis gene and each cell's dosage (step 2).
@@ -206,6 +167,13 @@ def fit_cis(
     dispersion) comes from step 1. Dosage is on the fixed scale "expected cis counts per unit
     size factor in the reference technical group". High MOI (``guide_targets`` given): every cell
     with any guide is used and guide effects add on the log2 scale.
+
+    A cell's dosage posterior is right-skewed (log-normal-like), so its mean ``dose_mean`` sits
+    ``exp(v / 2)`` above its median ``dose_q50`` (``v`` the posterior variance of ``ln x``; a few
+    percent for well-measured cells, more for strongly knocked-down ones with few counts). For a
+    calibrated posterior the median of ``dose_q50 / true dosage`` over cells is 1, that of
+    ``dose_mean / true dosage`` is about ``exp(v / 2)``: compare point estimates with a truth
+    through ``dose_q50``.
 
     Parameters
     ----------
@@ -260,6 +228,13 @@ def fit_cis(
         :doc:`/reliability`), a damaged file or one of an older dream_sc: ``"raise"`` (default)
         raises a ``ValueError`` naming the file and what changed, before any work and without
         deleting anything; ``"restart"`` deletes it and fits from the start.
+    escapers
+        Model escapers (low MOI): a cell of targeting guide ``g`` is, with probability
+        ``pi_g`` (the guide's escape fraction, prior ``Beta(1, 2)``), not knocked down at all
+        and sits at the control dosage; otherwise on the guide's log-normal. The mixture is
+        marginalised in the likelihood and each cell's dosage drawn from its mixture posterior.
+        Use it when :func:`dream_sc.tl.escaper_check` flags guides (typical of KRAB CRISPRi).
+        ``False`` (default): every guide-carrying cell is on its guide's log-normal.
     control_cells
         Use only some of the control cells (low MOI: the control label; high MOI: the cells
         without the target's guides): a number (a subsample of that size, stratified by
@@ -273,9 +248,14 @@ def fit_cis(
     -------
     ``None`` (or the fitted copy). Writes ``mdata.obs[f"{key_added}_dose_mean"]``, ``_dose_sd``,
     ``_dose_q05``, ``_dose_q95``; ``mdata.obsm[f"{key_added}_dose_samples"]`` (cells x
-    ``n_samples``); ``mdata.uns[key_added]`` with ``guides`` (DataFrame: ``target``,
+    ``n_samples``); ``mdata.obs[f"{key_added}_dose_q50"]`` (the posterior median: the point
+    estimate to compare with a true dosage, see above); with ``escapers``
+    ``mdata.obs[f"{key_added}_escape_prob"]`` (posterior probability that the cell escaped);
+    ``mdata.uns[key_added]`` with ``guides`` (DataFrame: ``target``,
     ``n_cells``, ``dose_mean``/``_q05``/``_q95``, ``log2_effect_mean``/``_sd``/``_q05``/``_q95``,
-    ``sigma_mean``, ``is_control``, ``control_active``), ``x_ntc``, ``log2_x_ntc_mean``,
+    ``sigma_mean``, ``is_control``, ``control_active``, ``n_guides``; with ``escapers``
+    also ``escape_fraction_mean``/``_q05``/``_q95``, NaN for control guides), ``n_guides``
+    (guides of the cis target in the fit), ``x_ntc``, ``log2_x_ntc_mean``,
     ``log2_x_ntc_sd``, ``dose_range``, ``n_cells``, ``cis_feature``, ``cis_target``,
     ``modality``, ``technical_key_added``, ``params``, ``priors``, ``loss``, ``n_steps_run`` (with ``tolerance``), ``converged``,
     ``seconds``, ``versions``.
@@ -294,6 +274,13 @@ def fit_cis(
     if control_cells is not None and not isinstance(control_cells, (int, np.integer)):
         params["control_cells"] = f"{len(control_cells)} given"
     V.check_mudata(mdata)
+    if not isinstance(escapers, bool | np.bool_):
+        raise ValueError(f"escapers must be True or False; got {escapers!r}.")
+    if escapers and guide_targets is not None:
+        raise ValueError(
+            "escapers=True needs a low-MOI screen (one guide per cell): with several guides "
+            "per cell the escape of each is not identified. Fit without `escapers`."
+        )
     check_mismatch(checkpoint_mismatch)
     V.check_fit_settings(n_steps=n_steps, lr=lr, batch_size=batch_size, n_samples=n_samples)
     check_control_cells(control_cells)
@@ -372,6 +359,7 @@ def fit_cis(
         is_cis_guide=is_cis,
         log_r=float(-tech.log_phi[col]),
         log2_x_ntc_prior=float(tech.baseline[col] / LN2),
+        escapers=bool(escapers),
     )
     config = plan_cis(cis_data, config, laplace=warm_start).config  # refuses one too large
     fingerprint = None
@@ -384,6 +372,8 @@ def fit_cis(
             warm_start=warm_start,
         )
         fingerprint["seed"] = int(config.seed)
+        if escapers:  # only then, so checkpoints of fits without the option stay valid
+            fingerprint["escapers"] = True
         check_svi_checkpoint(f"{checkpoint}.cis.pt", fingerprint, config)
     start = time.perf_counter()
     logger.info("fit_cis: %s, %d cells, %d guides", cis_feature, len(rows), len(guide_names))
@@ -399,9 +389,11 @@ def fit_cis(
     log2_samples, picks = sample_cell_dosage(cis_data, post, n_samples, config.seed, config.device)
     samples = np.exp2(log2_samples)
     mean, sd = samples.mean(1), samples.std(1)
-    cell_q05, cell_q95 = np.quantile(samples, [0.05, 0.95], axis=1)
+    cell_q05, cell_q50, cell_q95 = np.quantile(samples, [0.05, 0.5, 0.95], axis=1)
     x_ntc_draws, b_draws = post.draws["log2_x_ntc"], post.draws["guide_effect_all"]
-    guides = _guide_table(post.draws, A, guide_names, guide_target, is_cis)
+    guides = guide_table(post.draws, A, guide_names, guide_target, is_cis)
+    if "escape_logit" in post.draws:
+        add_escape_fractions(guides, post.draws["escape_logit"], is_cis)
     active = guides["control_active"].to_numpy(dtype=bool)
     if active.any():
         warnings.warn(
@@ -436,6 +428,7 @@ def fit_cis(
         "dispersion_step1": float(np.exp(tech.log_phi[col])),
         "dispersion_within_cell": float(np.exp(-post.draws["log_r_within"]).mean()),
         "n_cells": int(len(rows)),
+        "n_guides": int(np.sum(is_cis)),
         "params": clean_params(params),
         "priors": post.priors,
         "loss": post.fit.loss.astype(np.float64),
@@ -456,11 +449,16 @@ def fit_cis(
         ("sd", sd),
         ("q05", cell_q05),
         ("q95", cell_q95),
+        ("q50", cell_q50),
     ):
         columns[name] = np.full(n, np.nan)
         columns[name][rows] = values
     full = np.full((n, n_samples), np.nan, dtype=np.float32)
     full[rows] = samples
-    write_cis(target, key_added, record, columns, full)
+    extra = {}
+    if post.cell_escape is not None:
+        extra[f"{key_added}_escape_prob"] = np.full(n, np.nan)
+        extra[f"{key_added}_escape_prob"][rows] = post.cell_escape
+    write_cis(target, key_added, record, columns, full, obs_columns=extra)
     logger.info("fit_cis finished in %.1fs (converged=%s)", seconds, post.fit.converged)
     return target if copy else None
