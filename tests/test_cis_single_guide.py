@@ -91,3 +91,30 @@ def test_single_guide_target_carries_on_to_the_trans_fit(single_guide_screen, tm
         ds.get.cis_dosage(back)["n_guides"].tolist()
         == ds.get.cis_dosage(mdata)["n_guides"].tolist()
     )
+
+
+def test_fit_screen_fits_a_single_guide_target_next_to_a_two_guide_one():
+    mdata = ds.datasets.simulate_screen(
+        n_cells=400,
+        n_genes=15,
+        n_junctions=0,
+        n_isoform_genes=0,
+        n_targets=2,
+        guides_per_target=2,
+        seed=5,
+    )
+    keep = (mdata.obs["guide"] != "GEMIN5_2").to_numpy()  # GEMIN5 keeps one guide after QC
+    mdata = mdata[keep].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.tl.fit_screen(
+            mdata,
+            n_steps=20,
+            trans_kwargs={"n_permutations": 1, "refine_intervals": False},
+            seed=0,
+            progress=False,
+        )
+    assert mdata.uns["dream_cis_GEMIN5"]["n_guides"] == 1
+    assert mdata.uns["dream_cis_GFI1B"]["n_guides"] == 2
+    table = ds.get.screen_results(mdata)
+    assert set(table["target"]) == {"GEMIN5", "GFI1B"}

@@ -161,14 +161,6 @@ def _resolve_targets(obs, target_key, control_label, targets, guide_key) -> list
             )
     if not chosen:
         raise ValueError(f"No targets to fit: mdata.obs[{target_key!r}] holds only controls.")
-    guides = obs[guide_key].astype(str)
-    few = {t: int(guides[(labels == t).to_numpy()].nunique()) for t in chosen}
-    few = {t: n for t, n in few.items() if n < 2}
-    if few:
-        raise ValueError(
-            f"Target(s) {sorted(few)} have fewer than 2 guides ({few}); a cis fit needs at least "
-            "2 guides. Leave them out with `targets=`."
-        )
     slashed = [t for t in chosen if "/" in t]
     if slashed:
         raise ValueError(

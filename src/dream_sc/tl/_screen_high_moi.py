@@ -210,7 +210,6 @@ def check_high_moi(
             f"mdata.obsm[{assignment_key!r}]; drop them from guide_targets or pass `targets=`."
         )
     chosen = _chosen(targets, present, occurring, control_label)
-    _check_guides_per_target(chosen, guide_target, carried)
     _check_control_flags(mdata, table.index, carried, guide_target, target_key, control_label)
     return chosen, mapping
 
@@ -243,17 +242,6 @@ def _chosen(targets, present, occurring, control_label: str) -> list[str]:
     if not chosen:
         raise ValueError("No targets to fit: guide_targets maps every guide to the control label.")
     return chosen
-
-
-def _check_guides_per_target(chosen, guide_target: np.ndarray, carried: np.ndarray) -> None:
-    with_cells = carried.any(axis=0)
-    few = {t: int(((guide_target == t) & with_cells).sum()) for t in chosen}
-    few = {t: n for t, n in few.items() if n < 2}
-    if few:
-        raise ValueError(
-            f"Target(s) {sorted(few)} have fewer than 2 guides carried by cells ({few}); a cis "
-            "fit needs at least 2 guides. Leave them out with `targets=`."
-        )
 
 
 def _check_control_flags(
