@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sceptre", action="store_true")
+    p.add_argument("--control-cells", type=int, default=None, help="fit_screen(control_cells=)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             seed=args.seed,
             progress=False,
             trans_kwargs=trans_kwargs,
+            control_cells=args.control_cells,
         )
         fit_seconds = time.perf_counter() - t0
     record = mdata.uns["dream_screen"]
@@ -155,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     timings = record["timings"]
     header = (
         f"## bench_genome_screen: {args.cells} cells x {args.genes} genes x {args.targets} "
-        f"targets ({args.moi} MOI), steps {steps or 'default'}\n\n"
+        f"targets ({args.moi} MOI), steps {steps or 'default'}, control_cells "
+        f"{args.control_cells}\n\n"
         f"- simulate {simulate_seconds:.1f} s; fit_screen {fit_seconds:.1f} s "
         f"(technical {record['technical_seconds']:.1f} s; per target cis "
         f"{timings['cis_seconds'].median():.2f} s, trans {timings['trans_seconds'].median():.2f} "
