@@ -15,23 +15,37 @@ coverage over every responsive gene whose true ``K1`` is in range (the issue's c
 truths included); the response-scale columns against the true response-scale EC50 defined as
 the fitted function defines it (``cover_resp``, ``err_resp``); and the time of the fit.
 
+``cover_resp_all`` / ``n_resp_all``: response-scale coverage over every responsive gene whose
+true response-scale EC50 exists (non-monotone truths included). Designs (``--designs``, see
+``dose_axis.py``): ``two_line`` (the issue's CRISPRi+CRISPRa screen, the default), ``default``
+(``simulate_screen``'s own design: 10 shared guides per target), ``single`` (one guide per
+target) and ``single_two_line`` (one CRISPRi and one CRISPRa guide). Each screen also prints its
+per-cell dosage metrics (``dose_axis.cell_metrics``).
+
 Usage::
 
     python benchmarks/ec50_coverage.py --seeds 0 1 --functions single_hill additive_hill
+    python benchmarks/ec50_coverage.py --designs two_line default --functions single_hill \
+        additive_hill polynomial --steps 0
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-import dream_sc as ds
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dose_axis import DESIGNS, cell_metrics  # noqa: E402
 
-TWO_LINE = {"guide_design": "line_specific", "guides_per_target": 2, "dose_noise": 0.7}
+import dream_sc as ds  # noqa: E402
+
+TWO_LINE = DESIGNS["two_line"]
 
 
 def true_response_ec50(mdata, features, function: str, lo: float, hi: float) -> np.ndarray:
@@ -53,7 +67,7 @@ def true_response_ec50(mdata, features, function: str, lo: float, hi: float) -> 
     return grid[above.argmax(axis=1)]
 
 
-def screen(seed: int, cells: int, genes: int):
+def screen(seed: int, cells: int, genes: int, design: str = "two_line"):
     mdata = ds.datasets.simulate_screen(
         n_cells=cells,
         n_genes=genes,
@@ -61,7 +75,7 @@ def screen(seed: int, cells: int, genes: int):
         n_isoform_genes=0,
         frac_responsive=0.25,
         seed=seed,
-        **TWO_LINE,
+        **DESIGNS[design],
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -72,11 +86,10 @@ def screen(seed: int, cells: int, genes: int):
 
 def coverage(mdata, function: str, seed: int, steps: int, key: str) -> dict:
     start = time.perf_counter()
+    kwargs = {"n_steps": steps} if steps else {}  # 0: the package default
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds.tl.fit_trans(
-            mdata, function=function, seed=seed, test=False, n_steps=steps, key_added=key
-        )
+        ds.tl.fit_trans(mdata, function=function, seed=seed, test=False, key_added=key, **kwargs)
     seconds = time.perf_counter() - start
     res = ds.get.trans_results(mdata, key=key)
     var = mdata["rna"].var.loc[res.index]
@@ -119,25 +132,51 @@ def coverage(mdata, function: str, seed: int, steps: int, key: str) -> dict:
         out["err_resp"] = float(
             np.nanmedian(np.exp(np.abs(np.log(r["ec50_response_mean"] / t_resp))))
         )
+        out["width_resp"] = float(
+            np.nanmedian(np.log2(r["ec50_response_q95"] / r["ec50_response_q05"]))
+        )
+        out.update(_cover_all_responders(mdata, res, function, t_lo, t_hi))
     return out
+
+
+def _cover_all_responders(mdata, res, function: str, lo: float, hi: float) -> dict:
+    """Response-scale coverage over every responder whose true response-scale EC50 exists."""
+    var = mdata["rna"].var.loc[res.index]
+    resp = res["fitted"].to_numpy(bool) & var["true_responsive"].to_numpy(bool)
+    names = res.index[resp]
+    if function == "single_hill":  # a closed form exists for single-Hill truths only
+        names = names[(var.loc[names, "true_function"] == "single_hill").to_numpy()]
+    truth = true_response_ec50(mdata, names, function, lo, hi)
+    exists = (truth > lo * 1.0001) & (truth <= hi)  # a crossing inside the range
+    r = res.loc[names[exists]]
+    t = truth[exists]
+    covered = (r["ec50_response_q05"] <= t) & (t <= r["ec50_response_q95"])
+    return {"n_resp_all": int(exists.sum()), "cover_resp_all": float(covered.mean())}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", type=int, default=4000)
     p.add_argument("--genes", type=int, default=300)
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=1000, help="trans steps (0: package default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--functions", nargs="+", default=["single_hill", "additive_hill"])
+    p.add_argument("--designs", nargs="+", default=["two_line"], choices=sorted(DESIGNS))
     args = p.parse_args(argv)
     ds.settings.progress_bar = False
-    rows = []
-    for seed in args.seeds:
-        mdata = screen(seed, args.cells, args.genes)
-        for function in args.functions:
-            rows.append(coverage(mdata, function, seed, args.steps, f"dream_trans_{function}"))
-            print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
-    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    rows, doses = [], []
+    for design in args.designs:
+        for seed in args.seeds:
+            mdata = screen(seed, args.cells, args.genes, design)
+            doses.append({"design": design, "seed": seed, **cell_metrics(mdata)})
+            print(pd.DataFrame(doses[-1:]).to_string(index=False), flush=True)
+            for function in args.functions:
+                row = coverage(mdata, function, seed, args.steps, f"dream_trans_{function}")
+                rows.append({"design": design, **row})
+                print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
+    fmt = {"index": False, "float_format": lambda v: f"{v:.3f}"}
+    print(pd.DataFrame(doses).to_string(**fmt))
+    print(pd.DataFrame(rows).to_string(**fmt))
 
 
 if __name__ == "__main__":

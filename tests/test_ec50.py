@@ -177,3 +177,20 @@ def test_trans_results_carry_the_response_scale_columns(fitted):
     # additive Hill: the response-scale EC50 is a dose inside the observed range
     lo, hi = fitted["rna"].uns["dream_trans"]["dose_range"]
     assert fit["ec50_response_mean"].between(lo * (1 - 1e-6), hi * (1 + 1e-6)).all()
+
+
+def test_polynomial_response_ec50_moves_along_the_dose_axis():
+    """A curve without dose parameters has its response-scale EC50 draws moved directly."""
+    from dream_sc.models.trans_summary import DoseAxis
+
+    grid = np.linspace(-1.0, 5.0, 7)
+    axis = DoseAxis(grid, np.stack([np.full(7, 0.1), np.full(7, -0.1)]))  # two worlds
+    assert axis.response_ec50_move("single_hill") is None  # moved with log_k1 instead
+    move = axis.response_ec50_move("polynomial")
+    params = {"eta_ref": _t([[0.0]] * 2), "coef": _t([[[1.0, 0.0, -0.2]]] * 2)}
+    args = ("negbinom", "polynomial", params, 1.0, 50.0, LOG_X_REF, HALF_RANGE)
+    plain = E.response_ec50_columns(*args)
+    moved = E.response_ec50_columns(*args, move=move)
+    lo, hi = moved["ec50_response_q05"][0], moved["ec50_response_q95"][0]
+    assert plain["ec50_response_q05"][0] == pytest.approx(plain["ec50_response_q95"][0])
+    assert np.log(hi / lo) == pytest.approx(0.2 * 0.9, rel=1e-3)  # the worlds' 0.2 apart

@@ -22,6 +22,8 @@ half-way point of the response, so this module computes that EC50 per posterior 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -149,14 +151,20 @@ def response_ec50_columns(
     half_range: float,
     group: torch.Tensor | None = None,
     n_groups: int = 0,
+    *,
+    move: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, np.ndarray]:
     """``ec50_response_mean``, ``_q05``, ``_q95`` over the draws that have a crossing.
 
-    NaN where fewer than half of the draws have one.
+    NaN where fewer than half of the draws have one. ``move`` maps natural-log EC50 draws
+    ``[S, T]`` to moved ones (e.g. :meth:`~dream_sc.models.trans_summary.DoseAxis.apply`, for
+    curves whose parameters carry no dose of their own to move).
     """
     draws = response_ec50_draws(
         distribution, function, params, lo, hi, log_x_ref, half_range, group, n_groups
     )
+    if move is not None:
+        draws = move(draws.log()).exp()
     finite = torch.isfinite(draws)
     enough = (finite.double().mean(0) >= MIN_FINITE).numpy()
     q = torch.nanquantile(draws, torch.tensor([0.05, 0.95], dtype=draws.dtype), dim=0).numpy()

@@ -94,6 +94,16 @@ class DoseAxis:
             out[s] = values[s] + np.interp(values[s], self.grid, world)
         return torch.as_tensor(out, dtype=log_dose.dtype)
 
+    def response_ec50_move(self, function: str):
+        """How to move response-scale EC50 draws of ``function`` (``None``: already moved).
+
+        Curves with dose parameters (Hill EC50s) have their response-scale EC50s moved with
+        those parameters (:meth:`apply_to_params`); a curve without any (``polynomial``) has
+        its response-scale EC50 draws moved directly, so they carry the guides' dosage
+        uncertainty too.
+        """
+        return None if get_curve(function).dose_params else self.apply
+
     def apply_to_params(self, function: str, params: dict) -> dict:
         """Curve parameters with every EC50 moved along the axis (``Curve.dose_params``)."""
         names = get_curve(function).dose_params
@@ -242,6 +252,7 @@ def summarise_chunk(
             priors.half_range,
             group,
             n_groups or 0,
+            move=None if dose_axis is None else dose_axis.response_ec50_move(function),
         )
     )
     return cols, curves
