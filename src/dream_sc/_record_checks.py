@@ -366,7 +366,7 @@ def check_trans(adata, modality: str, key: str) -> None:
         adata.varm[key],
         f"mdata[{modality!r}].varm[{key!r}]",
         required=TRANS_COLUMNS,
-        bools=("fitted", "converged", "ec50_in_range", "significant", "refined"),
+        bools=("fitted", "tested", "converged", "ec50_in_range", "significant", "refined"),
         strings=("distribution", "function", "shape"),
         integers=("n_cells",),
     )
@@ -385,9 +385,9 @@ def check_trans(adata, modality: str, key: str) -> None:
             "the `<site>_loc` / `<site>_scale` frame",
         )
     check.frame(adata.varm[posterior], post_where)
-    n_fitted = int(table["fitted"].to_numpy().sum())
+    n_tested = int(TransKeys.tested(table).sum())
     if "null_scores" in record:
-        check.array(record["null_scores"], where, "field 'null_scores'", (None, n_fitted))
+        check.array(record["null_scores"], where, "field 'null_scores'", (None, n_tested))
     if "calibration" in record:
         _check_calibration(check, record["calibration"], f"{where}['calibration']")
 

@@ -17,7 +17,8 @@ from ..models.curves import CURVE_NAMES
 from ._cis import fit_cis
 from ._common import clean_params
 from ._technical import fit_technical
-from ._trans import fit_trans
+from ._trans import feature_names, fit_trans
+from ._trans_stages import CURVE_QVALUE, check_curves
 
 STEPS = ("technical", "cis", "trans")
 FUNCTIONS = CURVE_NAMES  # the curve registry's names (a live view)
@@ -32,7 +33,7 @@ PER_STEP = ("n_steps", "batch_size", "n_samples")
 _SET_PER_TARGET = {"mdata", "cis_target", "cis_key", "guide_targets", "guide_assignment_key"}
 _SET_PER_TARGET |= {"control_cells"}
 #: fit_screen arguments that may be given in ``trans_kwargs`` instead (not both).
-_EITHER = {"features", "min_cells"}
+_EITHER = {"features", "min_cells", "curves"}
 #: Keys of a stored technical run record compared before reusing it.
 _NOT_COMPARED = {"progress", "copy", "checkpoint", "checkpoint_mismatch", "key_added", "client"}
 
@@ -116,6 +117,40 @@ def _check_kwargs(kwargs: Mapping | None, func, name: str) -> dict:
             "(or fit single targets with the step functions)."
         )
     return dict(kwargs)
+
+
+def screen_trans_kwargs(
+    trans_kwargs: dict,
+    var_names: pd.Index,
+    modality: str,
+    features: Any,
+    min_cells: int,
+    curves: str,
+) -> dict:
+    """``trans_kwargs`` with fit_screen's own trans arguments added, checked before any work.
+
+    ``features``, ``min_cells`` and ``curves`` go either as fit_screen arguments or in
+    ``trans_kwargs``, not both; the stage settings are checked as fit_trans checks them.
+    """
+    for name, value, unset in (
+        ("features", features, None),
+        ("min_cells", min_cells, 0),
+        ("curves", curves, "all"),
+    ):
+        if value is not unset and name in trans_kwargs:
+            raise ValueError(f"Give {name} either as fit_screen({name}=...) or in trans_kwargs.")
+    if features is not None:
+        trans_kwargs["features"] = list(feature_names(var_names, features, modality))
+    if min_cells:
+        trans_kwargs["min_cells"] = int(min_cells)
+    if curves != "all":
+        trans_kwargs["curves"] = curves
+    check_curves(
+        trans_kwargs.get("curves", "all"),
+        trans_kwargs.get("curve_qvalue", CURVE_QVALUE),
+        trans_kwargs.get("test", True),
+    )
+    return trans_kwargs
 
 
 def _backend_kwargs(backend: str, client: Any) -> dict:
