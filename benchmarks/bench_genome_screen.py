@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sceptre", action="store_true")
     p.add_argument("--control-cells", type=int, default=None, help="fit_screen(control_cells=)")
-    p.add_argument("--curves", choices=["all", "discoveries"], default="all", help="fit_screen(curves=)")
+    p.add_argument(
+        "--curves", choices=["all", "discoveries"], default="all", help="fit_screen(curves=)"
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
