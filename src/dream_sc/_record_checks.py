@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from ._stores._keys import CURVE_STATS, CisKeys, TechnicalKeys, TransKeys
 
@@ -331,6 +332,8 @@ def check_cis(mdata, key: str, *, cells: bool = False) -> None:
     samples = CisKeys(key).samples
     if samples in mdata.obsm:
         value = mdata.obsm[samples]
+        if sparse.issparse(value):  # sparse_samples: the fitted cells' rows only
+            value = np.broadcast_to(np.zeros((), dtype=value.dtype), value.shape)  # no copy
         check.array(value, f"mdata.obsm[{samples!r}]", "the array", (mdata.n_obs, width))
         width = np.shape(value)[1]
     if "guide_dose_samples" in record:

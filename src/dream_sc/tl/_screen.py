@@ -31,6 +31,7 @@ from ._screen_checks import (
     _jsonable,
     _resolve_cis_features,
     _technical_matches,
+    sample_storage,
     screen_trans_kwargs,
     step_settings,
     target_seed,
@@ -156,7 +157,9 @@ def fit_screen(
         Further keyword arguments of :func:`~dream_sc.tl.fit_technical`,
         :func:`~dream_sc.tl.fit_cis`, :func:`~dream_sc.tl.fit_trans` (e.g.
         ``trans_kwargs={"n_permutations": 4}``); the arguments fit_screen sets itself are
-        refused.
+        refused. ``cis_kwargs={"sparse_samples": ...}`` forces the storage of the dosage
+        samples; by default it is sparse when the screen's dense samples would exceed 1 GB
+        (see :doc:`/screens`, "Memory").
     features, min_cells
         Fit only these features of ``modality`` (names or a boolean mask) and only features
         detected in at least ``min_cells`` cells of each target's fit (see
@@ -331,7 +334,10 @@ def fit_screen(
             technical_key_added=technical_key_added,
             cis_keys=cis_keys,
             trans_keys=trans_keys,
-            cis_kwargs={**cis_kwargs, **design.cis_kwargs()},
+            cis_kwargs={
+                **sample_storage(cis_kwargs, len(chosen), mdata.n_obs, steps["cis"]["n_samples"]),
+                **design.cis_kwargs(),
+            },
             trans_kwargs=trans_kwargs,
             backend_kw=backend_kw,
             store=store,

@@ -12,6 +12,7 @@ import pandas as pd
 from mudata import MuData
 
 from .. import _validation as V
+from .._settings import settings
 from ..engine.config import STEP_DEFAULTS
 from ..models.curves import CURVE_NAMES
 from ._cis import fit_cis
@@ -32,6 +33,8 @@ PER_STEP = ("n_steps", "batch_size", "n_samples")
 #: same name (see :func:`managed_arguments`).
 _SET_PER_TARGET = {"mdata", "cis_target", "cis_key", "guide_targets", "guide_assignment_key"}
 _SET_PER_TARGET |= {"control_cells"}
+#: Dense dosage samples of a whole screen above which fit_screen stores them sparse.
+SPARSE_SAMPLES_BYTES = 1 << 30
 #: fit_screen arguments that may be given in ``trans_kwargs`` instead (not both).
 _EITHER = {"features", "min_cells", "curves"}
 #: Keys of a stored technical run record compared before reusing it.
@@ -151,6 +154,26 @@ def screen_trans_kwargs(
         trans_kwargs.get("test", True),
     )
     return trans_kwargs
+
+
+def sample_storage(cis_kwargs: dict, n_targets: int, n_obs: int, n_samples: int | None) -> dict:
+    """``cis_kwargs`` with ``sparse_samples`` chosen unless the user set it.
+
+    Dense per-cell dosage samples cost ``n_obs x n_samples`` float32 per target whatever the
+    target's own cells; sparse storage (:func:`~dream_sc.tl.fit_cis`) is chosen when the
+    screen's dense samples would exceed :data:`SPARSE_SAMPLES_BYTES`.
+
+    Examples
+    --------
+    >>> sample_storage({}, 500, 100_000, 100)
+    {'sparse_samples': True}
+    >>> sample_storage({}, 3, 2_000, 100)
+    {'sparse_samples': False}
+    """
+    if "sparse_samples" in cis_kwargs:
+        return dict(cis_kwargs)
+    dense = 4 * n_targets * n_obs * int(n_samples or settings.n_samples)
+    return {**cis_kwargs, "sparse_samples": dense > SPARSE_SAMPLES_BYTES}
 
 
 def _backend_kwargs(backend: str, client: Any) -> dict:
