@@ -176,10 +176,12 @@ def sample_storage(cis_kwargs: dict, n_targets: int, n_obs: int, n_samples: int 
     return {**cis_kwargs, "sparse_samples": dense > SPARSE_SAMPLES_BYTES}
 
 
-def _backend_kwargs(backend: str, client: Any) -> dict:
+def _backend_kwargs(backend: str, client: Any, distribute: str = "targets") -> dict:
     """``backend`` / ``client`` for fit_technical and fit_trans (only when not local)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}; got {backend!r}.")
+    if distribute not in ("targets", "chunks"):
+        raise ValueError(f"distribute must be 'targets' or 'chunks'; got {distribute!r}.")
     if backend == "local":
         if client is not None:
             raise ValueError("client= is only used with backend='dask'.")
