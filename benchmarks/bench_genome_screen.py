@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sceptre", action="store_true")
     p.add_argument("--control-cells", type=int, default=None, help="fit_screen(control_cells=)")
+    p.add_argument(
+        "--curves", choices=["all", "discoveries"], default="all", help="fit_screen(curves=)"
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -126,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             progress=False,
             trans_kwargs=trans_kwargs,
             control_cells=args.control_cells,
+            curves=args.curves,
         )
         fit_seconds = time.perf_counter() - t0
     record = mdata.uns["dream_screen"]
@@ -158,12 +162,14 @@ def main(argv: list[str] | None = None) -> None:
     header = (
         f"## bench_genome_screen: {args.cells} cells x {args.genes} genes x {args.targets} "
         f"targets ({args.moi} MOI), steps {steps or 'default'}, control_cells "
-        f"{args.control_cells}\n\n"
+        f"{args.control_cells}, curves {args.curves}\n\n"
         f"- simulate {simulate_seconds:.1f} s; fit_screen {fit_seconds:.1f} s "
         f"(technical {record['technical_seconds']:.1f} s; per target cis "
         f"{timings['cis_seconds'].median():.2f} s, trans {timings['trans_seconds'].median():.2f} "
         f"s median); peak RSS {peak.peak_gb:.2f} GB; load {load:.2f} -> "
         f"{os.getloadavg()[0]:.2f}\n"
+        f"- curves fitted for {int(table['fitted'].sum())} of {int(table['tested'].sum())} "
+        f"tested pairs\n"
         f"- responsive pairs {int(labels.sum())} of {len(labels)}; no-effect targets "
         f"{sum(k == 'null' for k in kinds.values())} of {len(kinds)}\n"
     )

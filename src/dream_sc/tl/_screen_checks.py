@@ -12,12 +12,14 @@ import pandas as pd
 from mudata import MuData
 
 from .. import _validation as V
+from .._settings import settings
 from ..engine.config import STEP_DEFAULTS
 from ..models.curves import CURVE_NAMES
 from ._cis import fit_cis
 from ._common import clean_params
 from ._technical import fit_technical
-from ._trans import fit_trans
+from ._trans import feature_names, fit_trans
+from ._trans_stages import CURVE_QVALUE, check_curves
 
 STEPS = ("technical", "cis", "trans")
 FUNCTIONS = CURVE_NAMES  # the curve registry's names (a live view)
@@ -31,8 +33,10 @@ PER_STEP = ("n_steps", "batch_size", "n_samples")
 #: same name (see :func:`managed_arguments`).
 _SET_PER_TARGET = {"mdata", "cis_target", "cis_key", "guide_targets", "guide_assignment_key"}
 _SET_PER_TARGET |= {"control_cells"}
+#: Dense dosage samples of a whole screen above which fit_screen stores them sparse.
+SPARSE_SAMPLES_BYTES = 1 << 30
 #: fit_screen arguments that may be given in ``trans_kwargs`` instead (not both).
-_EITHER = {"features", "min_cells"}
+_EITHER = {"features", "min_cells", "curves"}
 #: Keys of a stored technical run record compared before reusing it.
 _NOT_COMPARED = {"progress", "copy", "checkpoint", "checkpoint_mismatch", "key_added", "client"}
 
@@ -118,10 +122,66 @@ def _check_kwargs(kwargs: Mapping | None, func, name: str) -> dict:
     return dict(kwargs)
 
 
-def _backend_kwargs(backend: str, client: Any) -> dict:
+def screen_trans_kwargs(
+    trans_kwargs: dict,
+    var_names: pd.Index,
+    modality: str,
+    features: Any,
+    min_cells: int,
+    curves: str,
+) -> dict:
+    """``trans_kwargs`` with fit_screen's own trans arguments added, checked before any work.
+
+    ``features``, ``min_cells`` and ``curves`` go either as fit_screen arguments or in
+    ``trans_kwargs``, not both; the stage settings are checked as fit_trans checks them.
+    """
+    for name, value, unset in (
+        ("features", features, None),
+        ("min_cells", min_cells, 0),
+        ("curves", curves, "all"),
+    ):
+        if value is not unset and name in trans_kwargs:
+            raise ValueError(f"Give {name} either as fit_screen({name}=...) or in trans_kwargs.")
+    if features is not None:
+        trans_kwargs["features"] = list(feature_names(var_names, features, modality))
+    if min_cells:
+        trans_kwargs["min_cells"] = int(min_cells)
+    if curves != "all":
+        trans_kwargs["curves"] = curves
+    check_curves(
+        trans_kwargs.get("curves", "all"),
+        trans_kwargs.get("curve_qvalue", CURVE_QVALUE),
+        trans_kwargs.get("test", True),
+    )
+    return trans_kwargs
+
+
+def sample_storage(cis_kwargs: dict, n_targets: int, n_obs: int, n_samples: int | None) -> dict:
+    """``cis_kwargs`` with ``sparse_samples`` chosen unless the user set it.
+
+    Dense per-cell dosage samples cost ``n_obs x n_samples`` float32 per target whatever the
+    target's own cells; sparse storage (:func:`~dream_sc.tl.fit_cis`) is chosen when the
+    screen's dense samples would exceed :data:`SPARSE_SAMPLES_BYTES`.
+
+    Examples
+    --------
+    >>> sample_storage({}, 500, 100_000, 100)
+    {'sparse_samples': True}
+    >>> sample_storage({}, 3, 2_000, 100)
+    {'sparse_samples': False}
+    """
+    if "sparse_samples" in cis_kwargs:
+        return dict(cis_kwargs)
+    dense = 4 * n_targets * n_obs * int(n_samples or settings.n_samples)
+    return {**cis_kwargs, "sparse_samples": dense > SPARSE_SAMPLES_BYTES}
+
+
+def _backend_kwargs(backend: str, client: Any, distribute: str = "targets") -> dict:
     """``backend`` / ``client`` for fit_technical and fit_trans (only when not local)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}; got {backend!r}.")
+    if distribute not in ("targets", "chunks"):
+        raise ValueError(f"distribute must be 'targets' or 'chunks'; got {distribute!r}.")
     if backend == "local":
         if client is not None:
             raise ValueError("client= is only used with backend='dask'.")
