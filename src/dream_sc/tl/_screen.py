@@ -31,6 +31,8 @@ from ._screen_checks import (
     _jsonable,
     _resolve_cis_features,
     _technical_matches,
+    check_design,
+    check_screen_memory,
     sample_storage,
     screen_trans_kwargs,
     step_settings,
@@ -259,20 +261,22 @@ def fit_screen(
         technical_key=technical_key,
     )
     obs, chosen, control = mdata.obs, design.chosen, design.control
-    if design.moi == "high" and control_cells is not None:
-        raise ValueError(
-            "control_cells= is for low-MOI screens; at high MOI every cell without a target's "
-            "guides is its comparison."
-        )
+    check_design(design, control_cells)
+    cis_kwargs = sample_storage(cis_kwargs, len(chosen), mdata.n_obs, steps["cis"]["n_samples"])
+    check_screen_memory(
+        mdata,
+        modality,
+        design,
+        target_key=target_key,
+        control_cells=control_cells,
+        n_draws=steps["cis"]["n_samples"],
+        sparse_draws=cis_kwargs["sparse_samples"],
+        trans_kwargs=trans_kwargs,
+        n_jobs=n_jobs,
+    )
     if design.moi == "high":
         technical_kwargs.setdefault("use_all_cells", True)
         params["guide_targets"] = dict(design.guide_targets.items())
-    slashed = [t for t in chosen if "/" in t]
-    if slashed:
-        raise ValueError(
-            f"Target label(s) {slashed} contain '/', which cannot be part of a result key "
-            "(h5 paths); rename them in mdata.obs first."
-        )
     features = _resolve_cis_features(chosen, cis_feature, mdata[modality].var_names, modality)
     sf = sum_factor_values(mdata, sum_factor_key)
     V.check_sum_factors(sf[design.used], sum_factor_key)
@@ -337,10 +341,7 @@ def fit_screen(
             technical_key_added=technical_key_added,
             cis_keys=cis_keys,
             trans_keys=trans_keys,
-            cis_kwargs={
-                **sample_storage(cis_kwargs, len(chosen), mdata.n_obs, steps["cis"]["n_samples"]),
-                **design.cis_kwargs(),
-            },
+            cis_kwargs={**cis_kwargs, **design.cis_kwargs()},
             trans_kwargs=trans_kwargs,
             backend_kw=backend_kw,
             store=store,
