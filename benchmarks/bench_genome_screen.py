@@ -95,8 +95,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sceptre", action="store_true")
     p.add_argument("--control-cells", type=int, default=None, help="fit_screen(control_cells=)")
+    p.add_argument(
+        "--curves", choices=["all", "discoveries"], default="all", help="fit_screen(curves=)"
+    )
+    p.add_argument("--n-jobs", type=int, default=1, help="fit_screen(n_jobs=): worker processes")
+    p.add_argument(
+        "--dask-workers",
+        type=int,
+        default=0,
+        help="fit_screen(backend='dask') on a LocalCluster of this many 1-thread workers",
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.n_jobs > 1 or args.dask_workers:
+        ds.settings.torch_threads = 1  # one thread per target fit, one fit per core
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)
     load = os.getloadavg()[0]
@@ -117,6 +129,16 @@ def main(argv: list[str] | None = None) -> None:
         trans_kwargs = {}
         if args.permutations is not None:
             trans_kwargs["n_permutations"] = args.permutations
+        cluster = {}
+        if args.dask_workers:
+            from distributed import Client, LocalCluster
+
+            client = Client(
+                LocalCluster(
+                    n_workers=args.dask_workers, threads_per_worker=1, dashboard_address=None
+                )
+            )
+            cluster = {"backend": "dask", "client": client}
         t0 = time.perf_counter()
         ds.tl.fit_screen(
             mdata,
@@ -126,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
             progress=False,
             trans_kwargs=trans_kwargs,
             control_cells=args.control_cells,
+            curves=args.curves,
+            n_jobs=args.n_jobs,
+            **cluster,
         )
         fit_seconds = time.perf_counter() - t0
     record = mdata.uns["dream_screen"]
@@ -158,12 +183,16 @@ def main(argv: list[str] | None = None) -> None:
     header = (
         f"## bench_genome_screen: {args.cells} cells x {args.genes} genes x {args.targets} "
         f"targets ({args.moi} MOI), steps {steps or 'default'}, control_cells "
-        f"{args.control_cells}\n\n"
+        f"{args.control_cells}, curves {args.curves}\n\n"
         f"- simulate {simulate_seconds:.1f} s; fit_screen {fit_seconds:.1f} s "
         f"(technical {record['technical_seconds']:.1f} s; per target cis "
         f"{timings['cis_seconds'].median():.2f} s, trans {timings['trans_seconds'].median():.2f} "
-        f"s median); peak RSS {peak.peak_gb:.2f} GB; load {load:.2f} -> "
+        f"s median); peak RSS {peak.peak_gb:.2f} GB here, largest worker process "
+        f"{worker_peak_gb():.2f} GB (n_jobs {args.n_jobs}, dask workers {args.dask_workers}); "
+        f"load {load:.2f} -> "
         f"{os.getloadavg()[0]:.2f}\n"
+        f"- curves fitted for {int(table['fitted'].sum())} of {int(table['tested'].sum())} "
+        f"tested pairs\n"
         f"- responsive pairs {int(labels.sum())} of {len(labels)}; no-effect targets "
         f"{sum(k == 'null' for k in kinds.values())} of {len(kinds)}\n"
     )
@@ -171,6 +200,17 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if args.out is not None:
         args.out.write_text(text)
+
+
+def worker_peak_gb() -> float:
+    """Peak resident memory of the largest finished child process (``n_jobs`` workers), GB.
+
+    Dask workers are children of their nannies, not of this process: their peak is not seen
+    here (the LocalCluster's workers are closed before the benchmark ends).
+    """
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
 
 
 def run_sceptre(mdata, targets: list[str], features: list[str], alpha: float) -> dict:

@@ -248,8 +248,9 @@ def test_bad_backend_arguments(screen, client):
         ds.tl.fit_technical(base.copy(), backend="dask", client="tcp://nowhere")
 
 
-def test_fit_screen_on_dask_equals_local(client):
-    """The whole-screen call forwards backend/client: every target's results are identical."""
+@pytest.mark.parametrize("distribute", ["targets", "chunks"])
+def test_fit_screen_on_dask_equals_local(client, distribute):
+    """Targets as tasks, or their trans chunks as tasks: every target's results are identical."""
     mdata = _quiet(
         ds.datasets.simulate_screen,
         n_cells=240,
@@ -270,12 +271,20 @@ def test_fit_screen_on_dask_equals_local(client):
     )
     local, remote = mdata.copy(), mdata.copy()
     _quiet(ds.tl.fit_screen, local, **settings)
-    _quiet(ds.tl.fit_screen, remote, backend="dask", client=client, **settings)
+    _quiet(
+        ds.tl.fit_screen, remote, backend="dask", client=client, distribute=distribute, **settings
+    )
     targets = [str(t) for t in local.uns["dream_screen"]["targets"]]
     assert len(targets) == 2
     for target in targets:
         _assert_same_columns(local["rna"], remote["rna"], f"dream_trans_{target}")
     pd.testing.assert_frame_equal(ds.get.screen_results(local), ds.get.screen_results(remote))
+    for target in targets:  # the cis fits too (on a worker when targets are tasks)
+        key = f"dream_cis_{target}_dose_samples"
+        np.testing.assert_array_equal(local.obsm[key], remote.obsm[key])
+    assert list(remote.uns["dream_screen"]["targets"]) == targets
+    with pytest.raises(ValueError, match="distribute must be 'targets' or 'chunks'; got 'x'"):
+        ds.tl.fit_screen(mdata.copy(), backend="dask", client=client, distribute="x", **settings)
 
 
 def test_mmap_threshold_is_raised_once_per_process(monkeypatch):

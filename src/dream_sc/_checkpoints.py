@@ -37,6 +37,7 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 import torch
+from scipy import sparse
 
 from ._digest import Digest, digest, digest_blocks, hashed
 
@@ -219,6 +220,10 @@ def _encode(value: Any, arrays: list[np.ndarray]) -> Any:
             raise TypeError(f"cannot store an array of dtype {value.dtype} in a checkpoint")
         arrays.append(value)
         return {"array": len(arrays) - 1}
+    if sparse.issparse(value):  # e.g. sparse cis dosage samples of a screen target
+        csr = sparse.csr_matrix(value)
+        parts = [_encode(np.asarray(a), arrays) for a in (csr.data, csr.indices, csr.indptr)]
+        return {"csr": parts, "shape": list(csr.shape)}
     if isinstance(value, tuple):
         return {"tuple": [_encode(v, arrays) for v in value]}
     if isinstance(value, list):
@@ -251,6 +256,9 @@ def _decode(node: Any, arrays: Callable[[int], np.ndarray]) -> Any:
         return np.array(arrays(body), copy=True)
     if tag == "strings":
         return np.array(body, dtype=str).reshape(node["shape"])
+    if tag == "csr":
+        data, indices, indptr = (_decode(v, arrays) for v in body)
+        return sparse.csr_matrix((data, indices, indptr), shape=tuple(node["shape"]))
     if tag == "tuple":
         return tuple(_decode(v, arrays) for v in body)
     if tag == "dict":

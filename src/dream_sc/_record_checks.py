@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from ._stores._keys import CURVE_STATS, CisKeys, TechnicalKeys, TransKeys
 
@@ -331,6 +332,8 @@ def check_cis(mdata, key: str, *, cells: bool = False) -> None:
     samples = CisKeys(key).samples
     if samples in mdata.obsm:
         value = mdata.obsm[samples]
+        if sparse.issparse(value):  # sparse_samples: the fitted cells' rows only
+            value = np.broadcast_to(np.zeros((), dtype=value.dtype), value.shape)  # no copy
         check.array(value, f"mdata.obsm[{samples!r}]", "the array", (mdata.n_obs, width))
         width = np.shape(value)[1]
     if "guide_dose_samples" in record:
@@ -366,7 +369,7 @@ def check_trans(adata, modality: str, key: str) -> None:
         adata.varm[key],
         f"mdata[{modality!r}].varm[{key!r}]",
         required=TRANS_COLUMNS,
-        bools=("fitted", "converged", "ec50_in_range", "significant", "refined"),
+        bools=("fitted", "tested", "converged", "ec50_in_range", "significant", "refined"),
         strings=("distribution", "function", "shape"),
         integers=("n_cells",),
     )
@@ -385,9 +388,9 @@ def check_trans(adata, modality: str, key: str) -> None:
             "the `<site>_loc` / `<site>_scale` frame",
         )
     check.frame(adata.varm[posterior], post_where)
-    n_fitted = int(table["fitted"].to_numpy().sum())
+    n_tested = int(TransKeys.tested(table).sum())
     if "null_scores" in record:
-        check.array(record["null_scores"], where, "field 'null_scores'", (None, n_fitted))
+        check.array(record["null_scores"], where, "field 'null_scores'", (None, n_tested))
     if "calibration" in record:
         _check_calibration(check, record["calibration"], f"{where}['calibration']")
 

@@ -10,6 +10,11 @@ the package, so every other module can use it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 #: Statistics of the stored trans curve bands (``varm[TransKeys(key).curve(stat)]``).
 CURVE_STATS = ("mean", "q05", "q95")
@@ -98,6 +103,16 @@ class TransKeys(_RunKeys):
     def posterior(self) -> str:
         """``adata.varm`` key of the variational posterior frame."""
         return f"{self.key}_posterior"
+
+    @staticmethod
+    def tested(table: pd.DataFrame) -> np.ndarray:
+        """Features of a results table with a score and q-value (``tested``).
+
+        Fits before the two-stage option have no ``tested`` column: there every fitted
+        feature was tested.
+        """
+        column = "tested" if "tested" in table.columns else "fitted"
+        return table[column].to_numpy(dtype=bool)
 
 
 @dataclass(frozen=True)

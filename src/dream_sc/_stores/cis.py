@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 from mudata import MuData
+from scipy import sparse
 
 from .. import _record_checks as C
 from ._common import stamp
@@ -30,16 +31,23 @@ def write_cis(
     columns: Mapping[str, np.ndarray],
     samples: np.ndarray,
     obs_columns: Mapping[str, np.ndarray] | None = None,
+    *,
+    sparse_samples: bool = False,
 ) -> None:
     """Store a cis fit: per-cell dosage summaries ``columns`` (``stat -> [cells]``) and samples.
 
     ``obs_columns``: further per-cell columns under their full names (e.g. escape probability).
+    ``samples`` is cells x draws with NaN rows for cells outside the fit; ``sparse_samples``
+    stores it as a CSR matrix holding the fitted cells' rows only (dosages are positive, so an
+    empty row is a cell outside the fit; :func:`read_cis_samples` gives the NaN rows back).
     """
     names = CisKeys(key)
     for stat, column in columns.items():
         mdata.obs[names.dose(stat)] = column
     for name, column in (obs_columns or {}).items():
         mdata.obs[name] = column
+    if sparse_samples:
+        samples = sparse.csr_matrix(np.nan_to_num(samples, nan=0.0))
     mdata.obsm[names.samples] = samples
     mdata.uns[names.record] = stamp(record, "cis")
 
@@ -74,5 +82,24 @@ def read_cis_dose(mdata: MuData, key: str, stat: str = "mean") -> pd.Series:
 
 
 def read_cis_samples(mdata: MuData, key: str) -> np.ndarray:
-    """Cells x samples dosage draws of the cis fit ``key`` (``read_cis(..., samples=True)`` first)."""
-    return np.asarray(mdata.obsm[CisKeys(key).samples])
+    """Cells x samples dosage draws of the cis fit ``key`` (``read_cis(..., samples=True)`` first).
+
+    Cells outside the fit hold NaN, whether the draws are stored dense or sparse.
+    """
+    return dense_samples(mdata.obsm[CisKeys(key).samples])
+
+
+def dense_samples(value) -> np.ndarray:
+    """Stored dosage draws as a dense array, NaN rows for cells outside the fit.
+
+    Examples
+    --------
+    >>> dense_samples(sparse.csr_matrix(np.array([[1.0, 2.0], [0.0, 0.0]]))).tolist()
+    [[1.0, 2.0], [nan, nan]]
+    """
+    if not sparse.issparse(value):
+        return np.asarray(value)
+    matrix = sparse.csr_matrix(value)
+    out = matrix.toarray()
+    out[np.diff(matrix.indptr) == 0] = np.nan
+    return out

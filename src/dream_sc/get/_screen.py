@@ -10,6 +10,7 @@ import pandas as pd
 from mudata import MuData
 
 from .. import _validation as V
+from .._stores._keys import TransKeys
 from .._stores.screen import read_screen
 from ..models.hierarchical_fdr import (
     hierarchical_fdr,
@@ -17,7 +18,7 @@ from ..models.hierarchical_fdr import (
     permutation_pvalues,
     simes_pvalue,
 )
-from ..models.significance import DECOY_PSEUDOCOUNT, NON_MONOTONIC_CALL
+from ..models.significance import DECOY_PSEUDOCOUNT, shape_calls
 from ._tables import trans_results
 
 
@@ -216,7 +217,7 @@ def screen_results(
             f"modality={modality!r}, key=...)` for each of "
             f"{[keys[t] for t in untested]}."
         )
-    fitted = [t["fitted"].to_numpy(dtype=bool) for t in tables]
+    fitted = [TransKeys.tested(t) for t in tables]
     null = [np.asarray(r["null_scores"], dtype=np.float64) for r in nulls]
     q_screen = pooled_decoy_qvalues(
         [t["score"].to_numpy(dtype=np.float64)[f] for t, f in zip(tables, fitted, strict=True)],
@@ -251,14 +252,14 @@ def screen_results(
     return out
 
 
-def _shapes(frame: pd.DataFrame, fitted: np.ndarray, significant: np.ndarray) -> np.ndarray:
+def _shapes(frame: pd.DataFrame, tested: np.ndarray, significant: np.ndarray) -> np.ndarray:
     """Shape calls of a target's table for the given significance column."""
-    non_mono = significant & (frame["prob_non_monotonic"].to_numpy() >= NON_MONOTONIC_CALL)
-    shape = np.where(frame["response_mean"].to_numpy() > 0, "increasing", "decreasing")
-    shape = shape.astype(object)
-    shape[non_mono] = "non_monotonic"
-    shape[~significant] = "flat"
-    shape[~fitted] = "not_fitted"
+    shape = shape_calls(
+        frame["response_mean"].to_numpy(dtype=np.float64),
+        frame["prob_non_monotonic"].to_numpy(dtype=np.float64),
+        significant,
+        tested,
+    )
     return shape.astype(str)
 
 

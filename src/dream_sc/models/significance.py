@@ -99,3 +99,42 @@ def permute_within_groups(
         members = np.flatnonzero(groups == g)
         perm[members] = rng.permutation(members)
     return perm
+
+
+#: Shape of a significant feature whose curve was not fitted (``curves="discoveries"``).
+NO_CURVE = "no_curve"
+
+
+def shape_calls(
+    response_mean: np.ndarray,
+    prob_non_monotonic: np.ndarray,
+    significant: np.ndarray,
+    tested: np.ndarray | None = None,
+) -> np.ndarray:
+    """Shape of every feature from its curve summaries and its significance call.
+
+    ``flat`` unless significant; a significant feature is ``non_monotonic`` when
+    ``prob_non_monotonic >= NON_MONOTONIC_CALL``, else ``increasing`` / ``decreasing`` by the
+    sign of ``response_mean``; :data:`NO_CURVE` when it has no curve (``response_mean`` NaN:
+    a stage-two fit that left it out); ``not_fitted`` where ``tested`` is False.
+
+    Examples
+    --------
+    >>> shape_calls(
+    ...     np.array([0.5, -0.5, np.nan, 0.1]),
+    ...     np.array([0.0, 0.99, np.nan, 0.0]),
+    ...     np.array([True, True, True, False]),
+    ... ).tolist()
+    ['increasing', 'non_monotonic', 'no_curve', 'flat']
+    """
+    response = np.asarray(response_mean, dtype=np.float64)
+    significant = np.asarray(significant, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        non_mono = significant & (np.asarray(prob_non_monotonic) >= NON_MONOTONIC_CALL)
+    shape = np.where(response > 0, "increasing", "decreasing").astype(object)
+    shape[non_mono] = "non_monotonic"
+    shape[significant & ~np.isfinite(response)] = NO_CURVE
+    shape[~significant] = "flat"
+    if tested is not None:
+        shape[~np.asarray(tested, dtype=bool)] = "not_fitted"
+    return shape

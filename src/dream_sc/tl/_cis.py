@@ -184,6 +184,7 @@ def fit_cis(
     checkpoint_mismatch: Literal["raise", "restart"] = "raise",
     escapers: bool = False,
     control_cells: int | Sequence[str] | None = None,
+    sparse_samples: bool = False,
 ) -> MuData | None:
     """Estimate each guide's effect on the cis gene and each cell's dosage (step 2).
 
@@ -268,6 +269,12 @@ def fit_cis(
         genome-scale screen a few thousand controls anchor a target's dose axis as well as
         tens of thousands at a fraction of the cost (see :doc:`/screens`). The other
         control cells hold NaN like every cell outside the fit.
+    sparse_samples
+        Store the dosage samples as a sparse cells x ``n_samples`` matrix holding the fitted
+        cells' rows only (cells outside the fit: empty rows, read back as NaN by every dream_sc
+        function). A fit of a few hundred of 100,000 cells then keeps kilobytes instead of
+        40 MB; :func:`~dream_sc.tl.fit_screen` chooses it when a screen's samples would not
+        fit in memory.
 
     Returns
     -------
@@ -486,6 +493,8 @@ def fit_cis(
     if post.cell_escape is not None:
         extra[f"{key_added}_escape_prob"] = np.full(n, np.nan)
         extra[f"{key_added}_escape_prob"][rows] = post.cell_escape
-    write_cis(target, key_added, record, columns, full, obs_columns=extra)
+    write_cis(
+        target, key_added, record, columns, full, obs_columns=extra, sparse_samples=sparse_samples
+    )
     logger.info("fit_cis finished in %.1fs (converged=%s)", seconds, post.fit.converged)
     return target if copy else None

@@ -138,8 +138,9 @@ def rescore_with_shift(
 def rescore_null(job: TransJob, n_permutations: int) -> dict:
     """The conditional-randomisation null of a prepared trans job.
 
-    Returns ``score`` (real dose-association scores ``[T]``), ``null`` (``[P, T]``), and the
-    result of the exchangeability check (:func:`dream_sc.models.null.exchangeability`).
+    Returns ``score`` (real dose-association scores ``[T]``), ``null`` (``[P, T]``), the
+    result of the exchangeability check (:func:`dream_sc.models.null.exchangeability`), the
+    ``shared_shift`` removed (or ``None``) and the ``seconds`` it took.
     """
     start = time.perf_counter()
     real, null, shift = rescore_with_shift(job, permutations(job, n_permutations))
@@ -160,22 +161,29 @@ def rescore_null(job: TransJob, n_permutations: int) -> dict:
         job.n_features,
         time.perf_counter() - start,
     )
-    return {"score": real, "null": null, "exchangeability": check, "shared_shift": shift}
+    return {
+        "score": real,
+        "null": null,
+        "exchangeability": check,
+        "shared_shift": shift,
+        "seconds": float(time.perf_counter() - start),
+    }
 
 
 def significance(
-    job: TransJob, columns: dict, n_permutations: int, *, alpha: float
+    job: TransJob, columns: dict, n_permutations: int, *, alpha: float, found: dict | None = None
 ) -> tuple[dict, dict]:
     """Score, null and significance columns of a trans fit, and the run-record entries.
 
     ``n_permutations = 0``: no null (q-values NaN, posterior calls), but the ``score`` column is
-    still the dose-association score.
+    still the dose-association score. ``found``: the job's :func:`rescore_null` result when it
+    was computed already (stage one of ``curves="discoveries"``).
     """
     from ._significance import significance_columns
 
-    start = time.perf_counter()
     if n_permutations > 0:
-        found = rescore_null(job, n_permutations)
+        if found is None:
+            found = rescore_null(job, n_permutations)
         score, null = found["score"], found["null"]
     else:
         score, null = rescore(job, [])[0], None
@@ -185,7 +193,7 @@ def significance(
         record = {
             "null_scores": null,
             "null_method": "rescore",
-            "null_seconds": float(time.perf_counter() - start),
+            "null_seconds": found["seconds"],
             "exchangeability": found["exchangeability"].as_dict(),
         }
         if found["shared_shift"] is not None:

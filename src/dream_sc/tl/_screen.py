@@ -31,16 +31,20 @@ from ._screen_checks import (
     _jsonable,
     _resolve_cis_features,
     _technical_matches,
+    check_design,
+    check_screen_memory,
+    sample_storage,
+    screen_trans_kwargs,
     step_settings,
     target_seed,
 )
 from ._screen_high_moi import resolve_design
-from ._screen_parallel import check_n_jobs, default_threads, fit_targets_in_parallel
+from ._screen_parallel import check_n_jobs, default_threads, targets_elsewhere
 from ._screen_resume import manifest_of, open_checkpoint, resumed_seed
 from ._screen_store import Checkpoint, apply, capture, drop
 from ._screen_target import _fit_target
 from ._technical import fit_technical
-from ._trans import feature_names, fit_trans
+from ._trans import fit_trans
 
 logger = logging.getLogger("dream_sc")
 
@@ -82,6 +86,8 @@ def fit_screen(
     copy: bool = False,
     checkpoint_mismatch: Literal["raise", "restart"] = "raise",
     control_cells: int | None = None,
+    curves: Literal["all", "discoveries"] = "all",
+    distribute: Literal["targets", "chunks"] = "targets",
 ) -> MuData | None:
     """Fit every target of a screen: one technical fit, then cis + trans per target.
 
@@ -90,10 +96,8 @@ def fit_screen(
        (every argument fit_screen would pass, seed included) is reused instead of refitted.
     2. For each target ``t`` (sorted by name; all non-control targets by default):
        :func:`~dream_sc.tl.fit_cis` with ``cis_target=t`` under ``f"{cis_prefix}_{t}"`` and
-       :func:`~dream_sc.tl.fit_trans` with that ``cis_key`` under ``f"{trans_prefix}_{t}"``.
-       The cis fit uses only the cells of ``t`` and the controls (cells of other targets hold
-       NaN in its columns), and the trans fit uses exactly the cells with a cis dosage, so no
-       target's results depend on other targets' cells.
+       :func:`~dream_sc.tl.fit_trans` with that ``cis_key`` under ``f"{trans_prefix}_{t}"``,
+       on the cells of ``t`` and the controls only (other cells hold NaN in its columns).
 
     High MOI (``guide_targets`` given; see :doc:`/screens`): the technical fit uses every cell
     (unless ``technical_kwargs`` says otherwise); each target's cis and trans fits use every
@@ -154,7 +158,9 @@ def fit_screen(
         Further keyword arguments of :func:`~dream_sc.tl.fit_technical`,
         :func:`~dream_sc.tl.fit_cis`, :func:`~dream_sc.tl.fit_trans` (e.g.
         ``trans_kwargs={"n_permutations": 4}``); the arguments fit_screen sets itself are
-        refused.
+        refused. ``cis_kwargs={"sparse_samples": ...}`` forces the storage of the dosage
+        samples; by default it is sparse when the screen's dense samples would exceed 1 GB
+        (see :doc:`/screens`, "Memory").
     features, min_cells
         Fit only these features of ``modality`` (names or a boolean mask) and only features
         detected in at least ``min_cells`` cells of each target's fit (see
@@ -164,9 +170,13 @@ def fit_screen(
         there (data only, each with a fingerprint of its cells' data and the settings); a
         rerun on the same data with the same settings skips them, ending with results
         identical to an uninterrupted run. Other data or settings: see :doc:`/reliability`.
-    backend, client
-        ``"local"`` (default) or ``"dask"`` with a ``dask.distributed`` client, passed to the
-        technical and trans fits (needs a dream_sc whose fits take them).
+    backend, client, distribute
+        ``"local"`` (default) or ``"dask"`` with a ``dask.distributed`` client. The technical
+        fit runs its feature chunks on the cluster; ``distribute="targets"`` (default) makes
+        every target one task (the screen is sent to each worker once; give the cluster one
+        single-threaded worker per core), ``"chunks"`` runs the targets here with their trans
+        feature chunks on the cluster. Results are identical to the local run (see
+        :doc:`/cluster`).
     n_jobs
         Targets fitted at a time in worker processes (``-1``: one per CPU; local backend
         only), each with ``settings.torch_threads`` torch threads (default: this process's
@@ -182,6 +192,12 @@ def fit_screen(
         Fit each target on its cells plus this many control cells (one subsample shared by
         all targets, stratified by technical group, drawn from ``seed``; ``None``: all). The
         technical fit uses all controls. See :doc:`/screens` for cost and error.
+    curves
+        ``"all"``: every tested feature of every target gets a curve. ``"discoveries"``:
+        each target's trans fit runs in two stages, scoring every feature first and fitting
+        curves only for its stage-one discoveries (see :func:`~dream_sc.tl.fit_trans`; the
+        threshold via ``trans_kwargs={"curve_qvalue": ...}``); q-values are unchanged, and
+        on a genome-scale screen most of the trans time is saved.
 
     Returns
     -------
@@ -217,21 +233,15 @@ def fit_screen(
             f"fit_screen needs a count (negbinom) modality holding the cis genes; {modality!r} "
             f"is {distribution}."
         )
-    backend_kw = _backend_kwargs(backend, client)
+    backend_kw = _backend_kwargs(backend, client, distribute)
     n_jobs = check_n_jobs(n_jobs, backend)
     threads = int(settings.torch_threads or default_threads(n_jobs))
     technical_kwargs = _check_kwargs(technical_kwargs, fit_technical, "technical_kwargs")
     cis_kwargs = _check_kwargs(cis_kwargs, fit_cis, "cis_kwargs")
     trans_kwargs = _check_kwargs(trans_kwargs, fit_trans, "trans_kwargs")
-    for name, value, unset in (("features", features, None), ("min_cells", min_cells, 0)):
-        if value is not unset and name in trans_kwargs:
-            raise ValueError(f"Give {name} either as fit_screen({name}=...) or in trans_kwargs.")
-    if features is not None:
-        trans_kwargs["features"] = list(
-            feature_names(mdata[modality].var_names, features, modality)
-        )
-    if min_cells:
-        trans_kwargs["min_cells"] = int(min_cells)
+    trans_kwargs = screen_trans_kwargs(
+        trans_kwargs, mdata[modality].var_names, modality, features, min_cells, curves
+    )
     steps = step_settings(
         {"n_steps": n_steps, "batch_size": batch_size, "n_samples": n_samples},
         {
@@ -251,20 +261,22 @@ def fit_screen(
         technical_key=technical_key,
     )
     obs, chosen, control = mdata.obs, design.chosen, design.control
-    if design.moi == "high" and control_cells is not None:
-        raise ValueError(
-            "control_cells= is for low-MOI screens; at high MOI every cell without a target's "
-            "guides is its comparison."
-        )
+    check_design(design, control_cells)
+    cis_kwargs = sample_storage(cis_kwargs, len(chosen), mdata.n_obs, steps["cis"]["n_samples"])
+    check_screen_memory(
+        mdata,
+        modality,
+        design,
+        target_key=target_key,
+        control_cells=control_cells,
+        n_draws=steps["cis"]["n_samples"],
+        sparse_draws=cis_kwargs["sparse_samples"],
+        trans_kwargs=trans_kwargs,
+        n_jobs=n_jobs,
+    )
     if design.moi == "high":
         technical_kwargs.setdefault("use_all_cells", True)
         params["guide_targets"] = dict(design.guide_targets.items())
-    slashed = [t for t in chosen if "/" in t]
-    if slashed:
-        raise ValueError(
-            f"Target label(s) {slashed} contain '/', which cannot be part of a result key "
-            "(h5 paths); rename them in mdata.obs first."
-        )
     features = _resolve_cis_features(chosen, cis_feature, mdata[modality].var_names, modality)
     sf = sum_factor_values(mdata, sum_factor_key)
     V.check_sum_factors(sf[design.used], sum_factor_key)
@@ -338,6 +350,7 @@ def fit_screen(
             show=resolve_progress(progress),
             n_jobs=n_jobs,
             threads=threads,
+            distribute_targets=bool(backend_kw) and distribute == "targets",
         )
     except BaseException:
         if not copy:
@@ -384,6 +397,7 @@ def _run(
     show,
     n_jobs=1,
     threads=1,
+    distribute_targets=False,
 ) -> dict:
     """The fits themselves (validated input); returns the screen record without settings."""
     if store is not None:
@@ -433,7 +447,7 @@ def _run(
             "trans_key": trans_keys[target],
             "cis_kwargs": cis_kwargs,
             "trans_kwargs": trans_kwargs,
-            "backend_kw": backend_kw,
+            "backend_kw": {} if distribute_targets else backend_kw,
         }
 
     def finished(target: str, pieces: dict | None, timing: dict) -> None:
@@ -448,17 +462,20 @@ def _run(
         bar.set_postfix_str(target)
         bar.update()
 
-    if n_jobs > 1 and len(todo) > 1:
+    elsewhere = targets_elsewhere(
+        mdata,
+        todo,
+        n_jobs=n_jobs,
+        on_dask=distribute_targets,
+        client=backend_kw.get("client"),
+        threads=threads,
+        fit_one=_fit_target,
+        keys=lambda t: (cis_keys[t], trans_keys[t]),
+        kwargs=lambda t: {**target_kwargs(t), "prefixes": list(prefixes)},
+    )
+    if elsewhere is not None:
         results = {}
-        for target, pieces, timing in fit_targets_in_parallel(
-            mdata,
-            todo,
-            n_jobs=n_jobs,
-            threads=threads,
-            fit_one=_fit_target,
-            keys=lambda t: (cis_keys[t], trans_keys[t]),
-            kwargs=lambda t: {**target_kwargs(t), "prefixes": list(prefixes)},
-        ):
+        for target, pieces, timing in elsewhere:
             results[target] = pieces
             finished(target, pieces, timing)
         for target in todo:  # written in target order: the same layout as a serial run

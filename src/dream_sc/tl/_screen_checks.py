@@ -5,19 +5,27 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from mudata import MuData
+from scipy import sparse
 
 from .. import _validation as V
+from .._settings import settings
 from ..engine.config import STEP_DEFAULTS
+from ..engine.memory import MemoryBudgetError, available_memory, screen_result_bytes
 from ..models.curves import CURVE_NAMES
+from ..models.significance import DEFAULT_N_PERMUTATIONS
 from ._cis import fit_cis
-from ._common import clean_params
+from ._common import FitConfig, clean_params
 from ._technical import fit_technical
-from ._trans import fit_trans
+from ._trans import feature_names, fit_trans
+from ._trans_stages import CURVE_QVALUE, check_curves
+
+if TYPE_CHECKING:
+    from ._screen_high_moi import ScreenDesign
 
 STEPS = ("technical", "cis", "trans")
 FUNCTIONS = CURVE_NAMES  # the curve registry's names (a live view)
@@ -31,8 +39,10 @@ PER_STEP = ("n_steps", "batch_size", "n_samples")
 #: same name (see :func:`managed_arguments`).
 _SET_PER_TARGET = {"mdata", "cis_target", "cis_key", "guide_targets", "guide_assignment_key"}
 _SET_PER_TARGET |= {"control_cells"}
+#: Dense dosage samples of a whole screen above which fit_screen stores them sparse.
+SPARSE_SAMPLES_BYTES = 1 << 30
 #: fit_screen arguments that may be given in ``trans_kwargs`` instead (not both).
-_EITHER = {"features", "min_cells"}
+_EITHER = {"features", "min_cells", "curves"}
 #: Keys of a stored technical run record compared before reusing it.
 _NOT_COMPARED = {"progress", "copy", "checkpoint", "checkpoint_mismatch", "key_added", "client"}
 
@@ -118,10 +128,145 @@ def _check_kwargs(kwargs: Mapping | None, func, name: str) -> dict:
     return dict(kwargs)
 
 
-def _backend_kwargs(backend: str, client: Any) -> dict:
+def screen_trans_kwargs(
+    trans_kwargs: dict,
+    var_names: pd.Index,
+    modality: str,
+    features: Any,
+    min_cells: int,
+    curves: str,
+) -> dict:
+    """``trans_kwargs`` with fit_screen's own trans arguments added, checked before any work.
+
+    ``features``, ``min_cells`` and ``curves`` go either as fit_screen arguments or in
+    ``trans_kwargs``, not both; the stage settings are checked as fit_trans checks them.
+    """
+    for name, value, unset in (
+        ("features", features, None),
+        ("min_cells", min_cells, 0),
+        ("curves", curves, "all"),
+    ):
+        if value is not unset and name in trans_kwargs:
+            raise ValueError(f"Give {name} either as fit_screen({name}=...) or in trans_kwargs.")
+    if features is not None:
+        trans_kwargs["features"] = list(feature_names(var_names, features, modality))
+    if min_cells:
+        trans_kwargs["min_cells"] = int(min_cells)
+    if curves != "all":
+        trans_kwargs["curves"] = curves
+    check_curves(
+        trans_kwargs.get("curves", "all"),
+        trans_kwargs.get("curve_qvalue", CURVE_QVALUE),
+        trans_kwargs.get("test", True),
+    )
+    return trans_kwargs
+
+
+def sample_storage(cis_kwargs: dict, n_targets: int, n_obs: int, n_draws: int | None) -> dict:
+    """``cis_kwargs`` with ``sparse_samples`` chosen unless the user set it.
+
+    Dense per-cell dosage samples cost ``n_obs x n_draws`` float32 per target whatever the
+    target's own cells; sparse storage (:func:`~dream_sc.tl.fit_cis`) is chosen when the
+    screen's dense samples would exceed :data:`SPARSE_SAMPLES_BYTES`.
+
+    Examples
+    --------
+    >>> sample_storage({}, 500, 100_000, 100)
+    {'sparse_samples': True}
+    >>> sample_storage({}, 3, 2_000, 100)
+    {'sparse_samples': False}
+    """
+    if "sparse_samples" in cis_kwargs:
+        return dict(cis_kwargs)
+    dense = 4 * n_targets * n_obs * int(n_draws or settings.n_samples)
+    return {**cis_kwargs, "sparse_samples": dense > SPARSE_SAMPLES_BYTES}
+
+
+def check_design(design: ScreenDesign, control_cells: Any) -> None:
+    """Raise before any work on target labels and designs a screen cannot take."""
+    if design.moi == "high" and control_cells is not None:
+        raise ValueError(
+            "control_cells= is for low-MOI screens; at high MOI every cell without a target's "
+            "guides is its comparison."
+        )
+    slashed = [t for t in design.chosen if "/" in t]
+    if slashed:
+        raise ValueError(
+            f"Target label(s) {slashed} contain '/', which cannot be part of a result key "
+            "(h5 paths); rename them in mdata.obs first."
+        )
+
+
+def _data_bytes(matrix: Any) -> int:
+    """Bytes of a count matrix in memory (sparse: values and indices)."""
+    if sparse.issparse(matrix):
+        parts = ("data", "indices", "indptr")
+        return int(sum(getattr(matrix, p).nbytes for p in parts if hasattr(matrix, p)))
+    return int(getattr(matrix, "nbytes", 0))
+
+
+def check_screen_memory(
+    mdata: MuData,
+    modality: str,
+    design: ScreenDesign,
+    *,
+    target_key: str,
+    control_cells: Any,
+    n_draws: int | None,
+    sparse_draws: bool,
+    trans_kwargs: Mapping[str, Any],
+    n_jobs: int,
+) -> None:
+    """Raise a MemoryBudgetError before any work when the screen's results will not fit.
+
+    The estimate (:func:`~dream_sc.engine.memory.screen_result_bytes`) covers what every
+    target's fits store, plus one copy of the modality's data per worker process
+    (``n_jobs > 1``); the budget is :func:`~dream_sc.engine.memory.available_memory` (set
+    ``ds.settings.max_memory_gb`` to choose it).
+    """
+    n_obs = mdata.n_obs
+    if design.moi == "high":
+        cells = n_obs
+    else:
+        labels = mdata.obs[target_key].astype(str)
+        own = int(labels[labels.isin(design.chosen)].value_counts().max()) if design.chosen else 0
+        n_control = int(np.sum(design.control))
+        cells = own + (n_control if control_cells is None else min(n_control, int(control_cells)))
+    n_features = mdata[modality].n_vars
+    if trans_kwargs.get("features") is not None:
+        n_features = len(trans_kwargs["features"])
+    n_perm = int(trans_kwargs.get("n_permutations", DEFAULT_N_PERMUTATIONS))
+    need = screen_result_bytes(
+        n_targets=len(design.chosen),
+        n_obs=n_obs,
+        n_features=n_features,
+        n_draws=int(n_draws or settings.n_samples),
+        cells_per_target=cells,
+        sparse_draws=sparse_draws,
+        n_permutations=n_perm if trans_kwargs.get("test", True) else 0,
+    )
+    copies = ""
+    if n_jobs > 1:
+        need += n_jobs * _data_bytes(mdata[modality].X)
+        copies = f" (with {n_jobs} worker copies of the data)"
+    budget, source = available_memory(FitConfig(max_memory_gb=settings.max_memory_gb))
+    if need > budget:
+        raise MemoryBudgetError(
+            f"The results of {len(design.chosen)} targets x {n_features} features would take "
+            f"about {need / 1e9:.1f} GB{copies}, more than the {budget / 1e9:.1f} GB available "
+            f"({source}). Fit the targets in "
+            "parts (`targets=` a subset; write each part with `mdata.write(...)`), select "
+            "features (`features=`, `min_cells=`), lower `n_samples` or n_permutations, or "
+            "use fewer workers (`n_jobs`); `ds.settings.max_memory_gb` sets the budget."
+        )
+
+
+def _backend_kwargs(backend: str, client: Any, distribute: str = "targets") -> dict:
     """``backend`` / ``client`` for fit_technical and fit_trans (only when not local)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}; got {backend!r}.")
+    if distribute not in ("targets", "chunks"):
+        raise ValueError(f"distribute must be 'targets' or 'chunks'; got {distribute!r}.")
     if backend == "local":
         if client is not None:
             raise ValueError("client= is only used with backend='dask'.")

@@ -135,6 +135,34 @@ def fit_targets_in_parallel(
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def targets_elsewhere(
+    mdata: MuData,
+    targets: Sequence[str],
+    *,
+    n_jobs: int,
+    on_dask: bool,
+    client: Any,
+    threads: int,
+    fit_one: Callable,
+    keys: Callable[[str], Sequence[str]],
+    kwargs: Callable[[str], dict],
+) -> Iterator[tuple[str, dict, dict]] | None:
+    """Targets fitted as dask tasks (``on_dask``) or in ``n_jobs`` worker processes.
+
+    ``None`` when they are fitted here, one after the other (``n_jobs = 1``, or a single
+    target to fit). The iterator yields ``(target, pieces, timing)`` as targets finish; see
+    :func:`fit_targets_in_parallel` and :func:`~dream_sc.tl._screen_dask.fit_targets_on_dask`.
+    """
+    common = {"threads": threads, "fit_one": fit_one, "keys": keys, "kwargs": kwargs}
+    if on_dask and len(targets):
+        from ._screen_dask import fit_targets_on_dask
+
+        return fit_targets_on_dask(mdata, targets, client=client, **common)
+    if n_jobs > 1 and len(targets) > 1:
+        return fit_targets_in_parallel(mdata, targets, n_jobs=n_jobs, **common)
+    return None
+
+
 def check_n_jobs(n_jobs: Any, backend: str) -> int:
     """``n_jobs`` as a positive int (``-1``: every CPU); only with the local backend."""
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int):

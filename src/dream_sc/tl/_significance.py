@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from ..models.significance import NON_MONOTONIC_CALL, decoy_qvalues
+from ..models.significance import decoy_qvalues, shape_calls
 
 logger = logging.getLogger("dream_sc")
 
@@ -32,7 +32,9 @@ def significance_columns(
 
     Shapes: ``flat`` unless significant; ``non_monotonic`` when significant and
     ``prob_non_monotonic >= 0.95`` (a question about the curve's shape, which the posterior
-    answers; the permutation null only tests dose dependence); else ``increasing`` / ``decreasing`` by the sign of the response.
+    answers; the permutation null only tests dose dependence); else ``increasing`` / ``decreasing`` by the sign of the response;
+    ``no_curve`` when significant without a fitted curve (see
+    :func:`~dream_sc.models.significance.shape_calls`).
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1); got {alpha}.")
@@ -46,10 +48,7 @@ def significance_columns(
         significant = (columns["prob_dose_dependent"] >= POSTERIOR_CALL["prob_dose_dependent"]) & (
             columns["lfsr"] < POSTERIOR_CALL["lfsr"]
         )
-    non_mono = significant & (columns["prob_non_monotonic"] >= NON_MONOTONIC_CALL)
-    shape = np.where(columns["response_mean"] > 0, "increasing", "decreasing").astype(object)
-    shape[non_mono] = "non_monotonic"
-    shape[~significant] = "flat"
+    shape = shape_calls(columns["response_mean"], columns["prob_non_monotonic"], significant)
     return {
         "score": np.asarray(score, dtype=np.float64),
         "posterior_score": np.asarray(posterior_score, dtype=np.float64),

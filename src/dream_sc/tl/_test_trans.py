@@ -14,6 +14,7 @@ from ..engine.config import FitConfig
 from ..models.significance import DEFAULT_N_PERMUTATIONS
 from ._null import significance
 from ._trans_job import job_from_record
+from ._trans_stages import curve_job, expand
 
 logger = logging.getLogger("dream_sc")
 
@@ -114,8 +115,12 @@ def test_trans(
     config = FitConfig.from_record(record["params"], device=device, progress=progress)
     job = job_from_record(mdata, modality, record, config, min_effect=min_effect)
     job.backend = runner  # [dask hunk]
-    loc, scale, corr = read_trans_posterior(adata, key, job.fitted)
-    columns, _ = job.summarise(loc, scale, corr=corr)
+    # a two-stage fit (curves="discoveries") has curves for some of its tested features only
+    keep = adata.varm[key]["fitted"].to_numpy(dtype=bool)[job.fitted]
+    cjob = curve_job(mdata, job, keep, config)
+    loc, scale, corr = read_trans_posterior(adata, key, cjob.fitted)
+    columns, _ = cjob.summarise(loc, scale, corr=corr)
+    columns = expand(columns, keep)
     sig, null_record = significance(job, columns, int(wanted), alpha=alpha)
     target = mdata.copy() if copy else mdata
     adata = target[modality]

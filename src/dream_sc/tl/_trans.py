@@ -25,6 +25,7 @@ from ._null import significance
 from ._refine import refined_columns
 from ._trans_job import TransJob, prepare_trans_job
 from ._trans_settings import TransSettings
+from ._trans_stages import CURVE_QVALUE, check_curves, curve_job, curve_selection, expand, stage_one
 
 logger = logging.getLogger("dream_sc")
 
@@ -103,6 +104,8 @@ def fit_trans(
     backend: str = "local",
     client=None,
     checkpoint_mismatch: Literal["raise", "restart"] = "raise",
+    curves: Literal["all", "discoveries"] = "all",
+    curve_qvalue: float = CURVE_QVALUE,
 ) -> MuData | None:
     """Fit a dose-response curve for every feature of a modality (step 3).
 
@@ -192,6 +195,17 @@ def fit_trans(
         :doc:`/reliability`), damaged files or files of an older dream_sc: ``"raise"`` (default)
         raises a ``ValueError`` naming the file and what changed, before any work and without
         deleting anything; ``"restart"`` deletes those files and fits from the start.
+    curves, curve_qvalue
+        ``"all"`` (default): a curve for every feature. ``"discoveries"`` (needs ``test=True``):
+        two stages. Stage one scores every feature and computes its permutation q-value (the
+        test needs the technical noise and the dosages, no curve); stage two fits curves, EC50s
+        and intervals only for features with a stage-one q-value below
+        ``max(curve_qvalue, alpha)`` (default 0.25) and the top-scoring feature. ``score``,
+        ``qvalue`` and ``significant`` of every feature are exactly those of ``curves="all"``;
+        the features left out have ``fitted = False``, ``tested = True`` and NaN curve
+        columns, and a significant one without a curve (after a looser ``alpha`` in
+        :func:`~dream_sc.tl.test_trans` or screen-wide q-values) has shape ``"no_curve"``. The
+        speed-up grows with the share of flat features (see :doc:`/screens`).
     backend, client
         ``"local"`` fits the feature chunks (of the real fit and of every permutation null) in
         this process; ``"dask"`` runs them as tasks on the ``dask.distributed`` cluster of
@@ -210,8 +224,8 @@ def fit_trans(
       ``_mean/_q05/_q95``), ``ec50_1_*`` / ``ec50_2_*`` per component (additive Hill),
       ``prob_dose_dependent``, ``lfsr``, ``score`` (the ranking column), ``posterior_score``, ``non_monotonic_mean``,
       ``prob_non_monotonic``, ``non_monotonic_score``, ``qvalue``,
-      ``significant``, ``shape``, ``n_cells``, ``converged``, ``fitted``; NaN for features not
-      fitted.
+      ``significant``, ``shape``, ``n_cells``, ``converged``, ``fitted`` (has a curve),
+      ``tested`` (has a score and q-value); NaN for features not fitted.
     - ``varm[f"{key_added}_curve_mean"]``, ``_curve_q05``, ``_curve_q95``: features x grid.
     - ``varm[f"{key_added}_posterior"]``: variational loc/scale of every latent site.
     - ``mdata[modality].uns[key_added]``: ``dose_grid``, ``dose_in_range``, ``dose_range``,
@@ -253,6 +267,7 @@ def fit_trans(
     if n_permutations < 1 and test:
         raise ValueError("n_permutations must be >= 1 when test=True.")
     check_mismatch(checkpoint_mismatch)
+    check_curves(curves, curve_qvalue, test)
     config = FitConfig.resolve(
         "trans",
         seed=seed,
@@ -277,21 +292,31 @@ def fit_trans(
         len(job.rows),
         job.n_features,
     )
-    fit = job.fit()
-    columns, curves = job.summarise(fit.loc, fit.scale, corr=fit.corr)
+    # stage one (curves="discoveries"): every feature's score test before any curve, and
+    # stage two fits curves only for the features it selects (tl/_trans_stages.py)
+    found, keep = None, np.ones(job.n_features, bool)
+    if curves == "discoveries":
+        found = stage_one(job, n_permutations)
+        keep = curve_selection(found, alpha=alpha, curve_qvalue=curve_qvalue)
+        logger.info("fit_trans stage one: curves for %d of %d features", keep.sum(), len(keep))
+    cjob = curve_job(mdata, job, keep, config)
+    fit = cjob.fit()
+    columns, curve_bands = cjob.summarise(fit.loc, fit.scale, corr=fit.corr)
     # significance hook (tl/_null.py): score, conditional-randomisation null, q-values; it
     # reads no column the refinement changes, so it runs first and the refinement is spent on
     # the hits only when q-values exist
-    sig, null_record = significance(job, columns, n_permutations if test else 0, alpha=alpha)
+    sig, null_record = significance(
+        job, expand(columns, keep), n_permutations if test else 0, alpha=alpha, found=found
+    )
     columns = refined_columns(
-        job,
+        cjob,
         columns,
         fit.loc,
         fit.scale,
         fit.corr,
         n_draws=n_refine_draws,
         enabled=refine_intervals,
-        only=np.asarray(sig["significant"], dtype=bool) if test else None,
+        only=np.asarray(sig["significant"], dtype=bool)[keep] if test else None,
     )
     seconds = time.perf_counter() - start
     if not fit.converged:
@@ -300,7 +325,8 @@ def fit_trans(
             f"{int((~fit.feature_converged).sum())} features; increase `n_steps` (see ds.pl.loss).",
             stacklevel=2,
         )
-    table = _results_table(job, columns, sig, fit.feature_converged)
+    converged = expand({"converged": np.asarray(fit.feature_converged, bool)}, keep)
+    table = _results_table(job, expand(columns, keep), sig, converged["converged"], cjob.fitted)
     params.update(config.as_record())
     params.update(runner.record())  # [dask hunk]
     record = {
@@ -312,7 +338,7 @@ def fit_trans(
         "dose_range": np.array([job.grid.lo, job.grid.hi]),
         "x_ref": float(np.exp(job.priors.log_x_ref)),
         "min_effect": job.min_effect.astype(np.float64),
-        "priors": job.priors.as_dict(),
+        "priors": cjob.priors.as_dict(),
         "loss": fit.loss.astype(np.float64),
         **(
             {}
@@ -324,7 +350,7 @@ def fit_trans(
         "cis_key": cis_key,
         "technical_key_added": technical_key_added,
         "n_cells": int(len(job.rows)),
-        "plan": job.plan,
+        "plan": cjob.plan,
         "seconds": float(seconds),
         "versions": versions(),
     }
@@ -333,13 +359,19 @@ def fit_trans(
     record.update(null_record)  # significance hook
     target = mdata.copy() if copy else mdata
     adata = target[modality]
-    posterior = posterior_frame(fit, adata.var_names, job.fitted)
-    write_trans(adata, key_added, record, table, curves, posterior)
+    posterior = posterior_frame(fit, adata.var_names, cjob.fitted)
+    write_trans(adata, key_added, record, table, curve_bands, posterior)
     logger.info("fit_trans finished in %.1fs (converged=%s)", seconds, fit.converged)
     return target if copy else None
 
 
-def _results_table(job: TransJob, columns: dict, sig: dict, converged: np.ndarray) -> pd.DataFrame:
+def _results_table(
+    job: TransJob, columns: dict, sig: dict, converged: np.ndarray, curve_fitted: np.ndarray
+) -> pd.DataFrame:
+    """Per-feature table: ``columns`` and ``sig`` over ``job``'s tested features.
+
+    ``fitted``: features with a curve (``curve_fitted``); ``tested``: features scored.
+    """
     var_names = job.data.var_names
     fitted = job.fitted
     out = pd.DataFrame(index=var_names)
@@ -362,6 +394,7 @@ def _results_table(job: TransJob, columns: dict, sig: dict, converged: np.ndarra
     conv = np.zeros(len(var_names), bool)
     conv[fitted] = converged
     out["converged"] = conv
-    out["fitted"] = fitted
+    out["fitted"] = np.asarray(curve_fitted, dtype=bool)
+    out["tested"] = fitted
     out["shape"] = out["shape"].astype(str)
     return out
