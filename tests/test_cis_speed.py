@@ -170,3 +170,34 @@ def test_log_joint_equals_the_conditioned_trace(escapers):
     expected = gradient(traced)
     assert torch.equal(got[0], expected[0])
     assert torch.equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize("sparse_samples", [False, True])
+def test_samples_stored_from_the_fitted_rows_equal_the_full_matrix(sparse_samples):
+    """Samples placed from the fitted rows equal those stored from a NaN-filled full matrix."""
+    from scipy import sparse
+
+    from dream_sc._stores.cis import write_cis
+
+    rng = np.random.default_rng(0)
+    n, draws = 50, 7
+    rows = np.sort(rng.choice(n, 12, replace=False))
+    samples = rng.gamma(2.0, 3.0, (12, draws)).astype(np.float32)
+    samples[3, 2] = 0.0  # a draw that underflowed: not stored in the sparse matrix either
+    full = np.full((n, draws), np.nan, dtype=np.float32)
+    full[rows] = samples
+    screens = []
+    for kwargs in ({"samples": full}, {"samples": samples, "rows": rows}):
+        mdata = ds.datasets.simulate_screen(n_cells=n, n_genes=5, n_junctions=4, seed=0)
+        kw = {"sparse_samples": sparse_samples, **kwargs}
+        write_cis(mdata, "dream_cis", {"guides": pd.DataFrame()}, {}, kw.pop("samples"), **kw)
+        screens.append(mdata.obsm["dream_cis_dose_samples"])
+    a, b = screens
+    assert type(a) is type(b)
+    if sparse_samples:
+        assert sparse.issparse(b) and b.dtype == a.dtype and b.indices.dtype == a.indices.dtype
+        for part in ("data", "indices", "indptr"):
+            np.testing.assert_array_equal(getattr(b, part), getattr(a, part))
+    else:
+        np.testing.assert_array_equal(b, a)
+        assert b.dtype == a.dtype

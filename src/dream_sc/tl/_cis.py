@@ -487,14 +487,12 @@ def fit_cis(
     ):
         columns[name] = np.full(n, np.nan)
         columns[name][rows] = values
-    full = np.full((n, n_samples), np.nan, dtype=np.float32)
-    full[rows] = samples
     extra = {}
     if post.cell_escape is not None:
         extra[f"{key_added}_escape_prob"] = np.full(n, np.nan)
         extra[f"{key_added}_escape_prob"][rows] = post.cell_escape
     write_cis(
-        target, key_added, record, columns, full, obs_columns=extra, sparse_samples=sparse_samples
+        target, key_added, record, columns, samples, extra, sparse_samples=sparse_samples, rows=rows
     )
     logger.info("fit_cis finished in %.1fs (converged=%s)", seconds, post.fit.converged)
     return target if copy else None
