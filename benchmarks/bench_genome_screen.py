@@ -100,6 +100,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--n-jobs", type=int, default=1, help="fit_screen(n_jobs=): worker processes")
     p.add_argument(
+        "--fit-targets",
+        type=int,
+        default=None,
+        help="fit a random subset of this many targets (the screen keeps all of them) and "
+        "extrapolate the time of the whole screen",
+    )
+    p.add_argument(
         "--dask-workers",
         type=int,
         default=0,
@@ -139,6 +146,11 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
             cluster = {"backend": "dask", "client": client}
+        chosen = None
+        if args.fit_targets is not None:
+            everything = sorted(set(mdata.uns["truth"]["targets"]))
+            rng = np.random.default_rng(args.seed)
+            chosen = sorted(rng.choice(everything, size=args.fit_targets, replace=False))
         t0 = time.perf_counter()
         ds.tl.fit_screen(
             mdata,
@@ -150,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
             control_cells=args.control_cells,
             curves=args.curves,
             n_jobs=args.n_jobs,
+            targets=chosen,
             **cluster,
         )
         fit_seconds = time.perf_counter() - t0
@@ -196,10 +209,50 @@ def main(argv: list[str] | None = None) -> None:
         f"- responsive pairs {int(labels.sum())} of {len(labels)}; no-effect targets "
         f"{sum(k == 'null' for k in kinds.values())} of {len(kinds)}\n"
     )
+    if chosen is not None:
+        per_target = (fit_seconds - record["technical_seconds"]) / len(chosen)
+        whole = record["technical_seconds"] + per_target * args.targets
+        results_gb = results_bytes(mdata) / 1e9
+        header += (
+            f"- {len(chosen)} of {args.targets} targets fitted: {per_target:.1f} s of screen "
+            f"time per target; the whole screen extrapolates to {whole / 60:.1f} min and "
+            f"{results_gb / len(chosen) * args.targets:.1f} GB of stored results "
+            f"({results_gb:.2f} GB for {len(chosen)} targets)\n"
+        )
     text = header + "\n" + markdown_table(scores) + "\n"
     print(text)
     if args.out is not None:
         args.out.write_text(text)
+
+
+def results_bytes(mdata) -> int:
+    """Bytes of everything the screen's per-target fits stored (cis and trans keys)."""
+    from scipy import sparse
+
+    record = mdata.uns["dream_screen"]
+    prefixes = [str(k) for k in record["cis_keys"]] + [str(k) for k in record["trans_keys"]]
+
+    def size(value) -> int:
+        if sparse.issparse(value):
+            return int(value.data.nbytes + value.indices.nbytes + value.indptr.nbytes)
+        if isinstance(value, pd.DataFrame):
+            return int(value.memory_usage(index=False, deep=True).sum())
+        if isinstance(value, np.ndarray):
+            return int(value.nbytes)
+        if isinstance(value, dict):
+            return sum(size(v) for v in value.values())
+        return 0
+
+    def owned(name: str) -> bool:
+        return any(name == p or name.startswith(p + "_") for p in prefixes)
+
+    total = sum(int(mdata.obs[c].to_numpy().nbytes) for c in mdata.obs.columns if owned(c))
+    total += sum(size(mdata.obsm[k]) for k in mdata.obsm if owned(k))
+    total += sum(size(mdata.uns[k]) for k in mdata.uns if owned(k))
+    rna = mdata["rna"]
+    total += sum(size(rna.varm[k]) for k in rna.varm if owned(k))
+    total += sum(size(rna.uns[k]) for k in rna.uns if owned(k))
+    return total
 
 
 def worker_peak_gb() -> float:

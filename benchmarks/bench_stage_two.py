@@ -93,8 +93,8 @@ def accuracy(table: pd.DataFrame, pairs: pd.Index) -> dict:
     cover = (sub["ec50_q05"] / sub["x_ref"] <= sub["rel_true"]) & (
         sub["rel_true"] <= sub["ec50_q95"] / sub["x_ref"]
     )
-    # the response runs from the lowest to the highest dosage: a knockdown flips the sign
-    sign = np.sign(sub["response_mean"]) == -np.sign(sub["v_true"])
+    # the response runs from the lowest to the highest dosage, as the true amplitude v does
+    sign = np.sign(sub["response_mean"]) == np.sign(sub["v_true"])
     return {
         "pairs": len(sub),
         "median_abs_log2_rel_ec50_error": float(np.nanmedian(err)),
