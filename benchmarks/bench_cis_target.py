@@ -44,7 +44,7 @@ STAGES = (
     ("dream_sc.tl._cis", "modality_data", "extract"),
     ("dream_sc.models.cis_laplace", "laplace_start", "laplace"),
     ("dream_sc.engine.cis", "run_svi", "svi"),
-    ("dream_sc.tl._cis", "sample_cell_dosage", "cell_draws"),
+    ("dream_sc.tl._cis", "cell_dosage_draws", "cell_draws"),
     ("dream_sc.tl._cis", "write_cis", "write"),
 )
 

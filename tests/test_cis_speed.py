@@ -201,3 +201,34 @@ def test_samples_stored_from_the_fitted_rows_equal_the_full_matrix(sparse_sample
     else:
         np.testing.assert_array_equal(b, a)
         assert b.dtype == a.dtype
+
+
+def test_small_fits_run_on_one_thread_with_the_same_results(monkeypatch):
+    """A screen-sized cis fit runs on one torch thread; the caller's count comes back."""
+    from dream_sc.engine import cis as engine_cis
+
+    assert engine_cis.cis_threads(1_200) == 1
+    assert engine_cis.cis_threads(engine_cis.ONE_THREAD_CELLS + 1) is None
+    seen = []
+    original = engine_cis._fit_cis_model
+    monkeypatch.setattr(
+        engine_cis,
+        "_fit_cis_model",
+        lambda *a, **k: (seen.append(torch.get_num_threads()), original(*a, **k))[1],
+    )
+    mdata = ds.datasets.simulate_many_targets(
+        n_cells=600, n_genes=20, n_targets=2, control_fraction=0.4, seed=1
+    )
+    ds.tl.fit_technical(mdata, n_steps=30, progress=False, seed=0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = _fit(mdata.copy())
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        one = _fit(mdata.copy())
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1]
+    for key, value in one.items():
+        np.testing.assert_array_equal(two[key], value, err_msg=key)

@@ -18,12 +18,11 @@ from .._cells import check_guide_columns, sum_factor_values, technical_groups
 from .._checkpoints import check_mismatch
 from .._data import modality_data
 from .._storage import write_cis
-from ..engine.cis import fit_cis_model
+from ..engine.cis import cell_dosage_draws, fit_cis_model
 from ..engine.config import FitConfig
 from ..engine.memory import plan_cis
 from ..engine.svi import check_svi_checkpoint
 from ..models.cis import LN2, CisData
-from ..models.cis_dosage import sample_cell_dosage
 from ..models.families import get_family
 from ._cis_guides import add_escape_fractions, guide_table
 from ._common import clean_params, versions
@@ -420,7 +419,7 @@ def fit_cis(
         )
     # per-cell dosage: n_samples joint posterior worlds (column s = guide-level draw s)
     n_samples = config.n_samples
-    log2_samples, picks = sample_cell_dosage(cis_data, post, n_samples, config.seed, config.device)
+    log2_samples, picks = cell_dosage_draws(cis_data, post, config)
     samples = np.exp2(log2_samples)
     mean, sd = samples.mean(1), samples.std(1)
     cell_q05, cell_q50, cell_q95 = np.quantile(samples, [0.05, 0.5, 0.95], axis=1)
