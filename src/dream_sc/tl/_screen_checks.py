@@ -182,13 +182,8 @@ def sample_storage(cis_kwargs: dict, n_targets: int, n_obs: int, n_draws: int | 
     return {**cis_kwargs, "sparse_samples": dense > SPARSE_SAMPLES_BYTES}
 
 
-def check_design(design: ScreenDesign, control_cells: Any) -> None:
+def check_design(design: ScreenDesign) -> None:
     """Raise before any work on target labels and designs a screen cannot take."""
-    if design.moi == "high" and control_cells is not None:
-        raise ValueError(
-            "control_cells= is for low-MOI screens; at high MOI every cell without a target's "
-            "guides is its comparison."
-        )
     slashed = [t for t in design.chosen if "/" in t]
     if slashed:
         raise ValueError(
