@@ -98,8 +98,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--curves", choices=["all", "discoveries"], default="all", help="fit_screen(curves=)"
     )
+    p.add_argument("--n-jobs", type=int, default=1, help="fit_screen(n_jobs=): worker processes")
+    p.add_argument(
+        "--fit-targets",
+        type=int,
+        default=None,
+        help="fit a random subset of this many targets (the screen keeps all of them) and "
+        "extrapolate the time of the whole screen",
+    )
+    p.add_argument(
+        "--dask-workers",
+        type=int,
+        default=0,
+        help="fit_screen(backend='dask') on a LocalCluster of this many 1-thread workers",
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.n_jobs > 1 or args.dask_workers:
+        ds.settings.torch_threads = 1  # one thread per target fit, one fit per core
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)
     load = os.getloadavg()[0]
@@ -120,6 +136,21 @@ def main(argv: list[str] | None = None) -> None:
         trans_kwargs = {}
         if args.permutations is not None:
             trans_kwargs["n_permutations"] = args.permutations
+        cluster = {}
+        if args.dask_workers:
+            from distributed import Client, LocalCluster
+
+            client = Client(
+                LocalCluster(
+                    n_workers=args.dask_workers, threads_per_worker=1, dashboard_address=None
+                )
+            )
+            cluster = {"backend": "dask", "client": client}
+        chosen = None
+        if args.fit_targets is not None:
+            everything = sorted(set(mdata.uns["truth"]["targets"]))
+            rng = np.random.default_rng(args.seed)
+            chosen = sorted(rng.choice(everything, size=args.fit_targets, replace=False))
         t0 = time.perf_counter()
         ds.tl.fit_screen(
             mdata,
@@ -130,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
             trans_kwargs=trans_kwargs,
             control_cells=args.control_cells,
             curves=args.curves,
+            n_jobs=args.n_jobs,
+            targets=chosen,
+            **cluster,
         )
         fit_seconds = time.perf_counter() - t0
     record = mdata.uns["dream_screen"]
@@ -166,17 +200,70 @@ def main(argv: list[str] | None = None) -> None:
         f"- simulate {simulate_seconds:.1f} s; fit_screen {fit_seconds:.1f} s "
         f"(technical {record['technical_seconds']:.1f} s; per target cis "
         f"{timings['cis_seconds'].median():.2f} s, trans {timings['trans_seconds'].median():.2f} "
-        f"s median); peak RSS {peak.peak_gb:.2f} GB; load {load:.2f} -> "
+        f"s median); peak RSS {peak.peak_gb:.2f} GB here, largest worker process "
+        f"{worker_peak_gb():.2f} GB (n_jobs {args.n_jobs}, dask workers {args.dask_workers}); "
+        f"load {load:.2f} -> "
         f"{os.getloadavg()[0]:.2f}\n"
         f"- curves fitted for {int(table['fitted'].sum())} of {int(table['tested'].sum())} "
         f"tested pairs\n"
         f"- responsive pairs {int(labels.sum())} of {len(labels)}; no-effect targets "
         f"{sum(k == 'null' for k in kinds.values())} of {len(kinds)}\n"
     )
+    if chosen is not None:
+        per_target = (fit_seconds - record["technical_seconds"]) / len(chosen)
+        whole = record["technical_seconds"] + per_target * args.targets
+        results_gb = results_bytes(mdata) / 1e9
+        header += (
+            f"- {len(chosen)} of {args.targets} targets fitted: {per_target:.1f} s of screen "
+            f"time per target; the whole screen extrapolates to {whole / 60:.1f} min and "
+            f"{results_gb / len(chosen) * args.targets:.1f} GB of stored results "
+            f"({results_gb:.2f} GB for {len(chosen)} targets)\n"
+        )
     text = header + "\n" + markdown_table(scores) + "\n"
     print(text)
     if args.out is not None:
         args.out.write_text(text)
+
+
+def results_bytes(mdata) -> int:
+    """Bytes of everything the screen's per-target fits stored (cis and trans keys)."""
+    from scipy import sparse
+
+    record = mdata.uns["dream_screen"]
+    prefixes = [str(k) for k in record["cis_keys"]] + [str(k) for k in record["trans_keys"]]
+
+    def size(value) -> int:
+        if sparse.issparse(value):
+            return int(value.data.nbytes + value.indices.nbytes + value.indptr.nbytes)
+        if isinstance(value, pd.DataFrame):
+            return int(value.memory_usage(index=False, deep=True).sum())
+        if isinstance(value, np.ndarray):
+            return int(value.nbytes)
+        if isinstance(value, dict):
+            return sum(size(v) for v in value.values())
+        return 0
+
+    def owned(name: str) -> bool:
+        return any(name == p or name.startswith(p + "_") for p in prefixes)
+
+    total = sum(int(mdata.obs[c].to_numpy().nbytes) for c in mdata.obs.columns if owned(c))
+    total += sum(size(mdata.obsm[k]) for k in mdata.obsm if owned(k))
+    total += sum(size(mdata.uns[k]) for k in mdata.uns if owned(k))
+    rna = mdata["rna"]
+    total += sum(size(rna.varm[k]) for k in rna.varm if owned(k))
+    total += sum(size(rna.uns[k]) for k in rna.uns if owned(k))
+    return total
+
+
+def worker_peak_gb() -> float:
+    """Peak resident memory of the largest finished child process (``n_jobs`` workers), GB.
+
+    Dask workers are children of their nannies, not of this process: their peak is not seen
+    here (the LocalCluster's workers are closed before the benchmark ends).
+    """
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
 
 
 def run_sceptre(mdata, targets: list[str], features: list[str], alpha: float) -> dict:

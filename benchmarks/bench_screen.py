@@ -96,7 +96,7 @@ def instrument(timer: StepTimer) -> None:
     patch(_screen, "fit_cis", "cis.other")
     patch(_screen, "fit_trans", "trans.other")
     patch(_cis, "fit_cis_model", "cis.svi")
-    patch(_cis, "sample_cell_dosage", "cis.cell_draws")
+    patch(_cis, "cell_dosage_draws", "cis.cell_draws")
     patch(_trans, "refined_columns", "trans.refine")
     patch(_trans, "null_fits", "trans.null")
     job = getattr(_trans_job, "TransJob", None)

@@ -308,10 +308,16 @@ def test_checkpoint_resumes_and_sees_the_assignment_table(tmp_path):
         _fit(c, **fast)
 
 
-def test_control_cells_refused_at_high_moi(small):
-    _refused(
-        small,
-        "control_cells= is for low-MOI screens; at high MOI every cell without a target's "
-        "guides is its comparison.",
-        control_cells=50,
-    )
+def test_control_cells_at_high_moi_subsample_each_targets_complement():
+    mdata = _data(n_cells=200)
+    guide_targets = mdata.uns["truth"]["guide_targets"]
+    _fit(mdata, control_cells=40)
+    assignment = mdata.obsm["guide_assignment"].to_numpy() > 0
+    names = list(mdata.obsm["guide_assignment"].columns)
+    for target in mdata.uns["dream_screen"]["targets"]:
+        mine = np.array([guide_targets[g] == target for g in names])
+        carriers = assignment[:, mine].any(1)
+        fitted = mdata.obs[f"dream_cis_{target}_dose_mean"].notna().to_numpy()
+        assert (fitted & carriers).sum() == carriers.sum()  # every carrier
+        assert (fitted & ~carriers).sum() == 40  # and 40 cells without its guides
+    assert mdata["rna"].varm[f"dream_trans_{target}"]["qvalue"].notna().any()

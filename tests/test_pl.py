@@ -497,7 +497,7 @@ def test_prior_posterior_trans(fitted):
         post.get_ydata(), stats.norm.pdf(x, row["log_k1_loc"], row["log_k1_scale"])
     )
     assert x[np.argmax(post.get_ydata())] == pytest.approx(
-        row["log_k1_loc"], abs=row["log_k1_scale"] / 20
+        row["log_k1_loc"], abs=float(row["log_k1_scale"]) / 20
     )
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend[0] == f"prior: Normal({pri['loc']:.3g}, {pri['scale']:.3g})"

@@ -116,3 +116,51 @@ def test_screen_with_sparse_samples_resumes_from_its_checkpoint(tmp_path):
         assert sparse.issparse(second.obsm[key])
         np.testing.assert_array_equal(second.obsm[key].toarray(), first.obsm[key].toarray())
     pd.testing.assert_frame_equal(ds.get.screen_results(first), ds.get.screen_results(second))
+
+
+def test_screen_too_large_for_the_memory_budget_is_refused_before_any_work():
+    from dream_sc.engine.memory import MemoryBudgetError
+
+    mdata = _screen()
+    before = (set(mdata.uns), set(mdata.obs.columns), set(mdata.obsm))
+    old = ds.settings.max_memory_gb
+    ds.settings.max_memory_gb = 0.0002  # 200 kB: less than the results of two targets (~0.35 MB)
+    try:
+        with pytest.raises(
+            MemoryBudgetError,
+            match=r"more than the 0\.0 GB available \(user "
+            r"budget\)\. Fit the targets in parts \(`targets=` a subset",
+        ):
+            ds.tl.fit_screen(mdata, n_steps=5, progress=False)
+    finally:
+        ds.settings.max_memory_gb = old
+    assert (set(mdata.uns), set(mdata.obs.columns), set(mdata.obsm)) == before
+
+
+def test_screen_result_estimate_by_hand():
+    from dream_sc.engine.memory import screen_result_bytes
+
+    dense = screen_result_bytes(
+        n_targets=2,
+        n_obs=100,
+        n_features=10,
+        n_draws=4,
+        cells_per_target=30,
+        sparse_draws=False,
+        n_permutations=3,
+        grid=5,
+    )
+    cis = 5 * 100 * 8 + 100 * 4 * 4
+    trans = 10 * (120 * 12 + 3 * 5 * 4 + 3 * 8)
+    assert dense == 2 * (cis + trans)
+    sparse_ = screen_result_bytes(
+        n_targets=2,
+        n_obs=100,
+        n_features=10,
+        n_draws=4,
+        cells_per_target=30,
+        sparse_draws=True,
+        n_permutations=3,
+        grid=5,
+    )
+    assert sparse_ == 2 * (5 * 100 * 8 + 30 * 4 * 8 + 101 * 8 + trans)

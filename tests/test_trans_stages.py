@@ -7,9 +7,11 @@ import warnings
 import mudata as md
 import numpy as np
 import pytest
+from scipy import sparse
 
 import dream_sc as ds
 from dream_sc._stores._keys import TransKeys
+from dream_sc._stores.trans import read_curves
 from dream_sc.models.significance import decoy_qvalues, shape_calls
 
 TRANS = {"function": "single_hill", "n_steps": 40, "n_permutations": 8, "seed": 5}
@@ -60,8 +62,13 @@ def test_stage_two_fits_exactly_the_discoveries_and_the_top_feature(staged):
         disc.loc[left_out, ["response_mean", "ec50_mean", "prob_dose_dependent"]].isna().all().all()
     )
     assert (disc.loc[left_out, "shape"] == "flat").all()
-    bands = staged["rna"].varm["disc_curve_mean"]
+    stored = staged["rna"].varm["disc_curve_mean"]
+    assert sparse.issparse(stored) and stored.nnz == expected.sum() * stored.shape[1]
+    bands = read_curves(staged["rna"], "disc")["mean"]
     assert np.isnan(bands[left_out]).all() and np.isfinite(bands[expected]).all()
+    np.testing.assert_array_equal(bands[expected], stored.toarray()[expected])
+    curves = ds.get.trans_curves(staged, key="disc")  # the fitted features' curves
+    assert set(curves["feature"]) == set(disc.index[expected])
     assert disc.loc[~tested, "shape"].eq("not_fitted").all()  # the cis gene
 
 

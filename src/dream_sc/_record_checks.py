@@ -378,7 +378,10 @@ def check_trans(adata, modality: str, key: str) -> None:
         curve_where = f"mdata[{modality!r}].varm[{name!r}]"
         if name not in adata.varm:
             check.fail(curve_where, "the curve band is missing", "features x len(dose_grid) values")
-        check.array(adata.varm[name], curve_where, "the curve band", (adata.n_vars, len(grid)))
+        band = adata.varm[name]
+        if sparse.issparse(band):  # a two-stage fit stores the fitted features' rows only
+            band = np.broadcast_to(np.zeros((), dtype=band.dtype), band.shape)  # no copy
+        check.array(band, curve_where, "the curve band", (adata.n_vars, len(grid)))
     posterior = TransKeys(key).posterior
     post_where = f"mdata[{modality!r}].varm[{posterior!r}]"
     if posterior not in adata.varm:

@@ -25,12 +25,13 @@ def posterior_frame(fit: Any, var_names: pd.Index, fitted: np.ndarray) -> pd.Dat
             suffixes = [f"_{d + 1}" for d in range(loc.shape[1])]
         for d, suffix in enumerate(suffixes):
             for stat, values in (("loc", loc[:, d]), ("scale", scale[:, d])):
-                full = np.full(len(var_names), np.nan)
+                # the variational parameters are float32: stored as they are (half the size)
+                full = np.full(len(var_names), np.nan, dtype=np.result_type(values, np.float32))
                 full[fitted] = values
                 cols[f"{name}{suffix}_{stat}"] = full
     if fit.corr is not None:
         for i, j in zip(*np.tril_indices(fit.corr.shape[1], k=-1), strict=True):
-            full = np.full(len(var_names), np.nan)
+            full = np.full(len(var_names), np.nan, dtype=np.result_type(fit.corr, np.float32))
             full[fitted] = fit.corr[:, i, j]
             cols[f"{CORR_PREFIX}{i}_{j}"] = full
     return pd.DataFrame(cols, index=var_names)

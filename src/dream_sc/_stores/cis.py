@@ -33,23 +33,49 @@ def write_cis(
     obs_columns: Mapping[str, np.ndarray] | None = None,
     *,
     sparse_samples: bool = False,
+    rows: np.ndarray | None = None,
 ) -> None:
     """Store a cis fit: per-cell dosage summaries ``columns`` (``stat -> [cells]``) and samples.
 
     ``obs_columns``: further per-cell columns under their full names (e.g. escape probability).
-    ``samples`` is cells x draws with NaN rows for cells outside the fit; ``sparse_samples``
-    stores it as a CSR matrix holding the fitted cells' rows only (dosages are positive, so an
-    empty row is a cell outside the fit; :func:`read_cis_samples` gives the NaN rows back).
+    ``samples`` is cells x draws with NaN rows for cells outside the fit, or with ``rows`` (the
+    fitted cells' positions, ascending) the fitted cells' draws only. ``sparse_samples`` stores
+    them as a CSR matrix holding the fitted cells' rows only (dosages are positive, so an empty
+    row is a cell outside the fit; :func:`read_cis_samples` gives the NaN rows back), built
+    from the fitted rows without a dense cells x draws matrix of the whole screen.
     """
     names = CisKeys(key)
     for stat, column in columns.items():
         mdata.obs[names.dose(stat)] = column
     for name, column in (obs_columns or {}).items():
         mdata.obs[name] = column
-    if sparse_samples:
+    if rows is not None and sparse_samples:
+        samples = _sparse_rows(np.asarray(samples), np.asarray(rows), mdata.n_obs)
+    elif rows is not None:
+        full = np.full((mdata.n_obs, samples.shape[1]), np.nan, dtype=samples.dtype)
+        full[rows] = samples
+        samples = full
+    elif sparse_samples:
         samples = sparse.csr_matrix(np.nan_to_num(samples, nan=0.0))
     mdata.obsm[names.samples] = samples
     mdata.uns[names.record] = stamp(record, "cis")
+
+
+def _sparse_rows(samples: np.ndarray, rows: np.ndarray, n_obs: int) -> sparse.csr_matrix:
+    """CSR ``n_obs x draws`` with ``samples`` in rows ``rows`` (ascending), other rows empty.
+
+    The same matrix as ``csr_matrix`` of the NaN-filled dense one with NaN read as 0.
+    """
+    n_draws = samples.shape[1]
+    counts = np.zeros(n_obs, dtype=np.int64)
+    counts[rows] = n_draws
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    index = np.int32 if indptr[-1] < np.iinfo(np.int32).max else np.int64
+    indices = np.tile(np.arange(n_draws, dtype=index), len(rows))
+    data = np.nan_to_num(samples, nan=0.0).ravel()
+    out = sparse.csr_matrix((data, indices, indptr.astype(index)), shape=(n_obs, n_draws))
+    out.eliminate_zeros()
+    return out
 
 
 def read_cis(mdata: MuData, key: str, *, samples: bool = False, cells: bool = False) -> Mapping:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from mudata import MuData
+from scipy import sparse
 
 from .. import _record_checks as C
 from .. import _validation as V
@@ -46,14 +47,29 @@ def write_trans(
     table: pd.DataFrame,
     curves: Mapping[str, np.ndarray],
     posterior: pd.DataFrame,
+    *,
+    sparse_curves: bool = False,
 ) -> None:
-    """Store a trans fit: results table, curve bands ``[fitted, grid]`` and posterior frame."""
+    """Store a trans fit: results table, curve bands ``[fitted, grid]`` and posterior frame.
+
+    ``sparse_curves`` (two-stage fits, where most features have no curve) stores each band as
+    a CSR matrix holding the fitted features' rows only, every grid value of such a row
+    stored (zeros included), so an empty row is a feature without a curve
+    (:func:`read_curves` gives NaN back).
+    """
     names = TransKeys(key)
     fitted = table["fitted"].to_numpy(dtype=bool)
     adata.varm[names.results] = table
     for stat in CURVE_STATS:
-        full = np.full((adata.n_vars, curves[stat].shape[1]), np.nan, dtype=np.float32)
-        full[fitted] = curves[stat]
+        band = np.asarray(curves[stat], dtype=np.float32)
+        n_grid = band.shape[1]
+        if sparse_curves:
+            indptr = np.concatenate([[0], np.cumsum(fitted * n_grid)])
+            indices = np.tile(np.arange(n_grid, dtype=np.int32), int(fitted.sum()))
+            full = sparse.csr_matrix((band.ravel(), indices, indptr), shape=(adata.n_vars, n_grid))
+        else:
+            full = np.full((adata.n_vars, n_grid), np.nan, dtype=np.float32)
+            full[fitted] = band
         adata.varm[names.curve(stat)] = full
     adata.varm[names.posterior] = posterior
     adata.uns[names.record] = stamp(record, "trans")
@@ -119,4 +135,13 @@ def read_posterior_frame(adata: AnnData, key: str) -> pd.DataFrame:
 def read_curves(adata: AnnData, key: str, rows: Any = slice(None)) -> dict[str, np.ndarray]:
     """The stored curve bands ``stat -> [rows, grid]`` of the trans fit ``key``."""
     names = TransKeys(key)
-    return {stat: adata.varm[names.curve(stat)][rows] for stat in CURVE_STATS}
+    out = {}
+    for stat in CURVE_STATS:
+        band = adata.varm[names.curve(stat)]
+        if sparse.issparse(band):
+            band = sparse.csr_matrix(band)
+            empty = np.diff(band.indptr) == 0
+            band = band.toarray()  # explicit zeros stay zeros
+            band[empty] = np.nan
+        out[stat] = band[rows]
+    return out

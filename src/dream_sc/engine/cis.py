@@ -16,13 +16,60 @@ from pyro.infer.autoguide import AutoMultivariateNormal, init_to_value
 
 from ..models import cis_laplace
 from ..models.cis import CisData, CisModel, CisPosterior, cis_priors, initial_values
-from ..models.cis_dosage import draw_sites
+from ..models.cis_dosage import draw_sites, sample_cell_dosage
 from .batching import StepRows
+from .chunks import torch_threads
 from .config import FitConfig
 from .svi import run_svi
 
+#: A cis fit of at most this many cells runs on one torch thread (see :func:`cis_threads`).
+ONE_THREAD_CELLS = 20_000
+
+
+def cis_threads(n_cells: int) -> int | None:
+    """Torch threads of a cis fit: one up to :data:`ONE_THREAD_CELLS` cells, else unchanged.
+
+    A screen target's fit (a few thousand cells) works on tensors of ``cells x 24`` quadrature
+    nodes and a few dozen guide-level values: a step is Python and Pyro overhead, the tensors
+    are too small for a second thread to help, and threads waiting on each other made the fit
+    5-10 times slower on a busy machine (``benchmarks/README.md``, bench_cis_target). Below
+    32,768 values per reduction torch does not split a sum between threads, so the numbers
+    are those of any thread count (checked on the benchmark screen).
+    """
+    return 1 if n_cells <= ONE_THREAD_CELLS else None
+
+
+def cell_dosage_draws(
+    data: CisData, post: CisPosterior, config: FitConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell dosage draws of a fitted cis model on :func:`cis_threads` threads.
+
+    :func:`~dream_sc.models.cis_dosage.sample_cell_dosage` with the fit's ``n_samples``,
+    ``seed`` and device (``config``).
+    """
+    with torch_threads(cis_threads(len(data.y))):
+        return sample_cell_dosage(data, post, config.n_samples, config.seed, config.device)
+
 
 def fit_cis_model(
+    data: CisData,
+    config: FitConfig,
+    *,
+    n_draws: int = 2000,
+    laplace: bool = True,
+    fingerprint: dict | None = None,
+) -> CisPosterior:
+    """Fit the guide-level cis model by SVI and return joint posterior draws of every site.
+
+    Runs on :func:`cis_threads` torch threads; see :func:`_fit_cis_model`.
+    """
+    with torch_threads(cis_threads(len(data.y))):
+        return _fit_cis_model(
+            data, config, n_draws=n_draws, laplace=laplace, fingerprint=fingerprint
+        )
+
+
+def _fit_cis_model(
     data: CisData,
     config: FitConfig,
     *,

@@ -430,3 +430,48 @@ def plan_cis(
         source,
     )
     return Plan(replace(config, batch_size=int(batch)), 1, peak, avail, source)
+
+
+#: Bytes per entry of a trans results table and posterior frame (floats, flags, labels).
+SCREEN_TABLE_BYTES = 12
+#: Columns of a trans results table and of its posterior frame (additive Hill; upper bound).
+SCREEN_TABLE_COLUMNS = 120
+#: Per-cell dosage columns of a cis fit (mean, sd, q05, q50, q95) in float64.
+SCREEN_CIS_COLUMNS = 5
+
+
+def screen_result_bytes(
+    *,
+    n_targets: int,
+    n_obs: int,
+    n_features: int,
+    n_draws: int,
+    cells_per_target: int,
+    sparse_draws: bool,
+    n_permutations: int,
+    grid: int = 60,
+) -> int:
+    """Memory the stored results of ``n_targets`` targets of a screen take, in bytes.
+
+    Per target: the cis fit's per-cell columns (every cell of the screen) and dosage draws
+    (dense ``n_obs x n_draws`` float32, or sparse: the target's cells only), the trans fit's
+    results table and posterior frame (:data:`SCREEN_TABLE_COLUMNS` x
+    :data:`SCREEN_TABLE_BYTES` per feature), three curve bands (``grid`` float32 per feature)
+    and the permutation null (``n_permutations`` float64 per feature).
+
+    Examples
+    --------
+    >>> gb = screen_result_bytes(n_targets=500, n_obs=100_000, n_features=8_000, n_draws=100,
+    ...     cells_per_target=1_200, sparse_draws=False, n_permutations=50) / 1e9
+    >>> round(gb, 1)
+    32.2
+    """
+    if sparse_draws:
+        draws = cells_per_target * n_draws * 8 + (n_obs + 1) * 8
+    else:
+        draws = n_obs * n_draws * 4
+    cis = SCREEN_CIS_COLUMNS * n_obs * 8 + draws
+    trans = n_features * (
+        SCREEN_TABLE_COLUMNS * SCREEN_TABLE_BYTES + 3 * grid * 4 + n_permutations * 8
+    )
+    return int(n_targets * (cis + trans))

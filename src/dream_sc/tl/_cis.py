@@ -18,12 +18,11 @@ from .._cells import check_guide_columns, sum_factor_values, technical_groups
 from .._checkpoints import check_mismatch
 from .._data import modality_data
 from .._storage import write_cis
-from ..engine.cis import fit_cis_model
+from ..engine.cis import cell_dosage_draws, fit_cis_model
 from ..engine.config import FitConfig
 from ..engine.memory import plan_cis
 from ..engine.svi import check_svi_checkpoint
 from ..models.cis import LN2, CisData
-from ..models.cis_dosage import sample_cell_dosage
 from ..models.families import get_family
 from ._cis_guides import add_escape_fractions, guide_table
 from ._common import clean_params, versions
@@ -45,16 +44,44 @@ def _low_moi_assignment(guides: pd.Series) -> tuple[np.ndarray, list[str]]:
     return A, names
 
 
+def _label_mask(column: pd.Series, label: str) -> np.ndarray:
+    """``column.astype(str) == label`` as a numpy mask, without converting every cell.
+
+    A categorical column (how a screen's guide and target labels are stored) is compared
+    through its categories: converting 100,000 labels to strings for every target of a
+    genome-scale screen cost more than the rest of the target's bookkeeping together.
+    """
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        names = column.cat.categories.astype(str)
+        hits = np.flatnonzero(names == label)
+        codes = column.cat.codes.to_numpy()
+        mask = np.isin(codes, hits)
+        if label == "nan":  # astype(str) writes missing values as "nan"
+            mask |= codes < 0
+        return mask
+    return (column.astype(str) == label).to_numpy()
+
+
+def _columns(obs: pd.DataFrame, keys: str | Sequence[str] | None) -> pd.DataFrame:
+    """The columns ``keys`` of ``obs`` that exist (a missing one is reported by its reader)."""
+    keys = [] if keys is None else [keys] if isinstance(keys, str) else list(keys)
+    return obs[[k for k in keys if k in obs.columns]]
+
+
 def _cis_cells_low_moi(obs, guide_key, target_key, control_label, cis_target):
-    targets = obs[target_key].astype(str)
-    use = (targets == cis_target) | (targets == control_label)
-    if not (targets == cis_target).any():
+    """The cells of a low-MOI fit (target's and control cells) and the control mask."""
+    is_cis = _label_mask(obs[target_key], cis_target)
+    control = _label_mask(obs[target_key], control_label)
+    if not control.any():
+        V.check_control(obs, target_key, control_label)  # raises, naming the labels present
+    if not is_cis.any():
+        targets = obs[target_key].astype(str)
         raise ValueError(
             f"No cells target {cis_target!r} in mdata.obs[{target_key!r}]."
             + V._suggest(cis_target, pd.unique(targets))
             + " Pass `cis_target=` with the target label of the cis gene."
         )
-    return use.to_numpy()
+    return is_cis | control, control
 
 
 def _cis_cells_high_moi(mdata, obs, assignment_key, guide_targets, control_label, cis_target):
@@ -121,11 +148,8 @@ def _low_moi_guides(
 ) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
     """Low MOI: one-hot guide assignment of the fitted cells and which guides target cis."""
     A, guide_names = _low_moi_assignment(obs[guide_key].iloc[rows])
-    gt = (
-        obs.iloc[rows]
-        .groupby(obs[guide_key].iloc[rows].astype(str), observed=True)[target_key]
-        .first()
-    )
+    cells = obs[[guide_key, target_key]].iloc[rows]  # not every column of a screen's obs
+    gt = cells.groupby(cells[guide_key].astype(str), observed=True)[target_key].first()
     guide_target = gt.loc[guide_names].astype(str).to_numpy()
     return A, guide_names, guide_target == cis_target, guide_target
 
@@ -323,17 +347,19 @@ def fit_cis(
         use, A_all, guide_names, is_cis = _cis_cells_high_moi(
             mdata, obs, guide_assignment_key, guide_targets, control_label, cis_target
         )
-    else:
-        check_guide_columns(mdata, guide_key, target_key)
-        V.check_control(obs, target_key, control_label)
-        use = _cis_cells_low_moi(obs, guide_key, target_key, control_label, cis_target)
-    groups = technical_groups(obs, tech.technical_key, known=tech.groups)
-    if high_moi:
         control = A_all[:, is_cis].sum(1) == 0
     else:
-        control = (obs[target_key].astype(str) == control_label).to_numpy()
+        check_guide_columns(mdata, guide_key, target_key)
+        use, control = _cis_cells_low_moi(obs, guide_key, target_key, control_label, cis_target)
+    # technical groups of the candidate cells only (a screen's other targets are not read)
+    candidates = np.flatnonzero(use)
+    groups = technical_groups(
+        _columns(obs, tech.technical_key).iloc[candidates], tech.technical_key, known=tech.groups
+    )
+    group_codes = np.full(len(obs), -1, dtype=np.int64)
+    group_codes[candidates] = groups.codes
     use = restrict_to_controls(
-        use, control, obs.index, groups.codes, control_cells, np.random.default_rng(config.seed)
+        use, control, obs.index, group_codes, control_cells, np.random.default_rng(config.seed)
     )
     cells = obs.index[use]
     data = modality_data(mdata, modality, cells, layer=layer)
@@ -356,7 +382,7 @@ def fit_cis(
     else:
         guides = _low_moi_guides(obs, rows, guide_key, target_key, cis_target)
     A, guide_names, is_cis, guide_target = guides
-    codes = groups.codes[rows]
+    codes = group_codes[rows]
     cis_data = CisData(
         y=y.astype(np.float64),
         log_sf=np.log(sf),
@@ -393,7 +419,7 @@ def fit_cis(
         )
     # per-cell dosage: n_samples joint posterior worlds (column s = guide-level draw s)
     n_samples = config.n_samples
-    log2_samples, picks = sample_cell_dosage(cis_data, post, n_samples, config.seed, config.device)
+    log2_samples, picks = cell_dosage_draws(cis_data, post, config)
     samples = np.exp2(log2_samples)
     mean, sd = samples.mean(1), samples.std(1)
     cell_q05, cell_q50, cell_q95 = np.quantile(samples, [0.05, 0.5, 0.95], axis=1)
@@ -460,14 +486,12 @@ def fit_cis(
     ):
         columns[name] = np.full(n, np.nan)
         columns[name][rows] = values
-    full = np.full((n, n_samples), np.nan, dtype=np.float32)
-    full[rows] = samples
     extra = {}
     if post.cell_escape is not None:
         extra[f"{key_added}_escape_prob"] = np.full(n, np.nan)
         extra[f"{key_added}_escape_prob"][rows] = post.cell_escape
     write_cis(
-        target, key_added, record, columns, full, obs_columns=extra, sparse_samples=sparse_samples
+        target, key_added, record, columns, samples, extra, sparse_samples=sparse_samples, rows=rows
     )
     logger.info("fit_cis finished in %.1fs (converged=%s)", seconds, post.fit.converged)
     return target if copy else None

@@ -31,6 +31,8 @@ from ._screen_checks import (
     _jsonable,
     _resolve_cis_features,
     _technical_matches,
+    check_design,
+    check_screen_memory,
     sample_storage,
     screen_trans_kwargs,
     step_settings,
@@ -188,7 +190,8 @@ def fit_screen(
         those pieces are deleted (matching ones are still reused).
     control_cells
         Fit each target on its cells plus this many control cells (one subsample shared by
-        all targets, stratified by technical group, drawn from ``seed``; ``None``: all). The
+        all targets, stratified by technical group, drawn from ``seed``; high MOI: each target
+        draws its own from the cells without its guides, with its seed; ``None``: all). The
         technical fit uses all controls. See :doc:`/screens` for cost and error.
     curves
         ``"all"``: every tested feature of every target gets a curve. ``"discoveries"``:
@@ -201,9 +204,8 @@ def fit_screen(
     -------
     ``None`` (or the fitted copy). Writes the step results under their keys (see
     :doc:`/storage`) and ``mdata.uns[key_added]``: ``modality``, ``moi`` (``"low"`` /
-    ``"high"``), ``targets``,
-    ``cis_features``, ``cis_keys``, ``trans_keys``, ``seeds`` (per target),
-    ``technical_key_added``, ``technical`` (``"fitted"``, ``"reused"`` or ``"checkpoint"``),
+    ``"high"``), ``targets``, ``cis_features``, ``cis_keys``, ``trans_keys``, ``seeds`` (per
+    target), ``technical_key_added``, ``technical`` (``"fitted"``, ``"reused"``, ``"checkpoint"``),
     ``timings`` (DataFrame, index = target: ``cis_seconds``, ``trans_seconds``,
     ``seconds``, ``from_checkpoint``), ``technical_seconds``, ``seconds``, ``params``,
     ``versions``.
@@ -259,20 +261,22 @@ def fit_screen(
         technical_key=technical_key,
     )
     obs, chosen, control = mdata.obs, design.chosen, design.control
-    if design.moi == "high" and control_cells is not None:
-        raise ValueError(
-            "control_cells= is for low-MOI screens; at high MOI every cell without a target's "
-            "guides is its comparison."
-        )
+    check_design(design)
+    cis_kwargs = sample_storage(cis_kwargs, len(chosen), mdata.n_obs, steps["cis"]["n_samples"])
+    check_screen_memory(
+        mdata,
+        modality,
+        design,
+        target_key=target_key,
+        control_cells=control_cells,
+        n_draws=steps["cis"]["n_samples"],
+        sparse_draws=cis_kwargs["sparse_samples"],
+        trans_kwargs=trans_kwargs,
+        n_jobs=n_jobs,
+    )
     if design.moi == "high":
         technical_kwargs.setdefault("use_all_cells", True)
         params["guide_targets"] = dict(design.guide_targets.items())
-    slashed = [t for t in chosen if "/" in t]
-    if slashed:
-        raise ValueError(
-            f"Target label(s) {slashed} contain '/', which cannot be part of a result key "
-            "(h5 paths); rename them in mdata.obs first."
-        )
     features = _resolve_cis_features(chosen, cis_feature, mdata[modality].var_names, modality)
     sf = sum_factor_values(mdata, sum_factor_key)
     V.check_sum_factors(sf[design.used], sum_factor_key)
@@ -281,10 +285,10 @@ def fit_screen(
     store = Checkpoint(checkpoint) if checkpoint is not None else None
     cfg = FitConfig.resolve(seed=resumed_seed(store, seed, checkpoint_mismatch), device=device)
     seed, dev = cfg.seed, str(cfg.device)  # a drawn seed resumes
-    if control_cells is not None:  # one subsample for every target
-        cis_kwargs["control_cells"] = screen_controls(
-            obs, control, technical_key, control_cells, np.random.default_rng(seed)
-        )
+    if control_cells is not None:  # low MOI: one subsample for every target (checked here)
+        rng = np.random.default_rng(seed)
+        picked = screen_controls(obs, control, technical_key, control_cells, rng)
+        cis_kwargs["control_cells"] = picked if design.moi == "low" else int(control_cells)
     common = {
         "guide_key": guide_key,
         "target_key": target_key,
@@ -337,10 +341,7 @@ def fit_screen(
             technical_key_added=technical_key_added,
             cis_keys=cis_keys,
             trans_keys=trans_keys,
-            cis_kwargs={
-                **sample_storage(cis_kwargs, len(chosen), mdata.n_obs, steps["cis"]["n_samples"]),
-                **design.cis_kwargs(),
-            },
+            cis_kwargs={**cis_kwargs, **design.cis_kwargs()},
             trans_kwargs=trans_kwargs,
             backend_kw=backend_kw,
             store=store,

@@ -5,21 +5,27 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from mudata import MuData
+from scipy import sparse
 
 from .. import _validation as V
 from .._settings import settings
 from ..engine.config import STEP_DEFAULTS
+from ..engine.memory import MemoryBudgetError, available_memory, screen_result_bytes
 from ..models.curves import CURVE_NAMES
+from ..models.significance import DEFAULT_N_PERMUTATIONS
 from ._cis import fit_cis
-from ._common import clean_params
+from ._common import FitConfig, clean_params
 from ._technical import fit_technical
 from ._trans import feature_names, fit_trans
 from ._trans_stages import CURVE_QVALUE, check_curves
+
+if TYPE_CHECKING:
+    from ._screen_high_moi import ScreenDesign
 
 STEPS = ("technical", "cis", "trans")
 FUNCTIONS = CURVE_NAMES  # the curve registry's names (a live view)
@@ -156,10 +162,10 @@ def screen_trans_kwargs(
     return trans_kwargs
 
 
-def sample_storage(cis_kwargs: dict, n_targets: int, n_obs: int, n_samples: int | None) -> dict:
+def sample_storage(cis_kwargs: dict, n_targets: int, n_obs: int, n_draws: int | None) -> dict:
     """``cis_kwargs`` with ``sparse_samples`` chosen unless the user set it.
 
-    Dense per-cell dosage samples cost ``n_obs x n_samples`` float32 per target whatever the
+    Dense per-cell dosage samples cost ``n_obs x n_draws`` float32 per target whatever the
     target's own cells; sparse storage (:func:`~dream_sc.tl.fit_cis`) is chosen when the
     screen's dense samples would exceed :data:`SPARSE_SAMPLES_BYTES`.
 
@@ -172,8 +178,82 @@ def sample_storage(cis_kwargs: dict, n_targets: int, n_obs: int, n_samples: int 
     """
     if "sparse_samples" in cis_kwargs:
         return dict(cis_kwargs)
-    dense = 4 * n_targets * n_obs * int(n_samples or settings.n_samples)
+    dense = 4 * n_targets * n_obs * int(n_draws or settings.n_samples)
     return {**cis_kwargs, "sparse_samples": dense > SPARSE_SAMPLES_BYTES}
+
+
+def check_design(design: ScreenDesign) -> None:
+    """Raise before any work on target labels and designs a screen cannot take."""
+    slashed = [t for t in design.chosen if "/" in t]
+    if slashed:
+        raise ValueError(
+            f"Target label(s) {slashed} contain '/', which cannot be part of a result key "
+            "(h5 paths); rename them in mdata.obs first."
+        )
+
+
+def _data_bytes(matrix: Any) -> int:
+    """Bytes of a count matrix in memory (sparse: values and indices)."""
+    if sparse.issparse(matrix):
+        parts = ("data", "indices", "indptr")
+        return int(sum(getattr(matrix, p).nbytes for p in parts if hasattr(matrix, p)))
+    return int(getattr(matrix, "nbytes", 0))
+
+
+def check_screen_memory(
+    mdata: MuData,
+    modality: str,
+    design: ScreenDesign,
+    *,
+    target_key: str,
+    control_cells: Any,
+    n_draws: int | None,
+    sparse_draws: bool,
+    trans_kwargs: Mapping[str, Any],
+    n_jobs: int,
+) -> None:
+    """Raise a MemoryBudgetError before any work when the screen's results will not fit.
+
+    The estimate (:func:`~dream_sc.engine.memory.screen_result_bytes`) covers what every
+    target's fits store, plus one copy of the modality's data per worker process
+    (``n_jobs > 1``); the budget is :func:`~dream_sc.engine.memory.available_memory` (set
+    ``ds.settings.max_memory_gb`` to choose it).
+    """
+    n_obs = mdata.n_obs
+    if design.moi == "high":
+        cells = n_obs
+    else:
+        labels = mdata.obs[target_key].astype(str)
+        own = int(labels[labels.isin(design.chosen)].value_counts().max()) if design.chosen else 0
+        n_control = int(np.sum(design.control))
+        cells = own + (n_control if control_cells is None else min(n_control, int(control_cells)))
+    n_features = mdata[modality].n_vars
+    if trans_kwargs.get("features") is not None:
+        n_features = len(trans_kwargs["features"])
+    n_perm = int(trans_kwargs.get("n_permutations", DEFAULT_N_PERMUTATIONS))
+    need = screen_result_bytes(
+        n_targets=len(design.chosen),
+        n_obs=n_obs,
+        n_features=n_features,
+        n_draws=int(n_draws or settings.n_samples),
+        cells_per_target=cells,
+        sparse_draws=sparse_draws,
+        n_permutations=n_perm if trans_kwargs.get("test", True) else 0,
+    )
+    copies = ""
+    if n_jobs > 1:
+        need += n_jobs * _data_bytes(mdata[modality].X)
+        copies = f" (with {n_jobs} worker copies of the data)"
+    budget, source = available_memory(FitConfig(max_memory_gb=settings.max_memory_gb))
+    if need > budget:
+        raise MemoryBudgetError(
+            f"The results of {len(design.chosen)} targets x {n_features} features would take "
+            f"about {need / 1e9:.1f} GB{copies}, more than the {budget / 1e9:.1f} GB available "
+            f"({source}). Fit the targets in "
+            "parts (`targets=` a subset; write each part with `mdata.write(...)`), select "
+            "features (`features=`, `min_cells=`), lower `n_samples` or n_permutations, or "
+            "use fewer workers (`n_jobs`); `ds.settings.max_memory_gb` sets the budget."
+        )
 
 
 def _backend_kwargs(backend: str, client: Any, distribute: str = "targets") -> dict:

@@ -360,7 +360,9 @@ def fit_trans(
     target = mdata.copy() if copy else mdata
     adata = target[modality]
     posterior = posterior_frame(fit, adata.var_names, cjob.fitted)
-    write_trans(adata, key_added, record, table, curve_bands, posterior)
+    write_trans(
+        adata, key_added, record, table, curve_bands, posterior, sparse_curves=not keep.all()
+    )
     logger.info("fit_trans finished in %.1fs (converged=%s)", seconds, fit.converged)
     return target if copy else None
 
