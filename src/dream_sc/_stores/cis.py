@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -45,10 +46,12 @@ def write_cis(
     from the fitted rows without a dense cells x draws matrix of the whole screen.
     """
     names = CisKeys(key)
-    for stat, column in columns.items():
-        mdata.obs[names.dose(stat)] = column
-    for name, column in (obs_columns or {}).items():
-        mdata.obs[name] = column
+    with warnings.catch_warnings():  # a screen adds five columns per target: pandas calls
+        warnings.simplefilter("ignore", pd.errors.PerformanceWarning)  # obs "fragmented"
+        for stat, column in columns.items():
+            mdata.obs[names.dose(stat)] = column
+        for name, column in (obs_columns or {}).items():
+            mdata.obs[name] = column
     if rows is not None and sparse_samples:
         samples = _sparse_rows(np.asarray(samples), np.asarray(rows), mdata.n_obs)
     elif rows is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -95,7 +96,9 @@ def apply(mdata: MuData, modality: str, pieces: dict[str, dict]) -> None:
                         f"Stored column {name!r} belongs to other {attr}_names than this MuData "
                         "(a checkpoint of another data set?)."
                     )
-                container[name] = series.set_axis(container.index)
+                with warnings.catch_warnings():  # a screen adds columns per target: pandas
+                    warnings.simplefilter("ignore", pd.errors.PerformanceWarning)  # "fragmented"
+                    container[name] = series.set_axis(container.index)
             else:
                 container[name] = value
 
