@@ -138,10 +138,12 @@ def read_curves(adata: AnnData, key: str, rows: Any = slice(None)) -> dict[str, 
     out = {}
     for stat in CURVE_STATS:
         band = adata.varm[names.curve(stat)]
-        if sparse.issparse(band):
-            band = sparse.csr_matrix(band)
+        if sparse.issparse(band):  # only the rows asked for are made dense
+            band = sparse.csr_matrix(band)[rows]
             empty = np.diff(band.indptr) == 0
             band = band.toarray()  # explicit zeros stay zeros
             band[empty] = np.nan
-        out[stat] = band[rows]
+            out[stat] = band
+        else:
+            out[stat] = band[rows]
     return out

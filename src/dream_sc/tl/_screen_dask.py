@@ -27,6 +27,7 @@ import torch
 from mudata import MuData
 
 from ..engine.backends import resolve_backend
+from ._screen_parallel import fit_and_hand_back, write_screen_file
 
 #: One target at a time per worker process: tasks share the worker's copy of the screen.
 _WORKER_LOCK = threading.Lock()
@@ -39,9 +40,7 @@ def _screen_bytes(mdata: MuData) -> bytes:
     folder = tempfile.mkdtemp(prefix="dream_sc_screen_")
     path = Path(folder) / "screen.h5mu"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            mdata.write(path)
+        write_screen_file(mdata, path)
         return path.read_bytes()
     finally:
         path.unlink(missing_ok=True)
@@ -68,24 +67,14 @@ def _worker_screen(run: str, payload: bytes) -> MuData:
 
 def _fit_target_task(shared: tuple[str, bytes], item: tuple) -> tuple[str, dict, dict]:
     """Fit one target on the worker's copy of the screen; return its entries and timing."""
-    from ._screen_store import capture, drop
-
     fit_one, target, keys, kwargs, threads = item
-    kwargs = dict(kwargs)
-    modality, prefixes = kwargs["modality"], kwargs.pop("prefixes")
     with _WORKER_LOCK:
         mdata = _worker_screen(*shared)
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            timing = fit_one(mdata, target=target, **kwargs)
-            pieces: dict[str, dict] = {}
-            for key in keys:
-                for where, entries in capture(mdata, modality, key, prefixes).items():
-                    pieces.setdefault(where, {}).update(entries)
+            pieces, timing = fit_and_hand_back(mdata, fit_one, target, keys, kwargs)
         finally:
-            for key in keys:  # the worker's copy is the scattered screen again, even on error
-                drop(mdata, modality, key, prefixes)
             torch.set_num_threads(before)
     return target, pieces, timing
 

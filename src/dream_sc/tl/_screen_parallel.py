@@ -58,19 +58,40 @@ def _init_worker(path: str, threads: int) -> None:
         _WORKER["mdata"] = mudata.read_h5mu(path)
 
 
-def _fit_in_worker(fit_one: Callable, target: str, keys: Sequence[str], kwargs: dict) -> tuple:
-    """Fit ``target`` on the worker's screen; return its entries and timing, then drop them."""
+def write_screen_file(mdata: MuData, path: str | Path) -> None:
+    """The screen as an h5mu file for worker processes (anndata's FutureWarnings silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        mdata.write(path)
+
+
+def fit_and_hand_back(
+    mdata: MuData, fit_one: Callable, target: str, keys: Sequence[str], kwargs: dict
+) -> tuple[dict, dict]:
+    """Fit ``target`` on a worker's copy of the screen; return its entries and its timing.
+
+    The entries under ``keys`` are removed from the copy afterwards, even when the fit fails,
+    so the copy is the screen it was for the next target.
+    """
     from ._screen_store import capture, drop
 
-    mdata = _WORKER["mdata"]
+    kwargs = dict(kwargs)
     modality, prefixes = kwargs["modality"], kwargs.pop("prefixes")
-    timing = fit_one(mdata, target=target, **kwargs)
-    pieces: dict[str, dict] = {}
-    for key in keys:
-        for where, entries in capture(mdata, modality, key, prefixes).items():
-            pieces.setdefault(where, {}).update(entries)
-        drop(mdata, modality, key, prefixes)
+    try:
+        timing = fit_one(mdata, target=target, **kwargs)
+        pieces: dict[str, dict] = {}
+        for key in keys:
+            for where, entries in capture(mdata, modality, key, prefixes).items():
+                pieces.setdefault(where, {}).update(entries)
+    finally:
+        for key in keys:
+            drop(mdata, modality, key, prefixes)
     return pieces, timing
+
+
+def _fit_in_worker(fit_one: Callable, target: str, keys: Sequence[str], kwargs: dict) -> tuple:
+    """Fit ``target`` on the worker process's screen (:func:`fit_and_hand_back`)."""
+    return fit_and_hand_back(_WORKER["mdata"], fit_one, target, keys, kwargs)
 
 
 def fit_targets_in_parallel(
@@ -107,9 +128,7 @@ def fit_targets_in_parallel(
     folder = tempfile.mkdtemp(prefix="dream_sc_screen_")
     path = str(Path(folder) / "screen.h5mu")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            mdata.write(path)
+        write_screen_file(mdata, path)
         workers = min(n_jobs, len(targets))
         with ProcessPoolExecutor(
             max_workers=workers,
