@@ -42,3 +42,22 @@ def fitted_screen(tiny_screen):
 def fitted(fitted_screen):
     """A private copy of the fitted tiny screen."""
     return fitted_screen.copy()
+
+
+@pytest.fixture(scope="session")
+def two_target_screen():
+    """Factory of a fresh small 2-target screen (rna only): ``two_target_screen(n_genes=14)``."""
+
+    def make(n_genes: int = 14):
+        return ds.datasets.simulate_screen(
+            n_cells=360,
+            n_genes=n_genes,
+            n_junctions=0,
+            n_isoform_genes=0,
+            n_targets=2,
+            guides_per_target=3,
+            n_ntc_guides=3,
+            seed=1,
+        )
+
+    return make

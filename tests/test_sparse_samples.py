@@ -15,23 +15,10 @@ from dream_sc._stores.cis import read_cis_samples
 from dream_sc.tl._screen_checks import SPARSE_SAMPLES_BYTES, sample_storage
 
 
-def _screen():
-    return ds.datasets.simulate_screen(
-        n_cells=360,
-        n_genes=14,
-        n_junctions=0,
-        n_isoform_genes=0,
-        n_targets=2,
-        guides_per_target=3,
-        n_ntc_guides=3,
-        seed=1,
-    )
-
-
 @pytest.fixture(scope="module")
-def both():
+def both(two_target_screen):
     """The same target fitted with dense and with sparse samples."""
-    mdata = _screen()
+    mdata = two_target_screen()
     target = sorted(set(mdata.obs["target"]) - {"ntc"})[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -96,7 +83,7 @@ def test_screen_chooses_sparse_samples_when_dense_ones_would_not_fit():
     assert sample_storage({"sparse_samples": False}, 500, 100_000, 100) == {"sparse_samples": False}
 
 
-def test_screen_with_sparse_samples_resumes_from_its_checkpoint(tmp_path):
+def test_screen_with_sparse_samples_resumes_from_its_checkpoint(two_target_screen, tmp_path):
     settings = {
         "n_steps": {"technical": 20, "cis": 20, "trans": 20},
         "trans_kwargs": {"refine_intervals": False, "n_permutations": 2},
@@ -105,7 +92,7 @@ def test_screen_with_sparse_samples_resumes_from_its_checkpoint(tmp_path):
         "progress": False,
         "checkpoint": str(tmp_path / "ckpt"),
     }
-    first, second = _screen(), _screen()
+    first, second = two_target_screen(), two_target_screen()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.tl.fit_screen(first, **settings)
@@ -118,10 +105,10 @@ def test_screen_with_sparse_samples_resumes_from_its_checkpoint(tmp_path):
     pd.testing.assert_frame_equal(ds.get.screen_results(first), ds.get.screen_results(second))
 
 
-def test_screen_too_large_for_the_memory_budget_is_refused_before_any_work():
+def test_screen_too_large_for_the_memory_budget_is_refused_before_any_work(two_target_screen):
     from dream_sc.engine.memory import MemoryBudgetError
 
-    mdata = _screen()
+    mdata = two_target_screen()
     before = (set(mdata.uns), set(mdata.obs.columns), set(mdata.obsm))
     old = ds.settings.max_memory_gb
     ds.settings.max_memory_gb = 0.0002  # 200 kB: less than the results of two targets (~0.35 MB)

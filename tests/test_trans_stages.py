@@ -133,19 +133,6 @@ def test_bad_stage_settings_raise_before_any_work(staged, kwargs, message):
     assert set(mdata["rna"].varm) == before
 
 
-def _screen():
-    return ds.datasets.simulate_screen(
-        n_cells=360,
-        n_genes=30,
-        n_junctions=0,
-        n_isoform_genes=0,
-        n_targets=2,
-        guides_per_target=3,
-        n_ntc_guides=3,
-        seed=1,
-    )
-
-
 SCREEN = {
     "n_steps": {"technical": 20, "cis": 40, "trans": 20},
     "trans_kwargs": {"refine_intervals": False, "n_permutations": 4},
@@ -154,8 +141,8 @@ SCREEN = {
 }
 
 
-def test_fit_screen_two_stages_keeps_the_screen_wide_table():
-    full, disc = _screen(), _screen()
+def test_fit_screen_two_stages_keeps_the_screen_wide_table(two_target_screen):
+    full, disc = two_target_screen(n_genes=30), two_target_screen(n_genes=30)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.tl.fit_screen(full, **SCREEN)
@@ -171,8 +158,8 @@ def test_fit_screen_two_stages_keeps_the_screen_wide_table():
     assert (shapes[b.loc[called, "fitted"].to_numpy()] != "no_curve").all()
 
 
-def test_fit_screen_refuses_curves_twice_and_without_a_test():
-    mdata = _screen()
+def test_fit_screen_refuses_curves_twice_and_without_a_test(two_target_screen):
+    mdata = two_target_screen(n_genes=30)
     keys = set(mdata.uns)
     with pytest.raises(ValueError, match=r"Give curves either as fit_screen\(curves=...\) or in"):
         ds.tl.fit_screen(
