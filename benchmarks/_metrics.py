@@ -106,6 +106,10 @@ class PeakRSS:
     1-minute load average at entry and exit. Other processes on a shared machine inflate wall
     times (record the load next to every number); CPU time is much less affected.
 
+    With ``tree=True`` the RSS is summed over this process and all its descendants (worker
+    processes of ``n_jobs``; pages they share are counted once per process, so this is an
+    upper bound) and ``cpu_seconds`` adds the CPU time of the children that have ended.
+
     Examples
     --------
     >>> with PeakRSS() as mem:
@@ -114,8 +118,9 @@ class PeakRSS:
     True
     """
 
-    def __init__(self, interval: float = 0.05) -> None:
+    def __init__(self, interval: float = 0.05, *, tree: bool = False) -> None:
         self.interval = interval
+        self.tree = tree
         self._proc = psutil.Process()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -125,9 +130,20 @@ class PeakRSS:
         self.cpu_seconds = float("nan")
         self.load: tuple[float, float] = (float("nan"), float("nan"))
 
+    def _rss(self) -> int:
+        """RSS of this process, plus all its descendants' when ``tree`` (worker processes)."""
+        total = self._proc.memory_info().rss
+        if self.tree:
+            for child in self._proc.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:  # the child ended between listing and reading
+                    pass
+        return total
+
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self.peak = max(self.peak, self._rss())
 
     def __enter__(self) -> PeakRSS:
         self.start = self.peak = self._proc.memory_info().rss
@@ -140,7 +156,10 @@ class PeakRSS:
 
     def _cpu(self) -> float:
         times = self._proc.cpu_times()
-        return times.user + times.system
+        cpu = times.user + times.system
+        if self.tree:  # finished (waited-for) children; running ones are sampled at exit
+            cpu += times.children_user + times.children_system
+        return cpu
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self._t0
@@ -148,7 +167,7 @@ class PeakRSS:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
+        self.peak = max(self.peak, self._rss())
         self.load = (self._load0, os.getloadavg()[0])
 
     @property
