@@ -27,6 +27,12 @@ Usage::
     python benchmarks/ec50_coverage.py --seeds 0 1 --functions single_hill additive_hill
     python benchmarks/ec50_coverage.py --designs two_line default --functions single_hill \
         additive_hill polynomial --steps 0
+    python benchmarks/ec50_coverage.py --designs two_line default --seeds 0 1 2 \
+        --functions polynomial --steps 0 --cache /tmp/screens [--refine-polynomial]
+
+``--cache DIR`` writes each screen after steps 1-2 to ``DIR`` (and reads it back), so repeated
+runs (other functions, ``--degree``, ``--no-refine``, ``--refine-polynomial``) fit only the
+trans step on the same input.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import time
 import warnings
 from pathlib import Path
 
+import mudata
 import numpy as np
 import pandas as pd
 
@@ -67,7 +74,11 @@ def true_response_ec50(mdata, features, function: str, lo: float, hi: float) -> 
     return grid[above.argmax(axis=1)]
 
 
-def screen(seed: int, cells: int, genes: int, design: str = "two_line"):
+def screen(seed: int, cells: int, genes: int, design: str = "two_line", cache: str | None = None):
+    """Simulate and fit steps 1-2; with ``cache`` (a folder) the fitted screen is reused."""
+    path = None if cache is None else Path(cache) / f"{design}_s{seed}_{cells}x{genes}.h5mu"
+    if path is not None and path.exists():  # read back even when just written: same input
+        return mudata.read_h5mu(path)
     mdata = ds.datasets.simulate_screen(
         n_cells=cells,
         n_genes=genes,
@@ -81,12 +92,17 @@ def screen(seed: int, cells: int, genes: int, design: str = "two_line"):
         warnings.simplefilter("ignore")
         ds.tl.fit_technical(mdata, seed=seed)
         ds.tl.fit_cis(mdata, cis_feature="GFI1B", seed=seed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mdata.write(path)
+        return mudata.read_h5mu(path)
     return mdata
 
 
-def coverage(mdata, function: str, seed: int, steps: int, key: str) -> dict:
+def coverage(mdata, function: str, seed: int, steps: int, key: str, **fit_kwargs) -> dict:
     start = time.perf_counter()
     kwargs = {"n_steps": steps} if steps else {}  # 0: the package default
+    kwargs.update(fit_kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.tl.fit_trans(mdata, function=function, seed=seed, test=False, key_added=key, **kwargs)
@@ -162,21 +178,42 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--functions", nargs="+", default=["single_hill", "additive_hill"])
     p.add_argument("--designs", nargs="+", default=["two_line"], choices=sorted(DESIGNS))
+    p.add_argument(
+        "--degree", type=int, default=None, help="polynomial degree (default: package's)"
+    )
+    p.add_argument("--no-refine", action="store_true", help="refine_intervals=False")
+    p.add_argument(
+        "--refine-polynomial",
+        action="store_true",
+        help="refine polynomial fits too (Curve.refine_default, off for polynomials)",
+    )
+    p.add_argument("--cache", help="folder of fitted screens (steps 1-2) to reuse across runs")
+    p.add_argument("--csv", help="also write the coverage rows to this CSV")
     args = p.parse_args(argv)
     ds.settings.progress_bar = False
+    if args.refine_polynomial:
+        from dream_sc.models.curves import get_curve
+
+        get_curve("polynomial").refine_default = True
     rows, doses = [], []
     for design in args.designs:
         for seed in args.seeds:
-            mdata = screen(seed, args.cells, args.genes, design)
+            mdata = screen(seed, args.cells, args.genes, design, args.cache)
             doses.append({"design": design, "seed": seed, **cell_metrics(mdata)})
             print(pd.DataFrame(doses[-1:]).to_string(index=False), flush=True)
             for function in args.functions:
-                row = coverage(mdata, function, seed, args.steps, f"dream_trans_{function}")
-                rows.append({"design": design, **row})
+                extra = {"refine_intervals": False} if args.no_refine else {}
+                if args.degree is not None and function == "polynomial":
+                    extra["degree"] = args.degree
+                key = f"dream_trans_{function}"
+                row = coverage(mdata, function, seed, args.steps, key, **extra)
+                rows.append({"design": design, "degree": extra.get("degree"), **row})
                 print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
     fmt = {"index": False, "float_format": lambda v: f"{v:.3f}"}
     print(pd.DataFrame(doses).to_string(**fmt))
     print(pd.DataFrame(rows).to_string(**fmt))
+    if args.csv:
+        pd.DataFrame(rows).to_csv(args.csv, index=False)
 
 
 if __name__ == "__main__":
