@@ -14,6 +14,9 @@ of ``ec50_mean`` and the median interval width (factor q95/q05); ``cover_all``: 
 coverage over every responsive gene whose true ``K1`` is in range (the issue's count, additive
 truths included); the response-scale columns against the true response-scale EC50 defined as
 the fitted function defines it (``cover_resp``, ``err_resp``); and the time of the fit.
+Polynomial fits also print ``cover_proj``: how often the interval covers the response-scale EC50
+of the best polynomial of the fit's degree to the true curve (``projected_response_ec50``), and
+``err_proj``: the median factor between that EC50 and the truth (the polynomial's own bias).
 
 ``cover_resp_all`` / ``n_resp_all``: response-scale coverage over every responsive gene whose
 true response-scale EC50 exists (non-monotone truths included). Designs (``--designs``, see
@@ -72,6 +75,33 @@ def true_response_ec50(mdata, features, function: str, lo: float, hi: float) -> 
     half = 0.5 * (curve[:, :1] + curve[:, -1:])
     above = (curve - half) * np.sign(curve[:, -1:] - curve[:, :1]) >= 0
     return grid[above.argmax(axis=1)]
+
+
+def projected_response_ec50(mdata, features, degree: int, lo: float, hi: float) -> np.ndarray:
+    """Response-scale EC50 of the best polynomial of ``degree`` to each true curve.
+
+    The polynomial (in log dosage, on the log link) is fitted by least squares to the true
+    link-scale curve over the cells' true dosages, weighted by the true mean (Poisson weights):
+    what a polynomial fit converges to with unlimited cells. Its half-way crossing over
+    ``[lo, hi]`` (the definition of the fitted EC50) against the truth's separates the
+    polynomial's misspecification from posterior error.
+    """
+    dose = mdata.obs["true_dose"].to_numpy(np.float64)
+    dose = dose[np.isfinite(dose) & (dose > 0)]
+    centre, half = 0.5 * np.log(lo * hi), 0.5 * np.log(hi / lo)
+    basis = np.stack([((np.log(dose) - centre) / half) ** d for d in range(degree + 1)], 1)
+    grid = np.geomspace(lo, hi, 4001)
+    on_grid = np.stack([((np.log(grid) - centre) / half) ** d for d in range(degree + 1)], 1)
+    link = np.log(ds.datasets.true_curve(mdata, "rna", dose).loc[features].to_numpy())
+    out = np.empty(len(features))
+    for i, eta in enumerate(link):
+        w = np.sqrt(np.exp(eta))
+        beta = np.linalg.lstsq(basis * w[:, None], eta * w, rcond=None)[0]
+        curve = np.exp(on_grid @ beta)
+        half_way = 0.5 * (curve[0] + curve[-1])
+        above = (curve - half_way) * np.sign(curve[-1] - curve[0]) >= 0
+        out[i] = grid[above.argmax()]
+    return out
 
 
 def screen(seed: int, cells: int, genes: int, design: str = "two_line", cache: str | None = None):
@@ -152,6 +182,12 @@ def coverage(mdata, function: str, seed: int, steps: int, key: str, **fit_kwargs
             np.nanmedian(np.log2(r["ec50_response_q95"] / r["ec50_response_q05"]))
         )
         out.update(_cover_all_responders(mdata, res, function, t_lo, t_hi))
+        if function == "polynomial":  # misspecification: the best polynomial's own EC50
+            degree = int(mdata["rna"].uns[key]["params"]["degree"])
+            proj = projected_response_ec50(mdata, r.index, degree, t_lo, t_hi)
+            q05, q95 = r["ec50_response_q05"].to_numpy(), r["ec50_response_q95"].to_numpy()
+            out["cover_proj"] = float(((q05 <= proj) & (proj <= q95)).mean())
+            out["err_proj"] = float(np.median(np.exp(np.abs(np.log(proj / t_resp)))))
     return out
 
 
