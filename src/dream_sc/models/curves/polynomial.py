@@ -7,9 +7,10 @@ numerically), no fused kernel.
 
 Refinement coordinates (:mod:`dream_sc.models.refine`): ``theta = (eta_ref, c_1, ..., c_D)``,
 the coefficients themselves, in which the shared horseshoe scale is integrated out
-(:func:`~dream_sc.models.curves._priors.shared_horseshoe_log_density`): the variational Normal
-over ``(z_d, log lambda)`` cannot follow the curved ridge of their product. Not applied by
-``fit_trans`` by default (:attr:`Polynomial.refine_default`).
+(:func:`~dream_sc.models.curves._priors.shared_horseshoe_log_density`), so the importance
+sampler targets the exact posterior of the cubic rather than the variational Normal over
+``(z_d, log lambda)``. Not applied by ``fit_trans`` by default
+(:attr:`Polynomial.refine_default`).
 """
 
 from __future__ import annotations
