@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,7 @@ from _metrics import auroc
 
 import dream_sc as ds
 from dream_sc._stores._keys import CisKeys
+from dream_sc.models import cis_dosage as CD
 
 
 def curve_error(mdata, key: str = "dream_trans") -> float:
@@ -84,19 +86,65 @@ def score(mdata, cis_key: str, trans_key: str, escapers: bool) -> dict:
     return out
 
 
-#: Settings per screen: (label, cis fit with escapers, trans on the true dosages).
-SETTINGS = {
-    0.0: (("plain", False, False), ("oracle", False, True)),
-    "escapers": (
-        ("plain", False, False),
-        ("escapers", True, False),
-        ("oracle", False, True),
-    ),
-}
+@contextmanager
+def known_membership(escaped: np.ndarray):
+    """Membership oracle: the escaper fit's cell draws with every cell's true escape status.
+
+    Diagnostic only. The per-cell sampler draws a cell of a cis guide as escaped when a uniform
+    number falls below its posterior escape probability; forcing it to -1 (escaped) or 2
+    (knocked down) gives each cell's dosage posterior *given* its true component, so the
+    trans fit on it shows what membership ambiguity costs.
+    """
+    original = CD._chunk_values
+    # outside [0, 1]: a probability that rounds to exactly 0 or 1 cannot overrule the truth
+    forced = torch.as_tensor(np.where(escaped, -1.0, 2.0), dtype=torch.float32)
+
+    def chunk_values(model, idx, v, d, delta, log_r, grid, uniforms, components):
+        if len(forced) != model.n_cells:
+            raise RuntimeError("membership oracle: the cis fit must hold every cell")
+        components = [forced.to(c.device) for c in components]
+        return original(model, idx, v, d, delta, log_r, grid, uniforms, components)
+
+    CD._chunk_values = chunk_values
+    try:
+        yield
+    finally:
+        CD._chunk_values = original
 
 
-def run(seed: int, cells: int, genes: int, steps: int, fraction: float, oracle: bool) -> list:
-    """Every setting on one simulated screen (escape fraction ``fraction``)."""
+#: Settings of each screen: label -> how the per-cell dosages of the trans fit are made.
+CLEAN = ("plain", "oracle")
+ESCAPER = ("plain", "escapers", "membership", "oracle")
+
+
+def fit_setting(mdata, label: str, seed: int, steps: int) -> None:
+    """The cis fit (or oracle dosages) ``cis_<label>`` and the trans fit ``trans_<label>``."""
+    cis_key = f"cis_{label}"
+    if label == "oracle":
+        if "cis_plain" not in mdata.uns:
+            ds.tl.fit_cis(mdata, cis_feature="GFI1B", seed=seed, key_added="cis_plain")
+        oracle_cis(mdata, cis_key, "cis_plain")
+    elif label == "membership":
+        with known_membership(mdata.obs["true_escaped"].to_numpy(bool)):
+            ds.tl.fit_cis(mdata, cis_feature="GFI1B", seed=seed, escapers=True, key_added=cis_key)
+    else:
+        escapers = label == "escapers"
+        ds.tl.fit_cis(mdata, cis_feature="GFI1B", seed=seed, escapers=escapers, key_added=cis_key)
+    ds.tl.fit_trans(
+        mdata,
+        function="single_hill",
+        cis_key=cis_key,
+        key_added=f"trans_{label}",
+        seed=seed,
+        n_steps=steps,
+        test=False,
+    )
+
+
+def run(seed: int, cells: int, genes: int, steps: int, fraction: float, labels) -> list:
+    """The settings ``labels`` on one simulated screen (escape fraction ``fraction``)."""
+    if not labels:
+        return []
     mdata = ds.datasets.simulate_screen(
         n_cells=cells,
         n_genes=genes,
@@ -111,30 +159,14 @@ def run(seed: int, cells: int, genes: int, steps: int, fraction: float, oracle: 
         warnings.simplefilter("ignore")
         ds.tl.fit_technical(mdata, seed=seed)
     rows = []
-    for label, escapers, use_truth in SETTINGS[0.0 if fraction == 0 else "escapers"]:
-        if use_truth and not oracle:
-            continue
+    for label in labels:
         start = time.perf_counter()
-        cis_key, trans_key = f"cis_{label}", f"trans_{label}"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if use_truth:
-                oracle_cis(mdata, cis_key, "cis_plain")
-            else:
-                ds.tl.fit_cis(
-                    mdata, cis_feature="GFI1B", seed=seed, escapers=escapers, key_added=cis_key
-                )
-            ds.tl.fit_trans(
-                mdata,
-                function="single_hill",
-                cis_key=cis_key,
-                key_added=trans_key,
-                seed=seed,
-                n_steps=steps,
-                test=False,
-            )
+            fit_setting(mdata, label, seed, steps)
         out = {"seed": seed, "escape_fraction": fraction, "setting": label}
-        out.update(score(mdata, cis_key, trans_key, escapers))
+        escapers = label in ("escapers", "membership")
+        out.update(score(mdata, f"cis_{label}", f"trans_{label}", escapers))
         out["seconds"] = time.perf_counter() - start
         rows.append(out)
         print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
@@ -149,14 +181,36 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fraction", type=float, default=0.3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--no-oracle", action="store_true", help="skip the true-dosage trans fits")
+    p.add_argument(
+        "--membership", action="store_true", help="add the membership-oracle row (diagnostic)"
+    )
+    p.add_argument(
+        "--only", nargs="+", choices=ESCAPER, help="run only these settings (both screens)"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     ds.settings.progress_bar = False
+    skip = {"oracle"} if args.no_oracle else set()
+    if not args.membership:
+        skip.add("membership")
     rows = []
     for seed in args.seeds:
-        for fraction in (0.0, args.fraction):
-            rows += run(seed, args.cells, args.genes, args.steps, fraction, not args.no_oracle)
-    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        for fraction, labels in ((0.0, CLEAN), (args.fraction, ESCAPER)):
+            labels = [x for x in labels if x not in skip and (not args.only or x in args.only)]
+            rows += run(seed, args.cells, args.genes, args.steps, fraction, labels)
+    table = pd.DataFrame(rows)
+    fmt = lambda v: f"{v:.3f}"  # noqa: E731
+    print(table.to_string(index=False, float_format=fmt))
+    # each row's curve error against the clean screen's plain fit of the same seed
+    clean = table[(table["escape_fraction"] == 0) & (table["setting"] == "plain")]
+    ref = table["seed"].map(clean.set_index("seed")["curve_err"])
+    table["curve_vs_clean"] = table["curve_err"] / ref  # NaN without the clean plain row
+    summary = table.groupby(["escape_fraction", "setting"], sort=False)[
+        ["curve_err", "curve_vs_clean", "auroc", "effect_err_max"]
+        + (["escape_err_max"] if "escape_err_max" in table else [])
+    ].mean()
+    print("\nmean over seeds:")
+    print(summary.to_string(float_format=fmt))
 
 
 if __name__ == "__main__":
