@@ -1,16 +1,26 @@
 """Trans curves on a screen with escapers against the same screen without (issue 27, item 3).
 
 The same simulated screen (``simulate_screen(..., escape_fraction=f)`` keeps guides, curves and
-the counts' random stream of ``f = 0``) is fitted three ways: no escapers + plain cis fit, 30%
-escapers + plain cis fit, 30% escapers + ``fit_cis(escapers=True)``. Per run: the strong guides'
-escape-fraction error (``|log2 effect| >= 1``), the median per-cell ``dose_q50 / true`` ratio,
-the trans curve error (median over responsive ``rna`` genes of the mean absolute log2
-difference between fitted and true curve over the true dosage window) and the AUROC of
-``prob_dose_dependent`` for ``true_responsive``.
+the counts' random stream of ``f = 0``) is fitted with ``f = 0`` and ``f = 0.3`` (default),
+one technical fit per screen, then per setting a cis fit ``cis_<setting>`` and a single-Hill
+trans fit ``trans_<setting>`` on its per-cell dosage draws:
+
+- ``plain``: ``fit_cis`` without the escaper option (both screens);
+- ``escapers``: ``fit_cis(escapers=True)`` (escaper screen);
+- ``membership`` (``--membership``, diagnostic): the escaper fit, but every cell's dosage is
+  drawn from its *true* component (escaped or knocked down): what membership ambiguity costs;
+- ``oracle`` (both screens): the trans fit on the true per-cell dosages (``obs["true_dose"]``,
+  variance 0), guide table of the ``plain`` fit: the accuracy the dosage axis allows.
+
+Per run: the strong guides' escape-fraction error (``|log2 effect| >= 1``) and guide-effect
+error, the median per-cell ``dose_q50 / true`` ratio, the trans curve error (median over
+responsive ``rna`` genes of the mean absolute log2 difference between fitted and true curve over
+the true dosage window) and the AUROC of ``prob_dose_dependent`` for ``true_responsive``; then
+means over seeds and each curve error relative to the clean screen's ``plain`` fit.
 
 Usage::
 
-    python benchmarks/escapers.py --cells 3000 --genes 60 --steps 400
+    python benchmarks/escapers.py --cells 3000 --genes 60 --steps 400 --seeds 0 1 2 3 --membership
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from dream_sc.tl._trans_job import prepare_trans_job  # noqa: E402
 from dream_sc.tl._trans_settings import TransSettings  # noqa: E402
 
 #: A short cis fit (the oracles are checked, not the fit's accuracy).
-FIT = {"cis_feature": "GFI1B", "n_steps": 150, "n_samples": 40, "seed": 0}
+FIT = {"cis_feature": "GFI1B", "n_steps": 100, "n_samples": 40, "seed": 0}
 
 
 @pytest.fixture(scope="module")
