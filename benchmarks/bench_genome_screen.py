@@ -9,6 +9,8 @@ own responsive genes; a fifth of the targets none, a tenth ten times more), runs
 - screen-wide realised FDR, false calls on the no-effect targets, power and AUROC over all
   (target, gene) pairs, for every q-value column ``get.screen_results`` offers
   (``qvalue`` = pooled target-decoy; hierarchical columns when present);
+  and ``power_at_fdr``: the power of the best cut of the ranking whose realised FDR is at most
+  ``--alpha`` (an oracle cut: it compares rankings where a method's own q-values are off);
 - the same for a per-target Wilcoxon rank-sum test (the target's cells against the control
   cells on size-factor-normalised counts, Benjamini-Hochberg over all pairs), computed here;
 - optionally pysceptre (``--sceptre``; needs ``pip install pysceptre``; benchmark only).
@@ -35,7 +37,7 @@ import torch
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _metrics import PeakRSS, auroc, markdown_table  # noqa: E402
+from _metrics import PeakRSS, auroc, markdown_table, power_at_fdr  # noqa: E402
 
 import dream_sc as ds  # noqa: E402
 
@@ -187,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         rows[f"dream_sc {col}"] = {
             **score_calls(np.nan_to_num(q, nan=1.0) < args.alpha, labels, null_target),
             "auroc": auroc(labels, table["score"].fillna(0.0).to_numpy()),
+            "power_at_fdr": power_at_fdr(labels, table["score"].to_numpy(), level=args.alpha),
         }
     features = [f for f in mdata["rna"].var_names if f not in targets]
     if not args.skip_peers:
@@ -196,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         rows["wilcoxon (BH over pairs)"] = {
             **score_calls(wil["qvalue"].to_numpy() < args.alpha, wil_labels, wil_null),
             "auroc": auroc(wil_labels, wil["score"].to_numpy()),
+            "power_at_fdr": power_at_fdr(wil_labels, wil["score"].to_numpy(), level=args.alpha),
         }
     if args.sceptre and not args.skip_peers:
         rows.update(run_sceptre(mdata, targets, features, args.alpha))
@@ -329,6 +333,7 @@ def run_sceptre(mdata, targets: list[str], features: list[str], alpha: float) ->
         "pysceptre (BH over pairs)": {
             **score_calls(q < alpha, labels, null_target),
             "auroc": auroc(labels, scores),
+            "power_at_fdr": power_at_fdr(labels, scores, level=alpha),
         }
     }
 
