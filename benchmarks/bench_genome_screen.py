@@ -175,6 +175,12 @@ def main(argv: list[str] | None = None) -> None:
                 **cluster,
             )
         fit_seconds = time.perf_counter() - t0
+    print(
+        f"fit_screen {fit_seconds:.1f} s, peak RSS {fit_mem.peak_gb:.2f} GB summed over this "
+        f"process and its workers, CPU {fit_mem.cpu_seconds:.0f} s, load "
+        f"{fit_mem.load[0]:.2f} -> {fit_mem.load[1]:.2f}",
+        flush=True,
+    )  # before the scoring, which needs the screen-wide table in memory as well
     record = mdata.uns["dream_screen"]
     targets = list(record["targets"])
     table = ds.get.screen_results(mdata, alpha=args.alpha)
