@@ -131,7 +131,8 @@ class PeakRSS:
 
     With ``tree=True`` the RSS is summed over this process and all its descendants (worker
     processes of ``n_jobs``; pages they share are counted once per process, so this is an
-    upper bound) and ``cpu_seconds`` adds the CPU time of the children that have ended.
+    upper bound) and ``cpu_seconds`` adds the descendants' CPU time as last sampled (up to one
+    ``interval`` of a descendant's last work can be missed).
 
     Examples
     --------
@@ -144,6 +145,7 @@ class PeakRSS:
     def __init__(self, interval: float = 0.05, *, tree: bool = False) -> None:
         self.interval = interval
         self.tree = tree
+        self._child_cpu: dict[int, float] = {}
         self._proc = psutil.Process()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -154,12 +156,18 @@ class PeakRSS:
         self.load: tuple[float, float] = (float("nan"), float("nan"))
 
     def _rss(self) -> int:
-        """RSS of this process, plus all its descendants' when ``tree`` (worker processes)."""
+        """RSS of this process, plus all its descendants' when ``tree`` (worker processes).
+
+        Also records each descendant's CPU time as last seen: worker processes started by a
+        forkserver are not this process's children, so ``RUSAGE_CHILDREN`` never counts them.
+        """
         total = self._proc.memory_info().rss
         if self.tree:
             for child in self._proc.children(recursive=True):
                 try:
                     total += child.memory_info().rss
+                    times = child.cpu_times()
+                    self._child_cpu[child.pid] = times.user + times.system
                 except psutil.Error:  # the child ended between listing and reading
                     pass
         return total
@@ -169,7 +177,7 @@ class PeakRSS:
             self.peak = max(self.peak, self._rss())
 
     def __enter__(self) -> PeakRSS:
-        self.start = self.peak = self._proc.memory_info().rss
+        self.start = self.peak = self._rss()  # also records running descendants' CPU so far
         self._load0 = os.getloadavg()[0]
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -180,8 +188,8 @@ class PeakRSS:
     def _cpu(self) -> float:
         times = self._proc.cpu_times()
         cpu = times.user + times.system
-        if self.tree:  # finished (waited-for) children; running ones are sampled at exit
-            cpu += times.children_user + times.children_system
+        if self.tree:  # descendants as last sampled (CPU before entry subtracted)
+            cpu += sum(self._child_cpu.values())
         return cpu
 
     def __exit__(self, *exc) -> None:
