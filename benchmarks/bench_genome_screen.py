@@ -119,8 +119,17 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="score dream_sc only (the Wilcoxon test takes ~10 s per target at full size)",
     )
+    p.add_argument(
+        "--max-memory-gb",
+        type=float,
+        default=None,
+        help="ds.settings.max_memory_gb: the budget fit_screen checks its results against "
+        "(default: the memory available when it starts, after the simulation)",
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.max_memory_gb is not None:
+        ds.settings.max_memory_gb = args.max_memory_gb
     if args.n_jobs > 1 or args.dask_workers:
         ds.settings.torch_threads = 1  # one thread per target fit, one fit per core
     torch.set_num_threads(args.threads)
