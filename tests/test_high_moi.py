@@ -72,15 +72,49 @@ def _scored(mdata) -> pd.DataFrame:
 
 def test_simulator_truth():
     mdata = _data(n_cells=300)
-    pairs = mdata.uns["truth"]["pairs"]
-    assert pairs.shape == (3 * 37, 7)
+    truth = mdata.uns["truth"]
+    pairs = truth["pairs"]
+    assert truth["simulator"] == "simulate_high_moi" and truth["moi"] == "high"
+    assert pairs.shape == (3 * 37, 8)
     assert pairs.groupby("target")["responsive"].sum().tolist() == [3, 3, 3]
     # every responder of a target is moved by that target only: disjoint sets
     assert pairs.loc[pairs.responsive, "feature"].is_unique
+    assert (pairs.loc[~pairs.responsive, ["v", "log2_fc"]] == 0).all().all()
     table = mdata.obsm["guide_assignment"]
     assert table.shape == (300, 12) and (table.sum(axis=1) >= 1).all()
+    # the dosage truth: a carried target's dosage moves by its guides, the others' stay put
+    dose = mdata.obsm["true_target_dose"]
+    carried = mdata.obsm["true_log2_dose_change"].toarray() != 0
+    x_ntc = pd.Series(truth["x_ntc"])[dose.columns].to_numpy()
+    np.testing.assert_allclose(
+        dose.to_numpy()[~carried], np.broadcast_to(x_ntc, carried.shape)[~carried]
+    )
+    assert (dose.to_numpy()[carried] < np.broadcast_to(x_ntc, carried.shape)[carried]).mean() > 0.9
+    # the wrapper is simulate_many_targets(moi="high") with fixed settings: same counts
+    many = ds.datasets.simulate_many_targets(
+        n_cells=300,
+        n_genes=40,
+        n_targets=3,
+        seed=2,
+        moi="high",
+        guides_per_target=3,
+        n_control_guides=3,
+        guides_per_cell=4.0,
+        cell_lines=("K562", "HEK293T"),
+        responders_per_target=3,
+        target_names=["GFI1B", "GEMIN5", "DDX6"],
+        effect_range=(1.0, 2.5),
+        baseline_median=3.0,
+        baseline_sd=1.0,
+    )
+    assert (many["rna"].X != mdata["rna"].X).nnz == 0
     again = _data(n_cells=300)
-    np.testing.assert_array_equal(mdata["rna"].X, again["rna"].X)
+    assert (again["rna"].X != mdata["rna"].X).nnz == 0
+    rna = mdata["rna"]
+    responders = rna.var_names[rna.var["true_responsive"].to_numpy()]
+    assert sorted(responders) == sorted(pairs.loc[pairs.responsive, "feature"])
+    mean = np.asarray(rna.X.mean(axis=0)).ravel()
+    assert np.median(mean) > 1.0  # deep libraries on few genes: size factors are precise
 
 
 def test_fit_screen_high_moi_finds_each_targets_responders(fitted):
