@@ -126,14 +126,40 @@ def test_fit_screen_high_moi_finds_each_targets_responders(fitted):
         cis = fitted.uns[f"dream_cis_{target}"]
         assert cis["n_cells"] == fitted.n_obs  # every cell: the complement is the comparison
         assert fitted["rna"].uns[f"dream_trans_{target}"]["n_cells"] == fitted.n_obs
+        # the other targets' guides are one pooled reference guide; control guides their own
+        guides = cis["guides"]
+        own = [f"{target}_{k}" for k in (1, 2, 3)]
+        assert list(guides.index) == [*own, "NTC_1", "NTC_2", "NTC_3", "other_targets"]
+        assert guides.loc["other_targets", "n_cells"] == int(
+            (fitted.obsm["guide_assignment"].drop(columns=own + ["NTC_1", "NTC_2", "NTC_3"]) > 0)
+            .any(axis=1)
+            .sum()
+        )
+        assert abs(guides.loc["other_targets", "log2_effect_mean"]) < 0.2
+        true = fitted.uns["truth"]["guides"].loc[own, "log2_effect"].to_numpy()
+        fit = guides.loc[own, "log2_effect_mean"].to_numpy()
+        assert np.abs(fit - true).max() < 0.5, (target, fit, true)
     scored = _scored(fitted)
     calls = scored["significant"].to_numpy(bool)
     truth = scored["responsive"].to_numpy(bool)
     power = (calls & truth).sum() / truth.sum()
     false = int((calls & ~truth).sum())
-    # measured (1 torch thread): 8 of 9 responders called, 1 false call among 102 null pairs
-    assert power >= 7 / 9
-    assert false <= 1
+    # measured (1 torch thread): 9 of 9 responders called; 3 false calls among 102 null
+    # pairs, 2 of them on GFI1B's strongest responders under GEMIN5. On this dense design (12
+    # guides, 4 a cell) carrying one target's guides makes carrying another's likelier (more
+    # guides a cell), so the complement of GEMIN5 holds fewer GFI1B carriers: a leak of the
+    # other targets' effects, here a fraction of their own size (benchmarks: bench_genome_screen
+    # --moi high, 8 of 310 guides a cell, for the screen-wide rate)
+    assert power >= 8 / 9
+    assert false <= 3
+    owner = fitted["rna"].var["true_target"]
+    false_rows = scored[calls & ~truth]
+    leak = false_rows[false_rows["feature"].map(owner) != ""]
+    assert len(false_rows) - len(leak) <= 1  # genes no target moves
+    own = scored.set_index(["target", "feature"])["response_mean"]
+    for _, row in leak.iterrows():
+        source = own[(owner[row["feature"]], row["feature"])]
+        assert abs(row["response_mean"]) < 0.5 * abs(source), row["feature"]
     for target, rows in scored.groupby("target"):
         assert rows.loc[rows.responsive, "significant"].sum() >= 2, target
     # the sign of every called responder's response is the true one
