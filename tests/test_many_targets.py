@@ -138,5 +138,6 @@ def test_issue_size_high_moi_design():
     assert carried.mean(axis=0).mean() == pytest.approx(8.0 * 3 / 310, rel=0.05)
     kinds = pd.Series(truth["target_kind"]).value_counts().to_dict()
     assert kinds == {"typical": 70, "null": 20, "strong": 10}
-    zeros = 1 - mdata["rna"].X.nnz / np.prod(mdata["rna"].shape)
-    assert 0.75 < zeros < 0.9
+    trans = mdata["rna"].X[:, 100:]  # the target genes are a quarter of these 400
+    zeros = 1 - trans.nnz / np.prod(trans.shape)
+    assert 0.8 < zeros < 0.87  # measured 0.832
