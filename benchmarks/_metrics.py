@@ -96,6 +96,29 @@ def power(qvalues: Sequence[float], labels: Sequence[bool], *, alpha: float = 0.
     return float((np.isfinite(q) & (q < alpha) & y).sum() / y.sum())
 
 
+def power_at_fdr(labels: Sequence[bool], scores: Sequence[float], *, level: float = 0.1) -> float:
+    """Power of the best score threshold whose realised FDR is at most ``level`` (an oracle).
+
+    Ranks by score (higher = more significant; NaN lowest), cuts only between distinct score
+    values, and returns the largest true-positive fraction among cuts whose false discovery
+    proportion is ``<= level``: the power a method would have if its calls were perfectly
+    calibrated. It compares rankings at the operating point screens are read at, where a
+    method's own q-values may be too liberal or too strict.
+    """
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    s = np.where(np.isfinite(s), s, -np.inf)
+    if not y.any():
+        return float("nan")
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    true_pos = np.cumsum(y)
+    called = np.arange(1, len(y) + 1)
+    last_of_tie = np.r_[s[1:] != s[:-1], True] & np.isfinite(s)
+    ok = last_of_tie & ((called - true_pos) <= level * called)
+    return float(true_pos[ok].max() / y.sum()) if ok.any() else 0.0
+
+
 # ----------------------------------------------------------------------------- resources
 class PeakRSS:
     """Context manager sampling this process's RSS in a background thread.

@@ -9,6 +9,8 @@ own responsive genes; a fifth of the targets none, a tenth ten times more), runs
 - screen-wide realised FDR, false calls on the no-effect targets, power and AUROC over all
   (target, gene) pairs, for every q-value column ``get.screen_results`` offers
   (``qvalue`` = pooled target-decoy; hierarchical columns when present);
+  and ``power_at_fdr``: the power of the best cut of the ranking whose realised FDR is at most
+  ``--alpha`` (an oracle cut: it compares rankings where a method's own q-values are off);
 - the same for a per-target Wilcoxon rank-sum test (the target's cells against the control
   cells on size-factor-normalised counts, Benjamini-Hochberg over all pairs), computed here;
 - optionally pysceptre (``--sceptre``; needs ``pip install pysceptre``; benchmark only).
@@ -35,7 +37,7 @@ import torch
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _metrics import PeakRSS, auroc, markdown_table  # noqa: E402
+from _metrics import PeakRSS, auroc, markdown_table, power_at_fdr  # noqa: E402
 
 import dream_sc as ds  # noqa: E402
 
@@ -199,6 +201,12 @@ def main(argv: list[str] | None = None) -> None:
                 **design_kw,
             )
         fit_seconds = time.perf_counter() - t0
+    print(
+        f"fit_screen {fit_seconds:.1f} s, peak RSS {fit_mem.peak_gb:.2f} GB summed over this "
+        f"process and its workers, CPU {fit_mem.cpu_seconds:.0f} s, load "
+        f"{fit_mem.load[0]:.2f} -> {fit_mem.load[1]:.2f}",
+        flush=True,
+    )  # before the scoring, which needs the screen-wide table in memory as well
     record = mdata.uns["dream_screen"]
     targets = list(record["targets"])
     table = ds.get.screen_results(mdata, alpha=args.alpha)
@@ -213,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         rows[f"dream_sc {col}"] = {
             **score_calls(np.nan_to_num(q, nan=1.0) < args.alpha, labels, null_target),
             "auroc": auroc(labels, table["score"].fillna(0.0).to_numpy()),
-            "power_at_matched_fdr": power_at_fdr(labels, table["score"].to_numpy(), args.alpha),
+            "power_at_fdr": power_at_fdr(labels, table["score"].to_numpy(), level=args.alpha),
             **leak_calls(mdata, table, np.nan_to_num(q, nan=1.0) < args.alpha),
         }
     saved = {"dream_sc": table}
@@ -232,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         rows["wilcoxon (BH over pairs)"] = {
             **score_calls(wil["qvalue"].to_numpy() < args.alpha, wil_labels, wil_null),
             "auroc": auroc(wil_labels, wil["score"].to_numpy()),
-            "power_at_matched_fdr": power_at_fdr(wil_labels, wil["score"].to_numpy(), args.alpha),
+            "power_at_fdr": power_at_fdr(wil_labels, wil["score"].to_numpy(), level=args.alpha),
             **leak_calls(mdata, wil, wil["qvalue"].to_numpy() < args.alpha),
         }
         saved["wilcoxon"] = wil
@@ -282,17 +290,6 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if args.out is not None:
         args.out.write_text(text)
-
-
-def power_at_fdr(labels: np.ndarray, scores: np.ndarray, alpha: float) -> float:
-    """Power at the lowest score threshold whose realised FDR is at most ``alpha`` (oracle)."""
-    s = np.nan_to_num(np.asarray(scores, dtype=float), nan=-np.inf)
-    order = np.argsort(-s, kind="stable")
-    y = np.asarray(labels, dtype=bool)[order]
-    false = np.cumsum(~y)
-    fdp = false / np.arange(1, len(y) + 1)
-    ok = np.flatnonzero(fdp <= alpha)
-    return float(np.cumsum(y)[ok[-1]] / max(y.sum(), 1)) if ok.size else 0.0
 
 
 def leak_calls(mdata, table: pd.DataFrame, called: np.ndarray) -> dict:
@@ -350,7 +347,7 @@ def subset_rows(mdata, saved, subset, features, alpha, n_jobs, save) -> dict:
             rows[f"{name} {col} ({len(subset)} targets)"] = {
                 **score_calls(called, labels, null_target),
                 "auroc": auroc(labels, part["score"].fillna(0.0).to_numpy()),
-                "power_at_matched_fdr": power_at_fdr(labels, part["score"].to_numpy(), alpha),
+                "power_at_fdr": power_at_fdr(labels, part["score"].to_numpy(), level=alpha),
                 **leak_calls(mdata, part, called),
             }
     t0 = time.perf_counter()
@@ -479,7 +476,7 @@ def run_sceptre(
         "pysceptre (BH over pairs)": {
             **score_calls(q < alpha, labels, null_target),
             "auroc": auroc(labels, scores),
-            "power_at_matched_fdr": power_at_fdr(labels, scores, alpha),
+            "power_at_fdr": power_at_fdr(labels, scores, level=alpha),
             **leak_calls(mdata, table, q < alpha),
         }
     }

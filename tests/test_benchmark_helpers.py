@@ -63,6 +63,18 @@ def test_discoveries_and_power():
     assert M.power(q, labels, alpha=0.1) == 0.5
 
 
+def test_power_at_fdr_by_hand():
+    labels = [True, True, False, True, False, False]
+    scores = [9.0, 8.0, 7.0, 6.0, np.nan, 1.0]
+    # cuts: 1/1 true, 2/2, 2/3 (FDP 1/3), 3/4 (FDP 1/4), NaN never called
+    assert M.power_at_fdr(labels, scores, level=0.1) == pytest.approx(2 / 3)
+    assert M.power_at_fdr(labels, scores, level=0.25) == pytest.approx(1.0)
+    # a tie between a true and a false hit is cut as one block: 1 of 2 false
+    assert M.power_at_fdr([True, False], [5.0, 5.0], level=0.4) == 0.0
+    assert M.power_at_fdr([True, False], [5.0, 5.0], level=0.5) == 1.0
+    assert np.isnan(M.power_at_fdr([False, False], [1.0, 2.0]))
+
+
 def test_peak_rss_sees_a_transient_allocation():
     with M.PeakRSS(interval=0.01) as mem:
         block = np.ones(40_000_000)  # 320 MB, freed before exit

@@ -64,9 +64,21 @@ def test_curve_coordinates_round_trip_the_model_parameters():
             np.testing.assert_allclose(got[k].numpy(), want[k].numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_coordinates_reject_polynomials():
-    with pytest.raises(ValueError, match=r"No refinement coordinates for 'polynomial'"):
-        R.curve_coordinates("polynomial")
+def test_coordinates_reject_curves_without_them():
+    from dream_sc.models.curves import register_curve, unregister_curve
+    from dream_sc.models.curves._base import Curve
+
+    class Bare(Curve):
+        name = "bare_for_refine_test"
+
+    register_curve(Bare())
+    try:
+        with pytest.raises(
+            ValueError, match=r"No refinement coordinates for 'bare_for_refine_test'\."
+        ):
+            R.curve_coordinates("bare_for_refine_test")
+    finally:
+        unregister_curve("bare_for_refine_test")
 
 
 def _priors(n: int) -> TransPriors:
@@ -315,24 +327,17 @@ def test_refinement_does_not_depend_on_chunking(fitted, monkeypatch):
         np.testing.assert_allclose(whole[name], pieces[name], rtol=1e-6)
 
 
-def test_multinomial_and_polynomial_jobs_cannot_be_refined():
+def test_multinomial_jobs_cannot_be_refined_polynomials_only_on_request(monkeypatch):
+    from dream_sc.models.curves import get_curve
+
     job = SimpleNamespace(function="single_hill", data=SimpleNamespace(distribution="multinomial"))
     assert not _refine.can_refine(job)
     job.data.distribution = "binomial"
     assert _refine.can_refine(job)
-    job.function = "polynomial"
+    job.function = "polynomial"  # coordinates, but not refined by default
     assert not _refine.can_refine(job)
-
-
-def test_polynomial_fits_are_not_refined(fitted):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds.tl.fit_trans(
-            fitted, function="polynomial", n_steps=FAST["trans"], seed=0, test=False,
-            key_added="poly",
-        )  # fmt: skip
-    table = fitted["rna"].varm["poly"]
-    assert not table["refined"].any() and table["refine_ess"].isna().all()
+    monkeypatch.setattr(get_curve("polynomial"), "refine_default", True)
+    assert _refine.can_refine(job)
 
 
 @pytest.mark.parametrize("bad", [10, 0, 1.5, True, "many"])

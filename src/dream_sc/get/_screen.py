@@ -226,11 +226,11 @@ def screen_results(
     )
     scores = [t["score"].to_numpy(dtype=np.float64)[f] for t, f in zip(tables, fitted, strict=True)]
     hier = _hierarchical(chosen, scores, null, alpha, target_test)
-    frames = []
-    for i, (target, table, f, qt) in enumerate(zip(chosen, tables, fitted, q_screen, strict=True)):
+    frames = []  # each target's table is modified in place (its own copy) and handed over
+    for i, (target, f, qt) in enumerate(zip(chosen, fitted, q_screen, strict=True)):
         q = np.full(len(f), np.nan)
         q[f] = qt
-        frame = table.copy()
+        frame, tables[i] = tables[i], None
         for name in ("qvalue", "significant", "shape"):
             frame[f"{name}_target"] = frame[name]
         significant = f & (q < alpha)
@@ -240,7 +240,8 @@ def screen_results(
         _add_hierarchical(frame, f, hier, i)
         frame.insert(0, "feature", frame.index.astype(str))
         frame.insert(0, "target", target)
-        frames.append(frame.reset_index(drop=True))
+        frame.index = pd.RangeIndex(len(frame))
+        frames.append(frame)
     out = pd.concat(frames, ignore_index=True)
     out.attrs["hierarchical_fdr"] = {
         "alpha": float(alpha),

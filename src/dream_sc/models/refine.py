@@ -8,8 +8,10 @@ where every amplitude is ``v = s * lambda * z`` (horseshoe, non-centred). Only t
 are then too narrow (measured: 77% of true EC50s inside their 90% interval).
 
 The refinement re-targets the *exact* posterior of each responsive feature in the curve's own
-coordinates ``theta = (eta_ref, v_k, log K_1, [log gap], log n_k)``, in which the horseshoe scale
-is integrated out (:func:`horseshoe_log_density`), by adaptive importance sampling:
+coordinates (``Curve.coordinates``): ``theta = (eta_ref, v_k, log K_1, [log gap], log n_k)`` for
+Hill curves, ``(eta_ref, c_1..c_D)`` for the polynomial, in which the horseshoe scale is
+integrated out (:func:`horseshoe_log_density`; the polynomial's coefficients share one scale),
+by adaptive importance sampling:
 
 1. a Normal proposal per feature is moment-matched to draws of the variational posterior;
 2. each round draws from the proposal widened by ``inflate``, weights every draw by
@@ -56,7 +58,7 @@ def curve_coordinates(function: str) -> list[str]:
     """Names of the refinement coordinates of a curve (in order; ``Curve.coordinates``)."""
     names = get_curve(function).coordinates
     if names is None:
-        raise ValueError(f"No refinement coordinates for {function!r} (Hill families only).")
+        raise ValueError(f"No refinement coordinates for {function!r}.")
     return list(names)
 
 

@@ -36,8 +36,9 @@ START_DRAWS = 500
 
 
 def can_refine(job: TransJob) -> bool:
-    """Curves with refinement coordinates, per-feature likelihoods (not the coupled multinomial)."""
-    refinable = get_curve(job.function).coordinates is not None
+    """Curves refined by default (with coordinates), per-feature likelihoods (not the multinomial)."""
+    curve = get_curve(job.function)
+    refinable = curve.coordinates is not None and curve.refine_default
     return refinable and not get_family(job.data.distribution).grouped
 
 
@@ -58,7 +59,8 @@ def refined_columns(
     Features with ``prob_dose_dependent >= min_prob`` get their curve-parameter summaries from
     the exact posterior, reached by adaptive importance sampling from the variational one (see
     :mod:`dream_sc.models.refine`); EC50s are then moved along the dosage axis exactly like the
-    variational ones. Response, score and curve columns are left as they are (significance is
+    variational ones (a polynomial's response-scale EC50 draws directly, Hill curves' through
+    their ``K``). Response, score and curve columns are left as they are (significance is
     calibrated on variational scores of real and permuted fits alike).
 
     Returns the updated columns, plus ``refined`` (bool) and ``refine_ess`` (effective sample
@@ -110,6 +112,7 @@ def refined_columns(
             job.grid.hi,
             job.priors.log_x_ref,
             job.priors.half_range,
+            move=None if job.dose_axis is None else job.dose_axis.response_ec50_move(job.function),
         ).items():
             out[name][idx] = values
         out["refined"][idx] = True

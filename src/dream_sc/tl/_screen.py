@@ -39,7 +39,7 @@ from ._screen_checks import (
     target_seed,
 )
 from ._screen_high_moi import resolve_design
-from ._screen_parallel import check_n_jobs, default_threads, targets_elsewhere
+from ._screen_parallel import check_n_jobs, default_threads, in_target_order, targets_elsewhere
 from ._screen_resume import manifest_of, open_checkpoint, resumed_seed
 from ._screen_store import Checkpoint, apply, capture, drop
 from ._screen_target import _fit_target
@@ -473,13 +473,9 @@ def _run(
         keys=lambda t: (cis_keys[t], trans_keys[t]),
         kwargs=lambda t: {**target_kwargs(t), "prefixes": list(prefixes)},
     )
-    if elsewhere is not None:
-        results = {}
-        for target, pieces, timing in elsewhere:
-            results[target] = pieces
-            finished(target, pieces, timing)
-        for target in todo:  # written in target order: the same layout as a serial run
-            apply(mdata, modality, results[target])
+    if elsewhere is not None:  # applied in target order as they arrive: a serial run's layout
+        for _, pieces in in_target_order(elsewhere, todo, finished):
+            apply(mdata, modality, pieces)
     else:
         for target in todo:
             bar.set_postfix_str(target)

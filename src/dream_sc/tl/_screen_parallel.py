@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,29 @@ def fit_targets_in_parallel(
                     future.cancel()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def in_target_order(
+    results: Iterable[tuple[str, dict, dict]],
+    order: Sequence[str],
+    on_arrival: Callable[[str, dict, dict], None],
+) -> Iterator[tuple[str, dict]]:
+    """``(target, pieces)`` in ``order``, each as soon as it and every target before it are back.
+
+    ``results`` yields ``(target, pieces, timing)`` in any order; ``on_arrival`` is called for
+    each as it arrives (progress, checkpoint). A piece is held only until the targets before it
+    are back, so memory does not grow with the screen (all pieces of 500 targets held to the
+    end were ~30 MB per target at 100,000 cells).
+    """
+    waiting: dict[str, dict] = {}
+    queue = iter(order)
+    upcoming = next(queue, None)
+    for target, pieces, timing in results:
+        on_arrival(target, pieces, timing)
+        waiting[target] = pieces
+        while upcoming is not None and upcoming in waiting:
+            yield upcoming, waiting.pop(upcoming)
+            upcoming = next(queue, None)
 
 
 def targets_elsewhere(

@@ -70,7 +70,11 @@ class Curve:
         Natural parameters that are natural-log dosages (EC50s): moved along the dosage axis
         by :class:`~dream_sc.models.trans_summary.DoseAxis`.
     coordinates
-        Names of the refinement coordinates (``None``: the curve's intervals are not refined).
+        Names of the refinement coordinates (``None``: the curve's intervals are not refined);
+        a name may stand for a block of them (the polynomial's ``coef``, one per degree).
+    refine_default
+        Whether ``fit_trans(refine_intervals=True)`` refines the curve (needs
+        :attr:`coordinates`).
     fused
         Whether :meth:`fused_log_likelihood` exists (families with ``fused_hill``, CPU).
     site_labels
@@ -81,6 +85,7 @@ class Curve:
     bytes_per_entry: int = 160
     dose_params: tuple[str, ...] = ()
     coordinates: tuple[str, ...] | None = None
+    refine_default: bool = True
     fused: bool = False
     site_labels: Mapping[str, str] = {
         "eta_ref": "eta_ref (link-scale value at the NTC dosage)",

@@ -4,7 +4,9 @@
   common to every curve (:mod:`dream_sc.models.trans` samples it);
 - amplitudes ``v = s_t * lambda * z`` with ``z ~ Normal(0, 1)`` and a horseshoe local scale
   ``lambda ~ HalfCauchy(1)`` sampled as ``log lambda`` (:func:`log_half_cauchy`); with ``lambda``
-  integrated out, ``u = lambda z`` has the density :func:`horseshoe_log_density`;
+  integrated out, ``u = lambda z`` has the density :func:`horseshoe_log_density`, and a vector
+  ``u = lambda z`` of ``D`` coefficients sharing one ``lambda`` (the polynomial) the density
+  :func:`shared_horseshoe_log_density`;
 - Hill coefficients ``log n ~ Normal(LOG_N_PRIOR)``, additive Hill gaps
   ``log gap ~ Normal(., LOG_GAP_PRIOR_SD)``.
 """
@@ -66,3 +68,35 @@ def horseshoe_log_density(u: np.ndarray) -> np.ndarray:
     log_u, log_p = _horseshoe_table()
     a = np.log(np.clip(np.abs(np.asarray(u, dtype=np.float64)), 1e-8, 1e6))
     return np.interp(a, log_u, log_p)
+
+
+@lru_cache(maxsize=8)
+def _shared_horseshoe_table(dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``log r`` grid and the log density of a ``dim``-vector ``lambda z`` at norm ``r`` on it."""
+    # wider towards 0 than the scalar table: the density grows like r^(1 - dim) near 0
+    log_lam = np.linspace(-24.0, 16.0, 8001)
+    lam = np.exp(log_lam)
+    w_lam = (2.0 / np.pi) * lam / (1.0 + lam**2) * (log_lam[1] - log_lam[0])
+    log_r = np.linspace(np.log(1e-8), np.log(1e6), 3001)
+    r = np.exp(log_r)[:, None]
+    log_normal = -0.5 * (r / lam) ** 2 - dim * (0.5 * np.log(2.0 * np.pi) + log_lam)
+    top = log_normal.max(1, keepdims=True)
+    return log_r, top[:, 0] + np.log(np.exp(log_normal - top) @ w_lam)
+
+
+def shared_horseshoe_log_density(u: np.ndarray) -> np.ndarray:
+    """Log density of ``u = lambda * z`` (last axis, ``D``) with ``z ~ N(0, I_D)``, ``lambda ~ HalfCauchy(1)``.
+
+    Coefficients that share one horseshoe scale (the polynomial's ``c_d = s lambda z_d``): the
+    density depends on ``|u|`` only and is computed once per ``D`` by quadrature over
+    ``log lambda``, then interpolated in ``log |u|`` (``|u|`` clamped to ``[1e-8, 1e6]``). For
+    ``D = 1`` it is :func:`horseshoe_log_density`.
+
+    Returns
+    -------
+    Array of the shape of ``u`` without its last axis.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    log_r, log_p = _shared_horseshoe_table(int(u.shape[-1]))
+    norm = np.sqrt(np.square(u).sum(-1))
+    return np.interp(np.log(np.clip(norm, 1e-8, 1e6)), log_r, log_p)

@@ -3,7 +3,14 @@
 ``u = (log2 x - log2 x_ref) / half_range``; coefficients ``c_d = s_t * lambda * z_d`` share one
 horseshoe scale per feature. With an uncertain dosage the expectation over ``u`` is exact
 (Gaussian moments). No EC50 of its own (``ec50_*`` NaN; the response-scale EC50 is found
-numerically), no refinement, no fused kernel.
+numerically), no fused kernel.
+
+Refinement coordinates (:mod:`dream_sc.models.refine`): ``theta = (eta_ref, c_1, ..., c_D)``,
+the coefficients themselves, in which the shared horseshoe scale is integrated out
+(:func:`~dream_sc.models.curves._priors.shared_horseshoe_log_density`), so the importance
+sampler targets the exact posterior of the cubic rather than the variational Normal over
+``(z_d, log lambda)``. Not applied by ``fit_trans`` by default
+(:attr:`Polynomial.refine_default`).
 """
 
 from __future__ import annotations
@@ -17,8 +24,14 @@ import torch
 
 from ..guide import Site
 from ._base import Curve, summary_stats
-from ._math import gaussian_powers, mean_scale_correction, polynomial_slope
-from ._priors import log_half_cauchy, normal_prior
+from ._math import PROBIT_FACTOR, gaussian_powers, mean_scale_correction, polynomial_slope
+from ._priors import (
+    ETA_REF_PRIOR_SD,
+    log_half_cauchy,
+    normal_log_pdf,
+    normal_prior,
+    shared_horseshoe_log_density,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..trans import TransPriors
@@ -31,6 +44,13 @@ class Polynomial(Curve):
     name = "polynomial"
     #: measured 2026-12-05 (1,024 cells x 12,000 genes, dosage variance marginalised): 72
     bytes_per_entry = 80
+    #: ``coef`` stands for the ``degree`` coefficients (one coordinate each, in order)
+    coordinates: tuple[str, ...] | None = ("eta_ref", "coef")
+    #: Off: the exact posterior of a cubic is narrower than the variational one, and against
+    #: Hill-shaped truths its response-scale EC50 intervals then cover less (misspecification
+    #: bias, not posterior error; measured 2026-12-07, benchmarks/ec50_coverage.py, see
+    #: benchmarks/README.md). Set it to ``True`` to refine polynomial fits.
+    refine_default = False
     fused = False
     site_labels: Mapping[str, str] = {
         **Curve.site_labels,
@@ -87,6 +107,65 @@ class Polynomial(Curve):
         for d in range(params["coef"].shape[-1]):
             cols.update(summary_stats(f"coef{d + 1}", params["coef"][..., d]))
         return cols
+
+    # --- refinement ---------------------------------------------------------------------------
+
+    def to_coordinates(  # noqa: D102
+        self, latent: Mapping[str, torch.Tensor], amplitude_scale: np.ndarray
+    ) -> np.ndarray:
+        scale = np.asarray(amplitude_scale, dtype=np.float64)[:, None]  # [T, 1]
+        lam = np.exp(latent["log_lambda"].double().numpy())[..., None]  # [S, T, 1]
+        coef = scale * lam * latent["coef_z"].double().numpy()  # [S, T, D]
+        theta = np.concatenate([latent["eta_ref"].double().numpy()[..., None], coef], axis=-1)
+        return np.moveaxis(theta, 0, 1)
+
+    def coordinate_params(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:  # noqa: D102
+        return {"eta_ref": theta[..., 0], "coef": theta[..., 1:]}
+
+    def coordinate_log_prior(  # noqa: D102
+        self, theta: torch.Tensor, priors: TransPriors, features: np.ndarray
+    ) -> torch.Tensor:
+        loc = torch.as_tensor(priors.eta_ref_loc[features], dtype=theta.dtype)
+        lp = normal_log_pdf(theta[..., 0], loc, ETA_REF_PRIOR_SD)
+        scale = np.asarray(priors.amplitude_scale[features], dtype=np.float64)  # [T]
+        coef = theta[..., 1:].double().numpy()  # [S, T, D]
+        dens = shared_horseshoe_log_density(coef / scale[:, None])
+        dens = dens - coef.shape[-1] * np.log(scale)
+        return lp + torch.as_tensor(dens, dtype=theta.dtype)
+
+    def add_curve(
+        self,
+        out: torch.Tensor,
+        params: Mapping[str, torch.Tensor],
+        log_x: torch.Tensor,
+        log_x_var: torch.Tensor | None,
+        priors: TransPriors,
+        mean_link: str | None,
+    ) -> torch.Tensor:
+        """``out += evaluate(...)`` over a ``[B, T]`` block: the sums over degrees as matmuls.
+
+        The same value as :meth:`evaluate` (with ``mean_link``) to float32 rounding, without its
+        ``[B, T, D]`` temporaries.
+        """
+        coef = params["coef"].to(out.dtype)  # [T, D]
+        degree = coef.shape[-1]
+        unit = float(np.log(2.0)) * priors.half_range
+        u = (log_x.to(out.dtype) - priors.log_x_ref) / unit  # [B]
+        u_var = None if log_x_var is None else log_x_var.to(out.dtype) / unit**2
+        powers = gaussian_powers(u, u_var, degree)  # [B, D]
+        corrected = u_var is not None and mean_link in ("log", "logit")
+        curve = torch.zeros_like(out) if corrected and mean_link == "logit" else out
+        curve.addmm_(powers, coef.T).add_(params["eta_ref"].to(out.dtype))
+        if not corrected:
+            return out
+        lower = torch.ones_like(powers)  # E[u^(d-1)], d = 1..D
+        if degree > 1:
+            lower[:, 1:] = powers[:, :-1]
+        weights = torch.arange(1, degree + 1, dtype=out.dtype, device=out.device) / unit
+        var_eta = (lower @ (coef * weights).T).square_().mul_(log_x_var.to(out.dtype)[:, None])
+        if mean_link == "log":
+            return out.add_(var_eta, alpha=0.5)
+        return out.add_(curve.mul_(var_eta.mul_(PROBIT_FACTOR).add_(1.0).rsqrt_()))  # logit
 
     def warm_start(  # noqa: D102
         self, points: GuidePoints, priors: TransPriors
