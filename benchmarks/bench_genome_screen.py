@@ -126,6 +126,25 @@ def main(argv: list[str] | None = None) -> None:
         help="ds.settings.max_memory_gb: the budget fit_screen checks its results against "
         "(default: the memory available when it starts, after the simulation)",
     )
+    p.add_argument(
+        "--guides-per-cell", type=float, default=8.0, help="mean guides per cell at high MOI"
+    )
+    p.add_argument(
+        "--true-size-factors",
+        action="store_true",
+        help="fit and normalise with the generating size factors (isolates composition)",
+    )
+    p.add_argument("--sceptre-jobs", type=int, default=1, help="pysceptre n_jobs")
+    p.add_argument(
+        "--sceptre-targets",
+        type=int,
+        default=None,
+        help="run pysceptre on a random subset of this many fitted targets and score every "
+        "method on that subset's pairs as well (pysceptre's cost grows with the pairs)",
+    )
+    p.add_argument(
+        "--save", type=Path, default=None, help="directory for the per-pair tables (CSV)"
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     if args.max_memory_gb is not None:
@@ -144,7 +163,13 @@ def main(argv: list[str] | None = None) -> None:
             n_targets=args.targets,
             moi=args.moi,
             seed=args.seed,
+            guides_per_cell=args.guides_per_cell,
         )
+        if args.true_size_factors:
+            mdata.obs["sum_factor"] = mdata.obs["true_size_factor"].to_numpy()
+        design_kw = {}
+        if args.moi == "high":  # the assignment table and the guide map (complement design)
+            design_kw["guide_targets"] = mdata.uns["truth"]["guide_targets"]
         simulate_seconds = time.perf_counter() - t0
         steps = None
         if args.steps is not None:
@@ -182,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
                 n_jobs=args.n_jobs,
                 targets=chosen,
                 **cluster,
+                **design_kw,
             )
         fit_seconds = time.perf_counter() - t0
     print(
@@ -205,19 +231,39 @@ def main(argv: list[str] | None = None) -> None:
             **score_calls(np.nan_to_num(q, nan=1.0) < args.alpha, labels, null_target),
             "auroc": auroc(labels, table["score"].fillna(0.0).to_numpy()),
             "power_at_fdr": power_at_fdr(labels, table["score"].to_numpy(), level=args.alpha),
+            **leak_calls(mdata, table, np.nan_to_num(q, nan=1.0) < args.alpha),
         }
+    saved = {"dream_sc": table}
+    if args.save is not None:
+        save_tables(args.save, mdata, saved)
     features = [f for f in mdata["rna"].var_names if f not in targets]
     if not args.skip_peers:
-        wil = wilcoxon_screen(mdata, targets, features)
+        t0 = time.perf_counter()
+        if args.moi == "high":  # cells with vs without the target's guides
+            wil = high_moi_wilcoxon(mdata, targets, features)
+        else:
+            wil = wilcoxon_screen(mdata, targets, features)
+        print(f"wilcoxon: {time.perf_counter() - t0:.1f} s")
         wil_labels = truth_labels(mdata, wil)
         wil_null = wil["target"].map(lambda t: kinds[t] == "null").to_numpy()
         rows["wilcoxon (BH over pairs)"] = {
             **score_calls(wil["qvalue"].to_numpy() < args.alpha, wil_labels, wil_null),
             "auroc": auroc(wil_labels, wil["score"].to_numpy()),
             "power_at_fdr": power_at_fdr(wil_labels, wil["score"].to_numpy(), level=args.alpha),
+            **leak_calls(mdata, wil, wil["qvalue"].to_numpy() < args.alpha),
         }
-    if args.sceptre and not args.skip_peers:
-        rows.update(run_sceptre(mdata, targets, features, args.alpha))
+        saved["wilcoxon"] = wil
+        if args.save is not None:
+            save_tables(args.save, mdata, saved)
+        print(markdown_table(pd.DataFrame(rows).T), flush=True)  # before pysceptre
+    if args.sceptre and not args.skip_peers and args.sceptre_targets is not None:
+        rng = np.random.default_rng(args.seed + 1)
+        subset = sorted(rng.choice(targets, size=args.sceptre_targets, replace=False))
+        rows.update(
+            subset_rows(mdata, saved, subset, features, args.alpha, args.sceptre_jobs, args.save)
+        )
+    elif args.sceptre and not args.skip_peers:
+        rows.update(run_sceptre(mdata, targets, features, args.alpha, args.sceptre_jobs))
     scores = pd.DataFrame(rows).T
     timings = record["timings"]
     header = (
@@ -253,6 +299,85 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if args.out is not None:
         args.out.write_text(text)
+
+
+def leak_calls(mdata, table: pd.DataFrame, called: np.ndarray) -> dict:
+    """False calls on genes another target moves (``leak``) and on genes none moves."""
+    pairs = mdata.uns["truth"]["pairs"]
+    responsive = set(zip(pairs["target"], pairs["feature"], strict=True))
+    moved = set(pairs["feature"])
+    tf = list(zip(table["target"], table["feature"], strict=True))
+    false = called & ~np.array([p in responsive for p in tf])
+    leak = np.array([f in moved for _, f in tf])
+    return {"false_leak": int((false & leak).sum()), "false_pure": int((false & ~leak).sum())}
+
+
+def save_tables(directory: Path, mdata, tables: dict) -> None:
+    """Per-pair tables of every method and the truth, as CSV (for later analysis)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        keep = [c for c in table.columns if c in KEEP_COLUMNS]
+        table[keep].to_csv(directory / f"{name}.csv", index=False)
+    truth = mdata.uns["truth"]
+    truth["pairs"].to_csv(directory / "truth_pairs.csv", index=False)
+    pd.Series(truth["target_kind"], name="kind").to_csv(directory / "target_kind.csv")
+
+
+KEEP_COLUMNS = (
+    "target",
+    "feature",
+    "score",
+    "pvalue",
+    "qvalue",
+    "screen_qvalue",
+    "qvalue_target",
+    "significant",
+    "response_mean",
+    "tested",
+    "fitted",
+)
+
+
+def subset_rows(mdata, saved, subset, features, alpha, n_jobs, save) -> dict:
+    """pysceptre on ``subset``'s pairs; every method scored on those pairs (BH within them
+    for the per-pair tests, dream_sc's screen-wide q-values as they are)."""
+    rows = {}
+    kinds = mdata.uns["truth"]["target_kind"]
+    for name, table in saved.items():
+        part = table[table["target"].isin(subset)].reset_index(drop=True)
+        if name != "dream_sc":
+            p = part["pvalue"].fillna(1.0).to_numpy()
+            part = part.assign(qvalue=stats.false_discovery_control(p, method="bh"))
+        labels = truth_labels(mdata, part)
+        null_target = part["target"].map(lambda t: kinds[t] == "null").to_numpy()
+        cols = ["qvalue", "screen_qvalue"] if name == "dream_sc" else ["qvalue"]
+        for col in cols:
+            called = np.nan_to_num(part[col].to_numpy(dtype=float), nan=1.0) < alpha
+            rows[f"{name} {col} ({len(subset)} targets)"] = {
+                **score_calls(called, labels, null_target),
+                "auroc": auroc(labels, part["score"].fillna(0.0).to_numpy()),
+                "power_at_fdr": power_at_fdr(labels, part["score"].to_numpy(), level=alpha),
+                **leak_calls(mdata, part, called),
+            }
+    t0 = time.perf_counter()
+    found = run_sceptre(mdata, subset, features, alpha, n_jobs, table_out=saved)
+    for key, value in found.items():
+        rows[f"{key} ({len(subset)} targets, {time.perf_counter() - t0:.0f} s)"] = value
+    if save is not None:
+        save_tables(save, mdata, saved)
+    return rows
+
+
+def high_moi_wilcoxon(mdata, targets: list[str], features: list[str]) -> pd.DataFrame:
+    """Complement Wilcoxon (cells with vs without the target's guides), BH over all pairs."""
+    from bench_high_moi import complement_wilcoxon
+
+    truth = mdata.uns["truth"]
+    assignment = mdata.obsm["guide_assignment"]
+    carried = assignment.to_numpy() @ pd.get_dummies(truth["guides"]["target"])[targets]
+    x = mdata["rna"][:, features].X
+    sf = mdata.obs["sum_factor"].to_numpy()
+    return complement_wilcoxon(x, sf, carried.to_numpy() > 0, targets, features)
 
 
 def results_bytes(mdata) -> int:
@@ -296,11 +421,19 @@ def worker_peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
 
 
-def run_sceptre(mdata, targets: list[str], features: list[str], alpha: float) -> dict:
+def run_sceptre(
+    mdata,
+    targets: list[str],
+    features: list[str],
+    alpha: float,
+    n_jobs: int = 1,
+    table_out: dict | None = None,
+) -> dict:
     """pysceptre on the same pairs: low MOI with the control cells, high MOI the complement.
 
     Covariates as in sceptre's default formula: intercept, log library size and log number of
-    detected genes per cell. Benjamini-Hochberg over all pairs of the screen.
+    detected genes per cell (high MOI also log guides per cell, sceptre's grna_n_nonzero).
+    Benjamini-Hochberg over all pairs of the screen.
     """
     try:
         import pysceptre
@@ -331,9 +464,11 @@ def run_sceptre(mdata, targets: list[str], features: list[str], alpha: float) ->
         carried = assignment.to_numpy() @ pd.get_dummies(truth["guides"]["target"])[targets]
         cells = {t: np.flatnonzero(carried[t].to_numpy() > 0) for t in targets}
         kwargs = {"moi": "high"}
+        n_guides = (assignment.to_numpy() > 0).sum(axis=1)
+        covariates = np.column_stack([covariates, np.log(n_guides)])
     t0 = time.perf_counter()
     result = pysceptre.run_discovery_analysis(
-        x.T.tocsr(), genes, covariates, cells, pairs, seed=0, **kwargs
+        x.T.tocsr(), genes, covariates, cells, pairs, seed=0, n_jobs=n_jobs, **kwargs
     )
     seconds = time.perf_counter() - t0
     table = result.rename(columns={"response_id": "feature", "grna_target": "target"})
@@ -344,11 +479,14 @@ def run_sceptre(mdata, targets: list[str], features: list[str], alpha: float) ->
     null_target = table["target"].map(lambda t: kinds[t] == "null").to_numpy()
     scores = -np.log10(np.maximum(p, 1e-300))
     print(f"pysceptre: {seconds:.1f} s")
+    if table_out is not None:
+        table_out["pysceptre"] = table.assign(pvalue=p, qvalue=q, score=scores)
     return {
         "pysceptre (BH over pairs)": {
             **score_calls(q < alpha, labels, null_target),
             "auroc": auroc(labels, scores),
             "power_at_fdr": power_at_fdr(labels, scores, level=alpha),
+            **leak_calls(mdata, table, q < alpha),
         }
     }
 

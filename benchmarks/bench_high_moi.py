@@ -89,6 +89,51 @@ def wilcoxon(mdata, Y: np.ndarray, genes: list[str]) -> pd.DataFrame:
     return out
 
 
+def complement_wilcoxon(
+    x, sf: np.ndarray, carried: np.ndarray, targets: list[str], features: list[str]
+) -> pd.DataFrame:
+    """Mann-Whitney U of every (target, feature): cells with vs without the target's guides.
+
+    ``x``: cells x features counts (sparse or dense), ``sf`` size factors, ``carried``: cells x
+    targets boolean. The complement shares the screen's ranks, so every gene is ranked once
+    and a target's rank sum is one matrix product: the same p-values as
+    ``scipy.stats.mannwhitneyu(method="asymptotic")`` (tie and continuity corrections), at the
+    cost of one ranking instead of one per target (seconds instead of ~10 s per target at
+    20,000 cells x 2,000 genes).
+    """
+    x = x.tocsc() if hasattr(x, "tocsc") else np.asarray(x)
+    n = x.shape[0]
+    ranks = np.empty((n, len(features)), dtype=np.float64)
+    ties = np.empty(len(features))
+    for j in range(len(features)):
+        col = x[:, j]
+        col = np.asarray(col.toarray() if hasattr(col, "toarray") else col).ravel()
+        y = col / sf
+        ranks[:, j] = stats.rankdata(y)
+        _, counts = np.unique(y, return_counts=True)
+        ties[j] = float(np.sum(counts.astype(np.float64) ** 3 - counts))
+    C = carried.astype(np.float64)
+    n1 = C.sum(axis=0)[:, None]  # targets x 1
+    n2 = n - n1
+    u1 = C.T @ ranks - n1 * (n1 + 1) / 2.0
+    u = np.maximum(u1, n1 * n2 - u1)
+    sd = np.sqrt(n1 * n2 / 12.0 * ((n + 1) - ties[None, :] / (n * (n - 1))))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (u - n1 * n2 / 2.0 - 0.5) / sd
+    p = np.clip(2.0 * stats.norm.sf(z), 0.0, 1.0)
+    p[~np.isfinite(p)] = 1.0
+    table = pd.DataFrame(
+        {
+            "target": np.repeat(targets, len(features)),
+            "feature": np.tile(np.asarray(features, dtype=object), len(targets)),
+            "pvalue": p.ravel(),
+        }
+    )
+    table["qvalue"] = stats.false_discovery_control(table["pvalue"].to_numpy(), method="bh")
+    table["score"] = -np.log10(np.maximum(table["pvalue"].to_numpy(), 1e-300))
+    return table
+
+
 def pseudobulk(mdata, Y: np.ndarray, genes: list[str], seed: int) -> pd.DataFrame:
     """Per-guide pseudobulk means of the target vs complement pseudo-replicates (Welch t)."""
     table = mdata.obsm["guide_assignment"]

@@ -72,15 +72,49 @@ def _scored(mdata) -> pd.DataFrame:
 
 def test_simulator_truth():
     mdata = _data(n_cells=300)
-    pairs = mdata.uns["truth"]["pairs"]
-    assert pairs.shape == (3 * 37, 7)
+    truth = mdata.uns["truth"]
+    pairs = truth["pairs"]
+    assert truth["simulator"] == "simulate_high_moi" and truth["moi"] == "high"
+    assert pairs.shape == (3 * 37, 8)
     assert pairs.groupby("target")["responsive"].sum().tolist() == [3, 3, 3]
     # every responder of a target is moved by that target only: disjoint sets
     assert pairs.loc[pairs.responsive, "feature"].is_unique
+    assert (pairs.loc[~pairs.responsive, ["v", "log2_fc"]] == 0).all().all()
     table = mdata.obsm["guide_assignment"]
     assert table.shape == (300, 12) and (table.sum(axis=1) >= 1).all()
+    # the dosage truth: a carried target's dosage moves by its guides, the others' stay put
+    dose = mdata.obsm["true_target_dose"]
+    carried = mdata.obsm["true_log2_dose_change"].toarray() != 0
+    x_ntc = pd.Series(truth["x_ntc"])[dose.columns].to_numpy()
+    np.testing.assert_allclose(
+        dose.to_numpy()[~carried], np.broadcast_to(x_ntc, carried.shape)[~carried]
+    )
+    assert (dose.to_numpy()[carried] < np.broadcast_to(x_ntc, carried.shape)[carried]).mean() > 0.9
+    # the wrapper is simulate_many_targets(moi="high") with fixed settings: same counts
+    many = ds.datasets.simulate_many_targets(
+        n_cells=300,
+        n_genes=40,
+        n_targets=3,
+        seed=2,
+        moi="high",
+        guides_per_target=3,
+        n_control_guides=3,
+        guides_per_cell=4.0,
+        cell_lines=("K562", "HEK293T"),
+        responders_per_target=3,
+        target_names=["GFI1B", "GEMIN5", "DDX6"],
+        effect_range=(1.0, 2.5),
+        baseline_median=3.0,
+        baseline_sd=1.0,
+    )
+    assert (many["rna"].X != mdata["rna"].X).nnz == 0
     again = _data(n_cells=300)
-    np.testing.assert_array_equal(mdata["rna"].X, again["rna"].X)
+    assert (again["rna"].X != mdata["rna"].X).nnz == 0
+    rna = mdata["rna"]
+    responders = rna.var_names[rna.var["true_responsive"].to_numpy()]
+    assert sorted(responders) == sorted(pairs.loc[pairs.responsive, "feature"])
+    mean = np.asarray(rna.X.mean(axis=0)).ravel()
+    assert np.median(mean) > 1.0  # deep libraries on few genes: size factors are precise
 
 
 def test_fit_screen_high_moi_finds_each_targets_responders(fitted):
@@ -92,14 +126,40 @@ def test_fit_screen_high_moi_finds_each_targets_responders(fitted):
         cis = fitted.uns[f"dream_cis_{target}"]
         assert cis["n_cells"] == fitted.n_obs  # every cell: the complement is the comparison
         assert fitted["rna"].uns[f"dream_trans_{target}"]["n_cells"] == fitted.n_obs
+        # the other targets' guides are one pooled reference guide; control guides their own
+        guides = cis["guides"]
+        own = [f"{target}_{k}" for k in (1, 2, 3)]
+        assert list(guides.index) == [*own, "NTC_1", "NTC_2", "NTC_3", "other_targets"]
+        assert guides.loc["other_targets", "n_cells"] == int(
+            (fitted.obsm["guide_assignment"].drop(columns=own + ["NTC_1", "NTC_2", "NTC_3"]) > 0)
+            .any(axis=1)
+            .sum()
+        )
+        assert abs(guides.loc["other_targets", "log2_effect_mean"]) < 0.2
+        true = fitted.uns["truth"]["guides"].loc[own, "log2_effect"].to_numpy()
+        fit = guides.loc[own, "log2_effect_mean"].to_numpy()
+        assert np.abs(fit - true).max() < 0.5, (target, fit, true)
     scored = _scored(fitted)
     calls = scored["significant"].to_numpy(bool)
     truth = scored["responsive"].to_numpy(bool)
     power = (calls & truth).sum() / truth.sum()
     false = int((calls & ~truth).sum())
-    # measured (1 torch thread): 8 of 9 responders called, 1 false call among 102 null pairs
-    assert power >= 7 / 9
-    assert false <= 1
+    # measured (1 torch thread): 9 of 9 responders called; 3 false calls among 102 null
+    # pairs, 2 of them on GFI1B's strongest responders under GEMIN5. On this dense design (12
+    # guides, 4 a cell) carrying one target's guides makes carrying another's likelier (more
+    # guides a cell), so the complement of GEMIN5 holds fewer GFI1B carriers: a leak of the
+    # other targets' effects, here a fraction of their own size (benchmarks: bench_genome_screen
+    # --moi high, 8 of 310 guides a cell, for the screen-wide rate)
+    assert power >= 8 / 9
+    assert false <= 3
+    owner = fitted["rna"].var["true_target"]
+    false_rows = scored[calls & ~truth]
+    leak = false_rows[false_rows["feature"].map(owner) != ""]
+    assert len(false_rows) - len(leak) <= 1  # genes no target moves
+    own = scored.set_index(["target", "feature"])["response_mean"]
+    for _, row in leak.iterrows():
+        source = own[(owner[row["feature"]], row["feature"])]
+        assert abs(row["response_mean"]) < 0.5 * abs(source), row["feature"]
     for target, rows in scored.groupby("target"):
         assert rows.loc[rows.responsive, "significant"].sum() >= 2, target
     # the sign of every called responder's response is the true one

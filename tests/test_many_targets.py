@@ -89,3 +89,55 @@ def test_same_seed_same_screen_and_bad_arguments():
         ds.datasets.simulate_many_targets(n_cells=10, n_genes=5, n_targets=5)
     with pytest.raises(ValueError, match="moi must be 'low' or 'high'; got 'mid'"):
         ds.datasets.simulate_many_targets(n_cells=10, n_genes=50, n_targets=4, moi="mid")
+
+
+def test_fixed_disjoint_responders_and_target_names():
+    mdata = ds.datasets.simulate_many_targets(
+        n_cells=400,
+        n_genes=60,
+        n_targets=4,
+        moi="high",
+        responders_per_target=5,
+        target_names=["A", "B", "C", "D"],
+        seed=2,
+    )
+    truth = mdata.uns["truth"]
+    assert truth["targets"] == ["A", "B", "C", "D"]
+    assert list(mdata["rna"].var_names[:4]) == ["A", "B", "C", "D"]
+    pairs = truth["pairs"]
+    assert pairs.groupby("target").size().to_dict() == {"A": 5, "B": 5, "C": 5, "D": 5}
+    assert pairs["feature"].is_unique  # every responder moved by one target only
+    assert set(truth["target_kind"].values()) == {"typical"}
+    with pytest.raises(
+        ValueError,
+        match=r"^responders_per_target=20 x 4 targets needs that many of the 56 trans genes; "
+        r"lower it or raise n_genes\.$",
+    ):
+        ds.datasets.simulate_many_targets(
+            n_cells=10, n_genes=60, n_targets=4, responders_per_target=20
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"^target_names must hold 4 distinct names \(one per target\); got \['A', 'A', "
+        r"'B', 'C'\]\.$",
+    ):
+        ds.datasets.simulate_many_targets(
+            n_cells=10, n_genes=60, n_targets=4, target_names=["A", "A", "B", "C"]
+        )
+
+
+def test_issue_size_high_moi_design():
+    """The issue-27 screen's design: 8 guides a cell, ~7.5% of the cells per target."""
+    mdata = ds.datasets.simulate_many_targets(
+        n_cells=3000, n_genes=400, n_targets=100, moi="high", guides_per_cell=8.0, seed=0
+    )
+    per_cell = mdata.obs["n_guides"].to_numpy()
+    assert per_cell.mean() == pytest.approx(8.0, abs=0.15)
+    truth = mdata.uns["truth"]
+    carried = mdata.obsm["true_log2_dose_change"].toarray() != 0
+    assert carried.mean(axis=0).mean() == pytest.approx(8.0 * 3 / 310, rel=0.05)
+    kinds = pd.Series(truth["target_kind"]).value_counts().to_dict()
+    assert kinds == {"typical": 70, "null": 20, "strong": 10}
+    trans = mdata["rna"].X[:, 100:]  # the target genes are a quarter of these 400
+    zeros = 1 - trans.nnz / np.prod(trans.shape)
+    assert 0.8 < zeros < 0.87  # measured 0.832

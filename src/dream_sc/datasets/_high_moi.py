@@ -1,10 +1,13 @@
-"""High-MOI screens in which every target has its own responding genes.
+"""Small high-MOI screens with one fixed set of responders per target (tutorials, tests).
 
-:func:`~dream_sc.datasets.simulate_screen` makes every feature respond to the primary target
-only. :func:`simulate_high_moi` wraps it (``moi="high"``: guides, dosages of every target gene,
-cell lines, size factors and the target genes' counts come from it unchanged) and redraws the
-trans genes so that each target moves its own disjoint set of genes, the curves of all targets
-a cell carries adding on the log scale.
+:func:`simulate_high_moi` is a thin wrapper of
+:func:`~dream_sc.datasets.simulate_many_targets` with ``moi="high"`` (the one implementation of
+high-MOI counts: guides, dosages and the curves of all targets a cell carries adding on the
+log scale). It fixes the settings of a small, easy-to-read screen - named targets, two cell
+lines, the same number of responders for every target in disjoint gene sets, strong effects,
+libraries deep enough on few genes - and adds what a tutorial needs: the truth over every
+(target, gene) pair, the dosage of every target gene, and optionally guide UMI counts instead
+of guide calls.
 """
 
 from __future__ import annotations
@@ -14,13 +17,9 @@ import pandas as pd
 from anndata import AnnData
 from mudata import MuData
 
+from ._design import target_names
+from ._many_targets import _LN2, _hill, simulate_many_targets
 from ._modalities import gamma_poisson
-from ._simulate import simulate_screen
-
-
-def hill(x: np.ndarray, K: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """``x^n / (K^n + x^n)`` (dosage ``x`` on the natural scale)."""
-    return 1.0 / (1.0 + (K / x) ** n)
 
 
 def simulate_high_moi(
@@ -35,20 +34,23 @@ def simulate_high_moi(
     guide_umis: bool = False,
     seed: int = 0,
 ) -> MuData:
-    """Simulate a high-MOI CRISPRi/a screen with per-target responders and known truth.
+    """Simulate a small high-MOI CRISPRi screen with per-target responders and known truth.
 
-    Each trans gene responds to at most one target ``t``; its log mean moves by
-    ``v * (H(x_t) - H(x_ntc_t))`` with ``H`` a Hill function of the dosage ``x_t`` of the
-    target gene (``K`` between 1/8 and 1/2 of the control dosage, slope 1.5-3, ``|v|`` 1-2.5,
-    random sign), so the control dosage is the baseline. A cell's expected count multiplies
-    the effects of all the targets it carries.
+    :func:`~dream_sc.datasets.simulate_many_targets` with ``moi="high"`` and: targets
+    ``GFI1B``, ``GEMIN5``, ``DDX6``, ``TGT4``, ...; cell lines ``K562`` and ``HEK293T``;
+    exactly ``responders_per_target`` responsive genes per target, each moved by that target
+    only; ``|v|`` between 1 and 2.5 (natural log, control dosage to full knock-down); gene
+    baselines log-normal with median 3 counts and sd 1 (deep libraries on few genes). A gene
+    moved by target ``t`` has log mean ``a + v (H(x_t) - H(x_ntc_t))``; a cell's expected
+    count adds the curves of all the targets it carries on the log scale.
 
     Parameters
     ----------
     n_cells, n_genes, n_targets
         Screen size (``n_genes`` includes the target genes, which come first).
     guides_per_target, guides_per_cell, n_ntc_guides
-        As in :func:`~dream_sc.datasets.simulate_screen` (``max(1, Poisson)`` guides a cell).
+        Guides per target, mean guides per cell (``max(1, Poisson)`` distinct guides a cell)
+        and non-targeting guides ``NTC_1``, ...
     responders_per_target
         Trans genes moved by each target (at most ``(n_genes - n_targets) // n_targets``).
     guide_umis
@@ -61,10 +63,13 @@ def simulate_high_moi(
 
     Returns
     -------
-    MuData with ``rna`` (and ``guides``); ``obs`` / ``obsm`` as from ``simulate_screen``;
-    ``uns["truth"]["pairs"]``: DataFrame (``target``, ``feature``, ``responsive``, ``v``,
-    ``K``, ``n``, ``log2_fc``: log2 fold change of the guide-carrying dosage range) over every
-    target x trans gene; ``uns["truth"]["guide_targets"]``.
+    MuData as from :func:`~dream_sc.datasets.simulate_many_targets` (``rna``; ``obs``
+    ``guide``, ``target``, ``n_guides``, ``cell_line``, ``sum_factor``, ``true_size_factor``;
+    ``obsm["guide_assignment"]``), plus ``obsm["true_target_dose"]`` (dosage of every target
+    gene), ``rna.var["true_target"]`` / ``["true_responsive"]`` and ``uns["truth"]["pairs"]``
+    over every target x trans gene: ``target``, ``feature``, ``responsive``, ``v``, ``K``,
+    ``n``, ``log2_fc`` (log2 fold change over the 5th-95th percentile of the target's dosage)
+    and ``log_fc_strongest`` (link-scale change at the strongest guide).
 
     Examples
     --------
@@ -74,82 +79,65 @@ def simulate_high_moi(
     >>> int(mdata.uns["truth"]["pairs"]["responsive"].sum())
     15
     """
-    n_trans = n_genes - n_targets
-    if responders_per_target < 0 or responders_per_target * n_targets > n_trans:
-        raise ValueError(
-            f"responders_per_target={responders_per_target} x {n_targets} targets needs that "
-            f"many of the {n_trans} trans genes; lower it or raise n_genes."
-        )
-    mdata = simulate_screen(
+    mdata = simulate_many_targets(
         n_cells=n_cells,
         n_genes=n_genes,
-        n_junctions=0,
-        n_isoform_genes=0,
-        seed=seed,
         n_targets=n_targets,
-        guides_per_target=guides_per_target,
-        n_ntc_guides=n_ntc_guides,
+        seed=seed,
         moi="high",
+        guides_per_target=guides_per_target,
+        n_control_guides=n_ntc_guides,
         guides_per_cell=guides_per_cell,
-        frac_responsive=0.0,
+        cell_lines=("K562", "HEK293T"),
+        responders_per_target=responders_per_target,
+        target_names=target_names(n_targets),
+        effect_range=(1.0, 2.5),
+        baseline_median=3.0,
+        baseline_sd=1.0,
     )
-    rng = np.random.default_rng([int(seed), 27])
-    rna = mdata["rna"]
     truth = mdata.uns["truth"]
     targets = list(truth["targets"])
-    trans_names = rna.var_names[n_targets:]
-    doses = mdata.obsm["true_target_dose"][targets].to_numpy()
     x_ntc = np.array([truth["x_ntc"][t] for t in targets])
-    order = rng.permutation(n_trans)
-    owner = np.full(n_trans, -1)
-    for k in range(n_targets):
-        owner[order[k * responders_per_target : (k + 1) * responders_per_target]] = k
-    moving = owner >= 0
-    K = x_ntc[np.maximum(owner, 0)] * 2.0 ** rng.uniform(-3.0, -1.0, n_trans)
-    n = rng.uniform(1.5, 3.0, n_trans)
-    v = rng.uniform(1.0, 2.5, n_trans) * rng.choice([-1.0, 1.0], n_trans)
-    v[~moving] = 0.0
-    var = rna.var.iloc[n_targets:]
-    codes = mdata.obs["cell_line"].cat.codes.to_numpy()
-    delta = rna.varm["true_technical"].iloc[n_targets:].to_numpy().T  # lines x genes
-    eta = var["true_a"].to_numpy()[None, :] + delta[codes]
-    eta += np.log(mdata.obs["true_size_factor"].to_numpy())[:, None]
-    cols = np.flatnonzero(moving)
-    own = owner[cols]
-    x = doses[:, own]
-    eta[:, cols] += v[cols] * (hill(x, K[cols], n[cols]) - hill(x_ntc[own], K[cols], n[cols]))
-    counts = gamma_poisson(rng, np.exp(eta), var["true_dispersion"].to_numpy())
-    X = np.asarray(rna.X.toarray() if hasattr(rna.X, "toarray") else rna.X).copy()
-    X[:, n_targets:] = counts
-    rna.X = X.astype(rna.X.dtype)
-    lo, hi = np.quantile(doses, [0.05, 0.95], axis=0)
-    span = hill(hi[own], K[cols], n[cols]) - hill(lo[own], K[cols], n[cols])
-    log2_fc = np.zeros(n_trans)
-    log2_fc[cols] = v[cols] * span / np.log(2.0)
+    change = mdata.obsm["true_log2_dose_change"].toarray()
+    doses = x_ntc[None, :] * np.exp(_LN2 * change)
+    mdata.obsm["true_target_dose"] = pd.DataFrame(doses, index=mdata.obs_names, columns=targets)
+    rna = mdata["rna"]
+    truth["pairs"] = _every_pair(truth["pairs"], targets, list(rna.var_names[n_targets:]), doses)
+    owner = truth["pairs"].loc[truth["pairs"]["responsive"]].set_index("feature")["target"]
+    rna.var["true_target"] = [str(owner.get(g, "")) for g in rna.var_names]
+    rna.var["true_responsive"] = rna.var_names.isin(owner.index)
+    truth["simulator"] = "simulate_high_moi"
+    if guide_umis:
+        _guide_umis(mdata, np.random.default_rng([int(seed), 27]))
+    return mdata
+
+
+def _every_pair(
+    responsive: pd.DataFrame, targets: list[str], trans: list[str], doses: np.ndarray
+) -> pd.DataFrame:
+    """The truth over every target x trans gene, with the log2 fold change of each curve."""
     pairs = pd.DataFrame(
         {
-            "target": np.repeat(targets, n_trans),
-            "feature": np.tile(np.asarray(trans_names, dtype=object), n_targets),
+            "target": np.repeat(targets, len(trans)),
+            "feature": np.tile(np.asarray(trans, dtype=object), len(targets)),
         }
     )
-    k_of = np.repeat(np.arange(n_targets), n_trans)
-    g_of = np.tile(np.arange(n_trans), n_targets)
-    hit = owner[g_of] == k_of
-    pairs["responsive"] = hit
-    pairs["v"] = np.where(hit, v[g_of], 0.0)
-    pairs["K"] = np.where(hit, K[g_of], np.nan)
-    pairs["n"] = np.where(hit, n[g_of], np.nan)
-    pairs["log2_fc"] = np.where(hit, log2_fc[g_of], 0.0)
-    rna.var["true_target"] = [""] * n_targets + [targets[o] if o >= 0 else "" for o in owner]
-    rna.var["true_responsive"] = np.concatenate([np.zeros(n_targets, bool), moving])
-    truth["pairs"] = pairs
-    truth["simulator"] = "simulate_high_moi"
-    from ..pp import sum_factors
-
-    sum_factors(mdata, "rna", key_added="sum_factor", technical_key="cell_line")
-    if guide_umis:
-        _guide_umis(mdata, rng)
-    return mdata
+    curves = responsive.set_index(["target", "feature"])
+    pairs = pairs.join(curves, on=["target", "feature"])
+    pairs.insert(2, "responsive", pairs["v"].notna().to_numpy())
+    lo, hi = np.quantile(doses, [0.05, 0.95], axis=0)
+    column = pd.Index(targets).get_indexer(pairs["target"])
+    log2_fc = np.zeros(len(pairs))
+    hit = pairs["responsive"].to_numpy()
+    K, n = pairs["K"].to_numpy()[hit], pairs["n"].to_numpy()[hit]
+    for row, j, k_, n_ in zip(np.flatnonzero(hit), column[hit], K, n, strict=True):
+        k_, n_ = np.array([k_]), np.array([n_])
+        span = _hill(np.array([hi[j]]), k_, n_) - _hill(np.array([lo[j]]), k_, n_)
+        log2_fc[row] = pairs.at[row, "v"] * float(span[0, 0]) / _LN2
+    pairs["v"] = pairs["v"].fillna(0.0)
+    pairs["log_fc_strongest"] = pairs["log_fc_strongest"].fillna(0.0)
+    pairs["log2_fc"] = log2_fc
+    return pairs[["target", "feature", "responsive", "v", "K", "n", "log2_fc", "log_fc_strongest"]]
 
 
 def _guide_umis(mdata: MuData, rng: np.random.Generator) -> None:

@@ -123,6 +123,8 @@ def simulate_many_targets(
     baseline_sd: float = 2.0,
     technical_sd: float = 0.3,
     control_label: str = "ntc",
+    responders_per_target: int | None = None,
+    target_names: Sequence[str] | None = None,
 ) -> MuData:
     """Simulate a many-target CRISPR screen in which every target has its own responders.
 
@@ -166,6 +168,12 @@ def simulate_many_targets(
         Sd of the non-reference lines' technical effects (log scale).
     control_label
         Target label of the control guides.
+    responders_per_target
+        Exactly this many responsive genes per target, each moved by one target only
+        (disjoint sets); ``mean_responsive``, ``null_fraction`` and ``strong_fraction`` are
+        then unused. ``None``: the varied numbers above, sets drawn independently per target.
+    target_names
+        Names of the targets (their cis genes); default ``TGT_0001``, ...
 
     Returns
     -------
@@ -189,8 +197,12 @@ def simulate_many_targets(
     (600, 80)
     """
     _check_arguments(n_cells, n_genes, n_targets, moi, null_fraction, strong_fraction)
+    _check_responders(responders_per_target, n_targets, n_genes, target_names)
     rng = np.random.default_rng(seed)
-    targets = [str(t) for t in feature_names("TGT", n_targets, 4)]
+    if target_names is None:
+        targets = [str(t) for t in feature_names("TGT", n_targets, 4)]
+    else:
+        targets = [str(t) for t in target_names]
     guides = make_guides(
         rng,
         targets,
@@ -224,16 +236,26 @@ def simulate_many_targets(
     change = _with_cell_noise(rng, change, carried, dose_noise)
 
     genes = [*targets, *feature_names("gene_", n_genes - n_targets, 4)]
-    counts, kind = _responsive_counts(
-        rng,
-        n_targets,
-        n_genes - n_targets,
-        mean_responsive=mean_responsive,
-        null_fraction=null_fraction,
-        strong_fraction=strong_fraction,
-        strong_factor=strong_factor,
+    if responders_per_target is None:
+        counts, kind = _responsive_counts(
+            rng,
+            n_targets,
+            n_genes - n_targets,
+            mean_responsive=mean_responsive,
+            null_fraction=null_fraction,
+            strong_fraction=strong_fraction,
+            strong_factor=strong_factor,
+        )
+        pools = None
+    else:  # disjoint sets of exactly this many genes
+        counts = np.full(n_targets, int(responders_per_target), dtype=np.int64)
+        kind = np.where(counts > 0, "typical", "null").astype(str)
+        order = n_targets + rng.permutation(n_genes - n_targets)
+        k = int(responders_per_target)
+        pools = [order[j * k : (j + 1) * k] for j in range(n_targets)]
+    pairs = _draw_pairs(
+        rng, targets, counts, n_targets, n_genes, x_ntc, guides, effect_range, pools
     )
-    pairs = _draw_pairs(rng, targets, counts, n_targets, n_genes, x_ntc, guides, effect_range)
     base = np.minimum(rng.normal(np.log(baseline_median), baseline_sd, n_genes), np.log(500.0))
     base[:n_targets] = np.log([x_ntc[t] for t in targets])
     # dispersion falls with expression as in real data (a DESeq2-like trend, log-normal
@@ -316,13 +338,20 @@ def _draw_pairs(
     x_ntc: dict[str, float],
     guides: pd.DataFrame,
     effect_range: tuple[float, float],
+    pools: list[np.ndarray] | None = None,
 ) -> pd.DataFrame:
-    """One row per responsive (target, gene) pair with its single-Hill curve."""
+    """One row per responsive (target, gene) pair with its single-Hill curve.
+
+    ``pools``: the genes of each target (disjoint sets); ``None`` draws them per target.
+    """
     rows = []
     for j, (target, k) in enumerate(zip(targets, counts, strict=True)):
         if k == 0:
             continue
-        genes = n_targets + rng.choice(n_genes - n_targets, size=int(k), replace=False)
+        if pools is None:
+            genes = n_targets + rng.choice(n_genes - n_targets, size=int(k), replace=False)
+        else:
+            genes = pools[j]
         effects = guides.loc[guides["target"] == target, "log2_effect"].to_numpy()
         lo, hi = float(effects.min()), float(effects.max())
         # K between the strongest guide's and the weakest guide's dosage (on the link scale)
@@ -399,6 +428,24 @@ def _assemble(
         "pairs": pairs.drop(columns=["target_index", "feature_index"]).reset_index(drop=True),
     }
     return mdata
+
+
+def _check_responders(responders_per_target, n_targets, n_genes, target_names) -> None:
+    if target_names is not None:
+        names = [str(t) for t in target_names]
+        if len(names) != n_targets or len(set(names)) != n_targets:
+            raise ValueError(
+                f"target_names must hold {n_targets} distinct names (one per target); got "
+                f"{names[:5]}{'...' if len(names) > 5 else ''}."
+            )
+    if responders_per_target is None:
+        return
+    n_trans = n_genes - n_targets
+    if responders_per_target < 0 or responders_per_target * n_targets > n_trans:
+        raise ValueError(
+            f"responders_per_target={responders_per_target} x {n_targets} targets needs that "
+            f"many of the {n_trans} trans genes; lower it or raise n_genes."
+        )
 
 
 def _check_arguments(n_cells, n_genes, n_targets, moi, null_fraction, strong_fraction) -> None:

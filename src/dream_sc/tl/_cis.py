@@ -24,7 +24,7 @@ from ..engine.memory import plan_cis
 from ..engine.svi import check_svi_checkpoint
 from ..models.cis import LN2, CisData
 from ..models.families import get_family
-from ._cis_guides import add_escape_fractions, guide_table
+from ._cis_guides import _high_moi_guides, add_escape_fractions, guide_table
 from ._common import clean_params, versions
 from ._control_cells import check_control_cells, restrict_to_controls
 from ._fingerprints import cis_fingerprint
@@ -117,30 +117,6 @@ def _cis_cells_high_moi(mdata, obs, assignment_key, guide_targets, control_label
     A = (A > 0).astype(np.float32)
     use = A.sum(1) > 0
     return use, A, [str(g) for g in table.columns], targets == cis_target
-
-
-def _high_moi_guides(
-    A: np.ndarray, guide_names: list[str], is_cis: np.ndarray, cis_target: str
-) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
-    """High MOI: drop guides without fitted cells; at least one cis guide must remain.
-
-    Returns the assignment ``[cells, guides]``, guide names, cis mask and guide targets.
-    """
-    keep = A.sum(0) > 0
-    if (~keep).any():
-        dropped = [g for g, k in zip(guide_names, keep, strict=True) if not k]
-        logger.info("fit_cis: %d guide(s) without cells ignored: %s", len(dropped), dropped[:10])
-    A, guide_names, is_cis = (
-        A[:, keep],
-        [g for g, k in zip(guide_names, keep, strict=True) if k],
-        is_cis[keep],
-    )
-    if is_cis.sum() < 1:
-        raise ValueError(
-            f"The cis target {cis_target!r} has no guide with cells in "
-            "mdata.obsm's guide assignment; check `guide_targets` and the assignment."
-        )
-    return A, guide_names, is_cis, np.where(is_cis, cis_target, "other")
 
 
 def _low_moi_guides(
@@ -378,7 +354,10 @@ def fit_cis(
     sf = sum_factor_values(mdata, sum_factor_key)[rows]
     V.check_sum_factors(sf, sum_factor_key)
     if high_moi:
-        guides = _high_moi_guides(A_all[rows], guide_names, is_cis, cis_target)
+        mapping = pd.Series(guide_targets).astype(str)
+        mapping.index = mapping.index.astype(str)
+        is_control = mapping.reindex(guide_names).to_numpy() == control_label
+        guides = _high_moi_guides(A_all[rows], guide_names, is_cis, cis_target, is_control)
     else:
         guides = _low_moi_guides(obs, rows, guide_key, target_key, cis_target)
     A, guide_names, is_cis, guide_target = guides

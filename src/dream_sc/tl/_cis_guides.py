@@ -1,9 +1,13 @@
-"""Per-guide summaries of a cis fit (the guide table of ``uns[key]["guides"]``)."""
+"""Guide columns and per-guide summaries of a cis fit (``uns[key]["guides"]``)."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
+
+logger = logging.getLogger("dream_sc")
 
 
 def guide_table(
@@ -55,3 +59,49 @@ def add_escape_fractions(guides: pd.DataFrame, logits: np.ndarray, is_cis) -> No
         column = np.full(len(guides), np.nan)
         column[cis] = values
         guides[f"escape_fraction_{name}"] = column
+
+
+#: Name of the one column that stands for every other target's guides in a high-MOI cis fit.
+OTHER_TARGETS_GUIDES = "other_targets"
+
+
+def _high_moi_guides(
+    A: np.ndarray,
+    guide_names: list[str],
+    is_cis: np.ndarray,
+    cis_target: str,
+    is_control: np.ndarray | None = None,
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """High MOI: drop guides without fitted cells; at least one cis guide must remain.
+
+    The guides of the other targets (neither the cis target's nor control guides,
+    ``is_control``) are pooled into one reference column :data:`OTHER_TARGETS_GUIDES` (1 for
+    a cell carrying any of them): they do not target the cis gene, and one effect (and
+    spread) per guide made the cis posterior hundreds of dimensions wide on a screen of 100
+    targets (310 guides), where the SVI diverged. Control guides keep their own columns (and
+    their ``control_active`` check).
+
+    Returns the assignment ``[cells, guides]``, guide names, cis mask and guide targets.
+    """
+    keep = A.sum(0) > 0
+    if (~keep).any():
+        dropped = [g for g, k in zip(guide_names, keep, strict=True) if not k]
+        logger.info("fit_cis: %d guide(s) without cells ignored: %s", len(dropped), dropped[:10])
+    A, guide_names, is_cis = (
+        A[:, keep],
+        [g for g, k in zip(guide_names, keep, strict=True) if k],
+        is_cis[keep],
+    )
+    if is_cis.sum() < 1:
+        raise ValueError(
+            f"The cis target {cis_target!r} has no guide with cells in "
+            "mdata.obsm's guide assignment; check `guide_targets` and the assignment."
+        )
+    other = ~is_cis & (np.zeros_like(is_cis) if is_control is None else ~is_control[keep])
+    if other.sum() > 1:
+        pooled = (A[:, other].sum(1) > 0).astype(A.dtype)[:, None]
+        A = np.hstack([A[:, ~other], pooled])
+        guide_names = [g for g, o in zip(guide_names, other, strict=True) if not o]
+        guide_names.append(OTHER_TARGETS_GUIDES)
+        is_cis = np.append(is_cis[~other], False)
+    return A, guide_names, is_cis, np.where(is_cis, cis_target, "other")

@@ -101,8 +101,8 @@ def fit_screen(
 
     High MOI (``guide_targets`` given; see :doc:`/screens`): the technical fit uses every cell
     (unless ``technical_kwargs`` says otherwise); each target's cis and trans fits use every
-    cell, the cells without its guides being its comparison (sceptre's complement), and the
-    other targets' guides enter its cis fit as guides of their own.
+    cell, the cells without its guides being its comparison (sceptre's complement); its cis
+    fit pools the other targets' guides into one reference guide ``"other_targets"``.
 
     Every target gets its own seed, derived from ``seed`` and its name
     (:func:`target_seed`): a target's results are the same whichever other targets are in the
