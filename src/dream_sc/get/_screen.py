@@ -12,6 +12,7 @@ from mudata import MuData
 from .. import _validation as V
 from .._stores._keys import TransKeys
 from .._stores.screen import read_screen
+from .._stores.trans import read_trans
 from ..models.hierarchical_fdr import (
     hierarchical_fdr,
     joint_permutation_pvalue,
@@ -19,7 +20,7 @@ from ..models.hierarchical_fdr import (
     simes_pvalue,
 )
 from ..models.significance import DECOY_PSEUDOCOUNT, shape_calls
-from ._tables import trans_results
+from ._tables import CategoryColumn, feature_column, stored_column, target_column
 
 
 def pooled_decoy_qvalues(
@@ -108,6 +109,29 @@ def _n_null_sets(null: np.ndarray, record: Mapping) -> int:
     return int(record.get("params", {}).get("n_permutations", 1))
 
 
+#: Columns every target's table gains, in the order the screen adds them: the per-target
+#: calls kept under new names, the hierarchical columns. ``qvalue``, ``significant`` and
+#: ``shape`` are replaced in place by their screen-wide values.
+_ADDED = (
+    "qvalue_target",
+    "significant_target",
+    "shape_target",
+    "qvalue",
+    "significant",
+    "shape",
+    "feature_pvalue",
+    "screen_qvalue",
+    "target_pvalue",
+    "target_qvalue",
+    "target_selected",
+    "significant_screen",
+    "shape_screen",
+)
+#: Computed here (everything else is read from the targets' trans tables).
+_COMPUTED = frozenset(_ADDED) - {"qvalue_target", "significant_target", "shape_target"}
+_POOLED = ("qvalue", "significant", "shape")  # need the pooled target-decoy q-values
+
+
 def screen_results(
     mdata: MuData,
     *,
@@ -116,6 +140,7 @@ def screen_results(
     alpha: float = 0.1,
     targets: Sequence[str] | None = None,
     target_test: Literal["simes", "permutation"] = "simes",
+    columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Trans results of every target of a screen, with q-values controlling the screen's FDR.
 
@@ -140,6 +165,17 @@ def screen_results(
     do not collect the screen's false calls (the pooled ``qvalue`` only bounds the share of
     false pairs overall). Read ``significant_screen``.
 
+    **Memory.** The table is built column by column straight into its final arrays (no
+    per-target copies, no concatenation). String columns are :class:`pandas.Categorical`
+    with the sorted distinct values as categories (so sorting, ``pivot`` and ``groupby``
+    order rows as for strings; pass ``observed=True`` to ``groupby``): ``target``,
+    ``feature``, ``distribution``, ``function``, ``shape``, ``shape_target`` and
+    ``shape_screen``; numbers keep their stored dtype (float64). The full table takes about
+    0.5 kB per (target, feature) pair with the additive Hill curve (about 2 GB for 500
+    targets x 8,000 genes); ``columns=`` keeps only what is asked for, e.g. ``["target",
+    "feature", "screen_qvalue", "significant_screen", "ec50_mean"]`` at about 21 bytes per
+    pair.
+
     Parameters
     ----------
     mdata
@@ -158,6 +194,10 @@ def screen_results(
         ``"permutation"`` (exact: the Simes statistic of the real dosages ranked among those
         of the ``P`` stored joint permutations, never below ``1 / (1 + P)``; see
         :func:`~dream_sc.models.hierarchical_fdr.joint_permutation_pvalue`).
+    columns
+        Return only these columns, in this order (default: all). Values do not depend on the
+        choice; columns not asked for are never built. An unknown name raises a
+        :class:`ValueError` listing the valid ones before any work.
 
     Returns
     -------
@@ -179,6 +219,7 @@ def screen_results(
     >>> ds.tl.fit_screen(mdata, n_steps=30, progress=False)  # doctest: +SKIP
     >>> ds.get.screen_results(mdata).columns[:2].tolist()  # doctest: +SKIP
     ['target', 'feature']
+    >>> ds.get.screen_results(mdata, columns=["target", "feature", "screen_qvalue"])  # doctest: +SKIP
     """
     V.check_mudata(mdata)
     V.check_modality(mdata, modality)
@@ -200,16 +241,17 @@ def screen_results(
                 f"{screen_targets}."
             )
     adata = mdata[modality]
-    tables, nulls = [], []
-    untested = []
+    tables, nulls, untested = [], [], []
     for target in chosen:
-        table = trans_results(mdata, modality=modality, key=keys[target])
-        trans = adata.uns[keys[target]]
+        _, trans = read_trans(mdata, modality, keys[target])
+        table = adata.varm[keys[target]]  # read only: never modified, never copied
         if "null_scores" not in trans:
             untested.append(target)
             continue
         tables.append(table)
         nulls.append(trans)
+    names = _column_names([adata.varm[keys[t]].columns for t in chosen])
+    wanted = names if columns is None else _check_columns(columns, names)
     if untested:
         raise ValueError(
             f"The trans fits of target(s) {untested} have no permutation null, so no "
@@ -217,32 +259,17 @@ def screen_results(
             f"modality={modality!r}, key=...)` for each of "
             f"{[keys[t] for t in untested]}."
         )
-    fitted = [TransKeys.tested(t) for t in tables]
+    tested = [TransKeys.tested(t) for t in tables]
     null = [np.asarray(r["null_scores"], dtype=np.float64) for r in nulls]
-    q_screen = pooled_decoy_qvalues(
-        [t["score"].to_numpy(dtype=np.float64)[f] for t, f in zip(tables, fitted, strict=True)],
-        null,
-        [_n_null_sets(n, r) for n, r in zip(null, nulls, strict=True)],
-    )
-    scores = [t["score"].to_numpy(dtype=np.float64)[f] for t, f in zip(tables, fitted, strict=True)]
+    scores = [t["score"].to_numpy(dtype=np.float64)[f] for t, f in zip(tables, tested, strict=True)]
+    q_screen = None
+    if any(name in wanted for name in _POOLED):
+        q_screen = pooled_decoy_qvalues(
+            scores, null, [_n_null_sets(n, r) for n, r in zip(null, nulls, strict=True)]
+        )
     hier = _hierarchical(chosen, scores, null, alpha, target_test)
-    frames = []  # each target's table is modified in place (its own copy) and handed over
-    for i, (target, f, qt) in enumerate(zip(chosen, fitted, q_screen, strict=True)):
-        q = np.full(len(f), np.nan)
-        q[f] = qt
-        frame, tables[i] = tables[i], None
-        for name in ("qvalue", "significant", "shape"):
-            frame[f"{name}_target"] = frame[name]
-        significant = f & (q < alpha)
-        frame["qvalue"] = q
-        frame["significant"] = significant
-        frame["shape"] = _shapes(frame, f, significant)
-        _add_hierarchical(frame, f, hier, i)
-        frame.insert(0, "feature", frame.index.astype(str))
-        frame.insert(0, "target", target)
-        frame.index = pd.RangeIndex(len(frame))
-        frames.append(frame)
-    out = pd.concat(frames, ignore_index=True)
+    del scores, null
+    out = _assemble(chosen, tables, tested, q_screen, hier, alpha, wanted)
     out.attrs["hierarchical_fdr"] = {
         "alpha": float(alpha),
         "target_test": target_test,
@@ -253,15 +280,127 @@ def screen_results(
     return out
 
 
+def _column_names(stored: list[pd.Index]) -> list[str]:
+    """Columns of the screen table: ``target``, ``feature``, each target's columns, the added.
+
+    The union over the targets in order of first appearance (what concatenating the targets'
+    tables would give).
+    """
+    names: dict[str, None] = {}
+    for cols in stored:
+        cols = [str(c) for c in cols]
+        names.update(dict.fromkeys(["target", "feature", *cols]))
+        names.update(dict.fromkeys(c for c in _ADDED if c not in cols))
+    if not stored:
+        names.update(dict.fromkeys(["target", "feature", *_ADDED]))
+    return list(names)
+
+
+def _check_columns(columns: Sequence[str], names: list[str]) -> list[str]:
+    """``columns=`` as a list, checked against the table's column names."""
+    chosen = [columns] if isinstance(columns, str) else list(columns)
+    unknown = [c for c in chosen if c not in names]
+    if unknown:
+        raise ValueError(f"columns has unknown name(s) {unknown}; valid names: {names}.")
+    if not chosen or len(set(chosen)) < len(chosen):
+        raise ValueError(f"columns must name at least one column, each once; got {chosen}.")
+    return chosen
+
+
+def _assemble(
+    targets: list[str],
+    tables: list[pd.DataFrame],
+    tested: list[np.ndarray],
+    q_screen: list[np.ndarray] | None,
+    hier: dict,
+    alpha: float,
+    wanted: list[str],
+) -> pd.DataFrame:
+    """The screen table: each wanted column allocated once and filled target by target."""
+    bounds = np.cumsum([0, *(len(t) for t in tables)])
+    n = int(bounds[-1])
+    out: dict[str, object] = {}
+    computed = [c for c in wanted if c in _COMPUTED]
+    parts: dict[str, object] = {}
+    for c in computed:
+        parts[c] = CategoryColumn(n) if c.startswith("shape") else None
+    for i, (table, f) in enumerate(zip(tables, tested, strict=True)):
+        block = slice(bounds[i], bounds[i + 1])
+        values = _target_values(table, f, None if q_screen is None else q_screen[i], hier, i, alpha)
+        for c in computed:
+            v = values[c]()
+            if parts[c] is None:  # first target: allocate with the column's dtype
+                parts[c] = np.empty(n, dtype=np.asarray(v).dtype)
+            if isinstance(parts[c], CategoryColumn):
+                parts[c].put(block, v)
+            else:
+                parts[c][block] = v
+    for c in wanted:
+        if c == "target":
+            out[c] = target_column(targets, np.diff(bounds))
+        elif c == "feature":
+            out[c] = feature_column(tables, bounds)
+        elif c in _COMPUTED:
+            part = parts[c]
+            out[c] = part.finish() if isinstance(part, CategoryColumn) else part
+        else:
+            source = c.removesuffix("_target") if c.endswith("_target") else c
+            out[c] = stored_column(tables, source, bounds)
+    return pd.DataFrame(out, index=pd.RangeIndex(n), copy=False)
+
+
+def _target_values(
+    table: pd.DataFrame,
+    tested: np.ndarray,
+    q_screen: np.ndarray | None,
+    hier: dict,
+    i: int,
+    alpha: float,
+) -> dict:
+    """Target ``i``'s computed columns, each a function (only the wanted ones are called)."""
+    result = hier["result"]
+    memo: dict[str, np.ndarray] = {}
+
+    def spread(values) -> np.ndarray:
+        col = np.full(len(tested), np.nan)
+        col[tested] = values
+        return col
+
+    def significant() -> np.ndarray:
+        if "significant" not in memo:
+            memo["significant"] = tested & (spread(q_screen) < alpha)
+        return memo["significant"]
+
+    def significant_screen() -> np.ndarray:
+        if "significant_screen" not in memo:
+            calls = np.zeros(len(tested), dtype=bool)
+            calls[tested] = result.significant[i]
+            memo["significant_screen"] = calls
+        return memo["significant_screen"]
+
+    size = len(tested)
+    return {
+        "qvalue": lambda: spread(q_screen),
+        "significant": significant,
+        "shape": lambda: _shapes(table, tested, significant()),
+        "feature_pvalue": lambda: spread(hier["pvalues"][i]),
+        "screen_qvalue": lambda: spread(result.screen_qvalue[i]),
+        "target_pvalue": lambda: np.full(size, float(result.target_pvalue[i])),
+        "target_qvalue": lambda: np.full(size, float(result.target_qvalue[i])),
+        "target_selected": lambda: np.full(size, bool(result.target_selected[i])),
+        "significant_screen": significant_screen,
+        "shape_screen": lambda: _shapes(table, tested, significant_screen()),
+    }
+
+
 def _shapes(frame: pd.DataFrame, tested: np.ndarray, significant: np.ndarray) -> np.ndarray:
     """Shape calls of a target's table for the given significance column."""
-    shape = shape_calls(
+    return shape_calls(
         frame["response_mean"].to_numpy(dtype=np.float64),
         frame["prob_non_monotonic"].to_numpy(dtype=np.float64),
         significant,
         tested,
     )
-    return shape.astype(str)
 
 
 def _hierarchical(
@@ -289,22 +428,3 @@ def _hierarchical(
         "pvalues": pvalues,
         "result": hierarchical_fdr(pvalues, alpha=alpha, target_pvalues=target_p),
     }
-
-
-def _add_hierarchical(frame: pd.DataFrame, fitted: np.ndarray, hier: dict, i: int) -> None:
-    """Write target ``i``'s hierarchical columns into its table (NaN where not fitted)."""
-    result = hier["result"]
-    for name, values in (
-        ("feature_pvalue", hier["pvalues"][i]),
-        ("screen_qvalue", result.screen_qvalue[i]),
-    ):
-        col = np.full(len(fitted), np.nan)
-        col[fitted] = values
-        frame[name] = col
-    frame["target_pvalue"] = float(result.target_pvalue[i])
-    frame["target_qvalue"] = float(result.target_qvalue[i])
-    frame["target_selected"] = bool(result.target_selected[i])
-    significant = np.zeros(len(fitted), dtype=bool)
-    significant[fitted] = result.significant[i]
-    frame["significant_screen"] = significant
-    frame["shape_screen"] = _shapes(frame, fitted, significant)
