@@ -9,98 +9,19 @@ import numpy as np
 import pandas as pd
 from mudata import MuData
 
+from .. import _record_checks as C
 from .. import _validation as V
 from .._stores._keys import TransKeys
 from .._stores.screen import read_screen
-from .._stores.trans import read_trans
 from ..models.hierarchical_fdr import (
     hierarchical_fdr,
     joint_permutation_pvalue,
     permutation_pvalues,
     simes_pvalue,
 )
-from ..models.significance import DECOY_PSEUDOCOUNT, shape_calls
+from ..models.significance import shape_calls
+from ._pooled import pooled_decoy_qvalues
 from ._tables import CategoryColumn, feature_column, stored_column, target_column
-
-
-def pooled_decoy_qvalues(
-    scores: Sequence[np.ndarray],
-    null_scores: Sequence[np.ndarray],
-    n_null_sets: Sequence[int],
-    pseudocount: float = DECOY_PSEUDOCOUNT,
-) -> list[np.ndarray]:
-    """Target-decoy q-values over several fits pooled into one FDR estimate.
-
-    Fit ``t`` contributes its observed scores and its null (decoy) scores from
-    ``n_null_sets[t]`` null fits; each null score of fit ``t`` counts ``1 / n_null_sets[t]``
-    expected false discoveries, so fits with different numbers of permutations are pooled on
-    one scale. For a threshold ``s`` the screen-wide FDR is estimated as
-
-    ``FDR(s) = (c / m_min + sum_t #{null_t >= s} / m_t) / max(1, #{observed >= s})``
-
-    with observed scores counted over all fits, ``m_t = n_null_sets[t]`` and
-    ``m_min = min_t m_t`` (the pseudo-count ``c`` of
-    :func:`~dream_sc.models.significance.decoy_qvalues`, on the scale of the fit with the fewest
-    null sets: the conservative choice). With a single fit, or equal ``m_t``, this is exactly
-    ``decoy_qvalues`` of the pooled scores. q-values are the running minimum of the FDR over all
-    thresholds at or below a score, capped at 1; non-finite scores get q = 1.
-
-    Parameters
-    ----------
-    scores
-        Observed scores, one array per fit.
-    null_scores
-        Null scores of each fit (any shape; flattened).
-    n_null_sets
-        Number of null fits behind each entry of ``null_scores``.
-    pseudocount
-        ``c`` above.
-
-    Returns
-    -------
-    q-values, one array per fit (shapes of ``scores``).
-
-    Examples
-    --------
-    >>> q = pooled_decoy_qvalues(
-    ...     [np.array([10.0, 0.1]), np.array([9.0])], [np.array([0.5]), np.array([0.2, 0.3])], [1, 2]
-    ... )
-    >>> [x.round(3).tolist() for x in q]
-    [[0.5, 1.0], [0.5]]
-    """
-    if not (len(scores) == len(null_scores) == len(n_null_sets)) or not len(scores):
-        raise ValueError("scores, null_scores and n_null_sets need one entry per fit.")
-    m = np.asarray(n_null_sets, dtype=np.float64)
-    if (m < 1).any():
-        raise ValueError(f"n_null_sets must be >= 1; got {list(n_null_sets)}.")
-    obs = [np.asarray(s, dtype=np.float64) for s in scores]
-    null_v, null_w = [], []
-    for values, mt in zip(null_scores, m, strict=True):
-        values = np.asarray(values, dtype=np.float64).ravel()
-        values = values[np.isfinite(values)]
-        null_v.append(values)
-        null_w.append(np.full(len(values), 1.0 / mt))
-    null = np.concatenate(null_v)
-    order = np.argsort(null, kind="stable")
-    null, weight = null[order], np.concatenate(null_w)[order]
-    tail = np.append(np.cumsum(weight[::-1])[::-1], 0.0)  # tail[i] = weight of null[i:]
-    flat = np.concatenate(obs)
-    q = np.ones_like(flat)
-    finite = np.isfinite(flat)
-    if finite.any():
-        values = flat[finite]
-        order = np.argsort(-values, kind="stable")
-        s = values[order]
-        # observed scores >= s, ties sharing the count of the last one
-        n_ge = np.searchsorted(-s, -s, side="right")
-        null_ge = tail[np.searchsorted(null, s, side="left")]
-        fdr = np.minimum((pseudocount / m.min() + null_ge) / np.maximum(n_ge, 1), 1.0)
-        q_sorted = np.minimum.accumulate(fdr[::-1])[::-1]
-        out = np.empty_like(values)
-        out[order] = q_sorted
-        q[finite] = out
-    bounds = np.cumsum([0] + [len(o) for o in obs])
-    return [q[a:b].reshape(o.shape) for a, b, o in zip(bounds[:-1], bounds[1:], obs, strict=True)]
 
 
 def _n_null_sets(null: np.ndarray, record: Mapping) -> int:
@@ -240,10 +161,10 @@ def screen_results(
                 f"Target(s) {unknown} are not part of the screen {key!r}; its targets: "
                 f"{screen_targets}."
             )
-    adata = mdata[modality]
+    adata = _Modality(mdata[modality])
     tables, nulls, untested = [], [], []
     for target in chosen:
-        _, trans = read_trans(mdata, modality, keys[target])
+        trans = _read_trans(adata, modality, keys[target])
         table = adata.varm[keys[target]]  # read only: never modified, never copied
         if "null_scores" not in trans:
             untested.append(target)
@@ -278,6 +199,29 @@ def screen_results(
         "feature_level": float(hier["result"].feature_level),
     }
     return out
+
+
+class _Modality:
+    """A modality's ``uns``, ``varm`` and ``n_vars``, each read once.
+
+    Each read of ``AnnData.varm`` checks every entry against the modality (five per target
+    of a screen), so reading it once per target grows with the square of the targets.
+    """
+
+    def __init__(self, adata) -> None:
+        self.uns, self.varm, self.n_vars = adata.uns, adata.varm, adata.n_vars
+
+
+def _read_trans(adata: _Modality, modality: str, key: str) -> Mapping:
+    """The checked record of trans fit ``key`` (as ``_stores.trans.read_trans``)."""
+    names = TransKeys(key)
+    if names.record not in adata.uns or names.results not in adata.varm:
+        raise KeyError(
+            f"No trans fit {key!r} in modality {modality!r}; run "
+            f"`ds.tl.fit_trans(mdata, modality={modality!r}, key_added={key!r})` first or pass `key=`."
+        )
+    C.check_trans(adata, modality, key)
+    return adata.uns[names.record]
 
 
 def _column_names(stored: list[pd.Index]) -> list[str]:
