@@ -8,7 +8,7 @@ import numpy as np
 
 from ..models.significance import DECOY_PSEUDOCOUNT
 
-_BLOCK = 1 << 16  # running sums of the null weights are built this many at a time
+_BLOCK = 1 << 18  # null scores counted, and running sums built, this many at a time
 
 
 def pooled_decoy_qvalues(
@@ -108,8 +108,13 @@ def _equal_weight_tail(s: np.ndarray, null_scores: Sequence, weight: float) -> n
     grid = s[::-1]  # ascending
     counts = np.zeros(len(grid) + 1, dtype=np.int64)
     for values in null_scores:
-        values = np.sort(_finite(values))  # sorted keys: a faster search
-        counts += np.bincount(np.searchsorted(grid, values, side="right"), minlength=len(counts))
+        values = np.asarray(values, dtype=np.float64).ravel()
+        for start in range(0, values.size, _BLOCK):
+            block = _finite(values[start : start + _BLOCK])
+            block.sort()  # sorted keys: a faster search, and equal positions side by side
+            at = np.searchsorted(grid, block, side="right")
+            first = np.flatnonzero(np.r_[True, at[1:] != at[:-1]]) if at.size else at
+            counts[at[first]] += np.diff(np.r_[first, at.size])
     # n_null[i] = #{null >= grid[i]} = counts[i + 1] + ... + counts[-1]
     n_null = np.cumsum(counts[::-1])[::-1][1:][::-1]  # for s (descending): non-decreasing
     del counts
