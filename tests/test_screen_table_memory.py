@@ -209,7 +209,7 @@ def test_memory_per_pair(screen):
     table = ds.get.screen_results(screen)
     per_pair = table.memory_usage(deep=True, index=False).sum() / len(table)
     old = _reference_table(screen).memory_usage(deep=True, index=False).sum() / len(table)
-    n_float, n_bool = int((table.dtypes == np.float64).sum()), int((table.dtypes == bool).sum())
+    n_float, n_bool = int((table.dtypes == np.float64).sum()), int((table.dtypes == np.bool_).sum())
     # measured 476 (additive Hill: 52 float64 columns, an int64, 9 bools, 7 one-byte codes,
     # 36 for the categories shared by 160 pairs) against 883 before
     assert per_pair < 8 * n_float + 8 + n_bool + 7 + 60
