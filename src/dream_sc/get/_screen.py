@@ -87,15 +87,15 @@ def screen_results(
     false pairs overall). Read ``significant_screen``.
 
     **Memory.** The table is built column by column straight into its final arrays (no
-    per-target copies, no concatenation). String columns are :class:`pandas.Categorical`
-    with the sorted distinct values as categories (so sorting, ``pivot`` and ``groupby``
-    order rows as for strings; pass ``observed=True`` to ``groupby``): ``target``,
-    ``feature``, ``distribution``, ``function``, ``shape``, ``shape_target`` and
-    ``shape_screen``; numbers keep their stored dtype (float64). The full table takes about
-    0.5 kB per (target, feature) pair with the additive Hill curve (about 2 GB for 500
-    targets x 8,000 genes); ``columns=`` keeps only what is asked for, e.g. ``["target",
-    "feature", "screen_qvalue", "significant_screen", "ec50_mean"]`` at about 21 bytes per
-    pair.
+    per-target copies, no concatenation), and the targets' null scores are counted, never
+    gathered (:func:`pooled_decoy_qvalues`). String columns are :class:`pandas.Categorical`
+    with the sorted distinct values as categories (sorting, ``pivot`` and ``groupby`` order
+    rows as for strings; pass ``observed=True`` to ``groupby``): ``target``, ``feature``,
+    ``distribution``, ``function``, ``shape``, ``shape_target`` and ``shape_screen``;
+    numbers keep their stored dtype (float64). With the additive Hill curve the full table
+    takes about 450 bytes per (target, feature) pair, 1.8 GB for 500 targets x 8,000 genes;
+    ``columns=`` builds only what is asked for, e.g. ``["target", "feature",
+    "screen_qvalue", "significant_screen", "ec50_mean"]`` at 22 bytes per pair.
 
     Parameters
     ----------
