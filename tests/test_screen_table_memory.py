@@ -205,6 +205,24 @@ def test_columns_errors_before_any_work(screen, monkeypatch):
         ds.get.screen_results(screen, columns=[])
 
 
+def test_varm_is_read_once_per_screen(screen, monkeypatch):
+    """anndata checks every varm entry on each read of ``AnnData.varm`` (5 per target)."""
+    from anndata import AnnData
+
+    original, reads = AnnData.__dict__["varm"], []
+
+    class Counting:
+        def __get__(self, obj, objtype=None):
+            reads.append(obj is not None)
+            return original.__get__(obj, objtype)
+
+    monkeypatch.setattr(AnnData, "varm", Counting())
+    ds.get.screen_results(screen)
+    assert sum(reads) == 1  # the concatenating build read it 11 times per target
+    with pytest.raises(ValueError, match=r"targets is empty; pass targets of the screen"):
+        ds.get.screen_results(screen, targets=[])
+
+
 def test_memory_per_pair(screen):
     table = ds.get.screen_results(screen)
     per_pair = table.memory_usage(deep=True, index=False).sum() / len(table)

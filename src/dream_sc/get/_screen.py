@@ -161,6 +161,8 @@ def screen_results(
                 f"Target(s) {unknown} are not part of the screen {key!r}; its targets: "
                 f"{screen_targets}."
             )
+    if not chosen:
+        raise ValueError(f"targets is empty; pass targets of the screen {key!r}: {screen_targets}.")
     adata = _Modality(mdata[modality])
     tables, nulls, untested = [], [], []
     for target in chosen:
