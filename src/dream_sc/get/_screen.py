@@ -48,8 +48,10 @@ _ADDED = (
     "significant_screen",
     "shape_screen",
 )
+#: The per-target calls, kept under new names.
+_KEPT = {f"{name}_target": name for name in ("qvalue", "significant", "shape")}
 #: Computed here (everything else is read from the targets' trans tables).
-_COMPUTED = frozenset(_ADDED) - {"qvalue_target", "significant_target", "shape_target"}
+_COMPUTED = frozenset(_ADDED) - set(_KEPT)
 _POOLED = ("qvalue", "significant", "shape")  # need the pooled target-decoy q-values
 
 
@@ -290,8 +292,7 @@ def _assemble(
             part = parts[c]
             out[c] = part.finish() if isinstance(part, CategoryColumn) else part
         else:
-            source = c.removesuffix("_target") if c.endswith("_target") else c
-            out[c] = stored_column(tables, source, bounds)
+            out[c] = stored_column(tables, _KEPT.get(c, c), bounds)
     return pd.DataFrame(out, index=pd.RangeIndex(n), copy=False)
 
 
