@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import dream_sc as ds
+from dream_sc.engine.config import FitConfig
 from dream_sc.tl._cis import _check_dosage_range
 
 
@@ -23,8 +24,10 @@ def test_dosage_range_message():
         "early (n_steps=20): refit with more `n_steps` and check the cis gene's counts."
     )
     with pytest.raises(ValueError, match=re.escape(msg)):
-        _check_dosage_range(samples, "GENE", 20)
-    _check_dosage_range(np.ones((2, 2)), "GENE", 20)  # finite, positive: accepted
+        _check_dosage_range(samples, "GENE", FitConfig(n_steps=20))
+    _check_dosage_range(
+        np.ones((2, 2)), "GENE", FitConfig(n_steps=20)
+    )  # finite, positive: accepted
 
 
 @pytest.mark.slow

@@ -158,3 +158,8 @@ def test_exchangeability_with_too_few_features_is_not_checked(n_finite):
     assert (check.n_top, check.n_lower, check.top_pvalue) == (0, 0, 1.0)
     assert exchangeability(np.arange(10.0), np.full((0, 10), 1.0)).checked is False
     assert exchangeability(np.arange(10.0), np.ones((2, 10))).checked is True
+
+
+def test_exchangeability_record_names_checked_only_when_not_run():
+    assert "checked" not in exchangeability(np.arange(10.0), np.ones((2, 10))).as_dict()
+    assert exchangeability(np.full(10, np.nan), np.ones((2, 10))).as_dict()["checked"] is False

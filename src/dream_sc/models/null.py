@@ -191,8 +191,15 @@ class Exchangeability:
     checked: bool = True
 
     def as_dict(self) -> dict:
-        """h5-serialisable record."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """h5-serialisable record.
+
+        ``checked`` only when the check could not run, so the records of checked fits stay as
+        they were.
+        """
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        if self.checked:
+            del out["checked"]
+        return out
 
 
 def _top_weights(pooled: np.ndarray) -> np.ndarray:
