@@ -81,9 +81,7 @@ def label_pairs(mdata, table: pd.DataFrame) -> pd.DataFrame:
     x = mdata["rna"].X
     means = pd.Series(np.asarray(x.mean(axis=0)).ravel(), index=mdata["rna"].var_names)
     out = table[["target", "feature", "score", "feature_pvalue", "response_mean"]].copy()
-    out["true"] = [
-        (t, f) in responsive for t, f in zip(out["target"], out["feature"], strict=True)
-    ]
+    out["true"] = [(t, f) in responsive for t, f in zip(out["target"], out["feature"], strict=True)]
     out["kind"] = out["target"].map(truth["target_kind"])
     out["leak"] = out["feature"].isin(moved)
     out["mean_count"] = out["feature"].map(means).to_numpy()
@@ -190,19 +188,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--true-size-factors", action="store_true")
     p.add_argument(
-        "--sf-strata",
-        type=int,
-        default=None,
-        help="size-factor bins of the permutation (dream_sc.tl._null.SF_STRATA; 1 = the null "
-        "before size-factor strata)",
+        "--no-strata",
+        action="store_true",
+        help="pooled null without sparsity strata (the null before dream_sc.tl._null."
+        "sparsity_matched)",
     )
+    p.add_argument("--no-shift", action="store_true", help="score without the shared-shift removal")
     p.add_argument("--save", type=Path, default=None, help="directory for the labelled pairs")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    if args.sf_strata is not None:
-        from dream_sc.tl import _null
+    from dream_sc.tl import _null
 
-        _null.SF_STRATA = args.sf_strata
+    if args.no_shift:
+        _null.SHARED_SHIFT_DISTRIBUTIONS = ()
+    if args.no_strata:
+        _null.STRATIFIED_NULL_DISTRIBUTIONS = ()
     warnings.filterwarnings("ignore", category=FutureWarning)
     print(f"load {os.getloadavg()[0]:.2f}", flush=True)
     every = []
