@@ -144,3 +144,17 @@ def test_other_distributions_score(distribution):
         assert stat.min() > 20, stat
     else:
         assert stat[0] > 20 and stat[-1] < 10, stat
+
+
+@pytest.mark.parametrize("n_finite", [0, 1, 3])
+def test_exchangeability_with_too_few_features_is_not_checked(n_finite):
+    """A degenerate fit (every score or null score NaN) reports the check as not run."""
+    scores = np.full(10, np.nan)
+    scores[:n_finite] = np.arange(1.0, n_finite + 1)
+    null = np.ones((2, 10))
+    check = exchangeability(scores, null)
+    assert check.checked is False and check.passed is True
+    assert np.isnan(check.top_share) and np.isnan(check.lower_share)
+    assert (check.n_top, check.n_lower, check.top_pvalue) == (0, 0, 1.0)
+    assert exchangeability(np.arange(10.0), np.full((0, 10), 1.0)).checked is False
+    assert exchangeability(np.arange(10.0), np.ones((2, 10))).checked is True

@@ -249,3 +249,85 @@ def _evaluate(adata, record, table, fitted, names, wanted, grid, lo_q, hi_q, key
         q[0].T[sel].numpy(),
         q[1].T[sel].numpy(),
     )
+
+
+# Columns of the screen table (``get.screen_results``), built once at their final size.
+
+
+class CategoryColumn:
+    """A string column filled block by block as integer codes; categories sorted at the end."""
+
+    def __init__(self, n: int) -> None:
+        self.codes = np.full(n, -1, dtype=np.int32)
+        self.labels: dict[str, int] = {}
+
+    def put(self, block: slice, values) -> bool:
+        """Codes of ``values`` (strings or missing) at ``block``; False if not all strings."""
+        codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+        if not all(isinstance(u, str) for u in uniques):
+            return False
+        lookup = np.array([self.labels.setdefault(u, len(self.labels)) for u in uniques] + [-1])
+        self.codes[block] = lookup[codes]  # code -1 (missing) picks the trailing -1
+        return True
+
+    def finish(self) -> pd.Categorical:
+        """The column as a Categorical whose categories are the sorted distinct strings."""
+        labels = list(self.labels)
+        order = sorted(range(len(labels)), key=labels.__getitem__)
+        rank = np.empty(len(labels) + 1, dtype=np.int32)
+        rank[order] = np.arange(len(labels))
+        rank[-1] = -1
+        categories = pd.Index([labels[j] for j in order], dtype=object)
+        return pd.Categorical.from_codes(rank[self.codes], categories=categories)
+
+
+def target_column(targets: list[str], sizes: np.ndarray) -> pd.Categorical:
+    """``targets[i]`` repeated ``sizes[i]`` times, as a Categorical of the sorted targets."""
+    categories = pd.Index(sorted(set(targets)), dtype=object)
+    codes = categories.get_indexer(targets)
+    return pd.Categorical.from_codes(np.repeat(codes, sizes), categories=categories)
+
+
+def feature_column(tables: list[pd.DataFrame], bounds: np.ndarray) -> pd.Categorical:
+    """The features (each table's index as strings; the tables of one modality share it)."""
+    indexes: list[pd.Index] = []
+    for table in tables:
+        if not any(table.index is x or table.index.equals(x) for x in indexes):
+            indexes.append(table.index)
+    names = [x.astype(str) for x in indexes]
+    categories = pd.Index(sorted(set().union(*names)), dtype=object)
+    codes = np.empty(int(bounds[-1]), dtype=np.int32)
+    lookup = [categories.get_indexer(x) for x in names]
+    for i, table in enumerate(tables):
+        j = next(k for k, x in enumerate(indexes) if table.index is x or table.index.equals(x))
+        codes[bounds[i] : bounds[i + 1]] = lookup[j]
+    return pd.Categorical.from_codes(codes, categories=categories)
+
+
+def stored_column(tables: list[pd.DataFrame], source: str, bounds: np.ndarray):
+    """Column ``source`` of every target's table, one after the other.
+
+    Numbers keep their dtype; strings become a Categorical. Tables that disagree (a column
+    missing in some, or different dtypes) are joined by pandas' own concatenation.
+    """
+    pieces = [t[source] if source in t.columns else None for t in tables]
+    dtypes = {p.dtype for p in pieces if p is not None}
+    if all(p is not None for p in pieces) and len(dtypes) == 1:
+        dtype = dtypes.pop()
+        stringish = pd.api.types.is_object_dtype(dtype) or isinstance(
+            dtype, pd.CategoricalDtype | pd.StringDtype
+        )
+        if stringish:
+            column = CategoryColumn(int(bounds[-1]))
+            if all(
+                column.put(slice(bounds[i], bounds[i + 1]), p.to_numpy(dtype=object))
+                for i, p in enumerate(pieces)
+            ):
+                return column.finish()
+        if isinstance(dtype, np.dtype):
+            values = np.empty(int(bounds[-1]), dtype=dtype)
+            for i, p in enumerate(pieces):
+                values[bounds[i] : bounds[i + 1]] = p.to_numpy()
+            return values
+    frames = [t[[source]] if source in t.columns else pd.DataFrame(index=t.index) for t in tables]
+    return pd.concat(frames, ignore_index=True)[source].to_numpy()

@@ -40,6 +40,8 @@ from .families import get_family
 
 #: Degree of the dose basis (log dosage and its square: monotone and U-shaped responses).
 BASIS_DEGREE = 2
+#: Fewest features with finite real and null scores for the exchangeability check to run.
+MIN_CHECK_FEATURES = 4
 #: Fraction of real features (highest scores) whose null scores the exchangeability check
 #: compares with those of the lower-scoring half.
 TOP_FRACTION = 0.1
@@ -184,6 +186,9 @@ class Exchangeability:
     n_top: int
     n_lower: int
     passed: bool
+    #: False when too few features had finite real and null scores to run the check
+    #: (:data:`MIN_CHECK_FEATURES`); it then reports NaN shares and ``passed``
+    checked: bool = True
 
     def as_dict(self) -> dict:
         """h5-serialisable record."""
@@ -259,7 +264,9 @@ def exchangeability(
     the two sets (``n_resamples`` times). The check fails when a share departs from 0.5 by more
     than ``margin`` with a p-value below ``level`` (``top`` one-sided, ``lower`` two-sided):
     small departures of a few percent are expected from features whose noise the null model
-    describes less well and cost little.
+    describes less well and cost little. With fewer than :data:`MIN_CHECK_FEATURES` features
+    whose real and null scores are all finite there is nothing to compare: the result has NaN
+    shares, ``passed=True`` and ``checked=False``.
 
     Parameters
     ----------
@@ -275,6 +282,9 @@ def exchangeability(
     ok = np.isfinite(scores) & np.all(np.isfinite(null), axis=0)
     scores, null = scores[ok], null[:, ok]
     n = len(scores)
+    if n < MIN_CHECK_FEATURES or null.shape[0] == 0:
+        nan = float("nan")
+        return Exchangeability(nan, 1.0, nan, 1.0, 0, 0, passed=True, checked=False)
     rng = np.random.default_rng(0) if rng is None else rng
     order = np.argsort(-scores, kind="stable")
     n_top = max(int(round(top_fraction * n)), 1)

@@ -61,7 +61,13 @@ def screen_matrix(
         raise ValueError(f"value must be one of {list(VALUES)}; got {value!r}.")
     if order not in ("cluster", "name", "screen"):
         raise ValueError(f"order must be 'cluster', 'name' or 'screen'; got {order!r}.")
-    table = screen_results(mdata, modality=modality, key=key, alpha=alpha)
+    table = screen_results(
+        mdata,
+        modality=modality,
+        key=key,
+        alpha=alpha,
+        columns=["target", "feature", value, "significant"],
+    )
     targets = list(dict.fromkeys(table["target"]))
     matrix = table.pivot(index="target", columns="feature", values=value)
     hits = table.pivot(index="target", columns="feature", values="significant")

@@ -400,6 +400,7 @@ def fit_cis(
     n_samples = config.n_samples
     log2_samples, picks = cell_dosage_draws(cis_data, post, config)
     samples = np.exp2(log2_samples)
+    _check_dosage_range(samples, cis_feature, config.n_steps)
     mean, sd = samples.mean(1), samples.std(1)
     cell_q05, cell_q50, cell_q95 = np.quantile(samples, [0.05, 0.5, 0.95], axis=1)
     x_ntc_draws, b_draws = post.draws["log2_x_ntc"], post.draws["guide_effect_all"]
@@ -474,3 +475,19 @@ def fit_cis(
     )
     logger.info("fit_cis finished in %.1fs (converged=%s)", seconds, post.fit.converged)
     return target if copy else None
+
+
+def _check_dosage_range(samples: np.ndarray, cis_feature: str, n_steps: int) -> None:
+    """Refuse per-cell dosage draws of 0 or infinity (log2 dosage beyond float32's range).
+
+    They come from a degenerate guide-level posterior (an unconverged fit: seen after 20 steps
+    on a tiny high-MOI screen) and would make every trans fit on them fail with a NaN loss.
+    """
+    bad = ~(np.isfinite(samples) & (samples > 0)).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"fit_cis for {cis_feature!r}: the dosage draws of {int(bad.sum())} cell(s) are 0 "
+            "or infinite (log2 dosage beyond +-126): the guide-level posterior is degenerate, "
+            f"usually a fit stopped too early (n_steps={n_steps}): refit with more `n_steps` "
+            "and check the cis gene's counts."
+        )
