@@ -9,6 +9,7 @@ the score test of simulated counts with known truth (calibration numbers).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from dream_sc.models.hierarchical_fdr import permutation_pvalues
 from dream_sc.models.null import dose_basis, null_model, score_parts, statistics
@@ -121,3 +122,58 @@ def test_the_module_constant_switches_it_off(monkeypatch):
     stats, detected = _two_tailed_scores(rng)
     monkeypatch.setattr(_null, "NULL_STRATUM_MIN_FEATURES", 10_000)
     assert np.array_equal(sparsity_matched(stats, detected), stats)
+
+
+@pytest.mark.slow
+def test_stage_one_of_a_screen_target_lowers_only_sparse_scores(monkeypatch):
+    """Inside ``test_trans`` of a screen target: matched scores never exceed the pooled ones,
+    the well-detected features hardly move, and the sparse features' share of the top of the
+    null pool shrinks."""
+    import warnings
+
+    import dream_sc as ds
+
+    mdata = ds.datasets.simulate_many_targets(
+        n_cells=4000, n_genes=800, n_targets=4, seed=3, mean_responsive=60
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.tl.fit_screen(
+            mdata,
+            technical_key=None,
+            n_steps={"technical": 100, "cis": 150, "trans": 20},
+            seed=0,
+            progress=False,
+            targets=["TGT0001"],
+        )
+    key = str(mdata.uns["dream_screen"]["trans_keys"][0])
+    scores = {}
+    for name, dists in (("pooled", ()), ("matched", ("negbinom",))):
+        monkeypatch.setattr(_null, "STRATIFIED_NULL_DISTRIBUTIONS", dists)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.tl.test_trans(mdata, key=key)
+        table = ds.get.trans_results(mdata, key=key)
+        scores[name] = table["score"].to_numpy(dtype=float)
+        null = np.asarray(mdata["rna"].uns[key]["null_scores"], dtype=float)
+        scores[name + "_null"] = null
+    ok = np.isfinite(scores["pooled"])
+    assert ok.sum() > 700
+    assert np.all(scores["matched"][ok] <= scores["pooled"][ok] + 1e-12)
+    detected = np.asarray((mdata["rna"].X > 0).sum(0)).ravel()
+    names = list(mdata["rna"].var_names)
+    table_names = list(ds.get.trans_results(mdata, key=key).index)
+    det = detected[[names.index(f) for f in table_names]][ok]
+    dense = det >= np.quantile(det, 0.75)
+    sparse = det <= np.quantile(det, 0.25)
+    # the best-detected quarter hardly moves (measured: median ratio 0.999)
+    ratio = scores["matched"][ok][dense] / np.maximum(scores["pooled"][ok][dense], 1e-300)
+    assert np.median(ratio) > 0.99
+
+    # the top of the null pool: sparse features' share shrinks
+    def top_share(null):
+        top = null >= np.quantile(null[np.isfinite(null)], 0.999)
+        return top[:, sparse].sum() / top.sum()
+
+    # measured: 0.40 -> 0.35 of the null pool's top 0.1% from the sparsest quarter
+    assert top_share(scores["matched_null"]) < top_share(scores["pooled_null"])
