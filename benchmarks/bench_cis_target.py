@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fit-targets", type=int, default=6, help="targets timed (the first ones)")
     p.add_argument("--control-cells", type=int, default=1000)
     p.add_argument("--n-steps", type=int, default=None, help="cis SVI steps (None: default)")
+    p.add_argument(
+        "--tolerance", type=float, default=None, help="fit_cis(tolerance=): stop on convergence"
+    )
     p.add_argument("--prefill", type=int, default=0, help="fake earlier cis results stored")
     p.add_argument("--breakdown", action="store_true", help="CPU seconds per stage")
     p.add_argument("--seed", type=int, default=0)
@@ -153,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
                 control_cells=controls,
                 seed=target_seed(args.seed, target),
                 n_steps=args.n_steps,
+                tolerance=args.tolerance,
                 key_added=key,
                 progress=False,
             )
@@ -162,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
             "wall_s": mem.seconds,
             "cpu_s": mem.cpu_seconds,
             "peak_gb": mem.peak_gb,
+            "steps_run": int(mdata.uns[key].get("n_steps_run", -1)),
             **accuracy(mdata, target, key),
         }
         row.update({f"{k}_s": acc[k] - before.get(k, 0.0) for k in acc})
@@ -171,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     load = os.getloadavg()[0]
     print(
         f"screen {mdata.n_obs} cells x {mdata['rna'].n_vars} genes, {args.control_cells} "
-        f"controls, {args.threads} thread(s), prefill {args.prefill}, load {load:.1f}"
+        f"controls, {args.threads} thread(s), prefill {args.prefill}, tolerance "
+        f"{args.tolerance}, load {load:.1f}"
     )
     print(markdown_table(table))
     if args.out is not None:
