@@ -99,6 +99,15 @@ def read_trans(mdata: MuData, modality: str, key: str) -> tuple[AnnData, Mapping
     """The modality and the run record of a stored trans fit (raises when missing)."""
     V.check_modality(mdata, modality)
     adata = mdata[modality]
+    return adata, checked_trans_record(adata, modality, key)
+
+
+def checked_trans_record(adata, modality: str, key: str) -> Mapping:
+    """The run record of trans fit ``key`` of ``adata``, its stored results checked.
+
+    ``adata`` needs ``uns``, ``varm`` and ``n_vars`` (an AnnData, or a holder of them read
+    once: ``get.screen_results`` reads a screen's ``varm`` once for all its targets).
+    """
     names = TransKeys(key)
     if names.record not in adata.uns or names.results not in adata.varm:
         raise KeyError(
@@ -106,7 +115,7 @@ def read_trans(mdata: MuData, modality: str, key: str) -> tuple[AnnData, Mapping
             f"`ds.tl.fit_trans(mdata, modality={modality!r}, key_added={key!r})` first or pass `key=`."
         )
     C.check_trans(adata, modality, key)
-    return adata, adata.uns[names.record]
+    return adata.uns[names.record]
 
 
 def read_trans_priors(record: Mapping) -> TransPriors:

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 from mudata import MuData
 
-from .. import _record_checks as C
 from .. import _validation as V
 from .._stores._keys import TransKeys
 from .._stores.screen import read_screen
+from .._stores.trans import checked_trans_record
 from ..models.hierarchical_fdr import (
     hierarchical_fdr,
     joint_permutation_pvalue,
@@ -168,7 +168,7 @@ def screen_results(
     adata = _Modality(mdata[modality])
     tables, nulls, untested = [], [], []
     for target in chosen:
-        trans = _read_trans(adata, modality, keys[target])
+        trans = checked_trans_record(adata, modality, keys[target])
         table = adata.varm[keys[target]]  # read only: never modified, never copied
         if "null_scores" not in trans:
             untested.append(target)
@@ -214,18 +214,6 @@ class _Modality:
 
     def __init__(self, adata) -> None:
         self.uns, self.varm, self.n_vars = adata.uns, adata.varm, adata.n_vars
-
-
-def _read_trans(adata: _Modality, modality: str, key: str) -> Mapping:
-    """The checked record of trans fit ``key`` (as ``_stores.trans.read_trans``)."""
-    names = TransKeys(key)
-    if names.record not in adata.uns or names.results not in adata.varm:
-        raise KeyError(
-            f"No trans fit {key!r} in modality {modality!r}; run "
-            f"`ds.tl.fit_trans(mdata, modality={modality!r}, key_added={key!r})` first or pass `key=`."
-        )
-    C.check_trans(adata, modality, key)
-    return adata.uns[names.record]
 
 
 def _column_names(stored: list[pd.Index]) -> list[str]:
