@@ -14,7 +14,7 @@ from mudata import MuData
 from scipy import sparse
 
 from .. import _validation as V
-from .._cells import check_guide_columns, sum_factor_values, technical_groups
+from .._cells import sum_factor_values
 from .._checkpoints import check_mismatch
 from .._data import modality_data
 from .._storage import write_cis
@@ -26,8 +26,9 @@ from ..models.cis import LN2, CisData
 from ..models.families import get_family
 from ._cis_guides import _high_moi_guides, add_escape_fractions, guide_table
 from ._common import clean_params, versions
-from ._control_cells import check_control_cells, restrict_to_controls
+from ._control_cells import check_control_cells
 from ._fingerprints import cis_fingerprint
+from ._target_cells import _label_mask, cis_cells  # noqa: F401 (_label_mask: tests)
 from ._technical import load_technical
 
 logger = logging.getLogger("dream_sc")
@@ -42,81 +43,6 @@ def _low_moi_assignment(guides: pd.Series) -> tuple[np.ndarray, list[str]]:
     A = np.zeros((len(guides), len(names)), dtype=np.float32)
     A[np.arange(len(guides)), codes] = 1.0
     return A, names
-
-
-def _label_mask(column: pd.Series, label: str) -> np.ndarray:
-    """``column.astype(str) == label`` as a numpy mask, without converting every cell.
-
-    A categorical column (how a screen's guide and target labels are stored) is compared
-    through its categories: converting 100,000 labels to strings for every target of a
-    genome-scale screen cost more than the rest of the target's bookkeeping together.
-    """
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        names = column.cat.categories.astype(str)
-        hits = np.flatnonzero(names == label)
-        codes = column.cat.codes.to_numpy()
-        mask = np.isin(codes, hits)
-        if label == "nan":  # astype(str) writes missing values as "nan"
-            mask |= codes < 0
-        return mask
-    return (column.astype(str) == label).to_numpy()
-
-
-def _columns(obs: pd.DataFrame, keys: str | Sequence[str] | None) -> pd.DataFrame:
-    """The columns ``keys`` of ``obs`` that exist (a missing one is reported by its reader)."""
-    keys = [] if keys is None else [keys] if isinstance(keys, str) else list(keys)
-    return obs[[k for k in keys if k in obs.columns]]
-
-
-def _cis_cells_low_moi(obs, guide_key, target_key, control_label, cis_target):
-    """The cells of a low-MOI fit (target's and control cells) and the control mask."""
-    is_cis = _label_mask(obs[target_key], cis_target)
-    control = _label_mask(obs[target_key], control_label)
-    if not control.any():
-        V.check_control(obs, target_key, control_label)  # raises, naming the labels present
-    if not is_cis.any():
-        targets = obs[target_key].astype(str)
-        raise ValueError(
-            f"No cells target {cis_target!r} in mdata.obs[{target_key!r}]."
-            + V._suggest(cis_target, pd.unique(targets))
-            + " Pass `cis_target=` with the target label of the cis gene."
-        )
-    return is_cis | control, control
-
-
-def _cis_cells_high_moi(mdata, obs, assignment_key, guide_targets, control_label, cis_target):
-    if assignment_key not in mdata.obsm:
-        raise KeyError(
-            f"High-MOI fit needs mdata.obsm[{assignment_key!r}] (cells x guides); pass "
-            "`guide_assignment_key=`."
-        )
-    table = mdata.obsm[assignment_key]
-    if not isinstance(table, pd.DataFrame):
-        raise ValueError(
-            f"mdata.obsm[{assignment_key!r}] must be a DataFrame with guide names as columns."
-        )
-    mapping = (
-        pd.Series(guide_targets) if isinstance(guide_targets, Mapping) else pd.Series(guide_targets)
-    )
-    unknown = [g for g in table.columns if str(g) not in mapping.index.astype(str)]
-    if unknown:
-        raise ValueError(
-            f"Guides {unknown[:5]} of mdata.obsm[{assignment_key!r}] have no entry in "
-            "`guide_targets`; give every guide its target (control label for NTC guides)."
-        )
-    mapping.index = mapping.index.astype(str)
-    targets = mapping.loc[[str(g) for g in table.columns]].astype(str).to_numpy()
-    if (targets == cis_target).sum() < 1:
-        raise ValueError(
-            f"The cis target {cis_target!r} has no guide in `guide_targets`."
-            + V._suggest(cis_target, pd.unique(targets))
-        )
-    A = np.asarray(table.to_numpy(), dtype=np.float32)
-    if (A < 0).any() or not np.isfinite(A).all():
-        raise ValueError(f"mdata.obsm[{assignment_key!r}] must hold non-negative finite values.")
-    A = (A > 0).astype(np.float32)
-    use = A.sum(1) > 0
-    return use, A, [str(g) for g in table.columns], targets == cis_target
 
 
 def _low_moi_guides(
@@ -319,24 +245,20 @@ def fit_cis(
         tolerance=tolerance,
     )
     high_moi = guide_targets is not None
-    if high_moi:
-        use, A_all, guide_names, is_cis = _cis_cells_high_moi(
-            mdata, obs, guide_assignment_key, guide_targets, control_label, cis_target
-        )
-        control = A_all[:, is_cis].sum(1) == 0
-    else:
-        check_guide_columns(mdata, guide_key, target_key)
-        use, control = _cis_cells_low_moi(obs, guide_key, target_key, control_label, cis_target)
-    # technical groups of the candidate cells only (a screen's other targets are not read)
-    candidates = np.flatnonzero(use)
-    groups = technical_groups(
-        _columns(obs, tech.technical_key).iloc[candidates], tech.technical_key, known=tech.groups
+    chosen = cis_cells(
+        mdata,
+        tech,
+        cis_target=cis_target,
+        guide_key=guide_key,
+        target_key=target_key,
+        control_label=control_label,
+        guide_assignment_key=guide_assignment_key,
+        guide_targets=guide_targets,
+        control_cells=control_cells,
+        seed=config.seed,
     )
-    group_codes = np.full(len(obs), -1, dtype=np.int64)
-    group_codes[candidates] = groups.codes
-    use = restrict_to_controls(
-        use, control, obs.index, group_codes, control_cells, np.random.default_rng(config.seed)
-    )
+    use, group_codes = chosen.use, chosen.group_codes
+    A_all, guide_names, is_cis = chosen.assignment, chosen.guide_names, chosen.is_cis
     cells = obs.index[use]
     data = modality_data(mdata, modality, cells, layer=layer)
     col = adata.var_names.get_loc(cis_feature)

@@ -1,13 +1,16 @@
 """Targets of a screen as tasks on a dask cluster (``fit_screen(backend="dask")``).
 
-The screen (after its technical fit) is sent once to every worker as the bytes of an h5mu file
-(a MuData does not pickle) and read there once per run; each task fits one target there with
-the local backend, hands back exactly the entries the target's fits wrote
-(:func:`~dream_sc.tl._screen_store.capture`) and removes them from the worker's copy, so the
-copy is the scattered screen again for the next task. Tasks of one worker process take turns
-(a lock: they share that copy), so a worker runs one target at a time with ``threads`` torch
-threads: give the cluster one single-threaded worker per core. The calling process writes the
-entries in target order, so the result is laid out exactly as a serial run's.
+Each task carries only the slice of the screen its target reads (its cells and the controls
+it uses, :mod:`~dream_sc.tl._target_cells`, as the bytes of an h5mu file: a MuData does not
+pickle), scattered to a worker directly rather than through the scheduler; the task fits the
+target there with the local backend and hands back exactly the entries the target's fits
+wrote (:func:`~dream_sc.tl._screen_store.capture`). A worker's memory thus follows a target's
+cells, not the screen's, and the data sent per task is that slice. Slices are cut here as the
+cluster needs them (:data:`AHEAD` tasks per worker in flight), never all at once. Tasks of one
+worker process take turns (a lock: torch's thread count is per process), so a worker runs one
+target at a time with ``threads`` torch threads: give the cluster one single-threaded worker
+per core. The calling process puts the per-cell results back on the screen's cells and writes
+the entries in target order, so the result is laid out exactly as a serial run's.
 
 A target's results depend only on the data, its seed and the torch threads of its fit: the
 same on a worker as in this process (tested).
@@ -15,61 +18,28 @@ same on a worker as in this process (tested).
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
-import uuid
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 import torch
 from mudata import MuData
 
 from ..engine.backends import resolve_backend
-from ._screen_parallel import fit_and_hand_back, write_screen_file
+from ._screen_parallel import fit_and_hand_back, on_screen_cells, sliced_tasks
 
-#: One target at a time per worker process: tasks share the worker's copy of the screen.
+#: One target at a time per worker process: torch's thread count is the process's.
 _WORKER_LOCK = threading.Lock()
-#: The worker's copy of the screen of the current run: ``{"run": id, "mdata": MuData}``.
-_WORKER_SCREEN: dict = {}
+#: Tasks in flight per worker of the cluster (slices cut ahead of the free workers).
+AHEAD = 2
 
 
-def _screen_bytes(mdata: MuData) -> bytes:
-    """The screen as the bytes of an h5mu file."""
-    folder = tempfile.mkdtemp(prefix="dream_sc_screen_")
-    path = Path(folder) / "screen.h5mu"
-    try:
-        write_screen_file(mdata, path)
-        return path.read_bytes()
-    finally:
-        path.unlink(missing_ok=True)
-        os.rmdir(folder)
+def _fit_target_task(shared: None, item: tuple) -> tuple[str, dict, dict]:
+    """Fit one target on its slice of the screen; return its entries and timing."""
+    from ._target_cells import read_mudata_bytes
 
-
-def _worker_screen(run: str, payload: bytes) -> MuData:
-    """The worker's copy of the run's screen, read from ``payload`` on first use."""
-    if _WORKER_SCREEN.get("run") != run:
-        import mudata
-
-        _WORKER_SCREEN.clear()  # an earlier run's screen is not needed any more
-        handle, name = tempfile.mkstemp(suffix=".h5mu")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(payload)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                _WORKER_SCREEN.update(run=run, mdata=mudata.read_h5mu(name))
-        finally:
-            os.unlink(name)
-    return _WORKER_SCREEN["mdata"]
-
-
-def _fit_target_task(shared: tuple[str, bytes], item: tuple) -> tuple[str, dict, dict]:
-    """Fit one target on the worker's copy of the screen; return its entries and timing."""
-    fit_one, target, keys, kwargs, threads = item
+    fit_one, target, payload, keys, kwargs, threads = item
     with _WORKER_LOCK:
-        mdata = _worker_screen(*shared)
+        mdata = read_mudata_bytes(payload)
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
@@ -95,7 +65,7 @@ def fit_targets_on_dask(
     Parameters
     ----------
     mdata
-        The screen after its technical fit (sent once to every worker).
+        The screen after its technical fit (each task carries its target's slice of it).
     targets
         Targets to fit.
     client
@@ -116,12 +86,23 @@ def fit_targets_on_dask(
     ``(target, pieces, timing)`` as targets finish (any order).
     """
     runner = resolve_backend("dask", client, threads=threads)
-    items = (
-        (number, (fit_one, target, list(keys(target)), kwargs(target), int(threads)))
-        for number, target in enumerate(targets)
-    )
-    shared = (uuid.uuid4().hex, _screen_bytes(mdata))
+    expand = on_screen_cells(mdata)
+    cells_of: dict[str, object] = {}
+
+    def items():
+        tasks = sliced_tasks(mdata, targets, kwargs)
+        for number, (target, cells, payload, kw) in enumerate(tasks):
+            cells_of[target] = cells
+            yield number, (fit_one, target, payload, list(keys(target)), kw, int(threads))
+
+    workers = max(1, runner.n_workers())
     for _, (target, pieces, timing) in runner.map(
-        _fit_target_task, shared, items, description="fit_screen targets", progress=progress
+        _fit_target_task,
+        None,
+        items(),
+        description="fit_screen targets",
+        progress=progress,
+        window=AHEAD * workers,
+        scatter_items=True,
     ):
-        yield target, pieces, timing
+        yield target, expand(pieces, cells_of.pop(target)), timing

@@ -1,11 +1,15 @@
 """Targets of a screen fitted in parallel worker processes (``fit_screen(n_jobs=...)``).
 
 Targets are independent given the technical fit, and a target's fit writes only entries under
-its own keys, so a worker can fit a target on its own copy of the screen and hand back exactly
-those entries (:func:`~dream_sc.tl._screen_store.capture`); the calling process writes them in
-target order. Workers read the screen once from an h5mu file written for them (a MuData is not
-sent through a pipe) and use ``threads`` torch threads each. They are started by a fork server
-where the platform has one (dream_sc is imported there once, then forked), else spawned.
+its own keys, so a worker can fit a target on a copy of the screen and hand back exactly those
+entries (:func:`~dream_sc.tl._screen_store.capture`); the calling process writes them in target
+order. Each task carries only the slice of the screen its target reads (its cells and the
+controls it uses, :mod:`~dream_sc.tl._target_cells`, as the bytes of an h5mu file: a MuData is
+not sent through a pipe), so a worker's memory follows a target's cells, not the screen's; the
+per-cell results are put back on the screen's cells here. Slices are cut as workers need them
+(a few ahead), never all at once. Workers use ``threads`` torch threads each; they are started
+by a fork server where the platform has one (dream_sc is imported there once, then forked),
+else spawned.
 
 Targets in parallel pay off where a machine has more cores than one fit keeps busy, or on a
 shared machine, where multi-threaded torch spends much of its time waiting for descheduled
@@ -17,17 +21,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
-import tempfile
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from pathlib import Path
 from typing import Any
 
 from mudata import MuData
 
-_WORKER: dict[str, Any] = {}
+#: Tasks handed to the pool ahead of the free workers, per worker (slices cut in advance).
+AHEAD = 2
 
 
 def default_threads(n_jobs: int) -> int:
@@ -45,24 +46,13 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _init_worker(path: str, threads: int) -> None:
-    import mudata
+def _init_worker(threads: int) -> None:
     import torch
 
     from .._settings import settings
 
     torch.set_num_threads(threads)
     settings.torch_threads = threads
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        _WORKER["mdata"] = mudata.read_h5mu(path)
-
-
-def write_screen_file(mdata: MuData, path: str | Path) -> None:
-    """The screen as an h5mu file for worker processes (anndata's FutureWarnings silenced)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        mdata.write(path)
 
 
 def fit_and_hand_back(
@@ -89,9 +79,35 @@ def fit_and_hand_back(
     return pieces, timing
 
 
-def _fit_in_worker(fit_one: Callable, target: str, keys: Sequence[str], kwargs: dict) -> tuple:
-    """Fit ``target`` on the worker process's screen (:func:`fit_and_hand_back`)."""
-    return fit_and_hand_back(_WORKER["mdata"], fit_one, target, keys, kwargs)
+def _fit_in_worker(
+    fit_one: Callable, target: str, payload: bytes, keys: Sequence[str], kwargs: dict
+) -> tuple:
+    """Fit ``target`` on its slice of the screen (``payload``: h5mu bytes)."""
+    from ._target_cells import read_mudata_bytes
+
+    return fit_and_hand_back(read_mudata_bytes(payload), fit_one, target, keys, kwargs)
+
+
+def sliced_tasks(
+    mdata: MuData, targets: Sequence[str], kwargs: Callable[[str], dict]
+) -> Iterator[tuple[str, Any, bytes, dict]]:
+    """``(target, cells, payload, kwargs)`` per target, each slice cut when asked for."""
+    from ._target_cells import target_slice
+
+    for target in targets:
+        kw = kwargs(target)
+        cells, payload = target_slice(mdata, target, kw)
+        yield target, cells, payload, kw
+
+
+def on_screen_cells(mdata: MuData) -> Callable[[dict, Any], dict]:
+    """``expand(pieces, cells)``: a slice's captured entries on ``mdata``'s cells."""
+    from ._screen_store import index_digest
+    from ._target_cells import expand_pieces
+
+    names = mdata.obs_names
+    digest = index_digest(names)
+    return lambda pieces, cells: expand_pieces(pieces, cells, names, digest)
 
 
 def fit_targets_in_parallel(
@@ -109,7 +125,7 @@ def fit_targets_in_parallel(
     Parameters
     ----------
     mdata
-        The screen after its technical fit (written once to a temporary h5mu for the workers).
+        The screen after its technical fit (each task carries its target's slice of it).
     targets
         Targets to fit.
     n_jobs, threads
@@ -125,33 +141,39 @@ def fit_targets_in_parallel(
     ------
     ``(target, pieces, timing)`` as targets finish (any order).
     """
-    folder = tempfile.mkdtemp(prefix="dream_sc_screen_")
-    path = str(Path(folder) / "screen.h5mu")
-    try:
-        write_screen_file(mdata, path)
-        workers = min(n_jobs, len(targets))
-        with ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=_context(),
-            initializer=_init_worker,
-            initargs=(path, threads),
-        ) as pool:
-            pending = {
-                pool.submit(_fit_in_worker, fit_one, t, list(keys(t)), kwargs(t)): t
-                for t in targets
-            }
-            try:
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        target = pending.pop(future)
-                        pieces, timing = future.result()
-                        yield target, pieces, timing
-            finally:
-                for future in pending:
-                    future.cancel()
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    workers = min(n_jobs, len(targets))
+    expand = on_screen_cells(mdata)
+    tasks = sliced_tasks(mdata, targets, kwargs)
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=_context(),
+        initializer=_init_worker,
+        initargs=(threads,),
+    ) as pool:
+        pending: dict = {}
+
+        def submit() -> None:
+            task = next(tasks, None)
+            if task is not None:
+                target, cells, payload, kw = task
+                future = pool.submit(
+                    _fit_in_worker, fit_one, target, payload, list(keys(target)), kw
+                )
+                pending[future] = (target, cells)
+
+        for _ in range(AHEAD * workers):
+            submit()
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    target, cells = pending.pop(future)
+                    pieces, timing = future.result()
+                    submit()
+                    yield target, expand(pieces, cells), timing
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def in_target_order(

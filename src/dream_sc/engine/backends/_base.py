@@ -35,8 +35,14 @@ class Backend:
         *,
         description: str,
         progress: bool,
+        window: int | None = None,
+        scatter_items: bool = False,
     ) -> Iterator[tuple[int, Any]]:
-        """``(number, fn(shared, item))`` for every ``(number, item)``, as results arrive."""
+        """``(number, fn(shared, item))`` for every ``(number, item)``, as results arrive.
+
+        ``window``: at most this many items in flight (``None``: all); ``scatter_items``: send
+        each item to where it runs directly (both only matter on a cluster).
+        """
         raise NotImplementedError
 
     def record(self) -> dict:
@@ -49,7 +55,7 @@ class LocalBackend(Backend):
 
     name = "local"
 
-    def map(self, fn, shared, items, *, description, progress):  # noqa: D102
+    def map(self, fn, shared, items, *, description, progress, window=None, scatter_items=False):  # noqa: D102
         for number, item in items:
             yield number, fn(shared, item)
 

@@ -42,7 +42,9 @@ class DaskBackend(Backend):
     Notes
     -----
     ``shared`` is scattered once to every worker (``broadcast=True``); each task then carries
-    only its own chunk (data slice and per-feature inputs). Tasks get unique keys (a run id
+    only its own chunk (data slice and per-feature inputs); with ``scatter_items`` each item is
+    scattered to a worker itself (large items do not pass through the scheduler), and with
+    ``window`` only that many tasks are in flight (the items are read as tasks finish). Tasks get unique keys (a run id
     plus the chunk number), so a rerun never picks up stale results. A worker that dies takes
     its running tasks with it and the scheduler reruns them elsewhere (the shared inputs are
     replicated on the other workers); results are keyed by chunk, so none is lost or counted
@@ -76,14 +78,38 @@ class DaskBackend(Backend):
         out["n_workers"] = len(info.get("workers", {}))
         return out
 
-    def map(self, fn, shared: Any, items, *, description: str, progress: bool):  # noqa: D102
+    def n_workers(self) -> int:
+        """Workers of the cluster now (0 when none has joined yet)."""
+        return len(self.client.scheduler_info().get("workers", {}))
+
+    def map(  # noqa: D102
+        self,
+        fn,
+        shared: Any,
+        items,
+        *,
+        description: str,
+        progress: bool,
+        window: int | None = None,
+        scatter_items: bool = False,
+    ):
         distributed = import_distributed()
         client = self.client
         run = uuid.uuid4().hex[:8]
         label = description.replace(" ", "_")
-        shared_future = client.scatter(shared, broadcast=True, hash=False)
-        futures = {}
-        for number, item in items:
+        shared_future = (
+            None if shared is None else client.scatter(shared, broadcast=True, hash=False)
+        )
+        items = iter(items)
+        futures: dict = {}
+
+        def submit():
+            nxt = next(items, None)
+            if nxt is None:
+                return None
+            number, item = nxt
+            if scatter_items:  # straight to a worker, not through the scheduler
+                item = client.scatter([item], hash=False)[0]
             future = client.submit(
                 run_tuned,
                 fn,
@@ -93,20 +119,37 @@ class DaskBackend(Backend):
                 pure=False,
             )
             futures[future.key] = (number, future)
+            return future
+
+        first = []
+        while window is None or len(first) < window:
+            future = submit()
+            if future is None:
+                break
+            first.append(future)
         show = progress and sys.stderr.isatty()
-        bar = tqdm(total=len(futures), desc=f"{description} (dask)", disable=not show, leave=False)
+        total = len(futures) if window is None else None
+        bar = tqdm(total=total, desc=f"{description} (dask)", disable=not show, leave=False)
         done = 0
+        queue = distributed.as_completed(first)
         try:
-            for future in distributed.as_completed([f for _, f in futures.values()]):
+            for future in queue:
                 number = futures[future.key][0]
                 if future.status == "error":
                     future.result()  # raises the task's exception here
-                yield number, future.result()
+                result = future.result()
+                del futures[future.key]
+                if window is not None:
+                    more = submit()
+                    if more is not None:
+                        queue.add(more)
+                yield number, result
                 done += 1
                 bar.update(1)
         finally:
             bar.close()
-            if done < len(futures):
+            if futures:
                 client.cancel([f for _, f in futures.values()])
-            client.cancel([shared_future])
-            logger.debug("%s: %d of %d dask tasks gathered", description, done, len(futures))
+            if shared_future is not None:
+                client.cancel([shared_future])
+            logger.debug("%s: %d dask tasks gathered", description, done)
