@@ -146,6 +146,8 @@ class PeakRSS:
         self.interval = interval
         self.tree = tree
         self._child_cpu: dict[int, float] = {}
+        #: peak RSS (kernel high-water mark) of every descendant seen: pid -> (kind, bytes)
+        self.descendant_peaks: dict[int, tuple[str, int]] = {}
         self._proc = psutil.Process()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -165,9 +167,15 @@ class PeakRSS:
         if self.tree:
             for child in self._proc.children(recursive=True):
                 try:
-                    total += child.memory_info().rss
+                    rss = child.memory_info().rss
+                    total += rss
                     times = child.cpu_times()
                     self._child_cpu[child.pid] = times.user + times.system
+                    peak = max(rss, _high_water_mark(child.pid))
+                    kind, seen = self.descendant_peaks.get(child.pid, (None, 0))
+                    if kind is None:
+                        kind = _process_kind(child)
+                    self.descendant_peaks[child.pid] = (kind, max(seen, peak))
                 except psutil.Error:  # the child ended between listing and reading
                     pass
         return total
@@ -210,6 +218,48 @@ class PeakRSS:
     def start_gb(self) -> float:
         """RSS at entry in GB."""
         return self.start / 1e9
+
+    def worker_peaks_gb(self, kinds: tuple[str, ...] = ("worker",)) -> list[float]:
+        """Peak RSS (GB, largest first) of the descendants of these kinds (:func:`_process_kind`).
+
+        Each descendant's own peak (the kernel's high-water mark ``VmHWM`` as last sampled,
+        pages shared with its parent included), unlike :attr:`peak`, which sums the tree.
+        """
+        peaks = [b / 1e9 for kind, b in self.descendant_peaks.values() if kind in kinds]
+        return sorted(peaks, reverse=True)
+
+
+def _high_water_mark(pid: int) -> int:
+    """Peak resident memory of process ``pid`` in bytes (``VmHWM``; 0 where not readable)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _process_kind(proc: psutil.Process) -> str:
+    """``"forkserver"``, ``"nanny"`` (a dask nanny), ``"worker"`` (a process that fits) or other.
+
+    n_jobs workers are forked by the forkserver (their command line is the forkserver's);
+    dask workers are spawned by their nanny (``multiprocessing.spawn`` under a nanny).
+    """
+    try:
+        cmd = " ".join(proc.cmdline())
+        parent = proc.parent()
+        parent_cmd = " ".join(parent.cmdline()) if parent is not None else ""
+    except psutil.Error:
+        return "other"
+    if "multiprocessing.forkserver" in cmd:
+        return "worker" if "multiprocessing.forkserver" in parent_cmd else "forkserver"
+    if "multiprocessing.spawn" in cmd or "multiprocessing.resource_tracker" in cmd:
+        if "resource_tracker" in cmd:
+            return "other"
+        return "worker" if "multiprocessing.spawn" in parent_cmd else "nanny"
+    return "other"
 
 
 # ----------------------------------------------------------------------------- tables

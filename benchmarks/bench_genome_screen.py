@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
         fit_seconds = time.perf_counter() - t0
     print(
         f"fit_screen {fit_seconds:.1f} s, peak RSS {fit_mem.peak_gb:.2f} GB summed over this "
-        f"process and its workers, CPU {fit_mem.cpu_seconds:.0f} s, load "
+        f"process and its workers (each worker's own peak: {worker_peaks(fit_mem)}), CPU "
+        f"{fit_mem.cpu_seconds:.0f} s, load "
         f"{fit_mem.load[0]:.2f} -> {fit_mem.load[1]:.2f}",
         flush=True,
     )  # before the scoring, which needs the screen-wide table in memory as well
@@ -276,8 +277,8 @@ def main(argv: list[str] | None = None) -> None:
         f"(technical {record['technical_seconds']:.1f} s; per target cis "
         f"{timings['cis_seconds'].median():.2f} s, trans {timings['trans_seconds'].median():.2f} "
         f"s median); peak RSS {peak.peak_gb:.2f} GB summed over this process and its "
-        f"workers ({fit_mem.peak_gb:.2f} GB during fit_screen), largest worker process "
-        f"{worker_peak_gb():.2f} GB; CPU of fit_screen and its workers {fit_mem.cpu_seconds:.0f} "
+        f"workers ({fit_mem.peak_gb:.2f} GB during fit_screen), worker processes' own peaks "
+        f"{worker_peaks(fit_mem)}; CPU of fit_screen and its workers {fit_mem.cpu_seconds:.0f} "
         f"s, whole run "
         f"{peak.cpu_seconds:.0f} s (n_jobs {args.n_jobs}, dask workers {args.dask_workers}); "
         f"load {load:.2f} -> "
@@ -412,15 +413,15 @@ def results_bytes(mdata) -> int:
     return total
 
 
-def worker_peak_gb() -> float:
-    """Peak resident memory of the largest finished child process (``n_jobs`` workers), GB.
+def worker_peaks(mem: PeakRSS) -> str:
+    """Each worker process's own peak RSS (kernel high-water mark, sampled), GB, largest first.
 
-    Dask workers are children of their nannies, not of this process: their peak is not seen
-    here (the LocalCluster's workers are closed before the benchmark ends).
+    n_jobs workers are forked by a forkserver and dask workers spawned by their nannies:
+    neither is this process's child, so ``RUSAGE_CHILDREN`` never saw them; ``PeakRSS`` reads
+    every descendant's ``VmHWM`` while it runs.
     """
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
+    peaks = mem.worker_peaks_gb()
+    return ", ".join(f"{p:.2f}" for p in peaks) + " GB" if peaks else "none (no worker process)"
 
 
 def run_sceptre(

@@ -216,9 +216,11 @@ def screen_slice(
 ) -> MuData:
     """The screen restricted to ``cells`` (positions), as a new MuData.
 
-    Every modality, obs / obsm entry and record is kept on those cells, except the entries
-    owned by ``drop_prefixes`` (the other targets' results of the run: no fit of this target
-    reads them).
+    Every modality with its records (registration, technical fit) and every obs / obsm entry
+    is kept on those cells, except the entries owned by ``drop_prefixes`` (the other targets'
+    results of the run) and the MuData's own ``uns``: a target's fits read no global record
+    but the cis fit they write themselves (``mdata.uns`` holds the other fits' records, a
+    simulation's truth, a user's notes: writing them cost more than the cells of a slice).
     """
     from ._screen_store import drop
 
@@ -227,6 +229,8 @@ def screen_slice(
         sub = mdata[np.asarray(cells)].copy()
     for prefix in drop_prefixes:
         drop(sub, modality, prefix, drop_prefixes)
+    for key in list(sub.uns):
+        del sub.uns[key]
     return sub
 
 
