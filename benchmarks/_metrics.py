@@ -242,10 +242,11 @@ def _high_water_mark(pid: int) -> int:
 
 
 def _process_kind(proc: psutil.Process) -> str:
-    """``"forkserver"``, ``"nanny"`` (a dask nanny), ``"worker"`` (a process that fits) or other.
+    """``"forkserver"``, ``"worker"`` (a process that fits targets) or ``"other"``.
 
     n_jobs workers are forked by the forkserver (their command line is the forkserver's);
-    dask workers are spawned by their nanny (``multiprocessing.spawn`` under a nanny).
+    a LocalCluster's dask workers (and n_jobs workers without a forkserver) are spawned
+    (``multiprocessing.spawn``; the nannies run inside the calling process).
     """
     try:
         cmd = " ".join(proc.cmdline())
@@ -255,10 +256,8 @@ def _process_kind(proc: psutil.Process) -> str:
         return "other"
     if "multiprocessing.forkserver" in cmd:
         return "worker" if "multiprocessing.forkserver" in parent_cmd else "forkserver"
-    if "multiprocessing.spawn" in cmd or "multiprocessing.resource_tracker" in cmd:
-        if "resource_tracker" in cmd:
-            return "other"
-        return "worker" if "multiprocessing.spawn" in parent_cmd else "nanny"
+    if "multiprocessing.spawn" in cmd:
+        return "worker"
     return "other"
 
 
