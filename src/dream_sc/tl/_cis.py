@@ -255,7 +255,7 @@ def fit_cis(
         guide_assignment_key=guide_assignment_key,
         guide_targets=guide_targets,
         control_cells=control_cells,
-        seed=config.seed,
+        rng=np.random.default_rng(config.seed),
     )
     use, group_codes = chosen.use, chosen.group_codes
     A_all, guide_names, is_cis = chosen.assignment, chosen.guide_names, chosen.is_cis

@@ -132,7 +132,7 @@ def cis_cells(
     guide_assignment_key: str,
     guide_targets: Mapping[str, str] | pd.Series | None,
     control_cells: int | Sequence[str] | None,
-    seed: int,
+    rng: np.random.Generator,
 ) -> CisCells:
     """The cells the cis fit of ``cis_target`` uses (validated; raises naming the problem).
 
@@ -146,9 +146,9 @@ def cis_cells(
     cis_target, guide_key, target_key, control_label, guide_assignment_key, guide_targets
         As in :func:`~dream_sc.tl.fit_cis` (``guide_targets`` given: high MOI).
     control_cells
-        ``None`` (every control cell), a number (a stratified draw with ``seed``) or obs names.
-    seed
-        The fit's seed (source of the ``control_cells`` draw).
+        ``None`` (every control cell), a number (a stratified draw from ``rng``) or obs names.
+    rng
+        Source of the ``control_cells`` draw (the fit's: ``default_rng(seed)``).
     """
     obs = mdata.obs
     extra = {}
@@ -168,34 +168,25 @@ def cis_cells(
     )
     group_codes = np.full(len(obs), -1, dtype=np.int64)
     group_codes[candidates] = groups.codes
-    use = restrict_to_controls(
-        use, control, obs.index, group_codes, control_cells, np.random.default_rng(seed)
-    )
+    use = restrict_to_controls(use, control, obs.index, group_codes, control_cells, rng)
     return CisCells(use, control, group_codes, **extra)
 
 
-def cells_for_target(
-    mdata: MuData,
-    target: str,
-    *,
-    modality: str,
-    technical_key_added: str,
-    common: Mapping,
-    cis_kwargs: Mapping,
-    seed: int,
-    tech=None,
-) -> np.ndarray:
+def cells_for_target(mdata: MuData, target: str, kwargs: Mapping, tech=None) -> np.ndarray:
     """Positions (ascending) of the cells ``fit_screen``'s fits of ``target`` read.
 
-    The cells of its cis fit (:func:`cis_cells` with the arguments ``fit_screen`` passes);
-    its trans fit reads the cells of those with a dosage, a subset. ``common`` and
-    ``cis_kwargs`` are the per-target arguments of ``fit_screen`` (guide / target keys, control
-    label; ``control_cells`` and, at high MOI, ``guide_targets`` / ``guide_assignment_key``).
+    The cells of its cis fit (:func:`cis_cells` with the arguments ``fit_screen`` passes, its
+    seed drawing the control subsample where one is drawn); its trans fit reads the cells of
+    those with a dosage, a subset. ``kwargs`` are the target's ``fit_one`` arguments of
+    ``fit_screen``: ``modality``, ``technical_key_added``, ``seed``, ``common`` (guide /
+    target keys, control label) and ``cis_kwargs`` (``control_cells`` and, at high MOI,
+    ``guide_targets`` / ``guide_assignment_key``). ``tech``: the technical fit, if loaded.
     """
     if tech is None:
         from ._technical import load_technical
 
-        tech = load_technical(mdata, modality, technical_key_added)
+        tech = load_technical(mdata, kwargs["modality"], kwargs["technical_key_added"])
+    common, cis_kwargs = kwargs["common"], kwargs["cis_kwargs"]
     cells = cis_cells(
         mdata,
         tech,
@@ -206,7 +197,7 @@ def cells_for_target(
         guide_assignment_key=cis_kwargs.get("guide_assignment_key", "guide_assignment"),
         guide_targets=cis_kwargs.get("guide_targets"),
         control_cells=cis_kwargs.get("control_cells"),
-        seed=int(seed),
+        rng=np.random.default_rng(int(kwargs["seed"])),
     )
     return np.flatnonzero(cells.use)
 
@@ -270,15 +261,7 @@ def target_slice(mdata: MuData, target: str, kwargs: Mapping) -> tuple[np.ndarra
     every key of the run; all but the technical fit's are left out of the slice).
     """
     technical = kwargs["technical_key_added"]
-    cells = cells_for_target(
-        mdata,
-        target,
-        modality=kwargs["modality"],
-        technical_key_added=technical,
-        common=kwargs["common"],
-        cis_kwargs=kwargs["cis_kwargs"],
-        seed=kwargs["seed"],
-    )
+    cells = cells_for_target(mdata, target, kwargs)
     others = [p for p in kwargs["prefixes"] if p != technical]
     sub = screen_slice(mdata, cells, modality=kwargs["modality"], drop_prefixes=others)
     return cells, mudata_bytes(sub)
