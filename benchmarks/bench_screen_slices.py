@@ -19,16 +19,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _metrics import PeakRSS  # noqa: E402
 
 import dream_sc as ds  # noqa: E402
 from dream_sc.tl._screen_checks import target_seed  # noqa: E402
@@ -85,11 +80,10 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         cells, payload = target_slice(mdata, target, kwargs)
         cut = time.perf_counter() - t0
-        with PeakRSS(interval=0.01) as mem:
-            t0 = time.perf_counter()
-            sub = read_mudata_bytes(payload)
-            read = time.perf_counter() - t0
-        rows.append((len(cells), len(payload), cut, read, (mem.peak - mem.start) / 1e6))
+        t0 = time.perf_counter()
+        sub = read_mudata_bytes(payload)
+        read = time.perf_counter() - t0
+        rows.append((len(cells), len(payload), cut, read))
         del sub
     a = np.array(rows, dtype=float)
     med = np.median(a, axis=0)
@@ -103,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         f"({a[:, 1].min() / 1e6:.2f}-{a[:, 1].max() / 1e6:.2f}), "
         f"{med[1] / med[0] / 1e3:.2f} kB per cell; cut in the calling process "
         f"{med[2]:.3f} s ({a[:, 2].min():.3f}-{a[:, 2].max():.3f}); read by the worker "
-        f"{med[3]:.3f} s, +{med[4]:.0f} MB RSS while reading\n"
+        f"{med[3]:.3f} s\n"
         f"- load {os.getloadavg()[0]:.2f}"
     )
 
