@@ -422,7 +422,7 @@ def _run(
     seeds = {t: target_seed(seed, t) for t in chosen}
     rows: dict[str, dict] = {}
     bar = tqdm(total=len(chosen), desc="fit_screen", unit="target", disable=not show)
-    todo = []
+    todo, digests = [], {}  # digests: of mdata's names, once for every piece applied
     for target in chosen:
         saved = store.load(target) if store is not None else None
         if saved is None:
@@ -430,7 +430,7 @@ def _run(
             continue
         for key in (cis_keys[target], trans_keys[target]):
             drop(mdata, modality, key, prefixes)
-        apply(mdata, modality, saved["pieces"])
+        apply(mdata, modality, saved["pieces"], digests)
         rows[target] = {**saved["timing"], "from_checkpoint": True}
         bar.update()
 
@@ -475,7 +475,7 @@ def _run(
     )
     if elsewhere is not None:  # applied in target order as they arrive: a serial run's layout
         for _, pieces in in_target_order(elsewhere, todo, finished):
-            apply(mdata, modality, pieces)
+            apply(mdata, modality, pieces, digests)
     else:
         for target in todo:
             bar.set_postfix_str(target)

@@ -96,16 +96,24 @@ def drop(mdata: MuData, modality: str, prefix: str, others: Sequence[str] = ()) 
                 del container[name]
 
 
-def apply(mdata: MuData, modality: str, pieces: dict[str, dict]) -> None:
-    """Write captured entries back (obs / var columns checked against the index digest)."""
+def apply(
+    mdata: MuData, modality: str, pieces: dict[str, dict], digests: dict | None = None
+) -> None:
+    """Write captured entries back (obs / var columns checked against the index digest).
+
+    ``digests``: the index digests of ``mdata`` by attribute (``"obs"``, ``"var"``), filled in
+    here as computed; pass the same dict for every piece of one MuData (hashing the names of 2
+    million cells took 1-2 s per piece).
+    """
+    digests = {} if digests is None else digests
     for level, attr in CONTAINERS:
         container = _container(mdata, modality, level, attr)
-        digest = None
         for name, value in pieces.get(f"{level}/{attr}", {}).items():
             if attr in ("obs", "var"):
                 stored, series = value
-                digest = digest or index_digest(container.index)
-                if stored != digest:
+                if attr not in digests:
+                    digests[attr] = index_digest(container.index)
+                if stored != digests[attr]:
                     raise ValueError(
                         f"Stored column {name!r} belongs to other {attr}_names than this MuData "
                         "(a checkpoint of another data set?)."
