@@ -37,7 +37,7 @@ import torch
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _metrics import PeakRSS, auroc, markdown_table, power_at_fdr  # noqa: E402
+from _metrics import PeakRSS, auroc, markdown_table, power_at_fdr, pvalue_ranking  # noqa: E402
 
 import dream_sc as ds  # noqa: E402
 
@@ -220,8 +220,10 @@ def main(argv: list[str] | None = None) -> None:
     record = mdata.uns["dream_screen"]
     targets = list(record["targets"])
     # only the columns scored and saved: ~70 instead of ~450 bytes per pair (4M pairs)
-    wanted = [c for c in KEEP_COLUMNS if c != "pvalue"]  # pvalue: the peers' tables
+    wanted = [c for c in KEEP_COLUMNS if c != "pvalue"] + ["feature_pvalue"]
     table = ds.get.screen_results(mdata, alpha=args.alpha, columns=wanted)
+    # dream_sc's per-pair p-value (permutation, against the target's own null), as the peers'
+    table = table.rename(columns={"feature_pvalue": "pvalue"})
     kinds = mdata.uns["truth"]["target_kind"]
     labels = truth_labels(mdata, table)
     null_target = table["target"].map(lambda t: kinds[t] == "null").to_numpy()
@@ -232,8 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         q = table[col].to_numpy(dtype=float)
         rows[f"dream_sc {col}"] = {
             **score_calls(np.nan_to_num(q, nan=1.0) < args.alpha, labels, null_target),
-            "auroc": auroc(labels, table["score"].fillna(0.0).to_numpy()),
-            "power_at_fdr": power_at_fdr(labels, table["score"].to_numpy(), level=args.alpha),
+            **dream_ranking(labels, table, args.alpha),
             **leak_calls(mdata, table, np.nan_to_num(q, nan=1.0) < args.alpha),
         }
     saved = {"dream_sc": table}
@@ -304,6 +305,24 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(text)
 
 
+def dream_ranking(labels: np.ndarray, table: pd.DataFrame, alpha: float) -> dict:
+    """AUROC and power at matched FDR of dream_sc's pairs ranked by their p-values (as the
+    peers' are; ties broken by the score), and ranked by the raw score (``*_score``).
+
+    The score's null differs between targets (their cells and dosages), so the raw score is
+    not comparable across targets; the per-pair permutation p-value (``feature_pvalue``, the
+    quantity the screen-wide q-values are built from) is.
+    """
+    score = table["score"].to_numpy(dtype=float)
+    ranking = pvalue_ranking(table["pvalue"].to_numpy(dtype=float), score)
+    return {
+        "auroc": auroc(labels, ranking),
+        "power_at_fdr": power_at_fdr(labels, ranking, level=alpha),
+        "auroc_score": auroc(labels, np.nan_to_num(score, nan=0.0)),
+        "power_at_fdr_score": power_at_fdr(labels, score, level=alpha),
+    }
+
+
 def leak_calls(mdata, table: pd.DataFrame, called: np.ndarray) -> dict:
     """False calls on genes another target moves (``leak``) and on genes none moves."""
     pairs = mdata.uns["truth"]["pairs"]
@@ -358,8 +377,14 @@ def subset_rows(mdata, saved, subset, features, alpha, n_jobs, save) -> dict:
             called = np.nan_to_num(part[col].to_numpy(dtype=float), nan=1.0) < alpha
             rows[f"{name} {col} ({len(subset)} targets)"] = {
                 **score_calls(called, labels, null_target),
-                "auroc": auroc(labels, part["score"].fillna(0.0).to_numpy()),
-                "power_at_fdr": power_at_fdr(labels, part["score"].to_numpy(), level=alpha),
+                **(
+                    dream_ranking(labels, part, alpha)
+                    if name == "dream_sc"
+                    else {
+                        "auroc": auroc(labels, part["score"].fillna(0.0).to_numpy()),
+                        "power_at_fdr": power_at_fdr(labels, part["score"].to_numpy(), level=alpha),
+                    }
+                ),
                 **leak_calls(mdata, part, called),
             }
     t0 = time.perf_counter()

@@ -53,6 +53,12 @@ def test_auroc_matches_mann_whitney_with_ties():
     assert np.isnan(M.auroc([True, True], [1.0, 2.0]))
 
 
+def test_pvalue_ranking_breaks_ties_by_the_second_score():
+    p = np.array([0.01, 0.01, 0.5, np.nan, 0.01, 0.2])
+    score = np.array([3.0, 9.0, 1.0, 5.0, 3.0, np.nan])
+    assert M.pvalue_ranking(p, score).tolist() == [4.0, 5.0, 2.0, 1.0, 4.0, 3.0]
+
+
 def test_discoveries_and_power():
     q = [0.01, 0.05, 0.2, np.nan, 0.09]
     labels = [True, False, True, True, True]

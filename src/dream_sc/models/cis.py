@@ -36,6 +36,12 @@ Three choices make the guide-level posterior honest:
   centred on the step-1 estimate). An error in ``delta_c`` shifts the dosage of every cell of
   group ``c``; on a few hundred control cells its sampling error is several percent, as large as
   the dosage step between neighbouring guides.
+
+The escaper option (low MOI) makes each targeting guide's cells a mixture: with probability
+``pi_g`` a cell sits at the control dosage, else on the guide's log-normal. Its escape logits
+are pooled across the target's guides (:data:`ESCAPE_GUIDE_SD`) and its ``phi_within`` prior
+is centred by the second-moment identity at the spread prior's centre
+(:func:`escaper_phi_loc`); fits without the option are unchanged.
 """
 
 from __future__ import annotations
@@ -79,11 +85,18 @@ LAPLACE_NEWTON_STEPS = 10
 #: Prior of ``log phi_within``: Normal(log phi_step1 + shift, sd), about log-uniform between
 #: ``e^-5`` and 1 times step 1's dispersion (which also holds the dosage spread).
 PHI_WITHIN_PRIOR = (-2.5, 1.5)
-#: Beta prior of a targeting guide's escape fraction (escaper option): mean 1/3, density
-#: falling to 0 at 1 (a guide whose every cell escapes is a dead guide, ``b_g = 0``).
-ESCAPE_PRIOR = (1.0, 2.0)
+#: Escaper option: the targeting guides' escape logits share a centre ``escape_pool`` with
+#: prior ``Normal(logit 1/3, 1)`` (:data:`ESCAPE_POOL_PRIOR`) and sit ``Normal(escape_pool,
+#: ESCAPE_GUIDE_SD)`` around it. Escape is mostly a property of the cell's CRISPRi machinery,
+#: not of the guide; pooling stops a moderate guide trading its effect against its own escape
+#: fraction (both fit its cells nearly equally), while a guide whose cells clearly say
+#: otherwise still moves away (0.5 logit ~ 0.2-0.4 around 0.3).
+ESCAPE_POOL_PRIOR = (float(np.log(0.5)), 1.0)
+ESCAPE_GUIDE_SD = 0.5
 #: Starting escape fraction of the escaper option.
 ESCAPE_START = 0.1
+#: Escaper option: sd of the ``log phi_within`` prior, centred by :func:`escaper_phi_loc`.
+ESCAPER_PHI_PRIOR_SD = 0.5
 
 
 @dataclass
@@ -192,10 +205,13 @@ class CisModel:
         self.x0 = float(data.log2_x_ntc_prior)
         self.log_r_step1 = float(data.log_r)
         self.phi_prior_loc = -self.log_r_step1 + PHI_WITHIN_PRIOR[0]
+        self.phi_prior_scale = PHI_WITHIN_PRIOR[1]
         self.escapers = bool(data.escapers) and self.n_cis > 0
         if self.escapers:
             self.A_cis = self.A[:, self.cis_idx]  # [N, n_cis]
             self.is_cis_cell = self.A_cis.sum(-1) > 0
+            self.phi_prior_loc = escaper_phi_loc(self.log_r_step1)
+            self.phi_prior_scale = ESCAPER_PHI_PRIOR_SD
 
     def site_priors(self, values: dict[str, torch.Tensor]):
         """``(name, prior)`` of every guide-level site, in model order.
@@ -223,9 +239,11 @@ class CisModel:
                 "tech_effect",
                 Normal(self.effect_prior[1:], TECHNICAL_EFFECT_PRIOR_SD).to_event(1),
             )
-        yield "log_phi_within", Normal(self._scalar(self.phi_prior_loc), PHI_WITHIN_PRIOR[1])
+        yield "log_phi_within", Normal(self._scalar(self.phi_prior_loc), self.phi_prior_scale)
         if self.escapers:  # last, so the sites of a fit without the option keep their layout
-            yield "escape_logit", self._escape_prior()
+            yield "escape_pool", Normal(self._scalar(ESCAPE_POOL_PRIOR[0]), ESCAPE_POOL_PRIOR[1])
+            prior = Normal(values["escape_pool"], ESCAPE_GUIDE_SD)
+            yield "escape_logit", prior.expand([self.n_cis]).to_event(1)
 
     def sample_guide_level(self) -> dict[str, torch.Tensor]:
         """Sample the guide-level sites from their priors (:meth:`site_priors`)."""
@@ -248,15 +266,6 @@ class CisModel:
         for name, prior in priors:
             total = total + prior.log_prob(values[name]).sum()
         return total + factor.sum()
-
-    def _escape_prior(self) -> dist.TransformedDistribution:
-        """``logit(pi_g)`` with ``pi_g ~ Beta(ESCAPE_PRIOR)``.
-
-        Real-valued, so the Laplace start and the Normal guide work on it directly.
-        """
-        beta = dist.Beta(self._scalar(ESCAPE_PRIOR[0]), self._scalar(ESCAPE_PRIOR[1]))
-        logit = dist.TransformedDistribution(beta, dist.transforms.SigmoidTransform().inv)
-        return logit.expand([self.n_cis]).to_event(1)
 
     def _scalar(self, value: float) -> torch.Tensor:
         return torch.tensor(value, dtype=self.dtype, device=self.device)
@@ -364,7 +373,9 @@ def initial_values(data: CisData, model: CisModel) -> dict[str, torch.Tensor]:
         values["tech_effect"] = f(data.tech_effect_prior[1:])
     values["log_phi_within"] = f(model.phi_prior_loc)
     if model.escapers:
-        values["escape_logit"] = f(np.full(model.n_cis, np.log(ESCAPE_START / (1 - ESCAPE_START))))
+        start = np.log(ESCAPE_START / (1 - ESCAPE_START))
+        values["escape_pool"] = f(start)
+        values["escape_logit"] = f(np.full(model.n_cis, start))
     return values
 
 
@@ -391,9 +402,31 @@ def cis_priors(model: CisModel) -> dict:
     if model.n_cis == 1:  # b = m + z (see CisModel.derived)
         priors["target_scale"]["used"] = False
     if model.escapers:
-        a, b = ESCAPE_PRIOR
-        priors["escape_fraction"] = {"dist": "beta", "a": float(a), "b": float(b)}
+        loc, scale = ESCAPE_POOL_PRIOR
+        priors["escape_pool"] = {"dist": "normal", "loc": loc, "scale": scale}
+        priors["escape_fraction"] = {
+            "dist": "logitnormal",
+            "loc": "escape_pool",
+            "scale": float(ESCAPE_GUIDE_SD),
+        }
     return priors
+
+
+def escaper_phi_loc(log_r_step1: float) -> float:
+    """Centre of the escaper option's ``log phi_within`` prior.
+
+    How step 1's over-dispersion splits into dosage spread and counting noise is barely
+    identified by the cis counts (the profile likelihood is flat within 1 nat over a 15-fold
+    range of ``phi_within``), and the escaper mixture is more sensitive to it than the single
+    log-normal: a split that hands the spread too much widens both components and blurs
+    which cells escaped. The prior is centred where the second-moment identity
+    ``(1 + phi_step1) = (1 + phi_within) exp((ln 2 s)^2)`` puts it for the spread prior's
+    centre ``s = exp(SIGMA_PRIOR[0])``, and never below the default prior's centre.
+    """
+    phi1 = float(np.exp(-log_r_step1))
+    spread = (LN2 * np.exp(SIGMA_PRIOR[0])) ** 2
+    identity = (1 + phi1) * np.exp(-spread) - 1
+    return float(np.log(max(identity, phi1 * np.exp(PHI_WITHIN_PRIOR[0]))))
 
 
 def _base_priors(model: CisModel) -> dict:
@@ -417,7 +450,7 @@ def _base_priors(model: CisModel) -> dict:
         "dispersion_within_cell": {
             "dist": "lognormal",
             "loc": model.phi_prior_loc,
-            "scale": float(PHI_WITHIN_PRIOR[1]),
+            "scale": float(model.phi_prior_scale),
         },
         "technical_effect": {
             "dist": "normal",

@@ -16,6 +16,7 @@ from ..engine.config import FitConfig
 from ..models.significance import decoy_qvalues
 from ._null import SHARED_SHIFT_DISTRIBUTIONS, permutations, rescore
 from ._shift_check import finite_record, shift_diagnostic, shift_message
+from ._test_cells import test_job
 from ._trans_job import job_from_record
 
 logger = logging.getLogger("dream_sc")
@@ -104,7 +105,7 @@ def calibration_check(
             f"`ds.tl.test_trans(mdata, modality={modality!r}, key={key!r})` first."
         )
     config = FitConfig.from_record(record["params"], device=device, progress=progress)
-    job = job_from_record(mdata, modality, record, config)
+    job = test_job(mdata, job_from_record(mdata, modality, record, config))
     null = np.asarray(record["null_scores"])
     rows, scores = [], []
     null_screens = rescore(job, permutations(job, int(n_null_screens), offset=CHECK_OFFSET))[1]

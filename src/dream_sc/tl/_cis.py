@@ -157,8 +157,11 @@ def fit_cis(
         deleting anything; ``"restart"`` deletes it and fits from the start.
     escapers
         Model escapers (low MOI): a cell of targeting guide ``g`` is, with probability
-        ``pi_g`` (the guide's escape fraction, prior ``Beta(1, 2)``), not knocked down at all
-        and sits at the control dosage; otherwise on the guide's log-normal. The mixture is
+        ``pi_g`` (the guide's escape fraction), not knocked down at all and sits at the
+        control dosage; otherwise on the guide's log-normal. The guides' escape logits share a
+        pooled centre (prior ``Normal(logit 1/3, 1)``, each guide ``Normal(centre, 0.5)``), and
+        the within-cell dispersion's prior is centred where step 1's dispersion leaves room for
+        a 0.3 log2 spread (see :func:`dream_sc.models.cis.escaper_phi_loc`). The mixture is
         marginalised in the likelihood and each cell's dosage drawn from its mixture posterior.
         Use it when :func:`dream_sc.tl.escaper_check` flags guides (typical of KRAB CRISPRi).
         ``False`` (default): every guide-carrying cell is on its guide's log-normal.

@@ -192,7 +192,8 @@ def fit_screen(
         Fit each target on its cells plus this many control cells (one subsample shared by
         all targets, stratified by technical group, drawn from ``seed``; high MOI: each target
         draws its own from the cells without its guides, with its seed; ``None``: all). The
-        technical fit uses all controls. See :doc:`/screens` for cost and error.
+        technical fit uses all controls, and at low MOI so does each target's test
+        (``trans_kwargs`` ``test_controls``, :func:`~dream_sc.tl.fit_trans`). See :doc:`/screens`.
     curves
         ``"all"``: every tested feature of every target gets a curve. ``"discoveries"``:
         each target's trans fit runs in two stages, scoring every feature first and fitting
@@ -274,6 +275,8 @@ def fit_screen(
         trans_kwargs=trans_kwargs,
         n_jobs=n_jobs,
     )
+    if design.moi == "low":  # the test: guide dosages, all controls (tl/_test_cells.py)
+        trans_kwargs = {"test_basis": "guide", "test_controls": "all", **trans_kwargs}
     if design.moi == "high":
         technical_kwargs.setdefault("use_all_cells", True)
         params["guide_targets"] = dict(design.guide_targets.items())

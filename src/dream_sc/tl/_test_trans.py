@@ -13,6 +13,7 @@ from ..engine.backends import resolve_backend  # [dask hunk]
 from ..engine.config import FitConfig
 from ..models.significance import DEFAULT_N_PERMUTATIONS
 from ._null import significance
+from ._test_cells import test_job
 from ._trans_job import job_from_record
 from ._trans_stages import curve_job, expand
 
@@ -121,7 +122,7 @@ def test_trans(
     loc, scale, corr = read_trans_posterior(adata, key, cjob.fitted)
     columns, _ = cjob.summarise(loc, scale, corr=corr)
     columns = expand(columns, keep)
-    sig, null_record = significance(job, columns, int(wanted), alpha=alpha)
+    sig, null_record = significance(test_job(mdata, job), columns, int(wanted), alpha=alpha)
     target = mdata.copy() if copy else mdata
     adata = target[modality]
     table = adata.varm[key].copy()

@@ -23,6 +23,7 @@ from ..models.significance import DEFAULT_N_PERMUTATIONS
 from ._common import clean_params, versions
 from ._null import significance
 from ._refine import refined_columns
+from ._test_cells import test_job
 from ._trans_job import TransJob, prepare_trans_job
 from ._trans_settings import TransSettings
 from ._trans_stages import CURVE_QVALUE, check_curves, curve_job, curve_selection, expand, stage_one
@@ -106,6 +107,8 @@ def fit_trans(
     checkpoint_mismatch: Literal["raise", "restart"] = "raise",
     curves: Literal["all", "discoveries"] = "all",
     curve_qvalue: float = CURVE_QVALUE,
+    test_basis: Literal["cell", "guide"] = "cell",
+    test_controls: Literal["fitted", "all"] = "fitted",
 ) -> MuData | None:
     """Fit a dose-response curve for every feature of a modality (step 3).
 
@@ -206,6 +209,16 @@ def fit_trans(
         columns, and a significant one without a curve (after a looser ``alpha`` in
         :func:`~dream_sc.tl.test_trans` or screen-wide q-values) has shape ``"no_curve"``. The
         speed-up grows with the share of flat features (see :doc:`/screens`).
+    test_basis, test_controls
+        The dose axis and the cells of the significance test. ``"cell"`` scores each cell at
+        its own posterior dosage, ``"guide"`` at its guide's (the mean of its guide's cells; a
+        cell's own dosage shares its size factor's error with every feature, which inflates
+        the FDR when thousands of control cells are tested with estimated size factors; low
+        MOI only). ``"fitted"`` tests the cells of the cis fit, ``"all"`` adds every other
+        control cell of the screen at its guide's dosage (with a ``control_cells`` subsample
+        in :func:`~dream_sc.tl.fit_cis`: curves against the subsample, the test against all
+        controls; needs ``test_basis="guide"``). :func:`~dream_sc.tl.fit_screen` uses
+        ``"guide"`` and ``"all"`` at low MOI.
     backend, client
         ``"local"`` fits the feature chunks (of the real fit and of every permutation null) in
         this process; ``"dask"`` runs them as tasks on the ``dask.distributed`` cluster of
@@ -283,6 +296,7 @@ def fit_trans(
     )
     job = prepare_trans_job(mdata, TransSettings.from_arguments(params), config)
     job.backend = runner  # [dask hunk]
+    tested = test_job(mdata, job)  # the significance test's cells and dose axis
     start = time.perf_counter()
     logger.info(
         "fit_trans: %s (%s, %s), %d cells x %d features",
@@ -296,7 +310,7 @@ def fit_trans(
     # stage two fits curves only for the features it selects (tl/_trans_stages.py)
     found, keep = None, np.ones(job.n_features, bool)
     if curves == "discoveries":
-        found = stage_one(job, n_permutations)
+        found = stage_one(tested, n_permutations)
         keep = curve_selection(found, alpha=alpha, curve_qvalue=curve_qvalue)
         logger.info("fit_trans stage one: curves for %d of %d features", keep.sum(), len(keep))
     cjob = curve_job(mdata, job, keep, config)
@@ -306,7 +320,7 @@ def fit_trans(
     # reads no column the refinement changes, so it runs first and the refinement is spent on
     # the hits only when q-values exist
     sig, null_record = significance(
-        job, expand(columns, keep), n_permutations if test else 0, alpha=alpha, found=found
+        tested, expand(columns, keep), n_permutations if test else 0, alpha=alpha, found=found
     )
     columns = refined_columns(
         cjob,

@@ -32,6 +32,7 @@ from ..models.trans_summary import DoseAxis, Grid, draw_latent, make_grid, summa
 from ..models.warm_start import GuidePoints, warm_start
 from ._chunk_recipes import trans_recipe  # [dask hunk]
 from ._fingerprints import trans_fingerprint
+from ._test_cells import check_test_cells
 from ._trans_settings import TransSettings
 
 logger = logging.getLogger("dream_sc")
@@ -353,6 +354,7 @@ def prepare_trans_job(mdata: MuData, settings: TransSettings, config: FitConfig)
     ):
         fitted[data.var_names.get_loc(cis_feature)] = False
     fitted &= select_features(data, settings.features, settings.min_cells, modality)
+    check_test_cells(settings.test_basis, settings.test_controls, cis["params"], mdata.obs)
     guides = cis["guides"]
     lo, hi = float(np.min(guides["dose_mean"])), float(np.max(guides["dose_mean"]))
     x_ref = float(cis["x_ntc"])

@@ -37,6 +37,8 @@ class TransSettings:
     min_cells: int = 0
     feature_chunk: int | None = None
     warm_start: bool = True
+    test_basis: str = "cell"
+    test_controls: str = "fitted"
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> TransSettings:

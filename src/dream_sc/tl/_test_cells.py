@@ -1,0 +1,152 @@
+"""The cells and dose axis of a trans fit's significance test (stage one and its null).
+
+By default the score test of :mod:`dream_sc.models.null` runs on the cells of the curve fit,
+against each cell's own posterior dosage (``test_basis="cell"``). Two options serve screens:
+
+``test_basis="guide"``
+    Every cell is scored at its guide's dosage: the mean log dosage of the guide's cells. A
+    cell's own dosage estimate comes from its cis counts divided by its size factor, so it
+    shares the error of that size factor with every other feature of the cell. Among
+    thousands of control cells, whose dosages differ only by such noise, this is a real
+    association between the dose axis and every feature that permutations do not reproduce:
+    on a 100,000-cell screen with library-size factors and all 10,000 controls in each
+    target's test, the per-cell axis put the screen-wide FDR at 0.33; the guide axis at 0.07
+    (``benchmarks/bench_genome_screen.py``). The guides' assignment is random, so the guide
+    axis keeps the permutation null exact.
+``test_controls="all"``
+    Every control cell of the screen joins the test, not only the control cells of the cis
+    fit (``fit_cis(control_cells=...)``): the curves are fitted against a control
+    subsample, the test compares the target's cells with all controls. Extra cells sit at
+    their guide's dosage (that of the fitted control cells of the same guide, or of all
+    fitted control cells), so this needs ``test_basis="guide"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from mudata import MuData
+
+from .._cells import sum_factor_values, technical_groups
+from .._data import modality_data
+from ..models.families import get_family
+from ..models.trans import TransInputs
+
+TEST_BASES = ("cell", "guide")
+TEST_CONTROLS = ("fitted", "all")
+
+
+def check_test_cells(test_basis: str, test_controls: str, cis_params: dict, obs) -> None:
+    """Errors (before any work) for test options the cis fit cannot serve."""
+    if test_basis not in TEST_BASES:
+        raise ValueError(f"test_basis must be one of {TEST_BASES}; got {test_basis!r}.")
+    if test_controls not in TEST_CONTROLS:
+        raise ValueError(f"test_controls must be one of {TEST_CONTROLS}; got {test_controls!r}.")
+    if test_controls == "all" and test_basis != "guide":
+        raise ValueError(
+            "test_controls='all' needs test_basis='guide': control cells outside the cis fit "
+            "have no dosage of their own, only their guide's."
+        )
+    if test_basis == "cell":
+        return
+    guide_key = str(cis_params.get("guide_key", "guide"))
+    if bool(cis_params.get("high_moi", False)) or guide_key not in obs.columns:
+        raise ValueError(
+            f"test_basis='guide' needs a low-MOI cis fit with one guide per cell in "
+            f"obs[{guide_key!r}]; use test_basis='cell' for this fit."
+        )
+    target_key = str(cis_params.get("target_key", "target"))
+    if test_controls == "all" and target_key not in obs.columns:
+        raise ValueError(
+            f"test_controls='all' finds the control cells in obs[{target_key!r}], which is "
+            "missing; use test_controls='fitted'."
+        )
+
+
+def _extra_controls(mdata: MuData, cis_params: dict, rows: np.ndarray) -> np.ndarray:
+    """Positions of the screen's control cells that are not among ``rows``."""
+    target_key = str(cis_params.get("target_key", "target"))
+    control = str(cis_params.get("control_label", "ntc"))
+    is_control = (mdata.obs[target_key].astype(str) == control).to_numpy()
+    is_control[rows] = False
+    return np.flatnonzero(is_control)
+
+
+def _guide_dose(labels: np.ndarray, fitted_dose: np.ndarray, n_fitted: int, controls: np.ndarray):
+    """Mean log dosage of every cell's guide over the fitted cells (the first ``n_fitted``).
+
+    Guides without fitted cells get the mean of the fitted control cells (``controls``).
+    """
+    values, inverse = np.unique(labels, return_inverse=True)
+    fitted_inv = inverse[:n_fitted]
+    count = np.bincount(fitted_inv, minlength=len(values))
+    total = np.bincount(fitted_inv, weights=fitted_dose, minlength=len(values))
+    fallback = float(fitted_dose[controls].mean()) if controls.any() else float(fitted_dose.mean())
+    per_guide = np.where(count > 0, total / np.maximum(count, 1), fallback)
+    return per_guide[inverse]
+
+
+def test_job(mdata: MuData, job):
+    """The job the significance test runs on (``job`` itself with the default options).
+
+    Built before any fit, so that its errors come before any work.
+    """
+    settings = job.settings
+    if settings.test_basis == "cell":
+        return job
+    cis_params = dict(mdata.uns[settings.cis_key]["params"])
+    rows = np.asarray(job.rows)
+    n_fitted = len(rows)
+    labels = np.asarray(job.guide_labels).astype(str)
+    data = job.data
+    if settings.test_controls == "all":
+        extra = _extra_controls(mdata, cis_params, rows)
+        if len(extra):
+            union = np.concatenate([rows, extra])
+            data = modality_data(
+                mdata, settings.modality, mdata.obs.index[union], layer=settings.layer
+            )
+            keep = data.present
+            if not keep[:n_fitted].all():  # the fitted cells are present by construction
+                raise RuntimeError("a fitted cell is missing from the modality")
+            rows = union[keep]
+            guide_key = str(cis_params.get("guide_key", "guide"))
+            extra_labels = mdata.obs[guide_key].astype(str).to_numpy()[rows[n_fitted:]]
+            labels = np.concatenate([labels, extra_labels])
+    target_key = str(cis_params.get("target_key", "target"))
+    control = str(cis_params.get("control_label", "ntc"))
+    if target_key in mdata.obs.columns:
+        fitted_controls = (mdata.obs[target_key].astype(str).to_numpy() == control)[job.rows]
+    else:
+        fitted_controls = np.zeros(n_fitted, bool)
+    dose = _guide_dose(labels, job.inputs.log_dose_mean, n_fitted, fitted_controls)
+    if len(rows) == n_fitted:
+        group, log_sf = job.inputs.group, job.inputs.log_sf
+    else:
+        tech = job.tech
+        group = technical_groups(mdata.obs, tech.technical_key, known=tech.groups).codes[rows]
+        log_sf = None
+        if get_family(data.distribution).size_factors:
+            sf = sum_factor_values(mdata, settings.sum_factor_key)[rows]
+            bad = ~(np.isfinite(sf) & (sf > 0))
+            if bad.any():
+                raise ValueError(
+                    f"{int(bad.sum())} control cells have a size factor that is not a positive "
+                    f"number in obs[{settings.sum_factor_key!r}]; fix them or use "
+                    "test_controls='fitted'."
+                )
+            log_sf = np.log(sf)
+    inputs = TransInputs(dose, np.zeros(len(rows)), group, log_sf, True, None)
+    return replace(
+        job,
+        data=data,
+        rows=rows,
+        inputs=inputs,
+        guide_labels=labels,
+        cell_names=np.asarray(mdata.obs_names[rows]),
+    )
+
+
+# Not a test: keeps pytest from collecting ``test_job`` where a test module imports it by name.
+test_job.__test__ = False  # type: ignore[attr-defined]
