@@ -42,14 +42,17 @@ def slices(monkeypatch):
     return seen
 
 
-def _check_slices(serial, seen, full_bytes):
-    """Each slice holds exactly the cells the serial fit used, in screen order, and no other
-    target's results (and is smaller than the whole screen's ``full_bytes``)."""
+def _check_slices(serial, seen, full_bytes, expected=None):
+    """Each slice holds exactly the cells the serial fit used (``expected``: a mask per target;
+    default the cells with a cis dose), in screen order, and no other target's results (and is
+    smaller than the whole screen's ``full_bytes``)."""
     targets = list(serial.uns["dream_screen"]["targets"])
     assert sorted(seen) == targets
     for target in targets:
         cells, payload = seen[target]
         used = serial.obs[f"dream_cis_{target}_dose_mean"].notna().to_numpy()
+        if expected is not None:
+            used = expected[target]
         np.testing.assert_array_equal(cells, np.flatnonzero(used))
         sub = read_mudata_bytes(payload)
         assert list(sub.obs_names) == list(serial.obs_names[used])
@@ -59,19 +62,28 @@ def _check_slices(serial, seen, full_bytes):
         assert "dream_technical" in sub["rna"].varm
 
 
-def test_low_moi_slices_hold_the_target_and_its_control_subsample(one_thread, slices):
-    settings = {**SETTINGS, "control_cells": 25}
+@pytest.mark.parametrize("test_controls", ["all", "fitted"])
+def test_low_moi_slices_hold_the_target_and_the_controls_it_reads(
+    one_thread, slices, test_controls
+):
+    """The cis and trans fits read the target's cells and the 25 subsampled controls; the
+    significance test reads every control cell (fit_screen's default) or those 25."""
+    trans_kwargs = {**SETTINGS["trans_kwargs"], "test_controls": test_controls}
+    settings = {**SETTINGS, "control_cells": 25, "trans_kwargs": trans_kwargs}
     serial = _screen_data()
     ds.tl.fit_screen(serial, **settings)
     full_bytes = len(mudata_bytes(_screen_data()))
     torch.set_num_threads(2)
     parallel = _screen_data()
     ds.tl.fit_screen(parallel, n_jobs=2, **settings)
+    labels = serial.obs["target"].astype(str).to_numpy()
+    expected = {}
     for target in serial.uns["dream_screen"]["targets"]:
         _assert_target_equal(serial, parallel, target)
-        n_target = int((serial.obs["target"].astype(str) == target).sum())
-        assert len(slices[target][0]) == n_target + 25
-    _check_slices(serial, slices, full_bytes)
+        fitted = serial.obs[f"dream_cis_{target}_dose_mean"].notna().to_numpy()
+        assert fitted.sum() == (labels == target).sum() + 25
+        expected[target] = fitted | (labels == "ntc") if test_controls == "all" else fitted
+    _check_slices(serial, slices, full_bytes, expected)
 
 
 def test_high_moi_slices_hold_the_carriers_and_their_complement_draw(one_thread, slices):

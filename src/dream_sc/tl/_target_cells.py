@@ -191,10 +191,12 @@ def cells_for_target(mdata: MuData, target: str, kwargs: Mapping, tech=None) -> 
 
     The cells of its cis fit (:func:`cis_cells` with the arguments ``fit_screen`` passes, its
     seed drawing the control subsample where one is drawn); its trans fit reads the cells of
-    those with a dosage, a subset. ``kwargs`` are the target's ``fit_one`` arguments of
-    ``fit_screen``: ``modality``, ``technical_key_added``, ``seed``, ``common`` (guide /
-    target keys, control label) and ``cis_kwargs`` (``control_cells`` and, at high MOI,
-    ``guide_targets`` / ``guide_assignment_key``). ``tech``: the technical fit, if loaded.
+    those with a dosage, and its significance test with ``test_controls="all"`` (fit_screen's
+    default at low MOI) every control cell of the screen as well. ``kwargs`` are the
+    target's ``fit_one`` arguments of ``fit_screen``: ``modality``, ``technical_key_added``,
+    ``seed``, ``common`` (guide / target keys, control label), ``cis_kwargs``
+    (``control_cells`` and, at high MOI, ``guide_targets`` / ``guide_assignment_key``) and
+    ``trans_kwargs``. ``tech``: the technical fit, if loaded.
     """
     if tech is None:
         from ._technical import load_technical
@@ -213,7 +215,11 @@ def cells_for_target(mdata: MuData, target: str, kwargs: Mapping, tech=None) -> 
         control_cells=cis_kwargs.get("control_cells"),
         rng=np.random.default_rng(int(kwargs["seed"])),
     )
-    return np.flatnonzero(cells.use)
+    use = cells.use
+    if kwargs.get("trans_kwargs", {}).get("test_controls") == "all":
+        # the significance test adds every control cell of the screen (tl/_test_cells.py)
+        use = use | _label_mask(mdata.obs[common["target_key"]], common["control_label"])
+    return np.flatnonzero(use)
 
 
 def screen_slice(
