@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--targets", type=int, default=100)
     p.add_argument("--control-cells", type=int, default=None)
     p.add_argument("--sample", type=int, default=10, help="targets whose slices are cut")
+    p.add_argument(
+        "--test-controls",
+        choices=["all", "fitted"],
+        default="all",
+        help="the trans test's cells (fit_screen's low-MOI default 'all': every control cell)",
+    )
     p.add_argument("--technical-steps", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -76,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
             "cis_kwargs": {} if picked is None else {"control_cells": picked},
             "seed": target_seed(args.seed, target),
             "prefixes": ["dream_technical", "dream_screen"],
+            "trans_kwargs": {"test_controls": args.test_controls},
         }
         t0 = time.perf_counter()
         cells, payload = target_slice(mdata, target, kwargs)
@@ -89,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     med = np.median(a, axis=0)
     print(
         f"## bench_screen_slices: {args.cells} cells x {args.genes} genes x {args.targets} "
-        f"targets, {nnz / 1e6:.1f} M non-zeros, control_cells {args.control_cells}\n\n"
+        f"targets, {nnz / 1e6:.1f} M non-zeros, control_cells {args.control_cells}, "
+        f"test_controls {args.test_controls}\n\n"
         f"- whole screen as one h5mu (what every worker received before): {whole / 1e6:.1f} MB, "
         f"written in {whole_seconds:.2f} s\n"
         f"- per target (median of {len(chosen)}; min-max): {med[0]:.0f} cells "
