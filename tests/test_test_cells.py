@@ -115,3 +115,56 @@ def test_a_control_without_size_factor_is_refused_before_any_work(subsampled):
         "obs['sum_factor']; fix them or use test_controls='fitted'."
     )
     assert "bad" not in mdata["rna"].uns
+
+
+def test_combined_statistic_is_the_cauchy_combination_of_linear_and_quadratic():
+    from scipy.stats import chi2
+
+    from dream_sc.models.null import statistics
+
+    u = np.array([[[3.0, 1.0], [0.2, -2.5]]])  # [P=1, T=2, d=2]
+    v = np.broadcast_to(np.array([[2.0, 0.5], [0.5, 1.0]]), (1, 2, 2, 2)).copy()
+    phi = np.array([1.0, 1.5])
+    quad = statistics(u, v, phi)
+    combined = statistics(u, v, phi, "combined")
+    for t in range(2):
+        p1 = chi2.sf(u[0, t, 0] ** 2 / (v[0, t, 0, 0] * phi[t]), 1)
+        p2 = chi2.sf(2 * quad[0, t], 2)
+        acat = (
+            0.5
+            - np.arctan(0.5 * np.tan((0.5 - p1) * np.pi) + 0.5 * np.tan((0.5 - p2) * np.pi)) / np.pi
+        )
+        np.testing.assert_allclose(combined[0, t], -np.log(acat), rtol=1e-10)
+    # a p-value combined with itself is itself
+    one = statistics(u[..., :1], v[..., :1, :1], phi, "combined")
+    np.testing.assert_array_equal(one, statistics(u[..., :1], v[..., :1, :1], phi))
+
+
+def test_unknown_statistic_is_refused(subsampled):
+    with pytest.raises(ValueError) as err:
+        ds.tl.fit_trans(subsampled.copy(), **FAST_TRANS, test_statistic="wald")
+    assert str(err.value) == "test_statistic must be one of ('quadratic', 'combined'); got 'wald'."
+
+
+def test_a_low_moi_screen_tests_against_every_control_at_guide_dosages():
+    mdata = ds.datasets.simulate_screen(n_cells=600, n_genes=15, seed=1)
+    ds.tl.fit_screen(
+        mdata, n_steps=10, control_cells=50, trans_kwargs={"n_permutations": 2}, progress=False
+    )
+    params = mdata["rna"].uns["dream_trans_GFI1B"]["params"]
+    assert (params["test_basis"], params["test_controls"], params["test_statistic"]) == (
+        "guide",
+        "all",
+        "combined",
+    )
+    ds.tl.fit_screen(
+        mdata,
+        n_steps=10,
+        control_cells=50,
+        trans_kwargs={"n_permutations": 2, "test_statistic": "quadratic"},
+        progress=False,
+        key_added="again",
+        trans_prefix="again",
+        cis_prefix="again_cis",
+    )
+    assert mdata["rna"].uns["again_GFI1B"]["params"]["test_statistic"] == "quadratic"

@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import chi2
 
 from .families import get_family
 
@@ -166,13 +167,41 @@ def score_parts(
     return u, v
 
 
-def statistics(u: np.ndarray, v: np.ndarray, dispersion: np.ndarray) -> np.ndarray:
-    """``S = U' V^-1 U / (d phi)`` ``[P, T]`` from :func:`score_parts`."""
+#: Test statistics of :func:`statistics`.
+TEST_STATISTICS = ("quadratic", "combined")
+
+
+def statistics(
+    u: np.ndarray, v: np.ndarray, dispersion: np.ndarray, kind: str = "quadratic"
+) -> np.ndarray:
+    """Scores ``[P, T]`` from :func:`score_parts`.
+
+    ``"quadratic"``: ``S = U' V^-1 U / (d phi)``, the score test on the whole dose basis.
+    ``"combined"``: the Cauchy combination (ACAT) of that test's asymptotic p-value
+    (``chi2(d)`` of ``d S``) and the p-value of the score test on the first basis column
+    alone (the log dosage: a monotone response, ``chi2(1)``), returned as ``-log p`` of the
+    combination. A monotone response, the common case, is then tested with one degree of
+    freedom, while a U-shaped one keeps the full basis; the permutation null calibrates either
+    statistic (it is a fixed function of ``U`` and ``V``).
+    """
     d = u.shape[-1]
-    with np.errstate(invalid="ignore", over="ignore"):
+    phi = np.asarray(dispersion)[None, :]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         sol = np.linalg.solve(v, u[..., None])[..., 0]
-        stat = np.einsum("ptd,ptd->pt", u, sol) / (d * np.asarray(dispersion)[None, :])
+        stat = np.einsum("ptd,ptd->pt", u, sol) / (d * phi)
+        if kind == "combined" and d > 1:
+            linear = u[..., 0] ** 2 / (v[..., 0, 0] * phi)
+            stat = _cauchy_score(chi2.sf(linear, 1), chi2.sf(d * stat, d))
     return np.where(np.isfinite(stat), np.maximum(stat, 0.0), np.nan)
+
+
+def _cauchy_score(p1: np.ndarray, p2: np.ndarray) -> np.ndarray:
+    """``-log`` of the equal-weight Cauchy combination of two p-values (Liu and Xie 2020)."""
+    p1 = np.clip(p1, 1e-300, 1.0)
+    p2 = np.clip(p2, 1e-300, 1.0)
+    # tan((1/2 - p) pi) = 1 / tan(p pi), stable for small p; arctan2 keeps p in (0, 1]
+    t = 0.5 / np.tan(p1 * np.pi) + 0.5 / np.tan(p2 * np.pi)
+    return -np.log(np.arctan2(1.0, t) / np.pi)
 
 
 @dataclass

@@ -142,7 +142,7 @@ def rescore_with_shift(
             "null_log2_change_sd": float(changes[1:].std()) if len(perms) > 1 else float("nan"),
             "gamma": shift.gamma[0].astype(np.float64),
         }
-    stats = statistics(u, v, dispersion)
+    stats = statistics(u, v, dispersion, job.settings.test_statistic)
     if job.data.distribution in STRATIFIED_NULL_DISTRIBUTIONS:
         stats = sparsity_matched(stats, detected)
     return stats[0], stats[1:], info

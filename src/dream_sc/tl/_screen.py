@@ -44,6 +44,7 @@ from ._screen_resume import manifest_of, open_checkpoint, resumed_seed
 from ._screen_store import Checkpoint, apply, capture, drop
 from ._screen_target import _fit_target
 from ._technical import fit_technical
+from ._test_cells import SCREEN_TEST
 from ._trans import fit_trans
 
 logger = logging.getLogger("dream_sc")
@@ -193,7 +194,7 @@ def fit_screen(
         all targets, stratified by technical group, drawn from ``seed``; high MOI: each target
         draws its own from the cells without its guides, with its seed; ``None``: all). The
         technical fit uses all controls, and at low MOI so does each target's test
-        (``trans_kwargs`` ``test_controls``, :func:`~dream_sc.tl.fit_trans`). See :doc:`/screens`.
+        (``trans_kwargs`` ``test_*``, :func:`~dream_sc.tl.fit_trans`). See :doc:`/screens`.
     curves
         ``"all"``: every tested feature of every target gets a curve. ``"discoveries"``:
         each target's trans fit runs in two stages, scoring every feature first and fitting
@@ -276,7 +277,7 @@ def fit_screen(
         n_jobs=n_jobs,
     )
     if design.moi == "low":  # the test: guide dosages, all controls (tl/_test_cells.py)
-        trans_kwargs = {"test_basis": "guide", "test_controls": "all", **trans_kwargs}
+        trans_kwargs = {**SCREEN_TEST, **trans_kwargs}
     if design.moi == "high":
         technical_kwargs.setdefault("use_all_cells", True)
         params["guide_targets"] = dict(design.guide_targets.items())

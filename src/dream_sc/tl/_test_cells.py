@@ -19,6 +19,9 @@ against each cell's own posterior dosage (``test_basis="cell"``). Two options se
     subsample, the test compares the target's cells with all controls. Extra cells sit at
     their guide's dosage (that of the fitted control cells of the same guide, or of all
     fitted control cells), so this needs ``test_basis="guide"``.
+``test_statistic="combined"``
+    The score test on the log dosage alone (a monotone response, one degree of freedom)
+    combined with the one on log dosage and its square (:func:`dream_sc.models.null.statistics`).
 """
 
 from __future__ import annotations
@@ -31,14 +34,22 @@ from mudata import MuData
 from .._cells import sum_factor_values, technical_groups
 from .._data import modality_data
 from ..models.families import get_family
+from ..models.null import TEST_STATISTICS
 from ..models.trans import TransInputs
 
 TEST_BASES = ("cell", "guide")
 TEST_CONTROLS = ("fitted", "all")
+#: The test of a low-MOI :func:`~dream_sc.tl.fit_screen` (``trans_kwargs`` override it).
+SCREEN_TEST = {"test_basis": "guide", "test_controls": "all", "test_statistic": "combined"}
 
 
-def check_test_cells(test_basis: str, test_controls: str, cis_params: dict, obs) -> None:
-    """Errors (before any work) for test options the cis fit cannot serve."""
+def check_test_cells(settings, cis_params: dict, obs) -> None:
+    """Errors (before any work) for test options unknown or that the cis fit cannot serve."""
+    test_basis, test_controls = settings.test_basis, settings.test_controls
+    if settings.test_statistic not in TEST_STATISTICS:
+        raise ValueError(
+            f"test_statistic must be one of {TEST_STATISTICS}; got {settings.test_statistic!r}."
+        )
     if test_basis not in TEST_BASES:
         raise ValueError(f"test_basis must be one of {TEST_BASES}; got {test_basis!r}.")
     if test_controls not in TEST_CONTROLS:

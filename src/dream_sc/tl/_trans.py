@@ -109,6 +109,7 @@ def fit_trans(
     curve_qvalue: float = CURVE_QVALUE,
     test_basis: Literal["cell", "guide"] = "cell",
     test_controls: Literal["fitted", "all"] = "fitted",
+    test_statistic: Literal["quadratic", "combined"] = "quadratic",
 ) -> MuData | None:
     """Fit a dose-response curve for every feature of a modality (step 3).
 
@@ -219,6 +220,13 @@ def fit_trans(
         in :func:`~dream_sc.tl.fit_cis`: curves against the subsample, the test against all
         controls; needs ``test_basis="guide"``). :func:`~dream_sc.tl.fit_screen` uses
         ``"guide"`` and ``"all"`` at low MOI.
+    test_statistic
+        ``"quadratic"``: the score test on log dosage and its square. ``"combined"``: that
+        test's p-value combined (Cauchy combination) with the score test on the log dosage
+        alone, so a monotone response is tested with one degree of freedom and a U-shaped one
+        keeps the full basis (the ``score`` column is then ``-log`` of the combined asymptotic
+        p-value; the permutation null calibrates it either way). ``fit_screen`` uses
+        ``"combined"`` at low MOI.
     backend, client
         ``"local"`` fits the feature chunks (of the real fit and of every permutation null) in
         this process; ``"dask"`` runs them as tasks on the ``dask.distributed`` cluster of

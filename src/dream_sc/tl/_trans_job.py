@@ -354,7 +354,7 @@ def prepare_trans_job(mdata: MuData, settings: TransSettings, config: FitConfig)
     ):
         fitted[data.var_names.get_loc(cis_feature)] = False
     fitted &= select_features(data, settings.features, settings.min_cells, modality)
-    check_test_cells(settings.test_basis, settings.test_controls, cis["params"], mdata.obs)
+    check_test_cells(settings, cis["params"], mdata.obs)
     guides = cis["guides"]
     lo, hi = float(np.min(guides["dose_mean"])), float(np.max(guides["dose_mean"]))
     x_ref = float(cis["x_ntc"])

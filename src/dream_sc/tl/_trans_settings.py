@@ -39,6 +39,7 @@ class TransSettings:
     warm_start: bool = True
     test_basis: str = "cell"
     test_controls: str = "fitted"
+    test_statistic: str = "quadratic"
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> TransSettings:
