@@ -174,7 +174,7 @@ def fit_screen(
     backend, client, distribute
         ``"local"`` (default) or ``"dask"`` with a ``dask.distributed`` client. The technical
         fit runs its feature chunks on the cluster; ``distribute="targets"`` (default) makes
-        every target one task (the screen is sent to each worker once; give the cluster one
+        every target one task (carrying only the cells its fits read; give the cluster one
         single-threaded worker per core), ``"chunks"`` runs the targets here with their trans
         feature chunks on the cluster. Results are identical to the local run (see
         :doc:`/cluster`).

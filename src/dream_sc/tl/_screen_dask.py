@@ -1,11 +1,11 @@
 """Targets of a screen as tasks on a dask cluster (``fit_screen(backend="dask")``).
 
-Each task carries only the slice of the screen its target reads (its cells and the controls
-it uses, :mod:`~dream_sc.tl._target_cells`, as the bytes of an h5mu file: a MuData does not
+Each task carries only the slice of the screen its target reads (its cells and the control
+cells its fits and its test read, :mod:`~dream_sc.tl._target_cells`, as the bytes of an h5mu file: a MuData does not
 pickle), scattered to a worker directly rather than through the scheduler; the task fits the
 target there with the local backend and hands back exactly the entries the target's fits
-wrote (:func:`~dream_sc.tl._screen_store.capture`). A worker's memory thus follows a target's
-cells, not the screen's, and the data sent per task is that slice. Slices are cut here as the
+wrote (:func:`~dream_sc.tl._screen_store.capture`). A worker's memory thus follows those
+cells, not the screen, and the data sent per task is that slice. Slices are cut here as the
 cluster needs them (:data:`AHEAD` tasks per worker in flight), never all at once. Tasks of one
 worker process take turns (a lock: torch's thread count is per process), so a worker runs one
 target at a time with ``threads`` torch threads: give the cluster one single-threaded worker

@@ -4,9 +4,9 @@ Targets are independent given the technical fit, and a target's fit writes only 
 its own keys, so a worker can fit a target on a copy of the screen and hand back exactly those
 entries (:func:`~dream_sc.tl._screen_store.capture`); the calling process writes them in target
 order. Each task carries only the slice of the screen its target reads (its cells and the
-controls it uses, :mod:`~dream_sc.tl._target_cells`, as the bytes of an h5mu file: a MuData is
-not sent through a pipe), so a worker's memory follows a target's cells, not the screen's; the
-per-cell results are put back on the screen's cells here. Slices are cut as workers need them
+control cells its fits and its test read, :mod:`~dream_sc.tl._target_cells`, as the bytes of an
+h5mu file: a MuData is not sent through a pipe), so a worker's memory follows those cells, not
+the screen; the per-cell results are put back on the screen's cells here. Slices are cut as workers need them
 (a few ahead), never all at once. Workers use ``threads`` torch threads each; they are started
 by a fork server where the platform has one (dream_sc is imported there once, then forked),
 else spawned.

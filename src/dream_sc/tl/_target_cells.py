@@ -3,7 +3,9 @@
 :func:`cis_cells` is the one place that chooses the cells of a target's cis fit: its own cells
 and the control cells it uses (low MOI: the control label, cut to ``control_cells``; high MOI:
 the carriers of its guides and the cells without them, the complement, cut the same way). The
-trans fit reads a subset of these (the cells the cis fit gave a dosage). ``fit_cis`` calls it,
+trans fit reads a subset of these (the cells the cis fit gave a dosage); its significance test
+with ``test_controls="all"`` (``fit_screen``'s low-MOI default) reads every control cell of the
+screen too, which :func:`cells_for_target` adds. ``fit_cis`` calls :func:`cis_cells`,
 and so does :func:`cells_for_target`, with which ``fit_screen(n_jobs=...)`` and
 ``backend="dask"`` hand every worker only the slice of the screen its target needs
 (:func:`target_slice`); the worker's results are put back on the whole screen's cells by
