@@ -13,6 +13,7 @@ Usage::
 
     python benchmarks/calib_designs.py --genes 1000 --seeds 0 1 2
     python benchmarks/calib_designs.py --genes 1000 --null-screen --seeds 0 1 2 3 4
+    python benchmarks/calib_designs.py --genes 1000 --seeds 0 1 2 --screen-test
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ from significance_designs import DESIGNS  # noqa: E402
 
 import dream_sc as ds  # noqa: E402
 from dream_sc.tl import _null  # noqa: E402
+from dream_sc.tl._test_cells import SCREEN_TEST  # noqa: E402
 
 
-def calls(mdata, truth: np.ndarray, alpha: float) -> dict:
+def calls(mdata, truth: np.ndarray, alpha: float, key: str = "dream_trans") -> dict:
     """Calls, false calls, power and realised FDR of the stored q-values."""
-    res = ds.get.trans_results(mdata)
+    res = ds.get.trans_results(mdata, key=key)
     fitted = res["fitted"].to_numpy(bool)
     called = res["qvalue"].to_numpy()[fitted] < alpha
     true = truth[fitted]
@@ -65,6 +67,16 @@ def run(args, seed: int) -> list[dict]:
         warnings.simplefilter("ignore")
         ds.tl.fit_technical(mdata, seed=seed, n_steps=args.steps[0], progress=False)
         ds.tl.fit_cis(mdata, cis_feature="GFI1B", seed=seed, n_steps=args.steps[1])
+        if args.screen_test:  # fit_trans's default test against fit_screen's (low MOI)
+            for name, options in (("cell, quadratic", {}), ("guide, combined", SCREEN_TEST)):
+                key = "t_" + name.split(",")[0]
+                ds.tl.fit_trans(
+                    mdata, seed=seed, n_steps=args.steps[2], progress=False, key_added=key,
+                    alpha=args.alpha, **options,
+                )  # fmt: skip
+                row = calls(mdata, truth, args.alpha, key)
+                rows.append({"seed": seed, "null": name, **row})
+            return rows
         ds.tl.fit_trans(mdata, seed=seed, test=False, n_steps=args.steps[2], progress=False)
         for name, dists in (("pooled null", ()), ("sparsity-matched", ("negbinom",))):
             _null.STRATIFIED_NULL_DISTRIBUTIONS = dists
@@ -83,6 +95,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, nargs=3, default=(300, 400, 50))
     p.add_argument("--alpha", type=float, default=0.1)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument(
+        "--screen-test",
+        action="store_true",
+        help="compare fit_trans's default test with fit_screen's low-MOI test (guide "
+        "dosages, all controls, combined statistic) instead of the two nulls",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     print(f"load {os.getloadavg()[0]:.2f}", flush=True)

@@ -43,10 +43,16 @@ def test_all_controls_join_the_test_at_their_guides_dosage(subsampled):
     fitted = np.asarray(job.rows)
     assert len(fitted) == 1125 + 100
     assert sorted(tested.rows.tolist()) == sorted(set(fitted) | set(controls))
-    # every cell at the mean log dosage of its guide's fitted cells
+    # every targeting cell at the mean log dosage of its guide's fitted cells, every control
+    # cell at that of all fitted controls
     guides = mdata.obs["guide"].astype(str).to_numpy()
+    is_control = mdata.obs["target"].to_numpy() == "ntc"
     dose = job.inputs.log_dose_mean
-    for guide in np.unique(guides[tested.rows]):
+    control_level = dose[is_control[fitted]].mean()
+    np.testing.assert_allclose(
+        tested.inputs.log_dose_mean[is_control[tested.rows]], control_level, rtol=1e-12
+    )
+    for guide in np.unique(guides[tested.rows][~is_control[tested.rows]]):
         expected = dose[guides[fitted] == guide].mean()
         np.testing.assert_allclose(
             tested.inputs.log_dose_mean[guides[tested.rows] == guide], expected, rtol=1e-12
@@ -168,3 +174,24 @@ def test_a_low_moi_screen_tests_against_every_control_at_guide_dosages():
         cis_prefix="again_cis",
     )
     assert mdata["rna"].uns["again_GFI1B"]["params"]["test_statistic"] == "quadratic"
+
+
+def test_collapsed_score_parts_equal_the_dense_ones():
+    from dream_sc.models.null import NullModel, constant_rows, score_parts, score_parts_collapsed
+
+    rng = np.random.default_rng(0)
+    n, t = 500, 7
+    group = rng.integers(0, 3, n)
+    onehot = np.eye(3)[group]
+    dose = np.where(rng.random(n) < 0.8, 0.3, rng.normal(-1.0, 0.5, n))
+    basis = np.column_stack([dose, dose**2])
+    basis -= basis.mean(0)
+    model = NullModel(rng.normal(size=(n, t)), rng.gamma(2.0, size=(n, t)), np.ones(t))
+    common, away = constant_rows(basis)
+    assert len(away) == int((dose != 0.3).sum())
+    bases = [basis] + [basis[rng.permutation(n)] for _ in range(4)]
+    u, v = score_parts(model, onehot, bases)
+    uc, vc = score_parts_collapsed(model, onehot, bases, common)
+    np.testing.assert_allclose(uc, u, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(vc, v, rtol=1e-9, atol=1e-9)
+    assert constant_rows(np.column_stack([rng.normal(size=n), rng.normal(size=n)])) is None

@@ -15,7 +15,15 @@ from scipy import sparse
 
 from ..engine.memory import feature_chunks
 from ..models.families import get_family
-from ..models.null import dose_basis, exchangeability, null_model, score_parts, statistics
+from ..models.null import (
+    constant_rows,
+    dose_basis,
+    exchangeability,
+    null_model,
+    score_parts,
+    score_parts_collapsed,
+    statistics,
+)
 from ..models.shared_shift import estimate_shift, remove_shift, shift_profile
 from ..models.significance import permute_within_groups
 from ._shift_check import finite_record, shift_diagnostic, shift_message
@@ -113,12 +121,17 @@ def rescore_with_shift(
     gi = job.data.group_index[job.fitted] if job.data.group_index is not None else None
     width = max(1, _DENSE_BUDGET // max(len(group), 1))
     bases = [basis] + [basis[p] for p in perms]
+    # guide dosages: most cells (the controls) share one basis row, merged per group
+    collapse = constant_rows(basis) if job.settings.test_basis == "guide" else None
     for idx in feature_chunks(job.n_features, width, gi):
         model, detected[idx] = _chunk_model(job, idx, onehot)
         dispersion[idx] = model.dispersion
         for start in range(0, n_bases, _PERMUTATION_BLOCK):
             block = bases[start : start + _PERMUTATION_BLOCK]
-            bu, bv = score_parts(model, onehot, block)
+            if collapse is None:
+                bu, bv = score_parts(model, onehot, block)
+            else:
+                bu, bv = score_parts_collapsed(model, onehot, block, collapse[0])
             u[start : start + len(block), idx] = bu
             v[start : start + len(block), idx] = bv
     info = None

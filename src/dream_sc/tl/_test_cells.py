@@ -18,7 +18,8 @@ against each cell's own posterior dosage (``test_basis="cell"``). Two options se
     fit (``fit_cis(control_cells=...)``): the curves are fitted against a control
     subsample, the test compares the target's cells with all controls. Extra cells sit at
     their guide's dosage (that of the fitted control cells of the same guide, or of all
-    fitted control cells), so this needs ``test_basis="guide"``.
+    fitted control cells), so this needs ``test_basis="guide"``. All control cells share
+    one level there, the mean of the fitted control cells.
 ``test_statistic="combined"``
     The score test on the log dosage alone (a monotone response, one degree of freedom)
     combined with the one on log dosage and its square (:func:`dream_sc.models.null.statistics`).
@@ -84,18 +85,25 @@ def _extra_controls(mdata: MuData, cis_params: dict, rows: np.ndarray) -> np.nda
     return np.flatnonzero(is_control)
 
 
-def _guide_dose(labels: np.ndarray, fitted_dose: np.ndarray, n_fitted: int, controls: np.ndarray):
-    """Mean log dosage of every cell's guide over the fitted cells (the first ``n_fitted``).
+def _guide_dose(labels: np.ndarray, fitted_dose: np.ndarray, is_control: np.ndarray) -> np.ndarray:
+    """Every cell's test dosage: the mean log dosage of its guide's fitted cells.
 
-    Guides without fitted cells get the mean of the fitted control cells (``controls``).
+    ``fitted_dose`` covers the first cells (the cis fit's); ``is_control`` marks the control
+    cells among all of them, which share one level, the mean of the fitted control cells (the
+    comparison of a screen's test; non-targeting guides do not differ in dosage).
     """
+    n_fitted = len(fitted_dose)
     values, inverse = np.unique(labels, return_inverse=True)
     fitted_inv = inverse[:n_fitted]
     count = np.bincount(fitted_inv, minlength=len(values))
     total = np.bincount(fitted_inv, weights=fitted_dose, minlength=len(values))
-    fallback = float(fitted_dose[controls].mean()) if controls.any() else float(fitted_dose.mean())
-    per_guide = np.where(count > 0, total / np.maximum(count, 1), fallback)
-    return per_guide[inverse]
+    fitted_controls = is_control[:n_fitted]
+    control = float(fitted_dose[fitted_controls].mean()) if fitted_controls.any() else np.nan
+    fallback = control if fitted_controls.any() else float(fitted_dose.mean())
+    dose = np.where(count > 0, total / np.maximum(count, 1), fallback)[inverse]
+    if fitted_controls.any():
+        dose[is_control] = control
+    return dose
 
 
 def test_job(mdata: MuData, job):
@@ -128,10 +136,10 @@ def test_job(mdata: MuData, job):
     target_key = str(cis_params.get("target_key", "target"))
     control = str(cis_params.get("control_label", "ntc"))
     if target_key in mdata.obs.columns:
-        fitted_controls = (mdata.obs[target_key].astype(str).to_numpy() == control)[job.rows]
+        is_control = (mdata.obs[target_key].astype(str).to_numpy() == control)[rows]
     else:
-        fitted_controls = np.zeros(n_fitted, bool)
-    dose = _guide_dose(labels, job.inputs.log_dose_mean, n_fitted, fitted_controls)
+        is_control = np.zeros(len(rows), bool)
+    dose = _guide_dose(labels, job.inputs.log_dose_mean, is_control)
     if len(rows) == n_fitted:
         group, log_sf = job.inputs.group, job.inputs.log_sf
     else:
