@@ -85,7 +85,29 @@ def _fit_in_worker(
     """Fit ``target`` on its slice of the screen (``payload``: h5mu bytes)."""
     from ._target_cells import read_mudata_bytes
 
-    return fit_and_hand_back(read_mudata_bytes(payload), fit_one, target, keys, kwargs)
+    try:
+        return fit_and_hand_back(read_mudata_bytes(payload), fit_one, target, keys, kwargs)
+    finally:
+        del payload
+        release_memory()
+
+
+def release_memory() -> None:
+    """Hand the worker's freed heap back to the system (glibc ``malloc_trim``; else nothing).
+
+    A worker receives every slice through a pipe: tens of megabytes per task, freed after it.
+    glibc then raises its mmap threshold and keeps later blocks of that size on the heap,
+    whose free pages it does not return by itself; a worker's resident memory grew by ~30 MB
+    per target at 100,000 cells x 2,000 genes (while the same fits in one process did not).
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def sliced_tasks(
