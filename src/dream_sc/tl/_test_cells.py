@@ -1,10 +1,11 @@
 """The cells and dose axis of a trans fit's significance test (stage one and its null).
 
 By default the score test of :mod:`dream_sc.models.null` runs on the cells of the curve fit,
-against each cell's own posterior dosage (``test_basis="cell"``). Two options serve screens:
+against each cell's own posterior dosage (``test_basis="cell"``). Three options serve screens:
 
 ``test_basis="guide"``
-    Every cell is scored at its guide's dosage: the mean log dosage of the guide's cells. A
+    Every targeting cell is scored at its guide's dosage (the mean log dosage of the guide's
+    fitted cells), every control cell at one level (that of all fitted control cells). A
     cell's own dosage estimate comes from its cis counts divided by its size factor, so it
     shares the error of that size factor with every other feature of the cell. Among
     thousands of control cells, whose dosages differ only by such noise, this is a real
@@ -16,10 +17,9 @@ against each cell's own posterior dosage (``test_basis="cell"``). Two options se
 ``test_controls="all"``
     Every control cell of the screen joins the test, not only the control cells of the cis
     fit (``fit_cis(control_cells=...)``): the curves are fitted against a control
-    subsample, the test compares the target's cells with all controls. Extra cells sit at
-    their guide's dosage (that of the fitted control cells of the same guide, or of all
-    fitted control cells), so this needs ``test_basis="guide"``. All control cells share
-    one level there, the mean of the fitted control cells.
+    subsample, the test compares the target's cells with all controls. The extra cells have
+    no dosage of their own and sit at the controls' level, so this needs
+    ``test_basis="guide"``.
 ``test_statistic="combined"``
     The score test on the log dosage alone (a monotone response, one degree of freedom)
     combined with the one on log dosage and its square (:func:`dream_sc.models.null.statistics`).
