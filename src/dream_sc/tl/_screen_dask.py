@@ -25,7 +25,7 @@ import torch
 from mudata import MuData
 
 from ..engine.backends import resolve_backend
-from ._screen_parallel import fit_and_hand_back, on_screen_cells, sliced_tasks
+from ._screen_parallel import fit_and_hand_back, on_screen_cells, release_memory, sliced_tasks
 
 #: One target at a time per worker process: torch's thread count is the process's.
 _WORKER_LOCK = threading.Lock()
@@ -46,6 +46,8 @@ def _fit_target_task(shared: None, item: tuple) -> tuple[str, dict, dict]:
             pieces, timing = fit_and_hand_back(mdata, fit_one, target, keys, kwargs)
         finally:
             torch.set_num_threads(before)
+            del mdata
+            release_memory()  # as n_jobs workers: the slices' pages back to the system
     return target, pieces, timing
 
 
