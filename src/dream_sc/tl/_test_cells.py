@@ -37,6 +37,7 @@ from .._data import modality_data
 from ..models.families import get_family
 from ..models.null import TEST_STATISTICS
 from ..models.trans import TransInputs
+from ._target_cells import _label_mask
 
 TEST_BASES = ("cell", "guide")
 TEST_CONTROLS = ("fitted", "all")
@@ -76,15 +77,6 @@ def check_test_cells(settings, cis_params: dict, obs) -> None:
         )
 
 
-def _extra_controls(mdata: MuData, cis_params: dict, rows: np.ndarray) -> np.ndarray:
-    """Positions of the screen's control cells that are not among ``rows``."""
-    target_key = str(cis_params.get("target_key", "target"))
-    control = str(cis_params.get("control_label", "ntc"))
-    is_control = (mdata.obs[target_key].astype(str) == control).to_numpy()
-    is_control[rows] = False
-    return np.flatnonzero(is_control)
-
-
 def _guide_dose(labels: np.ndarray, fitted_dose: np.ndarray, is_control: np.ndarray) -> np.ndarray:
     """Every cell's test dosage: the mean log dosage of its guide's fitted cells.
 
@@ -119,8 +111,15 @@ def test_job(mdata: MuData, job):
     n_fitted = len(rows)
     labels = np.asarray(job.guide_labels).astype(str)
     data = job.data
+    target_key = str(cis_params.get("target_key", "target"))
+    control = str(cis_params.get("control_label", "ntc"))
+    controls = np.zeros(mdata.n_obs, bool)
+    if target_key in mdata.obs.columns:
+        controls = _label_mask(mdata.obs[target_key], control)
     if settings.test_controls == "all":
-        extra = _extra_controls(mdata, cis_params, rows)
+        outside = controls.copy()
+        outside[rows] = False
+        extra = np.flatnonzero(outside)  # the screen's control cells outside the cis fit
         if len(extra):
             union = np.concatenate([rows, extra])
             data = modality_data(
@@ -133,13 +132,7 @@ def test_job(mdata: MuData, job):
             guide_key = str(cis_params.get("guide_key", "guide"))
             extra_labels = mdata.obs[guide_key].astype(str).to_numpy()[rows[n_fitted:]]
             labels = np.concatenate([labels, extra_labels])
-    target_key = str(cis_params.get("target_key", "target"))
-    control = str(cis_params.get("control_label", "ntc"))
-    if target_key in mdata.obs.columns:
-        is_control = (mdata.obs[target_key].astype(str).to_numpy() == control)[rows]
-    else:
-        is_control = np.zeros(len(rows), bool)
-    dose = _guide_dose(labels, job.inputs.log_dose_mean, is_control)
+    dose = _guide_dose(labels, job.inputs.log_dose_mean, controls[rows])
     if len(rows) == n_fitted:
         group, log_sf = job.inputs.group, job.inputs.log_sf
     else:
