@@ -302,6 +302,31 @@ class _LossTrace:
         self.synced = self.recorded
 
 
+def one_cycle_adam(
+    params: Sequence[torch.Tensor], scales: Sequence[float], total: int, peak: float
+) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.OneCycleLR]:
+    """Adam (one group per tensor, peak rate ``peak * scale``) and its one-cycle schedule.
+
+    ``total``: the steps of the run.
+
+    Warm-up to the peak then cosine annealing, stepped every iteration (:func:`run_svi`; the
+    batched cis fits of :mod:`dream_sc.engine.cis_batched` use the same optimiser).
+    """
+    optimizer = torch.optim.Adam(
+        [{"params": [p], "lr": peak * k} for p, k in zip(params, scales, strict=True)], lr=peak
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[peak * k for k in scales],
+        total_steps=max(total, 4),
+        pct_start=max(0.1, 2.0 / max(total, 4)),
+        div_factor=10.0,
+        final_div_factor=100.0,
+        cycle_momentum=False,
+    )
+    return optimizer, scheduler
+
+
 def run_svi(
     model: Callable,
     guide: Callable,
@@ -383,18 +408,7 @@ def run_svi(
     scales = [1.0] * len(params) if lr_scales is None else [float(x) for x in lr_scales]
     if len(scales) != len(params):
         raise ValueError(f"lr_scales has {len(scales)} entries for {len(params)} parameters.")
-    optimizer = torch.optim.Adam(
-        [{"params": [p], "lr": lr * k} for p, k in zip(params, scales, strict=True)], lr=lr
-    )
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=[lr * k for k in scales],
-        total_steps=max(n_steps, 4),
-        pct_start=max(0.1, 2.0 / max(n_steps, 4)),
-        div_factor=10.0,
-        final_div_factor=100.0,
-        cycle_momentum=False,
-    )
+    optimizer, scheduler = one_cycle_adam(params, scales, n_steps, lr)
     losses = np.empty(n_steps)
     first = 0
     state_fingerprint = _svi_fingerprint(fingerprint, config)

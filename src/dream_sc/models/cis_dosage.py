@@ -24,24 +24,44 @@ def draw_sites(guide: AutoMultivariateNormal, model: CisModel, batch: dict, n: i
     posterior = guide.get_posterior()
     loc = posterior.loc.detach().cpu().numpy()
     tril = posterior.scale_tril.detach().cpu().numpy()
-    rng = np.random.Generator(np.random.PCG64([seed, 7]))
-    flat = loc + rng.standard_normal((n, len(loc))) @ tril.T
+    return latent_draws(loc, tril, latent_layout(guide, model, batch), n, seed)
+
+
+def latent_layout(
+    guide: AutoMultivariateNormal, model: CisModel, batch: dict
+) -> list[tuple[str, tuple[int, ...]]]:
+    """``(site, shape)`` of the guide's latent vector in order (checked against its median)."""
+    loc = guide.get_posterior().loc.detach().cpu().numpy()
     prototype = poutine.trace(poutine.block(model, hide=["obs"])).get_trace(batch)
-    draws, offset = {}, 0
+    layout, offset = [], 0
     median = guide.median()
     for name, site in prototype.nodes.items():
         if site["type"] != "sample" or name not in median:
             continue
         shape = tuple(site["value"].shape)
         size = int(np.prod(shape))
-        draws[name] = flat[:, offset : offset + size].reshape((n, *shape))
         # the latent vector is laid out in model order: check it against the guide's median
         expected = median[name].detach().cpu().numpy()
         if not np.allclose(loc[offset : offset + size].reshape(shape), expected):
             raise RuntimeError(f"Unexpected latent layout of the cis guide at site {name!r}.")
+        layout.append((name, shape))
         offset += size
     if offset != len(loc):
         raise RuntimeError("Unexpected latent layout of the cis guide.")
+    return layout
+
+
+def latent_draws(
+    loc: np.ndarray, tril: np.ndarray, layout: list[tuple[str, tuple[int, ...]]], n: int, seed: int
+) -> dict[str, np.ndarray]:
+    """``n`` draws of ``Normal(loc, tril tril^T)`` split into the sites of ``layout``."""
+    rng = np.random.Generator(np.random.PCG64([seed, 7]))
+    flat = loc + rng.standard_normal((n, len(loc))) @ tril.T
+    draws, offset = {}, 0
+    for name, shape in layout:
+        size = int(np.prod(shape))
+        draws[name] = flat[:, offset : offset + size].reshape((n, *shape))
+        offset += size
     return draws
 
 

@@ -6,6 +6,7 @@ import logging
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import Literal
 
 import numpy as np
@@ -205,10 +206,41 @@ def fit_cis(
     >>> mdata.uns["dream_cis"]["guides"].columns[:3].tolist()
     ['target', 'n_cells', 'dose_mean']
     """
-    params = {k: v for k, v in locals().items() if k not in ("mdata", "settings")}
-    params["guide_targets"] = None if guide_targets is None else "given"
+    job = _prepare_cis(mdata, {k: v for k, v in locals().items() if k != "mdata"})
+    start = time.perf_counter()
+    post = fit_cis_model(job.cis_data, job.config, laplace=warm_start, fingerprint=job.fingerprint)
+    return _finish_cis(mdata, job, post, time.perf_counter() - start)
+
+
+def _prepare_cis(mdata: MuData, args: dict) -> SimpleNamespace:
+    """Everything of :func:`fit_cis` before the fit: checks, cells, data, plan (a job).
+
+    ``args``: every argument of :func:`fit_cis` but ``mdata``.
+    """
+    params = dict(args)
+    params["guide_targets"] = None if args["guide_targets"] is None else "given"
+    control_cells = args["control_cells"]
     if control_cells is not None and not isinstance(control_cells, (int, np.integer)):
         params["control_cells"] = f"{len(control_cells)} given"
+    cis_feature, modality, cis_target = (args[k] for k in ("cis_feature", "modality", "cis_target"))
+    technical_key_added, guide_key, target_key = (
+        args[k] for k in ("technical_key_added", "guide_key", "target_key")
+    )
+    control_label, sum_factor_key, layer = (
+        args[k] for k in ("control_label", "sum_factor_key", "layer")
+    )
+    guide_assignment_key, guide_targets, n_steps = (
+        args[k] for k in ("guide_assignment_key", "guide_targets", "n_steps")
+    )
+    lr, batch_size, n_samples = (args[k] for k in ("lr", "batch_size", "n_samples"))
+    tolerance, warm_start, seed = (args[k] for k in ("tolerance", "warm_start", "seed"))
+    device, progress, key_added = (args[k] for k in ("device", "progress", "key_added"))
+    copy, checkpoint, checkpoint_mismatch = (
+        args[k] for k in ("copy", "checkpoint", "checkpoint_mismatch")
+    )
+    escapers, control_cells, sparse_samples = (
+        args[k] for k in ("escapers", "control_cells", "sparse_samples")
+    )
     V.check_mudata(mdata)
     if not isinstance(escapers, bool | np.bool_):
         raise ValueError(f"escapers must be True or False; got {escapers!r}.")
@@ -312,17 +344,23 @@ def fit_cis(
         if escapers:  # only then, so checkpoints of fits without the option stay valid
             fingerprint["escapers"] = True
         check_svi_checkpoint(f"{checkpoint}.cis.pt", fingerprint, config)
-    start = time.perf_counter()
     logger.info("fit_cis: %s, %d cells, %d guides", cis_feature, len(rows), len(guide_names))
-    post = fit_cis_model(cis_data, config, laplace=warm_start, fingerprint=fingerprint)
-    seconds = time.perf_counter() - start
+    return SimpleNamespace(**{k: v for k, v in locals().items() if k not in ("mdata", "args")})
+
+
+def _finish_cis(mdata: MuData, job: SimpleNamespace, post, seconds: float) -> MuData | None:
+    """Everything of :func:`fit_cis` after the fit: per-cell draws, summaries, writing."""
+    config, cis_data, rows, key_added = job.config, job.cis_data, job.rows, job.key_added
+    cis_feature, cis_target, params, tech = job.cis_feature, job.cis_target, job.params, job.tech
+    A, guide_names, is_cis, guide_target = job.A, job.guide_names, job.is_cis, job.guide_target
+    col, copy, sparse_samples, high_moi = job.col, job.copy, job.sparse_samples, job.high_moi
+    modality, technical_key_added = job.modality, job.technical_key_added
     if not post.fit.converged:
         warnings.warn(
             f"fit_cis for {cis_feature!r} did not converge in {config.n_steps} steps; increase `n_steps`.",
             stacklevel=2,
         )
     # per-cell dosage: n_samples joint posterior worlds (column s = guide-level draw s)
-    n_samples = config.n_samples
     log2_samples, picks = cell_dosage_draws(cis_data, post, config)
     samples = np.exp2(log2_samples)
     _check_dosage_range(samples, cis_feature, config)

@@ -10,7 +10,6 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from mudata import MuData
-from tqdm.auto import tqdm
 
 from .. import _validation as V
 from .._cells import sum_factor_values
@@ -30,19 +29,17 @@ from ._screen_checks import (
     _check_kwargs,
     _jsonable,
     _resolve_cis_features,
-    _technical_matches,
     check_design,
     check_screen_memory,
     sample_storage,
     screen_trans_kwargs,
     step_settings,
-    target_seed,
 )
 from ._screen_high_moi import resolve_design
-from ._screen_parallel import check_n_jobs, default_threads, in_target_order, targets_elsewhere
+from ._screen_parallel import check_n_jobs, check_target_batch, default_threads
 from ._screen_resume import manifest_of, open_checkpoint, resumed_seed
+from ._screen_run import _run
 from ._screen_store import Checkpoint, apply, capture, drop
-from ._screen_target import _fit_target
 from ._technical import fit_technical
 from ._test_cells import SCREEN_TEST
 from ._trans import fit_trans
@@ -89,6 +86,7 @@ def fit_screen(
     control_cells: int | None = None,
     curves: Literal["all", "discoveries"] = "all",
     distribute: Literal["targets", "chunks"] = "targets",
+    target_batch: int = 1,
 ) -> MuData | None:
     """Fit every target of a screen: one technical fit, then cis + trans per target.
 
@@ -201,6 +199,17 @@ def fit_screen(
         curves only for its stage-one discoveries (see :func:`~dream_sc.tl.fit_trans`; the
         threshold via ``trans_kwargs={"curve_qvalue": ...}``); q-values are unchanged, and
         on a genome-scale screen most of the trans time is saved.
+    target_batch
+        Cis fits of this many targets at a time in one batched SVI run (``1``, default: each
+        target alone, as before). Blocks are consecutive targets in the order above; each
+        target keeps its own model, seed, Laplace start and loss, and the targets' terms of
+        the shared loss are independent, so a batched fit follows the target's lone fit up
+        to float rounding while paying a step's Python and autograd overhead once per block
+        (see :doc:`/performance`). A target's numbers depend on its block, which the target
+        order and ``target_batch`` fix: serial, ``n_jobs`` and dask runs give identical
+        results (an ``n_jobs`` worker or dask task fits a whole block). Fits that cannot
+        share a run (``cis_kwargs`` with ``escapers``, ``tolerance``, a cell ``batch_size``
+        below a target's cells) are fitted one by one within their block.
 
     Returns
     -------
@@ -221,6 +230,8 @@ def fit_screen(
     ['dream_trans_GEMIN5', 'dream_trans_GFI1B']
     """
     params = {k: v for k, v in locals().items() if k not in ("mdata", "client")}
+    if target_batch == 1:  # recorded (and in a checkpoint's manifest) only when batching
+        del params["target_batch"]
     start = time.perf_counter()
     check_mismatch(checkpoint_mismatch)
     V.check_mudata(mdata)  # validation: nothing is fitted or written before all of it passes
@@ -237,6 +248,7 @@ def fit_screen(
         )
     backend_kw = _backend_kwargs(backend, client, distribute)
     n_jobs = check_n_jobs(n_jobs, backend)
+    target_batch = check_target_batch(target_batch)
     threads = int(settings.torch_threads or default_threads(n_jobs))
     technical_kwargs = _check_kwargs(technical_kwargs, fit_technical, "technical_kwargs")
     cis_kwargs = _check_kwargs(cis_kwargs, fit_cis, "cis_kwargs")
@@ -264,6 +276,13 @@ def fit_screen(
     )
     obs, chosen, control = mdata.obs, design.chosen, design.control
     check_design(design)
+    if target_batch > 1 and design.moi == "high" and control_cells is not None:
+        if n_jobs > 1 or (backend_kw and distribute == "targets"):
+            raise ValueError(
+                "target_batch > 1 with a high-MOI screen and control_cells draws each target's "
+                "comparison cells from the whole screen, which a worker's block does not hold: "
+                "use n_jobs=1 and backend='local', or target_batch=1."
+            )
     cis_kwargs = sample_storage(cis_kwargs, len(chosen), mdata.n_obs, steps["cis"]["n_samples"])
     check_screen_memory(
         mdata,
@@ -355,6 +374,7 @@ def fit_screen(
             n_jobs=n_jobs,
             threads=threads,
             distribute_targets=bool(backend_kw) and distribute == "targets",
+            target_batch=target_batch,
         )
     except BaseException:
         if not copy:
@@ -376,125 +396,3 @@ def fit_screen(
     write_screen(target_mdata, key_added, record)
     logger.info("fit_screen: %d targets in %.1fs", len(chosen), record["seconds"])
     return target_mdata if copy else None
-
-
-def _run(
-    mdata: MuData,
-    *,
-    modality,
-    chosen,
-    features,
-    function,
-    steps,
-    common,
-    seed,
-    tech_call,
-    technical_key_added,
-    cis_keys,
-    trans_keys,
-    cis_kwargs,
-    trans_kwargs,
-    backend_kw,
-    store,
-    manifest,
-    prefixes,
-    show,
-    n_jobs=1,
-    threads=1,
-    distribute_targets=False,
-) -> dict:
-    """The fits themselves (validated input); returns the screen record without settings."""
-    if store is not None:
-        store.start(manifest)
-    # step 1: one technical fit, reused when stored with the same settings
-    tech_seconds = 0.0
-    saved = store.load("__technical__") if store is not None else None
-    if saved is not None:
-        drop(mdata, modality, technical_key_added, prefixes)
-        apply(mdata, modality, saved["pieces"])
-        tech_seconds, technical = float(saved["seconds"]), "checkpoint"
-    elif _technical_matches(mdata, modality, technical_key_added, tech_call):
-        technical = "reused"
-    else:
-        t0 = time.perf_counter()
-        fit_technical(mdata, **tech_call)
-        tech_seconds, technical = time.perf_counter() - t0, "fitted"
-    if store is not None and saved is None:
-        pieces = capture(mdata, modality, technical_key_added, prefixes)
-        store.save("__technical__", {"pieces": pieces, "seconds": tech_seconds})
-    # step 2 + 3 per target
-    seeds = {t: target_seed(seed, t) for t in chosen}
-    rows: dict[str, dict] = {}
-    bar = tqdm(total=len(chosen), desc="fit_screen", unit="target", disable=not show)
-    todo, digests = [], {}  # digests: of mdata's names, once for every piece applied
-    for target in chosen:
-        saved = store.load(target) if store is not None else None
-        if saved is None:
-            todo.append(target)
-            continue
-        for key in (cis_keys[target], trans_keys[target]):
-            drop(mdata, modality, key, prefixes)
-        apply(mdata, modality, saved["pieces"], digests)
-        rows[target] = {**saved["timing"], "from_checkpoint": True}
-        bar.update()
-
-    def target_kwargs(target: str) -> dict:
-        return {
-            "modality": modality,
-            "feature": features[target],
-            "function": function,
-            "steps": steps,
-            "common": common,
-            "seed": seeds[target],
-            "technical_key_added": technical_key_added,
-            "cis_key": cis_keys[target],
-            "trans_key": trans_keys[target],
-            "cis_kwargs": cis_kwargs,
-            "trans_kwargs": trans_kwargs,
-            "backend_kw": {} if distribute_targets else backend_kw,
-        }
-
-    def finished(target: str, pieces: dict | None, timing: dict) -> None:
-        if store is not None:
-            if pieces is None:
-                pieces = {}
-                for key in (cis_keys[target], trans_keys[target]):
-                    for where, entries in capture(mdata, modality, key, prefixes).items():
-                        pieces.setdefault(where, {}).update(entries)
-            store.save(target, {"pieces": pieces, "timing": timing})
-        rows[target] = {**timing, "from_checkpoint": False}
-        bar.set_postfix_str(target)
-        bar.update()
-
-    elsewhere = targets_elsewhere(
-        mdata,
-        todo,
-        n_jobs=n_jobs,
-        on_dask=distribute_targets,
-        client=backend_kw.get("client"),
-        threads=threads,
-        fit_one=_fit_target,
-        keys=lambda t: (cis_keys[t], trans_keys[t]),
-        kwargs=lambda t: {**target_kwargs(t), "prefixes": list(prefixes)},
-    )
-    if elsewhere is not None:  # applied in target order as they arrive: a serial run's layout
-        for _, pieces in in_target_order(elsewhere, todo, finished):
-            apply(mdata, modality, pieces, digests)
-    else:
-        for target in todo:
-            bar.set_postfix_str(target)
-            finished(target, None, _fit_target(mdata, target=target, **target_kwargs(target)))
-    bar.close()
-    rows = [rows[t] for t in chosen]
-    timings = pd.DataFrame(rows, index=pd.Index(chosen, name="target"))
-    return {
-        "targets": list(chosen),
-        "cis_features": [features[t] for t in chosen],
-        "cis_keys": [cis_keys[t] for t in chosen],
-        "trans_keys": [trans_keys[t] for t in chosen],
-        "seeds": np.array([seeds[t] for t in chosen], dtype=np.int64),
-        "technical_key_added": technical_key_added,
-        "technical": technical,
-        "technical_seconds": float(tech_seconds),
-        "timings": timings,
-    }

@@ -263,3 +263,10 @@ def check_n_jobs(n_jobs: Any, backend: str) -> int:
             "cluster already runs the feature chunks in parallel: leave n_jobs=1."
         )
     return n_jobs
+
+
+def check_target_batch(target_batch: Any) -> int:
+    """``target_batch`` of ``fit_screen`` as a positive int."""
+    if isinstance(target_batch, bool) or not isinstance(target_batch, int) or target_batch < 1:
+        raise ValueError(f"target_batch must be a positive integer; got {target_batch!r}.")
+    return int(target_batch)

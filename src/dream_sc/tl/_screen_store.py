@@ -82,6 +82,18 @@ def capture(
     return out
 
 
+def split_pieces(
+    pieces: dict[str, dict], keys: Sequence[str], others: Sequence[str]
+) -> dict[str, dict]:
+    """The entries of captured ``pieces`` owned by one of ``keys`` (see :func:`_owns`)."""
+    out: dict[str, dict] = {}
+    for where, entries in pieces.items():
+        own = {n: v for n, v in entries.items() if any(_owns(n, k, others) for k in keys)}
+        if own:
+            out[where] = own
+    return out
+
+
 def drop(mdata: MuData, modality: str, prefix: str, others: Sequence[str] = ()) -> None:
     """Remove every entry owned by ``prefix``."""
     for level, attr in CONTAINERS:

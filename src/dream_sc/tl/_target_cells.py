@@ -283,7 +283,12 @@ def target_slice(mdata: MuData, target: str, kwargs: Mapping) -> tuple[np.ndarra
     every key of the run; all but the technical fit's are left out of the slice).
     """
     technical = kwargs["technical_key_added"]
-    cells = cells_for_target(mdata, target, kwargs)
+    if "members" in kwargs:  # a block of targets (fit_screen(target_batch=...)): every cell
+        # any of them reads
+        each = [cells_for_target(mdata, t, {**kwargs, **kwargs["members"][t]}) for t in target]
+        cells = np.unique(np.concatenate(each))
+    else:
+        cells = cells_for_target(mdata, target, kwargs)
     others = [p for p in kwargs["prefixes"] if p != technical]
     sub = screen_slice(mdata, cells, modality=kwargs["modality"], drop_prefixes=others)
     return cells, mudata_bytes(sub)
