@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--n-jobs", type=int, default=1, help="fit_screen(n_jobs=): worker processes")
     p.add_argument(
+        "--target-batch", type=int, default=1, help="fit_screen(target_batch=): batched cis fits"
+    )
+    p.add_argument(
         "--fit-targets",
         type=int,
         default=None,
@@ -205,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
                 control_cells=args.control_cells,
                 curves=args.curves,
                 n_jobs=args.n_jobs,
+                target_batch=args.target_batch,
                 targets=chosen,
                 **cluster,
                 **design_kw,

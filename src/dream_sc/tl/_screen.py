@@ -34,12 +34,20 @@ from ._screen_checks import (
     sample_storage,
     screen_trans_kwargs,
     step_settings,
+    target_seed,  # noqa: F401 (fit_screen's names, as before _run moved: tests read them)
 )
 from ._screen_high_moi import resolve_design
-from ._screen_parallel import check_n_jobs, check_target_batch, default_threads
+from ._screen_parallel import (  # noqa: F401 (in_target_order, targets_elsewhere: as before)
+    check_n_jobs,
+    check_target_batch,
+    default_threads,
+    in_target_order,
+    targets_elsewhere,
+)
 from ._screen_resume import manifest_of, open_checkpoint, resumed_seed
 from ._screen_run import _run
 from ._screen_store import Checkpoint, apply, capture, drop
+from ._screen_target import _fit_target  # noqa: F401
 from ._technical import fit_technical
 from ._test_cells import SCREEN_TEST
 from ._trans import fit_trans
