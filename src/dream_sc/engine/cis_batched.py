@@ -217,15 +217,15 @@ def _fit_together(
             converged=smoothed_converged(trace[:, row], rtol=1e-3),
             seconds=seconds,
         )
-        draws = latent_draws(
-            p_loc.detach().cpu().numpy(), posterior_tril, s.layout, n_draws, config.seed
-        )
-        out.append(_posterior(s.model, draws, fit, device))
+        rng = np.random.Generator(np.random.PCG64([config.seed, 7]))  # as draw_sites
+        draws = latent_draws(p_loc.detach().cpu().numpy(), posterior_tril, s.layout, n_draws, rng)
+        out.append(_posterior(s.model, draws, fit))
     return out
 
 
-def _posterior(model: CisModel, draws: dict, fit: FitResult, device) -> CisPosterior:
+def _posterior(model: CisModel, draws: dict, fit: FitResult) -> CisPosterior:
     """The draws with the derived values, as :func:`~dream_sc.engine.cis.fit_cis_model`."""
+    device = model.device
     with torch.no_grad():
         as_t = {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in draws.items()}
         derived = model.derived(as_t)

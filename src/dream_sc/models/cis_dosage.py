@@ -24,7 +24,8 @@ def draw_sites(guide: AutoMultivariateNormal, model: CisModel, batch: dict, n: i
     posterior = guide.get_posterior()
     loc = posterior.loc.detach().cpu().numpy()
     tril = posterior.scale_tril.detach().cpu().numpy()
-    return latent_draws(loc, tril, latent_layout(guide, model, batch), n, seed)
+    rng = np.random.Generator(np.random.PCG64([seed, 7]))
+    return latent_draws(loc, tril, latent_layout(guide, model, batch), n, rng)
 
 
 def latent_layout(
@@ -52,10 +53,13 @@ def latent_layout(
 
 
 def latent_draws(
-    loc: np.ndarray, tril: np.ndarray, layout: list[tuple[str, tuple[int, ...]]], n: int, seed: int
+    loc: np.ndarray,
+    tril: np.ndarray,
+    layout: list[tuple[str, tuple[int, ...]]],
+    n: int,
+    rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
     """``n`` draws of ``Normal(loc, tril tril^T)`` split into the sites of ``layout``."""
-    rng = np.random.Generator(np.random.PCG64([seed, 7]))
     flat = loc + rng.standard_normal((n, len(loc))) @ tril.T
     draws, offset = {}, 0
     for name, shape in layout:

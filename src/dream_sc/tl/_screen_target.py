@@ -8,34 +8,37 @@ from collections.abc import Mapping, Sequence
 from mudata import MuData
 
 
-def _cis_call(target, feature, seed, cis_key, *, modality, steps, common, **kw) -> dict:
-    """The :func:`~dream_sc.tl.fit_cis` arguments of one target."""
+def _cis_call(target, member: Mapping, *, modality, steps, common, **kw) -> dict:
+    """The :func:`~dream_sc.tl.fit_cis` arguments of one target.
+
+    ``member``: its ``feature``, ``seed``, ``cis_key``, ``trans_key``.
+    """
     return {
-        "cis_feature": feature,
+        "cis_feature": member["feature"],
         "modality": modality,
         "cis_target": target,
         "technical_key_added": kw["technical_key_added"],
         **common,
-        "seed": seed,
-        "key_added": cis_key,
+        "seed": member["seed"],
+        "key_added": member["cis_key"],
         **steps["cis"],
         **kw["cis_kwargs"],
     }
 
 
-def _trans_call(seed, cis_key, trans_key, *, modality, steps, common, **kw) -> dict:
-    """The :func:`~dream_sc.tl.fit_trans` arguments of one target."""
+def _trans_call(member: Mapping, *, modality, steps, common, **kw) -> dict:
+    """The :func:`~dream_sc.tl.fit_trans` arguments of one target (``member`` as above)."""
     return {
         "modality": modality,
         "function": kw["function"],
-        "cis_key": cis_key,
+        "cis_key": member["cis_key"],
         "technical_key_added": kw["technical_key_added"],
         "sum_factor_key": common["sum_factor_key"],
         "layer": common["layer"],
         "device": common["device"],
         "progress": False,
-        "seed": seed,
-        "key_added": trans_key,
+        "seed": member["seed"],
+        "key_added": member["trans_key"],
         **steps["trans"],
         **kw["trans_kwargs"],
         **kw["backend_kw"],
@@ -72,10 +75,11 @@ def _fit_target(
         "trans_kwargs": trans_kwargs,
         "backend_kw": backend_kw,
     }
+    member = {"feature": feature, "seed": seed, "cis_key": cis_key, "trans_key": trans_key}
     t0 = time.perf_counter()
-    _screen.fit_cis(mdata, **_cis_call(target, feature, seed, cis_key, **shared))
+    _screen.fit_cis(mdata, **_cis_call(target, member, **shared))
     t1 = time.perf_counter()
-    _screen.fit_trans(mdata, **_trans_call(seed, cis_key, trans_key, **shared))
+    _screen.fit_trans(mdata, **_trans_call(member, **shared))
     t2 = time.perf_counter()
     return {"cis_seconds": t1 - t0, "trans_seconds": t2 - t1, "seconds": t2 - t0}
 
@@ -98,18 +102,14 @@ def _fit_block(
     from . import _screen
     from ._cis_block import fit_cis_block
 
-    calls = [
-        _cis_call(t, members[t]["feature"], members[t]["seed"], members[t]["cis_key"], **shared)
-        for t in target
-    ]
+    calls = [_cis_call(t, members[t], **shared) for t in target]
     cis_seconds = fit_cis_block(mdata, calls, write=[t in todo for t in target])
     timings = {}
     for t, seconds in zip(target, cis_seconds, strict=True):
         if t not in todo:
             continue
-        m = members[t]
         t1 = time.perf_counter()
-        _screen.fit_trans(mdata, **_trans_call(m["seed"], m["cis_key"], m["trans_key"], **shared))
+        _screen.fit_trans(mdata, **_trans_call(members[t], **shared))
         trans = time.perf_counter() - t1
         timings[t] = {"cis_seconds": seconds, "trans_seconds": trans, "seconds": seconds + trans}
     return timings
