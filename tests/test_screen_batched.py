@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 
 import numpy as np
@@ -181,3 +182,39 @@ def test_a_bad_target_in_a_block_fails_as_alone_and_leaves_the_screen_unchanged(
     with pytest.raises(ValueError, match=message):
         _quiet(ds.tl.fit_screen, mdata, target_batch=2, **settings)
     assert snapshot(mdata) == before
+
+
+def test_resume_inside_a_block_equals_an_uninterrupted_run(monkeypatch, tmp_path):
+    """Interrupted in the middle of the second block (a block's targets are saved together
+    once its last trans fit is done: the first block's 3 are): the rerun refits the second
+    block whole and ends with the uninterrupted run's numbers."""
+    from dream_sc.tl import _screen
+
+    settings = {**SETTINGS, "n_steps": {"technical": 10, "cis": 10, "trans": 5}}
+    whole = _data()
+    _quiet(ds.tl.fit_screen, whole, target_batch=3, **settings)
+    targets = list(whole.uns["dream_screen"]["targets"])
+    original, seen = _screen.fit_trans, []
+
+    @functools.wraps(original)
+    def dying(*args, **kwargs):
+        seen.append(kwargs["key_added"])
+        if len(seen) == 5:  # the second target of the second block
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    mdata = _data()
+    monkeypatch.setattr(_screen, "fit_trans", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _quiet(ds.tl.fit_screen, mdata, target_batch=3, checkpoint=str(tmp_path), **settings)
+    monkeypatch.setattr(_screen, "fit_trans", original)
+    _quiet(ds.tl.fit_screen, mdata, target_batch=3, checkpoint=str(tmp_path), **settings)
+    timings = mdata.uns["dream_screen"]["timings"]
+    assert list(timings.index[timings["from_checkpoint"]]) == targets[:3]
+    for t in targets:
+        key = f"dream_cis_{t}_dose_samples"
+        a, b = whole.obsm[key], mdata.obsm[key]
+        a = a.toarray() if hasattr(a, "toarray") else a
+        b = b.toarray() if hasattr(b, "toarray") else b
+        np.testing.assert_array_equal(a, b)
+    pd.testing.assert_frame_equal(ds.get.screen_results(whole), ds.get.screen_results(mdata))
