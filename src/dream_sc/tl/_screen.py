@@ -41,7 +41,7 @@ from ._screen_checks import (
 from ._screen_high_moi import resolve_design
 from ._screen_parallel import check_n_jobs, default_threads, in_target_order, targets_elsewhere
 from ._screen_resume import manifest_of, open_checkpoint, resumed_seed
-from ._screen_store import Checkpoint, apply, capture, drop
+from ._screen_store import Checkpoint, apply, capture, drop, drop_all
 from ._screen_target import _fit_target
 from ._technical import fit_technical
 from ._test_cells import SCREEN_TEST
@@ -358,8 +358,7 @@ def fit_screen(
         )
     except BaseException:
         if not copy:
-            for p in prefixes:
-                drop(target_mdata, modality, p, prefixes)
+            drop_all(target_mdata, modality, prefixes)
             for pieces in before.values():
                 apply(target_mdata, modality, pieces)
         raise
@@ -426,16 +425,15 @@ def _run(
     seeds = {t: target_seed(seed, t) for t in chosen}
     rows: dict[str, dict] = {}
     bar = tqdm(total=len(chosen), desc="fit_screen", unit="target", disable=not show)
-    todo, digests = [], {}  # digests: of mdata's names, once for every piece applied
-    for target in chosen:
-        saved = store.load(target) if store is not None else None
-        if saved is None:
-            todo.append(target)
-            continue
-        for key in (cis_keys[target], trans_keys[target]):
-            drop(mdata, modality, key, prefixes)
-        apply(mdata, modality, saved["pieces"], digests)
-        rows[target] = {**saved["timing"], "from_checkpoint": True}
+    saved = {t: store.load(t) if store is not None else None for t in chosen}
+    todo = [t for t in chosen if saved[t] is None]
+    done = [t for t in chosen if saved[t] is not None]
+    drop_all(mdata, modality, [k for t in done for k in (cis_keys[t], trans_keys[t])])
+    digests: dict = {}  # of mdata's names, once for every piece applied
+    for target in done:
+        piece = saved.pop(target)
+        apply(mdata, modality, piece["pieces"], digests)
+        rows[target] = {**piece["timing"], "from_checkpoint": True}
         bar.update()
 
     def target_kwargs(target: str) -> dict:
