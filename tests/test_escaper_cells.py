@@ -1,0 +1,152 @@
+"""Escaper cells weighted by their transcriptome (``fit_trans(escaper_membership=...)``)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import dream_sc as ds
+from dream_sc.models.escaper_cells import negbinom_cell_draws, split_halves, weighted_moments
+
+#: Curve error of the responsive genes with the option, relative to without (measured: TBD).
+MARGIN = 0.9
+
+
+def test_cell_draw_likelihood_matches_scipy():
+    """Differences between draws equal scipy's NB log-pmf differences (constants cancel)."""
+    rng = np.random.default_rng(0)
+    y = rng.poisson(3.0, size=(5, 3)).astype(float)
+    draws = np.log(rng.uniform(0.5, 8.0, size=(5, 4)))
+    offset = rng.normal(0, 0.3, size=(5, 3))
+    log_r = np.array([0.5, 1.0, 2.0])
+    slope = torch.tensor([1.0, -0.5, 0.2], dtype=torch.float64)
+    ll = negbinom_cell_draws(y, lambda lx: lx[:, None] * slope, draws, offset, log_r)
+    r = np.exp(log_r)
+    mu = np.exp(draws[:, :, None] * slope.numpy() + offset[:, None, :])
+    ref = stats.nbinom.logpmf(y[:, None, :], r, r / (r + mu)).sum(-1)
+    np.testing.assert_allclose(ll - ll[:, :1], ref - ref[:, :1], atol=1e-9)
+
+
+def test_weighted_moments_and_halves():
+    draws = np.log(np.array([[1.0, 2.0, 4.0], [1.0, 2.0, 4.0]]))
+    ll = np.array([[0.0, np.log(3.0), -np.inf], [5.0, 0.0, 0.0]])
+    mean, var, ess = weighted_moments(draws, ll, np.array([True, False]))
+    # cell 0: weights 1/4, 3/4, 0; cell 1 unweighted (outside the mask)
+    assert mean[0] == pytest.approx(0.75 * np.log(2.0))
+    assert var[0] == pytest.approx(0.1875 * np.log(2.0) ** 2)
+    assert ess[0] == pytest.approx(1 / (1 / 16 + 9 / 16))
+    assert mean[1] == pytest.approx(np.log(2.0)) and ess[1] == pytest.approx(3.0)
+    a, b = split_halves(np.array([7, 3, 5, 1, 9]))
+    assert a.tolist() == [3, 2, 4] and b.tolist() == [1, 0]
+
+
+@pytest.fixture(scope="module")
+def escaper_screen():
+    """A small 30%-escaper screen with a plain and an escaper cis fit."""
+    mdata = ds.datasets.simulate_screen(
+        n_cells=500,
+        n_genes=16,
+        n_junctions=0,
+        n_isoform_genes=0,
+        frac_responsive=0.4,
+        guides_per_target=4,
+        seed=3,
+        escape_fraction=0.3,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.tl.fit_technical(mdata, n_steps=60, seed=0, progress=False)
+        ds.tl.fit_cis(mdata, cis_feature="GFI1B", n_steps=150, seed=0, progress=False)
+        ds.tl.fit_cis(
+            mdata,
+            cis_feature="GFI1B",
+            n_steps=150,
+            seed=0,
+            escapers=True,
+            key_added="cis_esc",
+            progress=False,
+        )
+    return mdata
+
+
+def test_bad_membership_values_raise_before_work(escaper_screen):
+    mdata = escaper_screen
+    before = set(mdata["rna"].uns)
+    with pytest.raises(ValueError) as err:
+        ds.tl.fit_trans(mdata, escaper_membership="mixscape", cis_key="cis_esc", key_added="bad")
+    assert str(err.value) == (
+        "escaper_membership must be one of ('cis', 'transcriptome'); got 'mixscape'."
+    )
+    with pytest.raises(ValueError) as err:
+        ds.tl.fit_trans(mdata, escaper_membership="transcriptome", key_added="bad")
+    assert str(err.value) == (
+        "escaper_membership='transcriptome' needs a cis fit with escapers=True; 'dream_cis' "
+        "was fitted without. Refit with `ds.tl.fit_cis(..., escapers=True)`."
+    )
+    assert set(mdata["rna"].uns) == before and "bad" not in mdata["rna"].varm
+
+
+def _curve_error(mdata, key, genes):
+    """Mean over ``genes`` of the mean |log2 fitted / true| over the true dosage window."""
+    lo, hi = (float(v) for v in mdata.uns["truth"]["dose_range"])
+    grid = np.geomspace(lo, hi, 25)
+    fitted = ds.get.trans_curves(mdata, dose=grid, features=list(genes), key=key)
+    fitted = fitted.pivot(index="feature", columns="dose", values="mean").loc[genes]
+    true = ds.datasets.true_curve(mdata, "rna", grid).loc[genes]
+    return np.abs(np.log2(fitted.to_numpy() / true.to_numpy())).mean(1)
+
+
+def _trans(mdata, key, membership, features=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.tl.fit_trans(
+            mdata,
+            function="single_hill",
+            cis_key="cis_esc",
+            key_added=key,
+            n_steps=150,
+            seed=0,
+            test=False,
+            features=features,
+            escaper_membership=membership,
+            progress=False,
+        )
+
+
+def test_transcriptome_membership_improves_curves(escaper_screen):
+    """Cross-fitted refit: the responsive curves move closer to the truth, the rest stay."""
+    mdata = escaper_screen
+    _trans(mdata, "tx_cis", "cis")
+    _trans(mdata, "tx_tx", "transcriptome")
+    record = mdata["rna"].uns["tx_tx"]["escaper_membership"]
+    targeting = np.isfinite(mdata.obs["cis_esc_escape_prob"]) & (
+        mdata.obs["cis_esc_escape_prob"] > 0
+    )
+    assert int(record["n_cells"]) == int(targeting.sum())
+    var = mdata["rna"].var
+    genes = list(var.index[var["true_responsive"].to_numpy(bool)])
+    before, after = _curve_error(mdata, "tx_cis", genes), _curve_error(mdata, "tx_tx", genes)
+    assert after.mean() < MARGIN * before.mean()
+    # features below the evidence threshold keep the fit on the cis dosages, bit for bit
+    a, b = mdata["rna"].varm["tx_cis"], mdata["rna"].varm["tx_tx"]
+    other = (a["prob_dose_dependent"] < 0.9).to_numpy()
+    assert other.sum() >= 5 and int(record["n_evidence"]) == int((~other & a["fitted"]).sum())
+    for col in ("response_mean", "ec50_mean", "prob_dose_dependent"):
+        np.testing.assert_array_equal(a[col].to_numpy()[other], b[col].to_numpy()[other])
+
+
+def test_transcriptome_membership_null_target_unchanged(escaper_screen):
+    """Without responsive features (a null target) the option changes nothing."""
+    mdata = escaper_screen
+    var = mdata["rna"].var
+    flat = list(var.index[~var["true_responsive"].to_numpy(bool)])
+    _trans(mdata, "null_cis", "cis", flat)
+    _trans(mdata, "null_tx", "transcriptome", flat)
+    assert int(mdata["rna"].uns["null_tx"]["escaper_membership"]["n_evidence"]) < 2
+    a, b = mdata["rna"].varm["null_cis"], mdata["rna"].varm["null_tx"]
+    for col in a.columns:
+        np.testing.assert_array_equal(a[col].to_numpy(), b[col].to_numpy())
