@@ -72,6 +72,21 @@ def test_stage_two_fits_exactly_the_discoveries_and_the_top_feature(staged):
     assert disc.loc[~tested, "shape"].eq("not_fitted").all()  # the cis gene
 
 
+def test_size_factor_check_skips_the_responses_of_selected_curves(staged):
+    """Stage two's non-significant curves are selected for size: the median check skips them."""
+    uns = staged["rna"].uns
+    full, disc = uns["all"]["shift_diagnostic"], uns["disc"]["shift_diagnostic"]
+    flat = ~staged["rna"].varm["all"]["significant"].to_numpy(bool)
+    flat &= staged["rna"].varm["all"]["tested"].to_numpy(bool)
+    assert full["n_flat"] == flat.sum() > 20  # every curve fitted: the median is read
+    assert disc["n_flat"] == 0 and "flat_median_log2" not in disc
+    assert disc["shared_shift_log2"] == full["shared_shift_log2"]  # the shift is still checked
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check = ds.tl.calibration_check(staged, key="disc", n_null_screens=1)
+    assert check.attrs["shift"]["n_flat"] == 0
+
+
 def test_curves_of_the_discoveries_agree_with_the_full_fit(staged):
     full, disc = staged["rna"].varm["all"], staged["rna"].varm["disc"]
     hits = disc["significant"].to_numpy()

@@ -54,7 +54,8 @@ def calibration_check(
     For count data it also checks the normalisation: whether the features without a dose
     response are shifted off zero - the shared dose-dependent shift the score test removed
     (``uns[key]["shared_shift"]``) and the median ``response_mean`` of the non-significant
-    features. Either one larger than 0.05 log2 over the dosage range (and significant) means
+    features (not read when ``curves="discoveries"``: the curves were fitted only on the
+    features the test selected, whose responses are large by selection). Either one larger than 0.05 log2 over the dosage range (and significant) means
     the size factors depend on the perturbation; a warning gives the size of the shift and
     what to do (``ds.pp.sum_factors(..., method="dose_aware")``). The numbers are in
     ``table.attrs["shift"]`` and the stored record.
@@ -131,9 +132,11 @@ def calibration_check(
     if job.data.distribution in SHARED_SHIFT_DISTRIBUTIONS:
         results = adata.varm[key]
         fitted = np.asarray(job.fitted, dtype=bool)
+        # curves fitted only for the test's discoveries: no unselected responses to read
+        selected = record["params"].get("curves") == "discoveries"
         diag = shift_diagnostic(
             record.get("shared_shift"),
-            results["response_mean"].to_numpy(dtype=np.float64)[fitted],
+            None if selected else results["response_mean"].to_numpy(dtype=np.float64)[fitted],
             results["significant"].to_numpy(dtype=bool)[fitted],
         )
         calibration["shift"] = finite_record(diag)

@@ -335,7 +335,7 @@ def fit_cis(
     active = guides["control_active"].to_numpy(dtype=bool)
     if active.any():
         warnings.warn(
-            f"Control guide(s) {list(np.asarray(guide_names)[active])} shift the cis gene "
+            f"Control guide(s) {[str(g) for g in np.asarray(guide_names)[active]]} shift the cis gene "
             f"{cis_feature!r} clearly (see mdata.uns[{key_added!r}]['guides']['control_active']); "
             "check them or exclude their cells.",
             stacklevel=2,

@@ -272,6 +272,7 @@ def significance(
     """
     from ._significance import significance_columns
 
+    curves_selected = found is not None  # stage one chose the features that got curves
     if n_permutations > 0:
         if found is None:
             found = rescore_null(job, n_permutations)
@@ -290,9 +291,11 @@ def significance(
         if found["shared_shift"] is not None:
             record["shared_shift"] = finite_record(found["shared_shift"])
     if job.data.distribution in SHARED_SHIFT_DISTRIBUTIONS:
-        diag = shift_diagnostic(
-            record.get("shared_shift"), columns.get("response_mean"), sig["significant"]
-        )
+        # with stage one's result (curves="discoveries") the curves were fitted only on the
+        # features the test selected: their non-significant ones are selected for a large
+        # response, so their median says nothing about the size factors (the shared shift does)
+        response = None if curves_selected else columns.get("response_mean")
+        diag = shift_diagnostic(record.get("shared_shift"), response, sig["significant"])
         record["shift_diagnostic"] = finite_record(diag)
         if diag["warn"]:
             warnings.warn(shift_message(diag), UserWarning, stacklevel=3)
