@@ -135,12 +135,13 @@ def test_transcriptome_weights_recover_cell_dosages(escaper_screen):
     after = np.mean((mean[cells] - truth[cells]) ** 2)
     assert after < MARGIN * before
     # cells of control guides keep their cis moments exactly
-    np.testing.assert_array_equal(mean[~cells], draws[~cells].mean(1))
-    assert np.all(ess[~cells] == draws.shape[1]) and np.median(ess[cells]) > 20
+    np.testing.assert_allclose(mean[~cells], draws[~cells].mean(1), rtol=1e-12)
+    np.testing.assert_allclose(ess[~cells], draws.shape[1], rtol=1e-12)
+    assert np.median(ess[cells]) > 20
 
 
 def test_transcriptome_membership_refits_only_evidence(escaper_screen):
-    """The refit replaces the evidence features' curves; every other column stays bit for bit."""
+    """The refit replaces the evidence features' curves; every other feature keeps its fit."""
     mdata = escaper_screen
     if "tx_cis" not in mdata["rna"].uns:
         _trans(mdata, "tx_cis", "cis")
@@ -152,7 +153,9 @@ def test_transcriptome_membership_refits_only_evidence(escaper_screen):
     other = (a["prob_dose_dependent"] < 0.9).to_numpy()
     assert int(record["n_evidence"]) == int((~other & a["fitted"]).sum()) == 6
     for col in ("response_mean", "ec50_mean", "prob_dose_dependent"):
-        np.testing.assert_array_equal(a[col].to_numpy()[other], b[col].to_numpy()[other])
+        # (features the interval refinement visits come out within float32 rounding: its
+        # feature chunks differ once the evidence features are refined with their refits)
+        np.testing.assert_allclose(a[col].to_numpy()[other], b[col].to_numpy()[other], rtol=1e-5)
         assert not np.array_equal(a[col].to_numpy()[~other], b[col].to_numpy()[~other])
 
 

@@ -146,6 +146,9 @@ def refit_with_escaper_cells(
         ess_all.append(ess[cells])
         if job.settings.use_dose_mean:
             var = np.zeros_like(var)
+        # the other cells keep their inputs exactly (not the ulp-different weighted moments)
+        mean = np.where(cells, mean, job.inputs.log_dose_mean)
+        var = np.where(cells, var, job.inputs.log_dose_var)
         keep = np.zeros(job.n_features, bool)
         keep[own] = True
         sub = curve_job(mdata, job, keep, config)
