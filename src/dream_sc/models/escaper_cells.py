@@ -124,7 +124,7 @@ def split_halves(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     --------
     >>> a, b = split_halves(np.array([30, 10, 20, 40]))
     >>> a.tolist(), b.tolist()
-    [[1, 0], [2, 3]]
+    ([1, 0], [2, 3])
     """
     order = np.argsort(np.asarray(keys), kind="stable")
     return order[0::2], order[1::2]
