@@ -47,6 +47,13 @@ def main(argv: list[str] | None = None) -> None:
         default="all",
         help="the trans test's cells (fit_screen's low-MOI default 'all': every control cell)",
     )
+    p.add_argument(
+        "--earlier",
+        type=int,
+        default=0,
+        help="earlier targets' results in the MuData (one target's fits, copied under new keys),"
+        " as the caller's MuData holds them late in a screen",
+    )
     p.add_argument("--technical-steps", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -73,6 +80,11 @@ def main(argv: list[str] | None = None) -> None:
         rng = np.random.default_rng(args.seed)
         picked = screen_controls(mdata.obs, control, None, args.control_cells, rng)
     common = {"guide_key": "guide", "target_key": "target", "control_label": "ntc"}
+    prefixes = ["dream_technical", "dream_screen"]
+    if args.earlier:
+        prefixes += add_earlier_results(
+            mdata, args.earlier, args.control_cells, args.technical_steps, args.seed
+        )
     rows = []
     for target in chosen:
         kwargs = {
@@ -81,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             "common": common,
             "cis_kwargs": {} if picked is None else {"control_cells": picked},
             "seed": target_seed(args.seed, target),
-            "prefixes": ["dream_technical", "dream_screen"],
+            "prefixes": prefixes,
             "trans_kwargs": {"test_controls": args.test_controls},
         }
         t0 = time.perf_counter()
@@ -97,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"## bench_screen_slices: {args.cells} cells x {args.genes} genes x {args.targets} "
         f"targets, {nnz / 1e6:.1f} M non-zeros, control_cells {args.control_cells}, "
-        f"test_controls {args.test_controls}\n\n"
+        f"test_controls {args.test_controls}, {args.earlier} earlier targets' results\n\n"
         f"- whole screen as one h5mu (what every worker received before): {whole / 1e6:.1f} MB, "
         f"written in {whole_seconds:.2f} s\n"
         f"- per target (median of {len(chosen)}; min-max): {med[0]:.0f} cells "
@@ -108,6 +120,39 @@ def main(argv: list[str] | None = None) -> None:
         f"{med[3]:.3f} s\n"
         f"- load {os.getloadavg()[0]:.2f}"
     )
+
+
+def add_earlier_results(
+    mdata, n: int, control_cells: int | None, technical_steps: int, seed: int
+) -> list[str]:
+    """Fit one target briefly and copy its results under ``n`` new keys; returns the keys."""
+    from dream_sc.tl._screen_store import apply, capture
+
+    target = sorted(set(mdata.uns["truth"]["targets"]))[0]
+    ds.tl.fit_screen(
+        mdata,
+        targets=[target],
+        technical_key=None,
+        control_cells=control_cells,
+        n_steps={"technical": technical_steps, "cis": 20, "trans": 20},
+        curves="discoveries",
+        progress=False,
+        seed=seed,
+    )
+    record = mdata.uns["dream_screen"]
+    keys = [str(record[f"{step}_keys"][0]) for step in ("cis", "trans")]  # the one target's
+    pieces = {key: capture(mdata, "rna", key, keys) for key in keys}
+    added = []
+    for i in range(n):
+        for key, piece in pieces.items():
+            new = key.replace(target, f"EARLIER{i:05d}")
+            renamed = {
+                where: {name.replace(key, new, 1): v for name, v in entries.items()}
+                for where, entries in piece.items()
+            }
+            apply(mdata, "rna", renamed)
+            added.append(new)
+    return added
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from dream_sc.tl._screen_store import (
     apply,
     capture,
     drop,
+    drop_all,
     index_digest,
 )
 
@@ -63,6 +64,64 @@ def test_drop_then_apply_restores_every_entry_exactly():
     pd.testing.assert_frame_equal(mdata.obs[before.columns], before)
     assert mdata["rna"].var["fitA_response"].tolist() == [0.5, -1.0, 0.0]
     assert mdata.uns["fitA"] == {"seed": 3}
+
+
+def test_drop_all_equals_a_drop_per_prefix():
+    """One pass over the containers removes what a drop per prefix removes, nested keys too."""
+    prefixes = ["fitA", "fitA_cis", "fitB"]
+    loop, once = _screen(), _screen()
+    for m in (loop, once):
+        m.obs["fitA_cis_dose"] = 2.0
+        m.obs["fitB_x"] = 3.0
+        m.obs["fitAB"] = 4.0  # not owned by "fitA" (no "_")
+        m["rna"].varm["fitB"] = np.ones((3, 2))
+        m["rna"].varm["keep"] = np.zeros((3, 2))
+        m["rna"].uns["fitA_cis"] = {"n": 1}
+    for prefix in prefixes:
+        drop(loop, "rna", prefix, prefixes)
+    drop_all(once, "rna", prefixes)
+    assert list(once.obs.columns) == list(loop.obs.columns) == ["other", "fitAB"]
+    assert list(once["rna"].varm) == list(loop["rna"].varm) == ["keep"]
+    assert list(once["rna"].var.columns) == list(loop["rna"].var.columns) == []
+    assert dict(once.uns) == dict(loop.uns) == {}
+    assert dict(once["rna"].uns) == dict(loop["rna"].uns) == {}
+    drop_all(once, "rna", [])  # nothing to drop
+    assert list(once.obs.columns) == ["other", "fitAB"]
+
+
+def test_slice_leaves_the_earlier_results_out_and_the_screen_exactly_as_it_was(monkeypatch):
+    """The run's result entries are set aside while a slice is cut, then put back as they were."""
+    from dream_sc.tl._target_cells import screen_slice
+
+    mdata = _screen()
+    rna = mdata["rna"]
+    rna.varm["dream_technical"] = np.zeros((3, 1))
+    rna.varm["fitB_curve"] = np.ones((3, 4))
+    rna.varm["fitA"] = pd.DataFrame({"v": [1.0, 2.0, 3.0]}, index=rna.var_names)
+    rna.uns["fitB"] = {"n": 2}
+    rna.uns["dream_technical"] = {"ok": True}
+    varm_before = {k: rna.varm[k] for k in rna.varm}
+    uns_before, own_before = rna.uns, mdata.uns
+    sub = screen_slice(
+        mdata, np.arange(0, N_CELLS, 7), modality="rna", drop_prefixes=["fitA", "fitB"]
+    )
+    assert sub.n_obs == len(range(0, N_CELLS, 7))
+    assert list(sub["rna"].varm) == ["dream_technical"] and list(sub["rna"].uns) == [
+        "dream_technical"
+    ]
+    assert list(sub.obs.columns) == ["other"] and dict(sub.uns) == {}
+    assert list(rna.varm) == list(varm_before)  # same entries, same order, same objects
+    assert all(rna.varm[k] is v for k, v in varm_before.items())
+    assert rna.uns is uns_before and mdata.uns is own_before and "fitA" in mdata.uns
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(MuData, "copy", fail)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        screen_slice(mdata, np.arange(10), modality="rna", drop_prefixes=["fitA", "fitB"])
+    assert list(rna.varm) == list(varm_before) and rna.uns is uns_before
+    assert mdata.uns is own_before
 
 
 def test_apply_to_other_cells_is_refused():

@@ -46,7 +46,7 @@ from ._screen_parallel import (  # noqa: F401 (in_target_order, targets_elsewher
 )
 from ._screen_resume import manifest_of, open_checkpoint, resumed_seed
 from ._screen_run import _run
-from ._screen_store import Checkpoint, apply, capture, drop
+from ._screen_store import Checkpoint, apply, capture, drop, drop_all  # noqa: F401
 from ._screen_target import _fit_target  # noqa: F401
 from ._technical import fit_technical
 from ._test_cells import SCREEN_TEST
@@ -388,8 +388,7 @@ def fit_screen(
         )
     except BaseException:
         if not copy:
-            for p in prefixes:
-                drop(target_mdata, modality, p, prefixes)
+            drop_all(target_mdata, modality, prefixes)
             for pieces in before.values():
                 apply(target_mdata, modality, pieces)
         raise

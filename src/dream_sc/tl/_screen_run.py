@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ._screen_checks import _technical_matches, target_seed
 from ._screen_parallel import in_target_order, targets_elsewhere
-from ._screen_store import apply, capture, drop, split_pieces
+from ._screen_store import apply, capture, drop, drop_all, split_pieces
 from ._screen_target import _fit_block, _fit_target
 
 
@@ -74,16 +74,15 @@ def _run(
     seeds = {t: target_seed(seed, t) for t in chosen}
     rows: dict[str, dict] = {}
     bar = tqdm(total=len(chosen), desc="fit_screen", unit="target", disable=not show)
-    todo, digests = [], {}  # digests: of mdata's names, once for every piece applied
-    for target in chosen:
-        saved = store.load(target) if store is not None else None
-        if saved is None:
-            todo.append(target)
-            continue
-        for key in (cis_keys[target], trans_keys[target]):
-            drop(mdata, modality, key, prefixes)
-        apply(mdata, modality, saved["pieces"], digests)
-        rows[target] = {**saved["timing"], "from_checkpoint": True}
+    saved = {t: store.load(t) if store is not None else None for t in chosen}
+    todo = [t for t in chosen if saved[t] is None]
+    done = [t for t in chosen if saved[t] is not None]
+    drop_all(mdata, modality, [k for t in done for k in (cis_keys[t], trans_keys[t])])
+    digests: dict = {}  # of mdata's names, once for every piece applied
+    for target in done:
+        piece = saved.pop(target)
+        apply(mdata, modality, piece["pieces"], digests)
+        rows[target] = {**piece["timing"], "from_checkpoint": True}
         bar.update()
 
     def target_kwargs(target: str) -> dict:

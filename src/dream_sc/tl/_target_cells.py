@@ -23,6 +23,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,6 +225,33 @@ def cells_for_target(mdata: MuData, target: str, kwargs: Mapping, tech=None) -> 
     return np.flatnonzero(use)
 
 
+@contextmanager
+def _results_set_aside(mdata: MuData, modality: str, prefixes: Sequence[str]):
+    """Set aside the entries of ``prefixes`` while a slice of ``mdata`` is cut in the block.
+
+    The modality's ``varm`` / ``uns`` entries of ``prefixes`` and the MuData's own ``uns`` are
+    left out. Late in a screen those hold every earlier target's results, and copying them
+    into each slice (to drop them right after) made the caller's cost per slice grow with the
+    targets already fitted (benchmarks/README, "The caller's cost per slice"). On exit the
+    original containers are put back as the same objects, in the same order, also after an
+    error. A view is left alone (its setters would make it actual).
+    """
+    adata = mdata.mod[modality]
+    if mdata.is_view or adata.is_view or not prefixes:
+        yield
+        return
+    exact = {str(p) for p in prefixes}
+    starts = tuple(f"{p}_" for p in exact)
+    varm, uns, own_uns = dict(adata.varm), adata.uns, mdata.uns
+    try:
+        adata.varm = {k: v for k, v in varm.items() if not (k in exact or k.startswith(starts))}
+        adata.uns = {k: v for k, v in uns.items() if not (k in exact or k.startswith(starts))}
+        mdata.uns = {}
+        yield
+    finally:
+        adata.varm, adata.uns, mdata.uns = varm, uns, own_uns
+
+
 def screen_slice(
     mdata: MuData, cells: np.ndarray, *, modality: str, drop_prefixes: Sequence[str] = ()
 ) -> MuData:
@@ -235,13 +263,12 @@ def screen_slice(
     but the cis fit they write themselves (``mdata.uns`` holds the other fits' records, a
     simulation's truth, a user's notes: writing them cost more than the cells of a slice).
     """
-    from ._screen_store import drop
+    from ._screen_store import drop_all
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _results_set_aside(mdata, modality, drop_prefixes):
         warnings.simplefilter("ignore", FutureWarning)
         sub = mdata[np.asarray(cells)].copy()
-    for prefix in drop_prefixes:
-        drop(sub, modality, prefix, drop_prefixes)
+    drop_all(sub, modality, drop_prefixes)
     for key in list(sub.uns):
         del sub.uns[key]
     return sub

@@ -21,6 +21,7 @@ from ..engine.config import FitConfig
 from ..models.families import get_family
 from ..models.significance import DEFAULT_N_PERMUTATIONS
 from ._common import clean_params, versions
+from ._escaper_cells import check_membership, refit_with_escaper_cells
 from ._null import significance
 from ._refine import refined_columns
 from ._test_cells import test_job
@@ -110,6 +111,7 @@ def fit_trans(
     test_basis: Literal["cell", "guide"] = "cell",
     test_controls: Literal["fitted", "all"] = "fitted",
     test_statistic: Literal["quadratic", "combined"] = "quadratic",
+    escaper_membership: Literal["cis", "transcriptome"] = "cis",
 ) -> MuData | None:
     """Fit a dose-response curve for every feature of a modality (step 3).
 
@@ -227,6 +229,16 @@ def fit_trans(
         keeps the full basis (the ``score`` column is then ``-log`` of the combined asymptotic
         p-value; the permutation null calibrates it either way). ``fit_screen`` uses
         ``"combined"`` at low MOI.
+    escaper_membership
+        ``"cis"`` (default): every cell at its cis dosage posterior. ``"transcriptome"`` (needs
+        a cis fit with ``escapers=True`` and a negbinom modality): the curves of the clearly
+        responsive features (``prob_dose_dependent >= 0.9``) are refitted on dosages in which
+        each targeting cell's cis draws are weighted by the likelihood of its counts of
+        responsive features under the first fit's curves, so a cell whose responses sit at the
+        control level counts as escaped (:mod:`dream_sc.models.escaper_cells`). Cross-fitted:
+        each half of those features is refitted on dosages weighted by the other half only.
+        The significance columns and every other feature keep the fit on the cis dosages; the
+        run record's ``escaper_membership`` holds the number of evidence features and cells.
     backend, client
         ``"local"`` fits the feature chunks (of the real fit and of every permutation null) in
         this process; ``"dask"`` runs them as tasks on the ``dask.distributed`` cluster of
@@ -289,6 +301,7 @@ def fit_trans(
         raise ValueError("n_permutations must be >= 1 when test=True.")
     check_mismatch(checkpoint_mismatch)
     check_curves(curves, curve_qvalue, test)
+    check_membership(mdata, escaper_membership, cis_key)
     config = FitConfig.resolve(
         "trans",
         seed=seed,
@@ -304,6 +317,7 @@ def fit_trans(
     )
     job = prepare_trans_job(mdata, TransSettings.from_arguments(params), config)
     job.backend = runner  # [dask hunk]
+    check_membership(mdata, escaper_membership, cis_key, job.data.distribution)
     tested = test_job(mdata, job)  # the significance test's cells and dose axis
     start = time.perf_counter()
     logger.info(
@@ -330,16 +344,18 @@ def fit_trans(
     sig, null_record = significance(
         tested, expand(columns, keep), n_permutations if test else 0, alpha=alpha, found=found
     )
-    columns = refined_columns(
-        cjob,
-        columns,
-        fit.loc,
-        fit.scale,
-        fit.corr,
-        n_draws=n_refine_draws,
-        enabled=refine_intervals,
-        only=np.asarray(sig["significant"], dtype=bool)[keep] if test else None,
-    )
+    refine = {
+        "n_draws": n_refine_draws,
+        "enabled": refine_intervals,
+        "only": np.asarray(sig["significant"], dtype=bool)[keep] if test else None,
+    }
+    escaper_record = None
+    if escaper_membership == "transcriptome":  # curves of the responsive features refitted
+        columns, escaper_record = refit_with_escaper_cells(
+            mdata, cjob, fit, columns, curve_bands, config, **refine
+        )
+    else:
+        columns = refined_columns(cjob, columns, fit.loc, fit.scale, fit.corr, **refine)
     seconds = time.perf_counter() - start
     if not fit.converged:
         warnings.warn(
@@ -379,6 +395,8 @@ def fit_trans(
     if job.dose_axis is not None:
         record.update(job.dose_axis.to_record())
     record.update(null_record)  # significance hook
+    if escaper_record is not None:
+        record["escaper_membership"] = escaper_record
     target = mdata.copy() if copy else mdata
     adata = target[modality]
     posterior = posterior_frame(fit, adata.var_names, cjob.fitted)
