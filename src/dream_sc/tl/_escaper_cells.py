@@ -29,6 +29,7 @@ from ..models.escaper_cells import (
     split_halves,
     weighted_moments,
 )
+from ..models.families import get_family
 from ..models.trans import natural_params
 from ._refine import refined_columns
 from ._trans_job import TransJob
@@ -59,7 +60,9 @@ def check_membership(
             f"escaper_membership='transcriptome' needs a cis fit with escapers=True; "
             f"{cis_key!r} was fitted without. Refit with `ds.tl.fit_cis(..., escapers=True)`."
         )
-    if distribution is not None and distribution != "negbinom":
+    # the weights are negative binomial count likelihoods with size factors (the family
+    # that has them: no name switch outside the registry)
+    if distribution is not None and not get_family(distribution).size_factors:
         raise ValueError(
             "escaper_membership='transcriptome' weighs cells by count likelihoods and needs a "
             f"negbinom modality; got {distribution!r}."
