@@ -74,6 +74,20 @@ def _run(
     seeds = {t: target_seed(seed, t) for t in chosen}
     rows: dict[str, dict] = {}
     bar = tqdm(total=len(chosen), desc="fit_screen", unit="target", disable=not show)
+
+    def record() -> dict:
+        return _record(
+            chosen,
+            features,
+            cis_keys,
+            trans_keys,
+            seeds,
+            rows,
+            technical_key_added,
+            technical,
+            tech_seconds,
+        )
+
     saved = {t: store.load(t) if store is not None else None for t in chosen}
     todo = [t for t in chosen if saved[t] is None]
     done = [t for t in chosen if saved[t] is not None]
@@ -132,17 +146,7 @@ def _run(
             digests=digests,
         )
         bar.close()
-        return _record(
-            chosen,
-            features,
-            cis_keys,
-            trans_keys,
-            seeds,
-            rows,
-            technical_key_added,
-            technical,
-            tech_seconds,
-        )
+        return record()
     elsewhere = targets_elsewhere(
         mdata,
         todo,
@@ -162,17 +166,7 @@ def _run(
             bar.set_postfix_str(target)
             finished(target, None, _fit_target(mdata, target=target, **target_kwargs(target)))
     bar.close()
-    return _record(
-        chosen,
-        features,
-        cis_keys,
-        trans_keys,
-        seeds,
-        rows,
-        technical_key_added,
-        technical,
-        tech_seconds,
-    )
+    return record()
 
 
 def _record(

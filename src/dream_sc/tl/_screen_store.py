@@ -96,9 +96,14 @@ def split_pieces(
 
 def drop(mdata: MuData, modality: str, prefix: str, others: Sequence[str] = ()) -> None:
     """Remove every entry owned by ``prefix``."""
+    _drop_matching(mdata, modality, lambda n: _owns(n, prefix, others))
+
+
+def _drop_matching(mdata: MuData, modality: str, matches) -> None:
+    """Remove every entry whose name ``matches``, reading each container once."""
     for level, attr in CONTAINERS:
         container = _container(mdata, modality, level, attr)
-        names = [n for n in _names(container) if _owns(n, prefix, others)]
+        names = [n for n in _names(container) if matches(n)]
         if not names:
             continue
         if attr in ("obs", "var"):
@@ -118,18 +123,8 @@ def drop_all(mdata: MuData, modality: str, prefixes: Sequence[str]) -> None:
     """
     exact = {str(p) for p in prefixes}
     starts = tuple(f"{p}_" for p in exact)
-    if not exact:
-        return
-    for level, attr in CONTAINERS:
-        container = _container(mdata, modality, level, attr)
-        names = [n for n in _names(container) if n in exact or n.startswith(starts)]
-        if not names:
-            continue
-        if attr in ("obs", "var"):
-            container.drop(columns=names, inplace=True)
-        else:
-            for name in names:
-                del container[name]
+    if exact:
+        _drop_matching(mdata, modality, lambda n: n in exact or n.startswith(starts))
 
 
 def apply(
